@@ -1,0 +1,144 @@
+//! The workload runner: `cargo bench --bench workloads -- <name> [options]`.
+//!
+//! Each workload is defined in `../shared/bench/README.md` and prints one JSON
+//! object per line so that scripts (see `benches/compare.py`) can put our
+//! figures beside PyTorch's.
+//!
+//! Workloads:
+//! * `gemm [--sizes 64,128,...] [--threads N]` — fp32 GFLOP/s of `C = A·B` for
+//!   square sizes and the training shapes.
+//! * `peak [--threads N]` — the machine's fp32 FMA peak (an FMA-throughput
+//!   microbenchmark), to judge gemm against.
+
+use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let Some(name) = args.first() else {
+        eprintln!("usage: cargo bench --bench workloads -- <gemm|peak> [options]");
+        std::process::exit(2);
+    };
+    let opt = |key: &str| args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).cloned();
+    if let Some(t) = opt("--threads") {
+        rayon::ThreadPoolBuilder::new().num_threads(t.parse().expect("--threads N")).build_global().unwrap();
+    }
+    match name.as_str() {
+        "gemm" => workload_gemm(opt("--sizes")),
+        "peak" => workload_peak(),
+        other => {
+            eprintln!("unknown workload {other:?}; known: gemm, peak");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn fill(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 1000) as f32 / 1000.0 - 0.5
+        })
+        .collect()
+}
+
+/// Median-of-runs GFLOP/s for one shape, timing for at least ~0.3 s.
+fn time_gemm(m: usize, k: usize, n: usize) -> f64 {
+    let a = fill(m * k, 1);
+    let b = fill(k * n, 2);
+    let mut c = vec![0.0f32; m * n];
+    let flops = 2.0 * (m * k * n) as f64;
+    let mut run = || gemm(m, k, n, MatRef::row_major(&a, k), MatRef::row_major(&b, n), &mut c, n, false);
+    run();
+    let t = Instant::now();
+    run();
+    let once = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((0.06 / once).ceil() as usize).clamp(1, 10_000);
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            run();
+        }
+        samples.push(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    flops / samples[samples.len() / 2] / 1e9
+}
+
+fn workload_gemm(sizes: Option<String>) {
+    let mut shapes: Vec<(usize, usize, usize)> = match sizes {
+        Some(s) => s.split(',').map(|x| x.parse().expect("--sizes a,b,c")).map(|s| (s, s, s)).collect(),
+        None => [64, 128, 256, 512, 1024, 2048].iter().map(|&s| (s, s, s)).collect(),
+    };
+    shapes.extend([(32, 784, 128), (128, 784, 128), (1024, 128, 512)]);
+    for (m, k, n) in shapes {
+        let gflops = time_gemm(m, k, n);
+        println!(
+            "{{\"workload\":\"gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"gflops\":{gflops:.1},\"threads\":{},\"backend\":\"{}\"}}",
+            rayon::current_num_threads(),
+            gemm_backend()
+        );
+    }
+}
+
+/// FMA throughput: independent accumulator chains on every thread.
+fn workload_peak() {
+    let threads = rayon::current_num_threads();
+    let iters: u64 = 50_000_000;
+    let t = Instant::now();
+    let flops_per_thread: f64 = rayon::broadcast(|_| peak_thread(iters)).into_iter().sum::<f64>() / threads as f64;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{{\"workload\":\"peak\",\"threads\":{threads},\"gflops\":{:.1},\"isa\":\"{}\"}}",
+        flops_per_thread * threads as f64 / secs / 1e9,
+        if cfg!(target_arch = "x86_64") && is_avx512() { "avx512" } else { "scalar-fallback" }
+    );
+}
+
+fn is_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn peak_thread(iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_avx512() {
+        // SAFETY: avx512f detected above.
+        return unsafe { peak_avx512(iters) };
+    }
+    let mut acc = [1.0f32; 8];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    iters as f64 * 16.0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn peak_avx512(iters: u64) -> f64 {
+    use std::arch::x86_64::*;
+    const CHAINS: usize = 16;
+    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+    let x = _mm512_set1_ps(0.999_999);
+    let y = _mm512_set1_ps(1e-7);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, x, y);
+        }
+    }
+    std::hint::black_box(&acc);
+    iters as f64 * (CHAINS * 16 * 2) as f64
+}

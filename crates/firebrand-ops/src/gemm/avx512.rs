@@ -1,0 +1,223 @@
+//! AVX-512 sgemm: BLIS-style packing and cache blocking around a 12x32
+//! register-blocked micro-kernel (24 zmm accumulators), parallel over blocks
+//! of C with rayon.
+
+use super::MatRef;
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Rows of a micro-tile (one broadcast of A each).
+const MR: usize = 12;
+/// Columns of a micro-tile (two zmm vectors of B).
+const NR: usize = 32;
+/// Depth of a packed block: an MR x KC micro-panel of A (24 KiB) stays in L1
+/// while the micro-kernel sweeps the B block.
+const KC: usize = 512;
+/// Widest block of B: a KC x NCB block (512 KiB) stays in the core's own L2.
+const NCB_MAX: usize = 256;
+/// A task reads B in place (no packing) when it has at most this many MR-row strips.
+const DIRECT_B_MAX_STRIPS: usize = 4;
+/// Below this many multiply-adds the product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 19;
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes a disjoint tile of C; the pointer is only a base.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    // A method (not a field access) so closures capture the whole Send wrapper.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A 64-byte aligned scratch buffer.
+struct Aligned {
+    buf: Vec<f32>,
+}
+
+impl Aligned {
+    const fn new() -> Self {
+        Aligned { buf: Vec::new() }
+    }
+    fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.buf.len() < len + 16 {
+            self.buf = vec![0.0; len + 16];
+        }
+        let off = self.buf.as_ptr().align_offset(64).min(15);
+        &mut self.buf[off..off + len]
+    }
+}
+
+thread_local! {
+    static B_PACK: RefCell<Aligned> = const { RefCell::new(Aligned::new()) };
+}
+
+/// Loop order (the roles of BLIS with C transposed, since our C is row-major):
+/// tasks own blocks of C columns (and, when there are fewer column blocks than
+/// threads, row ranges); each task packs its KC x NCB block of B into its own
+/// L2 and, for every MR-row strip of A (read in place: the micro-kernel only
+/// broadcasts A's elements, so A needs no packing and stays in L1 for the
+/// sweep), runs the micro-kernel over the B micro-panels.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { rayon::current_num_threads() } else { 1 };
+    let cptr = SendPtr(c.as_mut_ptr());
+    let n_panels = n.div_ceil(NR);
+    let n_blocks = n.div_ceil(NCB_MAX).max(threads).min(n_panels);
+    let m_panels = m.div_ceil(MR);
+    let row_splits = if n_blocks < threads { threads.div_ceil(n_blocks).min(m_panels) } else { 1 };
+    let task = |t: usize| {
+        let (blk, rs) = (t / row_splits, t % row_splits);
+        let (q0, q1) = (blk * n_panels / n_blocks, (blk + 1) * n_panels / n_blocks);
+        let (p0, p1) = (rs * m_panels / row_splits, (rs + 1) * m_panels / row_splits);
+        if q0 == q1 || p0 == p1 {
+            return;
+        }
+        let j0 = q0 * NR;
+        let ncb = (q1 * NR).min(n) - j0;
+        // A B block used by only a few A strips is cheaper to read in place than to pack.
+        let direct_b = b.cs == 1 && p1 - p0 <= DIRECT_B_MAX_STRIPS;
+        B_PACK.with(|bp| {
+            let mut bp = bp.borrow_mut();
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let bsub = MatRef { offset: b.offset + pc * b.rs + j0 * b.cs, ..b };
+                let (bptr, rsb, panel_stride): (*const f32, usize, usize) = if direct_b {
+                    (b.data[bsub.offset..].as_ptr(), b.rs, NR)
+                } else {
+                    let bpack = bp.get((q1 - q0) * NR * kc);
+                    for (jp, dst) in bpack.chunks_mut(NR * kc).enumerate() {
+                        pack_b_panel(kc, ncb, jp, bsub, dst);
+                    }
+                    (bpack.as_ptr(), NR, NR * kc)
+                };
+                let acc = accumulate || pc > 0;
+                for ip in p0..p1 {
+                    let i = ip * MR;
+                    let mr = MR.min(m - i);
+                    let ap = a.data[a.offset + i * a.rs + pc * a.cs..].as_ptr();
+                    for jp in 0..(q1 - q0) {
+                        let j = jp * NR;
+                        let nr = NR.min(ncb - j);
+                        // SAFETY: tile (i.., j0+j..) of size mr x nr lies inside C and no
+                        // other task writes it; A rows i..i+mr and B columns j0+j..+nr exist
+                        // (checked by the caller), and loads past nr are masked.
+                        unsafe {
+                            let cp = cptr.get().add(i * ldc + j0 + j);
+                            let bp = bptr.add(jp * panel_stride);
+                            if nr == NR {
+                                kernel::<false>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr)
+                            } else {
+                                kernel::<true>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr)
+                            }
+                        };
+                    }
+                }
+            }
+        });
+    };
+    let ntasks = n_blocks * row_splits;
+    if threads > 1 && ntasks > 1 {
+        (0..ntasks).into_par_iter().for_each(task);
+    } else {
+        (0..ntasks).for_each(task);
+    }
+}
+
+/// Packs columns `jp*NR..` of `b` (depth `kc`) as `[p][NR]`, zero-padding past `nc`.
+fn pack_b_panel(kc: usize, nc: usize, jp: usize, b: MatRef, dst: &mut [f32]) {
+    let j0 = jp * NR;
+    let cols = NR.min(nc - j0);
+    let d = b.data;
+    if b.cs == 1 {
+        for p in 0..kc {
+            let src = &d[b.offset + p * b.rs + j0..][..cols];
+            dst[p * NR..p * NR + cols].copy_from_slice(src);
+            dst[p * NR + cols..p * NR + NR].fill(0.0);
+        }
+    } else {
+        for j in 0..cols {
+            let base = b.offset + (j0 + j) * b.cs;
+            for p in 0..kc {
+                dst[p * NR + j] = d[base + p * b.rs];
+            }
+        }
+        if cols < NR {
+            for p in 0..kc {
+                dst[p * NR + cols..p * NR + NR].fill(0.0);
+            }
+        }
+    }
+}
+
+/// `C[0..mr, 0..nr] (+)= A[0..mr, 0..kc] · B[0..kc, 0..nr]`.
+///
+/// A is read in place with strides `(rsa, csa)` (rows at or past `mr` alias row
+/// `mr - 1` and are not stored); B rows are `rsb` apart with unit column
+/// stride (a packed panel has `rsb = NR`); columns past `nr` are masked off, so
+/// edge tiles need no scratch copy.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    b: *const f32,
+    rsb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    mr: usize,
+    nr: usize,
+) {
+    unsafe {
+        let m0: __mmask16 = if nr >= 16 { 0xffff } else { ((1u32 << nr) - 1) as u16 };
+        let m1: __mmask16 = if nr >= 32 { 0xffff } else if nr > 16 { ((1u32 << (nr - 16)) - 1) as u16 } else { 0 };
+        let mut c0 = [_mm512_setzero_ps(); MR];
+        let mut c1 = [_mm512_setzero_ps(); MR];
+        let mut rows = [0usize; MR];
+        for (i, r) in rows.iter_mut().enumerate() {
+            *r = i.min(mr - 1) * rsa;
+        }
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let (b0, b1) = if MASKED {
+                (_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16)))
+            } else {
+                (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
+            };
+            for i in 0..MR {
+                let ai = _mm512_set1_ps(*a.add(rows[i]));
+                c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+            }
+            a = a.add(csa);
+            b = b.add(rsb);
+        }
+        for i in 0..mr.min(MR) {
+            let row = c.add(i * ldc);
+            let (mut v0, mut v1) = (c0[i], c1[i]);
+            if acc {
+                v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
+                v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
+            }
+            _mm512_mask_storeu_ps(row, m0, v0);
+            _mm512_mask_storeu_ps(row.add(16), m1, v1);
+        }
+    }
+}

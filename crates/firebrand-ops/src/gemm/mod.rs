@@ -1,0 +1,251 @@
+//! Single-precision matrix multiply: `C = A·B` or `C += A·B`.
+//!
+//! On x86-64 CPUs with AVX-512F the multiply runs on Firebrand's own kernel
+//! ([`avx512`]): operands are packed into cache-sized panels (BLIS's loop
+//! order: NC → KC → MC → NR → MR), a 12x32 register-blocked micro-kernel does the
+//! FMAs, and the work is split between rayon threads by rows or columns of C.
+//! Everywhere else `matrixmultiply` computes it. Both accept arbitrary row and
+//! column strides for `A` and `B`, so transposed views multiply without a copy.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// A read-only strided matrix: element `(i, j)` is `data[offset + i*rs + j*cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    /// The backing buffer.
+    pub data: &'a [f32],
+    /// Position of element (0, 0).
+    pub offset: usize,
+    /// Row stride in elements.
+    pub rs: usize,
+    /// Column stride in elements.
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns starting at the buffer's start.
+    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+        MatRef { data, offset: 0, rs: cols, cs: 1 }
+    }
+
+    /// The same matrix transposed (a view: strides swapped).
+    pub fn t(self) -> Self {
+        MatRef { rs: self.cs, cs: self.rs, ..self }
+    }
+
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        if rows > 0 && cols > 0 {
+            let last = self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(
+                last < self.data.len(),
+                "gemm: operand {what} ({rows}x{cols}, strides {}x{}, offset {}) overruns its buffer of {}",
+                self.rs,
+                self.cs,
+                self.offset,
+                self.data.len()
+            );
+        }
+    }
+}
+
+/// Which gemm implementation this CPU uses.
+pub fn gemm_backend() -> &'static str {
+    if use_avx512() { "firebrand-avx512" } else { "matrixmultiply" }
+}
+
+fn use_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *FLAG.get_or_init(|| {
+            std::env::var("FIREBRAND_GEMM").map(|v| v != "matrixmultiply").unwrap_or(true)
+                && std::arch::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `C = A·B` (or `C += A·B` when `accumulate`), with `A` of shape `(m, k)`,
+/// `B` of shape `(k, n)` and `C` row-major `(m, n)` with row stride `ldc`.
+///
+/// Uses all rayon threads when the product is large enough to pay for them.
+///
+/// # Panics
+/// When an operand's strides reach past its buffer.
+///
+/// ```
+/// use firebrand_ops::gemm::{gemm, MatRef};
+/// let a = [1.0, 2.0, 3.0, 4.0]; // 2x2
+/// let b = [5.0, 6.0, 7.0, 8.0]; // 2x2
+/// let mut c = [0.0; 4];
+/// gemm(2, 2, 2, MatRef::row_major(&a, 2), MatRef::row_major(&b, 2), &mut c, 2, false);
+/// assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+    gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, true)
+}
+
+/// [`gemm`] on the calling thread only (for callers that parallelize outside,
+/// such as batched matmul over many small matrices).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+    gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with_threads(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output buffer of {} too small for {m}x{n}", c.len());
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512() {
+        // SAFETY: avx512f was detected at run time; bounds were checked above.
+        unsafe { avx512::gemm(m, k, n, a, b, c, ldc, accumulate, parallel) };
+        return;
+    }
+    let _ = parallel;
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: bounds were checked above; matrixmultiply reads only the described elements.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr().add(a.offset),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr().add(b.offset),
+            b.rs as isize,
+            b.cs as isize,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        )
+    }
+}
+
+/// Slow, exact reference: f64 accumulation. For tests.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_reference(m: usize, k: usize, n: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for p in 0..k {
+                s += a.data[a.offset + i * a.rs + p * a.cs] as f64 * b.data[b.offset + p * b.rs + j * b.cs] as f64;
+            }
+            c[i * n + j] = s as f32;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(m: usize, k: usize, n: usize, ta: bool, tb: bool, acc: bool) {
+        let av = data(m * k + 3, 1);
+        let bv = data(k * n + 5, 2);
+        // Offsets of 3 and 5 test non-zero starting positions.
+        let a = if ta { MatRef { data: &av, offset: 3, rs: 1, cs: m } } else { MatRef { data: &av, offset: 3, rs: k, cs: 1 } };
+        let b = if tb { MatRef { data: &bv, offset: 5, rs: 1, cs: k } } else { MatRef { data: &bv, offset: 5, rs: n, cs: 1 } };
+        let want = gemm_reference(m, k, n, a, b);
+        let ldc = n + 2;
+        let init = data(m * ldc, 3);
+        let mut c = init.clone();
+        gemm(m, k, n, a, b, &mut c, ldc, acc);
+        for i in 0..m {
+            for j in 0..n {
+                let w = want[i * n + j] + if acc { init[i * ldc + j] } else { 0.0 };
+                let g = c[i * ldc + j];
+                let tol = 1e-5 * (k as f32).sqrt() * 4.0 + 1e-5;
+                assert!((g - w).abs() <= tol * (1.0 + w.abs()), "({m},{k},{n}) ta={ta} tb={tb} at ({i},{j}): {g} vs {w}");
+            }
+            // Padding columns untouched.
+            for j in n..ldc {
+                assert_eq!(c[i * ldc + j], init[i * ldc + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn awkward_shapes_against_reference() {
+        let sizes = [(1, 1, 1), (1, 7, 1), (3, 5, 7), (13, 1, 33), (12, 32, 32), (25, 17, 65), (1, 300, 1), (37, 259, 70), (130, 70, 2)];
+        for &(m, k, n) in &sizes {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    for acc in [false, true] {
+                        check(m, k, n, ta, tb, acc);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_parallel_against_reference() {
+        check(300, 520, 270, false, false, false);
+        check(64, 1000, 700, true, false, true);
+        check(700, 300, 64, false, true, false);
+    }
+
+    #[test]
+    fn zero_k_overwrites_or_keeps() {
+        let mut c = vec![5.0; 4];
+        gemm(2, 0, 2, MatRef::row_major(&[], 0), MatRef::row_major(&[], 2), &mut c, 2, false);
+        assert_eq!(c, vec![0.0; 4]);
+        let mut c = vec![5.0; 4];
+        gemm(2, 0, 2, MatRef::row_major(&[], 0), MatRef::row_major(&[], 2), &mut c, 2, true);
+        assert_eq!(c, vec![5.0; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "overruns its buffer")]
+    fn overrun_panics() {
+        let a = [0.0; 3];
+        let mut c = [0.0; 4];
+        gemm(2, 2, 2, MatRef::row_major(&a, 2), MatRef::row_major(&a, 2), &mut c, 2, false);
+    }
+}

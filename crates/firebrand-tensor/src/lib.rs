@@ -1,0 +1,39 @@
+//! # firebrand-tensor
+//!
+//! The bottom layer of Firebrand: the plain data that every other crate shares.
+//!
+//! * [`Shape`] — a runtime list of dimension sizes, with NumPy broadcasting rules.
+//! * [`Layout`] — a shape plus strides and an offset into a buffer, so that views
+//!   (transpose, narrow, broadcast, ...) never copy.
+//! * [`DType`] — the element types (`f32` first-class, `i64` for indices and labels).
+//! * [`Device`] — where a tensor's storage lives (`Device::Cpu` today; an optional
+//!   GPU crate adds a device without changing user code).
+//! * [`CpuStorage`] — the CPU buffers.
+//! * [`Error`] — the error type every fallible op returns.
+//!
+//! `firebrand-ops` runs kernels over `(&[T], &Layout)` pairs from this crate, and
+//! `firebrand-autograd` builds the user-facing `Tensor` on top of both.
+//!
+//! ```
+//! use firebrand_tensor::{Layout, Shape};
+//!
+//! let layout = Layout::contiguous(Shape::from([2, 3]));
+//! let t = layout.transpose(0, 1).unwrap();
+//! assert_eq!(t.shape().dims(), &[3, 2]);
+//! assert_eq!(t.strides(), &[1, 3]);
+//! assert!(!t.is_contiguous());
+//! ```
+
+mod device;
+mod dtype;
+mod error;
+mod layout;
+mod shape;
+mod storage;
+
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use layout::{Layout, StridedIndex};
+pub use shape::{Shape, normalize_dim};
+pub use storage::CpuStorage;

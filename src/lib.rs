@@ -1,0 +1,2 @@
+//! placeholder
+pub use firebrand_ops as ops;
