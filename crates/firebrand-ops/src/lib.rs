@@ -1,4 +1,42 @@
 //! # firebrand-ops
 //!
-//! CPU kernels on plain slices and [`Layout`](firebrand_tensor::Layout)s.
+//! Firebrand's CPU kernels. They work on plain slices plus
+//! [`Layout`](firebrand_tensor::Layout)s from `firebrand-tensor` and know
+//! nothing of autograd: `firebrand-autograd` calls them from its `Tensor` ops
+//! and records the backward rules.
+//!
+//! * [`gemm`] — single-precision matrix multiply: an AVX-512 packed kernel of
+//!   our own, `matrixmultiply` elsewhere; strided operands, rayon over blocks.
+//! * [`binary`] / [`unary`] — elementwise maps with broadcasting; the unary
+//!   table gives each op's value and derivative.
+//! * [`reduce`] — sum, max, min, argmax, argmin over any axes.
+//! * [`softmax`] — stable softmax and log-softmax rows with their backward rules.
+//! * [`index`] — gather, scatter-add, index_select, concat, one-hot, where.
+//!
+//! Small inputs run on the calling thread; above [`parallel::PAR_MIN_ELEMS`]
+//! elements the work is split over rayon's pool.
+//!
+//! ```
+//! use firebrand_ops::{binary::{binary_map, BinaryOp}, reduce::{reduce, ReduceOp, Reduced}};
+//! use firebrand_tensor::{Layout, Shape};
+//!
+//! let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // (2, 3)
+//! let b = [10.0, 20.0, 30.0];            // (3,), broadcast over rows
+//! let la = Layout::contiguous([2, 3]);
+//! let lb = Layout::contiguous([3]).broadcast_as(&Shape::from([2, 3])).unwrap();
+//! let c = binary_map(BinaryOp::Add, &a, &la, &b, &lb);
+//! assert_eq!(c, vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+//! let s = reduce(ReduceOp::Sum, &c, &la, &[true, false]);
+//! assert_eq!(s, Reduced::Values(vec![25.0, 47.0, 69.0]));
+//! ```
+
+pub mod binary;
 pub mod gemm;
+pub mod index;
+pub mod parallel;
+pub mod reduce;
+pub mod softmax;
+mod strided;
+pub mod unary;
+
+pub use strided::contiguous;
