@@ -66,17 +66,16 @@ pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Redu
         nontrivial.iter().position(|&d| d == w[1]).unwrap() == nontrivial.iter().position(|&d| d == w[0]).unwrap() + 1
     });
     if let (Some(range), true) = (layout.contiguous_range(), block) {
-        let inner: usize = match red_nt.last() {
-            Some(&last) => dims[last + 1..].iter().product(),
-            None => 1,
+        let (outer, inner): (usize, usize) = match (red_nt.first(), red_nt.last()) {
+            (Some(&first), Some(&last)) => (dims[..first].iter().product(), dims[last + 1..].iter().product()),
+            _ => (layout.elem_count(), 1),
         };
-        let outer = layout.elem_count() / (r * inner).max(1);
         return reduce_ori(op, &src[range], outer, r, inner);
     }
     let perm: Vec<usize> = kept.iter().chain(&red).copied().collect();
     let permuted = layout.permute(&perm).expect("a permutation");
     let data = contiguous(src, &permuted);
-    let outer = layout.elem_count() / r.max(1);
+    let outer: usize = kept.iter().map(|&d| dims[d]).product();
     reduce_ori(op, &data, outer, r, 1)
 }
 

@@ -1,0 +1,124 @@
+//! The reverse-mode engine: topological order over the recorded graph, then
+//! each op's backward rule from the output towards the leaves.
+
+use crate::grad_mode::no_grad;
+use crate::tensor::{GradFn, Tensor, TensorId};
+use firebrand_tensor::{Error, Result};
+use std::collections::{HashMap, HashSet};
+
+impl Tensor {
+    /// Computes the gradient of this scalar with respect to every leaf that
+    /// requires grad and adds it to the leaf's [`Tensor::grad`] (gradients
+    /// accumulate across calls until [`Tensor::zero_grad`]).
+    ///
+    /// # Panics
+    /// When the tensor is not a scalar (one element) or does not require grad;
+    /// see [`Tensor::try_backward`].
+    #[track_caller]
+    pub fn backward(&self) {
+        self.try_backward().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tensor::backward`] returning errors instead of panicking.
+    ///
+    /// # Errors
+    /// When the tensor is not a one-element tensor or does not require grad.
+    pub fn try_backward(&self) -> Result<()> {
+        if self.elem_count() != 1 {
+            return Err(Error::InvalidShape {
+                op: "backward",
+                shape: self.shape().clone(),
+                msg: "implicit gradient needs a one-element output; use backward_with_grad".into(),
+            });
+        }
+        self.try_backward_with_grad(&self.ones_like())
+    }
+
+    /// Backpropagates `grad` (of this tensor's shape) through the graph.
+    ///
+    /// # Panics
+    /// See [`Tensor::try_backward_with_grad`].
+    #[track_caller]
+    pub fn backward_with_grad(&self, grad: &Tensor) {
+        self.try_backward_with_grad(grad).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Backpropagates `grad` (of this tensor's shape) through the graph.
+    ///
+    /// # Errors
+    /// When `grad`'s shape differs or this tensor does not require grad.
+    pub fn try_backward_with_grad(&self, grad: &Tensor) -> Result<()> {
+        if !self.requires_grad() {
+            return Err(Error::msg("backward", "tensor does not require grad (no input has requires_grad_(true), or it was computed under no_grad)"));
+        }
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch { op: "backward", lhs: self.shape().clone(), rhs: grad.shape().clone() });
+        }
+        let _guard = no_grad();
+        let order = topo_order(self);
+        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        grads.insert(self.id(), grad.detach());
+        for t in order.iter().rev() {
+            let Some(g) = grads.remove(&t.id()) else { continue };
+            match &t.0.grad_fn {
+                None => accumulate_leaf(t, g),
+                Some(GradFn { name, inputs, backward }) => {
+                    let in_grads = backward(t, &g);
+                    debug_assert_eq!(in_grads.len(), inputs.len(), "{name}: backward returned a wrong number of gradients");
+                    for (inp, ig) in inputs.iter().zip(in_grads) {
+                        let Some(ig) = ig else { continue };
+                        if !inp.requires_grad() {
+                            continue;
+                        }
+                        assert_eq!(
+                            ig.shape(),
+                            inp.shape(),
+                            "{name}: backward produced a gradient of shape {:?} for an input of shape {:?}",
+                            ig.shape(),
+                            inp.shape()
+                        );
+                        match grads.remove(&inp.id()) {
+                            Some(prev) => grads.insert(inp.id(), prev.add(&ig)),
+                            None => grads.insert(inp.id(), ig),
+                        };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn accumulate_leaf(t: &Tensor, g: Tensor) {
+    let mut slot = t.0.grad.lock().unwrap();
+    *slot = Some(match slot.take() {
+        Some(prev) => prev.add(&g),
+        None => g.contiguous(),
+    });
+}
+
+/// Tensors that require grad and are reachable from `root`, inputs before outputs.
+fn topo_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen: HashSet<TensorId> = HashSet::new();
+    // Iterative post-order DFS: (tensor, children pushed?)
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        if let Some(g) = &t.0.grad_fn {
+            for inp in &g.inputs {
+                if inp.requires_grad() && !seen.contains(&inp.id()) {
+                    stack.push((inp.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}

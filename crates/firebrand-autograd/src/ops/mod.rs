@@ -1,0 +1,62 @@
+//! Every op of the `Tensor` API, one theme per file: its shape checks, its
+//! forward call into `firebrand-ops`, and its backward rule.
+
+mod binary;
+mod index;
+mod matmul;
+mod reduce;
+mod softmax;
+mod unary;
+mod view;
+
+use crate::grad_mode::is_grad_enabled;
+use crate::tensor::{GradFn, Tensor};
+use firebrand_tensor::{Error, Result, Shape, normalize_dim};
+
+/// Records `out` as produced by `name` from `inputs` when any input requires
+/// grad and recording is on; `backward(out, grad_out)` returns one optional
+/// gradient per input.
+pub(crate) fn record(
+    out: Tensor,
+    name: &'static str,
+    inputs: &[&Tensor],
+    backward: impl Fn(&Tensor, &Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+) -> Tensor {
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return out;
+    }
+    let grad_fn = GradFn { name, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) };
+    Tensor::from_parts(out.0.storage.clone(), out.0.layout.clone(), Some(grad_fn))
+}
+
+/// Normalizes a list of possibly negative dims, rejecting duplicates.
+pub(crate) fn normalize_dims(op: &'static str, dims: &[isize], shape: &Shape) -> Result<Vec<usize>> {
+    let mut out = Vec::with_capacity(dims.len());
+    for &d in dims {
+        let n = normalize_dim(d, shape.rank(), op, shape)?;
+        if out.contains(&n) {
+            return Err(Error::msg(op, format!("dimension {d} given twice for shape {shape:?}")));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
+/// Generates the panicking form of a `try_` method: same arguments, panics with
+/// the error's message (which names the op and the shapes).
+macro_rules! panicking {
+    ($(#[$m:meta])* $name:ident => $try:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty) => {
+        $(#[$m])*
+        ///
+        /// # Panics
+        #[doc = concat!("On the errors of [`Tensor::", stringify!($try), "`].")]
+        #[track_caller]
+        pub fn $name(&self, $($arg: $ty),*) -> $ret {
+            match self.$try($($arg),*) {
+                Ok(v) => v,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+}
+pub(crate) use panicking;

@@ -1,0 +1,197 @@
+//! Reductions over any set of dims: sum, mean, max, min (values), argmax and
+//! argmin (indices), variance and standard deviation; and `sum_to`, which
+//! reduces a broadcast gradient back to an input's shape.
+
+use super::{normalize_dims, panicking, record};
+use crate::tensor::Tensor;
+use firebrand_ops::reduce::{ReduceOp, Reduced, reduce};
+use firebrand_tensor::{Error, Result, Shape};
+
+impl Tensor {
+    /// Output shape of reducing `axes`, with or without the reduced dims kept as 1.
+    fn reduced_shape(&self, axes: &[bool], keepdim: bool) -> Shape {
+        let dims = self.dims();
+        let v: Vec<usize> = (0..dims.len()).filter_map(|d| if axes[d] { keepdim.then_some(1) } else { Some(dims[d]) }).collect();
+        v.into()
+    }
+
+    fn axes_of(&self, op: &'static str, dims: &[isize]) -> Result<Vec<bool>> {
+        let ds = normalize_dims(op, dims, self.shape())?;
+        let mut axes = vec![false; self.rank()];
+        ds.iter().for_each(|&d| axes[d] = true);
+        Ok(axes)
+    }
+
+    fn reduce_forward(&self, op: ReduceOp, axes: &[bool], keepdim: bool) -> Result<Tensor> {
+        let shape = self.reduced_shape(axes, keepdim);
+        Ok(match self.with_f32(op.name(), |d, l| reduce(op, d, l, axes))? {
+            Reduced::Values(v) => Tensor::from_vec(v, shape),
+            Reduced::Indices(v) => Tensor::from_vec(v, shape),
+        })
+    }
+
+    /// Sum over `dims` (negative dims count from the end).
+    ///
+    /// # Errors
+    /// When a dim is out of range or repeated, or the tensor is not `f32`.
+    pub fn try_sum(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of("sum", dims)?;
+        let out = self.reduce_forward(ReduceOp::Sum, &axes, keepdim)?;
+        let in_shape = self.shape().clone();
+        let kept = self.reduced_shape(&axes, true);
+        Ok(record(out, "sum", &[self], move |_, g| vec![Some(g.reshape(kept.clone()).broadcast_to(in_shape.clone()).contiguous())]))
+    }
+
+    panicking!(
+        /// Sum over `dims`; `keepdim` keeps them as size 1.
+        sum => try_sum(dims: &[isize], keepdim: bool) -> Tensor
+    );
+
+    /// Sum of all elements (a 0-d tensor).
+    pub fn sum_all(&self) -> Tensor {
+        let all: Vec<isize> = (0..self.rank() as isize).collect();
+        self.sum(&all, false)
+    }
+
+    /// Mean over `dims`.
+    ///
+    /// # Errors
+    /// As [`Tensor::try_sum`].
+    pub fn try_mean(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of("mean", dims)?;
+        let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
+        Ok(self.try_sum(dims, keepdim)?.affine(1.0 / n as f32, 0.0))
+    }
+
+    panicking!(
+        /// Mean over `dims`.
+        mean => try_mean(dims: &[isize], keepdim: bool) -> Tensor
+    );
+
+    /// Mean of all elements (a 0-d tensor).
+    pub fn mean_all(&self) -> Tensor {
+        let all: Vec<isize> = (0..self.rank() as isize).collect();
+        self.mean(&all, false)
+    }
+
+    fn extreme(&self, op: ReduceOp, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of(op.name(), dims)?;
+        let out = self.reduce_forward(op, &axes, keepdim)?;
+        let x = self.detach();
+        let kept = self.reduced_shape(&axes, true);
+        let dims = dims.to_vec();
+        Ok(record(out, op.name(), &[self], move |out, g| {
+            // Gradient shared evenly among the elements equal to the extreme (PyTorch's amax/amin).
+            let mask = x.eq(&out.reshape(kept.clone()));
+            let count = mask.sum(&dims, true);
+            vec![Some(mask.mul(&g.reshape(kept.clone())).div(&count))]
+        }))
+    }
+
+    /// Largest value over `dims` (PyTorch's `amax`; ties share the gradient).
+    ///
+    /// # Errors
+    /// As [`Tensor::try_sum`].
+    pub fn try_max(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.extreme(ReduceOp::Max, dims, keepdim)
+    }
+
+    /// Smallest value over `dims` (PyTorch's `amin`).
+    ///
+    /// # Errors
+    /// As [`Tensor::try_sum`].
+    pub fn try_min(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.extreme(ReduceOp::Min, dims, keepdim)
+    }
+
+    panicking!(
+        /// Largest value over `dims`.
+        max => try_max(dims: &[isize], keepdim: bool) -> Tensor
+    );
+    panicking!(
+        /// Smallest value over `dims`.
+        min => try_min(dims: &[isize], keepdim: bool) -> Tensor
+    );
+
+    /// Index of the largest value along `dim` (`i64`; the first one on ties).
+    ///
+    /// # Errors
+    /// When `dim` is out of range or the tensor is not `f32`.
+    pub fn try_argmax(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of("argmax", &[dim])?;
+        self.reduce_forward(ReduceOp::ArgMax, &axes, keepdim)
+    }
+
+    /// Index of the smallest value along `dim` (`i64`).
+    ///
+    /// # Errors
+    /// As [`Tensor::try_argmax`].
+    pub fn try_argmin(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of("argmin", &[dim])?;
+        self.reduce_forward(ReduceOp::ArgMin, &axes, keepdim)
+    }
+
+    panicking!(
+        /// Index of the largest value along `dim` (`i64`).
+        argmax => try_argmax(dim: isize, keepdim: bool) -> Tensor
+    );
+    panicking!(
+        /// Index of the smallest value along `dim` (`i64`).
+        argmin => try_argmin(dim: isize, keepdim: bool) -> Tensor
+    );
+
+    /// Variance over `dims` with `correction` (1 = unbiased, PyTorch's default;
+    /// 0 = population). Composite: gradients come from its parts.
+    ///
+    /// # Errors
+    /// As [`Tensor::try_sum`].
+    pub fn try_var(&self, dims: &[isize], correction: usize, keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of("var", dims)?;
+        let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
+        let centered = self.try_sub(&self.try_mean(dims, true)?)?;
+        let denom = n.saturating_sub(correction).max(0) as f32;
+        Ok(centered.square().try_sum(dims, keepdim)?.affine(1.0 / denom, 0.0))
+    }
+
+    panicking!(
+        /// Variance over `dims`; see [`Tensor::try_var`].
+        var => try_var(dims: &[isize], correction: usize, keepdim: bool) -> Tensor
+    );
+
+    /// Standard deviation over `dims` (square root of [`Tensor::var`]).
+    #[track_caller]
+    pub fn std(&self, dims: &[isize], correction: usize, keepdim: bool) -> Tensor {
+        self.var(dims, correction, keepdim).sqrt()
+    }
+
+    /// Sums a broadcast tensor back down to `shape` (the gradient rule of
+    /// broadcasting): leading extra dims and dims where `shape` has 1 are summed.
+    ///
+    /// # Errors
+    /// When `shape` does not broadcast to this tensor's shape.
+    pub fn try_sum_to(&self, shape: &Shape) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let (r, sr) = (self.rank(), shape.rank());
+        if sr > r {
+            return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
+        }
+        let lead = r - sr;
+        let mut dims: Vec<isize> = (0..lead as isize).collect();
+        for (i, &s) in shape.dims().iter().enumerate() {
+            let d = self.dims()[lead + i];
+            if s == 1 && d != 1 {
+                dims.push((lead + i) as isize);
+            } else if s != d {
+                return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
+            }
+        }
+        self.try_sum(&dims, true)?.try_reshape(shape.clone())
+    }
+
+    panicking!(
+        /// Sums a broadcast tensor back down to `shape`.
+        sum_to => try_sum_to(shape: &Shape) -> Tensor
+    );
+}

@@ -1,0 +1,53 @@
+//! Softmax and log-softmax along any dim, with fused CPU kernels (the
+//! composite `exp(x - max) / sum` is kept as the reference in tests).
+
+use super::{panicking, record};
+use crate::tensor::Tensor;
+use firebrand_ops::softmax::{log_softmax_backward_rows, log_softmax_rows, softmax_backward_rows, softmax_rows};
+use firebrand_tensor::{Result, normalize_dim};
+
+impl Tensor {
+    fn softmax_impl(&self, dim: isize, log: bool) -> Result<Tensor> {
+        let op = if log { "log_softmax" } else { "softmax" };
+        let d = normalize_dim(dim, self.rank().max(1), op, self.shape())?;
+        let last = self.rank().saturating_sub(1);
+        if self.rank() > 0 && d != last {
+            // Move `dim` last, compute, move it back (autograd sees the transposes).
+            return Ok(self.try_transpose(d as isize, -1)?.softmax_impl(-1, log)?.transpose(d as isize, -1));
+        }
+        let cols = self.dims().last().copied().unwrap_or(1);
+        let x = self.f32_contiguous(op)?;
+        let y = if log { log_softmax_rows(&x, cols) } else { softmax_rows(&x, cols) };
+        let out = Tensor::from_vec(y, self.shape().clone());
+        Ok(record(out, op, &[self], move |y, g| {
+            let (yv, gv) = (y.to_vec::<f32>(), g.to_vec::<f32>());
+            let dx = if log { log_softmax_backward_rows(&yv, &gv, cols) } else { softmax_backward_rows(&yv, &gv, cols) };
+            vec![Some(Tensor::from_vec(dx, y.shape().clone()))]
+        }))
+    }
+
+    /// Softmax along `dim`, numerically stable.
+    ///
+    /// # Errors
+    /// When `dim` is out of range or the tensor is not `f32`.
+    pub fn try_softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl(dim, false)
+    }
+
+    /// Log-softmax along `dim`, numerically stable.
+    ///
+    /// # Errors
+    /// As [`Tensor::try_softmax`].
+    pub fn try_log_softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl(dim, true)
+    }
+
+    panicking!(
+        /// Softmax along `dim`, numerically stable.
+        softmax => try_softmax(dim: isize) -> Tensor
+    );
+    panicking!(
+        /// Log-softmax along `dim`, numerically stable.
+        log_softmax => try_log_softmax(dim: isize) -> Tensor
+    );
+}

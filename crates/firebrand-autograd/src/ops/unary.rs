@@ -1,0 +1,115 @@
+//! Elementwise unary ops. Every method is one row of
+//! [`firebrand_ops::unary::UnaryOp`]'s table, which gives the value and the
+//! derivative, so one generic backward rule serves them all.
+
+use super::record;
+use crate::tensor::Tensor;
+use firebrand_ops::unary::{UnaryOp, unary_backward, unary_map};
+use firebrand_tensor::Result;
+
+impl Tensor {
+    /// Applies a unary op from the table (see [`UnaryOp`]).
+    ///
+    /// # Errors
+    /// When the tensor is not `f32`.
+    pub fn try_unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let out = self.with_f32(op.name(), |d, l| unary_map(op, d, l))?;
+        let out = Tensor::from_vec(out, self.shape().clone());
+        let x = self.detach();
+        Ok(record(out, op.name(), &[self], move |y, g| {
+            let xv = x.to_vec::<f32>();
+            let yv = y.to_vec::<f32>();
+            let gv = g.to_vec::<f32>();
+            vec![Some(Tensor::from_vec(unary_backward(op, &xv, &yv, &gv), x.shape().clone()))]
+        }))
+    }
+
+    /// Applies a unary op from the table.
+    ///
+    /// # Panics
+    /// When the tensor is not `f32`.
+    #[track_caller]
+    pub fn unary(&self, op: UnaryOp) -> Tensor {
+        self.try_unary(op).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+macro_rules! unary_methods {
+    ($($(#[$m:meta])* $name:ident => $op:expr;)*) => {
+        impl Tensor {
+            $(
+                $(#[$m])*
+                ///
+                /// # Panics
+                /// When the tensor is not `f32`.
+                #[track_caller]
+                pub fn $name(&self) -> Tensor {
+                    self.unary($op)
+                }
+            )*
+        }
+    };
+}
+
+unary_methods! {
+    /// `-x`
+    neg => UnaryOp::Neg;
+    /// `|x|`
+    abs => UnaryOp::Abs;
+    /// `e^x`
+    exp => UnaryOp::Exp;
+    /// Natural logarithm.
+    log => UnaryOp::Log;
+    /// Square root.
+    sqrt => UnaryOp::Sqrt;
+    /// `1 / sqrt(x)`
+    rsqrt => UnaryOp::Rsqrt;
+    /// `1 / x`
+    recip => UnaryOp::Recip;
+    /// `x * x`
+    square => UnaryOp::Square;
+    /// Hyperbolic tangent.
+    tanh => UnaryOp::Tanh;
+    /// Logistic sigmoid.
+    sigmoid => UnaryOp::Sigmoid;
+    /// `max(x, 0)`
+    relu => UnaryOp::Relu;
+    /// GELU, exact (erf) form: PyTorch's `gelu(x)`.
+    gelu => UnaryOp::Gelu;
+    /// GELU, tanh approximation: PyTorch's `gelu(x, approximate="tanh")`.
+    gelu_tanh => UnaryOp::GeluTanh;
+    /// `x * sigmoid(x)`
+    silu => UnaryOp::Silu;
+    /// `ln(1 + e^x)`
+    softplus => UnaryOp::Softplus;
+    /// Sine.
+    sin => UnaryOp::Sin;
+    /// Cosine.
+    cos => UnaryOp::Cos;
+}
+
+impl Tensor {
+    /// `x^p` for a constant exponent.
+    #[track_caller]
+    pub fn powf(&self, p: f32) -> Tensor {
+        self.unary(UnaryOp::Powf(p))
+    }
+
+    /// `x` where positive, `slope * x` elsewhere.
+    #[track_caller]
+    pub fn leaky_relu(&self, slope: f32) -> Tensor {
+        self.unary(UnaryOp::LeakyRelu(slope))
+    }
+
+    /// Clamps into `[lo, hi]`.
+    #[track_caller]
+    pub fn clamp(&self, lo: f32, hi: f32) -> Tensor {
+        self.unary(UnaryOp::Clamp(lo, hi))
+    }
+
+    /// `mul * x + add` in one pass.
+    #[track_caller]
+    pub fn affine(&self, mul: f32, add: f32) -> Tensor {
+        self.unary(UnaryOp::Affine(mul, add))
+    }
+}

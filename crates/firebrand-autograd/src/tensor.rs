@@ -1,0 +1,478 @@
+//! The `Tensor` type: shared storage, a strided layout, a device, and (when it
+//! takes part in autograd) the op that produced it.
+
+use crate::random;
+use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result, Shape};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+/// Unique identity of a tensor handle (views get their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+impl TensorId {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TensorId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Computes the gradients of an op's inputs from `(output, grad_output)`.
+pub(crate) type BackwardFn = Box<dyn Fn(&Tensor, &Tensor) -> Vec<Option<Tensor>> + Send + Sync>;
+
+/// The recorded op that produced a tensor.
+pub(crate) struct GradFn {
+    pub(crate) name: &'static str,
+    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) backward: BackwardFn,
+}
+
+pub(crate) struct TensorImpl {
+    pub(crate) id: TensorId,
+    pub(crate) storage: Arc<RwLock<CpuStorage>>,
+    pub(crate) layout: Layout,
+    pub(crate) device: Device,
+    pub(crate) requires_grad: AtomicBool,
+    pub(crate) grad_fn: Option<GradFn>,
+    pub(crate) grad: Mutex<Option<Tensor>>,
+}
+
+/// An n-dimensional array with a runtime shape, living on a [`Device`], that
+/// can record the ops applied to it for reverse-mode autograd.
+///
+/// Cloning is cheap (a reference count); views such as [`Tensor::transpose`]
+/// or [`Tensor::narrow`] share the storage and only change the layout.
+///
+/// ```
+/// use firebrand_autograd::Tensor;
+///
+/// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]);
+/// let w = Tensor::from_vec(vec![0.5f32, -1.0], [2, 1]).requires_grad_(true);
+/// let loss = x.matmul(&w).square().sum_all();
+/// loss.backward();
+/// // d/dw sum((x w)^2) = 2 xᵀ (x w)
+/// assert_eq!(w.grad().unwrap().to_vec::<f32>(), vec![-18.0, -26.0]);
+/// ```
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<TensorImpl>);
+
+impl Tensor {
+    // ---- construction -------------------------------------------------------
+
+    pub(crate) fn from_parts(storage: Arc<RwLock<CpuStorage>>, layout: Layout, grad_fn: Option<GradFn>) -> Tensor {
+        let requires_grad = grad_fn.is_some();
+        Tensor(Arc::new(TensorImpl {
+            id: TensorId::new(),
+            storage,
+            layout,
+            device: Device::Cpu,
+            requires_grad: AtomicBool::new(requires_grad),
+            grad_fn,
+            grad: Mutex::new(None),
+        }))
+    }
+
+    /// A new contiguous tensor owning `storage`.
+    pub(crate) fn from_storage(storage: CpuStorage, shape: impl Into<Shape>) -> Tensor {
+        Tensor::from_parts(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), None)
+    }
+
+    /// A view of this tensor's storage with another layout (no autograd record).
+    pub(crate) fn view_with(&self, layout: Layout) -> Tensor {
+        Tensor::from_parts(self.0.storage.clone(), layout, None)
+    }
+
+    /// A tensor from a flat vector in row-major order.
+    ///
+    /// # Panics
+    /// When `data.len()` differs from the shape's element count; see [`Tensor::try_from_vec`].
+    #[track_caller]
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Tensor {
+        Tensor::try_from_vec(data, shape).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A tensor from a flat vector in row-major order.
+    ///
+    /// # Errors
+    /// When `data.len()` differs from the shape's element count.
+    pub fn try_from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.elem_count() {
+            return Err(Error::InvalidShape {
+                op: "from_vec",
+                msg: format!("{} elements given for {} expected", data.len(), shape.elem_count()),
+                shape,
+            });
+        }
+        let any: Box<dyn std::any::Any> = Box::new(data);
+        let storage = match T::DTYPE {
+            DType::F32 => CpuStorage::F32(*any.downcast::<Vec<f32>>().expect("f32")),
+            DType::I64 => CpuStorage::I64(*any.downcast::<Vec<i64>>().expect("i64")),
+            other => return Err(Error::DType { op: "from_vec", got: other, expected: "f32 or i64" }),
+        };
+        Ok(Tensor::from_storage(storage, shape))
+    }
+
+    /// A tensor copied from a slice.
+    ///
+    /// # Panics
+    /// When the length differs from the shape's element count.
+    #[track_caller]
+    pub fn from_slice<T: Element>(data: &[T], shape: impl Into<Shape>) -> Tensor {
+        Tensor::from_vec(data.to_vec(), shape)
+    }
+
+    /// A 0-dimensional `f32` tensor.
+    pub fn scalar(v: f32) -> Tensor {
+        Tensor::from_vec(vec![v], ())
+    }
+
+    /// A tensor filled with `v` (`f32`).
+    pub fn full(v: f32, shape: impl Into<Shape>) -> Tensor {
+        let shape = shape.into();
+        Tensor::from_storage(CpuStorage::F32(vec![v; shape.elem_count()]), shape)
+    }
+
+    /// Zeros (`f32`).
+    pub fn zeros(shape: impl Into<Shape>) -> Tensor {
+        Tensor::full(0.0, shape)
+    }
+
+    /// Ones (`f32`).
+    pub fn ones(shape: impl Into<Shape>) -> Tensor {
+        Tensor::full(1.0, shape)
+    }
+
+    /// Zeros with this tensor's shape.
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::zeros(self.shape().clone())
+    }
+
+    /// Ones with this tensor's shape.
+    pub fn ones_like(&self) -> Tensor {
+        Tensor::ones(self.shape().clone())
+    }
+
+    /// `v` everywhere, with this tensor's shape.
+    pub fn full_like(&self, v: f32) -> Tensor {
+        Tensor::full(v, self.shape().clone())
+    }
+
+    /// The identity matrix `(n, n)`.
+    pub fn eye(n: usize) -> Tensor {
+        let mut v = vec![0.0f32; n * n];
+        (0..n).for_each(|i| v[i * n + i] = 1.0);
+        Tensor::from_vec(v, [n, n])
+    }
+
+    /// `start, start + step, ...` below `end` (`f32`, like `torch.arange`).
+    ///
+    /// # Panics
+    /// When `step` is zero or has the wrong sign to reach `end`.
+    #[track_caller]
+    pub fn arange(start: f32, end: f32, step: f32) -> Tensor {
+        assert!(step != 0.0 && (end - start) * step >= 0.0, "arange: step {step} cannot go from {start} to {end}");
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        Tensor::from_vec((0..n).map(|i| start + i as f32 * step).collect::<Vec<f32>>(), [n])
+    }
+
+    /// `start..end` as `i64` (indices).
+    pub fn arange_i64(start: i64, end: i64) -> Tensor {
+        let v: Vec<i64> = (start..end.max(start)).collect();
+        let n = v.len();
+        Tensor::from_vec(v, [n])
+    }
+
+    /// Uniform samples in `[lo, hi)` from the global generator (see [`crate::manual_seed`]).
+    pub fn rand(shape: impl Into<Shape>, lo: f32, hi: f32) -> Tensor {
+        let shape = shape.into();
+        let v = random::with_global(|r| random::uniform(r, shape.elem_count(), lo, hi));
+        Tensor::from_vec(v, shape)
+    }
+
+    /// Normal samples with the given mean and standard deviation from the global generator.
+    pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32) -> Tensor {
+        let shape = shape.into();
+        let v = random::with_global(|r| random::normal(r, shape.elem_count(), mean, std));
+        Tensor::from_vec(v, shape)
+    }
+
+    /// Uniform samples in `[lo, hi)` from a caller-supplied generator.
+    pub fn rand_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, lo: f32, hi: f32, rng: &mut R) -> Tensor {
+        let shape = shape.into();
+        Tensor::from_vec(random::uniform(rng, shape.elem_count(), lo, hi), shape)
+    }
+
+    /// Normal samples from a caller-supplied generator.
+    pub fn randn_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, mean: f32, std: f32, rng: &mut R) -> Tensor {
+        let shape = shape.into();
+        Tensor::from_vec(random::normal(rng, shape.elem_count(), mean, std), shape)
+    }
+
+    /// A tensor from an `ndarray` array (copied into row-major order).
+    pub fn from_ndarray<T: Element, D: ndarray::Dimension>(a: &ndarray::Array<T, D>) -> Tensor {
+        let shape = a.shape().to_vec();
+        Tensor::from_vec(a.iter().copied().collect::<Vec<T>>(), shape)
+    }
+
+    /// The elements as an `ndarray` array, converted to `T`.
+    pub fn to_ndarray<T: Element>(&self) -> ndarray::ArrayD<T> {
+        ndarray::ArrayD::from_shape_vec(self.dims().to_vec(), self.to_vec::<T>()).expect("shape matches")
+    }
+
+    // ---- accessors ----------------------------------------------------------
+
+    /// The tensor's identity.
+    pub fn id(&self) -> TensorId {
+        self.0.id
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        self.0.layout.shape()
+    }
+
+    /// The dimension sizes.
+    pub fn dims(&self) -> &[usize] {
+        self.0.layout.dims()
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.dims().len()
+    }
+
+    /// Size of dimension `d` (negative counts from the end).
+    ///
+    /// # Panics
+    /// When `d` is out of range.
+    #[track_caller]
+    pub fn size(&self, d: isize) -> usize {
+        self.shape().dim(d).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.0.layout.elem_count()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.0.storage.read().unwrap().dtype()
+    }
+
+    /// The device holding the storage.
+    pub fn device(&self) -> Device {
+        self.0.device
+    }
+
+    /// The strided layout.
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+
+    /// True when the elements are in row-major order without gaps.
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+
+    /// True when two tensors share one storage buffer (one is a view of the other).
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// Moves the tensor to `device`. Only the CPU exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::DeviceUnavailable`] for a device this build cannot use.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(self.clone()),
+            other => Err(Error::DeviceUnavailable {
+                op: "to_device",
+                device: other,
+                msg: "no GPU backend is compiled into this build".into(),
+            }),
+        }
+    }
+
+    /// The elements in row-major order, converted to `T`.
+    pub fn to_vec<T: Element>(&self) -> Vec<T> {
+        self.0.storage.read().unwrap().to_vec(&self.0.layout)
+    }
+
+    /// The single element of a one-element tensor as `f32` (PyTorch's `item()`).
+    ///
+    /// # Panics
+    /// When the tensor has more or fewer than one element.
+    #[track_caller]
+    pub fn item(&self) -> f32 {
+        self.try_item().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The single element of a one-element tensor.
+    ///
+    /// # Errors
+    /// When the tensor has more or fewer than one element.
+    pub fn try_item(&self) -> Result<f32> {
+        if self.elem_count() != 1 {
+            return Err(Error::InvalidShape { op: "item", shape: self.shape().clone(), msg: "needs exactly one element".into() });
+        }
+        Ok(self.to_vec::<f32>()[0])
+    }
+
+    /// Converts the elements to another dtype (not differentiable).
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        match dtype {
+            DType::F32 => Tensor::from_vec(self.to_vec::<f32>(), self.shape().clone()),
+            DType::I64 => Tensor::from_vec(self.to_vec::<i64>(), self.shape().clone()),
+            _ => unreachable!("every DType is handled"),
+        }
+    }
+
+    // ---- storage access for ops ---------------------------------------------
+
+    /// Read access to the storage.
+    pub(crate) fn storage(&self) -> RwLockReadGuard<'_, CpuStorage> {
+        self.0.storage.read().unwrap()
+    }
+
+    /// Runs `f` over the `f32` buffer and this tensor's layout.
+    pub(crate) fn with_f32<R>(&self, op: &'static str, f: impl FnOnce(&[f32], &Layout) -> R) -> Result<R> {
+        let s = self.storage();
+        match &*s {
+            CpuStorage::F32(v) => Ok(f(v, &self.0.layout)),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "f32" }),
+        }
+    }
+
+    /// Runs `f` over the `i64` buffer and this tensor's layout.
+    pub(crate) fn with_i64<R>(&self, op: &'static str, f: impl FnOnce(&[i64], &Layout) -> R) -> Result<R> {
+        let s = self.storage();
+        match &*s {
+            CpuStorage::I64(v) => Ok(f(v, &self.0.layout)),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "i64" }),
+        }
+    }
+
+    /// The `f32` elements in row-major order (copied only when not contiguous).
+    pub(crate) fn f32_contiguous(&self, op: &'static str) -> Result<Vec<f32>> {
+        self.with_f32(op, |d, l| firebrand_ops::contiguous(d, l))
+    }
+
+    /// The `i64` elements in row-major order.
+    pub(crate) fn i64_contiguous(&self, op: &'static str) -> Result<Vec<i64>> {
+        self.with_i64(op, |d, l| firebrand_ops::contiguous(d, l))
+    }
+
+    // ---- autograd state -----------------------------------------------------
+
+    /// True when gradients flow to or through this tensor.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Marks a leaf tensor as a parameter whose gradient `backward` fills in
+    /// (PyTorch's `requires_grad_`). Returns the same tensor for chaining.
+    ///
+    /// # Panics
+    /// When called on a non-leaf tensor (one produced by a recorded op).
+    #[track_caller]
+    pub fn requires_grad_(self, on: bool) -> Tensor {
+        assert!(self.is_leaf(), "requires_grad_: only leaf tensors can change requires_grad; use detach() first");
+        self.0.requires_grad.store(on, Ordering::Relaxed);
+        self
+    }
+
+    /// True for tensors not produced by a recorded op.
+    pub fn is_leaf(&self) -> bool {
+        self.0.grad_fn.is_none()
+    }
+
+    /// Name of the op that produced this tensor, if recorded.
+    pub fn grad_fn_name(&self) -> Option<&'static str> {
+        self.0.grad_fn.as_ref().map(|g| g.name)
+    }
+
+    /// The accumulated gradient of a leaf after `backward`.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0.grad.lock().unwrap().clone()
+    }
+
+    /// Clears the accumulated gradient (PyTorch's `grad = None`).
+    pub fn zero_grad(&self) {
+        *self.0.grad.lock().unwrap() = None;
+    }
+
+    /// Replaces the accumulated gradient.
+    pub fn set_grad(&self, g: Option<Tensor>) {
+        *self.0.grad.lock().unwrap() = g;
+    }
+
+    /// The same data cut off from the graph (shares storage).
+    pub fn detach(&self) -> Tensor {
+        self.view_with(self.0.layout.clone())
+    }
+
+    /// Overwrites this tensor's elements in place with `src`'s (same shape),
+    /// visible through every view of the storage. Not recorded by autograd:
+    /// meant for optimizers and weight loading.
+    ///
+    /// # Errors
+    /// On a shape or dtype mismatch.
+    pub fn copy_(&self, src: &Tensor) -> Result<()> {
+        if self.shape() != src.shape() {
+            return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
+        }
+        let vals = src.f32_contiguous("copy_")?;
+        self.update_f32("copy_", |dst| dst.copy_from_slice(&vals))
+    }
+
+    /// Runs `f` on this tensor's elements in place, as a contiguous `f32` slice
+    /// (not recorded by autograd; used by optimizers).
+    ///
+    /// # Errors
+    /// When the tensor is not `f32` or not contiguous.
+    pub fn update_f32(&self, op: &'static str, f: impl FnOnce(&mut [f32])) -> Result<()> {
+        let range = self.0.layout.contiguous_range().ok_or_else(|| Error::msg(op, "in-place update needs a contiguous tensor"))?;
+        let mut s = self.0.storage.write().unwrap();
+        match &mut *s {
+            CpuStorage::F32(v) => {
+                f(&mut v[range]);
+                Ok(())
+            }
+            other => Err(Error::DType { op, got: other.dtype(), expected: "f32" }),
+        }
+    }
+}
+
+/// Checks that all tensors live on one device.
+pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
+    let d = ts[0].device();
+    check_devices(op, ts.iter().map(|t| t.device()), d)
+}
+
+pub(crate) fn check_devices(op: &'static str, devices: impl Iterator<Item = Device>, first: Device) -> Result<Device> {
+    for d in devices {
+        if d != first {
+            return Err(Error::DeviceMismatch { op, lhs: first, rhs: d });
+        }
+    }
+    Ok(first)
+}
+
+impl Drop for TensorImpl {
+    fn drop(&mut self) {
+        // Unlink long graphs iteratively so dropping the output of a deep chain
+        // (an unrolled RNN, thousands of steps) cannot overflow the stack.
+        let Some(g) = self.grad_fn.take() else { return };
+        let mut stack: Vec<Tensor> = g.inputs;
+        while let Some(t) = stack.pop() {
+            if let Ok(mut inner) = Arc::try_unwrap(t.0) {
+                if let Some(g) = inner.grad_fn.take() {
+                    stack.extend(g.inputs);
+                }
+            }
+        }
+    }
+}
