@@ -1,2 +1,51 @@
-//! placeholder
+//! # Firebrand
+//!
+//! A deep-learning framework in Rust: as easy as Keras, fast on the CPU,
+//! correct to the last gradient.
+//!
+//! This facade re-exports the layers of the workspace:
+//!
+//! | crate | what it holds |
+//! |---|---|
+//! | [`tensor`] (`firebrand-tensor`) | shapes, strided layouts, dtypes, devices, errors, CPU storage |
+//! | [`ops`] (`firebrand-ops`) | CPU kernels: AVX-512 gemm, SIMD elementwise, reductions, softmax, indexing |
+//! | [`autograd`] (`firebrand-autograd`) | the user-facing [`Tensor`], reverse-mode autograd, `gradcheck` |
+//!
+//! Most programs only need the [`prelude`]:
+//!
+//! ```
+//! use firebrand::prelude::*;
+//!
+//! manual_seed(0);
+//! // Fit y = 3x - 1 with plain gradient descent.
+//! let x = Tensor::rand([64, 1], -1.0, 1.0);
+//! let y = &x * 3.0 - 1.0;
+//! let w = Tensor::zeros([1, 1]).requires_grad_(true);
+//! let b = Tensor::zeros([1]).requires_grad_(true);
+//! for _ in 0..200 {
+//!     let loss = (x.matmul(&w) + &b - &y).square().mean_all();
+//!     loss.backward();
+//!     for p in [&w, &b] {
+//!         let g = p.grad().unwrap().to_vec::<f32>();
+//!         p.update_f32("sgd", |d| d.iter_mut().zip(&g).for_each(|(d, g)| *d -= 0.5 * g)).unwrap();
+//!         p.zero_grad();
+//!     }
+//! }
+//! assert!((w.item() - 3.0).abs() < 1e-3 && (b.item() + 1.0).abs() < 1e-3);
+//! ```
+
+pub use firebrand_autograd as autograd;
 pub use firebrand_ops as ops;
+pub use firebrand_tensor as tensor;
+
+pub use firebrand_autograd::{
+    DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, gradcheck, manual_seed,
+    no_grad, with_no_grad,
+};
+
+/// The names most programs need: `use firebrand::prelude::*;`.
+pub mod prelude {
+    pub use firebrand_autograd::{
+        DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad,
+    };
+}

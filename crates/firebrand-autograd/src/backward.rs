@@ -40,7 +40,8 @@ impl Tensor {
     /// See [`Tensor::try_backward_with_grad`].
     #[track_caller]
     pub fn backward_with_grad(&self, grad: &Tensor) {
-        self.try_backward_with_grad(grad).unwrap_or_else(|e| panic!("{e}"))
+        self.try_backward_with_grad(grad)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Backpropagates `grad` (of this tensor's shape) through the graph.
@@ -49,22 +50,39 @@ impl Tensor {
     /// When `grad`'s shape differs or this tensor does not require grad.
     pub fn try_backward_with_grad(&self, grad: &Tensor) -> Result<()> {
         if !self.requires_grad() {
-            return Err(Error::msg("backward", "tensor does not require grad (no input has requires_grad_(true), or it was computed under no_grad)"));
+            return Err(Error::msg(
+                "backward",
+                "tensor does not require grad (no input has requires_grad_(true), or it was computed under no_grad)",
+            ));
         }
         if grad.shape() != self.shape() {
-            return Err(Error::ShapeMismatch { op: "backward", lhs: self.shape().clone(), rhs: grad.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op: "backward",
+                lhs: self.shape().clone(),
+                rhs: grad.shape().clone(),
+            });
         }
         let _guard = no_grad();
         let order = topo_order(self);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(self.id(), grad.detach());
         for t in order.iter().rev() {
-            let Some(g) = grads.remove(&t.id()) else { continue };
+            let Some(g) = grads.remove(&t.id()) else {
+                continue;
+            };
             match &t.0.grad_fn {
                 None => accumulate_leaf(t, g),
-                Some(GradFn { name, inputs, backward }) => {
+                Some(GradFn {
+                    name,
+                    inputs,
+                    backward,
+                }) => {
                     let in_grads = backward(t, &g);
-                    debug_assert_eq!(in_grads.len(), inputs.len(), "{name}: backward returned a wrong number of gradients");
+                    debug_assert_eq!(
+                        in_grads.len(),
+                        inputs.len(),
+                        "{name}: backward returned a wrong number of gradients"
+                    );
                     for (inp, ig) in inputs.iter().zip(in_grads) {
                         let Some(ig) = ig else { continue };
                         if !inp.requires_grad() {

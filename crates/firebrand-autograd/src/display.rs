@@ -6,7 +6,16 @@ use firebrand_tensor::DType;
 const EDGE: usize = 3;
 const SUMMARIZE_ABOVE: usize = 1000;
 
-fn fmt_nested(out: &mut String, vals: &[String], dims: &[usize], strides: &[usize], base: usize, depth: usize, summarize: bool, indent: usize) {
+fn fmt_nested(
+    out: &mut String,
+    vals: &[String],
+    dims: &[usize],
+    strides: &[usize],
+    base: usize,
+    depth: usize,
+    summarize: bool,
+    indent: usize,
+) {
     if dims.is_empty() {
         out.push_str(&vals[base]);
         return;
@@ -14,7 +23,11 @@ fn fmt_nested(out: &mut String, vals: &[String], dims: &[usize], strides: &[usiz
     let n = dims[0];
     out.push('[');
     let show: Vec<Option<usize>> = if summarize && n > 2 * EDGE {
-        (0..EDGE).map(Some).chain(std::iter::once(None)).chain((n - EDGE..n).map(Some)).collect()
+        (0..EDGE)
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain((n - EDGE..n).map(Some))
+            .collect()
     } else {
         (0..n).map(Some).collect()
     };
@@ -29,7 +42,16 @@ fn fmt_nested(out: &mut String, vals: &[String], dims: &[usize], strides: &[usiz
             }
         }
         match item {
-            Some(i) => fmt_nested(out, vals, &dims[1..], &strides[1..], base + i * strides[0], depth + 1, summarize, indent),
+            Some(i) => fmt_nested(
+                out,
+                vals,
+                &dims[1..],
+                &strides[1..],
+                base + i * strides[0],
+                depth + 1,
+                summarize,
+                indent,
+            ),
             None => out.push_str("..."),
         }
     }
@@ -43,8 +65,19 @@ impl Tensor {
             DType::I64 => self.to_vec::<i64>().iter().map(|v| v.to_string()).collect(),
             _ => {
                 let v = self.to_vec::<f32>();
-                let big = v.iter().any(|x| x.abs() >= 1e5 || (x.abs() < 1e-4 && *x != 0.0));
-                let strs: Vec<String> = v.iter().map(|x| if big { format!("{x:.4e}") } else { format!("{x:.4}") }).collect();
+                let big = v
+                    .iter()
+                    .any(|x| x.abs() >= 1e5 || (x.abs() < 1e-4 && *x != 0.0));
+                let strs: Vec<String> = v
+                    .iter()
+                    .map(|x| {
+                        if big {
+                            format!("{x:.4e}")
+                        } else {
+                            format!("{x:.4}")
+                        }
+                    })
+                    .collect();
                 let w = strs.iter().map(|s| s.len()).max().unwrap_or(0);
                 strs.into_iter().map(|s| format!("{s:>w$}")).collect()
             }
@@ -81,6 +114,13 @@ impl std::fmt::Display for Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor {{ shape: {:?}, dtype: {}, device: {}, data: {} }}", self.dims(), self.dtype(), self.device(), self.render())
+        write!(
+            f,
+            "Tensor {{ shape: {:?}, dtype: {}, device: {}, data: {} }}",
+            self.dims(),
+            self.dtype(),
+            self.device(),
+            self.render()
+        )
     }
 }

@@ -59,7 +59,11 @@ pub struct Tensor(pub(crate) Arc<TensorImpl>);
 impl Tensor {
     // ---- construction -------------------------------------------------------
 
-    pub(crate) fn from_parts(storage: Arc<RwLock<CpuStorage>>, layout: Layout, grad_fn: Option<GradFn>) -> Tensor {
+    pub(crate) fn from_parts(
+        storage: Arc<RwLock<CpuStorage>>,
+        layout: Layout,
+        grad_fn: Option<GradFn>,
+    ) -> Tensor {
         let requires_grad = grad_fn.is_some();
         Tensor(Arc::new(TensorImpl {
             id: TensorId::new(),
@@ -74,7 +78,11 @@ impl Tensor {
 
     /// A new contiguous tensor owning `storage`.
     pub(crate) fn from_storage(storage: CpuStorage, shape: impl Into<Shape>) -> Tensor {
-        Tensor::from_parts(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), None)
+        Tensor::from_parts(
+            Arc::new(RwLock::new(storage)),
+            Layout::contiguous(shape),
+            None,
+        )
     }
 
     /// A view of this tensor's storage with another layout (no autograd record).
@@ -100,7 +108,11 @@ impl Tensor {
         if data.len() != shape.elem_count() {
             return Err(Error::InvalidShape {
                 op: "from_vec",
-                msg: format!("{} elements given for {} expected", data.len(), shape.elem_count()),
+                msg: format!(
+                    "{} elements given for {} expected",
+                    data.len(),
+                    shape.elem_count()
+                ),
                 shape,
             });
         }
@@ -108,7 +120,13 @@ impl Tensor {
         let storage = match T::DTYPE {
             DType::F32 => CpuStorage::F32(*any.downcast::<Vec<f32>>().expect("f32")),
             DType::I64 => CpuStorage::I64(*any.downcast::<Vec<i64>>().expect("i64")),
-            other => return Err(Error::DType { op: "from_vec", got: other, expected: "f32 or i64" }),
+            other => {
+                return Err(Error::DType {
+                    op: "from_vec",
+                    got: other,
+                    expected: "f32 or i64",
+                });
+            }
         };
         Ok(Tensor::from_storage(storage, shape))
     }
@@ -130,7 +148,9 @@ impl Tensor {
     /// A tensor filled with `v` (`f32`).
     pub fn full(v: f32, shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
-        Tensor::from_storage(CpuStorage::F32(vec![v; shape.elem_count()]), shape)
+        let mut buf = firebrand_tensor::pool::take_f32(shape.elem_count());
+        buf.fill(v);
+        Tensor::from_storage(CpuStorage::F32(buf), shape)
     }
 
     /// Zeros (`f32`).
@@ -171,9 +191,17 @@ impl Tensor {
     /// When `step` is zero or has the wrong sign to reach `end`.
     #[track_caller]
     pub fn arange(start: f32, end: f32, step: f32) -> Tensor {
-        assert!(step != 0.0 && (end - start) * step >= 0.0, "arange: step {step} cannot go from {start} to {end}");
+        assert!(
+            step != 0.0 && (end - start) * step >= 0.0,
+            "arange: step {step} cannot go from {start} to {end}"
+        );
         let n = ((end - start) / step).ceil().max(0.0) as usize;
-        Tensor::from_vec((0..n).map(|i| start + i as f32 * step).collect::<Vec<f32>>(), [n])
+        Tensor::from_vec(
+            (0..n)
+                .map(|i| start + i as f32 * step)
+                .collect::<Vec<f32>>(),
+            [n],
+        )
     }
 
     /// `start..end` as `i64` (indices).
@@ -198,13 +226,23 @@ impl Tensor {
     }
 
     /// Uniform samples in `[lo, hi)` from a caller-supplied generator.
-    pub fn rand_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, lo: f32, hi: f32, rng: &mut R) -> Tensor {
+    pub fn rand_with<R: rand::Rng + ?Sized>(
+        shape: impl Into<Shape>,
+        lo: f32,
+        hi: f32,
+        rng: &mut R,
+    ) -> Tensor {
         let shape = shape.into();
         Tensor::from_vec(random::uniform(rng, shape.elem_count(), lo, hi), shape)
     }
 
     /// Normal samples from a caller-supplied generator.
-    pub fn randn_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, mean: f32, std: f32, rng: &mut R) -> Tensor {
+    pub fn randn_with<R: rand::Rng + ?Sized>(
+        shape: impl Into<Shape>,
+        mean: f32,
+        std: f32,
+        rng: &mut R,
+    ) -> Tensor {
         let shape = shape.into();
         Tensor::from_vec(random::normal(rng, shape.elem_count(), mean, std), shape)
     }
@@ -217,7 +255,8 @@ impl Tensor {
 
     /// The elements as an `ndarray` array, converted to `T`.
     pub fn to_ndarray<T: Element>(&self) -> ndarray::ArrayD<T> {
-        ndarray::ArrayD::from_shape_vec(self.dims().to_vec(), self.to_vec::<T>()).expect("shape matches")
+        ndarray::ArrayD::from_shape_vec(self.dims().to_vec(), self.to_vec::<T>())
+            .expect("shape matches")
     }
 
     // ---- accessors ----------------------------------------------------------
@@ -316,7 +355,11 @@ impl Tensor {
     /// When the tensor has more or fewer than one element.
     pub fn try_item(&self) -> Result<f32> {
         if self.elem_count() != 1 {
-            return Err(Error::InvalidShape { op: "item", shape: self.shape().clone(), msg: "needs exactly one element".into() });
+            return Err(Error::InvalidShape {
+                op: "item",
+                shape: self.shape().clone(),
+                msg: "needs exactly one element".into(),
+            });
         }
         Ok(self.to_vec::<f32>()[0])
     }
@@ -338,26 +381,55 @@ impl Tensor {
     }
 
     /// Runs `f` over the `f32` buffer and this tensor's layout.
-    pub(crate) fn with_f32<R>(&self, op: &'static str, f: impl FnOnce(&[f32], &Layout) -> R) -> Result<R> {
+    pub(crate) fn with_f32<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&[f32], &Layout) -> R,
+    ) -> Result<R> {
         let s = self.storage();
         match &*s {
             CpuStorage::F32(v) => Ok(f(v, &self.0.layout)),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "f32" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "f32",
+            }),
         }
     }
 
     /// Runs `f` over the `i64` buffer and this tensor's layout.
-    pub(crate) fn with_i64<R>(&self, op: &'static str, f: impl FnOnce(&[i64], &Layout) -> R) -> Result<R> {
+    pub(crate) fn with_i64<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&[i64], &Layout) -> R,
+    ) -> Result<R> {
         let s = self.storage();
         match &*s {
             CpuStorage::I64(v) => Ok(f(v, &self.0.layout)),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "i64" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "i64",
+            }),
         }
     }
 
-    /// The `f32` elements in row-major order (copied only when not contiguous).
+    /// The `f32` elements in row-major order, as a new buffer.
     pub(crate) fn f32_contiguous(&self, op: &'static str) -> Result<Vec<f32>> {
-        self.with_f32(op, |d, l| firebrand_ops::contiguous(d, l))
+        self.with_f32(op, |d, l| firebrand_ops::contiguous_f32(d, l))
+    }
+
+    /// Runs `f` over the `f32` elements in row-major order, borrowing the
+    /// storage when the tensor is contiguous and copying only otherwise.
+    pub(crate) fn with_f32_contiguous<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R> {
+        self.with_f32(op, |d, l| match l.contiguous_range() {
+            Some(r) => f(&d[r]),
+            None => f(&firebrand_ops::contiguous_f32(d, l)),
+        })
     }
 
     /// The `i64` elements in row-major order.
@@ -379,7 +451,10 @@ impl Tensor {
     /// When called on a non-leaf tensor (one produced by a recorded op).
     #[track_caller]
     pub fn requires_grad_(self, on: bool) -> Tensor {
-        assert!(self.is_leaf(), "requires_grad_: only leaf tensors can change requires_grad; use detach() first");
+        assert!(
+            self.is_leaf(),
+            "requires_grad_: only leaf tensors can change requires_grad; use detach() first"
+        );
         self.0.requires_grad.store(on, Ordering::Relaxed);
         self
     }
@@ -422,7 +497,11 @@ impl Tensor {
     /// On a shape or dtype mismatch.
     pub fn copy_(&self, src: &Tensor) -> Result<()> {
         if self.shape() != src.shape() {
-            return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op: "copy_",
+                lhs: self.shape().clone(),
+                rhs: src.shape().clone(),
+            });
         }
         let vals = src.f32_contiguous("copy_")?;
         self.update_f32("copy_", |dst| dst.copy_from_slice(&vals))
@@ -434,14 +513,22 @@ impl Tensor {
     /// # Errors
     /// When the tensor is not `f32` or not contiguous.
     pub fn update_f32(&self, op: &'static str, f: impl FnOnce(&mut [f32])) -> Result<()> {
-        let range = self.0.layout.contiguous_range().ok_or_else(|| Error::msg(op, "in-place update needs a contiguous tensor"))?;
+        let range = self
+            .0
+            .layout
+            .contiguous_range()
+            .ok_or_else(|| Error::msg(op, "in-place update needs a contiguous tensor"))?;
         let mut s = self.0.storage.write().unwrap();
         match &mut *s {
             CpuStorage::F32(v) => {
                 f(&mut v[range]);
                 Ok(())
             }
-            other => Err(Error::DType { op, got: other.dtype(), expected: "f32" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "f32",
+            }),
         }
     }
 }
@@ -452,10 +539,18 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     check_devices(op, ts.iter().map(|t| t.device()), d)
 }
 
-pub(crate) fn check_devices(op: &'static str, devices: impl Iterator<Item = Device>, first: Device) -> Result<Device> {
+pub(crate) fn check_devices(
+    op: &'static str,
+    devices: impl Iterator<Item = Device>,
+    first: Device,
+) -> Result<Device> {
     for d in devices {
         if d != first {
-            return Err(Error::DeviceMismatch { op, lhs: first, rhs: d });
+            return Err(Error::DeviceMismatch {
+                op,
+                lhs: first,
+                rhs: d,
+            });
         }
     }
     Ok(first)

@@ -4,6 +4,7 @@
 use crate::parallel::PAR_MIN_ELEMS;
 use crate::strided::{coalesce, for_each_run};
 use firebrand_tensor::Layout;
+use firebrand_tensor::pool::take_f32;
 use rayon::prelude::*;
 
 /// A binary elementwise op on `f32`. Comparisons yield 1.0 for true, 0.0 for false.
@@ -109,13 +110,23 @@ macro_rules! dispatch {
 /// # Panics
 /// When the layouts' shapes differ.
 pub fn binary_map(op: BinaryOp, lhs: &[f32], ll: &Layout, rhs: &[f32], rl: &Layout) -> Vec<f32> {
-    assert_eq!(ll.dims(), rl.dims(), "binary_map: layouts must have the same (broadcast) shape");
+    assert_eq!(
+        ll.dims(),
+        rl.dims(),
+        "binary_map: layouts must have the same (broadcast) shape"
+    );
     dispatch!(op, map_with, lhs, ll, rhs, rl)
 }
 
-fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(f: F, lhs: &[f32], ll: &Layout, rhs: &[f32], rl: &Layout) -> Vec<f32> {
+fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(
+    f: F,
+    lhs: &[f32],
+    ll: &Layout,
+    rhs: &[f32],
+    rl: &Layout,
+) -> Vec<f32> {
     let n = ll.elem_count();
-    let mut out = vec![0.0f32; n];
+    let mut out = take_f32(n);
     if n == 0 {
         return out;
     }
@@ -126,24 +137,39 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(f: F, lhs: &[f32], ll: 
     let run = |o: &mut [f32], pa: usize, pb: usize| {
         let len = o.len();
         match (sa, sb) {
-        (1, 1) => o.iter_mut().zip(&lhs[pa..pa + len]).zip(&rhs[pb..pb + len]).for_each(|((o, &a), &b)| *o = f(a, b)),
-        (1, 0) => {
-            let b = rhs[pb];
-            o.iter_mut().zip(&lhs[pa..pa + len]).for_each(|(o, &a)| *o = f(a, b))
-        }
-        (0, 1) => {
-            let a = lhs[pa];
-            o.iter_mut().zip(&rhs[pb..pb + len]).for_each(|(o, &b)| *o = f(a, b))
-        }
-        _ => o.iter_mut().enumerate().for_each(|(i, o)| *o = f(lhs[pa + i * sa], rhs[pb + i * sb])),
+            (1, 1) => o
+                .iter_mut()
+                .zip(&lhs[pa..pa + len])
+                .zip(&rhs[pb..pb + len])
+                .for_each(|((o, &a), &b)| *o = f(a, b)),
+            (1, 0) => {
+                let b = rhs[pb];
+                o.iter_mut()
+                    .zip(&lhs[pa..pa + len])
+                    .for_each(|(o, &a)| *o = f(a, b))
+            }
+            (0, 1) => {
+                let a = lhs[pa];
+                o.iter_mut()
+                    .zip(&rhs[pb..pb + len])
+                    .for_each(|(o, &b)| *o = f(a, b))
+            }
+            _ => o
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = f(lhs[pa + i * sa], rhs[pb + i * sb])),
         }
     };
     if dims.len() == 1 {
         // A single run: split it across threads when large.
         let (oa, ob) = (ll.offset(), rl.offset());
         if n >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
-            let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(PAR_MIN_ELEMS / 4);
-            out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| run(o, oa + c * chunk * sa, ob + c * chunk * sb));
+            let chunk = n
+                .div_ceil(rayon::current_num_threads() * 4)
+                .max(PAR_MIN_ELEMS / 4);
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(c, o)| run(o, oa + c * chunk * sa, ob + c * chunk * sb));
         } else {
             run(&mut out, oa, ob);
         }
@@ -164,7 +190,9 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(f: F, lhs: &[f32], ll: 
         });
     } else {
         let mut chunks = out.chunks_mut(inner);
-        for_each_run(&dims, &strides, &[ll.offset(), rl.offset()], |pos| run(chunks.next().unwrap(), pos[0], pos[1]));
+        for_each_run(&dims, &strides, &[ll.offset(), rl.offset()], |pos| {
+            run(chunks.next().unwrap(), pos[0], pos[1])
+        });
     }
     out
 }
@@ -194,7 +222,10 @@ mod tests {
     use firebrand_tensor::Shape;
 
     fn reference(op: BinaryOp, a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
-        la.strided_index().zip(lb.strided_index()).map(|(i, j)| op.apply(a[i], b[j])).collect()
+        la.strided_index()
+            .zip(lb.strided_index())
+            .map(|(i, j)| op.apply(a[i], b[j]))
+            .collect()
     }
 
     #[test]
@@ -210,13 +241,25 @@ mod tests {
             Layout::contiguous(()).broadcast_as(&out).unwrap(),
             Layout::contiguous([4, 1, 3]).broadcast_as(&out).unwrap(),
         ];
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Maximum, BinaryOp::Lt, BinaryOp::Ge] {
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Pow,
+            BinaryOp::Maximum,
+            BinaryOp::Lt,
+            BinaryOp::Ge,
+        ] {
             for la in &layouts {
                 for lb in &layouts {
                     let got = binary_map(op, &a, la, &b, lb);
                     let want = reference(op, &a, la, &b, lb);
                     for (g, w) in got.iter().zip(&want) {
-                        assert!(g == w || (g.is_nan() && w.is_nan()), "{op:?} {la:?} {lb:?}: {g} vs {w}");
+                        assert!(
+                            g == w || (g.is_nan() && w.is_nan()),
+                            "{op:?} {la:?} {lb:?}: {g} vs {w}"
+                        );
                     }
                 }
             }
@@ -231,12 +274,17 @@ mod tests {
         let got = binary_map(BinaryOp::Mul, &a, &la, &a, &la);
         assert!(got.iter().enumerate().all(|(i, &g)| g == (i * i) as f32));
         let l2 = Layout::contiguous([7, 10_001]);
-        let row = Layout::contiguous([10_001]).broadcast_as(l2.shape()).unwrap();
+        let row = Layout::contiguous([10_001])
+            .broadcast_as(l2.shape())
+            .unwrap();
         let got = binary_map(BinaryOp::Sub, &a, &l2, &a, &row);
         let want = reference(BinaryOp::Sub, &a, &l2, &a, &row);
         assert_eq!(got, want);
         let t = Layout::contiguous([10_001, 7]).transpose(0, 1).unwrap();
-        assert_eq!(binary_map(BinaryOp::Add, &a, &t, &a, &l2), reference(BinaryOp::Add, &a, &t, &a, &l2));
+        assert_eq!(
+            binary_map(BinaryOp::Add, &a, &t, &a, &l2),
+            reference(BinaryOp::Add, &a, &t, &a, &l2)
+        );
         let mut d = a.clone();
         binary_assign(BinaryOp::Add, &mut d, &a);
         assert!(d.iter().enumerate().all(|(i, &g)| g == 2.0 * i as f32));

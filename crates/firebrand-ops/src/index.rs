@@ -2,6 +2,7 @@
 //! index_select, index_add, gather, scatter_add, concatenation, one-hot and
 //! `where`.
 
+use firebrand_tensor::pool::zeros_f32;
 use firebrand_tensor::{Error, Result};
 
 fn check_index(op: &'static str, i: i64, size: usize) -> Result<usize> {
@@ -15,8 +16,17 @@ fn check_index(op: &'static str, i: i64, size: usize) -> Result<usize> {
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn index_select<T: Copy + Default>(src: &[T], outer: usize, dim: usize, inner: usize, idx: &[i64]) -> Result<Vec<T>> {
-    let idx: Vec<usize> = idx.iter().map(|&i| check_index("index_select", i, dim)).collect::<Result<_>>()?;
+pub fn index_select<T: Copy + Default>(
+    src: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    idx: &[i64],
+) -> Result<Vec<T>> {
+    let idx: Vec<usize> = idx
+        .iter()
+        .map(|&i| check_index("index_select", i, dim))
+        .collect::<Result<_>>()?;
     let mut out = Vec::with_capacity(outer * idx.len() * inner);
     for o in 0..outer {
         for &k in &idx {
@@ -32,14 +42,26 @@ pub fn index_select<T: Copy + Default>(src: &[T], outer: usize, dim: usize, inne
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn index_add(src: &[f32], outer: usize, dim: usize, inner: usize, idx: &[i64]) -> Result<Vec<f32>> {
-    let idx: Vec<usize> = idx.iter().map(|&i| check_index("index_add", i, dim)).collect::<Result<_>>()?;
-    let mut out = vec![0.0f32; outer * dim * inner];
+pub fn index_add(
+    src: &[f32],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    idx: &[i64],
+) -> Result<Vec<f32>> {
+    let idx: Vec<usize> = idx
+        .iter()
+        .map(|&i| check_index("index_add", i, dim))
+        .collect::<Result<_>>()?;
+    let mut out = zeros_f32(outer * dim * inner);
     for o in 0..outer {
         for (k, &d) in idx.iter().enumerate() {
             let s = (o * idx.len() + k) * inner;
             let t = (o * dim + d) * inner;
-            out[t..t + inner].iter_mut().zip(&src[s..s + inner]).for_each(|(a, &b)| *a += b);
+            out[t..t + inner]
+                .iter_mut()
+                .zip(&src[s..s + inner])
+                .for_each(|(a, &b)| *a += b);
         }
     }
     Ok(out)
@@ -50,8 +72,18 @@ pub fn index_add(src: &[f32], outer: usize, dim: usize, inner: usize, idx: &[i64
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn gather<T: Copy + Default>(src: &[T], outer: usize, dim: usize, inner: usize, index: &[i64]) -> Result<Vec<T>> {
-    let k = if outer * inner == 0 { 0 } else { index.len() / (outer * inner) };
+pub fn gather<T: Copy + Default>(
+    src: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    index: &[i64],
+) -> Result<Vec<T>> {
+    let k = if outer * inner == 0 {
+        0
+    } else {
+        index.len() / (outer * inner)
+    };
     let mut out = vec![T::default(); index.len()];
     for o in 0..outer {
         for j in 0..k {
@@ -70,9 +102,19 @@ pub fn gather<T: Copy + Default>(src: &[T], outer: usize, dim: usize, inner: usi
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn scatter_add(src: &[f32], outer: usize, dim: usize, inner: usize, index: &[i64]) -> Result<Vec<f32>> {
-    let k = if outer * inner == 0 { 0 } else { index.len() / (outer * inner) };
-    let mut out = vec![0.0f32; outer * dim * inner];
+pub fn scatter_add(
+    src: &[f32],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    index: &[i64],
+) -> Result<Vec<f32>> {
+    let k = if outer * inner == 0 {
+        0
+    } else {
+        index.len() / (outer * inner)
+    };
+    let mut out = zeros_f32(outer * dim * inner);
     for o in 0..outer {
         for j in 0..k {
             for i in 0..inner {
@@ -112,7 +154,11 @@ pub fn one_hot(idx: &[i64], classes: usize) -> Result<Vec<f32>> {
 
 /// `out[i] = if cond[i] != 0 { a[i] } else { b[i] }` on equal-length buffers.
 pub fn where_select(cond: &[f32], a: &[f32], b: &[f32]) -> Vec<f32> {
-    cond.iter().zip(a).zip(b).map(|((&c, &a), &b)| if c != 0.0 { a } else { b }).collect()
+    cond.iter()
+        .zip(a)
+        .zip(b)
+        .map(|((&c, &a), &b)| if c != 0.0 { a } else { b })
+        .collect()
 }
 
 #[cfg(test)]
@@ -125,10 +171,19 @@ mod tests {
         let src: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let idx = [2i64, 0, 2];
         let out = index_select(&src, 2, 3, 2, &idx).unwrap();
-        assert_eq!(out, vec![4., 5., 0., 1., 4., 5., 10., 11., 6., 7., 10., 11.]);
+        assert_eq!(
+            out,
+            vec![4., 5., 0., 1., 4., 5., 10., 11., 6., 7., 10., 11.]
+        );
         let back = index_add(&out, 2, 3, 2, &idx).unwrap();
-        assert_eq!(back, vec![0., 1., 0., 0., 8., 10., 6., 7., 0., 0., 20., 22.]);
-        assert_eq!(index_select(&src, 2, 3, 2, &[3]).unwrap_err().to_string(), "index_select: index 3 out of range for size 3");
+        assert_eq!(
+            back,
+            vec![0., 1., 0., 0., 8., 10., 6., 7., 0., 0., 20., 22.]
+        );
+        assert_eq!(
+            index_select(&src, 2, 3, 2, &[3]).unwrap_err().to_string(),
+            "index_select: index 3 out of range for size 3"
+        );
         assert!(index_select(&src, 2, 3, 2, &[-1]).is_err());
     }
 
@@ -147,9 +202,15 @@ mod tests {
     fn concat_one_hot_where() {
         let a = [1, 2, 3, 4]; // (2, 1, 2)
         let b = [5, 6, 7, 8, 9, 10, 11, 12]; // (2, 2, 2)
-        assert_eq!(concat(&[&a, &b], 2, &[1, 2], 2), vec![1, 2, 5, 6, 7, 8, 3, 4, 9, 10, 11, 12]);
+        assert_eq!(
+            concat(&[&a, &b], 2, &[1, 2], 2),
+            vec![1, 2, 5, 6, 7, 8, 3, 4, 9, 10, 11, 12]
+        );
         assert_eq!(one_hot(&[1, 0], 3).unwrap(), vec![0., 1., 0., 1., 0., 0.]);
         assert!(one_hot(&[3], 3).is_err());
-        assert_eq!(where_select(&[1.0, 0.0], &[1.0, 2.0], &[3.0, 4.0]), vec![1.0, 4.0]);
+        assert_eq!(
+            where_select(&[1.0, 0.0], &[1.0, 2.0], &[3.0, 4.0]),
+            vec![1.0, 4.0]
+        );
     }
 }

@@ -39,4 +39,4 @@ pub mod softmax;
 mod strided;
 pub mod unary;
 
-pub use strided::contiguous;
+pub use strided::{contiguous, contiguous_f32, contiguous_into};

@@ -6,8 +6,9 @@
 //! permuted to the end and copied.
 
 use crate::parallel::PAR_MIN_ELEMS;
-use crate::strided::contiguous;
+use crate::strided::contiguous_f32;
 use firebrand_tensor::Layout;
+use firebrand_tensor::pool::take_f32;
 use rayon::prelude::*;
 
 /// A reduction.
@@ -55,7 +56,12 @@ pub enum Reduced {
 pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Reduced {
     let dims = layout.dims();
     assert_eq!(axes.len(), dims.len(), "reduce: one flag per dimension");
-    let r: usize = dims.iter().zip(axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
+    let r: usize = dims
+        .iter()
+        .zip(axes)
+        .filter(|(_, a)| **a)
+        .map(|(d, _)| d)
+        .product();
     let kept: Vec<usize> = (0..dims.len()).filter(|&d| !axes[d]).collect();
     let red: Vec<usize> = (0..dims.len()).filter(|&d| axes[d]).collect();
     // A contiguous input whose reduced axes (ignoring size-1 dims) form one block
@@ -63,18 +69,22 @@ pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Redu
     let nontrivial: Vec<usize> = (0..dims.len()).filter(|&d| dims[d] != 1).collect();
     let red_nt: Vec<usize> = nontrivial.iter().copied().filter(|&d| axes[d]).collect();
     let block = red_nt.windows(2).all(|w| {
-        nontrivial.iter().position(|&d| d == w[1]).unwrap() == nontrivial.iter().position(|&d| d == w[0]).unwrap() + 1
+        nontrivial.iter().position(|&d| d == w[1]).unwrap()
+            == nontrivial.iter().position(|&d| d == w[0]).unwrap() + 1
     });
     if let (Some(range), true) = (layout.contiguous_range(), block) {
         let (outer, inner): (usize, usize) = match (red_nt.first(), red_nt.last()) {
-            (Some(&first), Some(&last)) => (dims[..first].iter().product(), dims[last + 1..].iter().product()),
+            (Some(&first), Some(&last)) => (
+                dims[..first].iter().product(),
+                dims[last + 1..].iter().product(),
+            ),
             _ => (layout.elem_count(), 1),
         };
         return reduce_ori(op, &src[range], outer, r, inner);
     }
     let perm: Vec<usize> = kept.iter().chain(&red).copied().collect();
     let permuted = layout.permute(&perm).expect("a permutation");
-    let data = contiguous(src, &permuted);
+    let data = contiguous_f32(src, &permuted);
     let outer: usize = kept.iter().map(|&d| dims[d]).product();
     reduce_ori(op, &data, outer, r, 1)
 }
@@ -84,7 +94,7 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
     let n_out = outer * inner;
     match op {
         ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => {
-            let mut out = vec![0.0f32; n_out];
+            let mut out = take_f32(n_out);
             if r == 0 {
                 let fill = match op {
                     ReduceOp::Sum => 0.0,
@@ -107,20 +117,34 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                     for row in base.chunks_exact(inner).skip(1) {
                         match op {
                             ReduceOp::Sum => dst.iter_mut().zip(row).for_each(|(d, &x)| *d += x),
-                            ReduceOp::Max => dst.iter_mut().zip(row).for_each(|(d, &x)| *d = nan_max(*d, x)),
-                            _ => dst.iter_mut().zip(row).for_each(|(d, &x)| *d = nan_min(*d, x)),
+                            ReduceOp::Max => dst
+                                .iter_mut()
+                                .zip(row)
+                                .for_each(|(d, &x)| *d = nan_max(*d, x)),
+                            _ => dst
+                                .iter_mut()
+                                .zip(row)
+                                .for_each(|(d, &x)| *d = nan_min(*d, x)),
                         }
                     }
                 }
             };
             if src.len() >= PAR_MIN_ELEMS && outer > 1 && rayon::current_num_threads() > 1 {
-                out.par_chunks_mut(inner).enumerate().for_each(|(o, d)| work(o, d));
-            } else if inner == 1 && src.len() >= PAR_MIN_ELEMS && op == ReduceOp::Sum && rayon::current_num_threads() > 1 {
+                out.par_chunks_mut(inner)
+                    .enumerate()
+                    .for_each(|(o, d)| work(o, d));
+            } else if inner == 1
+                && src.len() >= PAR_MIN_ELEMS
+                && op == ReduceOp::Sum
+                && rayon::current_num_threads() > 1
+            {
                 // One long row: split it.
                 let part: f32 = src.par_chunks(PAR_MIN_ELEMS / 2).map(sum_slice).sum();
                 out[0] = part;
             } else {
-                out.chunks_mut(inner).enumerate().for_each(|(o, d)| work(o, d));
+                out.chunks_mut(inner)
+                    .enumerate()
+                    .for_each(|(o, d)| work(o, d));
             }
             Reduced::Values(out)
         }
@@ -156,11 +180,19 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
 }
 
 fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 fn nan_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) }
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
+    }
 }
 
 fn fold_nan(s: &[f32], f: fn(f32, f32) -> f32) -> f32 {
@@ -176,7 +208,11 @@ fn fold_nan(s: &[f32], f: fn(f32, f32) -> f32) -> f32 {
     for &x in chunks.remainder() {
         m = f(m, x);
     }
-    if s.iter().any(|x| x.is_nan()) { f32::NAN } else { m }
+    if s.iter().any(|x| x.is_nan()) {
+        f32::NAN
+    } else {
+        m
+    }
 }
 
 /// Sum with sixteen independent accumulators (vectorizes, and is more accurate
@@ -204,7 +240,10 @@ mod tests {
     /// Slow reference: walk every element and accumulate into its output slot in f64.
     fn reference(op: ReduceOp, src: &[f32], l: &Layout, axes: &[bool]) -> Vec<f64> {
         let dims = l.dims();
-        let out_dims: Vec<usize> = (0..dims.len()).filter(|&d| !axes[d]).map(|d| dims[d]).collect();
+        let out_dims: Vec<usize> = (0..dims.len())
+            .filter(|&d| !axes[d])
+            .map(|d| dims[d])
+            .collect();
         let n_out: usize = out_dims.iter().product();
         let mut acc: Vec<Vec<f64>> = vec![Vec::new(); n_out];
         for (flat, pos) in l.strided_index().enumerate() {
@@ -228,26 +267,56 @@ mod tests {
                 ReduceOp::Sum => v.iter().sum(),
                 ReduceOp::Max => v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
                 ReduceOp::Min => v.iter().cloned().fold(f64::INFINITY, f64::min),
-                ReduceOp::ArgMax => v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as f64,
-                ReduceOp::ArgMin => v.iter().enumerate().fold((0, f64::INFINITY), |b, (i, &x)| if x < b.1 { (i, x) } else { b }).0 as f64,
+                ReduceOp::ArgMax => {
+                    v.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f64::NEG_INFINITY),
+                            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                        )
+                        .0 as f64
+                }
+                ReduceOp::ArgMin => {
+                    v.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f64::INFINITY),
+                            |b, (i, &x)| if x < b.1 { (i, x) } else { b },
+                        )
+                        .0 as f64
+                }
             })
             .collect()
     }
 
     #[test]
     fn all_axis_sets_against_reference() {
-        let src: Vec<f32> = (0..210).map(|i| ((i * 37) % 101) as f32 * 0.1 - 5.0).collect();
+        let src: Vec<f32> = (0..210)
+            .map(|i| ((i * 37) % 101) as f32 * 0.1 - 5.0)
+            .collect();
         let base = Layout::contiguous([2, 3, 5, 7]);
         let layouts = [
             base.clone(),
             base.permute(&[2, 0, 3, 1]).unwrap(),
-            Layout::contiguous([3, 1, 7]).broadcast_as(&Shape::from([2, 3, 5, 7])).unwrap(),
-            Layout::contiguous([2, 1, 5, 21]).narrow(3, 2, 7).unwrap().broadcast_as(&Shape::from([2, 3, 5, 7])).unwrap(),
+            Layout::contiguous([3, 1, 7])
+                .broadcast_as(&Shape::from([2, 3, 5, 7]))
+                .unwrap(),
+            Layout::contiguous([2, 1, 5, 21])
+                .narrow(3, 2, 7)
+                .unwrap()
+                .broadcast_as(&Shape::from([2, 3, 5, 7]))
+                .unwrap(),
         ];
         for l in &layouts {
             for mask in 0..16u32 {
                 let axes: Vec<bool> = (0..4).map(|d| mask & (1 << d) != 0).collect();
-                for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::ArgMax, ReduceOp::ArgMin] {
+                for op in [
+                    ReduceOp::Sum,
+                    ReduceOp::Max,
+                    ReduceOp::Min,
+                    ReduceOp::ArgMax,
+                    ReduceOp::ArgMin,
+                ] {
                     let want = reference(op, &src, l, &axes);
                     let got: Vec<f64> = match reduce(op, &src, l, &axes) {
                         Reduced::Values(v) => v.iter().map(|&x| x as f64).collect(),
@@ -265,15 +334,23 @@ mod tests {
     #[test]
     fn size_one_and_large() {
         let l = Layout::contiguous([1, 1]);
-        assert_eq!(reduce(ReduceOp::Sum, &[4.0], &l, &[true, false]), Reduced::Values(vec![4.0]));
+        assert_eq!(
+            reduce(ReduceOp::Sum, &[4.0], &l, &[true, false]),
+            Reduced::Values(vec![4.0])
+        );
         let n = 100_003;
         let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
         let want: f64 = v.iter().map(|&x| x as f64).sum();
-        let Reduced::Values(got) = reduce(ReduceOp::Sum, &v, &Layout::contiguous([n]), &[true]) else { panic!() };
+        let Reduced::Values(got) = reduce(ReduceOp::Sum, &v, &Layout::contiguous([n]), &[true])
+        else {
+            panic!()
+        };
         assert!((got[0] as f64 - want).abs() < 1.0);
         // Column sums of a tall matrix take the parallel (outer, r, inner) path.
         let l = Layout::contiguous([3, 33_001]);
-        let Reduced::Values(got) = reduce(ReduceOp::Max, &v[..99_003], &l, &[true, false]) else { panic!() };
+        let Reduced::Values(got) = reduce(ReduceOp::Max, &v[..99_003], &l, &[true, false]) else {
+            panic!()
+        };
         assert_eq!(got.len(), 33_001);
         assert_eq!(got[0], 6.0f32.max(v[33_001]).max(v[66_002]));
     }
@@ -281,9 +358,18 @@ mod tests {
     #[test]
     fn nan_and_ties() {
         let l = Layout::contiguous([4]);
-        assert_eq!(reduce(ReduceOp::ArgMax, &[1.0, 3.0, 3.0, 0.0], &l, &[true]), Reduced::Indices(vec![1]));
-        assert_eq!(reduce(ReduceOp::ArgMax, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true]), Reduced::Indices(vec![1]));
-        let Reduced::Values(v) = reduce(ReduceOp::Max, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true]) else { panic!() };
+        assert_eq!(
+            reduce(ReduceOp::ArgMax, &[1.0, 3.0, 3.0, 0.0], &l, &[true]),
+            Reduced::Indices(vec![1])
+        );
+        assert_eq!(
+            reduce(ReduceOp::ArgMax, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true]),
+            Reduced::Indices(vec![1])
+        );
+        let Reduced::Values(v) = reduce(ReduceOp::Max, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true])
+        else {
+            panic!()
+        };
         assert!(v[0].is_nan());
     }
 }

@@ -2,6 +2,7 @@
 //! contiguous `(rows, cols)` buffer, with their backward rules.
 
 use crate::parallel::for_rows;
+use firebrand_tensor::pool::take_f32;
 use wide::f32x8;
 
 fn row_max(x: &[f32]) -> f32 {
@@ -29,7 +30,7 @@ fn exp_shifted(x: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
 
 /// Softmax of each row of a contiguous `(rows, cols)` buffer.
 pub fn softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; src.len()];
+    let mut out = take_f32(src.len());
     if cols == 0 {
         return out;
     }
@@ -51,7 +52,7 @@ pub fn softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
 
 /// Log-softmax of each row of a contiguous `(rows, cols)` buffer.
 pub fn log_softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; src.len()];
+    let mut out = take_f32(src.len());
     if cols == 0 {
         return out;
     }
@@ -72,7 +73,7 @@ pub fn log_softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
 
 /// Backward of softmax: `dx = y ⊙ (g − Σ g⊙y)` per row.
 pub fn softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; y.len()];
+    let mut out = take_f32(y.len());
     if cols == 0 {
         return out;
     }
@@ -81,7 +82,10 @@ pub fn softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
             let o = (r0 + i) * cols;
             let (y, g) = (&y[o..o + cols], &g[o..o + cols]);
             let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-            dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = y * (g - dot));
+            dst.iter_mut()
+                .zip(y)
+                .zip(g)
+                .for_each(|((d, &y), &g)| *d = y * (g - dot));
         }
     });
     out
@@ -89,7 +93,7 @@ pub fn softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
 
 /// Backward of log-softmax: `dx = g − exp(y) · Σ g` per row.
 pub fn log_softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; y.len()];
+    let mut out = take_f32(y.len());
     if cols == 0 {
         return out;
     }
@@ -98,7 +102,10 @@ pub fn log_softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> 
             let o = (r0 + i) * cols;
             let (y, g) = (&y[o..o + cols], &g[o..o + cols]);
             let s: f32 = g.iter().sum();
-            dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g - y.exp() * s);
+            dst.iter_mut()
+                .zip(y)
+                .zip(g)
+                .for_each(|((d, &y), &g)| *d = g - y.exp() * s);
         }
     });
     out
@@ -113,7 +120,15 @@ mod tests {
             .flat_map(|r| {
                 let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let s: f64 = r.iter().map(|&v| (v as f64 - m).exp()).sum();
-                r.iter().map(move |&v| if log { v as f64 - m - s.ln() } else { (v as f64 - m).exp() / s }).collect::<Vec<_>>()
+                r.iter()
+                    .map(move |&v| {
+                        if log {
+                            v as f64 - m - s.ln()
+                        } else {
+                            (v as f64 - m).exp() / s
+                        }
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -121,12 +136,21 @@ mod tests {
     #[test]
     fn against_reference_on_awkward_shapes() {
         for &(rows, cols) in &[(1, 1), (3, 7), (2, 8), (5, 17), (4, 1000), (300, 129)] {
-            let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 15.0).collect();
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 15.0)
+                .collect();
             for log in [false, true] {
-                let got = if log { log_softmax_rows(&x, cols) } else { softmax_rows(&x, cols) };
+                let got = if log {
+                    log_softmax_rows(&x, cols)
+                } else {
+                    softmax_rows(&x, cols)
+                };
                 let want = reference(&x, cols, log);
                 for (g, w) in got.iter().zip(&want) {
-                    assert!((*g as f64 - w).abs() < 2e-6 * (1.0 + w.abs()), "({rows},{cols}) log={log}: {g} vs {w}");
+                    assert!(
+                        (*g as f64 - w).abs() < 2e-6 * (1.0 + w.abs()),
+                        "({rows},{cols}) log={log}: {g} vs {w}"
+                    );
                 }
             }
         }
@@ -150,17 +174,36 @@ mod tests {
         let g: Vec<f32> = vec![0.5, -0.3, 0.8, 0.1, -0.9];
         for log in [false, true] {
             let f = |x: &[f32]| -> f64 {
-                let y = if log { log_softmax_rows(x, cols) } else { softmax_rows(x, cols) };
-                y.iter().zip(&g).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+                let y = if log {
+                    log_softmax_rows(x, cols)
+                } else {
+                    softmax_rows(x, cols)
+                };
+                y.iter()
+                    .zip(&g)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum()
             };
-            let y = if log { log_softmax_rows(&x, cols) } else { softmax_rows(&x, cols) };
-            let dx = if log { log_softmax_backward_rows(&y, &g, cols) } else { softmax_backward_rows(&y, &g, cols) };
+            let y = if log {
+                log_softmax_rows(&x, cols)
+            } else {
+                softmax_rows(&x, cols)
+            };
+            let dx = if log {
+                log_softmax_backward_rows(&y, &g, cols)
+            } else {
+                softmax_backward_rows(&y, &g, cols)
+            };
             for i in 0..cols {
                 let (mut xp, mut xm) = (x.clone(), x.clone());
                 xp[i] += 1e-3;
                 xm[i] -= 1e-3;
                 let num = (f(&xp) - f(&xm)) / 2e-3;
-                assert!((num - dx[i] as f64).abs() < 1e-3, "log={log} i={i}: {} vs {num}", dx[i]);
+                assert!(
+                    (num - dx[i] as f64).abs() < 1e-3,
+                    "log={log} i={i}: {} vs {num}",
+                    dx[i]
+                );
             }
         }
     }

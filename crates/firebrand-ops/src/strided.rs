@@ -2,6 +2,7 @@
 //! innermost one becomes a plain loop.
 
 use firebrand_tensor::Layout;
+use firebrand_tensor::pool::take_f32;
 
 /// Dims and per-operand strides after merging dimensions that are contiguous
 /// for *every* operand, with size-1 dims dropped. Always at least one dim.
@@ -13,7 +14,10 @@ pub(crate) fn coalesce(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec
             continue;
         }
         let mergeable = !out_dims.is_empty()
-            && strides.iter().zip(&out_strides).all(|(s, o)| *o.last().unwrap() == s[d] * size);
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, o)| *o.last().unwrap() == s[d] * size);
         if mergeable {
             *out_dims.last_mut().unwrap() *= size;
             for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
@@ -38,7 +42,12 @@ pub(crate) fn coalesce(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec
 /// Calls `f(offsets, inner_len)` for every run of the innermost dimension, in
 /// row-major order, where `offsets[k]` is operand k's buffer position of the
 /// run's first element (starting from `base[k]`).
-pub(crate) fn for_each_run(dims: &[usize], strides: &[Vec<usize>], base: &[usize], mut f: impl FnMut(&[usize])) {
+pub(crate) fn for_each_run(
+    dims: &[usize],
+    strides: &[Vec<usize>],
+    base: &[usize],
+    mut f: impl FnMut(&[usize]),
+) {
     let rank = dims.len();
     let outer = &dims[..rank - 1];
     let mut idx = vec![0usize; outer.len()];
@@ -65,25 +74,48 @@ pub(crate) fn for_each_run(dims: &[usize], strides: &[Vec<usize>], base: &[usize
 
 /// The elements of `layout` copied into a new row-major buffer.
 pub fn contiguous<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
+    let mut out = vec![T::default(); layout.elem_count()];
+    contiguous_into(src, layout, &mut out);
+    out
+}
+
+/// [`contiguous`] for `f32`, with the output buffer taken from the pool.
+pub fn contiguous_f32(src: &[f32], layout: &Layout) -> Vec<f32> {
+    let mut out = take_f32(layout.elem_count());
+    contiguous_into(src, layout, &mut out);
+    out
+}
+
+/// Copies the elements of `layout` into `dst` (of length `elem_count`) in row-major order.
+pub fn contiguous_into<T: Copy>(src: &[T], layout: &Layout, dst: &mut [T]) {
+    assert_eq!(
+        dst.len(),
+        layout.elem_count(),
+        "contiguous_into: destination length"
+    );
     if let Some(r) = layout.contiguous_range() {
-        return src[r].to_vec();
+        dst.copy_from_slice(&src[r]);
+        return;
     }
-    let n = layout.elem_count();
-    let mut out = Vec::with_capacity(n);
+    if dst.is_empty() {
+        return;
+    }
     let (dims, strides) = coalesce(layout.dims(), &[layout.strides()]);
     let inner = *dims.last().unwrap();
     let is = *strides[0].last().unwrap();
+    let mut runs = dst.chunks_exact_mut(inner);
     for_each_run(&dims, &strides, &[layout.offset()], |pos| {
-        let p = pos[0];
+        let (p, out) = (pos[0], runs.next().unwrap());
         if is == 1 {
-            out.extend_from_slice(&src[p..p + inner]);
+            out.copy_from_slice(&src[p..p + inner]);
         } else if is == 0 {
-            out.extend(std::iter::repeat_n(src[p], inner));
+            out.fill(src[p]);
         } else {
-            out.extend((0..inner).map(|i| src[p + i * is]));
+            out.iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = src[p + i * is]);
         }
     });
-    out
 }
 
 #[cfg(test)]
@@ -98,7 +130,9 @@ mod tests {
         let cases = [
             base.permute(&[3, 1, 0, 2]).unwrap(),
             base.narrow(2, 1, 2).unwrap().transpose(0, 3).unwrap(),
-            Layout::contiguous([3, 1]).broadcast_as(&Shape::from([2, 3, 7])).unwrap(),
+            Layout::contiguous([3, 1])
+                .broadcast_as(&Shape::from([2, 3, 7]))
+                .unwrap(),
             base.narrow(1, 2, 1).unwrap(),
             Layout::contiguous([1]),
             base.narrow(0, 1, 0).unwrap(),

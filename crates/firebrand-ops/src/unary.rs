@@ -5,8 +5,9 @@
 //! the same table.
 
 use crate::parallel::for_rows;
-use crate::strided::contiguous;
+use crate::strided::contiguous_f32;
 use firebrand_tensor::Layout;
+use firebrand_tensor::pool::take_f32;
 use wide::f32x8;
 
 /// A unary elementwise op on `f32`.
@@ -76,7 +77,10 @@ pub fn erf(x: f32) -> f32 {
     }
     // Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let r = 1.0 - poly * (-a * a).exp();
     (if xd < 0.0 { -r } else { r }) as f32
 }
@@ -134,7 +138,9 @@ impl UnaryOp {
             UnaryOp::Sigmoid => sigmoid(x),
             UnaryOp::Relu => x.max(0.0),
             UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            UnaryOp::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh()),
+            UnaryOp::GeluTanh => {
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh())
+            }
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
             UnaryOp::Sin => x.sin(),
@@ -189,7 +195,8 @@ impl UnaryOp {
             UnaryOp::GeluTanh => {
                 let inner = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
                 let t = inner.tanh();
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
+                0.5 * (1.0 + t)
+                    + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
             }
             UnaryOp::Silu => {
                 let s = sigmoid(x);
@@ -267,12 +274,14 @@ pub fn unary_map(op: UnaryOp, src: &[f32], layout: &Layout) -> Vec<f32> {
     let src = match layout.contiguous_range() {
         Some(r) => &src[r],
         None => {
-            owned = contiguous(src, layout);
+            owned = contiguous_f32(src, layout);
             &owned[..]
         }
     };
-    let mut out = vec![0.0f32; src.len()];
-    for_rows(&mut out, 1, |start, chunk| map_slice(op, &src[start..start + chunk.len()], chunk));
+    let mut out = take_f32(src.len());
+    for_rows(&mut out, 1, |start, chunk| {
+        map_slice(op, &src[start..start + chunk.len()], chunk)
+    });
     out
 }
 
@@ -282,8 +291,12 @@ pub fn unary_map(op: UnaryOp, src: &[f32], layout: &Layout) -> Vec<f32> {
 /// # Panics
 /// When the lengths differ.
 pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> {
-    assert!(x.len() == y.len() && y.len() == g.len(), "unary_backward({}): length mismatch", op.name());
-    let mut out = vec![0.0f32; g.len()];
+    assert!(
+        x.len() == y.len() && y.len() == g.len(),
+        "unary_backward({}): length mismatch",
+        op.name()
+    );
+    let mut out = take_f32(g.len());
     for_rows(&mut out, 1, |start, chunk| {
         let n = chunk.len();
         match op {
@@ -340,7 +353,10 @@ pub const ALL_UNARY_OPS: &[UnaryOp] = &[
 
 /// True for ops defined only for positive inputs.
 pub fn needs_positive_input(op: UnaryOp) -> bool {
-    matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_))
+    matches!(
+        op,
+        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_)
+    )
 }
 
 #[cfg(test)]
@@ -353,14 +369,21 @@ mod tests {
         let n = 3 * 37;
         let src: Vec<f32> = (0..n).map(|i| (i as f32 - 55.0) * 0.173).collect();
         let pos: Vec<f32> = src.iter().map(|x| x.abs() + 0.05).collect();
-        let layouts = [Layout::contiguous([n]), Layout::contiguous([3, 37]).transpose(0, 1).unwrap()];
+        let layouts = [
+            Layout::contiguous([n]),
+            Layout::contiguous([3, 37]).transpose(0, 1).unwrap(),
+        ];
         for &op in ALL_UNARY_OPS {
             let data = if needs_positive_input(op) { &pos } else { &src };
             for l in &layouts {
                 let got = unary_map(op, data, l);
                 for (g, i) in got.iter().zip(l.strided_index()) {
                     let w = op.apply(data[i]);
-                    assert!(*g == w || (g - w).abs() <= 2e-6 * (1.0 + w.abs()), "{op:?} at {}: {g} vs {w}", data[i]);
+                    assert!(
+                        *g == w || (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
+                        "{op:?} at {}: {g} vs {w}",
+                        data[i]
+                    );
                 }
             }
         }
@@ -370,12 +393,19 @@ mod tests {
     fn derivatives_match_central_differences() {
         for &op in ALL_UNARY_OPS {
             for &x0 in &[-2.3f32, -0.6, 0.31, 0.9, 1.7] {
-                let x = if needs_positive_input(op) { x0.abs() } else { x0 };
+                let x = if needs_positive_input(op) {
+                    x0.abs()
+                } else {
+                    x0
+                };
                 let h = 1e-3f64;
                 let f = |v: f64| op.apply(v as f32) as f64;
                 let num = (f(x as f64 + h) - f(x as f64 - h)) / (2.0 * h);
                 let ana = op.derivative(x, op.apply(x)) as f64;
-                assert!((num - ana).abs() < 2e-2 * (1.0 + ana.abs()), "{op:?} at {x}: {ana} vs {num}");
+                assert!(
+                    (num - ana).abs() < 2e-2 * (1.0 + ana.abs()),
+                    "{op:?} at {x}: {ana} vs {num}"
+                );
             }
         }
     }
@@ -383,7 +413,13 @@ mod tests {
     #[test]
     fn erf_accuracy() {
         // Reference values of erf from high-precision tables.
-        for (x, want) in [(0.1f32, 0.112_462_916f32), (0.5, 0.520_499_876), (1.0, 0.842_700_79), (2.0, 0.995_322_27), (-1.5, -0.966_105_146)] {
+        for (x, want) in [
+            (0.1f32, 0.112_462_916f32),
+            (0.5, 0.520_499_876),
+            (1.0, 0.842_700_79),
+            (2.0, 0.995_322_27),
+            (-1.5, -0.966_105_146),
+        ] {
             assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}", erf(x));
         }
     }
@@ -392,7 +428,13 @@ mod tests {
     fn extremes_stay_finite() {
         let v = [-100.0f32, -20.0, 20.0, 100.0, 0.0];
         let l = Layout::contiguous([5]);
-        for op in [UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Silu, UnaryOp::Softplus, UnaryOp::GeluTanh] {
+        for op in [
+            UnaryOp::Sigmoid,
+            UnaryOp::Tanh,
+            UnaryOp::Silu,
+            UnaryOp::Softplus,
+            UnaryOp::GeluTanh,
+        ] {
             let out = unary_map(op, &v, &l);
             assert!(out.iter().all(|x| x.is_finite()), "{op:?}: {out:?}");
         }

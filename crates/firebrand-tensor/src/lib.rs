@@ -10,6 +10,7 @@
 //!   GPU crate adds a device without changing user code).
 //! * [`CpuStorage`] — the CPU buffers.
 //! * [`Error`] — the error type every fallible op returns.
+//! * [`pool`] — a cache of large `f32` buffers, so hot loops do not page-fault.
 //!
 //! `firebrand-ops` runs kernels over `(&[T], &Layout)` pairs from this crate, and
 //! `firebrand-autograd` builds the user-facing `Tensor` on top of both.
@@ -28,6 +29,7 @@ mod device;
 mod dtype;
 mod error;
 mod layout;
+pub mod pool;
 mod shape;
 mod storage;
 

@@ -38,7 +38,10 @@ impl CpuStorage {
             if let Some(r) = layout.contiguous_range() {
                 return src[r].iter().map(|&x| T::from_f64(x.to_f64())).collect();
             }
-            layout.strided_index().map(|i| T::from_f64(src[i].to_f64())).collect()
+            layout
+                .strided_index()
+                .map(|i| T::from_f64(src[i].to_f64()))
+                .collect()
         }
         match self {
             CpuStorage::F32(v) => {
@@ -68,5 +71,13 @@ impl From<Vec<f32>> for CpuStorage {
 impl From<Vec<i64>> for CpuStorage {
     fn from(v: Vec<i64>) -> Self {
         CpuStorage::I64(v)
+    }
+}
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        if let CpuStorage::F32(v) = self {
+            crate::pool::recycle_f32(std::mem::take(v));
+        }
     }
 }

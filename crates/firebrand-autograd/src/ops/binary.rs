@@ -14,7 +14,9 @@ impl Tensor {
         let shape = self.shape().broadcast_with(rhs.shape(), op.name())?;
         let ll = self.layout().broadcast_as(&shape)?;
         let rl = rhs.layout().broadcast_as(&shape)?;
-        let out = self.with_f32(op.name(), |a, _| rhs.with_f32(op.name(), |b, _| binary_map(op, a, &ll, b, &rl)))??;
+        let out = self.with_f32(op.name(), |a, _| {
+            rhs.with_f32(op.name(), |b, _| binary_map(op, a, &ll, b, &rl))
+        })??;
         Ok(Tensor::from_vec(out, shape))
     }
 
@@ -28,10 +30,17 @@ impl Tensor {
                 BinaryOp::Sub => (g.clone(), g.neg()),
                 BinaryOp::Mul => (g.mul(&b), g.mul(&a)),
                 BinaryOp::Div => (g.div(&b), g.mul(out).div(&b).neg()),
-                BinaryOp::Pow => (g.mul(&b).mul(&a.pow(&b.affine(1.0, -1.0))), g.mul(out).mul(&a.log())),
+                BinaryOp::Pow => (
+                    g.mul(&b).mul(&a.pow(&b.affine(1.0, -1.0))),
+                    g.mul(out).mul(&a.log()),
+                ),
                 BinaryOp::Maximum | BinaryOp::Minimum => {
                     // The winner takes the gradient; ties split it (as PyTorch).
-                    let wins = if op == BinaryOp::Maximum { a.gt(&b) } else { a.lt(&b) };
+                    let wins = if op == BinaryOp::Maximum {
+                        a.gt(&b)
+                    } else {
+                        a.lt(&b)
+                    };
                     let share = wins.add(&a.eq(&b).affine(0.5, 0.0));
                     (g.mul(&share), g.mul(&share.affine(-1.0, 1.0)))
                 }
@@ -198,15 +207,25 @@ impl Tensor {
     /// When the shapes do not broadcast or a dtype is not `f32`.
     pub fn try_where_cond(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         same_device("where", &[self, a, b])?;
-        let shape = self.shape().broadcast_with(a.shape(), "where")?.broadcast_with(b.shape(), "where")?;
-        let get = |t: &Tensor| -> Result<Vec<f32>> { t.detach().try_broadcast_to(shape.clone())?.f32_contiguous("where") };
+        let shape = self
+            .shape()
+            .broadcast_with(a.shape(), "where")?
+            .broadcast_with(b.shape(), "where")?;
+        let get = |t: &Tensor| -> Result<Vec<f32>> {
+            t.detach()
+                .try_broadcast_to(shape.clone())?
+                .f32_contiguous("where")
+        };
         let (c, av, bv) = (get(self)?, get(a)?, get(b)?);
         let out = Tensor::from_vec(firebrand_ops::index::where_select(&c, &av, &bv), shape);
         let mask = self.detach();
         let (sa, sb): (Shape, Shape) = (a.shape().clone(), b.shape().clone());
         Ok(record(out, "where", &[a, b], move |_, g| {
             let zero = Tensor::scalar(0.0);
-            vec![Some(mask.where_cond(g, &zero).sum_to(&sa)), Some(mask.where_cond(&zero, g).sum_to(&sb))]
+            vec![
+                Some(mask.where_cond(g, &zero).sum_to(&sa)),
+                Some(mask.where_cond(&zero, g).sum_to(&sb)),
+            ]
         }))
     }
 

@@ -8,7 +8,11 @@ use firebrand_tensor::{CpuStorage, DType, Error, Result, normalize_dim};
 
 /// `(outer, size of dim, inner)` of a shape split at `d`.
 fn split3(dims: &[usize], d: usize) -> (usize, usize, usize) {
-    (dims[..d].iter().product(), dims[d], dims[d + 1..].iter().product())
+    (
+        dims[..d].iter().product(),
+        dims[d],
+        dims[d + 1..].iter().product(),
+    )
 }
 
 impl Tensor {
@@ -21,19 +25,33 @@ impl Tensor {
     pub fn try_index_select(&self, dim: isize, idx: &Tensor) -> Result<Tensor> {
         let d = normalize_dim(dim, self.rank(), "index_select", self.shape())?;
         if idx.rank() != 1 {
-            return Err(Error::InvalidShape { op: "index_select", shape: idx.shape().clone(), msg: "indices must be 1-D".into() });
+            return Err(Error::InvalidShape {
+                op: "index_select",
+                shape: idx.shape().clone(),
+                msg: "indices must be 1-D".into(),
+            });
         }
         let iv = idx.i64_contiguous("index_select")?;
         let (o, n, i) = split3(self.dims(), d);
         let mut out_dims = self.dims().to_vec();
         out_dims[d] = iv.len();
         let out = match &*self.storage() {
-            CpuStorage::F32(v) => Tensor::from_vec(k::index_select(&firebrand_ops::contiguous(v, self.layout()), o, n, i, &iv)?, out_dims),
-            CpuStorage::I64(v) => return Ok(Tensor::from_vec(k::index_select(&firebrand_ops::contiguous(v, self.layout()), o, n, i, &iv)?, out_dims)),
+            CpuStorage::F32(v) => Tensor::from_vec(
+                k::index_select(&firebrand_ops::contiguous(v, self.layout()), o, n, i, &iv)?,
+                out_dims,
+            ),
+            CpuStorage::I64(v) => {
+                return Ok(Tensor::from_vec(
+                    k::index_select(&firebrand_ops::contiguous(v, self.layout()), o, n, i, &iv)?,
+                    out_dims,
+                ));
+            }
             _ => unreachable!("every storage type is handled"),
         };
         let idx = idx.detach();
-        Ok(record(out, "index_select", &[self], move |_, g| vec![Some(g.index_add_zeros(d, &idx, n))]))
+        Ok(record(out, "index_select", &[self], move |_, g| {
+            vec![Some(g.index_add_zeros(d, &idx, n))]
+        }))
     }
 
     panicking!(
@@ -60,15 +78,25 @@ impl Tensor {
         let mut want = self.dims().to_vec();
         want[d] = iv.len();
         if src.dims() != want.as_slice() || idx.rank() != 1 {
-            return Err(Error::ShapeMismatch { op: "index_add", lhs: self.shape().clone(), rhs: src.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op: "index_add",
+                lhs: self.shape().clone(),
+                rhs: src.shape().clone(),
+            });
         }
         let (o, n, i) = split3(self.dims(), d);
         let added = k::index_add(&src.f32_contiguous("index_add")?, o, n, i, &iv)?;
         let mut base = self.f32_contiguous("index_add")?;
-        firebrand_ops::binary::binary_assign(firebrand_ops::binary::BinaryOp::Add, &mut base, &added);
+        firebrand_ops::binary::binary_assign(
+            firebrand_ops::binary::BinaryOp::Add,
+            &mut base,
+            &added,
+        );
         let out = Tensor::from_vec(base, self.shape().clone());
         let idx = idx.detach();
-        Ok(record(out, "index_add", &[self, src], move |_, g| vec![Some(g.clone()), Some(g.index_select(d as isize, &idx))]))
+        Ok(record(out, "index_add", &[self, src], move |_, g| {
+            vec![Some(g.clone()), Some(g.index_select(d as isize, &idx))]
+        }))
     }
 
     panicking!(
@@ -77,9 +105,14 @@ impl Tensor {
     );
 
     fn gather_shape_check(&self, op: &'static str, d: usize, index: &Tensor) -> Result<()> {
-        let ok = index.rank() == self.rank() && (0..self.rank()).all(|j| j == d || index.dims()[j] == self.dims()[j]);
+        let ok = index.rank() == self.rank()
+            && (0..self.rank()).all(|j| j == d || index.dims()[j] == self.dims()[j]);
         if !ok {
-            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: index.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: self.shape().clone(),
+                rhs: index.shape().clone(),
+            });
         }
         Ok(())
     }
@@ -94,10 +127,17 @@ impl Tensor {
         self.gather_shape_check("gather", d, index)?;
         let iv = index.i64_contiguous("gather")?;
         let (o, n, i) = split3(self.dims(), d);
-        let out = Tensor::from_vec(k::gather(&self.f32_contiguous("gather")?, o, n, i, &iv)?, index.shape().clone());
+        let out = Tensor::from_vec(
+            k::gather(&self.f32_contiguous("gather")?, o, n, i, &iv)?,
+            index.shape().clone(),
+        );
         let index = index.detach();
         let in_shape = self.shape().clone();
-        Ok(record(out, "gather", &[self], move |_, g| vec![Some(Tensor::zeros(in_shape.clone()).scatter_add(d as isize, &index, g))]))
+        Ok(record(out, "gather", &[self], move |_, g| {
+            vec![Some(
+                Tensor::zeros(in_shape.clone()).scatter_add(d as isize, &index, g),
+            )]
+        }))
     }
 
     panicking!(
@@ -114,16 +154,26 @@ impl Tensor {
         let d = normalize_dim(dim, self.rank(), "scatter_add", self.shape())?;
         self.gather_shape_check("scatter_add", d, index)?;
         if index.shape() != src.shape() {
-            return Err(Error::ShapeMismatch { op: "scatter_add", lhs: index.shape().clone(), rhs: src.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op: "scatter_add",
+                lhs: index.shape().clone(),
+                rhs: src.shape().clone(),
+            });
         }
         let iv = index.i64_contiguous("scatter_add")?;
         let (o, n, i) = split3(self.dims(), d);
         let added = k::scatter_add(&src.f32_contiguous("scatter_add")?, o, n, i, &iv)?;
         let mut base = self.f32_contiguous("scatter_add")?;
-        firebrand_ops::binary::binary_assign(firebrand_ops::binary::BinaryOp::Add, &mut base, &added);
+        firebrand_ops::binary::binary_assign(
+            firebrand_ops::binary::BinaryOp::Add,
+            &mut base,
+            &added,
+        );
         let out = Tensor::from_vec(base, self.shape().clone());
         let index = index.detach();
-        Ok(record(out, "scatter_add", &[self, src], move |_, g| vec![Some(g.clone()), Some(g.gather(d as isize, &index))]))
+        Ok(record(out, "scatter_add", &[self, src], move |_, g| {
+            vec![Some(g.clone()), Some(g.gather(d as isize, &index))]
+        }))
     }
 
     panicking!(
@@ -137,17 +187,28 @@ impl Tensor {
     /// # Errors
     /// On an empty list or any mismatch.
     pub fn try_cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::msg("cat", "needs at least one tensor"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::msg("cat", "needs at least one tensor"))?;
         let d = normalize_dim(dim, first.rank(), "cat", first.shape())?;
         check_devices("cat", tensors.iter().map(|t| t.device()), first.device())?;
         let dtype = first.dtype();
         for t in tensors {
-            let same = t.rank() == first.rank() && (0..t.rank()).all(|j| j == d || t.dims()[j] == first.dims()[j]);
+            let same = t.rank() == first.rank()
+                && (0..t.rank()).all(|j| j == d || t.dims()[j] == first.dims()[j]);
             if !same {
-                return Err(Error::ShapeMismatch { op: "cat", lhs: first.shape().clone(), rhs: t.shape().clone() });
+                return Err(Error::ShapeMismatch {
+                    op: "cat",
+                    lhs: first.shape().clone(),
+                    rhs: t.shape().clone(),
+                });
             }
             if t.dtype() != dtype {
-                return Err(Error::DType { op: "cat", got: t.dtype(), expected: "one dtype for all inputs" });
+                return Err(Error::DType {
+                    op: "cat",
+                    got: t.dtype(),
+                    expected: "one dtype for all inputs",
+                });
             }
         }
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[d]).collect();
@@ -155,11 +216,17 @@ impl Tensor {
         let mut out_dims = first.dims().to_vec();
         out_dims[d] = sizes.iter().sum();
         if dtype == DType::I64 {
-            let parts: Vec<Vec<i64>> = tensors.iter().map(|t| t.i64_contiguous("cat")).collect::<Result<_>>()?;
+            let parts: Vec<Vec<i64>> = tensors
+                .iter()
+                .map(|t| t.i64_contiguous("cat"))
+                .collect::<Result<_>>()?;
             let refs: Vec<&[i64]> = parts.iter().map(|p| p.as_slice()).collect();
             return Ok(Tensor::from_vec(k::concat(&refs, o, &sizes, i), out_dims));
         }
-        let parts: Vec<Vec<f32>> = tensors.iter().map(|t| t.f32_contiguous("cat")).collect::<Result<_>>()?;
+        let parts: Vec<Vec<f32>> = tensors
+            .iter()
+            .map(|t| t.f32_contiguous("cat"))
+            .collect::<Result<_>>()?;
         let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
         let out = Tensor::from_vec(k::concat(&refs, o, &sizes, i), out_dims);
         Ok(record(out, "cat", tensors, move |_, g| {
@@ -189,13 +256,22 @@ impl Tensor {
     /// # Errors
     /// On an empty list or any shape mismatch.
     pub fn try_stack(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::msg("stack", "needs at least one tensor"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::msg("stack", "needs at least one tensor"))?;
         for t in tensors {
             if t.shape() != first.shape() {
-                return Err(Error::ShapeMismatch { op: "stack", lhs: first.shape().clone(), rhs: t.shape().clone() });
+                return Err(Error::ShapeMismatch {
+                    op: "stack",
+                    lhs: first.shape().clone(),
+                    rhs: t.shape().clone(),
+                });
             }
         }
-        let expanded: Vec<Tensor> = tensors.iter().map(|t| t.try_unsqueeze(dim)).collect::<Result<_>>()?;
+        let expanded: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.try_unsqueeze(dim))
+            .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         Tensor::try_cat(&refs, dim)
     }

@@ -11,7 +11,15 @@ impl Tensor {
     /// Output shape of reducing `axes`, with or without the reduced dims kept as 1.
     fn reduced_shape(&self, axes: &[bool], keepdim: bool) -> Shape {
         let dims = self.dims();
-        let v: Vec<usize> = (0..dims.len()).filter_map(|d| if axes[d] { keepdim.then_some(1) } else { Some(dims[d]) }).collect();
+        let v: Vec<usize> = (0..dims.len())
+            .filter_map(|d| {
+                if axes[d] {
+                    keepdim.then_some(1)
+                } else {
+                    Some(dims[d])
+                }
+            })
+            .collect();
         v.into()
     }
 
@@ -24,10 +32,12 @@ impl Tensor {
 
     fn reduce_forward(&self, op: ReduceOp, axes: &[bool], keepdim: bool) -> Result<Tensor> {
         let shape = self.reduced_shape(axes, keepdim);
-        Ok(match self.with_f32(op.name(), |d, l| reduce(op, d, l, axes))? {
-            Reduced::Values(v) => Tensor::from_vec(v, shape),
-            Reduced::Indices(v) => Tensor::from_vec(v, shape),
-        })
+        Ok(
+            match self.with_f32(op.name(), |d, l| reduce(op, d, l, axes))? {
+                Reduced::Values(v) => Tensor::from_vec(v, shape),
+                Reduced::Indices(v) => Tensor::from_vec(v, shape),
+            },
+        )
     }
 
     /// Sum over `dims` (negative dims count from the end).
@@ -39,7 +49,13 @@ impl Tensor {
         let out = self.reduce_forward(ReduceOp::Sum, &axes, keepdim)?;
         let in_shape = self.shape().clone();
         let kept = self.reduced_shape(&axes, true);
-        Ok(record(out, "sum", &[self], move |_, g| vec![Some(g.reshape(kept.clone()).broadcast_to(in_shape.clone()).contiguous())]))
+        Ok(record(out, "sum", &[self], move |_, g| {
+            vec![Some(
+                g.reshape(kept.clone())
+                    .broadcast_to(in_shape.clone())
+                    .contiguous(),
+            )]
+        }))
     }
 
     panicking!(
@@ -59,7 +75,13 @@ impl Tensor {
     /// As [`Tensor::try_sum`].
     pub fn try_mean(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
         let axes = self.axes_of("mean", dims)?;
-        let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
+        let n: usize = self
+            .dims()
+            .iter()
+            .zip(&axes)
+            .filter(|(_, a)| **a)
+            .map(|(d, _)| d)
+            .product();
         Ok(self.try_sum(dims, keepdim)?.affine(1.0 / n as f32, 0.0))
     }
 
@@ -147,10 +169,19 @@ impl Tensor {
     /// As [`Tensor::try_sum`].
     pub fn try_var(&self, dims: &[isize], correction: usize, keepdim: bool) -> Result<Tensor> {
         let axes = self.axes_of("var", dims)?;
-        let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
+        let n: usize = self
+            .dims()
+            .iter()
+            .zip(&axes)
+            .filter(|(_, a)| **a)
+            .map(|(d, _)| d)
+            .product();
         let centered = self.try_sub(&self.try_mean(dims, true)?)?;
         let denom = n.saturating_sub(correction).max(0) as f32;
-        Ok(centered.square().try_sum(dims, keepdim)?.affine(1.0 / denom, 0.0))
+        Ok(centered
+            .square()
+            .try_sum(dims, keepdim)?
+            .affine(1.0 / denom, 0.0))
     }
 
     panicking!(
@@ -175,7 +206,11 @@ impl Tensor {
         }
         let (r, sr) = (self.rank(), shape.rank());
         if sr > r {
-            return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
+            return Err(Error::ShapeMismatch {
+                op: "sum_to",
+                lhs: self.shape().clone(),
+                rhs: shape.clone(),
+            });
         }
         let lead = r - sr;
         let mut dims: Vec<isize> = (0..lead as isize).collect();
@@ -184,7 +219,11 @@ impl Tensor {
             if s == 1 && d != 1 {
                 dims.push((lead + i) as isize);
             } else if s != d {
-                return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
+                return Err(Error::ShapeMismatch {
+                    op: "sum_to",
+                    lhs: self.shape().clone(),
+                    rhs: shape.clone(),
+                });
             }
         }
         self.try_sum(&dims, true)?.try_reshape(shape.clone())

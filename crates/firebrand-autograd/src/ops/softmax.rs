@@ -3,7 +3,9 @@
 
 use super::{panicking, record};
 use crate::tensor::Tensor;
-use firebrand_ops::softmax::{log_softmax_backward_rows, log_softmax_rows, softmax_backward_rows, softmax_rows};
+use firebrand_ops::softmax::{
+    log_softmax_backward_rows, log_softmax_rows, softmax_backward_rows, softmax_rows,
+};
 use firebrand_tensor::{Result, normalize_dim};
 
 impl Tensor {
@@ -13,15 +15,33 @@ impl Tensor {
         let last = self.rank().saturating_sub(1);
         if self.rank() > 0 && d != last {
             // Move `dim` last, compute, move it back (autograd sees the transposes).
-            return Ok(self.try_transpose(d as isize, -1)?.softmax_impl(-1, log)?.transpose(d as isize, -1));
+            return Ok(self
+                .try_transpose(d as isize, -1)?
+                .softmax_impl(-1, log)?
+                .transpose(d as isize, -1));
         }
         let cols = self.dims().last().copied().unwrap_or(1);
-        let x = self.f32_contiguous(op)?;
-        let y = if log { log_softmax_rows(&x, cols) } else { softmax_rows(&x, cols) };
+        let y = self.with_f32_contiguous(op, |x| {
+            if log {
+                log_softmax_rows(x, cols)
+            } else {
+                softmax_rows(x, cols)
+            }
+        })?;
         let out = Tensor::from_vec(y, self.shape().clone());
         Ok(record(out, op, &[self], move |y, g| {
-            let (yv, gv) = (y.to_vec::<f32>(), g.to_vec::<f32>());
-            let dx = if log { log_softmax_backward_rows(&yv, &gv, cols) } else { softmax_backward_rows(&yv, &gv, cols) };
+            let dx = y
+                .with_f32_contiguous("softmax backward", |yv| {
+                    g.with_f32_contiguous("softmax backward", |gv| {
+                        if log {
+                            log_softmax_backward_rows(yv, gv, cols)
+                        } else {
+                            softmax_backward_rows(yv, gv, cols)
+                        }
+                    })
+                })
+                .and_then(|r| r)
+                .expect("softmax backward: f32 tensors");
             vec![Some(Tensor::from_vec(dx, y.shape().clone()))]
         }))
     }

@@ -17,10 +17,16 @@ impl Tensor {
         let out = Tensor::from_vec(out, self.shape().clone());
         let x = self.detach();
         Ok(record(out, op.name(), &[self], move |y, g| {
-            let xv = x.to_vec::<f32>();
-            let yv = y.to_vec::<f32>();
-            let gv = g.to_vec::<f32>();
-            vec![Some(Tensor::from_vec(unary_backward(op, &xv, &yv, &gv), x.shape().clone()))]
+            let dx = x
+                .with_f32_contiguous(op.name(), |xv| {
+                    y.with_f32_contiguous(op.name(), |yv| {
+                        g.with_f32_contiguous(op.name(), |gv| unary_backward(op, xv, yv, gv))
+                    })
+                })
+                .and_then(|r| r)
+                .and_then(|r| r)
+                .expect("unary backward: f32 tensors");
+            vec![Some(Tensor::from_vec(dx, x.shape().clone()))]
         }))
     }
 

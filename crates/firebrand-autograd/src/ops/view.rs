@@ -15,7 +15,11 @@ impl Tensor {
     pub fn try_reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.elem_count() != self.elem_count() {
-            return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape().clone(), rhs: shape });
+            return Err(Error::ShapeMismatch {
+                op: "reshape",
+                lhs: self.shape().clone(),
+                rhs: shape,
+            });
         }
         if &shape == self.shape() {
             return Ok(self.clone());
@@ -28,7 +32,9 @@ impl Tensor {
             }
         };
         let in_shape = self.shape().clone();
-        Ok(record(out, "reshape", &[self], move |_, g| vec![Some(g.reshape(in_shape.clone()))]))
+        Ok(record(out, "reshape", &[self], move |_, g| {
+            vec![Some(g.reshape(in_shape.clone()))]
+        }))
     }
 
     /// See [`Tensor::try_reshape`].
@@ -51,7 +57,10 @@ impl Tensor {
         let s = normalize_dim(start, self.rank(), "flatten", self.shape())?;
         let e = normalize_dim(end, self.rank(), "flatten", self.shape())?;
         if s > e {
-            return Err(Error::msg("flatten", format!("start dim {start} after end dim {end}")));
+            return Err(Error::msg(
+                "flatten",
+                format!("start dim {start} after end dim {end}"),
+            ));
         }
         let d = self.dims();
         let mut nd: Vec<usize> = d[..s].to_vec();
@@ -75,7 +84,9 @@ impl Tensor {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        Ok(record(out, "permute", &[self], move |_, g| vec![Some(g.permute(&inv))]))
+        Ok(record(out, "permute", &[self], move |_, g| {
+            vec![Some(g.permute(&inv))]
+        }))
     }
 
     panicking!(
@@ -89,7 +100,9 @@ impl Tensor {
     /// When a dim is out of range.
     pub fn try_transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
         let out = self.view_with(self.layout().transpose(d0, d1)?);
-        Ok(record(out, "transpose", &[self], move |_, g| vec![Some(g.transpose(d0, d1))]))
+        Ok(record(out, "transpose", &[self], move |_, g| {
+            vec![Some(g.transpose(d0, d1))]
+        }))
     }
 
     panicking!(
@@ -103,7 +116,12 @@ impl Tensor {
     /// When the tensor is not 2-D.
     #[track_caller]
     pub fn t(&self) -> Tensor {
-        assert_eq!(self.rank(), 2, "t: expects a 2-D tensor, got shape {:?}", self.shape());
+        assert_eq!(
+            self.rank(),
+            2,
+            "t: expects a 2-D tensor, got shape {:?}",
+            self.shape()
+        );
         self.transpose(0, 1)
     }
 
@@ -150,7 +168,10 @@ impl Tensor {
         }
         let size = self.shape().dim(dim)?;
         let step = size.div_ceil(n).max(1);
-        (0..size).step_by(step).map(|s| self.try_narrow(dim, s, step.min(size - s))).collect()
+        (0..size)
+            .step_by(step)
+            .map(|s| self.try_narrow(dim, s, step.min(size - s)))
+            .collect()
     }
 
     panicking!(
@@ -169,7 +190,9 @@ impl Tensor {
         }
         let out = self.view_with(self.layout().broadcast_as(&shape)?);
         let in_shape = self.shape().clone();
-        Ok(record(out, "broadcast_to", &[self], move |_, g| vec![Some(g.sum_to(&in_shape))]))
+        Ok(record(out, "broadcast_to", &[self], move |_, g| {
+            vec![Some(g.sum_to(&in_shape))]
+        }))
     }
 
     /// See [`Tensor::try_broadcast_to`] (PyTorch's `expand`).
@@ -178,7 +201,8 @@ impl Tensor {
     /// When the shapes do not broadcast.
     #[track_caller]
     pub fn broadcast_to(&self, shape: impl Into<Shape>) -> Tensor {
-        self.try_broadcast_to(shape).unwrap_or_else(|e| panic!("{e}"))
+        self.try_broadcast_to(shape)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Removes dim `dim`, which must have size 1 (a view).
@@ -188,14 +212,20 @@ impl Tensor {
     pub fn try_squeeze(&self, dim: isize) -> Result<Tensor> {
         let d = normalize_dims("squeeze", &[dim], self.shape())?[0];
         if self.dims()[d] != 1 {
-            return Err(Error::InvalidShape { op: "squeeze", shape: self.shape().clone(), msg: format!("dim {dim} has size {}", self.dims()[d]) });
+            return Err(Error::InvalidShape {
+                op: "squeeze",
+                shape: self.shape().clone(),
+                msg: format!("dim {dim} has size {}", self.dims()[d]),
+            });
         }
         let mut dims = self.dims().to_vec();
         let mut strides = self.layout().strides().to_vec();
         dims.remove(d);
         strides.remove(d);
         let out = self.view_with(Layout::new(dims.into(), strides, self.layout().offset())?);
-        Ok(record(out, "squeeze", &[self], move |_, g| vec![Some(g.unsqueeze(d as isize))]))
+        Ok(record(out, "squeeze", &[self], move |_, g| {
+            vec![Some(g.unsqueeze(d as isize))]
+        }))
     }
 
     panicking!(
@@ -211,11 +241,17 @@ impl Tensor {
         let d = normalize_dim(dim, self.rank() + 1, "unsqueeze", self.shape())?;
         let mut dims = self.dims().to_vec();
         let mut strides = self.layout().strides().to_vec();
-        let stride = if d < dims.len() { strides[d] * dims[d] } else { 1 };
+        let stride = if d < dims.len() {
+            strides[d] * dims[d]
+        } else {
+            1
+        };
         dims.insert(d, 1);
         strides.insert(d, stride);
         let out = self.view_with(Layout::new(dims.into(), strides, self.layout().offset())?);
-        Ok(record(out, "unsqueeze", &[self], move |_, g| vec![Some(g.squeeze(d as isize))]))
+        Ok(record(out, "unsqueeze", &[self], move |_, g| {
+            vec![Some(g.squeeze(d as isize))]
+        }))
     }
 
     panicking!(
@@ -230,7 +266,7 @@ impl Tensor {
             return self.clone();
         }
         let storage = match &*self.storage() {
-            CpuStorage::F32(v) => CpuStorage::F32(firebrand_ops::contiguous(v, self.layout())),
+            CpuStorage::F32(v) => CpuStorage::F32(firebrand_ops::contiguous_f32(v, self.layout())),
             CpuStorage::I64(v) => CpuStorage::I64(firebrand_ops::contiguous(v, self.layout())),
             _ => unreachable!("every storage type is handled"),
         };

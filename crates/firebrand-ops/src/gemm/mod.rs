@@ -26,12 +26,21 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major matrix with `cols` columns starting at the buffer's start.
     pub fn row_major(data: &'a [f32], cols: usize) -> Self {
-        MatRef { data, offset: 0, rs: cols, cs: 1 }
+        MatRef {
+            data,
+            offset: 0,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     /// The same matrix transposed (a view: strides swapped).
     pub fn t(self) -> Self {
-        MatRef { rs: self.cs, cs: self.rs, ..self }
+        MatRef {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
     }
 
     fn check(&self, rows: usize, cols: usize, what: &str) {
@@ -51,7 +60,11 @@ impl<'a> MatRef<'a> {
 
 /// Which gemm implementation this CPU uses.
 pub fn gemm_backend() -> &'static str {
-    if use_avx512() { "firebrand-avx512" } else { "matrixmultiply" }
+    if use_avx512() {
+        "firebrand-avx512"
+    } else {
+        "matrixmultiply"
+    }
 }
 
 fn use_avx512() -> bool {
@@ -59,7 +72,9 @@ fn use_avx512() -> bool {
     {
         static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *FLAG.get_or_init(|| {
-            std::env::var("FIREBRAND_GEMM").map(|v| v != "matrixmultiply").unwrap_or(true)
+            std::env::var("FIREBRAND_GEMM")
+                .map(|v| v != "matrixmultiply")
+                .unwrap_or(true)
                 && std::arch::is_x86_feature_detected!("avx512f")
         })
     }
@@ -86,14 +101,32 @@ fn use_avx512() -> bool {
 /// assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
 /// ```
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, true)
 }
 
 /// [`gemm`] on the calling thread only (for callers that parallelize outside,
 /// such as batched matmul over many small matrices).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_serial(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm_serial(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, false)
 }
 
@@ -113,7 +146,11 @@ fn gemm_with_threads(
         return;
     }
     assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output buffer of {} too small for {m}x{n}", c.len());
+    assert!(
+        c.len() >= (m - 1) * ldc + n,
+        "gemm: output buffer of {} too small for {m}x{n}",
+        c.len()
+    );
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -161,7 +198,8 @@ pub fn gemm_reference(m: usize, k: usize, n: usize, a: MatRef, b: MatRef) -> Vec
         for j in 0..n {
             let mut s = 0.0f64;
             for p in 0..k {
-                s += a.data[a.offset + i * a.rs + p * a.cs] as f64 * b.data[b.offset + p * b.rs + j * b.cs] as f64;
+                s += a.data[a.offset + i * a.rs + p * a.cs] as f64
+                    * b.data[b.offset + p * b.rs + j * b.cs] as f64;
             }
             c[i * n + j] = s as f32;
         }
@@ -189,8 +227,36 @@ mod tests {
         let av = data(m * k + 3, 1);
         let bv = data(k * n + 5, 2);
         // Offsets of 3 and 5 test non-zero starting positions.
-        let a = if ta { MatRef { data: &av, offset: 3, rs: 1, cs: m } } else { MatRef { data: &av, offset: 3, rs: k, cs: 1 } };
-        let b = if tb { MatRef { data: &bv, offset: 5, rs: 1, cs: k } } else { MatRef { data: &bv, offset: 5, rs: n, cs: 1 } };
+        let a = if ta {
+            MatRef {
+                data: &av,
+                offset: 3,
+                rs: 1,
+                cs: m,
+            }
+        } else {
+            MatRef {
+                data: &av,
+                offset: 3,
+                rs: k,
+                cs: 1,
+            }
+        };
+        let b = if tb {
+            MatRef {
+                data: &bv,
+                offset: 5,
+                rs: 1,
+                cs: k,
+            }
+        } else {
+            MatRef {
+                data: &bv,
+                offset: 5,
+                rs: n,
+                cs: 1,
+            }
+        };
         let want = gemm_reference(m, k, n, a, b);
         let ldc = n + 2;
         let init = data(m * ldc, 3);
@@ -201,7 +267,10 @@ mod tests {
                 let w = want[i * n + j] + if acc { init[i * ldc + j] } else { 0.0 };
                 let g = c[i * ldc + j];
                 let tol = 1e-5 * (k as f32).sqrt() * 4.0 + 1e-5;
-                assert!((g - w).abs() <= tol * (1.0 + w.abs()), "({m},{k},{n}) ta={ta} tb={tb} at ({i},{j}): {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= tol * (1.0 + w.abs()),
+                    "({m},{k},{n}) ta={ta} tb={tb} at ({i},{j}): {g} vs {w}"
+                );
             }
             // Padding columns untouched.
             for j in n..ldc {
@@ -212,7 +281,17 @@ mod tests {
 
     #[test]
     fn awkward_shapes_against_reference() {
-        let sizes = [(1, 1, 1), (1, 7, 1), (3, 5, 7), (13, 1, 33), (12, 32, 32), (25, 17, 65), (1, 300, 1), (37, 259, 70), (130, 70, 2)];
+        let sizes = [
+            (1, 1, 1),
+            (1, 7, 1),
+            (3, 5, 7),
+            (13, 1, 33),
+            (12, 32, 32),
+            (25, 17, 65),
+            (1, 300, 1),
+            (37, 259, 70),
+            (130, 70, 2),
+        ];
         for &(m, k, n) in &sizes {
             for ta in [false, true] {
                 for tb in [false, true] {
@@ -234,10 +313,28 @@ mod tests {
     #[test]
     fn zero_k_overwrites_or_keeps() {
         let mut c = vec![5.0; 4];
-        gemm(2, 0, 2, MatRef::row_major(&[], 0), MatRef::row_major(&[], 2), &mut c, 2, false);
+        gemm(
+            2,
+            0,
+            2,
+            MatRef::row_major(&[], 0),
+            MatRef::row_major(&[], 2),
+            &mut c,
+            2,
+            false,
+        );
         assert_eq!(c, vec![0.0; 4]);
         let mut c = vec![5.0; 4];
-        gemm(2, 0, 2, MatRef::row_major(&[], 0), MatRef::row_major(&[], 2), &mut c, 2, true);
+        gemm(
+            2,
+            0,
+            2,
+            MatRef::row_major(&[], 0),
+            MatRef::row_major(&[], 2),
+            &mut c,
+            2,
+            true,
+        );
         assert_eq!(c, vec![5.0; 4]);
     }
 
@@ -246,6 +343,15 @@ mod tests {
     fn overrun_panics() {
         let a = [0.0; 3];
         let mut c = [0.0; 4];
-        gemm(2, 2, 2, MatRef::row_major(&a, 2), MatRef::row_major(&a, 2), &mut c, 2, false);
+        gemm(
+            2,
+            2,
+            2,
+            MatRef::row_major(&a, 2),
+            MatRef::row_major(&a, 2),
+            &mut c,
+            2,
+            false,
+        );
     }
 }

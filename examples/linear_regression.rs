@@ -1,0 +1,45 @@
+//! Fits a small two-layer network to a noisy curve with hand-written gradient
+//! descent: tensors, broadcasting, matmul, autograd and `no_grad` in one page.
+//!
+//! Run: `cargo run --release --example linear_regression`
+
+use firebrand::prelude::*;
+
+fn main() {
+    manual_seed(7);
+    // Data: y = sin(3x) + noise on 256 points.
+    let x = Tensor::rand([256, 1], -1.0, 1.0); // (N, 1)
+    let y = (&x * 3.0).sin() + Tensor::randn([256, 1], 0.0, 0.05); // (N, 1)
+
+    // Parameters of a 1 -> 32 -> 1 tanh network.
+    let w1 = Tensor::randn([1, 32], 0.0, 1.0).requires_grad_(true); // (1, H)
+    let b1 = Tensor::zeros([32]).requires_grad_(true); // (H,)
+    let w2 = Tensor::randn([32, 1], 0.0, 0.2).requires_grad_(true); // (H, 1)
+    let b2 = Tensor::zeros([1]).requires_grad_(true); // (1,)
+    let params = [&w1, &b1, &w2, &b2];
+
+    let lr = 0.1;
+    for step in 0..=2000 {
+        let h = (x.matmul(&w1) + &b1).tanh(); // (N, H)
+        let pred = h.matmul(&w2) + &b2; // (N, 1)
+        let loss = (&pred - &y).square().mean_all();
+        loss.backward();
+        for p in params {
+            let g = p
+                .grad()
+                .expect("every parameter gets a gradient")
+                .to_vec::<f32>();
+            p.update_f32("sgd", |d| {
+                d.iter_mut().zip(&g).for_each(|(d, g)| *d -= lr * g)
+            })
+            .unwrap();
+            p.zero_grad();
+        }
+        if step % 400 == 0 {
+            println!("step {step:5}  mse {:.5}", loss.item());
+        }
+    }
+    let test = Tensor::from_vec(vec![-0.5f32, 0.0, 0.5], [3, 1]);
+    let pred = with_no_grad(|| (test.matmul(&w1) + &b1).tanh().matmul(&w2) + &b2);
+    println!("sin(3x) at x = -0.5, 0, 0.5: want [-0.997, 0.000, 0.997], got {pred}");
+}
