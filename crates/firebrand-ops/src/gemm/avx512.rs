@@ -161,10 +161,21 @@ fn pack_b_panel(kc: usize, nc: usize, jp: usize, b: MatRef, dst: &mut [f32]) {
             dst[p * NR + cols..p * NR + NR].fill(0.0);
         }
     } else {
-        for j in 0..cols {
-            let base = b.offset + (j0 + j) * b.cs;
-            for p in 0..kc {
-                dst[p * NR + j] = d[base + p * b.rs];
+        // Transposing copy, blocked over p so the destination block stays in L1.
+        const PB: usize = 64;
+        for p0 in (0..kc).step_by(PB) {
+            let p1 = (p0 + PB).min(kc);
+            for j in 0..cols {
+                let base = b.offset + (j0 + j) * b.cs;
+                if b.rs == 1 {
+                    for (p, &v) in (p0..p1).zip(&d[base + p0..base + p1]) {
+                        dst[p * NR + j] = v;
+                    }
+                } else {
+                    for p in p0..p1 {
+                        dst[p * NR + j] = d[base + p * b.rs];
+                    }
+                }
             }
         }
         if cols < NR {

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Runs a workload in Firebrand and in its NumPy/PyTorch counterpart, in the
+same session, and prints both figures and their ratio.
+
+    python3 benches/compare.py gemm [--threads 2] [--rounds 3]
+
+Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
+then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
+each side (the machine is shared, so the best is the least disturbed figure).
+NumPy's OpenBLAS is run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, so it
+picks the kernel for this CPU.  Prints a Markdown table and, with --json, the
+raw rows.
+"""
+import argparse, json, os, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(cmd, env=None):
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("workload", choices=["gemm"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    best = {}
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env.pop("OPENBLAS_L2_SIZE", None)
+    subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
+    peak = run(["cargo", "bench", "--bench", "workloads", "--", "peak", "--threads", str(a.threads)])[0]["gflops"]
+    for _ in range(a.rounds):
+        rows = run(["cargo", "bench", "--bench", "workloads", "--", "gemm", "--threads", str(a.threads)])
+        rows += run([sys.executable, "benches/pytorch/gemm.py", "--threads", str(a.threads)], env=env)
+        for r in rows:
+            key = (r.get("lib", "firebrand"), r["m"], r["k"], r["n"])
+            best[key] = max(best.get(key, 0.0), r["gflops"])
+    shapes = sorted({k[1:] for k in best}, key=lambda s: (s[0] != s[1] or s[1] != s[2], s))
+    print(f"FMA peak ({a.threads} threads): {peak:.0f} GFLOP/s\n")
+    print("| m x k x n | Firebrand | NumPy | PyTorch | vs NumPy | vs PyTorch | % of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for m, k, n in shapes:
+        f, np_, pt = (best.get((lib, m, k, n), float("nan")) for lib in ("firebrand", "numpy", "torch"))
+        print(f"| {m}x{k}x{n} | {f:.0f} | {np_:.0f} | {pt:.0f} | {f/np_:.2f} | {f/pt:.2f} | {100*f/peak:.0f}% |")
+    if a.json:
+        for key, g in sorted(best.items()):
+            print(json.dumps({"lib": key[0], "m": key[1], "k": key[2], "n": key[3], "gflops": g}))
+
+
+if __name__ == "__main__":
+    main()
