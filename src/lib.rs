@@ -49,3 +49,8 @@ pub mod prelude {
         DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad,
     };
 }
+
+/// The README's code example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
