@@ -34,6 +34,8 @@
 //! assert!((w.item() - 3.0).abs() < 1e-3 && (b.item() + 1.0).abs() < 1e-3);
 //! ```
 
+#![warn(missing_docs)]
+
 pub use firebrand_autograd as autograd;
 pub use firebrand_ops as ops;
 pub use firebrand_tensor as tensor;

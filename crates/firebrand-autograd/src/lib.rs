@@ -29,6 +29,8 @@
 //! assert_eq!(b.grad().unwrap().dims(), &[2]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod backward;
 mod display;
 mod grad_mode;

@@ -30,6 +30,8 @@
 //! assert_eq!(s, Reduced::Values(vec![25.0, 47.0, 69.0]));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod binary;
 pub mod gemm;
 pub mod index;

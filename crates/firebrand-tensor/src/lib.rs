@@ -25,6 +25,8 @@
 //! assert!(!t.is_contiguous());
 //! ```
 
+#![warn(missing_docs)]
+
 mod device;
 mod dtype;
 mod error;
