@@ -133,7 +133,11 @@ fn workload_peak() {
     println!(
         "{{\"workload\":\"peak\",\"threads\":{threads},\"gflops\":{:.1},\"isa\":\"{}\"}}",
         per_thread.iter().sum::<f64>() / 1e9,
-        if cfg!(target_arch = "x86_64") && is_avx512() { "avx512" } else { "scalar-fallback" }
+        if cfg!(target_arch = "x86_64") && is_avx512() {
+            "avx512"
+        } else {
+            "scalar-fallback"
+        }
     );
 }
 

@@ -6,6 +6,7 @@ use firebrand_tensor::DType;
 const EDGE: usize = 3;
 const SUMMARIZE_ABOVE: usize = 1000;
 
+#[allow(clippy::too_many_arguments)]
 fn fmt_nested(
     out: &mut String,
     vals: &[String],

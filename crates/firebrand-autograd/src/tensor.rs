@@ -416,7 +416,7 @@ impl Tensor {
 
     /// The `f32` elements in row-major order, as a new buffer.
     pub(crate) fn f32_contiguous(&self, op: &'static str) -> Result<Vec<f32>> {
-        self.with_f32(op, |d, l| firebrand_ops::contiguous_f32(d, l))
+        self.with_f32(op, firebrand_ops::contiguous_f32)
     }
 
     /// Runs `f` over the `f32` elements in row-major order, borrowing the
@@ -434,7 +434,7 @@ impl Tensor {
 
     /// The `i64` elements in row-major order.
     pub(crate) fn i64_contiguous(&self, op: &'static str) -> Result<Vec<i64>> {
-        self.with_i64(op, |d, l| firebrand_ops::contiguous(d, l))
+        self.with_i64(op, firebrand_ops::contiguous)
     }
 
     // ---- autograd state -----------------------------------------------------
@@ -563,10 +563,10 @@ impl Drop for TensorImpl {
         let Some(g) = self.grad_fn.take() else { return };
         let mut stack: Vec<Tensor> = g.inputs;
         while let Some(t) = stack.pop() {
-            if let Ok(mut inner) = Arc::try_unwrap(t.0) {
-                if let Some(g) = inner.grad_fn.take() {
-                    stack.extend(g.inputs);
-                }
+            if let Ok(mut inner) = Arc::try_unwrap(t.0)
+                && let Some(g) = inner.grad_fn.take()
+            {
+                stack.extend(g.inputs);
             }
         }
     }

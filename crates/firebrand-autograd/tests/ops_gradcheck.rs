@@ -1,6 +1,8 @@
 //! A finite-difference gradient check for every differentiable op, including
 //! broadcasting, non-contiguous (transposed / narrowed) inputs and odd sizes.
 
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck};
 use firebrand_ops::unary::{ALL_UNARY_OPS, UnaryOp, needs_positive_input};
 

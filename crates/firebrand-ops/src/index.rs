@@ -79,11 +79,7 @@ pub fn gather<T: Copy + Default>(
     inner: usize,
     index: &[i64],
 ) -> Result<Vec<T>> {
-    let k = if outer * inner == 0 {
-        0
-    } else {
-        index.len() / (outer * inner)
-    };
+    let k = index.len().checked_div(outer * inner).unwrap_or(0);
     let mut out = vec![T::default(); index.len()];
     for o in 0..outer {
         for j in 0..k {
@@ -109,11 +105,7 @@ pub fn scatter_add(
     inner: usize,
     index: &[i64],
 ) -> Result<Vec<f32>> {
-    let k = if outer * inner == 0 {
-        0
-    } else {
-        index.len() / (outer * inner)
-    };
+    let k = index.len().checked_div(outer * inner).unwrap_or(0);
     let mut out = zeros_f32(outer * dim * inner);
     for o in 0..outer {
         for j in 0..k {

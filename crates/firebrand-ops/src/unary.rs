@@ -411,6 +411,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn erf_accuracy() {
         // Reference values of erf from high-precision tables.
         for (x, want) in [

@@ -177,7 +177,7 @@ impl Tensor {
             .map(|(d, _)| d)
             .product();
         let centered = self.try_sub(&self.try_mean(dims, true)?)?;
-        let denom = n.saturating_sub(correction).max(0) as f32;
+        let denom = n.saturating_sub(correction) as f32;
         Ok(centered
             .square()
             .try_sum(dims, keepdim)?
