@@ -8,14 +8,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use firebrand::prelude::*;
 use std::time::Duration;
 
-fn config<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn config<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
-    g.measurement_time(Duration::from_secs(1))
-        .warm_up_time(Duration::from_millis(300))
-        .sample_size(20);
+    g.measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300)).sample_size(20);
     g
 }
 
@@ -31,12 +26,8 @@ fn elementwise(c: &mut Criterion) {
         let id = format!("{r}x{k}");
         g.throughput(Throughput::Elements((r * k) as u64));
         g.bench_function(BenchmarkId::new("add", &id), |x| x.iter(|| a.add(&b)));
-        g.bench_function(BenchmarkId::new("add_bias_broadcast", &id), |x| {
-            x.iter(|| a.add(&bias))
-        });
-        g.bench_function(BenchmarkId::new("mul_transposed", &id), |x| {
-            x.iter(|| a.t().mul(&b.t()))
-        });
+        g.bench_function(BenchmarkId::new("add_bias_broadcast", &id), |x| x.iter(|| a.add(&bias)));
+        g.bench_function(BenchmarkId::new("mul_transposed", &id), |x| x.iter(|| a.t().mul(&b.t())));
         g.bench_function(BenchmarkId::new("relu", &id), |x| x.iter(|| a.relu()));
         g.bench_function(BenchmarkId::new("exp", &id), |x| x.iter(|| a.exp()));
         g.bench_function(BenchmarkId::new("tanh", &id), |x| x.iter(|| a.tanh()));
@@ -51,18 +42,10 @@ fn reductions(c: &mut Criterion) {
         let a = Tensor::randn([r, k], 0.0, 1.0);
         let id = format!("{r}x{k}");
         g.throughput(Throughput::Elements((r * k) as u64));
-        g.bench_function(BenchmarkId::new("sum_rows", &id), |x| {
-            x.iter(|| a.sum(&[1], false))
-        });
-        g.bench_function(BenchmarkId::new("sum_cols", &id), |x| {
-            x.iter(|| a.sum(&[0], false))
-        });
-        g.bench_function(BenchmarkId::new("max_rows", &id), |x| {
-            x.iter(|| a.max(&[1], false))
-        });
-        g.bench_function(BenchmarkId::new("argmax_rows", &id), |x| {
-            x.iter(|| a.argmax(1, false))
-        });
+        g.bench_function(BenchmarkId::new("sum_rows", &id), |x| x.iter(|| a.sum(&[1], false)));
+        g.bench_function(BenchmarkId::new("sum_cols", &id), |x| x.iter(|| a.sum(&[0], false)));
+        g.bench_function(BenchmarkId::new("max_rows", &id), |x| x.iter(|| a.max(&[1], false)));
+        g.bench_function(BenchmarkId::new("argmax_rows", &id), |x| x.iter(|| a.argmax(1, false)));
         g.bench_function(BenchmarkId::new("sum_all", &id), |x| x.iter(|| a.sum_all()));
     }
     g.finish();
@@ -74,12 +57,8 @@ fn softmax(c: &mut Criterion) {
         let a = Tensor::randn([r, k], 0.0, 1.0);
         let id = format!("{r}x{k}");
         g.throughput(Throughput::Elements((r * k) as u64));
-        g.bench_function(BenchmarkId::new("softmax", &id), |x| {
-            x.iter(|| a.softmax(-1))
-        });
-        g.bench_function(BenchmarkId::new("log_softmax", &id), |x| {
-            x.iter(|| a.log_softmax(-1))
-        });
+        g.bench_function(BenchmarkId::new("softmax", &id), |x| x.iter(|| a.softmax(-1)));
+        g.bench_function(BenchmarkId::new("log_softmax", &id), |x| x.iter(|| a.log_softmax(-1)));
         // The composite reference the fused kernel replaces.
         g.bench_function(BenchmarkId::new("composite_softmax", &id), |x| {
             x.iter(|| {

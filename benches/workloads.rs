@@ -14,25 +14,14 @@ use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let Some(name) = args.first() else {
         eprintln!("usage: cargo bench --bench workloads -- <gemm|peak> [options]");
         std::process::exit(2);
     };
-    let opt = |key: &str| {
-        args.iter()
-            .position(|a| a == key)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let opt = |key: &str| args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).cloned();
     if let Some(t) = opt("--threads") {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t.parse().expect("--threads N"))
-            .build_global()
-            .unwrap();
+        rayon::ThreadPoolBuilder::new().num_threads(t.parse().expect("--threads N")).build_global().unwrap();
     }
     match name.as_str() {
         "gemm" => workload_gemm(opt("--sizes")),
@@ -62,18 +51,7 @@ fn time_gemm(m: usize, k: usize, n: usize) -> f64 {
     let b = fill(k * n, 2);
     let mut c = vec![0.0f32; m * n];
     let flops = 2.0 * (m * k * n) as f64;
-    let mut run = || {
-        gemm(
-            m,
-            k,
-            n,
-            MatRef::row_major(&a, k),
-            MatRef::row_major(&b, n),
-            &mut c,
-            n,
-            false,
-        )
-    };
+    let mut run = || gemm(m, k, n, MatRef::row_major(&a, k), MatRef::row_major(&b, n), &mut c, n, false);
     run();
     let t = Instant::now();
     run();
@@ -93,15 +71,8 @@ fn time_gemm(m: usize, k: usize, n: usize) -> f64 {
 
 fn workload_gemm(sizes: Option<String>) {
     let mut shapes: Vec<(usize, usize, usize)> = match sizes {
-        Some(s) => s
-            .split(',')
-            .map(|x| x.parse().expect("--sizes a,b,c"))
-            .map(|s| (s, s, s))
-            .collect(),
-        None => [64, 128, 256, 512, 1024, 2048]
-            .iter()
-            .map(|&s| (s, s, s))
-            .collect(),
+        Some(s) => s.split(',').map(|x| x.parse().expect("--sizes a,b,c")).map(|s| (s, s, s)).collect(),
+        None => [64, 128, 256, 512, 1024, 2048].iter().map(|&s| (s, s, s)).collect(),
     };
     shapes.extend([(32, 784, 128), (128, 784, 128), (1024, 128, 512)]);
     for (m, k, n) in shapes {
@@ -133,11 +104,7 @@ fn workload_peak() {
     println!(
         "{{\"workload\":\"peak\",\"threads\":{threads},\"gflops\":{:.1},\"isa\":\"{}\"}}",
         per_thread.iter().sum::<f64>() / 1e9,
-        if cfg!(target_arch = "x86_64") && is_avx512() {
-            "avx512"
-        } else {
-            "scalar-fallback"
-        }
+        if cfg!(target_arch = "x86_64") && is_avx512() { "avx512" } else { "scalar-fallback" }
     );
 }
 

@@ -25,14 +25,8 @@ fn main() {
         let loss = (&pred - &y).square().mean_all();
         loss.backward();
         for p in params {
-            let g = p
-                .grad()
-                .expect("every parameter gets a gradient")
-                .to_vec::<f32>();
-            p.update_f32("sgd", |d| {
-                d.iter_mut().zip(&g).for_each(|(d, g)| *d -= lr * g)
-            })
-            .unwrap();
+            let g = p.grad().expect("every parameter gets a gradient").to_vec::<f32>();
+            p.update_f32("sgd", |d| d.iter_mut().zip(&g).for_each(|(d, g)| *d -= lr * g)).unwrap();
             p.zero_grad();
         }
         if step % 400 == 0 {

@@ -41,15 +41,13 @@ pub use firebrand_ops as ops;
 pub use firebrand_tensor as tensor;
 
 pub use firebrand_autograd::{
-    DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, gradcheck, manual_seed,
-    no_grad, with_no_grad,
+    DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, gradcheck, manual_seed, no_grad,
+    with_no_grad,
 };
 
 /// The names most programs need: `use firebrand::prelude::*;`.
 pub mod prelude {
-    pub use firebrand_autograd::{
-        DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad,
-    };
+    pub use firebrand_autograd::{DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad};
 }
 
 /// The README's code example, compiled and run as a doctest.

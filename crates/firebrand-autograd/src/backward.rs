@@ -40,8 +40,7 @@ impl Tensor {
     /// See [`Tensor::try_backward_with_grad`].
     #[track_caller]
     pub fn backward_with_grad(&self, grad: &Tensor) {
-        self.try_backward_with_grad(grad)
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.try_backward_with_grad(grad).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Backpropagates `grad` (of this tensor's shape) through the graph.
@@ -56,11 +55,7 @@ impl Tensor {
             ));
         }
         if grad.shape() != self.shape() {
-            return Err(Error::ShapeMismatch {
-                op: "backward",
-                lhs: self.shape().clone(),
-                rhs: grad.shape().clone(),
-            });
+            return Err(Error::ShapeMismatch { op: "backward", lhs: self.shape().clone(), rhs: grad.shape().clone() });
         }
         let _guard = no_grad();
         let order = topo_order(self);
@@ -72,11 +67,7 @@ impl Tensor {
             };
             match &t.0.grad_fn {
                 None => accumulate_leaf(t, g),
-                Some(GradFn {
-                    name,
-                    inputs,
-                    backward,
-                }) => {
+                Some(GradFn { name, inputs, backward }) => {
                     let in_grads = backward(t, &g);
                     debug_assert_eq!(
                         in_grads.len(),

@@ -24,11 +24,7 @@ fn fmt_nested(
     let n = dims[0];
     out.push('[');
     let show: Vec<Option<usize>> = if summarize && n > 2 * EDGE {
-        (0..EDGE)
-            .map(Some)
-            .chain(std::iter::once(None))
-            .chain((n - EDGE..n).map(Some))
-            .collect()
+        (0..EDGE).map(Some).chain(std::iter::once(None)).chain((n - EDGE..n).map(Some)).collect()
     } else {
         (0..n).map(Some).collect()
     };
@@ -43,16 +39,9 @@ fn fmt_nested(
             }
         }
         match item {
-            Some(i) => fmt_nested(
-                out,
-                vals,
-                &dims[1..],
-                &strides[1..],
-                base + i * strides[0],
-                depth + 1,
-                summarize,
-                indent,
-            ),
+            Some(i) => {
+                fmt_nested(out, vals, &dims[1..], &strides[1..], base + i * strides[0], depth + 1, summarize, indent)
+            }
             None => out.push_str("..."),
         }
     }
@@ -66,19 +55,9 @@ impl Tensor {
             DType::I64 => self.to_vec::<i64>().iter().map(|v| v.to_string()).collect(),
             _ => {
                 let v = self.to_vec::<f32>();
-                let big = v
-                    .iter()
-                    .any(|x| x.abs() >= 1e5 || (x.abs() < 1e-4 && *x != 0.0));
-                let strs: Vec<String> = v
-                    .iter()
-                    .map(|x| {
-                        if big {
-                            format!("{x:.4e}")
-                        } else {
-                            format!("{x:.4}")
-                        }
-                    })
-                    .collect();
+                let big = v.iter().any(|x| x.abs() >= 1e5 || (x.abs() < 1e-4 && *x != 0.0));
+                let strs: Vec<String> =
+                    v.iter().map(|x| if big { format!("{x:.4e}") } else { format!("{x:.4}") }).collect();
                 let w = strs.iter().map(|s| s.len()).max().unwrap_or(0);
                 strs.into_iter().map(|s| format!("{s:>w$}")).collect()
             }

@@ -26,9 +26,7 @@ pub fn is_grad_enabled() -> bool {
 /// ```
 #[must_use = "gradients are off only while the guard lives"]
 pub fn no_grad() -> NoGradGuard {
-    NoGradGuard {
-        prev: GRAD_ENABLED.with(|g| g.replace(false)),
-    }
+    NoGradGuard { prev: GRAD_ENABLED.with(|g| g.replace(false)) }
 }
 
 /// Runs `f` with gradient recording off.

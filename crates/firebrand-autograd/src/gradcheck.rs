@@ -16,11 +16,7 @@ pub struct GradcheckOptions {
 
 impl Default for GradcheckOptions {
     fn default() -> Self {
-        GradcheckOptions {
-            eps: 1e-2,
-            atol: 2e-3,
-            rtol: 1e-2,
-        }
+        GradcheckOptions { eps: 1e-2, atol: 2e-3, rtol: 1e-2 }
     }
 }
 
@@ -75,26 +71,18 @@ pub fn gradcheck(
     }
     let out = f(inputs);
     let n = out.elem_count();
-    let weights: Vec<f32> = (0..n)
-        .map(|i| 0.5 + ((i * 7919 + 13) % 97) as f32 / 97.0)
-        .collect();
+    let weights: Vec<f32> = (0..n).map(|i| 0.5 + ((i * 7919 + 13) % 97) as f32 / 97.0).collect();
     let w = Tensor::from_vec(weights.clone(), out.shape().clone());
     out.mul(&w).sum_all().backward();
     let loss = |xs: &[Tensor]| -> f64 {
         let y = with_no_grad(|| f(xs)).to_vec::<f32>();
-        y.iter()
-            .zip(&weights)
-            .map(|(&a, &b)| a as f64 * b as f64)
-            .sum()
+        y.iter().zip(&weights).map(|(&a, &b)| a as f64 * b as f64).sum()
     };
     for (ii, x) in inputs.iter().enumerate() {
         if !x.requires_grad() {
             continue;
         }
-        let analytic = x
-            .grad()
-            .map(|g| g.to_vec::<f32>())
-            .unwrap_or_else(|| vec![0.0; x.elem_count()]);
+        let analytic = x.grad().map(|g| g.to_vec::<f32>()).unwrap_or_else(|| vec![0.0; x.elem_count()]);
         let base = x.to_vec::<f32>();
         for e in 0..base.len() {
             let at = |delta: f64| -> f64 {
@@ -108,12 +96,7 @@ pub fn gradcheck(
             let numeric = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
             let a = analytic[e] as f64;
             if (a - numeric).abs() > opts.atol + opts.rtol * numeric.abs() {
-                return Err(GradcheckError {
-                    input: ii,
-                    element: e,
-                    analytic: a,
-                    numeric,
-                });
+                return Err(GradcheckError { input: ii, element: e, analytic: a, numeric });
             }
         }
     }

@@ -2,6 +2,7 @@
 //! takes part in autograd) the op that produced it.
 
 use crate::random;
+use firebrand_tensor::backend::{Backend, Storage, as_cpu, registered_backend};
 use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result, Shape};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -29,7 +30,7 @@ pub(crate) struct GradFn {
 
 pub(crate) struct TensorImpl {
     pub(crate) id: TensorId,
-    pub(crate) storage: Arc<RwLock<CpuStorage>>,
+    pub(crate) storage: Arc<RwLock<Storage>>,
     pub(crate) layout: Layout,
     pub(crate) device: Device,
     pub(crate) requires_grad: AtomicBool,
@@ -59,30 +60,28 @@ pub struct Tensor(pub(crate) Arc<TensorImpl>);
 impl Tensor {
     // ---- construction -------------------------------------------------------
 
-    pub(crate) fn from_parts(
-        storage: Arc<RwLock<CpuStorage>>,
-        layout: Layout,
-        grad_fn: Option<GradFn>,
-    ) -> Tensor {
+    pub(crate) fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, grad_fn: Option<GradFn>) -> Tensor {
         let requires_grad = grad_fn.is_some();
+        let device = storage.read().unwrap().device();
         Tensor(Arc::new(TensorImpl {
             id: TensorId::new(),
             storage,
             layout,
-            device: Device::Cpu,
+            device,
             requires_grad: AtomicBool::new(requires_grad),
             grad_fn,
             grad: Mutex::new(None),
         }))
     }
 
-    /// A new contiguous tensor owning `storage`.
+    /// A new contiguous CPU tensor owning `storage`.
     pub(crate) fn from_storage(storage: CpuStorage, shape: impl Into<Shape>) -> Tensor {
-        Tensor::from_parts(
-            Arc::new(RwLock::new(storage)),
-            Layout::contiguous(shape),
-            None,
-        )
+        Tensor::from_backend(Box::new(storage), shape)
+    }
+
+    /// A new contiguous tensor owning a backend's storage.
+    pub(crate) fn from_backend(storage: Storage, shape: impl Into<Shape>) -> Tensor {
+        Tensor::from_parts(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), None)
     }
 
     /// A view of this tensor's storage with another layout (no autograd record).
@@ -108,11 +107,7 @@ impl Tensor {
         if data.len() != shape.elem_count() {
             return Err(Error::InvalidShape {
                 op: "from_vec",
-                msg: format!(
-                    "{} elements given for {} expected",
-                    data.len(),
-                    shape.elem_count()
-                ),
+                msg: format!("{} elements given for {} expected", data.len(), shape.elem_count()),
                 shape,
             });
         }
@@ -121,11 +116,7 @@ impl Tensor {
             DType::F32 => CpuStorage::F32(*any.downcast::<Vec<f32>>().expect("f32")),
             DType::I64 => CpuStorage::I64(*any.downcast::<Vec<i64>>().expect("i64")),
             other => {
-                return Err(Error::DType {
-                    op: "from_vec",
-                    got: other,
-                    expected: "f32 or i64",
-                });
+                return Err(Error::DType { op: "from_vec", got: other, expected: "f32 or i64" });
             }
         };
         Ok(Tensor::from_storage(storage, shape))
@@ -163,19 +154,27 @@ impl Tensor {
         Tensor::full(1.0, shape)
     }
 
-    /// Zeros with this tensor's shape.
+    /// `v` everywhere on `device` (PyTorch's `torch.full(..., device=)`).
+    ///
+    /// # Errors
+    /// When `device` has no backend.
+    pub fn full_on(v: f32, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        Tensor::full(v, shape).to_device(device)
+    }
+
+    /// Zeros with this tensor's shape, on its device.
     pub fn zeros_like(&self) -> Tensor {
-        Tensor::zeros(self.shape().clone())
+        self.full_like(0.0)
     }
 
-    /// Ones with this tensor's shape.
+    /// Ones with this tensor's shape, on its device.
     pub fn ones_like(&self) -> Tensor {
-        Tensor::ones(self.shape().clone())
+        self.full_like(1.0)
     }
 
-    /// `v` everywhere, with this tensor's shape.
+    /// `v` everywhere, with this tensor's shape, on its device.
     pub fn full_like(&self, v: f32) -> Tensor {
-        Tensor::full(v, self.shape().clone())
+        Tensor::full_on(v, self.shape().clone(), self.device()).expect("the tensor's own device has a backend")
     }
 
     /// The identity matrix `(n, n)`.
@@ -191,17 +190,9 @@ impl Tensor {
     /// When `step` is zero or has the wrong sign to reach `end`.
     #[track_caller]
     pub fn arange(start: f32, end: f32, step: f32) -> Tensor {
-        assert!(
-            step != 0.0 && (end - start) * step >= 0.0,
-            "arange: step {step} cannot go from {start} to {end}"
-        );
+        assert!(step != 0.0 && (end - start) * step >= 0.0, "arange: step {step} cannot go from {start} to {end}");
         let n = ((end - start) / step).ceil().max(0.0) as usize;
-        Tensor::from_vec(
-            (0..n)
-                .map(|i| start + i as f32 * step)
-                .collect::<Vec<f32>>(),
-            [n],
-        )
+        Tensor::from_vec((0..n).map(|i| start + i as f32 * step).collect::<Vec<f32>>(), [n])
     }
 
     /// `start..end` as `i64` (indices).
@@ -226,23 +217,13 @@ impl Tensor {
     }
 
     /// Uniform samples in `[lo, hi)` from a caller-supplied generator.
-    pub fn rand_with<R: rand::Rng + ?Sized>(
-        shape: impl Into<Shape>,
-        lo: f32,
-        hi: f32,
-        rng: &mut R,
-    ) -> Tensor {
+    pub fn rand_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, lo: f32, hi: f32, rng: &mut R) -> Tensor {
         let shape = shape.into();
         Tensor::from_vec(random::uniform(rng, shape.elem_count(), lo, hi), shape)
     }
 
     /// Normal samples from a caller-supplied generator.
-    pub fn randn_with<R: rand::Rng + ?Sized>(
-        shape: impl Into<Shape>,
-        mean: f32,
-        std: f32,
-        rng: &mut R,
-    ) -> Tensor {
+    pub fn randn_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, mean: f32, std: f32, rng: &mut R) -> Tensor {
         let shape = shape.into();
         Tensor::from_vec(random::normal(rng, shape.elem_count(), mean, std), shape)
     }
@@ -255,8 +236,7 @@ impl Tensor {
 
     /// The elements as an `ndarray` array, converted to `T`.
     pub fn to_ndarray<T: Element>(&self) -> ndarray::ArrayD<T> {
-        ndarray::ArrayD::from_shape_vec(self.dims().to_vec(), self.to_vec::<T>())
-            .expect("shape matches")
+        ndarray::ArrayD::from_shape_vec(self.dims().to_vec(), self.to_vec::<T>()).expect("shape matches")
     }
 
     // ---- accessors ----------------------------------------------------------
@@ -320,24 +300,28 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
-    /// Moves the tensor to `device`. Only the CPU exists in this build.
+    /// A copy of the tensor on `device` (this tensor itself when already there).
+    /// Not recorded by autograd.
     ///
     /// # Errors
-    /// [`Error::DeviceUnavailable`] for a device this build cannot use.
+    /// [`Error::DeviceUnavailable`] for a device with no registered backend.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
-            other => Err(Error::DeviceUnavailable {
-                op: "to_device",
-                device: other,
-                msg: "no GPU backend is compiled into this build".into(),
-            }),
+        if device == self.device() {
+            return Ok(self.clone());
         }
+        let host = self.contiguous().storage().to_cpu();
+        let storage = backend_of(device, "to_device")?.upload(host)?;
+        Ok(Tensor::from_backend(storage, self.shape().clone()))
     }
 
-    /// The elements in row-major order, converted to `T`.
+    /// The elements in row-major order, converted to `T` (copied to the host
+    /// first when the tensor lives on another device).
     pub fn to_vec<T: Element>(&self) -> Vec<T> {
-        self.0.storage.read().unwrap().to_vec(&self.0.layout)
+        let s = self.storage();
+        match as_cpu(&**s) {
+            Some(c) => c.to_vec(&self.0.layout),
+            None => s.to_cpu().to_vec(&self.0.layout),
+        }
     }
 
     /// The single element of a one-element tensor as `f32` (PyTorch's `item()`).
@@ -376,65 +360,25 @@ impl Tensor {
     // ---- storage access for ops ---------------------------------------------
 
     /// Read access to the storage.
-    pub(crate) fn storage(&self) -> RwLockReadGuard<'_, CpuStorage> {
+    pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         self.0.storage.read().unwrap()
     }
 
-    /// Runs `f` over the `f32` buffer and this tensor's layout.
-    pub(crate) fn with_f32<R>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&[f32], &Layout) -> R,
-    ) -> Result<R> {
-        let s = self.storage();
-        match &*s {
-            CpuStorage::F32(v) => Ok(f(v, &self.0.layout)),
-            other => Err(Error::DType {
-                op,
-                got: other.dtype(),
-                expected: "f32",
-            }),
+    /// The backend of this tensor's device.
+    pub(crate) fn backend(&self, op: &'static str) -> Result<&'static dyn Backend> {
+        backend_of(self.device(), op)
+    }
+
+    /// This tensor with a storage of its own, contiguous from offset 0 (itself
+    /// when it already is), so its storage can go to kernels that take
+    /// contiguous buffers.
+    pub(crate) fn dense(&self, op: &'static str) -> Result<Tensor> {
+        let l = self.layout();
+        if l.is_contiguous() && l.offset() == 0 && l.elem_count() == self.storage().len() {
+            return Ok(self.clone());
         }
-    }
-
-    /// Runs `f` over the `i64` buffer and this tensor's layout.
-    pub(crate) fn with_i64<R>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&[i64], &Layout) -> R,
-    ) -> Result<R> {
-        let s = self.storage();
-        match &*s {
-            CpuStorage::I64(v) => Ok(f(v, &self.0.layout)),
-            other => Err(Error::DType {
-                op,
-                got: other.dtype(),
-                expected: "i64",
-            }),
-        }
-    }
-
-    /// The `f32` elements in row-major order, as a new buffer.
-    pub(crate) fn f32_contiguous(&self, op: &'static str) -> Result<Vec<f32>> {
-        self.with_f32(op, firebrand_ops::contiguous_f32)
-    }
-
-    /// Runs `f` over the `f32` elements in row-major order, borrowing the
-    /// storage when the tensor is contiguous and copying only otherwise.
-    pub(crate) fn with_f32_contiguous<R>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&[f32]) -> R,
-    ) -> Result<R> {
-        self.with_f32(op, |d, l| match l.contiguous_range() {
-            Some(r) => f(&d[r]),
-            None => f(&firebrand_ops::contiguous_f32(d, l)),
-        })
-    }
-
-    /// The `i64` elements in row-major order.
-    pub(crate) fn i64_contiguous(&self, op: &'static str) -> Result<Vec<i64>> {
-        self.with_i64(op, firebrand_ops::contiguous)
+        let st = self.backend(op)?.contiguous(&**self.storage(), l)?;
+        Ok(Tensor::from_backend(st, self.shape().clone()))
     }
 
     // ---- autograd state -----------------------------------------------------
@@ -451,10 +395,7 @@ impl Tensor {
     /// When called on a non-leaf tensor (one produced by a recorded op).
     #[track_caller]
     pub fn requires_grad_(self, on: bool) -> Tensor {
-        assert!(
-            self.is_leaf(),
-            "requires_grad_: only leaf tensors can change requires_grad; use detach() first"
-        );
+        assert!(self.is_leaf(), "requires_grad_: only leaf tensors can change requires_grad; use detach() first");
         self.0.requires_grad.store(on, Ordering::Relaxed);
         self
     }
@@ -497,13 +438,9 @@ impl Tensor {
     /// On a shape or dtype mismatch.
     pub fn copy_(&self, src: &Tensor) -> Result<()> {
         if self.shape() != src.shape() {
-            return Err(Error::ShapeMismatch {
-                op: "copy_",
-                lhs: self.shape().clone(),
-                rhs: src.shape().clone(),
-            });
+            return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
-        let vals = src.f32_contiguous("copy_")?;
+        let vals = src.to_device(Device::Cpu)?.to_vec::<f32>();
         self.update_f32("copy_", |dst| dst.copy_from_slice(&vals))
     }
 
@@ -519,38 +456,36 @@ impl Tensor {
             .contiguous_range()
             .ok_or_else(|| Error::msg(op, "in-place update needs a contiguous tensor"))?;
         let mut s = self.0.storage.write().unwrap();
-        match &mut *s {
-            CpuStorage::F32(v) => {
+        let device = s.device();
+        match s.as_any_mut().downcast_mut::<CpuStorage>() {
+            Some(CpuStorage::F32(v)) => {
                 f(&mut v[range]);
                 Ok(())
             }
-            other => Err(Error::DType {
-                op,
-                got: other.dtype(),
-                expected: "f32",
-            }),
+            Some(other) => Err(Error::DType { op, got: other.dtype(), expected: "f32" }),
+            None => Err(Error::DeviceUnavailable { op, device, msg: "in-place host updates need a CPU tensor".into() }),
         }
     }
 }
 
-/// Checks that all tensors live on one device.
-pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
-    let d = ts[0].device();
-    check_devices(op, ts.iter().map(|t| t.device()), d)
+/// The backend serving `device`.
+pub(crate) fn backend_of(device: Device, op: &'static str) -> Result<&'static dyn Backend> {
+    match device {
+        Device::Cpu => Ok(&firebrand_ops::CPU),
+        other => registered_backend(other, op),
+    }
 }
 
-pub(crate) fn check_devices(
-    op: &'static str,
-    devices: impl Iterator<Item = Device>,
-    first: Device,
-) -> Result<Device> {
+/// Checks that all tensors live on one device and returns its backend.
+pub(crate) fn same_backend(op: &'static str, ts: &[&Tensor]) -> Result<&'static dyn Backend> {
+    let d = ts[0].device();
+    backend_of(check_devices(op, ts.iter().map(|t| t.device()), d)?, op)
+}
+
+pub(crate) fn check_devices(op: &'static str, devices: impl Iterator<Item = Device>, first: Device) -> Result<Device> {
     for d in devices {
         if d != first {
-            return Err(Error::DeviceMismatch {
-                op,
-                lhs: first,
-                rhs: d,
-            });
+            return Err(Error::DeviceMismatch { op, lhs: first, rhs: d });
         }
     }
     Ok(first)

@@ -9,9 +9,7 @@ use firebrand_ops::unary::{ALL_UNARY_OPS, UnaryOp, needs_positive_input};
 /// A deterministic leaf that requires grad; values stay away from kinks.
 fn leaf(shape: &[usize], scale: f32, shift: f32) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| (0.37 * i as f32 + 0.11).sin() * scale + shift)
-        .collect();
+    let v: Vec<f32> = (0..n).map(|i| (0.37 * i as f32 + 0.11).sin() * scale + shift).collect();
     Tensor::from_vec(v, shape.to_vec()).requires_grad_(true)
 }
 
@@ -27,9 +25,7 @@ fn spaced(shape: &[usize], step: f32, offset: f32) -> Tensor {
         a
     };
     let m = (7..).find(|&m| gcd(m, n.max(1)) == 1).unwrap();
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((i * m) % n) as f32 * step - (n / 2) as f32 * step + offset)
-        .collect();
+    let v: Vec<f32> = (0..n).map(|i| ((i * m) % n) as f32 * step - (n / 2) as f32 * step + offset).collect();
     Tensor::from_vec(v, shape.to_vec()).requires_grad_(true)
 }
 
@@ -42,33 +38,20 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
 #[test]
 fn unary_table() {
     for &op in ALL_UNARY_OPS {
-        let x = if needs_positive_input(op) {
-            leaf(&[3, 5], 0.8, 1.2)
-        } else {
-            spaced(&[3, 5], 0.1, 0.05)
-        };
+        let x = if needs_positive_input(op) { leaf(&[3, 5], 0.8, 1.2) } else { spaced(&[3, 5], 0.1, 0.05) };
         // Contiguous and transposed inputs.
         check(op.name(), &[x.clone()], |t| t[0].unary(op));
         check(op.name(), &[x], |t| t[0].t().unary(op));
     }
     // Ops with kinks, away from them.
-    check("clamp", &[spaced(&[7], 0.3, 0.05)], |t| {
-        t[0].clamp(-0.5, 0.5)
-    });
-    check("abs", &[spaced(&[7], 0.3, 0.05)], |t| {
-        t[0].unary(UnaryOp::Abs)
-    });
+    check("clamp", &[spaced(&[7], 0.3, 0.05)], |t| t[0].clamp(-0.5, 0.5));
+    check("abs", &[spaced(&[7], 0.3, 0.05)], |t| t[0].unary(UnaryOp::Abs));
 }
 
 #[test]
 fn binary_with_broadcasting_and_views() {
-    let shapes: &[(&[usize], &[usize])] = &[
-        (&[3, 4], &[3, 4]),
-        (&[3, 4], &[4]),
-        (&[2, 1, 4], &[3, 1]),
-        (&[1], &[2, 3]),
-        (&[], &[5]),
-    ];
+    let shapes: &[(&[usize], &[usize])] =
+        &[(&[3, 4], &[3, 4]), (&[3, 4], &[4]), (&[2, 1, 4], &[3, 1]), (&[1], &[2, 3]), (&[], &[5])];
     for &(sa, sb) in shapes {
         let a = leaf(sa, 1.0, 0.0);
         let b = leaf(sb, 0.5, 1.5); // positive: safe for div and pow
@@ -77,9 +60,7 @@ fn binary_with_broadcasting_and_views() {
         check("mul", &[a.clone(), b.clone()], |t| t[0].mul(&t[1]));
         check("div", &[a.clone(), b.clone()], |t| t[0].div(&t[1]));
         let (sa_, sb_) = (spaced(sa, 0.2, 0.05), spaced(sb, 0.2, 0.0));
-        check("maximum", &[sa_.clone(), sb_.clone()], |t| {
-            t[0].maximum(&t[1])
-        });
+        check("maximum", &[sa_.clone(), sb_.clone()], |t| t[0].maximum(&t[1]));
         check("minimum", &[sa_, sb_], |t| t[0].minimum(&t[1]));
         let pa = leaf(sa, 0.5, 1.5);
         check("pow", &[pa, a.clone()], |t| t[0].pow(&t[1]));
@@ -87,40 +68,25 @@ fn binary_with_broadcasting_and_views() {
     // Non-contiguous operands: a transposed matrix against a narrowed one.
     let a = leaf(&[4, 3], 1.0, 0.0);
     let b = leaf(&[3, 6], 1.0, 2.0);
-    check("mul-views", &[a, b], |t| {
-        t[0].t().mul(&t[1].narrow(1, 1, 4))
-    });
+    check("mul-views", &[a, b], |t| t[0].t().mul(&t[1].narrow(1, 1, 4)));
     // Same tensor on both sides.
-    check("square-by-mul", &[leaf(&[5], 1.0, 0.0)], |t| {
-        t[0].mul(&t[0])
-    });
+    check("square-by-mul", &[leaf(&[5], 1.0, 0.0)], |t| t[0].mul(&t[0]));
     // Scalar operators.
-    check("scalar-ops", &[leaf(&[2, 3], 1.0, 0.0)], |t| {
-        ((&t[0] * 3.0 - 1.0) / 2.0 + 0.5) * &t[0]
-    });
+    check("scalar-ops", &[leaf(&[2, 3], 1.0, 0.0)], |t| ((&t[0] * 3.0 - 1.0) / 2.0 + 0.5) * &t[0]);
 }
 
 #[test]
 fn where_cond() {
     let cond = Tensor::from_vec(vec![1.0f32, 0.0, 1.0], [3]);
-    check(
-        "where",
-        &[leaf(&[2, 3], 1.0, 0.0), leaf(&[1], 1.0, 0.0)],
-        |t| cond.where_cond(&t[0], &t[1]),
-    );
+    check("where", &[leaf(&[2, 3], 1.0, 0.0), leaf(&[1], 1.0, 0.0)], |t| cond.where_cond(&t[0], &t[1]));
 }
 
 #[test]
 fn reductions() {
     let x = spaced(&[3, 4, 5], 0.05, 0.0);
-    for (dims, keep) in [
-        (&[0isize][..], false),
-        (&[1], true),
-        (&[-1], false),
-        (&[0, 2], true),
-        (&[2, 0], false),
-        (&[0, 1, 2], false),
-    ] {
+    for (dims, keep) in
+        [(&[0isize][..], false), (&[1], true), (&[-1], false), (&[0, 2], true), (&[2, 0], false), (&[0, 1, 2], false)]
+    {
         check("sum", &[x.clone()], |t| t[0].sum(dims, keep));
         check("mean", &[x.clone()], |t| t[0].mean(dims, keep));
         check("max", &[x.clone()], |t| t[0].max(dims, keep));
@@ -128,9 +94,7 @@ fn reductions() {
         check("var", &[x.clone()], |t| t[0].var(dims, 1, keep));
         check("std", &[x.clone()], |t| t[0].std(dims, 0, keep));
     }
-    check("sum-transposed", &[x.clone()], |t| {
-        t[0].permute(&[2, 0, 1]).sum(&[1], false)
-    });
+    check("sum-transposed", &[x.clone()], |t| t[0].permute(&[2, 0, 1]).sum(&[1], false));
     check("sum_all", &[x.clone()], |t| t[0].sum_all());
     check("mean_all-narrow", &[x], |t| t[0].narrow(2, 1, 3).mean_all());
     // Max with ties shares the gradient equally (checked by value: finite differences are not defined there).
@@ -146,9 +110,7 @@ fn softmax_family() {
         check("softmax", &[x.clone()], |t| t[0].softmax(dim));
         check("log_softmax", &[x.clone()], |t| t[0].log_softmax(dim));
     }
-    check("softmax-transposed", &[x], |t| {
-        t[0].transpose(0, 2).softmax(-1)
-    });
+    check("softmax-transposed", &[x], |t| t[0].transpose(0, 2).softmax(-1));
 }
 
 #[test]
@@ -164,16 +126,10 @@ fn matmul_shapes() {
         (&[5, 13], &[13, 33]),
     ];
     for &(sa, sb) in cases {
-        check("matmul", &[leaf(sa, 1.0, 0.0), leaf(sb, 0.7, 0.1)], |t| {
-            t[0].matmul(&t[1])
-        });
+        check("matmul", &[leaf(sa, 1.0, 0.0), leaf(sb, 0.7, 0.1)], |t| t[0].matmul(&t[1]));
     }
     // Transposed operands go to the gemm as strided views.
-    check(
-        "matmul-transposed",
-        &[leaf(&[4, 3], 1.0, 0.0), leaf(&[5, 4], 1.0, 0.0)],
-        |t| t[0].t().matmul(&t[1].t()),
-    );
+    check("matmul-transposed", &[leaf(&[4, 3], 1.0, 0.0), leaf(&[5, 4], 1.0, 0.0)], |t| t[0].t().matmul(&t[1].t()));
 }
 
 #[test]
@@ -181,27 +137,15 @@ fn views() {
     let x = leaf(&[2, 3, 4], 1.0, 0.0);
     let w = Tensor::from_vec((0..24).map(|i| i as f32 * 0.1).collect::<Vec<f32>>(), [24]);
     check("reshape", &[x.clone()], |t| t[0].reshape([4, 6]));
-    check("reshape-copy", &[x.clone()], |t| {
-        t[0].transpose(0, 2).reshape([24]).mul(&w)
-    });
+    check("reshape-copy", &[x.clone()], |t| t[0].transpose(0, 2).reshape([24]).mul(&w));
     check("flatten", &[x.clone()], |t| t[0].flatten(1, 2));
-    check("permute", &[x.clone()], |t| {
-        t[0].permute(&[2, 0, 1]).contiguous().reshape([24]).mul(&w)
-    });
+    check("permute", &[x.clone()], |t| t[0].permute(&[2, 0, 1]).contiguous().reshape([24]).mul(&w));
     check("narrow", &[x.clone()], |t| t[0].narrow(1, 1, 2));
     check("select", &[x.clone()], |t| t[0].select(2, 3));
-    check("chunk", &[x.clone()], |t| {
-        t[0].chunk(2, 2)[1].mul(&t[0].chunk(2, 2)[0])
-    });
-    check("squeeze/unsqueeze", &[leaf(&[3, 1], 1.0, 0.0)], |t| {
-        t[0].squeeze(1).unsqueeze(0).unsqueeze(-1)
-    });
-    check("broadcast_to", &[leaf(&[3, 1], 1.0, 0.0)], |t| {
-        t[0].broadcast_to([2, 3, 4]).mul(&w.reshape([2, 3, 4]))
-    });
-    check("contiguous", &[leaf(&[3, 4], 1.0, 0.0)], |t| {
-        t[0].t().contiguous()
-    });
+    check("chunk", &[x.clone()], |t| t[0].chunk(2, 2)[1].mul(&t[0].chunk(2, 2)[0]));
+    check("squeeze/unsqueeze", &[leaf(&[3, 1], 1.0, 0.0)], |t| t[0].squeeze(1).unsqueeze(0).unsqueeze(-1));
+    check("broadcast_to", &[leaf(&[3, 1], 1.0, 0.0)], |t| t[0].broadcast_to([2, 3, 4]).mul(&w.reshape([2, 3, 4])));
+    check("contiguous", &[leaf(&[3, 4], 1.0, 0.0)], |t| t[0].t().contiguous());
 }
 
 #[test]
@@ -209,34 +153,19 @@ fn indexing() {
     let x = leaf(&[4, 3], 1.0, 0.0);
     let idx = Tensor::from_vec(vec![2i64, 0, 2, 3], [4]);
     check("index_select", &[x.clone()], |t| t[0].index_select(0, &idx));
-    check("index_select-dim1", &[x.clone()], |t| {
-        t[0].index_select(1, &Tensor::from_vec(vec![1i64, 1], [2]))
-    });
-    check("index_add", &[x.clone(), leaf(&[4, 3], 0.5, 0.0)], |t| {
-        t[0].index_add(0, &idx, &t[1])
-    });
+    check("index_select-dim1", &[x.clone()], |t| t[0].index_select(1, &Tensor::from_vec(vec![1i64, 1], [2])));
+    check("index_add", &[x.clone(), leaf(&[4, 3], 0.5, 0.0)], |t| t[0].index_add(0, &idx, &t[1]));
     let gidx = Tensor::from_vec(vec![0i64, 2, 1, 1, 0, 0, 2, 2], [4, 2]);
     check("gather", &[x.clone()], |t| t[0].gather(1, &gidx));
-    check("scatter_add", &[x.clone(), leaf(&[4, 2], 0.5, 0.0)], |t| {
-        t[0].scatter_add(1, &gidx, &t[1])
-    });
-    check("cat", &[x.clone(), leaf(&[4, 2], 1.0, 0.0)], |t| {
-        Tensor::cat(&[&t[0], &t[1], &t[0]], 1)
-    });
-    check("stack", &[x.clone(), leaf(&[4, 3], 1.0, 0.0)], |t| {
-        Tensor::stack(&[&t[0], &t[1]], 1)
-    });
+    check("scatter_add", &[x.clone(), leaf(&[4, 2], 0.5, 0.0)], |t| t[0].scatter_add(1, &gidx, &t[1]));
+    check("cat", &[x.clone(), leaf(&[4, 2], 1.0, 0.0)], |t| Tensor::cat(&[&t[0], &t[1], &t[0]], 1));
+    check("stack", &[x.clone(), leaf(&[4, 3], 1.0, 0.0)], |t| Tensor::stack(&[&t[0], &t[1]], 1));
 }
 
 #[test]
 fn gradcheck_catches_a_wrong_gradient() {
     // A deliberately wrong backward: detach half of the input's contribution.
     let x = leaf(&[4], 1.0, 0.5);
-    let err = gradcheck(
-        |t| t[0].mul(&t[0].detach()),
-        &[x],
-        GradcheckOptions::default(),
-    )
-    .unwrap_err();
+    let err = gradcheck(|t| t[0].mul(&t[0].detach()), &[x], GradcheckOptions::default()).unwrap_err();
     assert!(err.to_string().contains("gradcheck: input 0"), "{err}");
 }

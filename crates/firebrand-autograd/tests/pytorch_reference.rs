@@ -11,28 +11,17 @@ fn cases() -> Value {
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn dims(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
 }
 
 fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: got {g}, PyTorch {w}"
-        );
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: got {g}, PyTorch {w}");
     }
 }
 
@@ -54,18 +43,8 @@ fn batched_broadcast_matmul_and_grads_match_pytorch() {
     close(&out.to_vec(), &f32s(&c["out"]), 1e-5, "out");
     let w = Tensor::from_vec(f32s(&c["w"]), dims(&c["out_shape"]));
     out.mul(&w).sum_all().backward();
-    close(
-        &a.grad().unwrap().to_vec(),
-        &f32s(&c["grad_a"]),
-        1e-5,
-        "grad_a",
-    );
-    close(
-        &b.grad().unwrap().to_vec(),
-        &f32s(&c["grad_b"]),
-        1e-5,
-        "grad_b",
-    );
+    close(&a.grad().unwrap().to_vec(), &f32s(&c["grad_a"]), 1e-5, "grad_a");
+    close(&b.grad().unwrap().to_vec(), &f32s(&c["grad_b"]), 1e-5, "grad_b");
 }
 
 #[test]
@@ -74,11 +53,7 @@ fn softmax_and_log_softmax_match_pytorch() {
         let c = &cases()[name];
         let x = Tensor::from_vec(f32s(&c["x"]), dims(&c["shape"])).requires_grad_(true);
         let dim = c["dim"].as_i64().unwrap() as isize;
-        let y = if name == "softmax" {
-            x.softmax(dim)
-        } else {
-            x.log_softmax(dim)
-        };
+        let y = if name == "softmax" { x.softmax(dim) } else { x.log_softmax(dim) };
         close(&y.to_vec(), &f32s(&c["out"]), 1e-5, name);
         let w = Tensor::from_vec(f32s(&c["w"]), dims(&c["shape"]));
         y.mul(&w).sum_all().backward();
@@ -92,35 +67,15 @@ fn linear_log_softmax_nll_matches_pytorch() {
     let x = Tensor::from_vec(f32s(&c["x"]), dims(&c["x_shape"]));
     let w = Tensor::from_vec(f32s(&c["w"]), dims(&c["w_shape"])).requires_grad_(true);
     let b = Tensor::from_vec(f32s(&c["b"]), [5]).requires_grad_(true);
-    let target: Vec<i64> = c["target"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let target: Vec<i64> = c["target"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let target = Tensor::from_vec(target, [4, 1]);
     let logp = (x.matmul(&w) + &b).log_softmax(-1);
     close(&logp.to_vec(), &f32s(&c["logp"]), 1e-5, "logp");
     let loss = -logp.gather(1, &target).mean_all();
-    close(
-        &[loss.item()],
-        &[c["loss"].as_f64().unwrap() as f32],
-        1e-5,
-        "loss",
-    );
+    close(&[loss.item()], &[c["loss"].as_f64().unwrap() as f32], 1e-5, "loss");
     loss.backward();
-    close(
-        &w.grad().unwrap().to_vec(),
-        &f32s(&c["grad_w"]),
-        1e-5,
-        "grad_w",
-    );
-    close(
-        &b.grad().unwrap().to_vec(),
-        &f32s(&c["grad_b"]),
-        1e-5,
-        "grad_b",
-    );
+    close(&w.grad().unwrap().to_vec(), &f32s(&c["grad_w"]), 1e-5, "grad_w");
+    close(&b.grad().unwrap().to_vec(), &f32s(&c["grad_b"]), 1e-5, "grad_b");
 }
 
 #[test]
@@ -128,35 +83,15 @@ fn activations_match_pytorch() {
     let c = &cases()["unary"];
     let x = Tensor::from_vec(f32s(&c["x"]), [7]);
     close(&x.gelu().to_vec(), &f32s(&c["gelu"]), 1e-6, "gelu");
-    close(
-        &x.gelu_tanh().to_vec(),
-        &f32s(&c["gelu_tanh"]),
-        1e-6,
-        "gelu_tanh",
-    );
+    close(&x.gelu_tanh().to_vec(), &f32s(&c["gelu_tanh"]), 1e-6, "gelu_tanh");
     close(&x.silu().to_vec(), &f32s(&c["silu"]), 1e-6, "silu");
-    close(
-        &x.softplus().to_vec(),
-        &f32s(&c["softplus"]),
-        1e-6,
-        "softplus",
-    );
+    close(&x.softplus().to_vec(), &f32s(&c["softplus"]), 1e-6, "softplus");
 }
 
 #[test]
 fn var_and_std_match_pytorch() {
     let c = &cases()["var_std"];
     let x = Tensor::from_vec(f32s(&c["x"]), dims(&c["shape"]));
-    close(
-        &x.var(&[0], 1, false).to_vec(),
-        &f32s(&c["var0"]),
-        1e-5,
-        "var",
-    );
-    close(
-        &x.std(&[1], 0, false).to_vec(),
-        &f32s(&c["std1_biased"]),
-        1e-5,
-        "std",
-    );
+    close(&x.var(&[0], 1, false).to_vec(), &f32s(&c["var0"]), 1e-5, "var");
+    close(&x.std(&[1], 0, false).to_vec(), &f32s(&c["std1_biased"]), 1e-5, "std");
 }

@@ -1,8 +1,6 @@
 //! Tensor creation, views, errors, autograd bookkeeping and display.
 
-use firebrand_autograd::{
-    DType, Device, Error, Shape, Tensor, UnaryOp, is_grad_enabled, manual_seed, no_grad,
-};
+use firebrand_autograd::{DType, Device, Error, Shape, Tensor, UnaryOp, is_grad_enabled, manual_seed, no_grad};
 
 #[test]
 fn creation_and_access() {
@@ -13,17 +11,11 @@ fn creation_and_access() {
     assert_eq!(t.device(), Device::Cpu);
     assert_eq!(Tensor::zeros([2]).to_vec::<f32>(), vec![0.0, 0.0]);
     assert_eq!(Tensor::full(2.5, [1, 2]).to_vec::<f32>(), vec![2.5, 2.5]);
-    assert_eq!(
-        Tensor::arange(0.0, 1.0, 0.25).to_vec::<f32>(),
-        vec![0.0, 0.25, 0.5, 0.75]
-    );
+    assert_eq!(Tensor::arange(0.0, 1.0, 0.25).to_vec::<f32>(), vec![0.0, 0.25, 0.5, 0.75]);
     assert_eq!(Tensor::arange_i64(2, 5).to_vec::<i64>(), vec![2, 3, 4]);
     assert_eq!(Tensor::eye(2).to_vec::<f32>(), vec![1.0, 0.0, 0.0, 1.0]);
     assert_eq!(Tensor::scalar(3.0).item(), 3.0);
-    assert_eq!(
-        t.to_dtype(DType::I64).to_vec::<i64>(),
-        vec![1, 2, 3, 4, 5, 6]
-    );
+    assert_eq!(t.to_dtype(DType::I64).to_vec::<i64>(), vec![1, 2, 3, 4, 5, 6]);
     assert!(Tensor::try_from_vec(vec![1.0f32; 5], [2, 3]).is_err());
     assert!(t.try_item().is_err());
     // ndarray round trip
@@ -38,10 +30,7 @@ fn views_share_storage_and_copy_when_needed() {
     let p = t.permute(&[2, 0, 1]);
     assert!(p.shares_storage(&t) && !p.is_contiguous());
     assert_eq!(p.dims(), &[4, 2, 3]);
-    assert_eq!(
-        p.select(0, 1).to_vec::<f32>(),
-        vec![1.0, 5.0, 9.0, 13.0, 17.0, 21.0]
-    );
+    assert_eq!(p.select(0, 1).to_vec::<f32>(), vec![1.0, 5.0, 9.0, 13.0, 17.0, 21.0]);
     let n = t.narrow(2, 1, 2);
     assert!(n.shares_storage(&t));
     assert_eq!(n.reshape([2, 3, 2]).to_vec::<f32>(), n.to_vec::<f32>());
@@ -54,14 +43,7 @@ fn views_share_storage_and_copy_when_needed() {
     assert_eq!(b.to_vec::<f32>(), vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
     assert_eq!(Tensor::zeros([2, 1, 3]).squeeze(1).dims(), &[2, 3]);
     assert_eq!(Tensor::zeros([2, 3]).unsqueeze(-1).dims(), &[2, 3, 1]);
-    assert_eq!(
-        Tensor::zeros([5, 3])
-            .chunk(2, 0)
-            .iter()
-            .map(|c| c.size(0))
-            .collect::<Vec<_>>(),
-        vec![3, 2]
-    );
+    assert_eq!(Tensor::zeros([5, 3]).chunk(2, 0).iter().map(|c| c.size(0)).collect::<Vec<_>>(), vec![3, 2]);
 }
 
 #[test]
@@ -71,19 +53,10 @@ fn ops_values_on_awkward_shapes() {
     assert_eq!(x.argmin(0, true).dims(), &[1, 3]);
     assert_eq!(x.max(&[0], false).to_vec::<f32>(), vec![7.0, 0.5, 7.0]);
     assert_eq!(x.sum(&[0, 1], true).to_vec::<f32>(), vec![18.5]);
-    assert_eq!(
-        x.gt(&Tensor::scalar(2.0)).to_vec::<f32>(),
-        vec![1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
-    );
+    assert_eq!(x.gt(&Tensor::scalar(2.0)).to_vec::<f32>(), vec![1.0, 0.0, 0.0, 1.0, 0.0, 1.0]);
     let idx = Tensor::from_vec(vec![2i64, 0], [2]);
-    assert_eq!(
-        idx.one_hot(3).to_vec::<f32>(),
-        vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
-    );
-    assert_eq!(
-        Tensor::cat(&[&idx, &idx], 0).to_vec::<i64>(),
-        vec![2, 0, 2, 0]
-    );
+    assert_eq!(idx.one_hot(3).to_vec::<f32>(), vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(Tensor::cat(&[&idx, &idx], 0).to_vec::<i64>(), vec![2, 0, 2, 0]);
     let v = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]);
     assert_eq!(v.matmul(&v).item(), 14.0);
     assert_eq!(Tensor::stack(&[&v, &v], 0).dims(), &[2, 3]);
@@ -100,41 +73,17 @@ fn shape_errors_name_the_op_and_shapes() {
     let e = a.try_add(&b).unwrap_err();
     assert_eq!(e.to_string(), "add: shape mismatch between [2, 3] and [4]");
     let e = a.try_matmul(&Tensor::zeros([2, 3])).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "matmul: shape mismatch between [2, 3] and [2, 3]"
-    );
-    assert!(matches!(
-        a.try_sum(&[2], false),
-        Err(Error::DimOutOfRange {
-            op: "sum",
-            dim: 2,
-            ..
-        })
-    ));
-    assert!(matches!(
-        a.try_reshape([5]),
-        Err(Error::ShapeMismatch { op: "reshape", .. })
-    ));
+    assert_eq!(e.to_string(), "matmul: shape mismatch between [2, 3] and [2, 3]");
+    assert!(matches!(a.try_sum(&[2], false), Err(Error::DimOutOfRange { op: "sum", dim: 2, .. })));
+    assert!(matches!(a.try_reshape([5]), Err(Error::ShapeMismatch { op: "reshape", .. })));
     let labels = Tensor::from_vec(vec![1i64, 2], [2]);
-    assert!(matches!(
-        labels.try_unary(UnaryOp::Exp),
-        Err(Error::DType { op: "exp", .. })
-    ));
+    assert!(matches!(labels.try_unary(UnaryOp::Exp), Err(Error::DType { op: "exp", .. })));
     assert!(matches!(
         a.try_index_select(0, &Tensor::from_vec(vec![5i64], [1])),
-        Err(Error::IndexOutOfRange {
-            index: 5,
-            size: 2,
-            ..
-        })
+        Err(Error::IndexOutOfRange { index: 5, size: 2, .. })
     ));
-    assert!(matches!(
-        a.to_device(Device::Wgpu(0)),
-        Err(Error::DeviceUnavailable { .. })
-    ));
-    let panic =
-        std::panic::catch_unwind(|| Tensor::zeros([2, 3]).mul(&Tensor::zeros([3, 2]))).unwrap_err();
+    assert!(matches!(a.to_device(Device::Wgpu(0)), Err(Error::DeviceUnavailable { .. })));
+    let panic = std::panic::catch_unwind(|| Tensor::zeros([2, 3]).mul(&Tensor::zeros([3, 2]))).unwrap_err();
     let msg = panic.downcast_ref::<String>().unwrap();
     assert_eq!(msg, "mul: shape mismatch between [2, 3] and [3, 2]");
 }
@@ -150,9 +99,7 @@ fn gradients_accumulate_until_zeroed() {
     w.zero_grad();
     assert!(w.grad().is_none());
     // A leaf used twice in one graph gets both contributions.
-    (w.mul(&Tensor::scalar(3.0)) + w.clone())
-        .sum_all()
-        .backward();
+    (w.mul(&Tensor::scalar(3.0)) + w.clone()).sum_all().backward();
     assert_eq!(w.grad().unwrap().to_vec::<f32>(), vec![4.0, 4.0]);
 }
 
@@ -169,10 +116,7 @@ fn no_grad_and_detach() {
     let d = w.detach();
     assert!(!d.requires_grad() && d.shares_storage(&w));
     assert!(w.detach().sum_all().try_backward().is_err());
-    assert!(
-        w.try_backward().is_err(),
-        "non-scalar backward needs an explicit gradient"
-    );
+    assert!(w.try_backward().is_err(), "non-scalar backward needs an explicit gradient");
     let y = w.affine(2.0, 0.0);
     assert_eq!(y.grad_fn_name(), Some("affine"));
     y.backward_with_grad(&Tensor::from_vec(vec![1.0f32, 0.0, -1.0], [3]));
@@ -212,10 +156,7 @@ fn display_like_pytorch() {
     let s = big.to_string();
     assert!(s.contains("...") && s.ends_with("shape=[40, 40])"), "{s}");
     let w = Tensor::ones([2]).requires_grad_(true);
-    assert_eq!(
-        w.to_string(),
-        "tensor([1.0000, 1.0000], requires_grad=true)"
-    );
+    assert_eq!(w.to_string(), "tensor([1.0000, 1.0000], requires_grad=true)");
     assert_eq!(Tensor::scalar(0.5).to_string(), "tensor(0.5000)");
     assert_eq!(
         format!("{:?}", Tensor::scalar(0.5)),
@@ -228,14 +169,9 @@ fn display_like_pytorch() {
 fn in_place_updates_are_seen_by_views() {
     let w = Tensor::zeros([2, 2]);
     let view = w.t();
-    w.copy_(&Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]))
-        .unwrap();
+    w.copy_(&Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2])).unwrap();
     assert_eq!(view.to_vec::<f32>(), vec![1.0, 3.0, 2.0, 4.0]);
-    w.update_f32("test", |d| d.iter_mut().for_each(|x| *x *= 2.0))
-        .unwrap();
+    w.update_f32("test", |d| d.iter_mut().for_each(|x| *x *= 2.0)).unwrap();
     assert_eq!(w.to_vec::<f32>(), vec![2.0, 4.0, 6.0, 8.0]);
-    assert!(
-        view.update_f32("test", |_| {}).is_err(),
-        "non-contiguous in-place update is refused"
-    );
+    assert!(view.update_f32("test", |_| {}).is_err(), "non-contiguous in-place update is refused");
 }

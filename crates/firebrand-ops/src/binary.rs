@@ -1,96 +1,13 @@
 //! Elementwise binary ops with NumPy broadcasting (operand layouts are already
 //! broadcast to the output shape: broadcast dims have stride 0).
 
+pub use firebrand_tensor::op::BinaryOp;
+
 use crate::parallel::PAR_MIN_ELEMS;
 use crate::strided::{coalesce, for_each_run};
 use firebrand_tensor::Layout;
 use firebrand_tensor::pool::take_f32;
 use rayon::prelude::*;
-
-/// A binary elementwise op on `f32`. Comparisons yield 1.0 for true, 0.0 for false.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BinaryOp {
-    /// `a + b`
-    Add,
-    /// `a - b`
-    Sub,
-    /// `a * b`
-    Mul,
-    /// `a / b`
-    Div,
-    /// `a.powf(b)`
-    Pow,
-    /// Larger of the two (NaN if either is NaN).
-    Maximum,
-    /// Smaller of the two (NaN if either is NaN).
-    Minimum,
-    /// `a == b`
-    Eq,
-    /// `a != b`
-    Ne,
-    /// `a < b`
-    Lt,
-    /// `a <= b`
-    Le,
-    /// `a > b`
-    Gt,
-    /// `a >= b`
-    Ge,
-}
-
-impl BinaryOp {
-    /// The op's name, as used in error messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Pow => "pow",
-            BinaryOp::Maximum => "maximum",
-            BinaryOp::Minimum => "minimum",
-            BinaryOp::Eq => "eq",
-            BinaryOp::Ne => "ne",
-            BinaryOp::Lt => "lt",
-            BinaryOp::Le => "le",
-            BinaryOp::Gt => "gt",
-            BinaryOp::Ge => "ge",
-        }
-    }
-
-    /// The scalar function (the reference for every kernel).
-    #[inline(always)]
-    pub fn apply(self, a: f32, b: f32) -> f32 {
-        let t = |c: bool| if c { 1.0 } else { 0.0 };
-        match self {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            BinaryOp::Div => a / b,
-            BinaryOp::Pow => a.powf(b),
-            BinaryOp::Maximum => {
-                if a.is_nan() || b.is_nan() {
-                    f32::NAN
-                } else {
-                    a.max(b)
-                }
-            }
-            BinaryOp::Minimum => {
-                if a.is_nan() || b.is_nan() {
-                    f32::NAN
-                } else {
-                    a.min(b)
-                }
-            }
-            BinaryOp::Eq => t(a == b),
-            BinaryOp::Ne => t(a != b),
-            BinaryOp::Lt => t(a < b),
-            BinaryOp::Le => t(a <= b),
-            BinaryOp::Gt => t(a > b),
-            BinaryOp::Ge => t(a >= b),
-        }
-    }
-}
 
 macro_rules! dispatch {
     ($op:expr, $f:ident, $($arg:expr),*) => {
@@ -110,11 +27,7 @@ macro_rules! dispatch {
 /// # Panics
 /// When the layouts' shapes differ.
 pub fn binary_map(op: BinaryOp, lhs: &[f32], ll: &Layout, rhs: &[f32], rl: &Layout) -> Vec<f32> {
-    assert_eq!(
-        ll.dims(),
-        rl.dims(),
-        "binary_map: layouts must have the same (broadcast) shape"
-    );
+    assert_eq!(ll.dims(), rl.dims(), "binary_map: layouts must have the same (broadcast) shape");
     dispatch!(op, map_with, lhs, ll, rhs, rl)
 }
 
@@ -137,39 +50,26 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(
     let run = |o: &mut [f32], pa: usize, pb: usize| {
         let len = o.len();
         match (sa, sb) {
-            (1, 1) => o
-                .iter_mut()
-                .zip(&lhs[pa..pa + len])
-                .zip(&rhs[pb..pb + len])
-                .for_each(|((o, &a), &b)| *o = f(a, b)),
+            (1, 1) => {
+                o.iter_mut().zip(&lhs[pa..pa + len]).zip(&rhs[pb..pb + len]).for_each(|((o, &a), &b)| *o = f(a, b))
+            }
             (1, 0) => {
                 let b = rhs[pb];
-                o.iter_mut()
-                    .zip(&lhs[pa..pa + len])
-                    .for_each(|(o, &a)| *o = f(a, b))
+                o.iter_mut().zip(&lhs[pa..pa + len]).for_each(|(o, &a)| *o = f(a, b))
             }
             (0, 1) => {
                 let a = lhs[pa];
-                o.iter_mut()
-                    .zip(&rhs[pb..pb + len])
-                    .for_each(|(o, &b)| *o = f(a, b))
+                o.iter_mut().zip(&rhs[pb..pb + len]).for_each(|(o, &b)| *o = f(a, b))
             }
-            _ => o
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, o)| *o = f(lhs[pa + i * sa], rhs[pb + i * sb])),
+            _ => o.iter_mut().enumerate().for_each(|(i, o)| *o = f(lhs[pa + i * sa], rhs[pb + i * sb])),
         }
     };
     if dims.len() == 1 {
         // A single run: split it across threads when large.
         let (oa, ob) = (ll.offset(), rl.offset());
         if n >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
-            let chunk = n
-                .div_ceil(rayon::current_num_threads() * 4)
-                .max(PAR_MIN_ELEMS / 4);
-            out.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(c, o)| run(o, oa + c * chunk * sa, ob + c * chunk * sb));
+            let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(PAR_MIN_ELEMS / 4);
+            out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| run(o, oa + c * chunk * sa, ob + c * chunk * sb));
         } else {
             run(&mut out, oa, ob);
         }
@@ -190,9 +90,7 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(
         });
     } else {
         let mut chunks = out.chunks_mut(inner);
-        for_each_run(&dims, &strides, &[ll.offset(), rl.offset()], |pos| {
-            run(chunks.next().unwrap(), pos[0], pos[1])
-        });
+        for_each_run(&dims, &strides, &[ll.offset(), rl.offset()], |pos| run(chunks.next().unwrap(), pos[0], pos[1]));
     }
     out
 }
@@ -222,10 +120,7 @@ mod tests {
     use firebrand_tensor::Shape;
 
     fn reference(op: BinaryOp, a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Vec<f32> {
-        la.strided_index()
-            .zip(lb.strided_index())
-            .map(|(i, j)| op.apply(a[i], b[j]))
-            .collect()
+        la.strided_index().zip(lb.strided_index()).map(|(i, j)| op.apply(a[i], b[j])).collect()
     }
 
     #[test]
@@ -256,10 +151,7 @@ mod tests {
                     let got = binary_map(op, &a, la, &b, lb);
                     let want = reference(op, &a, la, &b, lb);
                     for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            g == w || (g.is_nan() && w.is_nan()),
-                            "{op:?} {la:?} {lb:?}: {g} vs {w}"
-                        );
+                        assert!(g == w || (g.is_nan() && w.is_nan()), "{op:?} {la:?} {lb:?}: {g} vs {w}");
                     }
                 }
             }
@@ -274,17 +166,12 @@ mod tests {
         let got = binary_map(BinaryOp::Mul, &a, &la, &a, &la);
         assert!(got.iter().enumerate().all(|(i, &g)| g == (i * i) as f32));
         let l2 = Layout::contiguous([7, 10_001]);
-        let row = Layout::contiguous([10_001])
-            .broadcast_as(l2.shape())
-            .unwrap();
+        let row = Layout::contiguous([10_001]).broadcast_as(l2.shape()).unwrap();
         let got = binary_map(BinaryOp::Sub, &a, &l2, &a, &row);
         let want = reference(BinaryOp::Sub, &a, &l2, &a, &row);
         assert_eq!(got, want);
         let t = Layout::contiguous([10_001, 7]).transpose(0, 1).unwrap();
-        assert_eq!(
-            binary_map(BinaryOp::Add, &a, &t, &a, &l2),
-            reference(BinaryOp::Add, &a, &t, &a, &l2)
-        );
+        assert_eq!(binary_map(BinaryOp::Add, &a, &t, &a, &l2), reference(BinaryOp::Add, &a, &t, &a, &l2));
         let mut d = a.clone();
         binary_assign(BinaryOp::Add, &mut d, &a);
         assert!(d.iter().enumerate().all(|(i, &g)| g == 2.0 * i as f32));

@@ -23,10 +23,7 @@ pub fn index_select<T: Copy + Default>(
     inner: usize,
     idx: &[i64],
 ) -> Result<Vec<T>> {
-    let idx: Vec<usize> = idx
-        .iter()
-        .map(|&i| check_index("index_select", i, dim))
-        .collect::<Result<_>>()?;
+    let idx: Vec<usize> = idx.iter().map(|&i| check_index("index_select", i, dim)).collect::<Result<_>>()?;
     let mut out = Vec::with_capacity(outer * idx.len() * inner);
     for o in 0..outer {
         for &k in &idx {
@@ -42,26 +39,14 @@ pub fn index_select<T: Copy + Default>(
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn index_add(
-    src: &[f32],
-    outer: usize,
-    dim: usize,
-    inner: usize,
-    idx: &[i64],
-) -> Result<Vec<f32>> {
-    let idx: Vec<usize> = idx
-        .iter()
-        .map(|&i| check_index("index_add", i, dim))
-        .collect::<Result<_>>()?;
+pub fn index_add(src: &[f32], outer: usize, dim: usize, inner: usize, idx: &[i64]) -> Result<Vec<f32>> {
+    let idx: Vec<usize> = idx.iter().map(|&i| check_index("index_add", i, dim)).collect::<Result<_>>()?;
     let mut out = zeros_f32(outer * dim * inner);
     for o in 0..outer {
         for (k, &d) in idx.iter().enumerate() {
             let s = (o * idx.len() + k) * inner;
             let t = (o * dim + d) * inner;
-            out[t..t + inner]
-                .iter_mut()
-                .zip(&src[s..s + inner])
-                .for_each(|(a, &b)| *a += b);
+            out[t..t + inner].iter_mut().zip(&src[s..s + inner]).for_each(|(a, &b)| *a += b);
         }
     }
     Ok(out)
@@ -72,13 +57,7 @@ pub fn index_add(
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn gather<T: Copy + Default>(
-    src: &[T],
-    outer: usize,
-    dim: usize,
-    inner: usize,
-    index: &[i64],
-) -> Result<Vec<T>> {
+pub fn gather<T: Copy + Default>(src: &[T], outer: usize, dim: usize, inner: usize, index: &[i64]) -> Result<Vec<T>> {
     let k = index.len().checked_div(outer * inner).unwrap_or(0);
     let mut out = vec![T::default(); index.len()];
     for o in 0..outer {
@@ -98,13 +77,7 @@ pub fn gather<T: Copy + Default>(
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..dim`.
-pub fn scatter_add(
-    src: &[f32],
-    outer: usize,
-    dim: usize,
-    inner: usize,
-    index: &[i64],
-) -> Result<Vec<f32>> {
+pub fn scatter_add(src: &[f32], outer: usize, dim: usize, inner: usize, index: &[i64]) -> Result<Vec<f32>> {
     let k = index.len().checked_div(outer * inner).unwrap_or(0);
     let mut out = zeros_f32(outer * dim * inner);
     for o in 0..outer {
@@ -146,11 +119,7 @@ pub fn one_hot(idx: &[i64], classes: usize) -> Result<Vec<f32>> {
 
 /// `out[i] = if cond[i] != 0 { a[i] } else { b[i] }` on equal-length buffers.
 pub fn where_select(cond: &[f32], a: &[f32], b: &[f32]) -> Vec<f32> {
-    cond.iter()
-        .zip(a)
-        .zip(b)
-        .map(|((&c, &a), &b)| if c != 0.0 { a } else { b })
-        .collect()
+    cond.iter().zip(a).zip(b).map(|((&c, &a), &b)| if c != 0.0 { a } else { b }).collect()
 }
 
 #[cfg(test)]
@@ -163,15 +132,9 @@ mod tests {
         let src: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let idx = [2i64, 0, 2];
         let out = index_select(&src, 2, 3, 2, &idx).unwrap();
-        assert_eq!(
-            out,
-            vec![4., 5., 0., 1., 4., 5., 10., 11., 6., 7., 10., 11.]
-        );
+        assert_eq!(out, vec![4., 5., 0., 1., 4., 5., 10., 11., 6., 7., 10., 11.]);
         let back = index_add(&out, 2, 3, 2, &idx).unwrap();
-        assert_eq!(
-            back,
-            vec![0., 1., 0., 0., 8., 10., 6., 7., 0., 0., 20., 22.]
-        );
+        assert_eq!(back, vec![0., 1., 0., 0., 8., 10., 6., 7., 0., 0., 20., 22.]);
         assert_eq!(
             index_select(&src, 2, 3, 2, &[3]).unwrap_err().to_string(),
             "index_select: index 3 out of range for size 3"
@@ -194,15 +157,9 @@ mod tests {
     fn concat_one_hot_where() {
         let a = [1, 2, 3, 4]; // (2, 1, 2)
         let b = [5, 6, 7, 8, 9, 10, 11, 12]; // (2, 2, 2)
-        assert_eq!(
-            concat(&[&a, &b], 2, &[1, 2], 2),
-            vec![1, 2, 5, 6, 7, 8, 3, 4, 9, 10, 11, 12]
-        );
+        assert_eq!(concat(&[&a, &b], 2, &[1, 2], 2), vec![1, 2, 5, 6, 7, 8, 3, 4, 9, 10, 11, 12]);
         assert_eq!(one_hot(&[1, 0], 3).unwrap(), vec![0., 1., 0., 1., 0., 0.]);
         assert!(one_hot(&[3], 3).is_err());
-        assert_eq!(
-            where_select(&[1.0, 0.0], &[1.0, 2.0], &[3.0, 4.0]),
-            vec![1.0, 4.0]
-        );
+        assert_eq!(where_select(&[1.0, 0.0], &[1.0, 2.0], &[3.0, 4.0]), vec![1.0, 4.0]);
     }
 }

@@ -13,6 +13,10 @@
 //! * [`softmax`] — stable softmax and log-softmax rows with their backward rules.
 //! * [`index`] — gather, scatter-add, index_select, concat, one-hot, where.
 //!
+//! [`CpuBackend`] implements the primitive op set
+//! ([`Backend`](firebrand_tensor::backend::Backend)) on these kernels; the
+//! autograd layer reaches them only through that trait.
+//!
 //! Small inputs run on the calling thread; above [`parallel::PAR_MIN_ELEMS`]
 //! elements the work is split over rayon's pool.
 //!
@@ -33,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod binary;
+mod cpu_backend;
 pub mod gemm;
 pub mod index;
 pub mod parallel;
@@ -41,4 +46,5 @@ pub mod softmax;
 mod strided;
 pub mod unary;
 
+pub use cpu_backend::{CPU, CpuBackend, batched_gemm, f32s, i64s};
 pub use strided::{contiguous, contiguous_f32, contiguous_into};

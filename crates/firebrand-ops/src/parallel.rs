@@ -15,11 +15,6 @@ pub fn for_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [
         f(0, out);
         return;
     }
-    let rows_per = rows
-        .div_ceil(threads * 4)
-        .max(PAR_MIN_ELEMS / (4 * row_len))
-        .max(1);
-    out.par_chunks_mut(rows_per * row_len)
-        .enumerate()
-        .for_each(|(i, chunk)| f(i * rows_per, chunk));
+    let rows_per = rows.div_ceil(threads * 4).max(PAR_MIN_ELEMS / (4 * row_len)).max(1);
+    out.par_chunks_mut(rows_per * row_len).enumerate().for_each(|(i, chunk)| f(i * rows_per, chunk));
 }

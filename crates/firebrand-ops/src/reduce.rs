@@ -5,39 +5,13 @@
 //! `inner == 1`, a sum of rows otherwise); any other set of axes is first
 //! permuted to the end and copied.
 
+pub use firebrand_tensor::op::ReduceOp;
+
 use crate::parallel::PAR_MIN_ELEMS;
 use crate::strided::contiguous_f32;
 use firebrand_tensor::Layout;
 use firebrand_tensor::pool::take_f32;
 use rayon::prelude::*;
-
-/// A reduction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReduceOp {
-    /// Sum of the elements.
-    Sum,
-    /// Largest element (NaN if any is NaN).
-    Max,
-    /// Smallest element (NaN if any is NaN).
-    Min,
-    /// Index of the first largest element (of the first NaN, if any).
-    ArgMax,
-    /// Index of the first smallest element (of the first NaN, if any).
-    ArgMin,
-}
-
-impl ReduceOp {
-    /// The op's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Max => "max",
-            ReduceOp::Min => "min",
-            ReduceOp::ArgMax => "argmax",
-            ReduceOp::ArgMin => "argmin",
-        }
-    }
-}
 
 /// The result of a reduction: values for `Sum`/`Max`/`Min`, indices for the arg ops.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,12 +30,7 @@ pub enum Reduced {
 pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Reduced {
     let dims = layout.dims();
     assert_eq!(axes.len(), dims.len(), "reduce: one flag per dimension");
-    let r: usize = dims
-        .iter()
-        .zip(axes)
-        .filter(|(_, a)| **a)
-        .map(|(d, _)| d)
-        .product();
+    let r: usize = dims.iter().zip(axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
     let kept: Vec<usize> = (0..dims.len()).filter(|&d| !axes[d]).collect();
     let red: Vec<usize> = (0..dims.len()).filter(|&d| axes[d]).collect();
     // A contiguous input whose reduced axes (ignoring size-1 dims) form one block
@@ -69,15 +38,11 @@ pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Redu
     let nontrivial: Vec<usize> = (0..dims.len()).filter(|&d| dims[d] != 1).collect();
     let red_nt: Vec<usize> = nontrivial.iter().copied().filter(|&d| axes[d]).collect();
     let block = red_nt.windows(2).all(|w| {
-        nontrivial.iter().position(|&d| d == w[1]).unwrap()
-            == nontrivial.iter().position(|&d| d == w[0]).unwrap() + 1
+        nontrivial.iter().position(|&d| d == w[1]).unwrap() == nontrivial.iter().position(|&d| d == w[0]).unwrap() + 1
     });
     if let (Some(range), true) = (layout.contiguous_range(), block) {
         let (outer, inner): (usize, usize) = match (red_nt.first(), red_nt.last()) {
-            (Some(&first), Some(&last)) => (
-                dims[..first].iter().product(),
-                dims[last + 1..].iter().product(),
-            ),
+            (Some(&first), Some(&last)) => (dims[..first].iter().product(), dims[last + 1..].iter().product()),
             _ => (layout.elem_count(), 1),
         };
         return reduce_ori(op, &src[range], outer, r, inner);
@@ -117,22 +82,14 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                     for row in base.chunks_exact(inner).skip(1) {
                         match op {
                             ReduceOp::Sum => dst.iter_mut().zip(row).for_each(|(d, &x)| *d += x),
-                            ReduceOp::Max => dst
-                                .iter_mut()
-                                .zip(row)
-                                .for_each(|(d, &x)| *d = nan_max(*d, x)),
-                            _ => dst
-                                .iter_mut()
-                                .zip(row)
-                                .for_each(|(d, &x)| *d = nan_min(*d, x)),
+                            ReduceOp::Max => dst.iter_mut().zip(row).for_each(|(d, &x)| *d = nan_max(*d, x)),
+                            _ => dst.iter_mut().zip(row).for_each(|(d, &x)| *d = nan_min(*d, x)),
                         }
                     }
                 }
             };
             if src.len() >= PAR_MIN_ELEMS && outer > 1 && rayon::current_num_threads() > 1 {
-                out.par_chunks_mut(inner)
-                    .enumerate()
-                    .for_each(|(o, d)| work(o, d));
+                out.par_chunks_mut(inner).enumerate().for_each(|(o, d)| work(o, d));
             } else if inner == 1
                 && src.len() >= PAR_MIN_ELEMS
                 && op == ReduceOp::Sum
@@ -142,9 +99,7 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                 let part: f32 = src.par_chunks(PAR_MIN_ELEMS / 2).map(sum_slice).sum();
                 out[0] = part;
             } else {
-                out.chunks_mut(inner)
-                    .enumerate()
-                    .for_each(|(o, d)| work(o, d));
+                out.chunks_mut(inner).enumerate().for_each(|(o, d)| work(o, d));
             }
             Reduced::Values(out)
         }
@@ -180,19 +135,11 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
 }
 
 fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else {
-        a.max(b)
-    }
+    if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }
 }
 
 fn nan_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else {
-        a.min(b)
-    }
+    if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) }
 }
 
 fn fold_nan(s: &[f32], f: fn(f32, f32) -> f32) -> f32 {
@@ -208,11 +155,7 @@ fn fold_nan(s: &[f32], f: fn(f32, f32) -> f32) -> f32 {
     for &x in chunks.remainder() {
         m = f(m, x);
     }
-    if s.iter().any(|x| x.is_nan()) {
-        f32::NAN
-    } else {
-        m
-    }
+    if s.iter().any(|x| x.is_nan()) { f32::NAN } else { m }
 }
 
 /// Sum with sixteen independent accumulators (vectorizes, and is more accurate
@@ -240,10 +183,7 @@ mod tests {
     /// Slow reference: walk every element and accumulate into its output slot in f64.
     fn reference(op: ReduceOp, src: &[f32], l: &Layout, axes: &[bool]) -> Vec<f64> {
         let dims = l.dims();
-        let out_dims: Vec<usize> = (0..dims.len())
-            .filter(|&d| !axes[d])
-            .map(|d| dims[d])
-            .collect();
+        let out_dims: Vec<usize> = (0..dims.len()).filter(|&d| !axes[d]).map(|d| dims[d]).collect();
         let n_out: usize = out_dims.iter().product();
         let mut acc: Vec<Vec<f64>> = vec![Vec::new(); n_out];
         for (flat, pos) in l.strided_index().enumerate() {
@@ -268,22 +208,12 @@ mod tests {
                 ReduceOp::Max => v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
                 ReduceOp::Min => v.iter().cloned().fold(f64::INFINITY, f64::min),
                 ReduceOp::ArgMax => {
-                    v.iter()
-                        .enumerate()
-                        .fold(
-                            (0, f64::NEG_INFINITY),
-                            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-                        )
-                        .0 as f64
+                    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+                        as f64
                 }
                 ReduceOp::ArgMin => {
-                    v.iter()
-                        .enumerate()
-                        .fold(
-                            (0, f64::INFINITY),
-                            |b, (i, &x)| if x < b.1 { (i, x) } else { b },
-                        )
-                        .0 as f64
+                    v.iter().enumerate().fold((0, f64::INFINITY), |b, (i, &x)| if x < b.1 { (i, x) } else { b }).0
+                        as f64
                 }
             })
             .collect()
@@ -291,16 +221,12 @@ mod tests {
 
     #[test]
     fn all_axis_sets_against_reference() {
-        let src: Vec<f32> = (0..210)
-            .map(|i| ((i * 37) % 101) as f32 * 0.1 - 5.0)
-            .collect();
+        let src: Vec<f32> = (0..210).map(|i| ((i * 37) % 101) as f32 * 0.1 - 5.0).collect();
         let base = Layout::contiguous([2, 3, 5, 7]);
         let layouts = [
             base.clone(),
             base.permute(&[2, 0, 3, 1]).unwrap(),
-            Layout::contiguous([3, 1, 7])
-                .broadcast_as(&Shape::from([2, 3, 5, 7]))
-                .unwrap(),
+            Layout::contiguous([3, 1, 7]).broadcast_as(&Shape::from([2, 3, 5, 7])).unwrap(),
             Layout::contiguous([2, 1, 5, 21])
                 .narrow(3, 2, 7)
                 .unwrap()
@@ -310,13 +236,7 @@ mod tests {
         for l in &layouts {
             for mask in 0..16u32 {
                 let axes: Vec<bool> = (0..4).map(|d| mask & (1 << d) != 0).collect();
-                for op in [
-                    ReduceOp::Sum,
-                    ReduceOp::Max,
-                    ReduceOp::Min,
-                    ReduceOp::ArgMax,
-                    ReduceOp::ArgMin,
-                ] {
+                for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::ArgMax, ReduceOp::ArgMin] {
                     let want = reference(op, &src, l, &axes);
                     let got: Vec<f64> = match reduce(op, &src, l, &axes) {
                         Reduced::Values(v) => v.iter().map(|&x| x as f64).collect(),
@@ -334,23 +254,15 @@ mod tests {
     #[test]
     fn size_one_and_large() {
         let l = Layout::contiguous([1, 1]);
-        assert_eq!(
-            reduce(ReduceOp::Sum, &[4.0], &l, &[true, false]),
-            Reduced::Values(vec![4.0])
-        );
+        assert_eq!(reduce(ReduceOp::Sum, &[4.0], &l, &[true, false]), Reduced::Values(vec![4.0]));
         let n = 100_003;
         let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
         let want: f64 = v.iter().map(|&x| x as f64).sum();
-        let Reduced::Values(got) = reduce(ReduceOp::Sum, &v, &Layout::contiguous([n]), &[true])
-        else {
-            panic!()
-        };
+        let Reduced::Values(got) = reduce(ReduceOp::Sum, &v, &Layout::contiguous([n]), &[true]) else { panic!() };
         assert!((got[0] as f64 - want).abs() < 1.0);
         // Column sums of a tall matrix take the parallel (outer, r, inner) path.
         let l = Layout::contiguous([3, 33_001]);
-        let Reduced::Values(got) = reduce(ReduceOp::Max, &v[..99_003], &l, &[true, false]) else {
-            panic!()
-        };
+        let Reduced::Values(got) = reduce(ReduceOp::Max, &v[..99_003], &l, &[true, false]) else { panic!() };
         assert_eq!(got.len(), 33_001);
         assert_eq!(got[0], 6.0f32.max(v[33_001]).max(v[66_002]));
     }
@@ -358,18 +270,9 @@ mod tests {
     #[test]
     fn nan_and_ties() {
         let l = Layout::contiguous([4]);
-        assert_eq!(
-            reduce(ReduceOp::ArgMax, &[1.0, 3.0, 3.0, 0.0], &l, &[true]),
-            Reduced::Indices(vec![1])
-        );
-        assert_eq!(
-            reduce(ReduceOp::ArgMax, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true]),
-            Reduced::Indices(vec![1])
-        );
-        let Reduced::Values(v) = reduce(ReduceOp::Max, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true])
-        else {
-            panic!()
-        };
+        assert_eq!(reduce(ReduceOp::ArgMax, &[1.0, 3.0, 3.0, 0.0], &l, &[true]), Reduced::Indices(vec![1]));
+        assert_eq!(reduce(ReduceOp::ArgMax, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true]), Reduced::Indices(vec![1]));
+        let Reduced::Values(v) = reduce(ReduceOp::Max, &[1.0, f32::NAN, 3.0, 0.0], &l, &[true]) else { panic!() };
         assert!(v[0].is_nan());
     }
 }

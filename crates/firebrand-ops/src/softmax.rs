@@ -82,10 +82,7 @@ pub fn softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
             let o = (r0 + i) * cols;
             let (y, g) = (&y[o..o + cols], &g[o..o + cols]);
             let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-            dst.iter_mut()
-                .zip(y)
-                .zip(g)
-                .for_each(|((d, &y), &g)| *d = y * (g - dot));
+            dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = y * (g - dot));
         }
     });
     out
@@ -102,10 +99,7 @@ pub fn log_softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> 
             let o = (r0 + i) * cols;
             let (y, g) = (&y[o..o + cols], &g[o..o + cols]);
             let s: f32 = g.iter().sum();
-            dst.iter_mut()
-                .zip(y)
-                .zip(g)
-                .for_each(|((d, &y), &g)| *d = g - y.exp() * s);
+            dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g - y.exp() * s);
         }
     });
     out
@@ -121,13 +115,7 @@ mod tests {
                 let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let s: f64 = r.iter().map(|&v| (v as f64 - m).exp()).sum();
                 r.iter()
-                    .map(move |&v| {
-                        if log {
-                            v as f64 - m - s.ln()
-                        } else {
-                            (v as f64 - m).exp() / s
-                        }
-                    })
+                    .map(move |&v| if log { v as f64 - m - s.ln() } else { (v as f64 - m).exp() / s })
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -136,21 +124,12 @@ mod tests {
     #[test]
     fn against_reference_on_awkward_shapes() {
         for &(rows, cols) in &[(1, 1), (3, 7), (2, 8), (5, 17), (4, 1000), (300, 129)] {
-            let x: Vec<f32> = (0..rows * cols)
-                .map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 15.0)
-                .collect();
+            let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 15.0).collect();
             for log in [false, true] {
-                let got = if log {
-                    log_softmax_rows(&x, cols)
-                } else {
-                    softmax_rows(&x, cols)
-                };
+                let got = if log { log_softmax_rows(&x, cols) } else { softmax_rows(&x, cols) };
                 let want = reference(&x, cols, log);
                 for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (*g as f64 - w).abs() < 2e-6 * (1.0 + w.abs()),
-                        "({rows},{cols}) log={log}: {g} vs {w}"
-                    );
+                    assert!((*g as f64 - w).abs() < 2e-6 * (1.0 + w.abs()), "({rows},{cols}) log={log}: {g} vs {w}");
                 }
             }
         }
@@ -174,36 +153,17 @@ mod tests {
         let g: Vec<f32> = vec![0.5, -0.3, 0.8, 0.1, -0.9];
         for log in [false, true] {
             let f = |x: &[f32]| -> f64 {
-                let y = if log {
-                    log_softmax_rows(x, cols)
-                } else {
-                    softmax_rows(x, cols)
-                };
-                y.iter()
-                    .zip(&g)
-                    .map(|(a, b)| (*a as f64) * (*b as f64))
-                    .sum()
+                let y = if log { log_softmax_rows(x, cols) } else { softmax_rows(x, cols) };
+                y.iter().zip(&g).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
             };
-            let y = if log {
-                log_softmax_rows(&x, cols)
-            } else {
-                softmax_rows(&x, cols)
-            };
-            let dx = if log {
-                log_softmax_backward_rows(&y, &g, cols)
-            } else {
-                softmax_backward_rows(&y, &g, cols)
-            };
+            let y = if log { log_softmax_rows(&x, cols) } else { softmax_rows(&x, cols) };
+            let dx = if log { log_softmax_backward_rows(&y, &g, cols) } else { softmax_backward_rows(&y, &g, cols) };
             for i in 0..cols {
                 let (mut xp, mut xm) = (x.clone(), x.clone());
                 xp[i] += 1e-3;
                 xm[i] -= 1e-3;
                 let num = (f(&xp) - f(&xm)) / 2e-3;
-                assert!(
-                    (num - dx[i] as f64).abs() < 1e-3,
-                    "log={log} i={i}: {} vs {num}",
-                    dx[i]
-                );
+                assert!((num - dx[i] as f64).abs() < 1e-3, "log={log} i={i}: {} vs {num}", dx[i]);
             }
         }
     }

@@ -13,11 +13,8 @@ pub(crate) fn coalesce(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec
         if size == 1 {
             continue;
         }
-        let mergeable = !out_dims.is_empty()
-            && strides
-                .iter()
-                .zip(&out_strides)
-                .all(|(s, o)| *o.last().unwrap() == s[d] * size);
+        let mergeable =
+            !out_dims.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| *o.last().unwrap() == s[d] * size);
         if mergeable {
             *out_dims.last_mut().unwrap() *= size;
             for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
@@ -42,12 +39,7 @@ pub(crate) fn coalesce(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec
 /// Calls `f(offsets, inner_len)` for every run of the innermost dimension, in
 /// row-major order, where `offsets[k]` is operand k's buffer position of the
 /// run's first element (starting from `base[k]`).
-pub(crate) fn for_each_run(
-    dims: &[usize],
-    strides: &[Vec<usize>],
-    base: &[usize],
-    mut f: impl FnMut(&[usize]),
-) {
+pub(crate) fn for_each_run(dims: &[usize], strides: &[Vec<usize>], base: &[usize], mut f: impl FnMut(&[usize])) {
     let rank = dims.len();
     let outer = &dims[..rank - 1];
     let mut idx = vec![0usize; outer.len()];
@@ -88,11 +80,7 @@ pub fn contiguous_f32(src: &[f32], layout: &Layout) -> Vec<f32> {
 
 /// Copies the elements of `layout` into `dst` (of length `elem_count`) in row-major order.
 pub fn contiguous_into<T: Copy>(src: &[T], layout: &Layout, dst: &mut [T]) {
-    assert_eq!(
-        dst.len(),
-        layout.elem_count(),
-        "contiguous_into: destination length"
-    );
+    assert_eq!(dst.len(), layout.elem_count(), "contiguous_into: destination length");
     if let Some(r) = layout.contiguous_range() {
         dst.copy_from_slice(&src[r]);
         return;
@@ -111,9 +99,7 @@ pub fn contiguous_into<T: Copy>(src: &[T], layout: &Layout, dst: &mut [T]) {
         } else if is == 0 {
             out.fill(src[p]);
         } else {
-            out.iter_mut()
-                .enumerate()
-                .for_each(|(i, o)| *o = src[p + i * is]);
+            out.iter_mut().enumerate().for_each(|(i, o)| *o = src[p + i * is]);
         }
     });
 }
@@ -130,9 +116,7 @@ mod tests {
         let cases = [
             base.permute(&[3, 1, 0, 2]).unwrap(),
             base.narrow(2, 1, 2).unwrap().transpose(0, 3).unwrap(),
-            Layout::contiguous([3, 1])
-                .broadcast_as(&Shape::from([2, 3, 7]))
-                .unwrap(),
+            Layout::contiguous([3, 1]).broadcast_as(&Shape::from([2, 3, 7])).unwrap(),
             base.narrow(1, 2, 1).unwrap(),
             Layout::contiguous([1]),
             base.narrow(0, 1, 0).unwrap(),

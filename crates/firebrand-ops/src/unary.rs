@@ -4,244 +4,32 @@
 //! transcendental ones) and the autograd layer gets every backward rule from
 //! the same table.
 
+pub use firebrand_tensor::op::{ALL_UNARY_OPS, UnaryOp, erf, needs_positive_input};
+use firebrand_tensor::op::{GELU_C, SQRT_2_OVER_PI};
+
 use crate::parallel::for_rows;
 use crate::strided::contiguous_f32;
 use firebrand_tensor::Layout;
 use firebrand_tensor::pool::take_f32;
 use wide::f32x8;
 
-/// A unary elementwise op on `f32`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum UnaryOp {
-    /// `-x`
-    Neg,
-    /// `|x|` (derivative 0 at 0, as PyTorch)
-    Abs,
-    /// `e^x`
-    Exp,
-    /// natural log
-    Log,
-    /// square root
-    Sqrt,
-    /// `1/sqrt(x)`
-    Rsqrt,
-    /// `1/x`
-    Recip,
-    /// `x*x`
-    Square,
-    /// hyperbolic tangent
-    Tanh,
-    /// logistic `1/(1+e^-x)`
-    Sigmoid,
-    /// `max(x, 0)` (derivative 0 at 0)
-    Relu,
-    /// GELU with the exact erf form, `x·Φ(x)` (PyTorch's default)
-    Gelu,
-    /// GELU with the tanh approximation (PyTorch's `approximate="tanh"`)
-    GeluTanh,
-    /// `x·sigmoid(x)` (a.k.a. swish)
-    Silu,
-    /// `ln(1 + e^x)`, computed stably
-    Softplus,
-    /// sine
-    Sin,
-    /// cosine
-    Cos,
-    /// `x^p` for a constant `p`
-    Powf(f32),
-    /// `x` if positive, else `slope·x`
-    LeakyRelu(f32),
-    /// clamps to `[lo, hi]`; derivative 1 inside (inclusive), 0 outside
-    Clamp(f32, f32),
-    /// `mul·x + add` (scalar arithmetic on tensors)
-    Affine(f32, f32),
-}
-
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-const GELU_C: f32 = 0.044_715;
-
-/// Error function, accurate to a few 1e-7 (absolute) in f32.
-pub fn erf(x: f32) -> f32 {
-    let xd = x as f64;
-    let a = xd.abs();
-    if a < 0.5 {
-        // Maclaurin series: 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1)).
-        let x2 = xd * xd;
-        let mut term = xd;
-        let mut sum = xd;
-        for n in 1..12 {
-            term *= -x2 / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        return (sum * std::f64::consts::FRAC_2_SQRT_PI) as f32;
-    }
-    // Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let r = 1.0 - poly * (-a * a).exp();
-    (if xd < 0.0 { -r } else { r }) as f32
-}
-
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-impl UnaryOp {
-    /// The op's name, as used in error messages and graph dumps.
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Rsqrt => "rsqrt",
-            UnaryOp::Recip => "recip",
-            UnaryOp::Square => "square",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Sigmoid => "sigmoid",
-            UnaryOp::Relu => "relu",
-            UnaryOp::Gelu => "gelu",
-            UnaryOp::GeluTanh => "gelu_tanh",
-            UnaryOp::Silu => "silu",
-            UnaryOp::Softplus => "softplus",
-            UnaryOp::Sin => "sin",
-            UnaryOp::Cos => "cos",
-            UnaryOp::Powf(_) => "powf",
-            UnaryOp::LeakyRelu(_) => "leaky_relu",
-            UnaryOp::Clamp(..) => "clamp",
-            UnaryOp::Affine(..) => "affine",
-        }
-    }
-
-    /// The scalar function: the reference every kernel is tested against.
-    #[inline]
-    pub fn apply(self, x: f32) -> f32 {
-        match self {
-            UnaryOp::Neg => -x,
-            UnaryOp::Abs => x.abs(),
-            UnaryOp::Exp => x.exp(),
-            UnaryOp::Log => x.ln(),
-            UnaryOp::Sqrt => x.sqrt(),
-            UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-            UnaryOp::Recip => 1.0 / x,
-            UnaryOp::Square => x * x,
-            UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Sigmoid => sigmoid(x),
-            UnaryOp::Relu => x.max(0.0),
-            UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            UnaryOp::GeluTanh => {
-                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh())
-            }
-            UnaryOp::Silu => x * sigmoid(x),
-            UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-            UnaryOp::Sin => x.sin(),
-            UnaryOp::Cos => x.cos(),
-            UnaryOp::Powf(p) => x.powf(p),
-            UnaryOp::LeakyRelu(s) => {
-                if x > 0.0 {
-                    x
-                } else {
-                    s * x
-                }
-            }
-            UnaryOp::Clamp(lo, hi) => x.max(lo).min(hi),
-            UnaryOp::Affine(m, a) => m * x + a,
-        }
-    }
-
-    /// `d apply(x) / dx`, given the input `x` and the output `y = apply(x)`.
-    #[inline]
-    pub fn derivative(self, x: f32, y: f32) -> f32 {
-        match self {
-            UnaryOp::Neg => -1.0,
-            UnaryOp::Abs => {
-                if x > 0.0 {
-                    1.0
-                } else if x < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                }
-            }
-            UnaryOp::Exp => y,
-            UnaryOp::Log => 1.0 / x,
-            UnaryOp::Sqrt => 0.5 / y,
-            UnaryOp::Rsqrt => -0.5 * y / x,
-            UnaryOp::Recip => -y * y,
-            UnaryOp::Square => 2.0 * x,
-            UnaryOp::Tanh => 1.0 - y * y,
-            UnaryOp::Sigmoid => y * (1.0 - y),
-            UnaryOp::Relu => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            UnaryOp::Gelu => {
-                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
-                cdf + x * pdf
-            }
-            UnaryOp::GeluTanh => {
-                let inner = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
-                let t = inner.tanh();
-                0.5 * (1.0 + t)
-                    + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
-            }
-            UnaryOp::Silu => {
-                let s = sigmoid(x);
-                s * (1.0 + x * (1.0 - s))
-            }
-            UnaryOp::Softplus => sigmoid(x),
-            UnaryOp::Sin => x.cos(),
-            UnaryOp::Cos => -x.sin(),
-            UnaryOp::Powf(p) => p * x.powf(p - 1.0),
-            UnaryOp::LeakyRelu(s) => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    s
-                }
-            }
-            UnaryOp::Clamp(lo, hi) => {
-                if x >= lo && x <= hi {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            UnaryOp::Affine(m, _) => m,
-        }
-    }
-
-    /// The `wide` SIMD form, for ops whose scalar form does not auto-vectorize.
-    fn simd(self) -> Option<fn(f32x8) -> f32x8> {
-        match self {
-            UnaryOp::Exp => Some(|x| x.exp()),
-            UnaryOp::Tanh => Some(|x| x.tanh()),
-            UnaryOp::Sigmoid => Some(|x| f32x8::ONE / (f32x8::ONE + (-x).exp())),
-            UnaryOp::Silu => Some(|x| x / (f32x8::ONE + (-x).exp())),
-            UnaryOp::GeluTanh => Some(|x| {
-                let inner = f32x8::splat(SQRT_2_OVER_PI) * (x + f32x8::splat(GELU_C) * x * x * x);
-                f32x8::splat(0.5) * x * (f32x8::ONE + inner.tanh())
-            }),
-            _ => None,
-        }
+/// The `wide` SIMD form, for ops whose scalar form does not auto-vectorize.
+fn simd(op: UnaryOp) -> Option<fn(f32x8) -> f32x8> {
+    match op {
+        UnaryOp::Exp => Some(|x| x.exp()),
+        UnaryOp::Tanh => Some(|x| x.tanh()),
+        UnaryOp::Sigmoid => Some(|x| f32x8::ONE / (f32x8::ONE + (-x).exp())),
+        UnaryOp::Silu => Some(|x| x / (f32x8::ONE + (-x).exp())),
+        UnaryOp::GeluTanh => Some(|x| {
+            let inner = f32x8::splat(SQRT_2_OVER_PI) * (x + f32x8::splat(GELU_C) * x * x * x);
+            f32x8::splat(0.5) * x * (f32x8::ONE + inner.tanh())
+        }),
+        _ => None,
     }
 }
 
 fn map_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
-    if let Some(f) = op.simd() {
+    if let Some(f) = simd(op) {
         let mut s = src.chunks_exact(8);
         let mut d = dst.chunks_exact_mut(8);
         for (s, d) in (&mut s).zip(&mut d) {
@@ -279,9 +67,7 @@ pub fn unary_map(op: UnaryOp, src: &[f32], layout: &Layout) -> Vec<f32> {
         }
     };
     let mut out = take_f32(src.len());
-    for_rows(&mut out, 1, |start, chunk| {
-        map_slice(op, &src[start..start + chunk.len()], chunk)
-    });
+    for_rows(&mut out, 1, |start, chunk| map_slice(op, &src[start..start + chunk.len()], chunk));
     out
 }
 
@@ -291,11 +77,7 @@ pub fn unary_map(op: UnaryOp, src: &[f32], layout: &Layout) -> Vec<f32> {
 /// # Panics
 /// When the lengths differ.
 pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> {
-    assert!(
-        x.len() == y.len() && y.len() == g.len(),
-        "unary_backward({}): length mismatch",
-        op.name()
-    );
+    assert!(x.len() == y.len() && y.len() == g.len(), "unary_backward({}): length mismatch", op.name());
     let mut out = take_f32(g.len());
     for_rows(&mut out, 1, |start, chunk| {
         let n = chunk.len();
@@ -326,39 +108,6 @@ pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> 
     out
 }
 
-/// Every op in the table, with a representative parameter (for tests).
-pub const ALL_UNARY_OPS: &[UnaryOp] = &[
-    UnaryOp::Neg,
-    UnaryOp::Abs,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Recip,
-    UnaryOp::Square,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::Gelu,
-    UnaryOp::GeluTanh,
-    UnaryOp::Silu,
-    UnaryOp::Softplus,
-    UnaryOp::Sin,
-    UnaryOp::Cos,
-    UnaryOp::Powf(2.5),
-    UnaryOp::LeakyRelu(0.1),
-    UnaryOp::Clamp(-0.5, 0.7),
-    UnaryOp::Affine(-1.5, 0.25),
-];
-
-/// True for ops defined only for positive inputs.
-pub fn needs_positive_input(op: UnaryOp) -> bool {
-    matches!(
-        op,
-        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,59 +118,16 @@ mod tests {
         let n = 3 * 37;
         let src: Vec<f32> = (0..n).map(|i| (i as f32 - 55.0) * 0.173).collect();
         let pos: Vec<f32> = src.iter().map(|x| x.abs() + 0.05).collect();
-        let layouts = [
-            Layout::contiguous([n]),
-            Layout::contiguous([3, 37]).transpose(0, 1).unwrap(),
-        ];
+        let layouts = [Layout::contiguous([n]), Layout::contiguous([3, 37]).transpose(0, 1).unwrap()];
         for &op in ALL_UNARY_OPS {
             let data = if needs_positive_input(op) { &pos } else { &src };
             for l in &layouts {
                 let got = unary_map(op, data, l);
                 for (g, i) in got.iter().zip(l.strided_index()) {
                     let w = op.apply(data[i]);
-                    assert!(
-                        *g == w || (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
-                        "{op:?} at {}: {g} vs {w}",
-                        data[i]
-                    );
+                    assert!(*g == w || (g - w).abs() <= 2e-6 * (1.0 + w.abs()), "{op:?} at {}: {g} vs {w}", data[i]);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn derivatives_match_central_differences() {
-        for &op in ALL_UNARY_OPS {
-            for &x0 in &[-2.3f32, -0.6, 0.31, 0.9, 1.7] {
-                let x = if needs_positive_input(op) {
-                    x0.abs()
-                } else {
-                    x0
-                };
-                let h = 1e-3f64;
-                let f = |v: f64| op.apply(v as f32) as f64;
-                let num = (f(x as f64 + h) - f(x as f64 - h)) / (2.0 * h);
-                let ana = op.derivative(x, op.apply(x)) as f64;
-                assert!(
-                    (num - ana).abs() < 2e-2 * (1.0 + ana.abs()),
-                    "{op:?} at {x}: {ana} vs {num}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    #[allow(clippy::excessive_precision)]
-    fn erf_accuracy() {
-        // Reference values of erf from high-precision tables.
-        for (x, want) in [
-            (0.1f32, 0.112_462_916f32),
-            (0.5, 0.520_499_876),
-            (1.0, 0.842_700_79),
-            (2.0, 0.995_322_27),
-            (-1.5, -0.966_105_146),
-        ] {
-            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}", erf(x));
         }
     }
 
@@ -429,13 +135,7 @@ mod tests {
     fn extremes_stay_finite() {
         let v = [-100.0f32, -20.0, 20.0, 100.0, 0.0];
         let l = Layout::contiguous([5]);
-        for op in [
-            UnaryOp::Sigmoid,
-            UnaryOp::Tanh,
-            UnaryOp::Silu,
-            UnaryOp::Softplus,
-            UnaryOp::GeluTanh,
-        ] {
+        for op in [UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Silu, UnaryOp::Softplus, UnaryOp::GeluTanh] {
             let out = unary_map(op, &v, &l);
             assert!(out.iter().all(|x| x.is_finite()), "{op:?}: {out:?}");
         }

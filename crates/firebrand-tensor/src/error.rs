@@ -93,9 +93,6 @@ pub enum Error {
 impl Error {
     /// Convenience constructor for [`Error::Msg`].
     pub fn msg(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Msg {
-            op,
-            msg: msg.into(),
-        }
+        Error::Msg { op, msg: msg.into() }
     }
 }

@@ -18,11 +18,7 @@ impl Layout {
     pub fn contiguous(shape: impl Into<Shape>) -> Self {
         let shape = shape.into();
         let strides = shape.contiguous_strides();
-        Layout {
-            shape,
-            strides,
-            offset: 0,
-        }
+        Layout { shape, strides, offset: 0 }
     }
 
     /// A layout from its parts.
@@ -37,11 +33,7 @@ impl Layout {
                 msg: format!("strides {strides:?} have another rank"),
             });
         }
-        Ok(Layout {
-            shape,
-            strides,
-            offset,
-        })
+        Ok(Layout { shape, strides, offset })
     }
 
     /// The shape.
@@ -84,8 +76,7 @@ impl Layout {
 
     /// If contiguous, the range of the buffer holding the elements.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
-        self.is_contiguous()
-            .then(|| self.offset..self.offset + self.elem_count())
+        self.is_contiguous().then(|| self.offset..self.offset + self.elem_count())
     }
 
     /// Swap two dimensions.
@@ -100,11 +91,7 @@ impl Layout {
         let mut strides = self.strides.clone();
         dims.swap(a, b);
         strides.swap(a, b);
-        Ok(Layout {
-            shape: dims.into(),
-            strides,
-            offset: self.offset,
-        })
+        Ok(Layout { shape: dims.into(), strides, offset: self.offset })
     }
 
     /// Reorder dimensions: output dimension `i` is input dimension `perm[i]`.
@@ -114,11 +101,7 @@ impl Layout {
     pub fn permute(&self, perm: &[usize]) -> Result<Self> {
         let r = self.shape.rank();
         let mut seen = vec![false; r];
-        if perm.len() != r
-            || perm
-                .iter()
-                .any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
-        {
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
             return Err(Error::InvalidShape {
                 op: "permute",
                 shape: self.shape.clone(),
@@ -127,11 +110,7 @@ impl Layout {
         }
         let dims: Vec<usize> = perm.iter().map(|&p| self.shape.dims()[p]).collect();
         let strides = perm.iter().map(|&p| self.strides[p]).collect();
-        Ok(Layout {
-            shape: dims.into(),
-            strides,
-            offset: self.offset,
-        })
+        Ok(Layout { shape: dims.into(), strides, offset: self.offset })
     }
 
     /// Keep `len` elements of dimension `dim` starting at `start`.
@@ -145,24 +124,13 @@ impl Layout {
             return Err(Error::InvalidShape {
                 op: "narrow",
                 shape: self.shape.clone(),
-                msg: format!(
-                    "range {start}..{} exceeds size {size} of dim {d}",
-                    start + len
-                ),
+                msg: format!("range {start}..{} exceeds size {size} of dim {d}", start + len),
             });
         }
         let mut dims = self.shape.dims().to_vec();
         dims[d] = len;
-        let offset = if len == 0 {
-            self.offset
-        } else {
-            self.offset + start * self.strides[d]
-        };
-        Ok(Layout {
-            shape: dims.into(),
-            strides: self.strides.clone(),
-            offset,
-        })
+        let offset = if len == 0 { self.offset } else { self.offset + start * self.strides[d] };
+        Ok(Layout { shape: dims.into(), strides: self.strides.clone(), offset })
     }
 
     /// A view with the given shape, broadcasting size-1 (or missing leading)
@@ -173,11 +141,7 @@ impl Layout {
     pub fn broadcast_as(&self, shape: &Shape) -> Result<Self> {
         let r = shape.rank();
         let sr = self.shape.rank();
-        let err = || Error::ShapeMismatch {
-            op: "broadcast_as",
-            lhs: self.shape.clone(),
-            rhs: shape.clone(),
-        };
+        let err = || Error::ShapeMismatch { op: "broadcast_as", lhs: self.shape.clone(), rhs: shape.clone() };
         if sr > r {
             return Err(err());
         }
@@ -192,33 +156,19 @@ impl Layout {
                 return Err(err());
             };
         }
-        Ok(Layout {
-            shape: shape.clone(),
-            strides,
-            offset: self.offset,
-        })
+        Ok(Layout { shape: shape.clone(), strides, offset: self.offset })
     }
 
     /// A view of the same elements with another shape, if the strides allow it
     /// without a copy (always true when contiguous). `None` when a copy is needed.
     pub fn reshape(&self, shape: &Shape) -> Option<Self> {
         if self.is_contiguous() {
-            return Some(Layout {
-                shape: shape.clone(),
-                strides: shape.contiguous_strides(),
-                offset: self.offset,
-            });
+            return Some(Layout { shape: shape.clone(), strides: shape.contiguous_strides(), offset: self.offset });
         }
         // Split the old dims into groups that are contiguous among themselves and
         // map each new dim onto one group (NumPy's attempt_nocopy_reshape).
-        let old: Vec<(usize, usize)> = self
-            .shape
-            .dims()
-            .iter()
-            .zip(&self.strides)
-            .filter(|(d, _)| **d != 1)
-            .map(|(&d, &s)| (d, s))
-            .collect();
+        let old: Vec<(usize, usize)> =
+            self.shape.dims().iter().zip(&self.strides).filter(|(d, _)| **d != 1).map(|(&d, &s)| (d, s)).collect();
         let new = shape.dims();
         let mut new_strides = vec![0; new.len()];
         let (mut oi, mut ni) = (0, 0);
@@ -250,11 +200,7 @@ impl Layout {
         if new[ni..].iter().any(|&d| d != 1) || oi < old.len() {
             return None;
         }
-        Some(Layout {
-            shape: shape.clone(),
-            strides: new_strides,
-            offset: self.offset,
-        })
+        Some(Layout { shape: shape.clone(), strides: new_strides, offset: self.offset })
     }
 
     /// Iterator over buffer indices of the elements in row-major order.
@@ -274,12 +220,7 @@ pub struct StridedIndex {
 impl StridedIndex {
     fn new(l: &Layout) -> Self {
         let next = (l.elem_count() > 0).then_some(l.offset());
-        StridedIndex {
-            next,
-            index: vec![0; l.dims().len()],
-            dims: l.dims().to_vec(),
-            strides: l.strides().to_vec(),
-        }
+        StridedIndex { next, index: vec![0; l.dims().len()], dims: l.dims().to_vec(), strides: l.strides().to_vec() }
     }
 }
 

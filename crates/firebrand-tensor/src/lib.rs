@@ -10,6 +10,9 @@
 //!   GPU crate adds a device without changing user code).
 //! * [`CpuStorage`] — the CPU buffers.
 //! * [`Error`] — the error type every fallible op returns.
+//! * [`backend`] — the [`Backend`](backend::Backend) trait: the primitive op set a device implements.
+//! * [`op`] — the primitive op set's scalar semantics (unary table with
+//!   derivatives, binary ops, reductions), shared by every backend.
 //! * [`pool`] — a cache of large `f32` buffers, so hot loops do not page-fault.
 //!
 //! `firebrand-ops` runs kernels over `(&[T], &Layout)` pairs from this crate, and
@@ -27,10 +30,12 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 mod device;
 mod dtype;
 mod error;
 mod layout;
+pub mod op;
 pub mod pool;
 mod shape;
 mod storage;

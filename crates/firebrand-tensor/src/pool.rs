@@ -28,10 +28,7 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
 fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
     let mut g = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    f(g.get_or_insert_with(|| Pool {
-        bufs: HashMap::new(),
-        bytes: 0,
-    }))
+    f(g.get_or_insert_with(|| Pool { bufs: HashMap::new(), bytes: 0 }))
 }
 
 /// A buffer of `len` elements whose contents are unspecified (every element

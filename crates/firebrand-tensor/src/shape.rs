@@ -70,26 +70,14 @@ impl Shape {
         let rank = self.rank().max(other.rank());
         let mut out = vec![0; rank];
         for i in 0..rank {
-            let a = if i < self.rank() {
-                self.0[self.rank() - 1 - i]
-            } else {
-                1
-            };
-            let b = if i < other.rank() {
-                other.0[other.rank() - 1 - i]
-            } else {
-                1
-            };
+            let a = if i < self.rank() { self.0[self.rank() - 1 - i] } else { 1 };
+            let b = if i < other.rank() { other.0[other.rank() - 1 - i] } else { 1 };
             out[rank - 1 - i] = if a == b || b == 1 {
                 a
             } else if a == 1 {
                 b
             } else {
-                return Err(Error::ShapeMismatch {
-                    op,
-                    lhs: self.clone(),
-                    rhs: other.clone(),
-                });
+                return Err(Error::ShapeMismatch { op, lhs: self.clone(), rhs: other.clone() });
             };
         }
         Ok(Shape(out))
@@ -109,11 +97,7 @@ pub fn normalize_dim(dim: isize, rank: usize, op: &'static str, shape: &Shape) -
     let r = rank as isize;
     let d = if dim < 0 { dim + r } else { dim };
     if d < 0 || d >= r {
-        return Err(Error::DimOutOfRange {
-            op,
-            dim,
-            shape: shape.clone(),
-        });
+        return Err(Error::DimOutOfRange { op, dim, shape: shape.clone() });
     }
     Ok(d as usize)
 }
@@ -173,15 +157,9 @@ mod tests {
     #[test]
     fn broadcasting_rules() {
         let s = |d: &[usize]| Shape::from(d);
-        assert_eq!(
-            s(&[2, 1, 4]).broadcast_with(&s(&[3, 1]), "t").unwrap(),
-            s(&[2, 3, 4])
-        );
+        assert_eq!(s(&[2, 1, 4]).broadcast_with(&s(&[3, 1]), "t").unwrap(), s(&[2, 3, 4]));
         assert_eq!(s(&[]).broadcast_with(&s(&[5]), "t").unwrap(), s(&[5]));
-        assert_eq!(
-            s(&[0, 1]).broadcast_with(&s(&[3]), "t").unwrap(),
-            s(&[0, 3])
-        );
+        assert_eq!(s(&[0, 1]).broadcast_with(&s(&[3]), "t").unwrap(), s(&[0, 3]));
         let e = s(&[2, 3]).broadcast_with(&s(&[4]), "add").unwrap_err();
         assert_eq!(e.to_string(), "add: shape mismatch between [2, 3] and [4]");
     }

@@ -38,10 +38,7 @@ impl CpuStorage {
             if let Some(r) = layout.contiguous_range() {
                 return src[r].iter().map(|&x| T::from_f64(x.to_f64())).collect();
             }
-            layout
-                .strided_index()
-                .map(|i| T::from_f64(src[i].to_f64()))
-                .collect()
+            layout.strided_index().map(|i| T::from_f64(src[i].to_f64())).collect()
         }
         match self {
             CpuStorage::F32(v) => {

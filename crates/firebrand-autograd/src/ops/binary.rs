@@ -2,22 +2,20 @@
 //! the arithmetic operators (`&a + &b`, `&a * 2.0`, ...).
 
 use super::{panicking, record};
-use crate::tensor::{Tensor, same_device};
-use firebrand_ops::binary::{BinaryOp, binary_map};
+use crate::tensor::{Tensor, same_backend};
+use firebrand_ops::binary::BinaryOp;
 use firebrand_ops::unary::UnaryOp;
 use firebrand_tensor::{Result, Shape};
 
 impl Tensor {
     /// Applies `op` after broadcasting both operands to a common shape (no autograd record).
-    fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
-        same_device(op.name(), &[self, rhs])?;
+    pub(crate) fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let backend = same_backend(op.name(), &[self, rhs])?;
         let shape = self.shape().broadcast_with(rhs.shape(), op.name())?;
         let ll = self.layout().broadcast_as(&shape)?;
         let rl = rhs.layout().broadcast_as(&shape)?;
-        let out = self.with_f32(op.name(), |a, _| {
-            rhs.with_f32(op.name(), |b, _| binary_map(op, a, &ll, b, &rl))
-        })??;
-        Ok(Tensor::from_vec(out, shape))
+        let out = backend.binary(op, &**self.storage(), &ll, &**rhs.storage(), &rl)?;
+        Ok(Tensor::from_backend(out, shape))
     }
 
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
@@ -30,17 +28,10 @@ impl Tensor {
                 BinaryOp::Sub => (g.clone(), g.neg()),
                 BinaryOp::Mul => (g.mul(&b), g.mul(&a)),
                 BinaryOp::Div => (g.div(&b), g.mul(out).div(&b).neg()),
-                BinaryOp::Pow => (
-                    g.mul(&b).mul(&a.pow(&b.affine(1.0, -1.0))),
-                    g.mul(out).mul(&a.log()),
-                ),
+                BinaryOp::Pow => (g.mul(&b).mul(&a.pow(&b.affine(1.0, -1.0))), g.mul(out).mul(&a.log())),
                 BinaryOp::Maximum | BinaryOp::Minimum => {
                     // The winner takes the gradient; ties split it (as PyTorch).
-                    let wins = if op == BinaryOp::Maximum {
-                        a.gt(&b)
-                    } else {
-                        a.lt(&b)
-                    };
+                    let wins = if op == BinaryOp::Maximum { a.gt(&b) } else { a.lt(&b) };
                     let share = wins.add(&a.eq(&b).affine(0.5, 0.0));
                     (g.mul(&share), g.mul(&share.affine(-1.0, 1.0)))
                 }
@@ -206,26 +197,17 @@ impl Tensor {
     /// # Errors
     /// When the shapes do not broadcast or a dtype is not `f32`.
     pub fn try_where_cond(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        same_device("where", &[self, a, b])?;
-        let shape = self
-            .shape()
-            .broadcast_with(a.shape(), "where")?
-            .broadcast_with(b.shape(), "where")?;
-        let get = |t: &Tensor| -> Result<Vec<f32>> {
-            t.detach()
-                .try_broadcast_to(shape.clone())?
-                .f32_contiguous("where")
-        };
+        let backend = same_backend("where", &[self, a, b])?;
+        let shape = self.shape().broadcast_with(a.shape(), "where")?.broadcast_with(b.shape(), "where")?;
+        let get = |t: &Tensor| -> Result<Tensor> { t.detach().try_broadcast_to(shape.clone())?.dense("where") };
         let (c, av, bv) = (get(self)?, get(a)?, get(b)?);
-        let out = Tensor::from_vec(firebrand_ops::index::where_select(&c, &av, &bv), shape);
+        let out = backend.where_select(&**c.storage(), &**av.storage(), &**bv.storage())?;
+        let out = Tensor::from_backend(out, shape);
         let mask = self.detach();
         let (sa, sb): (Shape, Shape) = (a.shape().clone(), b.shape().clone());
         Ok(record(out, "where", &[a, b], move |_, g| {
-            let zero = Tensor::scalar(0.0);
-            vec![
-                Some(mask.where_cond(g, &zero).sum_to(&sa)),
-                Some(mask.where_cond(&zero, g).sum_to(&sb)),
-            ]
+            let zero = g.zeros_like();
+            vec![Some(mask.where_cond(g, &zero).sum_to(&sa)), Some(mask.where_cond(&zero, g).sum_to(&sb))]
         }))
     }
 

@@ -1,18 +1,22 @@
 //! Indexing ops: index_select, index_add, gather, scatter_add, cat, stack and
-//! one_hot. Indices are `i64` tensors; out-of-range indices are errors.
+//! one_hot. Indices are `i64` tensors on the data's device; out-of-range
+//! indices are errors.
 
 use super::{panicking, record};
-use crate::tensor::{Tensor, check_devices};
-use firebrand_ops::index as k;
-use firebrand_tensor::{CpuStorage, DType, Error, Result, normalize_dim};
+use crate::tensor::{Tensor, same_backend};
+use firebrand_ops::binary::BinaryOp;
+use firebrand_tensor::{DType, Error, Result, normalize_dim};
 
 /// `(outer, size of dim, inner)` of a shape split at `d`.
 fn split3(dims: &[usize], d: usize) -> (usize, usize, usize) {
-    (
-        dims[..d].iter().product(),
-        dims[d],
-        dims[d + 1..].iter().product(),
-    )
+    (dims[..d].iter().product(), dims[d], dims[d + 1..].iter().product())
+}
+
+fn check_i64(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::I64 {
+        return Err(Error::DType { op, got: t.dtype(), expected: "i64 indices" });
+    }
+    Ok(())
 }
 
 impl Tensor {
@@ -31,27 +35,18 @@ impl Tensor {
                 msg: "indices must be 1-D".into(),
             });
         }
-        let iv = idx.i64_contiguous("index_select")?;
-        let (o, n, i) = split3(self.dims(), d);
+        check_i64("index_select", idx)?;
+        let backend = same_backend("index_select", &[self, idx])?;
+        let n = self.dims()[d];
         let mut out_dims = self.dims().to_vec();
-        out_dims[d] = iv.len();
-        let out = match &*self.storage() {
-            CpuStorage::F32(v) => Tensor::from_vec(
-                k::index_select(&firebrand_ops::contiguous(v, self.layout()), o, n, i, &iv)?,
-                out_dims,
-            ),
-            CpuStorage::I64(v) => {
-                return Ok(Tensor::from_vec(
-                    k::index_select(&firebrand_ops::contiguous(v, self.layout()), o, n, i, &iv)?,
-                    out_dims,
-                ));
-            }
-            _ => unreachable!("every storage type is handled"),
-        };
-        let idx = idx.detach();
-        Ok(record(out, "index_select", &[self], move |_, g| {
-            vec![Some(g.index_add_zeros(d, &idx, n))]
-        }))
+        out_dims[d] = idx.elem_count();
+        let idx = idx.dense("index_select")?;
+        let out = backend.index_select(&**self.storage(), self.layout(), d, &**idx.storage())?;
+        let out = Tensor::from_backend(out, out_dims);
+        if self.dtype() != DType::F32 {
+            return Ok(out);
+        }
+        Ok(record(out, "index_select", &[self], move |_, g| vec![Some(g.index_add_zeros(d, &idx, n))]))
     }
 
     panicking!(
@@ -63,7 +58,7 @@ impl Tensor {
     pub(crate) fn index_add_zeros(&self, d: usize, idx: &Tensor, size: usize) -> Tensor {
         let mut dims = self.dims().to_vec();
         dims[d] = size;
-        Tensor::zeros(dims).index_add(d as isize, idx, self)
+        Tensor::full_on(0.0, dims, self.device()).expect("own device").index_add(d as isize, idx, self)
     }
 
     /// `self` with `src`'s rows added at rows `idx` of dim `dim` (PyTorch's
@@ -74,26 +69,17 @@ impl Tensor {
     /// it has `idx.len()` rows) or an index is out of range.
     pub fn try_index_add(&self, dim: isize, idx: &Tensor, src: &Tensor) -> Result<Tensor> {
         let d = normalize_dim(dim, self.rank(), "index_add", self.shape())?;
-        let iv = idx.i64_contiguous("index_add")?;
+        check_i64("index_add", idx)?;
+        let backend = same_backend("index_add", &[self, idx, src])?;
         let mut want = self.dims().to_vec();
-        want[d] = iv.len();
+        want[d] = idx.elem_count();
         if src.dims() != want.as_slice() || idx.rank() != 1 {
-            return Err(Error::ShapeMismatch {
-                op: "index_add",
-                lhs: self.shape().clone(),
-                rhs: src.shape().clone(),
-            });
+            return Err(Error::ShapeMismatch { op: "index_add", lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
         let (o, n, i) = split3(self.dims(), d);
-        let added = k::index_add(&src.f32_contiguous("index_add")?, o, n, i, &iv)?;
-        let mut base = self.f32_contiguous("index_add")?;
-        firebrand_ops::binary::binary_assign(
-            firebrand_ops::binary::BinaryOp::Add,
-            &mut base,
-            &added,
-        );
-        let out = Tensor::from_vec(base, self.shape().clone());
-        let idx = idx.detach();
+        let idx = idx.dense("index_add")?;
+        let added = backend.index_add(&**src.dense("index_add")?.storage(), o, n, i, &**idx.storage())?;
+        let out = self.binary_forward(&Tensor::from_backend(added, self.shape().clone()), BinaryOp::Add)?;
         Ok(record(out, "index_add", &[self, src], move |_, g| {
             vec![Some(g.clone()), Some(g.index_select(d as isize, &idx))]
         }))
@@ -105,14 +91,10 @@ impl Tensor {
     );
 
     fn gather_shape_check(&self, op: &'static str, d: usize, index: &Tensor) -> Result<()> {
-        let ok = index.rank() == self.rank()
-            && (0..self.rank()).all(|j| j == d || index.dims()[j] == self.dims()[j]);
+        check_i64(op, index)?;
+        let ok = index.rank() == self.rank() && (0..self.rank()).all(|j| j == d || index.dims()[j] == self.dims()[j]);
         if !ok {
-            return Err(Error::ShapeMismatch {
-                op,
-                lhs: self.shape().clone(),
-                rhs: index.shape().clone(),
-            });
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: index.shape().clone() });
         }
         Ok(())
     }
@@ -125,18 +107,15 @@ impl Tensor {
     pub fn try_gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         let d = normalize_dim(dim, self.rank(), "gather", self.shape())?;
         self.gather_shape_check("gather", d, index)?;
-        let iv = index.i64_contiguous("gather")?;
+        let backend = same_backend("gather", &[self, index])?;
         let (o, n, i) = split3(self.dims(), d);
-        let out = Tensor::from_vec(
-            k::gather(&self.f32_contiguous("gather")?, o, n, i, &iv)?,
-            index.shape().clone(),
-        );
-        let index = index.detach();
+        let index = index.dense("gather")?;
+        let out = backend.gather(&**self.dense("gather")?.storage(), o, n, i, &**index.storage())?;
+        let out = Tensor::from_backend(out, index.shape().clone());
         let in_shape = self.shape().clone();
         Ok(record(out, "gather", &[self], move |_, g| {
-            vec![Some(
-                Tensor::zeros(in_shape.clone()).scatter_add(d as isize, &index, g),
-            )]
+            let zeros = Tensor::full_on(0.0, in_shape.clone(), g.device()).expect("own device");
+            vec![Some(zeros.scatter_add(d as isize, &index, g))]
         }))
     }
 
@@ -160,17 +139,11 @@ impl Tensor {
                 rhs: src.shape().clone(),
             });
         }
-        let iv = index.i64_contiguous("scatter_add")?;
+        let backend = same_backend("scatter_add", &[self, index, src])?;
         let (o, n, i) = split3(self.dims(), d);
-        let added = k::scatter_add(&src.f32_contiguous("scatter_add")?, o, n, i, &iv)?;
-        let mut base = self.f32_contiguous("scatter_add")?;
-        firebrand_ops::binary::binary_assign(
-            firebrand_ops::binary::BinaryOp::Add,
-            &mut base,
-            &added,
-        );
-        let out = Tensor::from_vec(base, self.shape().clone());
-        let index = index.detach();
+        let index = index.dense("scatter_add")?;
+        let added = backend.scatter_add(&**src.dense("scatter_add")?.storage(), o, n, i, &**index.storage())?;
+        let out = self.binary_forward(&Tensor::from_backend(added, self.shape().clone()), BinaryOp::Add)?;
         Ok(record(out, "scatter_add", &[self, src], move |_, g| {
             vec![Some(g.clone()), Some(g.gather(d as isize, &index))]
         }))
@@ -187,48 +160,31 @@ impl Tensor {
     /// # Errors
     /// On an empty list or any mismatch.
     pub fn try_cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors
-            .first()
-            .ok_or_else(|| Error::msg("cat", "needs at least one tensor"))?;
+        let first = tensors.first().ok_or_else(|| Error::msg("cat", "needs at least one tensor"))?;
         let d = normalize_dim(dim, first.rank(), "cat", first.shape())?;
-        check_devices("cat", tensors.iter().map(|t| t.device()), first.device())?;
+        let backend = same_backend("cat", tensors)?;
         let dtype = first.dtype();
         for t in tensors {
-            let same = t.rank() == first.rank()
-                && (0..t.rank()).all(|j| j == d || t.dims()[j] == first.dims()[j]);
+            let same = t.rank() == first.rank() && (0..t.rank()).all(|j| j == d || t.dims()[j] == first.dims()[j]);
             if !same {
-                return Err(Error::ShapeMismatch {
-                    op: "cat",
-                    lhs: first.shape().clone(),
-                    rhs: t.shape().clone(),
-                });
+                return Err(Error::ShapeMismatch { op: "cat", lhs: first.shape().clone(), rhs: t.shape().clone() });
             }
             if t.dtype() != dtype {
-                return Err(Error::DType {
-                    op: "cat",
-                    got: t.dtype(),
-                    expected: "one dtype for all inputs",
-                });
+                return Err(Error::DType { op: "cat", got: t.dtype(), expected: "one dtype for all inputs" });
             }
         }
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[d]).collect();
         let (o, _, i) = split3(first.dims(), d);
         let mut out_dims = first.dims().to_vec();
         out_dims[d] = sizes.iter().sum();
-        if dtype == DType::I64 {
-            let parts: Vec<Vec<i64>> = tensors
-                .iter()
-                .map(|t| t.i64_contiguous("cat"))
-                .collect::<Result<_>>()?;
-            let refs: Vec<&[i64]> = parts.iter().map(|p| p.as_slice()).collect();
-            return Ok(Tensor::from_vec(k::concat(&refs, o, &sizes, i), out_dims));
+        let dense: Vec<Tensor> = tensors.iter().map(|t| t.dense("cat")).collect::<Result<_>>()?;
+        let guards: Vec<_> = dense.iter().map(|t| t.storage()).collect();
+        let parts: Vec<&dyn firebrand_tensor::backend::BackendStorage> = guards.iter().map(|g| &***g).collect();
+        let out = Tensor::from_backend(backend.concat(&parts, o, &sizes, i)?, out_dims);
+        drop(guards);
+        if dtype != DType::F32 {
+            return Ok(out);
         }
-        let parts: Vec<Vec<f32>> = tensors
-            .iter()
-            .map(|t| t.f32_contiguous("cat"))
-            .collect::<Result<_>>()?;
-        let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
-        let out = Tensor::from_vec(k::concat(&refs, o, &sizes, i), out_dims);
         Ok(record(out, "cat", tensors, move |_, g| {
             let mut start = 0;
             sizes
@@ -256,22 +212,13 @@ impl Tensor {
     /// # Errors
     /// On an empty list or any shape mismatch.
     pub fn try_stack(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors
-            .first()
-            .ok_or_else(|| Error::msg("stack", "needs at least one tensor"))?;
+        let first = tensors.first().ok_or_else(|| Error::msg("stack", "needs at least one tensor"))?;
         for t in tensors {
             if t.shape() != first.shape() {
-                return Err(Error::ShapeMismatch {
-                    op: "stack",
-                    lhs: first.shape().clone(),
-                    rhs: t.shape().clone(),
-                });
+                return Err(Error::ShapeMismatch { op: "stack", lhs: first.shape().clone(), rhs: t.shape().clone() });
             }
         }
-        let expanded: Vec<Tensor> = tensors
-            .iter()
-            .map(|t| t.try_unsqueeze(dim))
-            .collect::<Result<_>>()?;
+        let expanded: Vec<Tensor> = tensors.iter().map(|t| t.try_unsqueeze(dim)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         Tensor::try_cat(&refs, dim)
     }
@@ -285,15 +232,17 @@ impl Tensor {
         Tensor::try_stack(tensors, dim).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// One-hot encoding of an `i64` tensor: shape `(…, classes)`, `f32`.
+    /// One-hot encoding of an `i64` tensor: shape `(…, classes)`, `f32`, on
+    /// the same device (built on the host: labels are small).
     ///
     /// # Errors
     /// When the tensor is not `i64` or an index is outside `0..classes`.
     pub fn try_one_hot(&self, classes: usize) -> Result<Tensor> {
-        let iv = self.i64_contiguous("one_hot")?;
+        check_i64("one_hot", self)?;
         let mut dims = self.dims().to_vec();
         dims.push(classes);
-        Ok(Tensor::from_vec(k::one_hot(&iv, classes)?, dims))
+        let hot = firebrand_ops::index::one_hot(&self.to_vec::<i64>(), classes)?;
+        Tensor::from_vec(hot, dims).to_device(self.device())
     }
 
     panicking!(

@@ -25,28 +25,17 @@ pub(crate) fn record(
     if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
         return out;
     }
-    let grad_fn = GradFn {
-        name,
-        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
-        backward: Box::new(backward),
-    };
+    let grad_fn = GradFn { name, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) };
     Tensor::from_parts(out.0.storage.clone(), out.0.layout.clone(), Some(grad_fn))
 }
 
 /// Normalizes a list of possibly negative dims, rejecting duplicates.
-pub(crate) fn normalize_dims(
-    op: &'static str,
-    dims: &[isize],
-    shape: &Shape,
-) -> Result<Vec<usize>> {
+pub(crate) fn normalize_dims(op: &'static str, dims: &[isize], shape: &Shape) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(dims.len());
     for &d in dims {
         let n = normalize_dim(d, shape.rank(), op, shape)?;
         if out.contains(&n) {
-            return Err(Error::msg(
-                op,
-                format!("dimension {d} given twice for shape {shape:?}"),
-            ));
+            return Err(Error::msg(op, format!("dimension {d} given twice for shape {shape:?}")));
         }
         out.push(n);
     }

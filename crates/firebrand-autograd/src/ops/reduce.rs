@@ -4,22 +4,15 @@
 
 use super::{normalize_dims, panicking, record};
 use crate::tensor::Tensor;
-use firebrand_ops::reduce::{ReduceOp, Reduced, reduce};
+use firebrand_ops::reduce::ReduceOp;
 use firebrand_tensor::{Error, Result, Shape};
 
 impl Tensor {
     /// Output shape of reducing `axes`, with or without the reduced dims kept as 1.
     fn reduced_shape(&self, axes: &[bool], keepdim: bool) -> Shape {
         let dims = self.dims();
-        let v: Vec<usize> = (0..dims.len())
-            .filter_map(|d| {
-                if axes[d] {
-                    keepdim.then_some(1)
-                } else {
-                    Some(dims[d])
-                }
-            })
-            .collect();
+        let v: Vec<usize> =
+            (0..dims.len()).filter_map(|d| if axes[d] { keepdim.then_some(1) } else { Some(dims[d]) }).collect();
         v.into()
     }
 
@@ -32,12 +25,8 @@ impl Tensor {
 
     fn reduce_forward(&self, op: ReduceOp, axes: &[bool], keepdim: bool) -> Result<Tensor> {
         let shape = self.reduced_shape(axes, keepdim);
-        Ok(
-            match self.with_f32(op.name(), |d, l| reduce(op, d, l, axes))? {
-                Reduced::Values(v) => Tensor::from_vec(v, shape),
-                Reduced::Indices(v) => Tensor::from_vec(v, shape),
-            },
-        )
+        let out = self.backend(op.name())?.reduce(op, &**self.storage(), self.layout(), axes)?;
+        Ok(Tensor::from_backend(out, shape))
     }
 
     /// Sum over `dims` (negative dims count from the end).
@@ -50,11 +39,7 @@ impl Tensor {
         let in_shape = self.shape().clone();
         let kept = self.reduced_shape(&axes, true);
         Ok(record(out, "sum", &[self], move |_, g| {
-            vec![Some(
-                g.reshape(kept.clone())
-                    .broadcast_to(in_shape.clone())
-                    .contiguous(),
-            )]
+            vec![Some(g.reshape(kept.clone()).broadcast_to(in_shape.clone()).contiguous())]
         }))
     }
 
@@ -75,13 +60,7 @@ impl Tensor {
     /// As [`Tensor::try_sum`].
     pub fn try_mean(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
         let axes = self.axes_of("mean", dims)?;
-        let n: usize = self
-            .dims()
-            .iter()
-            .zip(&axes)
-            .filter(|(_, a)| **a)
-            .map(|(d, _)| d)
-            .product();
+        let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
         Ok(self.try_sum(dims, keepdim)?.affine(1.0 / n as f32, 0.0))
     }
 
@@ -169,19 +148,10 @@ impl Tensor {
     /// As [`Tensor::try_sum`].
     pub fn try_var(&self, dims: &[isize], correction: usize, keepdim: bool) -> Result<Tensor> {
         let axes = self.axes_of("var", dims)?;
-        let n: usize = self
-            .dims()
-            .iter()
-            .zip(&axes)
-            .filter(|(_, a)| **a)
-            .map(|(d, _)| d)
-            .product();
+        let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
         let centered = self.try_sub(&self.try_mean(dims, true)?)?;
         let denom = n.saturating_sub(correction) as f32;
-        Ok(centered
-            .square()
-            .try_sum(dims, keepdim)?
-            .affine(1.0 / denom, 0.0))
+        Ok(centered.square().try_sum(dims, keepdim)?.affine(1.0 / denom, 0.0))
     }
 
     panicking!(
@@ -206,11 +176,7 @@ impl Tensor {
         }
         let (r, sr) = (self.rank(), shape.rank());
         if sr > r {
-            return Err(Error::ShapeMismatch {
-                op: "sum_to",
-                lhs: self.shape().clone(),
-                rhs: shape.clone(),
-            });
+            return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
         }
         let lead = r - sr;
         let mut dims: Vec<isize> = (0..lead as isize).collect();
@@ -219,11 +185,7 @@ impl Tensor {
             if s == 1 && d != 1 {
                 dims.push((lead + i) as isize);
             } else if s != d {
-                return Err(Error::ShapeMismatch {
-                    op: "sum_to",
-                    lhs: self.shape().clone(),
-                    rhs: shape.clone(),
-                });
+                return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
             }
         }
         self.try_sum(&dims, true)?.try_reshape(shape.clone())

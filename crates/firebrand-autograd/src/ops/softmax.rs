@@ -3,9 +3,6 @@
 
 use super::{panicking, record};
 use crate::tensor::Tensor;
-use firebrand_ops::softmax::{
-    log_softmax_backward_rows, log_softmax_rows, softmax_backward_rows, softmax_rows,
-};
 use firebrand_tensor::{Result, normalize_dim};
 
 impl Tensor {
@@ -15,34 +12,17 @@ impl Tensor {
         let last = self.rank().saturating_sub(1);
         if self.rank() > 0 && d != last {
             // Move `dim` last, compute, move it back (autograd sees the transposes).
-            return Ok(self
-                .try_transpose(d as isize, -1)?
-                .softmax_impl(-1, log)?
-                .transpose(d as isize, -1));
+            return Ok(self.try_transpose(d as isize, -1)?.softmax_impl(-1, log)?.transpose(d as isize, -1));
         }
         let cols = self.dims().last().copied().unwrap_or(1);
-        let y = self.with_f32_contiguous(op, |x| {
-            if log {
-                log_softmax_rows(x, cols)
-            } else {
-                softmax_rows(x, cols)
-            }
-        })?;
-        let out = Tensor::from_vec(y, self.shape().clone());
+        let backend = self.backend(op)?;
+        let out = backend.softmax(&**self.storage(), self.layout(), log)?;
+        let out = Tensor::from_backend(out, self.shape().clone());
         Ok(record(out, op, &[self], move |y, g| {
-            let dx = y
-                .with_f32_contiguous("softmax backward", |yv| {
-                    g.with_f32_contiguous("softmax backward", |gv| {
-                        if log {
-                            log_softmax_backward_rows(yv, gv, cols)
-                        } else {
-                            softmax_backward_rows(yv, gv, cols)
-                        }
-                    })
-                })
-                .and_then(|r| r)
-                .expect("softmax backward: f32 tensors");
-            vec![Some(Tensor::from_vec(dx, y.shape().clone()))]
+            let gd = g.dense(op).expect("softmax backward");
+            let dx =
+                backend.softmax_backward(&**y.storage(), &**gd.storage(), cols, log).expect("softmax backward: f32");
+            vec![Some(Tensor::from_backend(dx, y.shape().clone()))]
         }))
     }
 

@@ -4,7 +4,7 @@
 
 use super::record;
 use crate::tensor::Tensor;
-use firebrand_ops::unary::{UnaryOp, unary_backward, unary_map};
+use firebrand_ops::unary::UnaryOp;
 use firebrand_tensor::Result;
 
 impl Tensor {
@@ -13,20 +13,17 @@ impl Tensor {
     /// # Errors
     /// When the tensor is not `f32`.
     pub fn try_unary(&self, op: UnaryOp) -> Result<Tensor> {
-        let out = self.with_f32(op.name(), |d, l| unary_map(op, d, l))?;
-        let out = Tensor::from_vec(out, self.shape().clone());
+        let backend = self.backend(op.name())?;
+        let out = backend.unary(op, &**self.storage(), self.layout())?;
+        let out = Tensor::from_backend(out, self.shape().clone());
         let x = self.detach();
         Ok(record(out, op.name(), &[self], move |y, g| {
-            let dx = x
-                .with_f32_contiguous(op.name(), |xv| {
-                    y.with_f32_contiguous(op.name(), |yv| {
-                        g.with_f32_contiguous(op.name(), |gv| unary_backward(op, xv, yv, gv))
-                    })
-                })
-                .and_then(|r| r)
-                .and_then(|r| r)
-                .expect("unary backward: f32 tensors");
-            vec![Some(Tensor::from_vec(dx, x.shape().clone()))]
+            let dense = |t: &Tensor| t.dense(op.name()).expect("unary backward");
+            let (xd, yd, gd) = (dense(&x), dense(y), dense(g));
+            let dx = backend
+                .unary_backward(op, &**xd.storage(), &**yd.storage(), &**gd.storage())
+                .expect("unary backward: f32 tensors on one device");
+            vec![Some(Tensor::from_backend(dx, x.shape().clone()))]
         }))
     }
 

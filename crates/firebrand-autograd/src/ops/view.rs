@@ -4,7 +4,7 @@
 
 use super::{normalize_dims, panicking, record};
 use crate::tensor::Tensor;
-use firebrand_tensor::{CpuStorage, Error, Layout, Result, Shape, normalize_dim};
+use firebrand_tensor::{Error, Layout, Result, Shape, normalize_dim};
 
 impl Tensor {
     /// A tensor with the same elements in row-major order and another shape of
@@ -15,11 +15,7 @@ impl Tensor {
     pub fn try_reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.elem_count() != self.elem_count() {
-            return Err(Error::ShapeMismatch {
-                op: "reshape",
-                lhs: self.shape().clone(),
-                rhs: shape,
-            });
+            return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape().clone(), rhs: shape });
         }
         if &shape == self.shape() {
             return Ok(self.clone());
@@ -32,9 +28,7 @@ impl Tensor {
             }
         };
         let in_shape = self.shape().clone();
-        Ok(record(out, "reshape", &[self], move |_, g| {
-            vec![Some(g.reshape(in_shape.clone()))]
-        }))
+        Ok(record(out, "reshape", &[self], move |_, g| vec![Some(g.reshape(in_shape.clone()))]))
     }
 
     /// See [`Tensor::try_reshape`].
@@ -57,10 +51,7 @@ impl Tensor {
         let s = normalize_dim(start, self.rank(), "flatten", self.shape())?;
         let e = normalize_dim(end, self.rank(), "flatten", self.shape())?;
         if s > e {
-            return Err(Error::msg(
-                "flatten",
-                format!("start dim {start} after end dim {end}"),
-            ));
+            return Err(Error::msg("flatten", format!("start dim {start} after end dim {end}")));
         }
         let d = self.dims();
         let mut nd: Vec<usize> = d[..s].to_vec();
@@ -84,9 +75,7 @@ impl Tensor {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        Ok(record(out, "permute", &[self], move |_, g| {
-            vec![Some(g.permute(&inv))]
-        }))
+        Ok(record(out, "permute", &[self], move |_, g| vec![Some(g.permute(&inv))]))
     }
 
     panicking!(
@@ -100,9 +89,7 @@ impl Tensor {
     /// When a dim is out of range.
     pub fn try_transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
         let out = self.view_with(self.layout().transpose(d0, d1)?);
-        Ok(record(out, "transpose", &[self], move |_, g| {
-            vec![Some(g.transpose(d0, d1))]
-        }))
+        Ok(record(out, "transpose", &[self], move |_, g| vec![Some(g.transpose(d0, d1))]))
     }
 
     panicking!(
@@ -116,12 +103,7 @@ impl Tensor {
     /// When the tensor is not 2-D.
     #[track_caller]
     pub fn t(&self) -> Tensor {
-        assert_eq!(
-            self.rank(),
-            2,
-            "t: expects a 2-D tensor, got shape {:?}",
-            self.shape()
-        );
+        assert_eq!(self.rank(), 2, "t: expects a 2-D tensor, got shape {:?}", self.shape());
         self.transpose(0, 1)
     }
 
@@ -168,10 +150,7 @@ impl Tensor {
         }
         let size = self.shape().dim(dim)?;
         let step = size.div_ceil(n).max(1);
-        (0..size)
-            .step_by(step)
-            .map(|s| self.try_narrow(dim, s, step.min(size - s)))
-            .collect()
+        (0..size).step_by(step).map(|s| self.try_narrow(dim, s, step.min(size - s))).collect()
     }
 
     panicking!(
@@ -190,9 +169,7 @@ impl Tensor {
         }
         let out = self.view_with(self.layout().broadcast_as(&shape)?);
         let in_shape = self.shape().clone();
-        Ok(record(out, "broadcast_to", &[self], move |_, g| {
-            vec![Some(g.sum_to(&in_shape))]
-        }))
+        Ok(record(out, "broadcast_to", &[self], move |_, g| vec![Some(g.sum_to(&in_shape))]))
     }
 
     /// See [`Tensor::try_broadcast_to`] (PyTorch's `expand`).
@@ -201,8 +178,7 @@ impl Tensor {
     /// When the shapes do not broadcast.
     #[track_caller]
     pub fn broadcast_to(&self, shape: impl Into<Shape>) -> Tensor {
-        self.try_broadcast_to(shape)
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.try_broadcast_to(shape).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Removes dim `dim`, which must have size 1 (a view).
@@ -223,9 +199,7 @@ impl Tensor {
         dims.remove(d);
         strides.remove(d);
         let out = self.view_with(Layout::new(dims.into(), strides, self.layout().offset())?);
-        Ok(record(out, "squeeze", &[self], move |_, g| {
-            vec![Some(g.unsqueeze(d as isize))]
-        }))
+        Ok(record(out, "squeeze", &[self], move |_, g| vec![Some(g.unsqueeze(d as isize))]))
     }
 
     panicking!(
@@ -241,17 +215,11 @@ impl Tensor {
         let d = normalize_dim(dim, self.rank() + 1, "unsqueeze", self.shape())?;
         let mut dims = self.dims().to_vec();
         let mut strides = self.layout().strides().to_vec();
-        let stride = if d < dims.len() {
-            strides[d] * dims[d]
-        } else {
-            1
-        };
+        let stride = if d < dims.len() { strides[d] * dims[d] } else { 1 };
         dims.insert(d, 1);
         strides.insert(d, stride);
         let out = self.view_with(Layout::new(dims.into(), strides, self.layout().offset())?);
-        Ok(record(out, "unsqueeze", &[self], move |_, g| {
-            vec![Some(g.squeeze(d as isize))]
-        }))
+        Ok(record(out, "unsqueeze", &[self], move |_, g| vec![Some(g.squeeze(d as isize))]))
     }
 
     panicking!(
@@ -265,12 +233,11 @@ impl Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        let storage = match &*self.storage() {
-            CpuStorage::F32(v) => CpuStorage::F32(firebrand_ops::contiguous_f32(v, self.layout())),
-            CpuStorage::I64(v) => CpuStorage::I64(firebrand_ops::contiguous(v, self.layout())),
-            _ => unreachable!("every storage type is handled"),
-        };
-        let out = Tensor::from_storage(storage, self.shape().clone());
+        let out = self
+            .backend("contiguous")
+            .and_then(|b| b.contiguous(&**self.storage(), self.layout()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = Tensor::from_backend(out, self.shape().clone());
         record(out, "contiguous", &[self], |_, g| vec![Some(g.clone())])
     }
 }

@@ -74,20 +74,12 @@ pub(super) unsafe fn gemm(
     accumulate: bool,
     parallel: bool,
 ) {
-    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { rayon::current_num_threads() } else { 1 };
     let cptr = SendPtr(c.as_mut_ptr());
     let n_panels = n.div_ceil(NR);
     let n_blocks = n.div_ceil(NCB_MAX).max(threads).min(n_panels);
     let m_panels = m.div_ceil(MR);
-    let row_splits = if n_blocks < threads {
-        threads.div_ceil(n_blocks).min(m_panels)
-    } else {
-        1
-    };
+    let row_splits = if n_blocks < threads { threads.div_ceil(n_blocks).min(m_panels) } else { 1 };
     let task = |t: usize| {
         let (blk, rs) = (t / row_splits, t % row_splits);
         let (q0, q1) = (blk * n_panels / n_blocks, (blk + 1) * n_panels / n_blocks);
@@ -103,10 +95,7 @@ pub(super) unsafe fn gemm(
             let mut bp = bp.borrow_mut();
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let bsub = MatRef {
-                    offset: b.offset + pc * b.rs + j0 * b.cs,
-                    ..b
-                };
+                let bsub = MatRef { offset: b.offset + pc * b.rs + j0 * b.cs, ..b };
                 let (bptr, rsb, panel_stride): (*const f32, usize, usize) = if direct_b {
                     (b.data[bsub.offset..].as_ptr(), b.rs, NR)
                 } else {
@@ -208,11 +197,7 @@ unsafe fn kernel<const MASKED: bool>(
     nr: usize,
 ) {
     unsafe {
-        let m0: __mmask16 = if nr >= 16 {
-            0xffff
-        } else {
-            ((1u32 << nr) - 1) as u16
-        };
+        let m0: __mmask16 = if nr >= 16 { 0xffff } else { ((1u32 << nr) - 1) as u16 };
         let m1: __mmask16 = if nr >= 32 {
             0xffff
         } else if nr > 16 {
@@ -229,10 +214,7 @@ unsafe fn kernel<const MASKED: bool>(
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let (b0, b1) = if MASKED {
-                (
-                    _mm512_maskz_loadu_ps(m0, b),
-                    _mm512_maskz_loadu_ps(m1, b.add(16)),
-                )
+                (_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16)))
             } else {
                 (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
             };

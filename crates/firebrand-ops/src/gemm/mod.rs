@@ -26,21 +26,12 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major matrix with `cols` columns starting at the buffer's start.
     pub fn row_major(data: &'a [f32], cols: usize) -> Self {
-        MatRef {
-            data,
-            offset: 0,
-            rs: cols,
-            cs: 1,
-        }
+        MatRef { data, offset: 0, rs: cols, cs: 1 }
     }
 
     /// The same matrix transposed (a view: strides swapped).
     pub fn t(self) -> Self {
-        MatRef {
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
+        MatRef { rs: self.cs, cs: self.rs, ..self }
     }
 
     fn check(&self, rows: usize, cols: usize, what: &str) {
@@ -60,11 +51,7 @@ impl<'a> MatRef<'a> {
 
 /// Which gemm implementation this CPU uses.
 pub fn gemm_backend() -> &'static str {
-    if use_avx512() {
-        "firebrand-avx512"
-    } else {
-        "matrixmultiply"
-    }
+    if use_avx512() { "firebrand-avx512" } else { "matrixmultiply" }
 }
 
 fn use_avx512() -> bool {
@@ -72,9 +59,7 @@ fn use_avx512() -> bool {
     {
         static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *FLAG.get_or_init(|| {
-            std::env::var("FIREBRAND_GEMM")
-                .map(|v| v != "matrixmultiply")
-                .unwrap_or(true)
+            std::env::var("FIREBRAND_GEMM").map(|v| v != "matrixmultiply").unwrap_or(true)
                 && std::arch::is_x86_feature_detected!("avx512f")
         })
     }
@@ -101,32 +86,14 @@ fn use_avx512() -> bool {
 /// assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
 /// ```
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: MatRef,
-    b: MatRef,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
+pub fn gemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
     gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, true)
 }
 
 /// [`gemm`] on the calling thread only (for callers that parallelize outside,
 /// such as batched matmul over many small matrices).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_serial(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: MatRef,
-    b: MatRef,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
+pub fn gemm_serial(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
     gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, false)
 }
 
@@ -146,11 +113,7 @@ fn gemm_with_threads(
         return;
     }
     assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
-    assert!(
-        c.len() >= (m - 1) * ldc + n,
-        "gemm: output buffer of {} too small for {m}x{n}",
-        c.len()
-    );
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output buffer of {} too small for {m}x{n}", c.len());
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -198,8 +161,7 @@ pub fn gemm_reference(m: usize, k: usize, n: usize, a: MatRef, b: MatRef) -> Vec
         for j in 0..n {
             let mut s = 0.0f64;
             for p in 0..k {
-                s += a.data[a.offset + i * a.rs + p * a.cs] as f64
-                    * b.data[b.offset + p * b.rs + j * b.cs] as f64;
+                s += a.data[a.offset + i * a.rs + p * a.cs] as f64 * b.data[b.offset + p * b.rs + j * b.cs] as f64;
             }
             c[i * n + j] = s as f32;
         }
@@ -228,34 +190,14 @@ mod tests {
         let bv = data(k * n + 5, 2);
         // Offsets of 3 and 5 test non-zero starting positions.
         let a = if ta {
-            MatRef {
-                data: &av,
-                offset: 3,
-                rs: 1,
-                cs: m,
-            }
+            MatRef { data: &av, offset: 3, rs: 1, cs: m }
         } else {
-            MatRef {
-                data: &av,
-                offset: 3,
-                rs: k,
-                cs: 1,
-            }
+            MatRef { data: &av, offset: 3, rs: k, cs: 1 }
         };
         let b = if tb {
-            MatRef {
-                data: &bv,
-                offset: 5,
-                rs: 1,
-                cs: k,
-            }
+            MatRef { data: &bv, offset: 5, rs: 1, cs: k }
         } else {
-            MatRef {
-                data: &bv,
-                offset: 5,
-                rs: n,
-                cs: 1,
-            }
+            MatRef { data: &bv, offset: 5, rs: n, cs: 1 }
         };
         let want = gemm_reference(m, k, n, a, b);
         let ldc = n + 2;
@@ -313,28 +255,10 @@ mod tests {
     #[test]
     fn zero_k_overwrites_or_keeps() {
         let mut c = vec![5.0; 4];
-        gemm(
-            2,
-            0,
-            2,
-            MatRef::row_major(&[], 0),
-            MatRef::row_major(&[], 2),
-            &mut c,
-            2,
-            false,
-        );
+        gemm(2, 0, 2, MatRef::row_major(&[], 0), MatRef::row_major(&[], 2), &mut c, 2, false);
         assert_eq!(c, vec![0.0; 4]);
         let mut c = vec![5.0; 4];
-        gemm(
-            2,
-            0,
-            2,
-            MatRef::row_major(&[], 0),
-            MatRef::row_major(&[], 2),
-            &mut c,
-            2,
-            true,
-        );
+        gemm(2, 0, 2, MatRef::row_major(&[], 0), MatRef::row_major(&[], 2), &mut c, 2, true);
         assert_eq!(c, vec![5.0; 4]);
     }
 
@@ -343,15 +267,6 @@ mod tests {
     fn overrun_panics() {
         let a = [0.0; 3];
         let mut c = [0.0; 4];
-        gemm(
-            2,
-            2,
-            2,
-            MatRef::row_major(&a, 2),
-            MatRef::row_major(&a, 2),
-            &mut c,
-            2,
-            false,
-        );
+        gemm(2, 2, 2, MatRef::row_major(&a, 2), MatRef::row_major(&a, 2), &mut c, 2, false);
     }
 }

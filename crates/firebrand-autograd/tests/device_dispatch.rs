@@ -1,0 +1,186 @@
+//! The device seam: a second device registered through the `Backend` trait
+//! (here a proxy that keeps its buffers in a different storage type and counts
+//! the primitive calls it serves) runs the same user code, and mixing devices
+//! in one op is a clear error.
+
+use firebrand_autograd::{Device, Error, Tensor};
+use firebrand_ops::CPU;
+use firebrand_tensor::backend::{Backend, BackendStorage, Storage, register_backend};
+use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
+use firebrand_tensor::{CpuStorage, DType, Layout, Result};
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const DEV: Device = Device::Wgpu(7);
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug)]
+struct Proxy(Storage);
+
+impl BackendStorage for Proxy {
+    fn device(&self) -> Device {
+        DEV
+    }
+    fn dtype(&self) -> DType {
+        self.0.dtype()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn to_cpu(&self) -> CpuStorage {
+        self.0.to_cpu()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+fn inner(s: &dyn BackendStorage) -> &dyn BackendStorage {
+    &*s.as_any().downcast_ref::<Proxy>().expect("a proxy-device storage").0
+}
+
+fn wrap(r: Result<Storage>) -> Result<Storage> {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    Ok(Box::new(Proxy(r?)))
+}
+
+struct ProxyBackend;
+
+impl Backend for ProxyBackend {
+    fn device(&self) -> Device {
+        DEV
+    }
+    fn upload(&self, data: CpuStorage) -> Result<Storage> {
+        wrap(CPU.upload(data))
+    }
+    fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
+        wrap(CPU.contiguous(inner(x), l))
+    }
+    fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
+        wrap(CPU.unary(op, inner(x), l))
+    }
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        wrap(CPU.unary_backward(op, inner(x), inner(y), inner(g)))
+    }
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &dyn BackendStorage,
+        la: &Layout,
+        b: &dyn BackendStorage,
+        lb: &Layout,
+    ) -> Result<Storage> {
+        wrap(CPU.binary(op, inner(a), la, inner(b), lb))
+    }
+    fn reduce(&self, op: ReduceOp, x: &dyn BackendStorage, l: &Layout, axes: &[bool]) -> Result<Storage> {
+        wrap(CPU.reduce(op, inner(x), l, axes))
+    }
+    fn matmul(&self, a: &dyn BackendStorage, la: &Layout, b: &dyn BackendStorage, lb: &Layout) -> Result<Storage> {
+        wrap(CPU.matmul(inner(a), la, inner(b), lb))
+    }
+    fn softmax(&self, x: &dyn BackendStorage, l: &Layout, log: bool) -> Result<Storage> {
+        wrap(CPU.softmax(inner(x), l, log))
+    }
+    fn softmax_backward(
+        &self,
+        y: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        cols: usize,
+        log: bool,
+    ) -> Result<Storage> {
+        wrap(CPU.softmax_backward(inner(y), inner(g), cols, log))
+    }
+    fn index_select(&self, x: &dyn BackendStorage, l: &Layout, d: usize, idx: &dyn BackendStorage) -> Result<Storage> {
+        wrap(CPU.index_select(inner(x), l, d, inner(idx)))
+    }
+    fn index_add(
+        &self,
+        src: &dyn BackendStorage,
+        o: usize,
+        n: usize,
+        i: usize,
+        idx: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        wrap(CPU.index_add(inner(src), o, n, i, inner(idx)))
+    }
+    fn gather(
+        &self,
+        x: &dyn BackendStorage,
+        o: usize,
+        n: usize,
+        i: usize,
+        index: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        wrap(CPU.gather(inner(x), o, n, i, inner(index)))
+    }
+    fn scatter_add(
+        &self,
+        src: &dyn BackendStorage,
+        o: usize,
+        n: usize,
+        i: usize,
+        index: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        wrap(CPU.scatter_add(inner(src), o, n, i, inner(index)))
+    }
+    fn concat(&self, parts: &[&dyn BackendStorage], o: usize, sizes: &[usize], i: usize) -> Result<Storage> {
+        let parts: Vec<&dyn BackendStorage> = parts.iter().map(|p| inner(*p)).collect();
+        wrap(CPU.concat(&parts, o, sizes, i))
+    }
+    fn where_select(&self, c: &dyn BackendStorage, a: &dyn BackendStorage, b: &dyn BackendStorage) -> Result<Storage> {
+        wrap(CPU.where_select(inner(c), inner(a), inner(b)))
+    }
+}
+
+#[test]
+fn same_code_runs_on_a_registered_device() {
+    // Before registration the device is reported unavailable.
+    let x = Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75], [2, 3]);
+    if !matches!(x.to_device(Device::Wgpu(8)), Err(Error::DeviceUnavailable { .. })) {
+        panic!("an unregistered device must be unavailable");
+    }
+    register_backend(Box::new(ProxyBackend));
+
+    let model = |x: &Tensor, w: &Tensor, labels: &Tensor| -> Tensor {
+        let logits = x.matmul(w).tanh();
+        let logp = logits.log_softmax(-1);
+        let picked = logp.gather(1, labels);
+        -picked.mean_all() + w.square().sum_all() * 0.01
+    };
+    let w_cpu = Tensor::from_vec(vec![0.1f32, -0.2, 0.3, 0.4, 0.5, -0.6, 0.7, -0.8, 0.9, 0.2, -0.1, 0.05], [3, 4])
+        .requires_grad_(true);
+    let labels_cpu = Tensor::from_vec(vec![1i64, 3], [2, 1]);
+    let loss_cpu = model(&x, &w_cpu, &labels_cpu);
+    loss_cpu.backward();
+
+    let before = CALLS.load(Ordering::Relaxed);
+    let xd = x.to_device(DEV).unwrap();
+    let wd = w_cpu.detach().to_device(DEV).unwrap().requires_grad_(true);
+    let labels = labels_cpu.to_device(DEV).unwrap();
+    assert_eq!(xd.device(), DEV);
+    let loss = model(&xd, &wd, &labels);
+    assert_eq!(loss.device(), DEV);
+    loss.backward();
+    assert!(CALLS.load(Ordering::Relaxed) > before + 10, "the ops ran through the device's backend");
+    assert_eq!(loss.to_vec::<f32>(), loss_cpu.to_vec::<f32>());
+    let g = wd.grad().unwrap();
+    assert_eq!(g.device(), DEV);
+    assert_eq!(g.to_vec::<f32>(), w_cpu.grad().unwrap().to_vec::<f32>());
+    assert_eq!(xd.to_device(Device::Cpu).unwrap().device(), Device::Cpu);
+
+    // Mixing devices in one op is an error that names the op and both devices.
+    let e = xd.try_add(&x).unwrap_err();
+    assert_eq!(e.to_string(), "add: tensors on different devices (Wgpu(7) and Cpu)");
+    assert!(matches!(xd.try_matmul(&w_cpu), Err(Error::DeviceMismatch { op: "matmul", .. })));
+    // Host-only in-place updates refuse device tensors.
+    assert!(matches!(xd.update_f32("sgd", |_| {}), Err(Error::DeviceUnavailable { .. })));
+}

@@ -1,0 +1,219 @@
+//! The device-dispatch seam: the primitive op set a backend implements.
+//!
+//! A tensor's storage is a `Box<dyn BackendStorage>` owned by the backend of
+//! its device. Every op of the `Tensor` API reaches its device's kernels only
+//! through the [`Backend`] trait, so a new device (the optional wgpu crate) is
+//! one more implementation of this trait plus a call to [`register_backend`],
+//! and user code does not change. The CPU backend is `firebrand_ops::CpuBackend`.
+//!
+//! Layout conventions: operands come with their [`Layout`]s (any strides);
+//! outputs are new contiguous storages. Binary and matmul operands arrive
+//! already broadcast to a common shape (broadcast dims have stride 0).
+//! Index arguments are `i64` storages.
+
+use crate::op::{BinaryOp, ReduceOp, UnaryOp};
+use crate::{CpuStorage, DType, Device, Error, Layout, Result};
+use std::any::Any;
+use std::sync::RwLock;
+
+/// A buffer owned by a backend.
+pub trait BackendStorage: Any + Send + Sync + std::fmt::Debug {
+    /// The device holding the buffer.
+    fn device(&self) -> Device;
+    /// The element type.
+    fn dtype(&self) -> DType;
+    /// Number of elements in the buffer.
+    fn len(&self) -> usize;
+    /// True when the buffer is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A host copy of the whole buffer.
+    fn to_cpu(&self) -> CpuStorage;
+    /// For downcasting to the concrete storage type.
+    fn as_any(&self) -> &dyn Any;
+    /// For downcasting to the concrete storage type, mutably.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A backend-owned buffer.
+pub type Storage = Box<dyn BackendStorage>;
+
+/// The primitive op set every device implements. Composite ops (softmax's
+/// reference form, GELU, layer norm, losses) are written from these in the
+/// autograd crate and need no backend code.
+pub trait Backend: Send + Sync {
+    /// The device this backend serves.
+    fn device(&self) -> Device;
+    /// Copies host data onto the device.
+    ///
+    /// # Errors
+    /// When the device cannot allocate.
+    fn upload(&self, data: CpuStorage) -> Result<Storage>;
+    /// The elements of `l` in row-major order.
+    ///
+    /// # Errors
+    /// Backend-specific failures.
+    fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage>;
+    /// An elementwise unary op from the table.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage>;
+    /// `g · op'(x, y)` for contiguous `x`, `y = op(x)` and `g` of equal length.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+    ) -> Result<Storage>;
+    /// An elementwise binary op over two layouts of one (broadcast) shape.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &dyn BackendStorage,
+        la: &Layout,
+        b: &dyn BackendStorage,
+        lb: &Layout,
+    ) -> Result<Storage>;
+    /// Reduces the dims flagged in `axes`; `f32` values, or `i64` indices for the arg ops.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn reduce(&self, op: ReduceOp, x: &dyn BackendStorage, l: &Layout, axes: &[bool]) -> Result<Storage>;
+    /// Batched matrix product of `(…, m, k)` and `(…, k, n)` layouts with equal batch dims.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn matmul(&self, a: &dyn BackendStorage, la: &Layout, b: &dyn BackendStorage, lb: &Layout) -> Result<Storage>;
+    /// Softmax (or log-softmax) over the last dim.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn softmax(&self, x: &dyn BackendStorage, l: &Layout, log: bool) -> Result<Storage>;
+    /// Backward of [`Backend::softmax`] from its contiguous output `y` and gradient `g`, rows of `cols`.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn softmax_backward(
+        &self,
+        y: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        cols: usize,
+        log: bool,
+    ) -> Result<Storage>;
+    /// `out[o, j, i] = x[o, idx[j], i]` with `x` viewed as `(outer, dim, inner)`.
+    ///
+    /// # Errors
+    /// On an index out of range.
+    fn index_select(&self, x: &dyn BackendStorage, l: &Layout, d: usize, idx: &dyn BackendStorage) -> Result<Storage>;
+    /// Zeros of `(outer, size, inner)` plus `src` (`(outer, idx.len(), inner)`, contiguous) added at rows `idx`.
+    ///
+    /// # Errors
+    /// On an index out of range.
+    fn index_add(
+        &self,
+        src: &dyn BackendStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        idx: &dyn BackendStorage,
+    ) -> Result<Storage>;
+    /// `out[o, j, i] = x[o, index[o, j, i], i]`; `x` of `(outer, size, inner)` contiguous.
+    ///
+    /// # Errors
+    /// On an index out of range.
+    fn gather(
+        &self,
+        x: &dyn BackendStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        index: &dyn BackendStorage,
+    ) -> Result<Storage>;
+    /// Zeros of `(outer, size, inner)` with `src[o, j, i]` added at `[o, index[o, j, i], i]`.
+    ///
+    /// # Errors
+    /// On an index out of range.
+    fn scatter_add(
+        &self,
+        src: &dyn BackendStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        index: &dyn BackendStorage,
+    ) -> Result<Storage>;
+    /// Concatenates contiguous `(outer, sizes[j], inner)` parts along the middle dim.
+    ///
+    /// # Errors
+    /// On mixed dtypes.
+    fn concat(&self, parts: &[&dyn BackendStorage], outer: usize, sizes: &[usize], inner: usize) -> Result<Storage>;
+    /// `cond != 0 ? a : b` over three contiguous buffers of equal length.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn where_select(
+        &self,
+        cond: &dyn BackendStorage,
+        a: &dyn BackendStorage,
+        b: &dyn BackendStorage,
+    ) -> Result<Storage>;
+}
+
+static REGISTRY: RwLock<Vec<&'static dyn Backend>> = RwLock::new(Vec::new());
+
+/// Makes a backend available to tensors on its device (called once by a
+/// device crate's `init`). A later registration for the same device replaces
+/// the earlier one.
+pub fn register_backend(backend: Box<dyn Backend>) {
+    let b: &'static dyn Backend = Box::leak(backend);
+    let mut reg = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|r| r.device() != b.device());
+    reg.push(b);
+}
+
+/// The registered backend of a non-CPU device.
+///
+/// # Errors
+/// [`Error::DeviceUnavailable`] when no backend serves `device`.
+pub fn registered_backend(device: Device, op: &'static str) -> Result<&'static dyn Backend> {
+    let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    reg.iter().copied().find(|b| b.device() == device).ok_or_else(|| Error::DeviceUnavailable {
+        op,
+        device,
+        msg: "no backend is registered for it (build with the `wgpu` feature and initialize the device)".into(),
+    })
+}
+
+impl BackendStorage for CpuStorage {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn dtype(&self) -> DType {
+        CpuStorage::dtype(self)
+    }
+    fn len(&self) -> usize {
+        CpuStorage::len(self)
+    }
+    fn to_cpu(&self) -> CpuStorage {
+        self.clone()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The CPU buffer behind a storage, if it is one.
+pub fn as_cpu(s: &dyn BackendStorage) -> Option<&CpuStorage> {
+    s.as_any().downcast_ref::<CpuStorage>()
+}
