@@ -70,5 +70,25 @@ fn softmax(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, reductions, softmax);
+/// Per-op overhead on tiny tensors (dispatch, allocation, autograd bookkeeping).
+fn overhead(c: &mut Criterion) {
+    let mut g = config(c, "overhead");
+    let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [4]);
+    let b = Tensor::from_vec(vec![0.5f32, 0.25, 2.0, 1.0], [4]);
+    let w = b.clone().requires_grad_(true);
+    g.bench_function("add_4", |x| x.iter(|| a.add(&b)));
+    g.bench_function("exp_4", |x| x.iter(|| a.exp()));
+    g.bench_function("sum_4", |x| x.iter(|| a.sum_all()));
+    g.bench_function("transpose_view", |x| x.iter(|| a.reshape([2, 2]).t()));
+    g.bench_function("mul_4_recorded", |x| x.iter(|| a.mul(&w)));
+    g.bench_function("mul_sum_backward_4", |x| {
+        x.iter(|| {
+            a.mul(&w).sum_all().backward();
+            w.zero_grad();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, reductions, softmax, overhead);
 criterion_main!(benches);

@@ -11,6 +11,11 @@ impl Tensor {
     /// Applies `op` after broadcasting both operands to a common shape (no autograd record).
     pub(crate) fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let backend = same_backend(op.name(), &[self, rhs])?;
+        if self.shape() == rhs.shape() {
+            // No broadcasting: the layouts go as they are.
+            let out = backend.binary(op, &**self.storage(), self.layout(), &**rhs.storage(), rhs.layout())?;
+            return Ok(Tensor::from_backend(out, self.shape().clone()));
+        }
         let shape = self.shape().broadcast_with(rhs.shape(), op.name())?;
         let ll = self.layout().broadcast_as(&shape)?;
         let rl = rhs.layout().broadcast_as(&shape)?;
