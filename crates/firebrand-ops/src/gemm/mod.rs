@@ -250,6 +250,9 @@ mod tests {
         check(300, 520, 270, false, false, false);
         check(64, 1000, 700, true, false, true);
         check(700, 300, 64, false, true, false);
+        // Depth beyond one KC block: partial sums accumulate across blocks.
+        check(100, 2500, 70, false, false, false);
+        check(30, 2100, 45, true, true, true);
     }
 
     #[test]
