@@ -84,6 +84,13 @@ impl Tensor {
         Tensor::from_parts(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), None)
     }
 
+    /// The view that undoes `permute(perm)` on a fresh (unrecorded) tensor.
+    pub(crate) fn unpermuted(&self, perm: &[usize]) -> Tensor {
+        let mut inv = vec![0; perm.len()];
+        perm.iter().enumerate().for_each(|(i, &p)| inv[p] = i);
+        self.view_with(self.layout().permute(&inv).expect("inverse of a permutation"))
+    }
+
     /// A view of this tensor's storage with another layout (no autograd record).
     pub(crate) fn view_with(&self, layout: Layout) -> Tensor {
         Tensor::from_parts(self.0.storage.clone(), layout, None)

@@ -69,6 +69,9 @@ fn binary_with_broadcasting_and_views() {
     let a = leaf(&[4, 3], 1.0, 0.0);
     let b = leaf(&[3, 6], 1.0, 2.0);
     check("mul-views", &[a, b], |t| t[0].t().mul(&t[1].narrow(1, 1, 4)));
+    // Both transposed the same way: computed in memory order, output keeps the order.
+    check("mul-both-transposed", &[leaf(&[4, 3], 1.0, 0.0), leaf(&[4, 3], 1.0, 0.5)], |t| t[0].t().mul(&t[1].t()));
+    check("exp-permuted", &[leaf(&[2, 3, 4], 1.0, 0.0)], |t| t[0].permute(&[2, 0, 1]).exp().sum(&[1], false));
     // Same tensor on both sides.
     check("square-by-mul", &[leaf(&[5], 1.0, 0.0)], |t| t[0].mul(&t[0]));
     // Scalar operators.

@@ -67,6 +67,19 @@ fn ops_values_on_awkward_shapes() {
 }
 
 #[test]
+fn elementwise_outputs_keep_a_permuted_inputs_order() {
+    let a = Tensor::arange(0.0, 6.0, 1.0).reshape([2, 3]);
+    let b = Tensor::arange(10.0, 16.0, 1.0).reshape([2, 3]);
+    let c = a.t().mul(&b.t());
+    assert_eq!(c.dims(), &[3, 2]);
+    assert!(!c.is_contiguous(), "the product of two transposes is itself transposed");
+    assert_eq!(c.to_vec::<f32>(), a.mul(&b).t().to_vec::<f32>());
+    let e = a.t().exp();
+    assert_eq!(e.layout().strides(), &[1, 3]);
+    assert_eq!(e.to_vec::<f32>(), a.exp().t().to_vec::<f32>());
+}
+
+#[test]
 fn shape_errors_name_the_op_and_shapes() {
     let a = Tensor::zeros([2, 3]);
     let b = Tensor::zeros([4]);

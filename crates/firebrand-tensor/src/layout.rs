@@ -74,6 +74,24 @@ impl Layout {
         true
     }
 
+    /// For a dense layout whose dimensions are merely reordered (a transposed
+    /// or permuted contiguous tensor), the permutation `p` such that
+    /// `self.permute(p)` is contiguous. `None` when the layout is already
+    /// contiguous, has gaps, or broadcasts.
+    ///
+    /// Elementwise ops use it to compute in memory order and give their output
+    /// the same dimension order, as PyTorch does.
+    pub fn dense_permutation(&self) -> Option<Vec<usize>> {
+        if self.is_contiguous() || self.shape.rank() < 2 {
+            return None;
+        }
+        let mut perm: Vec<usize> = (0..self.shape.rank()).collect();
+        // Larger strides first; size-1 dims go last so they cannot break the order.
+        perm.sort_by_key(|&d| (self.shape.dims()[d] == 1, std::cmp::Reverse(self.strides[d])));
+        let p = self.permute(&perm).ok()?;
+        p.is_contiguous().then_some(perm)
+    }
+
     /// If contiguous, the range of the buffer holding the elements.
     pub fn contiguous_range(&self) -> Option<std::ops::Range<usize>> {
         self.is_contiguous().then(|| self.offset..self.offset + self.elem_count())
@@ -281,6 +299,18 @@ mod tests {
         let v: Vec<usize> = r.strided_index().collect();
         let w: Vec<usize> = t.strided_index().collect();
         assert_eq!(v, w);
+    }
+
+    #[test]
+    fn dense_permutations() {
+        let l = Layout::contiguous([2, 3, 4]);
+        assert_eq!(l.dense_permutation(), None);
+        let p = l.permute(&[2, 0, 1]).unwrap();
+        let perm = p.dense_permutation().unwrap();
+        assert!(p.permute(&perm).unwrap().is_contiguous());
+        // Gaps and broadcasts are not dense.
+        assert_eq!(l.narrow(2, 0, 2).unwrap().transpose(0, 2).unwrap().dense_permutation(), None);
+        assert_eq!(Layout::contiguous([3, 1]).broadcast_as(&Shape::from([3, 4])).unwrap().dense_permutation(), None);
     }
 
     #[test]

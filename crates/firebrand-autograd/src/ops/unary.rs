@@ -14,8 +14,14 @@ impl Tensor {
     /// When the tensor is not `f32`.
     pub fn try_unary(&self, op: UnaryOp) -> Result<Tensor> {
         let backend = self.backend(op.name())?;
-        let out = backend.unary(op, &**self.storage(), self.layout())?;
-        let out = Tensor::from_backend(out, self.shape().clone());
+        let out = match self.layout().dense_permutation() {
+            // A permuted dense input maps in memory order; the output keeps its dim order.
+            Some(perm) => {
+                let l = self.layout().permute(&perm)?;
+                Tensor::from_backend(backend.unary(op, &**self.storage(), &l)?, l.shape().clone()).unpermuted(&perm)
+            }
+            None => Tensor::from_backend(backend.unary(op, &**self.storage(), self.layout())?, self.shape().clone()),
+        };
         let x = self.detach();
         Ok(record(out, op.name(), &[self], move |y, g| {
             let dense = |t: &Tensor| t.dense(op.name()).expect("unary backward");
