@@ -42,6 +42,8 @@ pub mod gemm;
 pub mod index;
 pub mod parallel;
 pub mod reduce;
+#[cfg(target_arch = "x86_64")]
+pub mod simd512;
 pub mod softmax;
 mod strided;
 pub mod unary;

@@ -11,6 +11,11 @@ fn row_max(x: &[f32]) -> f32 {
 
 /// Writes `exp(x - shift)` into `dst` and returns its sum.
 fn exp_shifted(x: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd512::available() {
+        // SAFETY: AVX-512F detected at run time.
+        return unsafe { crate::simd512::exp_shifted_sum(x, shift, dst) };
+    }
     let s = f32x8::splat(shift);
     let mut acc = f32x8::ZERO;
     let mut xs = x.chunks_exact(8);

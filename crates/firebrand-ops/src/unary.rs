@@ -29,6 +29,18 @@ fn simd(op: UnaryOp) -> Option<fn(f32x8) -> f32x8> {
 }
 
 fn map_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd512::supports(op) && crate::simd512::available() {
+        // SAFETY: AVX-512F detected at run time; the op is supported.
+        unsafe { crate::simd512::map(op, src, dst) };
+        return;
+    }
+    map_slice_portable(op, src, dst)
+}
+
+/// The portable path (`wide` SIMD or scalar); also the reference the AVX-512
+/// path is tested against.
+fn map_slice_portable(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
     if let Some(f) = simd(op) {
         let mut s = src.chunks_exact(8);
         let mut d = dst.chunks_exact_mut(8);
@@ -129,6 +141,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn simd_paths_match_scalar_on_wide_ranges() {
+        let mut xs: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.01).collect(); // [-20, 20]
+        xs.extend([
+            -104.0,
+            -100.0,
+            -88.0,
+            -0.625,
+            0.625,
+            0.624_99,
+            1e-20,
+            -1e-8,
+            88.0,
+            88.7,
+            100.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        let close = |op: UnaryOp, g: f32, x: f32| {
+            let w = op.apply(x);
+            let ok = g == w || (g.is_nan() && w.is_nan()) || (g - w).abs() <= 3e-7 + 2e-6 * w.abs();
+            assert!(ok, "{op:?}({x}) = {g}, reference {w}");
+        };
+        for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu, UnaryOp::Tanh, UnaryOp::Gelu, UnaryOp::GeluTanh] {
+            let mut out = vec![0.0; xs.len()];
+            map_slice_portable(op, &xs, &mut out);
+            xs.iter().zip(&out).for_each(|(&x, &g)| close(op, g, x));
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd512::available() {
+                // Odd lengths exercise the masked tail.
+                for len in [1, 15, 17, xs.len()] {
+                    let mut out = vec![0.0; len];
+                    unsafe { crate::simd512::map(op, &xs[..len], &mut out) };
+                    xs.iter().zip(&out).for_each(|(&x, &g)| close(op, g, x));
+                }
+            }
+        }
+        let nan = [f32::NAN; 3];
+        let mut out = [0.0; 3];
+        map_slice(UnaryOp::Exp, &nan, &mut out);
+        assert!(out.iter().all(|x| x.is_nan()));
     }
 
     #[test]
