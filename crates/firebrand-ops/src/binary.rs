@@ -3,11 +3,10 @@
 
 pub use firebrand_tensor::op::BinaryOp;
 
-use crate::parallel::PAR_MIN_ELEMS;
+use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut};
 use crate::strided::{coalesce, for_each_run};
 use firebrand_tensor::Layout;
 use firebrand_tensor::pool::take_f32;
-use rayon::prelude::*;
 
 macro_rules! dispatch {
     ($op:expr, $f:ident, $($arg:expr),*) => {
@@ -74,18 +73,18 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(
     if dims.len() == 1 {
         // A single run: split it across threads when large.
         let (oa, ob) = (ll.offset(), rl.offset());
-        if n >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
-            let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(PAR_MIN_ELEMS / 4);
-            out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| run(o, oa + c * chunk * sa, ob + c * chunk * sb));
+        if n >= PAR_MIN_ELEMS && num_threads() > 1 {
+            let chunk = n.div_ceil(num_threads() * 4).max(PAR_MIN_ELEMS / 4);
+            par_chunks_mut(&mut out, chunk, |c, o| run(o, oa + c * chunk * sa, ob + c * chunk * sb));
         } else {
             run(&mut out, oa, ob);
         }
         return out;
     }
-    if n >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
+    if n >= PAR_MIN_ELEMS && num_threads() > 1 {
         // Parallel over the runs (rows of the innermost dim).
         let rank = dims.len();
-        out.par_chunks_mut(inner).enumerate().for_each(|(r, o)| {
+        par_chunks_mut(&mut out, inner, |r, o| {
             let (mut pa, mut pb, mut rem) = (ll.offset(), rl.offset(), r);
             for d in (0..rank - 1).rev() {
                 let i = rem % dims[d];
@@ -110,10 +109,9 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(
 pub fn binary_assign(op: BinaryOp, dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "binary_assign: length mismatch");
     fn go<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(f: F, dst: &mut [f32], src: &[f32]) {
-        if dst.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
-            dst.par_chunks_mut(PAR_MIN_ELEMS / 2)
-                .zip(src.par_chunks(PAR_MIN_ELEMS / 2))
-                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = f(*d, s)));
+        if dst.len() >= PAR_MIN_ELEMS && num_threads() > 1 {
+            const CHUNK: usize = PAR_MIN_ELEMS / 2;
+            par_chunks_mut(dst, CHUNK, |c, d| d.iter_mut().zip(&src[c * CHUNK..]).for_each(|(d, &s)| *d = f(*d, s)));
         } else {
             dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f(*d, s));
         }

@@ -10,7 +10,6 @@ use firebrand_tensor::backend::{Backend, BackendStorage, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, Device, Error, Layout, Result};
-use rayon::prelude::*;
 
 /// The CPU backend (a unit value; use [`CPU`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -225,8 +224,8 @@ pub fn batched_gemm(a: &[f32], al: &Layout, b: &[f32], bl: &Layout) -> Vec<f32> 
         let bm = MatRef { data: b, offset: offset(bl, bi), rs: brs, cs: bcs };
         if serial { gemm_serial(m, k, n, am, bm, c, n, false) } else { gemm(m, k, n, am, bm, c, n, false) }
     };
-    if nb > 1 && m * n * k <= BATCH_PAR_MAX_MACS && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(m * n).enumerate().for_each(|(bi, c)| one(bi, c, true));
+    if nb > 1 && m * n * k <= BATCH_PAR_MAX_MACS && crate::parallel::num_threads() > 1 {
+        crate::parallel::par_chunks_mut(&mut out, m * n, |bi, c| one(bi, c, true));
     } else {
         out.chunks_mut(m * n).enumerate().for_each(|(bi, c)| one(bi, c, false));
     }

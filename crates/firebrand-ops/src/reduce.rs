@@ -7,11 +7,10 @@
 
 pub use firebrand_tensor::op::ReduceOp;
 
-use crate::parallel::PAR_MIN_ELEMS;
+use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut, par_for};
 use crate::strided::contiguous_f32;
 use firebrand_tensor::Layout;
 use firebrand_tensor::pool::take_f32;
-use rayon::prelude::*;
 
 /// The result of a reduction: values for `Sum`/`Max`/`Min`, indices for the arg ops.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,15 +87,17 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                     }
                 }
             };
-            if src.len() >= PAR_MIN_ELEMS && outer > 1 && rayon::current_num_threads() > 1 {
-                out.par_chunks_mut(inner).enumerate().for_each(|(o, d)| work(o, d));
-            } else if inner == 1
-                && src.len() >= PAR_MIN_ELEMS
-                && op == ReduceOp::Sum
-                && rayon::current_num_threads() > 1
-            {
+            if src.len() >= PAR_MIN_ELEMS && outer > 1 && num_threads() > 1 {
+                par_chunks_mut(&mut out, inner, work);
+            } else if inner == 1 && src.len() >= PAR_MIN_ELEMS && op == ReduceOp::Sum && num_threads() > 1 {
                 // One long row: split it.
-                let part: f32 = src.par_chunks(PAR_MIN_ELEMS / 2).map(sum_slice).sum();
+                const CHUNK: usize = PAR_MIN_ELEMS / 2;
+                let parts: Vec<std::sync::Mutex<f32>> =
+                    (0..src.len().div_ceil(CHUNK)).map(|_| std::sync::Mutex::new(0.0)).collect();
+                par_for(parts.len(), |c| {
+                    *parts[c].lock().unwrap() = sum_slice(&src[c * CHUNK..((c + 1) * CHUNK).min(src.len())])
+                });
+                let part: f32 = parts.iter().map(|p| *p.lock().unwrap()).sum();
                 out[0] = part;
             } else {
                 out.chunks_mut(inner).enumerate().for_each(|(o, d)| work(o, d));

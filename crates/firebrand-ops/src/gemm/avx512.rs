@@ -3,7 +3,6 @@
 //! of C with rayon.
 
 use super::MatRef;
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -19,6 +18,10 @@ const KC: usize = 1024;
 const NCB_MAX: usize = 128;
 /// A task reads B in place (no packing) when it has at most this many MR-row strips.
 const DIRECT_B_MAX_STRIPS: usize = 4;
+/// Up to this many multiply-adds the calling thread computes tasks too (the
+/// wake-up of a blocked caller would cost 20-35% of the product); above it the
+/// pool's workers split the work statically.
+const CALLER_JOINS_MAX_MACS: usize = 1 << 26;
 /// Below this many multiply-adds the product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 19;
 
@@ -75,7 +78,7 @@ pub(super) unsafe fn gemm(
     accumulate: bool,
     parallel: bool,
 ) {
-    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { crate::parallel::num_threads() } else { 1 };
     let cptr = SendPtr(c.as_mut_ptr());
     let n_panels = n.div_ceil(NR);
     let n_blocks = n.div_ceil(NCB_MAX).max(threads).min(n_panels);
@@ -133,7 +136,11 @@ pub(super) unsafe fn gemm(
     };
     let ntasks = n_blocks * row_splits;
     if threads > 1 && ntasks > 1 {
-        (0..ntasks).into_par_iter().for_each(task);
+        if m * n * k <= CALLER_JOINS_MAX_MACS {
+            crate::parallel::par_for(ntasks, task);
+        } else {
+            crate::parallel::par_for_long(ntasks, task);
+        }
     } else {
         (0..ntasks).for_each(task);
     }
