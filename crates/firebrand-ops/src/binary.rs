@@ -42,12 +42,10 @@ fn map_with<F: Fn(f32, f32) -> f32 + Sync + Send + Copy>(
     if n == 0 {
         return out;
     }
-    if n < PAR_MIN_ELEMS {
-        if let (Some(ra), Some(rb)) = (ll.contiguous_range(), rl.contiguous_range()) {
-            // Small and dense: one loop, no index bookkeeping.
-            out.iter_mut().zip(&lhs[ra]).zip(&rhs[rb]).for_each(|((o, &a), &b)| *o = f(a, b));
-            return out;
-        }
+    if let (true, Some(ra), Some(rb)) = (n < PAR_MIN_ELEMS, ll.contiguous_range(), rl.contiguous_range()) {
+        // Small and dense: one loop, no index bookkeeping.
+        out.iter_mut().zip(&lhs[ra]).zip(&rhs[rb]).for_each(|((o, &a), &b)| *o = f(a, b));
+        return out;
     }
     let (dims, strides) = coalesce(ll.dims(), &[ll.strides(), rl.strides()]);
     let inner = *dims.last().unwrap();

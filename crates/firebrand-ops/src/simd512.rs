@@ -7,6 +7,8 @@
 //! Abramowitz–Stegun erf (absolute error below 1.5e-7). Every one is tested
 //! against the scalar reference in [`UnaryOp::apply`](firebrand_tensor::op::UnaryOp::apply).
 
+#![allow(clippy::excessive_precision)] // published coefficients, kept as printed
+
 use firebrand_tensor::op::UnaryOp;
 use std::arch::x86_64::*;
 
