@@ -14,12 +14,12 @@ impl Tensor {
         if self.shape() == rhs.shape() {
             // Both permuted the same way (e.g. two transposed matrices): compute
             // in memory order and give the output that order too.
-            if let Some(perm) = self.layout().dense_permutation() {
-                if rhs.layout().dense_permutation().as_ref() == Some(&perm) {
-                    let (a, b) = (self.layout().permute(&perm)?, rhs.layout().permute(&perm)?);
-                    let out = backend.binary(op, &**self.storage(), &a, &**rhs.storage(), &b)?;
-                    return Ok(Tensor::from_backend(out, a.shape().clone()).unpermuted(&perm));
-                }
+            if let Some(perm) = self.layout().dense_permutation()
+                && rhs.layout().dense_permutation().as_ref() == Some(&perm)
+            {
+                let (a, b) = (self.layout().permute(&perm)?, rhs.layout().permute(&perm)?);
+                let out = backend.binary(op, &**self.storage(), &a, &**rhs.storage(), &b)?;
+                return Ok(Tensor::from_backend(out, a.shape().clone()).unpermuted(&perm));
             }
             // No broadcasting: the layouts go as they are.
             let out = backend.binary(op, &**self.storage(), self.layout(), &**rhs.storage(), rhs.layout())?;
