@@ -33,81 +33,62 @@ fn exp_shifted(x: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
     sum
 }
 
-/// Softmax of each row of a contiguous `(rows, cols)` buffer.
-pub fn softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = take_f32(src.len());
+/// A new `(rows, cols)` buffer whose row `r` is written by `f(r, dst_row)`, rows in parallel.
+fn map_rows(len: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let mut out = take_f32(len);
     if cols == 0 {
         return out;
     }
     for_rows(&mut out, cols, |r0, chunk| {
-        for (i, dst) in chunk.chunks_exact_mut(cols).enumerate() {
-            let x = &src[(r0 + i) * cols..(r0 + i + 1) * cols];
-            let m = row_max(x);
-            if m == f32::NEG_INFINITY || m.is_nan() {
-                // All -inf (or NaN): PyTorch gives NaN for such rows.
-                dst.fill(f32::NAN);
-                continue;
-            }
-            let inv = 1.0 / exp_shifted(x, m, dst);
-            dst.iter_mut().for_each(|d| *d *= inv);
-        }
+        chunk.chunks_exact_mut(cols).enumerate().for_each(|(i, dst)| f(r0 + i, dst));
     });
     out
+}
+
+/// Writes the stable softmax (or log-softmax) of the row `x` into `dst`.
+fn softmax_row(x: &[f32], dst: &mut [f32], log: bool) {
+    let m = row_max(x);
+    if m == f32::NEG_INFINITY || m.is_nan() {
+        // All -inf (or NaN): PyTorch gives NaN for such rows.
+        dst.fill(f32::NAN);
+        return;
+    }
+    let sum = exp_shifted(x, m, dst);
+    if log {
+        let lse = m + sum.ln();
+        dst.iter_mut().zip(x).for_each(|(d, &v)| *d = v - lse);
+    } else {
+        let inv = 1.0 / sum;
+        dst.iter_mut().for_each(|d| *d *= inv);
+    }
+}
+
+/// Softmax of each row of a contiguous `(rows, cols)` buffer.
+pub fn softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
+    map_rows(src.len(), cols, |r, dst| softmax_row(&src[r * cols..(r + 1) * cols], dst, false))
 }
 
 /// Log-softmax of each row of a contiguous `(rows, cols)` buffer.
 pub fn log_softmax_rows(src: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = take_f32(src.len());
-    if cols == 0 {
-        return out;
-    }
-    for_rows(&mut out, cols, |r0, chunk| {
-        for (i, dst) in chunk.chunks_exact_mut(cols).enumerate() {
-            let x = &src[(r0 + i) * cols..(r0 + i + 1) * cols];
-            let m = row_max(x);
-            if m == f32::NEG_INFINITY || m.is_nan() {
-                dst.fill(f32::NAN);
-                continue;
-            }
-            let lse = m + exp_shifted(x, m, dst).ln();
-            dst.iter_mut().zip(x).for_each(|(d, &v)| *d = v - lse);
-        }
-    });
-    out
+    map_rows(src.len(), cols, |r, dst| softmax_row(&src[r * cols..(r + 1) * cols], dst, true))
 }
 
 /// Backward of softmax: `dx = y ⊙ (g − Σ g⊙y)` per row.
 pub fn softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = take_f32(y.len());
-    if cols == 0 {
-        return out;
-    }
-    for_rows(&mut out, cols, |r0, chunk| {
-        for (i, dst) in chunk.chunks_exact_mut(cols).enumerate() {
-            let o = (r0 + i) * cols;
-            let (y, g) = (&y[o..o + cols], &g[o..o + cols]);
-            let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-            dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = y * (g - dot));
-        }
-    });
-    out
+    map_rows(y.len(), cols, |r, dst| {
+        let (y, g) = (&y[r * cols..(r + 1) * cols], &g[r * cols..(r + 1) * cols]);
+        let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+        dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = y * (g - dot));
+    })
 }
 
 /// Backward of log-softmax: `dx = g − exp(y) · Σ g` per row.
 pub fn log_softmax_backward_rows(y: &[f32], g: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = take_f32(y.len());
-    if cols == 0 {
-        return out;
-    }
-    for_rows(&mut out, cols, |r0, chunk| {
-        for (i, dst) in chunk.chunks_exact_mut(cols).enumerate() {
-            let o = (r0 + i) * cols;
-            let (y, g) = (&y[o..o + cols], &g[o..o + cols]);
-            let s: f32 = g.iter().sum();
-            dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g - y.exp() * s);
-        }
-    });
-    out
+    map_rows(y.len(), cols, |r, dst| {
+        let (y, g) = (&y[r * cols..(r + 1) * cols], &g[r * cols..(r + 1) * cols]);
+        let s: f32 = g.iter().sum();
+        dst.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g - y.exp() * s);
+    })
 }
 
 #[cfg(test)]

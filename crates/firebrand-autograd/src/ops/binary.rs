@@ -56,155 +56,6 @@ impl Tensor {
         Ok(record(out, op.name(), &[self, rhs], backward))
     }
 
-    /// `self + rhs`, broadcasting.
-    ///
-    /// # Errors
-    /// When the shapes do not broadcast, the dtypes are not `f32`, or the devices differ.
-    pub fn try_add(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Add)
-    }
-    /// `self - rhs`, broadcasting.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Sub)
-    }
-    /// `self * rhs` elementwise, broadcasting.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Mul)
-    }
-    /// `self / rhs` elementwise, broadcasting.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_div(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Div)
-    }
-    /// `self ^ rhs` elementwise, broadcasting.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_pow(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Pow)
-    }
-    /// Elementwise maximum, broadcasting (ties share the gradient).
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_maximum(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Maximum)
-    }
-    /// Elementwise minimum, broadcasting (ties share the gradient).
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_minimum(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_op(rhs, BinaryOp::Minimum)
-    }
-
-    panicking!(
-        /// `self + rhs`, broadcasting.
-        add => try_add(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self - rhs`, broadcasting.
-        sub => try_sub(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self * rhs` elementwise, broadcasting.
-        mul => try_mul(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self / rhs` elementwise, broadcasting.
-        div => try_div(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self ^ rhs` elementwise, broadcasting.
-        pow => try_pow(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// Elementwise maximum, broadcasting.
-        maximum => try_maximum(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// Elementwise minimum, broadcasting.
-        minimum => try_minimum(rhs: &Tensor) -> Tensor
-    );
-
-    // ---- comparisons (not differentiable; 1.0 = true, 0.0 = false) ----------
-
-    /// `self == rhs` as a 0/1 `f32` mask, broadcasting.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_eq(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_forward(rhs, BinaryOp::Eq)
-    }
-    /// `self != rhs` as a 0/1 mask.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_ne(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_forward(rhs, BinaryOp::Ne)
-    }
-    /// `self < rhs` as a 0/1 mask.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_lt(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_forward(rhs, BinaryOp::Lt)
-    }
-    /// `self <= rhs` as a 0/1 mask.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_le(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_forward(rhs, BinaryOp::Le)
-    }
-    /// `self > rhs` as a 0/1 mask.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_gt(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_forward(rhs, BinaryOp::Gt)
-    }
-    /// `self >= rhs` as a 0/1 mask.
-    ///
-    /// # Errors
-    /// As [`Tensor::try_add`].
-    pub fn try_ge(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary_forward(rhs, BinaryOp::Ge)
-    }
-
-    panicking!(
-        /// `self == rhs` as a 0/1 `f32` mask (comparisons have no gradient).
-        eq => try_eq(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self != rhs` as a 0/1 mask.
-        ne => try_ne(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self < rhs` as a 0/1 mask.
-        lt => try_lt(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self <= rhs` as a 0/1 mask.
-        le => try_le(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self > rhs` as a 0/1 mask.
-        gt => try_gt(rhs: &Tensor) -> Tensor
-    );
-    panicking!(
-        /// `self >= rhs` as a 0/1 mask.
-        ge => try_ge(rhs: &Tensor) -> Tensor
-    );
-
     /// `if self != 0 { a } else { b }` elementwise, all three broadcast together
     /// (`torch.where(cond, a, b)` with `self` as the condition). Differentiable in `a` and `b`.
     ///
@@ -229,6 +80,58 @@ impl Tensor {
         /// `if self != 0 { a } else { b }` elementwise; see [`Tensor::try_where_cond`].
         where_cond => try_where_cond(a: &Tensor, b: &Tensor) -> Tensor
     );
+}
+
+/// Generates `try_name` (returning `Result`) and `name` (panicking with the
+/// same message) for each binary op; `forward` comparisons record no gradient.
+macro_rules! binary_methods {
+    ($($(#[$m:meta])* $name:ident, $try:ident => $call:ident($op:expr);)*) => {
+        impl Tensor {
+            $(
+                $(#[$m])*
+                ///
+                /// # Errors
+                /// When the shapes do not broadcast, a dtype is not `f32`, or the devices differ.
+                pub fn $try(&self, rhs: &Tensor) -> Result<Tensor> {
+                    self.$call(rhs, $op)
+                }
+
+                panicking!(
+                    $(#[$m])*
+                    $name => $try(rhs: &Tensor) -> Tensor
+                );
+            )*
+        }
+    };
+}
+
+binary_methods! {
+    /// `self + rhs`, broadcasting.
+    add, try_add => binary_op(BinaryOp::Add);
+    /// `self - rhs`, broadcasting.
+    sub, try_sub => binary_op(BinaryOp::Sub);
+    /// `self * rhs` elementwise, broadcasting.
+    mul, try_mul => binary_op(BinaryOp::Mul);
+    /// `self / rhs` elementwise, broadcasting.
+    div, try_div => binary_op(BinaryOp::Div);
+    /// `self ^ rhs` elementwise, broadcasting.
+    pow, try_pow => binary_op(BinaryOp::Pow);
+    /// Elementwise maximum, broadcasting (ties share the gradient).
+    maximum, try_maximum => binary_op(BinaryOp::Maximum);
+    /// Elementwise minimum, broadcasting (ties share the gradient).
+    minimum, try_minimum => binary_op(BinaryOp::Minimum);
+    /// `self == rhs` as a 0/1 `f32` mask, broadcasting (comparisons have no gradient).
+    eq, try_eq => binary_forward(BinaryOp::Eq);
+    /// `self != rhs` as a 0/1 `f32` mask, broadcasting.
+    ne, try_ne => binary_forward(BinaryOp::Ne);
+    /// `self < rhs` as a 0/1 `f32` mask, broadcasting.
+    lt, try_lt => binary_forward(BinaryOp::Lt);
+    /// `self <= rhs` as a 0/1 `f32` mask, broadcasting.
+    le, try_le => binary_forward(BinaryOp::Le);
+    /// `self > rhs` as a 0/1 `f32` mask, broadcasting.
+    gt, try_gt => binary_forward(BinaryOp::Gt);
+    /// `self >= rhs` as a 0/1 `f32` mask, broadcasting.
+    ge, try_ge => binary_forward(BinaryOp::Ge);
 }
 
 // ---- operators ---------------------------------------------------------------
