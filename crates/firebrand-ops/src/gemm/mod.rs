@@ -1,9 +1,12 @@
 //! Single-precision matrix multiply: `C = A·B` or `C += A·B`.
 //!
-//! On x86-64 CPUs with AVX-512F the multiply runs on Firebrand's own kernel
-//! ([`avx512`]): operands are packed into cache-sized panels (BLIS's loop
-//! order: NC → KC → MC → NR → MR), a 12x32 register-blocked micro-kernel does the
-//! FMAs, and the work is split between rayon threads by rows or columns of C.
+//! On x86-64 CPUs with AVX-512F the multiply runs on Firebrand's own kernel: a
+//! 12x32 register-blocked micro-kernel (24 zmm accumulators) broadcasts A's
+//! elements read in place and streams B from 32-column panels packed into the
+//! core's L2 (1024 deep, 128 columns a block); tasks own blocks of C's columns
+//! (and rows, when there are fewer column blocks than threads). See
+//! `docs/ARCHITECTURE.md` for the loop order and `docs/benchmarks.md` for how
+//! each choice was measured.
 //! Everywhere else `matrixmultiply` computes it. Both accept arbitrary row and
 //! column strides for `A` and `B`, so transposed views multiply without a copy.
 
