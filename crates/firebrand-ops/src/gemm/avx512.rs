@@ -157,6 +157,23 @@ fn pack_b_panel(kc: usize, nc: usize, jp: usize, b: MatRef, dst: &mut [f32]) {
             dst[p * NR..p * NR + cols].copy_from_slice(src);
             dst[p * NR + cols..p * NR + NR].fill(0.0);
         }
+    } else if b.rs == 1 && cols == NR {
+        // B's columns are contiguous (B = Wᵀ of a row-major W): 16x16 register transposes.
+        let kc16 = kc / 16 * 16;
+        for jj in [0, 16] {
+            let src = d[b.offset + (j0 + jj) * b.cs..].as_ptr();
+            for p0 in (0..kc16).step_by(16) {
+                // SAFETY: columns j0+jj..+16 and rows p0..p0+16 lie inside B (checked by
+                // the caller); the destination rows p0..p0+16 hold NR floats each.
+                unsafe { transpose16_into(src.add(p0), b.cs, dst[p0 * NR + jj..].as_mut_ptr(), NR) };
+            }
+        }
+        for j in 0..NR {
+            let base = b.offset + (j0 + j) * b.cs;
+            for p in kc16..kc {
+                dst[p * NR + j] = d[base + p];
+            }
+        }
     } else {
         // Transposing copy, blocked over p so the destination block stays in L1.
         const PB: usize = 64;
@@ -179,6 +196,37 @@ fn pack_b_panel(kc: usize, nc: usize, jp: usize, b: MatRef, dst: &mut [f32]) {
             for p in 0..kc {
                 dst[p * NR + cols..p * NR + NR].fill(0.0);
             }
+        }
+    }
+}
+
+/// Transposes the 16x16 block whose row `j` starts at `src + j * lds` into
+/// `dst`, whose row `p` (16 floats) starts at `dst + p * ldd`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_into(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    unsafe {
+        let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(src.add(j * lds)));
+        // 32-bit interleave of row pairs, then 64-bit, within 128-bit lanes:
+        // u[4g + c] holds rows 4g..4g+4 at columns 4L + c of each lane L.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, c) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
+            if c % 2 == 0 { _mm512_shuffle_ps::<0x44>(a, b) } else { _mm512_shuffle_ps::<0xEE>(a, b) }
+        });
+        for c in 0..4 {
+            // Gather lane L of the four row groups: column 4L + c.
+            let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v2 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let w = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            _mm512_storeu_ps(dst.add(c * ldd), _mm512_shuffle_f32x4::<0x88>(v, w));
+            _mm512_storeu_ps(dst.add((8 + c) * ldd), _mm512_shuffle_f32x4::<0xDD>(v, w));
+            _mm512_storeu_ps(dst.add((4 + c) * ldd), _mm512_shuffle_f32x4::<0x88>(v2, w2));
+            _mm512_storeu_ps(dst.add((12 + c) * ldd), _mm512_shuffle_f32x4::<0xDD>(v2, w2));
         }
     }
 }
