@@ -3,6 +3,17 @@
 use firebrand_autograd::{DType, Device, Error, Shape, Tensor, UnaryOp, is_grad_enabled, manual_seed, no_grad};
 
 #[test]
+fn tensors_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tensor>();
+    let w = Tensor::ones([3]).requires_grad_(true);
+    let w2 = w.clone();
+    let loss = std::thread::spawn(move || w2.square().sum_all()).join().unwrap();
+    loss.backward();
+    assert_eq!(w.grad().unwrap().to_vec::<f32>(), vec![2.0, 2.0, 2.0]);
+}
+
+#[test]
 fn creation_and_access() {
     let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]);
     assert_eq!(t.dims(), &[2, 3]);

@@ -73,8 +73,8 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                 if inner == 1 {
                     dst[0] = match op {
                         ReduceOp::Sum => sum_slice(base),
-                        ReduceOp::Max => fold_nan(base, f32::max),
-                        _ => fold_nan(base, f32::min),
+                        ReduceOp::Max => extreme_slice::<true>(base),
+                        _ => extreme_slice::<false>(base),
                     };
                 } else {
                     dst.copy_from_slice(&base[..inner]);
@@ -110,6 +110,17 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
             if r == 0 {
                 return Reduced::Indices(out);
             }
+            if inner == 1 {
+                // Rows: the vectorized extreme, then the first position holding it.
+                for (o, row) in src.chunks_exact(r).enumerate() {
+                    let m =
+                        if op == ReduceOp::ArgMax { extreme_slice::<true>(row) } else { extreme_slice::<false>(row) };
+                    let pos =
+                        if m.is_nan() { row.iter().position(|x| x.is_nan()) } else { row.iter().position(|&x| x == m) };
+                    out[o] = pos.expect("the extreme is an element of the row") as i64;
+                }
+                return Reduced::Indices(out);
+            }
             for o in 0..outer {
                 for i in 0..inner {
                     let mut best = src[o * r * inner + i];
@@ -143,20 +154,29 @@ fn nan_min(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) }
 }
 
-fn fold_nan(s: &[f32], f: fn(f32, f32) -> f32) -> f32 {
-    // Eight independent lanes so the compiler can vectorize; NaN checked once.
-    let mut acc = [s[0]; 8];
-    let mut chunks = s.chunks_exact(8);
+/// Largest (`MAX`) or smallest element, NaN if any is NaN. Sixteen lanes of
+/// compare-and-select plus a lane-wise NaN flag, so it vectorizes.
+fn extreme_slice<const MAX: bool>(s: &[f32]) -> f32 {
+    #[inline(always)]
+    fn pick<const MAX: bool>(a: f32, x: f32) -> f32 {
+        if (MAX && x > a) || (!MAX && x < a) { x } else { a }
+    }
+    let mut acc = [s[0]; 16];
+    let mut nan = [false; 16];
+    let mut chunks = s.chunks_exact(16);
     for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = f(*a, x);
+        for i in 0..16 {
+            acc[i] = pick::<MAX>(acc[i], c[i]);
+            nan[i] |= c[i].is_nan();
         }
     }
-    let mut m = acc.iter().copied().fold(s[0], f);
+    let mut m = acc.iter().fold(s[0], |a, &x| pick::<MAX>(a, x));
+    let mut any_nan = nan.iter().any(|&n| n);
     for &x in chunks.remainder() {
-        m = f(m, x);
+        m = pick::<MAX>(m, x);
+        any_nan |= x.is_nan();
     }
-    if s.iter().any(|x| x.is_nan()) { f32::NAN } else { m }
+    if any_nan { f32::NAN } else { m }
 }
 
 /// Sum with sixteen independent accumulators (vectorizes, and is more accurate
