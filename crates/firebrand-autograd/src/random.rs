@@ -1,24 +1,27 @@
-//! Seeded random numbers. A global generator (seeded with a fixed default, like
-//! PyTorch's) serves `Tensor::rand`/`randn`; [`manual_seed`] resets it so a
-//! seed reproduces a run exactly. The `_with` forms take any `rand::Rng`.
+//! Seeded random numbers. A per-thread generator (seeded with a fixed default,
+//! like PyTorch's) serves `Tensor::rand`/`randn`, dropout masks and
+//! initializers; [`manual_seed`] reseeds the calling thread's generator so a
+//! seed reproduces a run exactly, and other threads (data loaders, parallel
+//! tests) cannot perturb its sequence. The `_with` forms take any `rand::Rng`.
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
-use std::sync::Mutex;
+use std::cell::RefCell;
 
 const DEFAULT_SEED: u64 = 0x5EED_F12E_B2A4_D000;
 
-static GLOBAL: Mutex<Option<Xoshiro256PlusPlus>> = Mutex::new(None);
-
-/// Reseeds the global generator (PyTorch's `torch.manual_seed`).
-pub fn manual_seed(seed: u64) {
-    *GLOBAL.lock().unwrap() = Some(Xoshiro256PlusPlus::seed_from_u64(seed));
+thread_local! {
+    static GENERATOR: RefCell<Xoshiro256PlusPlus> = RefCell::new(Xoshiro256PlusPlus::seed_from_u64(DEFAULT_SEED));
 }
 
-/// Runs `f` with the global generator.
+/// Reseeds this thread's generator (PyTorch's `torch.manual_seed`).
+pub fn manual_seed(seed: u64) {
+    GENERATOR.with(|g| *g.borrow_mut() = Xoshiro256PlusPlus::seed_from_u64(seed));
+}
+
+/// Runs `f` with this thread's generator.
 pub(crate) fn with_global<R>(f: impl FnOnce(&mut Xoshiro256PlusPlus) -> R) -> R {
-    let mut g = GLOBAL.lock().unwrap();
-    f(g.get_or_insert_with(|| Xoshiro256PlusPlus::seed_from_u64(DEFAULT_SEED)))
+    GENERATOR.with(|g| f(&mut g.borrow_mut()))
 }
 
 /// A uniform sample in `[0, 1)` with 24 random bits.

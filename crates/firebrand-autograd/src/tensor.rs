@@ -209,14 +209,14 @@ impl Tensor {
         Tensor::from_vec(v, [n])
     }
 
-    /// Uniform samples in `[lo, hi)` from the global generator (see [`crate::manual_seed`]).
+    /// Uniform samples in `[lo, hi)` from this thread's generator (see [`crate::manual_seed`]).
     pub fn rand(shape: impl Into<Shape>, lo: f32, hi: f32) -> Tensor {
         let shape = shape.into();
         let v = random::with_global(|r| random::uniform(r, shape.elem_count(), lo, hi));
         Tensor::from_vec(v, shape)
     }
 
-    /// Normal samples with the given mean and standard deviation from the global generator.
+    /// Normal samples with the given mean and standard deviation from this thread's generator.
     pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32) -> Tensor {
         let shape = shape.into();
         let v = random::with_global(|r| random::normal(r, shape.elem_count(), mean, std));
@@ -449,6 +449,24 @@ impl Tensor {
         }
         let vals = src.to_device(Device::Cpu)?.to_vec::<f32>();
         self.update_f32("copy_", |dst| dst.copy_from_slice(&vals))
+    }
+
+    /// Runs `f` on this tensor's `f32` elements in row-major order, borrowing
+    /// the storage when it is a contiguous CPU buffer and copying otherwise
+    /// (read-only access for optimizers, metrics and serialization).
+    ///
+    /// # Errors
+    /// When the tensor is not `f32`.
+    pub fn with_f32_slice<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        if self.dtype() != DType::F32 {
+            return Err(Error::DType { op: "with_f32_slice", got: self.dtype(), expected: "f32" });
+        }
+        let s = self.storage();
+        if let (Some(CpuStorage::F32(v)), Some(r)) = (as_cpu(&**s), self.layout().contiguous_range()) {
+            return Ok(f(&v[r]));
+        }
+        drop(s);
+        Ok(f(&self.to_vec::<f32>()))
     }
 
     /// Runs `f` on this tensor's elements in place, as a contiguous `f32` slice

@@ -1,0 +1,118 @@
+//! Activations, as functions (`Activation`) and as modules (`ReLU`, `GELU`, ...).
+
+use crate::Module;
+use firebrand_autograd::Tensor;
+
+/// An activation function, usable as a `Linear` layer's fused activation
+/// (Keras' `Dense(activation=...)`) or as a module on its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`
+    Relu,
+    /// `x` if positive, else `slope · x`
+    LeakyRelu(f32),
+    /// GELU, exact (erf) form
+    Gelu,
+    /// GELU, tanh approximation
+    GeluTanh,
+    /// `x · sigmoid(x)`
+    Silu,
+    /// hyperbolic tangent
+    Tanh,
+    /// logistic sigmoid
+    Sigmoid,
+    /// softmax over the last dim
+    Softmax,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::LeakyRelu(s) => x.leaky_relu(s),
+            Activation::Gelu => x.gelu(),
+            Activation::GeluTanh => x.gelu_tanh(),
+            Activation::Silu => x.silu(),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => x.sigmoid(),
+            Activation::Softmax => x.softmax(-1),
+        }
+    }
+
+    /// Lower-case name (`"relu"`, `"leaky_relu(0.01)"`, ...).
+    pub fn name(self) -> String {
+        match self {
+            Activation::Relu => "relu".into(),
+            Activation::LeakyRelu(s) => format!("leaky_relu({s})"),
+            Activation::Gelu => "gelu".into(),
+            Activation::GeluTanh => "gelu_tanh".into(),
+            Activation::Silu => "silu".into(),
+            Activation::Tanh => "tanh".into(),
+            Activation::Sigmoid => "sigmoid".into(),
+            Activation::Softmax => "softmax".into(),
+        }
+    }
+}
+
+impl Module for Activation {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.apply(x)
+    }
+    fn describe(&self) -> String {
+        self.name()
+    }
+}
+
+macro_rules! activation_modules {
+    ($($(#[$m:meta])* $name:ident => $act:expr;)*) => {
+        $(
+            $(#[$m])*
+            #[derive(Debug, Clone, Copy, Default)]
+            pub struct $name;
+
+            impl Module for $name {
+                fn forward(&self, x: &Tensor) -> Tensor {
+                    $act.apply(x)
+                }
+                fn describe(&self) -> String {
+                    stringify!($name).to_string()
+                }
+            }
+        )*
+    };
+}
+
+activation_modules! {
+    /// `max(x, 0)` as a module (PyTorch's `nn.ReLU`).
+    ReLU => Activation::Relu;
+    /// Exact GELU as a module (`nn.GELU`).
+    GELU => Activation::Gelu;
+    /// `x · sigmoid(x)` as a module (`nn.SiLU`).
+    SiLU => Activation::Silu;
+    /// `tanh` as a module (`nn.Tanh`).
+    Tanh => Activation::Tanh;
+    /// Logistic sigmoid as a module (`nn.Sigmoid`).
+    Sigmoid => Activation::Sigmoid;
+    /// Softmax over the last dim as a module (`nn.Softmax(dim=-1)`).
+    Softmax => Activation::Softmax;
+}
+
+/// Leaky ReLU with a negative slope (`nn.LeakyReLU`, default slope 0.01).
+#[derive(Debug, Clone, Copy)]
+pub struct LeakyReLU(pub f32);
+
+impl Default for LeakyReLU {
+    fn default() -> Self {
+        LeakyReLU(0.01)
+    }
+}
+
+impl Module for LeakyReLU {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.leaky_relu(self.0)
+    }
+    fn describe(&self) -> String {
+        format!("LeakyReLU({})", self.0)
+    }
+}

@@ -1,0 +1,57 @@
+//! Dropout and Flatten.
+
+use crate::Module;
+use firebrand_autograd::Tensor;
+
+/// Zeroes each element with probability `p` during training and scales the
+/// rest by `1 / (1 - p)`; the identity in evaluation mode (`nn.Dropout`).
+/// Masks come from the thread's generator, so `manual_seed` reproduces them.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    p: f32,
+    training: bool,
+}
+
+impl Dropout {
+    /// Dropout with drop probability `p`, starting in training mode.
+    ///
+    /// # Panics
+    /// When `p` is not in `[0, 1)`.
+    pub fn new(p: f32) -> Self {
+        assert!((0.0..1.0).contains(&p), "Dropout: p must be in [0, 1), got {p}");
+        Dropout { p, training: true }
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if !self.training || self.p == 0.0 {
+            return x.clone();
+        }
+        let keep = Tensor::rand(x.shape().clone(), 0.0, 1.0).to_device(x.device()).expect("the input's device");
+        let mask = keep.ge(&Tensor::scalar(self.p).to_device(x.device()).expect("the input's device"));
+        x.mul(&mask) * (1.0 / (1.0 - self.p))
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn describe(&self) -> String {
+        format!("Dropout({})", self.p)
+    }
+}
+
+/// Flattens every dim after the first: `(B, …) -> (B, prod(…))` (`nn.Flatten`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if x.rank() <= 2 { x.clone() } else { x.flatten(1, -1) }
+    }
+
+    fn describe(&self) -> String {
+        "Flatten".into()
+    }
+}

@@ -1,0 +1,56 @@
+//! # firebrand-nn
+//!
+//! Layers and models on top of `firebrand-autograd`'s `Tensor`.
+//!
+//! * [`Module`] — forward pass, named-parameter visitor, train/eval mode;
+//!   [`ModuleExt`] adds `named_parameters`, `num_parameters`, `zero_grad`,
+//!   `train`/`eval` to every module.
+//! * [`Init`] — seeded initializers (Kaiming, Xavier, PyTorch's default, ...).
+//! * Layers: [`Linear`] (Keras' `Dense`, with an optional fused
+//!   [`Activation`]), [`Dropout`], [`Flatten`], activation modules
+//!   ([`ReLU`], [`LeakyReLU`], [`GELU`], [`SiLU`], [`Tanh`], [`Sigmoid`], [`Softmax`]).
+//! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
+//!   MSE, binary cross-entropy with logits.
+//! * [`Sequential`] with a Keras-style [`Sequential::summary`].
+//! * [`serialize`] — safetensors save/load of named parameters, atomic writes,
+//!   typed errors naming the file and the offending tensor.
+//!
+//! Optimizers (`firebrand-optim`) update the tensors `named_parameters`
+//! returns in place; the training loop (`firebrand-train`) drives both.
+//!
+//! ```
+//! use firebrand_nn::{Sequential, Linear, Activation, Dropout, ModuleExt, Module};
+//! use firebrand_nn::loss::{cross_entropy, Reduction, Target};
+//! use firebrand_autograd::{Tensor, manual_seed};
+//!
+//! manual_seed(0);
+//! let model = Sequential::new()
+//!     .add(Linear::new(64, 32).with_activation(Activation::Relu))
+//!     .add(Dropout::new(0.2))
+//!     .add(Linear::new(32, 10));
+//! assert_eq!(model.num_parameters(), 64 * 32 + 32 + 32 * 10 + 10);
+//! let x = Tensor::randn([8, 64], 0.0, 1.0);
+//! let y = Tensor::from_vec((0..8).map(|i| i % 10).collect::<Vec<i64>>(), [8]);
+//! let loss = cross_entropy(&model.forward(&x), Target::Indices(&y), 0.0, Reduction::Mean).unwrap();
+//! loss.backward();
+//! assert!(model.parameters().iter().all(|p| p.grad().is_some()));
+//! ```
+
+#![warn(missing_docs)]
+
+mod activation;
+mod dropout;
+mod init;
+mod linear;
+pub mod loss;
+mod module;
+mod sequential;
+pub mod serialize;
+
+pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
+pub use dropout::{Dropout, Flatten};
+pub use init::Init;
+pub use linear::Linear;
+pub use module::{Module, ModuleExt};
+pub use sequential::Sequential;
+pub use serialize::{LoadReport, WeightsError, load_weights, save_weights};

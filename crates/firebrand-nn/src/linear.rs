@@ -1,0 +1,82 @@
+//! The fully connected layer (PyTorch's `nn.Linear`, Keras' `Dense`).
+
+use crate::{Activation, Init, Module};
+use firebrand_autograd::Tensor;
+
+/// `y = act(x Wᵀ + b)` with `W` of shape `(out, in)` (PyTorch's layout, so
+/// weights load from PyTorch state dicts) and `b` of shape `(out,)`.
+///
+/// ```
+/// use firebrand_nn::{Linear, Module, Activation};
+/// use firebrand_autograd::Tensor;
+/// let layer = Linear::new(4, 3).with_activation(Activation::Relu);
+/// let y = layer.forward(&Tensor::ones([2, 4])); // (B, 4) -> (B, 3)
+/// assert_eq!(y.dims(), &[2, 3]);
+/// assert!(y.to_vec::<f32>().iter().all(|&v| v >= 0.0));
+/// ```
+pub struct Linear {
+    /// Weight, `(out, in)`.
+    pub weight: Tensor,
+    /// Bias, `(out,)`, if any.
+    pub bias: Option<Tensor>,
+    activation: Option<Activation>,
+}
+
+impl Linear {
+    /// A layer with PyTorch's default initialization
+    /// (`U(-1/sqrt(in), 1/sqrt(in))` for weight and bias).
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        Linear::with_init(in_features, out_features, Init::TorchDefault, Some(Init::TorchDefault))
+    }
+
+    /// A layer with chosen initializers (`bias: None` for no bias).
+    pub fn with_init(in_features: usize, out_features: usize, weight: Init, bias: Option<Init>) -> Self {
+        let w = weight.tensor([out_features, in_features], in_features, out_features).requires_grad_(true);
+        let b = bias.map(|i| i.tensor([out_features], in_features, out_features).requires_grad_(true));
+        Linear { weight: w, bias: b, activation: None }
+    }
+
+    /// Adds a fused activation (Keras' `Dense(units, activation=...)`).
+    pub fn with_activation(mut self, act: Activation) -> Self {
+        self.activation = Some(act);
+        self
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = x.matmul(&self.weight.t()); // (…, in) @ (in, out)
+        let y = match &self.bias {
+            Some(b) => y + b,
+            None => y,
+        };
+        match self.activation {
+            Some(a) => a.apply(&y),
+            None => y,
+        }
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&format!("{prefix}weight"), &self.weight);
+        if let Some(b) = &self.bias {
+            f(&format!("{prefix}bias"), b);
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.activation {
+            Some(a) => format!("Linear({} -> {}, {})", self.in_features(), self.out_features(), a.name()),
+            None => format!("Linear({} -> {})", self.in_features(), self.out_features()),
+        }
+    }
+}

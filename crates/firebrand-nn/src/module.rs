@@ -1,0 +1,97 @@
+//! The `Module` trait: a forward pass, a visitor over named parameters, and
+//! train/eval mode.
+
+use firebrand_autograd::Tensor;
+
+/// A layer or a model: anything with a forward pass and named parameters.
+///
+/// Implementors provide [`Module::forward`] and, when they hold parameters,
+/// [`Module::visit_parameters`]; containers pass a dotted prefix down so names
+/// match PyTorch's `state_dict` (`"0.weight"`, `"encoder.1.bias"`). Everything
+/// else (listing, counting, zeroing gradients, saving, loading) comes from
+/// [`ModuleExt`].
+pub trait Module: Send + Sync {
+    /// Applies the module to a batch.
+    ///
+    /// # Panics
+    /// On a shape mismatch, with a message naming the op and the shapes.
+    fn forward(&self, x: &Tensor) -> Tensor;
+
+    /// Calls `f(name, parameter)` for every parameter, names prefixed by `prefix`.
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        let _ = (prefix, f);
+    }
+
+    /// Switches between training (dropout active, ...) and evaluation mode.
+    fn set_training(&mut self, training: bool) {
+        let _ = training;
+    }
+
+    /// A short description for `summary()`, e.g. `Linear(784 -> 128, relu)`.
+    fn describe(&self) -> String;
+}
+
+/// Conveniences every [`Module`] gets.
+pub trait ModuleExt: Module {
+    /// Parameters with their dotted names, in definition order.
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit_parameters("", &mut |name, t| out.push((name.to_string(), t.clone())));
+        out
+    }
+
+    /// The parameters, in definition order.
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Total number of parameter elements.
+    fn num_parameters(&self) -> usize {
+        let mut n = 0;
+        self.visit_parameters("", &mut |_, t| n += t.elem_count());
+        n
+    }
+
+    /// Number of parameter elements that require grad (are trained).
+    fn num_trainable_parameters(&self) -> usize {
+        let mut n = 0;
+        self.visit_parameters("", &mut |_, t| {
+            if t.requires_grad() {
+                n += t.elem_count()
+            }
+        });
+        n
+    }
+
+    /// Clears every parameter's gradient.
+    fn zero_grad(&self) {
+        self.visit_parameters("", &mut |_, t| t.zero_grad());
+    }
+
+    /// Training mode (PyTorch's `model.train()`).
+    fn train(&mut self) {
+        self.set_training(true);
+    }
+
+    /// Evaluation mode (PyTorch's `model.eval()`).
+    fn eval(&mut self) {
+        self.set_training(false);
+    }
+}
+
+impl<M: Module + ?Sized> ModuleExt for M {}
+
+impl<M: Module + ?Sized> Module for Box<M> {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        (**self).forward(x)
+    }
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        (**self).visit_parameters(prefix, f)
+    }
+    fn set_training(&mut self, training: bool) {
+        (**self).set_training(training)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

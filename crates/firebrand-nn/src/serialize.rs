@@ -1,0 +1,232 @@
+//! Saving and loading named tensors in the safetensors format, so weights move
+//! to and from PyTorch (`safetensors.torch.load_file`) and Hugging Face tools.
+//! Writes are atomic: a temporary file in the same folder, synced, then renamed.
+
+use crate::{Module, ModuleExt};
+use firebrand_autograd::{DType, Tensor};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Why weights could not be saved or loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WeightsError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid safetensors (corrupt or truncated).
+    #[error("{path}: not a valid safetensors file: {msg}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        msg: String,
+    },
+    /// The model has a parameter the file lacks.
+    #[error("{path}: no tensor named {name:?} (the model's parameter has shape {shape:?})")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// Parameter name.
+        name: String,
+        /// The model's shape for it.
+        shape: Vec<usize>,
+    },
+    /// A tensor's shape differs from the model's parameter.
+    #[error("{path}: tensor {name:?} has shape {found:?}, the model expects {expected:?}")]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// Parameter name.
+        name: String,
+        /// Shape in the file.
+        found: Vec<usize>,
+        /// Shape in the model.
+        expected: Vec<usize>,
+    },
+    /// A tensor's dtype is not one this build reads.
+    #[error("{path}: tensor {name:?} has dtype {found}, expected F32 (or I64 for index tensors)")]
+    DType {
+        /// The file.
+        path: PathBuf,
+        /// Tensor name.
+        name: String,
+        /// Dtype in the file.
+        found: String,
+    },
+    /// The file holds tensors the model does not have (strict loading).
+    #[error("{path}: tensors not in the model: {names:?}")]
+    Unexpected {
+        /// The file.
+        path: PathBuf,
+        /// Their names.
+        names: Vec<String>,
+    },
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> WeightsError + '_ {
+    move |source| WeightsError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it is written,
+/// flushed to disk, and renamed over `path`, so a crash leaves either the old
+/// file or the new one, never a torn one.
+///
+/// # Errors
+/// [`WeightsError::Io`] naming the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| WeightsError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+    })?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(path))
+}
+
+/// Saves named tensors (`f32` or `i64`) to a safetensors file, atomically.
+///
+/// # Errors
+/// [`WeightsError::Io`] when the file cannot be written.
+pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<(), WeightsError> {
+    let path = path.as_ref();
+    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let (dtype, bytes): (Dtype, Vec<u8>) = match t.dtype() {
+                DType::I64 => (Dtype::I64, t.to_vec::<i64>().iter().flat_map(|v| v.to_le_bytes()).collect()),
+                _ => (Dtype::F32, t.to_vec::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect()),
+            };
+            (name.clone(), dtype, t.dims().to_vec(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = data
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("sizes match by construction")))
+        .collect();
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| WeightsError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads every tensor of a safetensors file (`F32` and `I64`), by name.
+///
+/// # Errors
+/// On I/O failure, a corrupt or truncated file, or another dtype.
+pub fn load_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>, WeightsError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| WeightsError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let t = match view.dtype() {
+            Dtype::F32 => Tensor::from_vec(
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>(),
+                shape,
+            ),
+            Dtype::I64 => Tensor::from_vec(
+                view.data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect::<Vec<i64>>(),
+                shape,
+            ),
+            other => return Err(WeightsError::DType { path: path.to_path_buf(), name, found: format!("{other:?}") }),
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// What a non-strict load left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Model parameters the file did not have (kept as initialized).
+    pub missing: Vec<String>,
+    /// File tensors the model does not have (ignored).
+    pub unexpected: Vec<String>,
+}
+
+/// Saves a module's named parameters (`state_dict` names) atomically.
+///
+/// # Errors
+/// [`WeightsError::Io`] when the file cannot be written.
+pub fn save_weights(module: &(impl Module + ?Sized), path: impl AsRef<Path>) -> Result<(), WeightsError> {
+    save_tensors(path, &module.named_parameters())
+}
+
+/// Loads a module's parameters in place, checking names, shapes and dtypes.
+/// With `strict`, a missing or an extra tensor is an error; otherwise they
+/// are reported (for a pre-trained body under a new head).
+///
+/// # Errors
+/// On I/O failure, a corrupt file, or a name/shape/dtype mismatch; nothing is
+/// copied into the model unless every check passes.
+pub fn load_weights(
+    module: &(impl Module + ?Sized),
+    path: impl AsRef<Path>,
+    strict: bool,
+) -> Result<LoadReport, WeightsError> {
+    let path = path.as_ref();
+    let mut file = load_tensors(path)?;
+    let params = module.named_parameters();
+    let mut report = LoadReport::default();
+    let mut plan = Vec::new();
+    let names: HashMap<&str, ()> = params.iter().map(|(n, _)| (n.as_str(), ())).collect();
+    for (name, p) in &params {
+        match file.remove(name) {
+            Some(t) => {
+                if t.dtype() != DType::F32 {
+                    return Err(WeightsError::DType {
+                        path: path.into(),
+                        name: name.clone(),
+                        found: t.dtype().to_string(),
+                    });
+                }
+                if t.dims() != p.dims() {
+                    return Err(WeightsError::Shape {
+                        path: path.into(),
+                        name: name.clone(),
+                        found: t.dims().to_vec(),
+                        expected: p.dims().to_vec(),
+                    });
+                }
+                plan.push((p.clone(), t));
+            }
+            None if strict => {
+                return Err(WeightsError::Missing { path: path.into(), name: name.clone(), shape: p.dims().to_vec() });
+            }
+            None => report.missing.push(name.clone()),
+        }
+    }
+    report.unexpected = file.into_keys().filter(|n| !names.contains_key(n.as_str())).collect();
+    if strict && !report.unexpected.is_empty() {
+        return Err(WeightsError::Unexpected { path: path.into(), names: report.unexpected });
+    }
+    for (p, t) in plan {
+        p.copy_(&t).expect("shape and dtype checked above");
+    }
+    Ok(report)
+}
