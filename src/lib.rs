@@ -10,6 +10,7 @@
 //! | [`tensor`] (`firebrand-tensor`) | shapes, strided layouts, dtypes, devices, errors, CPU storage |
 //! | [`ops`] (`firebrand-ops`) | CPU kernels: AVX-512 gemm, SIMD elementwise, reductions, softmax, indexing |
 //! | [`autograd`] (`firebrand-autograd`) | the user-facing [`Tensor`], reverse-mode autograd, `gradcheck` |
+//! | [`nn`] (`firebrand-nn`) | `Module`, layers, losses, `Sequential` with `summary()`, safetensors weights |
 //!
 //! Most programs only need the [`prelude`]:
 //!
@@ -37,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub use firebrand_autograd as autograd;
+pub use firebrand_nn as nn;
 pub use firebrand_ops as ops;
 pub use firebrand_tensor as tensor;
 
@@ -48,6 +50,11 @@ pub use firebrand_autograd::{
 /// The names most programs need: `use firebrand::prelude::*;`.
 pub mod prelude {
     pub use firebrand_autograd::{DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad};
+    pub use firebrand_nn::loss::{Reduction, Target};
+    pub use firebrand_nn::{
+        Activation, Dropout, Flatten, GELU, Init, LeakyReLU, Linear, Module, ModuleExt, ReLU, Sequential, SiLU, Sigmoid,
+        Softmax, Tanh,
+    };
 }
 
 /// The README's code example, compiled and run as a doctest.
