@@ -122,6 +122,11 @@ fn gradients_accumulate_until_zeroed() {
     assert_eq!(w.grad().unwrap().to_vec::<f32>(), vec![4.0, -8.0]);
     w.zero_grad();
     assert!(w.grad().is_none());
+    // Two leaves handed one gradient by `add` get buffers of their own.
+    let (p, q) = (Tensor::ones([2]).requires_grad_(true), Tensor::ones([2]).requires_grad_(true));
+    p.add(&q).sum_all().backward();
+    p.grad().unwrap().update_f32("test", |g| g.iter_mut().for_each(|x| *x *= 5.0)).unwrap();
+    assert_eq!(q.grad().unwrap().to_vec::<f32>(), vec![1.0, 1.0]);
     // A leaf used twice in one graph gets both contributions.
     (w.mul(&Tensor::scalar(3.0)) + w.clone()).sum_all().backward();
     assert_eq!(w.grad().unwrap().to_vec::<f32>(), vec![4.0, 4.0]);
