@@ -11,6 +11,7 @@
 //! | [`ops`] (`firebrand-ops`) | CPU kernels: AVX-512 gemm, SIMD elementwise, reductions, softmax, indexing |
 //! | [`autograd`] (`firebrand-autograd`) | the user-facing [`Tensor`], reverse-mode autograd, `gradcheck` |
 //! | [`nn`] (`firebrand-nn`) | `Module`, layers, losses, `Sequential` with `summary()`, safetensors weights |
+//! | [`optim`] (`firebrand-optim`) | SGD, Adam, AdamW, RMSprop (PyTorch's rules), clipping, LR schedules |
 //!
 //! Most programs only need the [`prelude`]:
 //!
@@ -40,6 +41,7 @@
 pub use firebrand_autograd as autograd;
 pub use firebrand_nn as nn;
 pub use firebrand_ops as ops;
+pub use firebrand_optim as optim;
 pub use firebrand_tensor as tensor;
 
 pub use firebrand_autograd::{
@@ -52,9 +54,10 @@ pub mod prelude {
     pub use firebrand_autograd::{DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad};
     pub use firebrand_nn::loss::{Reduction, Target};
     pub use firebrand_nn::{
-        Activation, Dropout, Flatten, GELU, Init, LeakyReLU, Linear, Module, ModuleExt, ReLU, Sequential, SiLU, Sigmoid,
-        Softmax, Tanh,
+        Activation, Dropout, Flatten, GELU, Init, LeakyReLU, Linear, Module, ModuleExt, ReLU, Sequential, SiLU,
+        Sigmoid, Softmax, Tanh,
     };
+    pub use firebrand_optim::{Adam, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
 }
 
 /// The README's code example, compiled and run as a doctest.

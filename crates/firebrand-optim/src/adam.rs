@@ -1,0 +1,130 @@
+//! Adam and AdamW, following `torch.optim.Adam` / `torch.optim.AdamW`.
+
+use crate::optimizer::{OptimError, Optimizer, Params, decay_all};
+use firebrand_autograd::Tensor;
+use std::collections::BTreeMap;
+
+/// Adam (`torch.optim.Adam`, L2 weight decay added to the gradient) and AdamW
+/// (`torch.optim.AdamW`, decoupled decay `p −= lr·wd·p` before the update).
+///
+/// Update, with step `t`: `m = β1·m + (1−β1)·g`, `v = β2·v + (1−β2)·g²`,
+/// `p −= (lr / (1−β1ᵗ)) · m / (sqrt(v) / sqrt(1−β2ᵗ) + ε)` — PyTorch's
+/// arithmetic, so results agree to rounding.
+///
+/// ```
+/// use firebrand_optim::{Adam, Optimizer};
+/// use firebrand_autograd::Tensor;
+/// let w = Tensor::from_vec(vec![1.0f32], [1]).requires_grad_(true);
+/// let mut opt = Adam::new(vec![("w".into(), w.clone())], 0.1);
+/// w.square().sum_all().backward();
+/// opt.step();
+/// assert!((w.item() - 0.9).abs() < 1e-6); // the first Adam step moves by lr
+/// ```
+pub struct Adam {
+    params: Params,
+    lr: f32,
+    betas: (f32, f32),
+    eps: f32,
+    decoupled: bool,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
+    pub fn new(params: Vec<(String, Tensor)>, lr: f32) -> Self {
+        Adam::with_options(params, lr, (0.9, 0.999), 1e-8, 0.0)
+    }
+
+    /// Adam with L2 weight decay (added to the gradient).
+    pub fn with_options(
+        params: Vec<(String, Tensor)>,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+    ) -> Self {
+        Adam {
+            params: Params::new(params, weight_decay, &decay_all, &["exp_avg", "exp_avg_sq"]),
+            lr,
+            betas,
+            eps,
+            decoupled: false,
+        }
+    }
+}
+
+/// AdamW: Adam with decoupled weight decay (`torch.optim.AdamW`).
+pub struct AdamW;
+
+impl AdamW {
+    /// AdamW with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(params: Vec<(String, Tensor)>, lr: f32) -> Adam {
+        AdamW::with_options(params, lr, (0.9, 0.999), 1e-8, 0.01, &decay_all)
+    }
+
+    /// AdamW with every option; `decay(name, param)` chooses which parameters
+    /// decay (e.g. [`decay_matrices`](crate::decay_matrices): not biases and norms).
+    pub fn with_options(
+        params: Vec<(String, Tensor)>,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+        decay: &dyn Fn(&str, &Tensor) -> bool,
+    ) -> Adam {
+        Adam {
+            params: Params::new(params, weight_decay, decay, &["exp_avg", "exp_avg_sq"]),
+            lr,
+            betas,
+            eps,
+            decoupled: true,
+        }
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self) {
+        self.params.step += 1;
+        let t = self.params.step as i32;
+        let (lr, (b1, b2), eps, decoupled) = (self.lr, self.betas, self.eps, self.decoupled);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        self.params.for_each(|p, g, wd, bufs| {
+            let (m_buf, rest) = bufs.split_at_mut(1);
+            let (m, v) = (&mut m_buf[0].1, &mut rest[0].1);
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = if decoupled {
+                    *p *= 1.0 - lr * wd;
+                    g
+                } else {
+                    g + wd * *p
+                };
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *p -= step_size * *m / denom;
+            }
+        });
+    }
+
+    fn zero_grad(&self) {
+        self.params.zero_grad()
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.params.state()
+    }
+
+    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError> {
+        self.params.load_state(state)
+    }
+}

@@ -1,0 +1,31 @@
+//! Gradient clipping, in place on the parameters' gradients.
+
+use firebrand_autograd::Tensor;
+
+/// Scales all gradients together so their global L2 norm is at most
+/// `max_norm` (`torch.nn.utils.clip_grad_norm_`); returns the norm before
+/// clipping. Parameters without a gradient are ignored.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
+    let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
+    let sq: f64 = grads
+        .iter()
+        .map(|g| g.with_f32_slice(|v| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).expect("f32 gradients"))
+        .sum();
+    let norm = sq.sqrt() as f32;
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in &grads {
+            g.update_f32("clip_grad_norm", |v| v.iter_mut().for_each(|x| *x *= coef))
+                .expect("contiguous f32 gradients");
+        }
+    }
+    norm
+}
+
+/// Clamps every gradient element into `[-value, value]` (`clip_grad_value_`).
+pub fn clip_grad_value(params: &[Tensor], value: f32) {
+    for g in params.iter().filter_map(|p| p.grad()) {
+        g.update_f32("clip_grad_value", |v| v.iter_mut().for_each(|x| *x = x.clamp(-value, value)))
+            .expect("contiguous f32 gradients");
+    }
+}
