@@ -12,6 +12,7 @@
 //! | [`autograd`] (`firebrand-autograd`) | the user-facing [`Tensor`], reverse-mode autograd, `gradcheck` |
 //! | [`nn`] (`firebrand-nn`) | `Module`, layers, losses, `Sequential` with `summary()`, safetensors weights |
 //! | [`optim`] (`firebrand-optim`) | SGD, Adam, AdamW, RMSprop (PyTorch's rules), clipping, LR schedules |
+//! | [`data`] (`firebrand-data`) | `Dataset`, `DataLoader`, IDX/CSV readers, the embedded digits |
 //!
 //! Most programs only need the [`prelude`]:
 //!
@@ -39,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub use firebrand_autograd as autograd;
+pub use firebrand_data as data;
 pub use firebrand_nn as nn;
 pub use firebrand_ops as ops;
 pub use firebrand_optim as optim;
@@ -52,6 +54,7 @@ pub use firebrand_autograd::{
 /// The names most programs need: `use firebrand::prelude::*;`.
 pub mod prelude {
     pub use firebrand_autograd::{DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad};
+    pub use firebrand_data::{DataLoader, Dataset, TensorDataset};
     pub use firebrand_nn::loss::{Reduction, Target};
     pub use firebrand_nn::{
         Activation, Dropout, Flatten, GELU, Init, LeakyReLU, Linear, Module, ModuleExt, ReLU, Sequential, SiLU,

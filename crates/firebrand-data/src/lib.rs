@@ -1,0 +1,41 @@
+//! # firebrand-data
+//!
+//! Getting examples into batches.
+//!
+//! * [`Dataset`] (`len`, `get`, `get_batch`) and the in-memory
+//!   [`TensorDataset`] with seeded `split` and `subset`.
+//! * [`DataLoader`]: batch size, seeded per-epoch shuffling, `drop_last`,
+//!   prefetch on a background thread.
+//! * Readers returning typed [`DataError`]s that name the file: IDX for MNIST
+//!   and Fashion-MNIST ([`load_mnist`], plain or `.gz`), labeled numeric CSV
+//!   ([`read_csv_labeled`]); [`find_dataset`] looks in `--data`,
+//!   `FIREBRAND_DATA` and the standard places.
+//! * [`Standardize`] (per-feature mean/std fitted on training data).
+//! * [`digits`]: the UCI 8x8 digits embedded in the crate.
+//!
+//! Batches are `(inputs, targets)` tensors for `firebrand-train`'s loop.
+//!
+//! ```
+//! use firebrand_data::{digits, DataLoader};
+//! let (train, test) = digits().split(0.2, 0);
+//! let loader = DataLoader::new(train, 32).shuffle(0).prefetch(2);
+//! let (x, y) = loader.epoch(0).next().unwrap();
+//! assert_eq!((x.dims(), y.dims()), (&[32, 64][..], &[32][..]));
+//! assert_eq!(test.x.dims()[0], 359);
+//! ```
+
+#![warn(missing_docs)]
+
+mod csv;
+mod dataset;
+mod digits;
+mod error;
+mod idx;
+mod loader;
+
+pub use csv::{parse_csv_labeled, read_csv_labeled};
+pub use dataset::{Dataset, Standardize, TensorDataset};
+pub use digits::digits;
+pub use error::DataError;
+pub use idx::{FASHION_MNIST_HINT, IdxArray, Split, find_dataset, load_mnist, parse_idx, read_idx};
+pub use loader::{Batches, DataLoader};
