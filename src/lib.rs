@@ -13,6 +13,7 @@
 //! | [`nn`] (`firebrand-nn`) | `Module`, layers, losses, `Sequential` with `summary()`, safetensors weights |
 //! | [`optim`] (`firebrand-optim`) | SGD, Adam, AdamW, RMSprop (PyTorch's rules), clipping, LR schedules |
 //! | [`data`] (`firebrand-data`) | `Dataset`, `DataLoader`, IDX/CSV readers, the embedded digits |
+//! | [`train`] (`firebrand-train`) | Keras-like `Model` with `fit`/`evaluate`/`predict`, metrics, history, callbacks |
 //!
 //! Most programs only need the [`prelude`]:
 //!
@@ -45,6 +46,7 @@ pub use firebrand_nn as nn;
 pub use firebrand_ops as ops;
 pub use firebrand_optim as optim;
 pub use firebrand_tensor as tensor;
+pub use firebrand_train as train;
 
 pub use firebrand_autograd::{
     DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, gradcheck, manual_seed, no_grad,
@@ -61,6 +63,7 @@ pub mod prelude {
         Sigmoid, Softmax, Tanh,
     };
     pub use firebrand_optim::{Adam, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
+    pub use firebrand_train::{EarlyStopping, FitOptions, History, Loss, Model, Validation};
 }
 
 /// The README's code example, compiled and run as a doctest.
