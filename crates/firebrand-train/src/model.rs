@@ -179,11 +179,11 @@ impl<M: Module> Model<M> {
         }
         let mut history = History::default();
         let mut start = 0;
-        if let (Some(path), true) = (&opts.checkpoint, opts.resume) {
-            if path.exists() {
-                history = self.load_checkpoint(path)?;
-                start = history.epochs.len();
-            }
+        if let (Some(path), true) = (&opts.checkpoint, opts.resume)
+            && path.exists()
+        {
+            history = self.load_checkpoint(path)?;
+            start = history.epochs.len();
         }
         let mut best: Option<(f32, usize, Vec<Tensor>)> = None;
         for epoch in start..opts.epochs {
@@ -207,7 +207,7 @@ impl<M: Module> Model<M> {
                     correct += count_correct(&out, &y);
                 }
                 pb.inc(1);
-                if pb.position() % 20 == 0 {
+                if pb.position().is_multiple_of(20) {
                     pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
                 }
             }
@@ -257,11 +257,11 @@ impl<M: Module> Model<M> {
                 }
             }
         }
-        if let (Some(es), Some((_, _, snapshot))) = (opts.early_stopping, &best) {
-            if es.restore_best {
-                for (p, s) in self.net.parameters().iter().zip(snapshot) {
-                    p.copy_(s).expect("same shapes");
-                }
+        if let (Some(es), Some((_, _, snapshot))) = (opts.early_stopping, &best)
+            && es.restore_best
+        {
+            for (p, s) in self.net.parameters().iter().zip(snapshot) {
+                p.copy_(s).expect("same shapes");
             }
         }
         Ok(history)
