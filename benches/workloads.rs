@@ -9,6 +9,9 @@
 //!   square sizes and the training shapes.
 //! * `peak [--threads N]` — the machine's fp32 FMA peak (an FMA-throughput
 //!   microbenchmark), to judge gemm against.
+//! * `mlp [--epochs N] [--data DIR]` — Fashion-MNIST, 784 → Linear 128 + ReLU →
+//!   Dropout 0.2 → Linear 10, Adam 1e-3, batch 32: one object per epoch with
+//!   `train_seconds` (training only), `test_accuracy` and `peak_rss_mb`.
 
 use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
 use std::time::Instant;
@@ -26,8 +29,9 @@ fn main() {
     match name.as_str() {
         "gemm" => workload_gemm(opt("--sizes")),
         "peak" => workload_peak(),
+        "mlp" => workload_mlp(opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5), opt("--data")),
         other => {
-            eprintln!("unknown workload {other:?}; known: gemm, peak");
+            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp");
             std::process::exit(2);
         }
     }
@@ -150,4 +154,49 @@ unsafe fn peak_avx512(iters: u64) -> f64 {
     }
     std::hint::black_box(&acc);
     iters as f64 * (CHAINS * 16 * 2) as f64
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn workload_mlp(epochs: usize, data: Option<String>) {
+    use firebrand::data::{FASHION_MNIST_HINT, Split, TensorDataset, find_dataset, load_mnist};
+    use firebrand::prelude::*;
+    let dir = find_dataset("fashion-mnist", data.as_deref().map(std::path::Path::new), "train-images-idx3-ubyte", FASHION_MNIST_HINT)
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+    let load = |split| {
+        let (x, y) = load_mnist(&dir, split).expect("readable Fashion-MNIST");
+        TensorDataset::new(x.reshape([x.dims()[0], 784]), y).expect("paired")
+    };
+    let (train, test) = (load(Split::Train), load(Split::Test));
+    manual_seed(0);
+    let net = Sequential::new()
+        .add(Linear::new(784, 128).with_activation(Activation::Relu))
+        .add(Dropout::new(0.2))
+        .add(Linear::new(128, 10));
+    let adam = Adam::new(net.named_parameters(), 1e-3);
+    let mut model = Model::new(net, adam, Loss::CROSS_ENTROPY);
+    let opts = FitOptions { epochs, batch_size: 32, verbose: false, prefetch: 2, ..Default::default() };
+    for epoch in 0..epochs {
+        // One epoch at a time so each line prints as soon as it is known; the
+        // shuffle seed moves with the epoch as in a single multi-epoch fit.
+        let h = model.fit(&train, &FitOptions { epochs: 1, seed: epoch as u64, ..opts.clone() }).expect("no checkpoint");
+        let acc = model.evaluate(&test, 1000).metrics.expect("classifier").accuracy;
+        let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
+        println!(
+            "{{\"workload\":\"mlp\",\"lib\":\"firebrand\",\"epoch\":{},\"train_seconds\":{:.3},\"train_loss\":{:.4},\"test_accuracy\":{:.4},\"peak_rss_mb\":{mem}}}",
+            epoch + 1,
+            h.epochs[0].train_seconds,
+            h.epochs[0].loss,
+            acc
+        );
+    }
 }
