@@ -167,11 +167,16 @@ fn peak_rss_mb() -> Option<f64> {
 fn workload_mlp(epochs: usize, data: Option<String>) {
     use firebrand::data::{FASHION_MNIST_HINT, Split, TensorDataset, find_dataset, load_mnist};
     use firebrand::prelude::*;
-    let dir = find_dataset("fashion-mnist", data.as_deref().map(std::path::Path::new), "train-images-idx3-ubyte", FASHION_MNIST_HINT)
-        .unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            std::process::exit(2)
-        });
+    let dir = find_dataset(
+        "fashion-mnist",
+        data.as_deref().map(std::path::Path::new),
+        "train-images-idx3-ubyte",
+        FASHION_MNIST_HINT,
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
     let load = |split| {
         let (x, y) = load_mnist(&dir, split).expect("readable Fashion-MNIST");
         TensorDataset::new(x.reshape([x.dims()[0], 784]), y).expect("paired")
@@ -188,7 +193,8 @@ fn workload_mlp(epochs: usize, data: Option<String>) {
     for epoch in 0..epochs {
         // One epoch at a time so each line prints as soon as it is known; the
         // shuffle seed moves with the epoch as in a single multi-epoch fit.
-        let h = model.fit(&train, &FitOptions { epochs: 1, seed: epoch as u64, ..opts.clone() }).expect("no checkpoint");
+        let h =
+            model.fit(&train, &FitOptions { epochs: 1, seed: epoch as u64, ..opts.clone() }).expect("no checkpoint");
         let acc = model.evaluate(&test, 1000).metrics.expect("classifier").accuracy;
         let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
         println!(

@@ -45,12 +45,17 @@ fn main() {
     println!("{}", net.summary(&[784]));
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
-    let options = FitOptions { epochs, batch_size: 32, validation: Validation::Data(test.clone()), ..Default::default() };
+    let options =
+        FitOptions { epochs, batch_size: 32, validation: Validation::Data(test.clone()), ..Default::default() };
     let history = model.fit(&train, &options).expect("no checkpoint is written");
     let per_epoch: f64 = history.epochs.iter().map(|e| e.train_seconds).sum::<f64>() / history.epochs.len() as f64;
 
     let eval = model.evaluate(&test, 1000);
     let metrics = eval.metrics.expect("a classifier");
-    println!("\ntest accuracy {:.2}%, macro F1 {:.4}, {per_epoch:.2} s of training per epoch", 100.0 * metrics.accuracy, metrics.macro_f1());
+    println!(
+        "\ntest accuracy {:.2}%, macro F1 {:.4}, {per_epoch:.2} s of training per epoch",
+        100.0 * metrics.accuracy,
+        metrics.macro_f1()
+    );
     println!("{metrics}");
 }

@@ -24,7 +24,8 @@ fn main() {
 
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
-    let options = FitOptions { epochs: 40, batch_size: 32, validation: Validation::Split(0.1), seed: 42, ..Default::default() };
+    let options =
+        FitOptions { epochs: 40, batch_size: 32, validation: Validation::Split(0.1), seed: 42, ..Default::default() };
     let t = Instant::now();
     let history = model.fit(&train, &options).expect("no checkpoint is written");
     let seconds = t.elapsed().as_secs_f64();
@@ -32,7 +33,12 @@ fn main() {
 
     let eval = model.evaluate(&test, 256);
     let metrics = eval.metrics.expect("a classifier");
-    println!("\ntest loss {:.4}, test accuracy {:.2}% (macro F1 {:.4})", eval.loss, 100.0 * metrics.accuracy, metrics.macro_f1());
+    println!(
+        "\ntest loss {:.4}, test accuracy {:.2}% (macro F1 {:.4})",
+        eval.loss,
+        100.0 * metrics.accuracy,
+        metrics.macro_f1()
+    );
     println!("{metrics}");
     println!("training took {training:.2} s ({seconds:.2} s with validation)");
 }

@@ -102,14 +102,11 @@ fn accumulate_leaf(t: &Tensor, g: Tensor) {
     let mut slot = t.0.grad.lock().unwrap();
     *slot = Some(match slot.take() {
         Some(prev) => prev.add(&g),
-        // Keep the buffer only when nothing else holds it (an `add` hands the same
-        // gradient to both inputs): gradients are modified in place by clipping.
-        None if std::sync::Arc::strong_count(&g.0) == 1
-            && std::sync::Arc::strong_count(&g.0.storage) == 1
-            && g.is_contiguous() =>
-        {
-            g
-        }
+        // Leaf gradients are contiguous buffers of their own (an `add` hands the
+        // same gradient to both inputs): optimizers read them as slices and
+        // clipping scales them in place.
+        None if !g.is_contiguous() => g.contiguous(),
+        None if std::sync::Arc::strong_count(&g.0) == 1 && std::sync::Arc::strong_count(&g.0.storage) == 1 => g,
         None => g.affine(1.0, 0.0),
     });
 }

@@ -82,6 +82,50 @@ impl AdamW {
     }
 }
 
+#[derive(Clone, Copy)]
+struct AdamConsts {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    decay: f32,
+    l2: f32,
+}
+
+/// One fused pass over a parameter, its gradient and both moments.
+#[inline(always)]
+fn adam_loop(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamConsts) {
+    // Equal-length slices and plain indexing: the loop vectorizes.
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i] + k.l2 * p[i];
+        let pi = p[i] * k.decay;
+        m[i] = k.b1 * m[i] + (1.0 - k.b1) * gi;
+        v[i] = k.b2 * v[i] + (1.0 - k.b2) * gi * gi;
+        let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
+        p[i] = pi - k.step_size * m[i] / denom;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn adam_loop_avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamConsts) {
+    adam_loop(p, g, m, v, k)
+}
+
+/// The same loop compiled for AVX-512 when the CPU has it (sqrt and division
+/// dominate; 16 lanes instead of SSE2's 4).
+fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamConsts) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected at run time.
+        return unsafe { adam_loop_avx512(p, g, m, v, k) };
+    }
+    adam_loop(p, g, m, v, k)
+}
+
 impl Optimizer for Adam {
     fn step(&mut self) {
         self.params.step += 1;
@@ -92,19 +136,9 @@ impl Optimizer for Adam {
         let step_size = lr / bc1;
         self.params.for_each(|p, g, wd, bufs| {
             let (m_buf, rest) = bufs.split_at_mut(1);
-            let (m, v) = (&mut m_buf[0].1, &mut rest[0].1);
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let g = if decoupled {
-                    *p *= 1.0 - lr * wd;
-                    g
-                } else {
-                    g + wd * *p
-                };
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p -= step_size * *m / denom;
-            }
+            let (decay, l2) = if decoupled { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+            let k = AdamConsts { b1, b2, eps, step_size, bc2_sqrt, decay, l2 };
+            adam_update(p, g, &mut m_buf[0].1, &mut rest[0].1, k);
         });
     }
 

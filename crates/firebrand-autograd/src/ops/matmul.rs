@@ -62,10 +62,28 @@ impl Tensor {
         let out = backend.matmul(&**self.storage(), &al, &**rhs.storage(), &bl)?;
         let out = Tensor::from_backend(out, out_dims);
         let (a, b) = (self.detach(), rhs.detach());
+        // Which gradients are wanted is known now: skipping the other saves a
+        // whole gemm (the input of a first layer never needs one).
+        let (need_a, need_b) = (self.requires_grad(), rhs.requires_grad());
         Ok(record(out, "matmul", &[self, rhs], move |_, g| {
-            let ga = g.matmul(&b.transpose(-1, -2)).sum_to(a.shape());
-            let gb = a.transpose(-1, -2).matmul(g).sum_to(b.shape());
-            vec![Some(ga), Some(gb)]
+            let ga = need_a
+                .then(|| grad_in_layout_of(&a, || g.matmul(&b.transpose(-1, -2)), || b.matmul(&g.transpose(-1, -2))));
+            let gb = need_b
+                .then(|| grad_in_layout_of(&b, || a.transpose(-1, -2).matmul(g), || g.transpose(-1, -2).matmul(&a)));
+            vec![ga, gb]
         }))
     }
+}
+
+/// The gradient of a matmul operand `t`, computed so that it comes out in
+/// `t`'s own memory order: for a 2-D operand that is a transposed contiguous
+/// matrix (a `Linear` weight used as `w.t()`), `transposed()` computes the
+/// gradient's transpose contiguously and a view turns it back, so the
+/// transpose rule above it hands the weight a contiguous gradient with no copy.
+/// Batched or broadcast operands use `direct()` and are reduced with `sum_to`.
+fn grad_in_layout_of(t: &Tensor, direct: impl FnOnce() -> Tensor, transposed: impl FnOnce() -> Tensor) -> Tensor {
+    if t.rank() == 2 && !t.is_contiguous() && t.layout().transpose(0, 1).is_ok_and(|l| l.is_contiguous()) {
+        return transposed().transpose(0, 1);
+    }
+    direct().sum_to(t.shape())
 }
