@@ -3,6 +3,7 @@
 same session, and prints both figures and their ratio.
 
     python3 benches/compare.py gemm [--threads 2] [--rounds 3]
+    python3 benches/compare.py mlp [--epochs 5] [--data DIR]
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -25,11 +26,15 @@ def run(cmd, env=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["gemm"])
+    p.add_argument("workload", choices=["gemm", "mlp"])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--data", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    if a.workload == "mlp":
+        return compare_mlp(a)
     best = {}
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
@@ -52,6 +57,25 @@ def main():
     if a.json:
         for key, g in sorted(best.items()):
             print(json.dumps({"lib": key[0], "m": key[1], "k": key[2], "n": key[3], "gflops": g}))
+
+
+def compare_mlp(a):
+    extra = ["--epochs", str(a.epochs)] + (["--data", a.data] if a.data else [])
+    subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
+    ours = run(["cargo", "bench", "--bench", "workloads", "--", "mlp"] + extra)
+    theirs = run([sys.executable, "benches/pytorch/mlp.py", "--threads", str(a.threads)] + extra)
+    print("| epoch | Firebrand s | PyTorch s | speed-up | Firebrand acc | PyTorch acc | Firebrand MiB | PyTorch MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for f, t in zip(ours, theirs):
+        print(f"| {f['epoch']} | {f['train_seconds']:.3f} | {t['train_seconds']:.3f} | {t['train_seconds'] / f['train_seconds']:.2f}x "
+              f"| {100 * f['test_accuracy']:.2f}% | {100 * t['test_accuracy']:.2f}% | {f['peak_rss_mb']} | {t['peak_rss_mb']} |")
+    fs = sum(r["train_seconds"] for r in ours) / len(ours)
+    ts = sum(r["train_seconds"] for r in theirs) / len(theirs)
+    print(f"\nmean epoch: Firebrand {fs:.3f} s, PyTorch {ts:.3f} s, speed-up {ts / fs:.2f}x; "
+          f"final test accuracy {100 * ours[-1]['test_accuracy']:.2f}% vs {100 * theirs[-1]['test_accuracy']:.2f}%")
+    if a.json:
+        for r in ours + theirs:
+            print(json.dumps(r))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ fn main() {
     match name.as_str() {
         "gemm" => workload_gemm(opt("--sizes")),
         "peak" => workload_peak(),
-        "mlp" => workload_mlp(opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5), opt("--data")),
+        "mlp" => workload_mlp(
+            opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5),
+            opt("--data"),
+            opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
+        ),
         other => {
             eprintln!("unknown workload {other:?}; known: gemm, peak, mlp");
             std::process::exit(2);
@@ -164,7 +168,7 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn workload_mlp(epochs: usize, data: Option<String>) {
+fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {
     use firebrand::data::{FASHION_MNIST_HINT, Split, TensorDataset, find_dataset, load_mnist};
     use firebrand::prelude::*;
     let dir = find_dataset(
@@ -182,7 +186,7 @@ fn workload_mlp(epochs: usize, data: Option<String>) {
         TensorDataset::new(x.reshape([x.dims()[0], 784]), y).expect("paired")
     };
     let (train, test) = (load(Split::Train), load(Split::Test));
-    manual_seed(0);
+    manual_seed(seed);
     let net = Sequential::new()
         .add(Linear::new(784, 128).with_activation(Activation::Relu))
         .add(Dropout::new(0.2))
@@ -193,8 +197,9 @@ fn workload_mlp(epochs: usize, data: Option<String>) {
     for epoch in 0..epochs {
         // One epoch at a time so each line prints as soon as it is known; the
         // shuffle seed moves with the epoch as in a single multi-epoch fit.
-        let h =
-            model.fit(&train, &FitOptions { epochs: 1, seed: epoch as u64, ..opts.clone() }).expect("no checkpoint");
+        let h = model
+            .fit(&train, &FitOptions { epochs: 1, seed: seed * 1000 + epoch as u64, ..opts.clone() })
+            .expect("no checkpoint");
         let acc = model.evaluate(&test, 1000).metrics.expect("classifier").accuracy;
         let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
         println!(

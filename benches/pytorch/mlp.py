@@ -4,7 +4,7 @@ Fashion-MNIST, 784 -> Linear 128 + ReLU -> Dropout 0.2 -> Linear 10, cross-entro
 Adam 1e-3, batch 32, shuffled, pixels scaled to [0, 1], 2 threads. Prints one JSON
 object per epoch, like `cargo bench --bench workloads -- mlp`:
     {"workload": "mlp", "lib": "torch", "epoch": 1, "train_seconds": ..., "test_accuracy": ..., "peak_rss_mb": ...}
-Usage: python3 benches/pytorch/mlp.py [--epochs 5] [--data DIR] [--threads 2]
+Usage: python3 benches/pytorch/mlp.py [--epochs 5] [--data DIR] [--threads 2] [--seed 0]
 """
 import argparse, gzip, json, os, resource, struct, time
 
@@ -12,6 +12,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--epochs", type=int, default=5)
 p.add_argument("--data", default=None)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(a.threads)
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 torch.set_num_threads(a.threads)
-torch.manual_seed(0)
+torch.manual_seed(a.seed)
 
 
 def find_dir():

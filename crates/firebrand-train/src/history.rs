@@ -42,6 +42,17 @@ impl History {
         Ok(History { epochs: serde_json::from_str(text)? })
     }
 
+    /// Writes [`History::to_json`] (for a path ending in `.json`) or
+    /// [`History::to_csv`] (anything else) to `path`, atomically.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write(&self, path: impl AsRef<std::path::Path>) -> Result<(), firebrand_nn::WeightsError> {
+        let path = path.as_ref();
+        let text = if path.extension().is_some_and(|e| e == "json") { self.to_json() } else { self.to_csv() };
+        firebrand_nn::serialize::write_atomic(path, text.as_bytes())
+    }
+
     /// The records as CSV with a header line (empty cells for absent figures).
     pub fn to_csv(&self) -> String {
         let opt = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_default();

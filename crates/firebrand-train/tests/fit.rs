@@ -40,6 +40,9 @@ fn trains_evaluates_and_predicts() {
     assert!(csv.starts_with("epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,lr\n"));
     assert_eq!(csv.lines().count(), 5);
     assert_eq!(History::from_json(&h.to_json()).unwrap(), h);
+    let path = std::env::temp_dir().join(format!("firebrand-history-{}.json", std::process::id()));
+    h.write(&path).unwrap();
+    assert_eq!(History::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap(), h);
 }
 
 #[test]
