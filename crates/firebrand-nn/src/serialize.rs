@@ -190,13 +190,43 @@ pub fn load_weights(
     strict: bool,
 ) -> Result<LoadReport, WeightsError> {
     let path = path.as_ref();
-    let mut file = load_tensors(path)?;
-    let params = module.named_parameters();
+    Ok(plan_load(&module.named_parameters(), load_tensors(path)?, path, strict)?.apply())
+}
+
+/// Named parameters checked against named tensors, ready to be copied in.
+pub struct LoadPlan {
+    pairs: Vec<(Tensor, Tensor)>,
+    report: LoadReport,
+}
+
+impl LoadPlan {
+    /// Copies every matched tensor into its parameter (in place) and returns
+    /// what was missing or unexpected.
+    pub fn apply(self) -> LoadReport {
+        for (p, t) in self.pairs {
+            p.copy_(&t).expect("shape and dtype checked by plan_load");
+        }
+        self.report
+    }
+}
+
+/// Matches `params` with `tensors` by name and checks dtypes and shapes,
+/// changing nothing yet: the caller applies the plan once everything else it
+/// loads has been checked too (`path` names the source in errors).
+///
+/// # Errors
+/// On a dtype or shape mismatch, and with `strict` on a missing or extra tensor.
+pub fn plan_load(
+    params: &[(String, Tensor)],
+    mut tensors: BTreeMap<String, Tensor>,
+    path: &Path,
+    strict: bool,
+) -> Result<LoadPlan, WeightsError> {
     let mut report = LoadReport::default();
-    let mut plan = Vec::new();
+    let mut pairs = Vec::new();
     let names: HashMap<&str, ()> = params.iter().map(|(n, _)| (n.as_str(), ())).collect();
-    for (name, p) in &params {
-        match file.remove(name) {
+    for (name, p) in params {
+        match tensors.remove(name) {
             Some(t) => {
                 if t.dtype() != DType::F32 {
                     return Err(WeightsError::DType {
@@ -213,7 +243,7 @@ pub fn load_weights(
                         expected: p.dims().to_vec(),
                     });
                 }
-                plan.push((p.clone(), t));
+                pairs.push((p.clone(), t));
             }
             None if strict => {
                 return Err(WeightsError::Missing { path: path.into(), name: name.clone(), shape: p.dims().to_vec() });
@@ -221,12 +251,9 @@ pub fn load_weights(
             None => report.missing.push(name.clone()),
         }
     }
-    report.unexpected = file.into_keys().filter(|n| !names.contains_key(n.as_str())).collect();
+    report.unexpected = tensors.into_keys().filter(|n| !names.contains_key(n.as_str())).collect();
     if strict && !report.unexpected.is_empty() {
         return Err(WeightsError::Unexpected { path: path.into(), names: report.unexpected });
     }
-    for (p, t) in plan {
-        p.copy_(&t).expect("shape and dtype checked above");
-    }
-    Ok(report)
+    Ok(LoadPlan { pairs, report })
 }

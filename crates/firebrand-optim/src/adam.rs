@@ -1,8 +1,7 @@
 //! Adam and AdamW, following `torch.optim.Adam` / `torch.optim.AdamW`.
 
-use crate::optimizer::{OptimError, Optimizer, Params, decay_all};
+use crate::optimizer::{Optimizer, Params, decay_all, shared_optimizer_methods};
 use firebrand_autograd::Tensor;
-use std::collections::BTreeMap;
 
 /// Adam (`torch.optim.Adam`, L2 weight decay added to the gradient) and AdamW
 /// (`torch.optim.AdamW`, decoupled decay `p −= lr·wd·p` before the update).
@@ -142,23 +141,5 @@ impl Optimizer for Adam {
         });
     }
 
-    fn zero_grad(&self) {
-        self.params.zero_grad()
-    }
-
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.params.state()
-    }
-
-    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError> {
-        self.params.load_state(state)
-    }
+    shared_optimizer_methods!();
 }

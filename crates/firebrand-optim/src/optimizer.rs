@@ -164,3 +164,33 @@ pub fn decay_all(_: &str, _: &Tensor) -> bool {
 pub fn decay_matrices(_: &str, t: &Tensor) -> bool {
     t.rank() >= 2
 }
+
+/// The `Optimizer` methods every optimizer here shares (they keep their
+/// parameters in a `params: Params` field and the rate in `lr`).
+macro_rules! shared_optimizer_methods {
+    () => {
+        fn zero_grad(&self) {
+            self.params.zero_grad()
+        }
+
+        fn lr(&self) -> f32 {
+            self.lr
+        }
+
+        fn set_lr(&mut self, lr: f32) {
+            self.lr = lr;
+        }
+
+        fn state(&self) -> Vec<(String, firebrand_autograd::Tensor)> {
+            self.params.state()
+        }
+
+        fn load_state(
+            &mut self,
+            state: &std::collections::BTreeMap<String, firebrand_autograd::Tensor>,
+        ) -> Result<(), crate::OptimError> {
+            self.params.load_state(state)
+        }
+    };
+}
+pub(crate) use shared_optimizer_methods;

@@ -1,8 +1,7 @@
 //! RMSprop, following `torch.optim.RMSprop`.
 
-use crate::optimizer::{OptimError, Optimizer, Params, decay_all};
+use crate::optimizer::{Optimizer, Params, decay_all, shared_optimizer_methods};
 use firebrand_autograd::Tensor;
-use std::collections::BTreeMap;
 
 /// RMSprop (`torch.optim.RMSprop`): `g = grad + wd·p`,
 /// `sq = α·sq + (1−α)·g²`; centered: `ga = α·ga + (1−α)·g`, `avg = sqrt(sq − ga²) + ε`,
@@ -80,23 +79,5 @@ impl Optimizer for RmsProp {
         self.params.step += 1;
     }
 
-    fn zero_grad(&self) {
-        self.params.zero_grad()
-    }
-
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.params.state()
-    }
-
-    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError> {
-        self.params.load_state(state)
-    }
+    shared_optimizer_methods!();
 }

@@ -1,9 +1,8 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight
 //! decay, following `torch.optim.SGD`'s update rule.
 
-use crate::optimizer::{OptimError, Optimizer, Params, decay_all};
+use crate::optimizer::{Optimizer, Params, decay_all, shared_optimizer_methods};
 use firebrand_autograd::Tensor;
-use std::collections::BTreeMap;
 
 /// SGD (`torch.optim.SGD`):
 /// `g = grad + wd·p; buf = momentum·buf + (1 − dampening)·g` (`buf = g` on the
@@ -73,23 +72,5 @@ impl Optimizer for Sgd {
         self.params.step += 1;
     }
 
-    fn zero_grad(&self) {
-        self.params.zero_grad()
-    }
-
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.params.state()
-    }
-
-    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError> {
-        self.params.load_state(state)
-    }
+    shared_optimizer_methods!();
 }

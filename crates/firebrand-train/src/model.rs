@@ -5,7 +5,7 @@ use crate::{ClassificationMetrics, EpochRecord, History};
 use firebrand_autograd::{DType, Tensor, manual_seed, with_no_grad};
 use firebrand_data::{DataLoader, TensorDataset};
 use firebrand_nn::loss::{Reduction, Target, binary_cross_entropy_with_logits, cross_entropy, mse_loss};
-use firebrand_nn::serialize::{load_tensors, save_tensors, write_atomic};
+use firebrand_nn::serialize::{load_tensors, plan_load, save_tensors, write_atomic};
 use firebrand_nn::{Module, ModuleExt, WeightsError};
 use firebrand_optim::Optimizer;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -341,26 +341,9 @@ impl<M: Module> Model<M> {
                 model.insert(n.to_string(), v);
             }
         }
-        let params = self.net.named_parameters();
-        for (name, p) in &params {
-            let t = model.get(name).ok_or_else(|| WeightsError::Missing {
-                path: path.into(),
-                name: name.clone(),
-                shape: p.dims().to_vec(),
-            })?;
-            if t.dims() != p.dims() {
-                return Err(WeightsError::Shape {
-                    path: path.into(),
-                    name: name.clone(),
-                    found: t.dims().to_vec(),
-                    expected: p.dims().to_vec(),
-                });
-            }
-        }
+        let plan = plan_load(&self.net.named_parameters(), model, path, true)?;
         self.optimizer.load_state(&optim).map_err(|e| format(e.to_string()))?;
-        for (name, p) in &params {
-            p.copy_(&model[name]).expect("checked above");
-        }
+        plan.apply();
         let hp = history_path(path);
         let text = std::fs::read_to_string(&hp).map_err(|source| WeightsError::Io { path: hp.clone(), source })?;
         History::from_json(&text).map_err(|e| WeightsError::Format { path: hp, msg: e.to_string() })
