@@ -6,7 +6,7 @@
 use firebrand_autograd::{Device, Error, Tensor};
 use firebrand_ops::CPU;
 use firebrand_tensor::backend::{Backend, BackendStorage, Storage, register_backend};
-use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
+use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Layout, Result};
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,6 +138,37 @@ impl Backend for ProxyBackend {
     }
     fn where_select(&self, c: &dyn BackendStorage, a: &dyn BackendStorage, b: &dyn BackendStorage) -> Result<Storage> {
         wrap(CPU.where_select(inner(c), inner(a), inner(b)))
+    }
+    fn im2col(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage> {
+        wrap(CPU.im2col(inner(x), dims, win))
+    }
+    fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage> {
+        wrap(CPU.col2im(inner(cols), dims, win))
+    }
+    fn max_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<(Storage, Storage)> {
+        let (v, i) = CPU.max_pool2d(inner(x), dims, win)?;
+        Ok((wrap(Ok(v))?, wrap(Ok(i))?))
+    }
+    fn max_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        idx: &dyn BackendStorage,
+        dims: [usize; 4],
+        plane_out: usize,
+    ) -> Result<Storage> {
+        wrap(CPU.max_pool2d_backward(inner(g), inner(idx), dims, plane_out))
+    }
+    fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {
+        wrap(CPU.avg_pool2d(inner(x), dims, win, cip))
+    }
+    fn avg_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        dims: [usize; 4],
+        win: &Window2d,
+        cip: bool,
+    ) -> Result<Storage> {
+        wrap(CPU.avg_pool2d_backward(inner(g), dims, win, cip))
     }
 }
 

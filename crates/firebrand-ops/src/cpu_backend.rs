@@ -5,9 +5,9 @@ use crate::binary::binary_map;
 use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
-use crate::{index, softmax, unary};
+use crate::{conv, index, softmax, unary};
 use firebrand_tensor::backend::{Backend, BackendStorage, Storage};
-use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
+use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, Device, Error, Layout, Result};
 
@@ -193,6 +193,55 @@ impl Backend for CpuBackend {
         b: &dyn BackendStorage,
     ) -> Result<Storage> {
         boxed(index::where_select(f32s(cond, "where")?, f32s(a, "where")?, f32s(b, "where")?))
+    }
+
+    fn im2col(&self, x: &dyn BackendStorage, [n, c, h, w]: [usize; 4], win: &Window2d) -> Result<Storage> {
+        boxed(conv::im2col(f32s(x, "im2col")?, n, c, h, w, win))
+    }
+
+    fn col2im(&self, cols: &dyn BackendStorage, [n, c, h, w]: [usize; 4], win: &Window2d) -> Result<Storage> {
+        boxed(conv::col2im(f32s(cols, "col2im")?, n, c, h, w, win))
+    }
+
+    fn max_pool2d(
+        &self,
+        x: &dyn BackendStorage,
+        [n, c, h, w]: [usize; 4],
+        win: &Window2d,
+    ) -> Result<(Storage, Storage)> {
+        let (v, i) = conv::max_pool2d(f32s(x, "max_pool2d")?, n, c, h, w, win);
+        Ok((Box::new(CpuStorage::F32(v)), Box::new(CpuStorage::I64(i))))
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        idx: &dyn BackendStorage,
+        [n, c, h, w]: [usize; 4],
+        plane_out: usize,
+    ) -> Result<Storage> {
+        let op = "max_pool2d_backward";
+        boxed(conv::max_pool2d_backward(f32s(g, op)?, i64s(idx, op)?, n, c, h, w, plane_out))
+    }
+
+    fn avg_pool2d(
+        &self,
+        x: &dyn BackendStorage,
+        [n, c, h, w]: [usize; 4],
+        win: &Window2d,
+        cip: bool,
+    ) -> Result<Storage> {
+        boxed(conv::avg_pool2d(f32s(x, "avg_pool2d")?, n, c, h, w, win, cip))
+    }
+
+    fn avg_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        [n, c, h, w]: [usize; 4],
+        win: &Window2d,
+        cip: bool,
+    ) -> Result<Storage> {
+        boxed(conv::avg_pool2d_backward(f32s(g, "avg_pool2d_backward")?, n, c, h, w, win, cip))
     }
 }
 

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod binary;
+pub mod conv;
 mod cpu_backend;
 pub mod gemm;
 pub mod index;

@@ -11,7 +11,7 @@
 //! already broadcast to a common shape (broadcast dims have stride 0).
 //! Index arguments are `i64` storages.
 
-use crate::op::{BinaryOp, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use crate::{CpuStorage, DType, Device, Error, Layout, Result};
 use std::any::Any;
 use std::sync::RwLock;
@@ -164,6 +164,55 @@ pub trait Backend: Send + Sync {
         cond: &dyn BackendStorage,
         a: &dyn BackendStorage,
         b: &dyn BackendStorage,
+    ) -> Result<Storage>;
+    /// im2col of a contiguous `(N, C, H, W)` input (`dims`): `(N, C·kh·kw, Ho·Wo)`.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn im2col(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage>;
+    /// col2im, the adjoint of [`Backend::im2col`], back to `(N, C, H, W)` (`dims`).
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage>;
+    /// Max pooling of a contiguous `(N, C, H, W)` input: values and `i64`
+    /// indices of the maxima within each `H·W` plane.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn max_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<(Storage, Storage)>;
+    /// Scatters `g` (`(N, C, Ho, Wo)`, `plane_out = Ho·Wo`) to the maxima's positions in `(N, C, H, W)`.
+    ///
+    /// # Errors
+    /// On mismatched dtypes.
+    fn max_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        idx: &dyn BackendStorage,
+        dims: [usize; 4],
+        plane_out: usize,
+    ) -> Result<Storage>;
+    /// Average pooling of a contiguous `(N, C, H, W)` input.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn avg_pool2d(
+        &self,
+        x: &dyn BackendStorage,
+        dims: [usize; 4],
+        win: &Window2d,
+        count_include_pad: bool,
+    ) -> Result<Storage>;
+    /// Backward of [`Backend::avg_pool2d`] to `(N, C, H, W)` (`dims`).
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn avg_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        dims: [usize; 4],
+        win: &Window2d,
+        count_include_pad: bool,
     ) -> Result<Storage>;
 }
 

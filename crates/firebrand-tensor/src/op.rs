@@ -359,6 +359,41 @@ impl ReduceOp {
     }
 }
 
+/// The geometry of a 2-D sliding window over `(H, W)` planes: kernel size,
+/// stride, zero padding and dilation (convolution and pooling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+    /// Stride along height and width.
+    pub stride: (usize, usize),
+    /// Zero padding added on both sides of height and width.
+    pub padding: (usize, usize),
+    /// Spacing between kernel taps (1 = dense).
+    pub dilation: (usize, usize),
+}
+
+impl Window2d {
+    /// A dense window with the given kernel, stride and padding.
+    pub fn new(kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Self {
+        Window2d { kernel, stride, padding, dilation: (1, 1) }
+    }
+
+    /// Output height and width for an input of `(h, w)`, or `None` when the
+    /// (dilated) kernel does not fit in the padded input or a stride is 0.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let one = |len: usize, k: usize, s: usize, p: usize, d: usize| -> Option<usize> {
+            let span = d * (k.checked_sub(1)?) + 1;
+            let padded = len + 2 * p;
+            (s > 0 && padded >= span).then(|| (padded - span) / s + 1)
+        };
+        Some((
+            one(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,
+            one(w, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1)?,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

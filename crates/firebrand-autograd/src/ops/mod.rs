@@ -2,12 +2,15 @@
 //! forward call into `firebrand-ops`, and its backward rule.
 
 mod binary;
+mod conv;
 mod index;
 mod matmul;
 mod reduce;
 mod softmax;
 mod unary;
 mod view;
+
+pub use conv::ConvOptions;
 
 use crate::grad_mode::is_grad_enabled;
 use crate::tensor::{GradFn, Tensor};
