@@ -26,6 +26,18 @@ fn src_row(oy: usize, ki: usize, win: &Window2d, h: usize) -> Option<usize> {
     (0..h as isize).contains(&y).then_some(y as usize)
 }
 
+/// Positions within an `H·W` plane under the window of output `(oy, ox)`,
+/// skipping taps that fall in the padding (row-major tap order).
+#[inline]
+fn window_taps(oy: usize, ox: usize, win: &Window2d, h: usize, w: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..win.kernel.0).filter_map(move |ki| src_row(oy, ki, win, h)).flat_map(move |y| {
+        (0..win.kernel.1).filter_map(move |kj| {
+            let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
+            (0..w as isize).contains(&xx).then(|| y * w + xx as usize)
+        })
+    })
+}
+
 /// The range of output columns `ox` whose source column for tap `kj` is inside
 /// the image, and the source column of the first one.
 #[inline]
@@ -117,18 +129,11 @@ pub fn max_pool2d(x: &[f32], n: usize, c: usize, h: usize, w: usize, win: &Windo
         for oy in 0..ho {
             for ox in 0..wo {
                 let (mut best, mut bi) = (f32::NEG_INFINITY, -1i64);
-                for ki in 0..win.kernel.0 {
-                    let Some(y) = src_row(oy, ki, win, h) else { continue };
-                    for kj in 0..win.kernel.1 {
-                        let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
-                        if !(0..w as isize).contains(&xx) {
-                            continue;
-                        }
-                        let v = src[y * w + xx as usize];
-                        if v > best || bi < 0 || (v.is_nan() && !best.is_nan()) {
-                            best = v;
-                            bi = (y * w + xx as usize) as i64;
-                        }
+                for pos in window_taps(oy, ox, win, h, w) {
+                    let v = src[pos];
+                    if v > best || bi < 0 || (v.is_nan() && !best.is_nan()) {
+                        best = v;
+                        bi = pos as i64;
                     }
                 }
                 dst[oy * wo + ox] = best;
@@ -190,15 +195,9 @@ pub fn avg_pool2d(
         for oy in 0..ho {
             for ox in 0..wo {
                 let (mut sum, mut count) = (0.0f32, 0usize);
-                for ki in 0..win.kernel.0 {
-                    let Some(y) = src_row(oy, ki, win, h) else { continue };
-                    for kj in 0..win.kernel.1 {
-                        let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
-                        if (0..w as isize).contains(&xx) {
-                            sum += src[y * w + xx as usize];
-                            count += 1;
-                        }
-                    }
+                for pos in window_taps(oy, ox, win, h, w) {
+                    sum += src[pos];
+                    count += 1;
                 }
                 let div = if count_include_pad { win.kernel.0 * win.kernel.1 } else { count.max(1) };
                 dst[oy * wo + ox] = sum / div as f32;
@@ -224,18 +223,10 @@ pub fn avg_pool2d_backward(
         let gs = &g[plane * ho * wo..(plane + 1) * ho * wo];
         for oy in 0..ho {
             for ox in 0..wo {
-                let taps: Vec<usize> = (0..win.kernel.0)
-                    .filter_map(|ki| src_row(oy, ki, win, h))
-                    .flat_map(|y| {
-                        (0..win.kernel.1).filter_map(move |kj| {
-                            let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
-                            (0..w as isize).contains(&xx).then(|| y * w + xx as usize)
-                        })
-                    })
-                    .collect();
-                let div = if count_include_pad { win.kernel.0 * win.kernel.1 } else { taps.len().max(1) };
+                let count = window_taps(oy, ox, win, h, w).count();
+                let div = if count_include_pad { win.kernel.0 * win.kernel.1 } else { count.max(1) };
                 let v = gs[oy * wo + ox] / div as f32;
-                for t in taps {
+                for t in window_taps(oy, ox, win, h, w) {
                     dst[t] += v;
                 }
             }
