@@ -447,6 +447,19 @@ impl Tensor {
         if self.shape() != src.shape() {
             return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
+        if self.dtype() == DType::I64 && src.dtype() == DType::I64 {
+            let vals = src.to_device(Device::Cpu)?.to_vec::<i64>();
+            let range =
+                self.0.layout.contiguous_range().ok_or_else(|| Error::msg("copy_", "needs a contiguous tensor"))?;
+            let mut s = self.0.storage.write().unwrap();
+            return match s.as_any_mut().downcast_mut::<CpuStorage>() {
+                Some(CpuStorage::I64(v)) => {
+                    v[range].copy_from_slice(&vals);
+                    Ok(())
+                }
+                _ => Err(Error::msg("copy_", "i64 copies need a CPU tensor")),
+            };
+        }
         let vals = src.to_device(Device::Cpu)?.to_vec::<f32>();
         self.update_f32("copy_", |dst| dst.copy_from_slice(&vals))
     }

@@ -9,6 +9,9 @@
 //! * Layers: [`Linear`] (Keras' `Dense`, with an optional fused
 //!   [`Activation`]), [`Dropout`], [`Flatten`], activation modules
 //!   ([`ReLU`], [`LeakyReLU`], [`GELU`], [`SiLU`], [`Tanh`], [`Sigmoid`], [`Softmax`]).
+//! * Convolutional layers: [`Conv2d`], [`Conv1d`] (stride, [`Padding`] incl.
+//!   "same", dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`GlobalAvgPool`],
+//!   [`BatchNorm1d`]/[`BatchNorm2d`] (running statistics saved as buffers).
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
 //! * [`Sequential`] with a Keras-style [`Sequential::summary`].
@@ -39,18 +42,24 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod conv;
 mod dropout;
 mod init;
 mod linear;
 pub mod loss;
 mod module;
+mod norm;
+mod pool;
 mod sequential;
 pub mod serialize;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
+pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use init::Init;
 pub use linear::Linear;
 pub use module::{Module, ModuleExt};
+pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use sequential::Sequential;
 pub use serialize::{LoadReport, WeightsError, load_weights, save_weights};

@@ -22,6 +22,12 @@ pub trait Module: Send + Sync {
         let _ = (prefix, f);
     }
 
+    /// Calls `f(name, buffer)` for every buffer: state that is saved with the
+    /// weights but not trained (BatchNorm's running statistics).
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        let _ = (prefix, f);
+    }
+
     /// Switches between training (dropout active, ...) and evaluation mode.
     fn set_training(&mut self, training: bool) {
         let _ = training;
@@ -33,6 +39,21 @@ pub trait Module: Send + Sync {
 
 /// Conveniences every [`Module`] gets.
 pub trait ModuleExt: Module {
+    /// Buffers (non-trained state such as running statistics) with their dotted names.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit_buffers("", &mut |name, t| out.push((name.to_string(), t.clone())));
+        out
+    }
+
+    /// Everything saved with the model: parameters, then buffers (PyTorch's
+    /// `state_dict`).
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.named_parameters();
+        out.extend(self.named_buffers());
+        out
+    }
+
     /// Parameters with their dotted names, in definition order.
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -87,6 +108,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
     }
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
         (**self).visit_parameters(prefix, f)
+    }
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        (**self).visit_buffers(prefix, f)
     }
     fn set_training(&mut self, training: bool) {
         (**self).set_training(training)

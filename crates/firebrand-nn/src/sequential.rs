@@ -122,6 +122,12 @@ impl Module for Sequential {
         }
     }
 
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.visit_buffers(&format!("{prefix}{i}."), f);
+        }
+    }
+
     fn set_training(&mut self, training: bool) {
         self.layers.iter_mut().for_each(|l| l.set_training(training));
     }

@@ -169,15 +169,15 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
 }
 
-/// Saves a module's named parameters (`state_dict` names) atomically.
+/// Saves a module's parameters and buffers (its `state_dict`, PyTorch names) atomically.
 ///
 /// # Errors
 /// [`WeightsError::Io`] when the file cannot be written.
 pub fn save_weights(module: &(impl Module + ?Sized), path: impl AsRef<Path>) -> Result<(), WeightsError> {
-    save_tensors(path, &module.named_parameters())
+    save_tensors(path, &module.state_dict())
 }
 
-/// Loads a module's parameters in place, checking names, shapes and dtypes.
+/// Loads a module's parameters and buffers in place, checking names, shapes and dtypes.
 /// With `strict`, a missing or an extra tensor is an error; otherwise they
 /// are reported (for a pre-trained body under a new head).
 ///
@@ -190,7 +190,7 @@ pub fn load_weights(
     strict: bool,
 ) -> Result<LoadReport, WeightsError> {
     let path = path.as_ref();
-    Ok(plan_load(&module.named_parameters(), load_tensors(path)?, path, strict)?.apply())
+    Ok(plan_load(&module.state_dict(), load_tensors(path)?, path, strict)?.apply())
 }
 
 /// Named parameters checked against named tensors, ready to be copied in.
@@ -228,11 +228,11 @@ pub fn plan_load(
     for (name, p) in params {
         match tensors.remove(name) {
             Some(t) => {
-                if t.dtype() != DType::F32 {
+                if t.dtype() != p.dtype() {
                     return Err(WeightsError::DType {
                         path: path.into(),
                         name: name.clone(),
-                        found: t.dtype().to_string(),
+                        found: format!("{} (the model's is {})", t.dtype(), p.dtype()),
                     });
                 }
                 if t.dims() != p.dims() {

@@ -248,7 +248,7 @@ impl<M: Module> Model<M> {
                     }
                     _ => {
                         let snapshot = if es.restore_best {
-                            self.net.parameters().iter().map(|p| p.detach().affine(1.0, 0.0)).collect()
+                            self.net.state_dict().iter().map(|(_, p)| p.detach().affine(1.0, 0.0)).collect()
                         } else {
                             Vec::new()
                         };
@@ -260,7 +260,7 @@ impl<M: Module> Model<M> {
         if let (Some(es), Some((_, _, snapshot))) = (opts.early_stopping, &best)
             && es.restore_best
         {
-            for (p, s) in self.net.parameters().iter().zip(snapshot) {
+            for ((_, p), s) in self.net.state_dict().iter().zip(snapshot) {
                 p.copy_(s).expect("same shapes");
             }
         }
@@ -319,7 +319,7 @@ impl<M: Module> Model<M> {
     /// When a file cannot be written.
     pub fn save_checkpoint(&self, path: &Path, history: &History) -> Result<(), WeightsError> {
         let mut tensors: Vec<(String, Tensor)> =
-            self.net.named_parameters().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+            self.net.state_dict().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
         tensors.extend(self.optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
         write_atomic(&history_path(path), history.to_json().as_bytes())?;
         save_tensors(path, &tensors)
@@ -341,7 +341,7 @@ impl<M: Module> Model<M> {
                 model.insert(n.to_string(), v);
             }
         }
-        let plan = plan_load(&self.net.named_parameters(), model, path, true)?;
+        let plan = plan_load(&self.net.state_dict(), model, path, true)?;
         self.optimizer.load_state(&optim).map_err(|e| format(e.to_string()))?;
         plan.apply();
         let hp = history_path(path);

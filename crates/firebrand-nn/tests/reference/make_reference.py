@@ -47,6 +47,67 @@ wout = det((2, 3), 1.2)
 cases["linear"] = {"W": flat(W), "b": flat(b), "x": flat(x), "y": flat(y), "wout": flat(wout),
                    "gW": flat(W.grad), "gb": flat(b.grad), "gx": flat(x.grad)}
 
+
+# Convolution, pooling and batch-norm layers. Each case: the input x, the
+# parameters, the output y and the gradients of sum(y * wout) for x and every
+# parameter. `spec` tells the Rust test which layer to build.
+def layer_case(spec, x_shape, module, params):
+    x = det(x_shape, 1.0, 0.1).requires_grad_()
+    with torch.no_grad():
+        for k, p in module.named_parameters():
+            p.copy_(det(tuple(p.shape), 0.3 if k == "weight" else 0.2, 0.0))
+    y = module(x)
+    wout = det(tuple(y.shape), 1.1, 0.05)
+    (y * wout).sum().backward()
+    case = {"spec": spec, "x_shape": list(x_shape), "x": flat(x), "y_shape": list(y.shape), "y": flat(y),
+            "wout": flat(wout), "gx": flat(x.grad)}
+    for k, p in module.named_parameters():
+        case[k] = flat(p)
+        case["g_" + k] = flat(p.grad)
+    for k, b in module.named_buffers():
+        case[k] = flat(b.double())
+    return case
+
+
+nn = torch.nn
+layers = [
+    ("conv2d_same", {"layer": "conv2d", "cin": 3, "cout": 4, "k": [3, 3], "padding": "same"}, (2, 3, 7, 6),
+     nn.Conv2d(3, 4, 3, padding="same")),
+    ("conv2d_same_even", {"layer": "conv2d", "cin": 3, "cout": 2, "k": [2, 4], "padding": "same", "dilation": [1, 2]},
+     (2, 3, 5, 9), nn.Conv2d(3, 2, (2, 4), padding="same", dilation=(1, 2))),
+    ("conv2d_stride", {"layer": "conv2d", "cin": 4, "cout": 6, "k": [3, 3], "padding": [1, 2], "stride": [2, 2],
+                       "groups": 2}, (3, 4, 9, 8), nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), groups=2)),
+    ("conv2d_nobias", {"layer": "conv2d", "cin": 2, "cout": 3, "k": [1, 3], "padding": [0, 0], "bias": False},
+     (1, 2, 4, 5), nn.Conv2d(2, 3, (1, 3), bias=False)),
+    ("conv1d_same", {"layer": "conv1d", "cin": 4, "cout": 6, "k": [1, 4], "padding": "same", "groups": 2}, (2, 4, 11),
+     nn.Conv1d(4, 6, 4, padding="same", groups=2)),
+    ("conv1d_stride", {"layer": "conv1d", "cin": 3, "cout": 2, "k": [1, 3], "padding": [0, 1], "stride": [1, 2]},
+     (2, 3, 10), nn.Conv1d(3, 2, 3, stride=2, padding=1)),
+    ("maxpool", {"layer": "maxpool", "k": 3, "stride": 2, "padding": 1}, (2, 3, 7, 6), nn.MaxPool2d(3, 2, 1)),
+    ("maxpool2", {"layer": "maxpool", "k": 2, "stride": 2, "padding": 0}, (1, 2, 5, 7), nn.MaxPool2d(2)),
+    ("avgpool", {"layer": "avgpool", "k": 2, "stride": 2, "padding": 0}, (2, 2, 6, 5), nn.AvgPool2d(2)),
+    ("avgpool_pad_excl", {"layer": "avgpool", "k": 3, "stride": 2, "padding": 1, "count_include_pad": False},
+     (1, 3, 7, 7), nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+    ("global_avg", {"layer": "global_avg"}, (2, 3, 4, 5), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+    ("bn2d_train", {"layer": "bn2d", "c": 3, "train": True}, (4, 3, 3, 5), nn.BatchNorm2d(3)),
+    ("bn1d_train", {"layer": "bn1d", "c": 5, "train": True}, (6, 5), nn.BatchNorm1d(5)),
+    ("bn1d_seq_train", {"layer": "bn1d", "c": 3, "train": True}, (2, 3, 7), nn.BatchNorm1d(3)),
+]
+cases["layers"] = {}
+for name, spec, shape, module in layers:
+    cases["layers"][name] = layer_case(spec, shape, module, None)
+
+# Eval mode uses running statistics: two training passes, then evaluation.
+bn = nn.BatchNorm2d(3, momentum=0.3)
+with torch.no_grad():
+    bn.weight.copy_(det((3,), 0.3, 1.0)); bn.bias.copy_(det((3,), 0.2))
+    bn(det((4, 3, 3, 5), 1.0, 0.1)); bn(det((2, 3, 4, 4), 2.0, -0.5))
+bn.eval()
+xe = det((2, 3, 3, 3), 1.5)
+cases["bn2d_eval"] = {"x": flat(xe), "y": flat(bn(xe)), "running_mean": flat(bn.running_mean),
+                      "running_var": flat(bn.running_var), "weight": flat(bn.weight), "bias": flat(bn.bias),
+                      "num_batches_tracked": int(bn.num_batches_tracked)}
+
 with open("nn_reference.json", "w") as f:
     json.dump({"torch_version": torch.__version__, "cases": cases}, f, indent=1)
 print("wrote nn_reference.json, torch", torch.__version__)

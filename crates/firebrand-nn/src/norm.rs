@@ -1,0 +1,226 @@
+//! Batch normalization (`nn.BatchNorm1d`, `nn.BatchNorm2d`).
+
+use crate::Module;
+use firebrand_autograd::{Tensor, with_no_grad};
+
+/// The state and forward pass behind [`BatchNorm1d`] and [`BatchNorm2d`]
+/// (reachable through their `Deref`): normalizes each channel (dim 1) over the batch and every other dim:
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`.
+///
+/// In training mode it uses the batch's statistics (biased variance) and
+/// updates the running ones (`running = (1 - momentum) · running + momentum ·
+/// batch`, the running variance from the unbiased estimate), as PyTorch does;
+/// in evaluation mode it uses the running statistics. Parameters `weight`
+/// (γ) and `bias` (β) are `(C,)`; the buffers `running_mean`, `running_var`
+/// and `num_batches_tracked` are saved with the weights under PyTorch's names.
+/// Written from primitive ops, so its gradient comes from theirs.
+///
+/// ```
+/// use firebrand_nn::{BatchNorm2d, Module, ModuleExt};
+/// use firebrand_autograd::Tensor;
+/// let mut bn = BatchNorm2d::new(3);
+/// let x = Tensor::randn([4, 3, 5, 5], 2.0, 3.0);
+/// let y = bn.forward(&x); // (N, C, H, W), each channel now mean 0, variance 1
+/// assert!(y.mean(&[0, 2, 3], false).to_vec::<f32>().iter().all(|m| m.abs() < 1e-5));
+/// bn.eval(); // now normalizes with the running statistics
+/// assert_eq!(bn.named_buffers().len(), 3);
+/// ```
+pub struct BatchNorm {
+    /// Scale γ, `(C,)`, if affine.
+    pub weight: Option<Tensor>,
+    /// Shift β, `(C,)`, if affine.
+    pub bias: Option<Tensor>,
+    /// Running mean, `(C,)`.
+    pub running_mean: Tensor,
+    /// Running (unbiased) variance, `(C,)`.
+    pub running_var: Tensor,
+    /// Training batches seen (an `i64` scalar, as PyTorch).
+    pub num_batches_tracked: Tensor,
+    eps: f32,
+    momentum: f32,
+    training: bool,
+    /// Accepted input ranks (2 and 3 for 1-D, 4 for 2-D).
+    ranks: &'static [usize],
+    name: &'static str,
+}
+
+macro_rules! batch_norm_layer {
+    ($(#[$m:meta])* $name:ident, $ranks:expr) => {
+        $(#[$m])*
+        pub struct $name(BatchNorm);
+
+        impl $name {
+            /// With PyTorch's defaults (eps 1e-5, momentum 0.1, learnable γ and β).
+            pub fn new(channels: usize) -> Self {
+                $name(BatchNorm::make(channels, $ranks, stringify!($name)))
+            }
+
+            /// Sets ε added to the variance.
+            pub fn eps(mut self, eps: f32) -> Self {
+                self.0.eps = eps;
+                self
+            }
+
+            /// Sets the running-statistics momentum (PyTorch's convention: the weight of the new batch).
+            pub fn momentum(mut self, momentum: f32) -> Self {
+                self.0.momentum = momentum;
+                self
+            }
+
+            /// Without learnable γ and β (`affine=False`).
+            pub fn without_affine(mut self) -> Self {
+                self.0.weight = None;
+                self.0.bias = None;
+                self
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = BatchNorm;
+            fn deref(&self) -> &BatchNorm {
+                &self.0
+            }
+        }
+
+        impl Module for $name {
+            fn forward(&self, x: &Tensor) -> Tensor {
+                self.0.forward(x)
+            }
+            fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+                self.0.visit_parameters(prefix, f)
+            }
+            fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+                self.0.visit_buffers(prefix, f)
+            }
+            fn set_training(&mut self, training: bool) {
+                self.0.set_training(training)
+            }
+            fn describe(&self) -> String {
+                self.0.describe()
+            }
+        }
+    };
+}
+
+batch_norm_layer!(
+    /// Batch normalization over `(N, C)` or `(N, C, L)` (`nn.BatchNorm1d`); see [`BatchNorm`].
+    ///
+    /// ```
+    /// use firebrand_nn::{BatchNorm1d, Module};
+    /// use firebrand_autograd::Tensor;
+    /// let bn = BatchNorm1d::new(4);
+    /// assert_eq!(bn.forward(&Tensor::randn([8, 4], 0.0, 1.0)).dims(), &[8, 4]);
+    /// ```
+    BatchNorm1d,
+    &[2, 3]
+);
+
+batch_norm_layer!(
+    /// Batch normalization over `(N, C, H, W)` (`nn.BatchNorm2d`); see [`BatchNorm`].
+    BatchNorm2d,
+    &[4]
+);
+
+impl BatchNorm {
+    fn make(channels: usize, ranks: &'static [usize], name: &'static str) -> Self {
+        BatchNorm {
+            weight: Some(Tensor::ones([channels]).requires_grad_(true)),
+            bias: Some(Tensor::zeros([channels]).requires_grad_(true)),
+            running_mean: Tensor::zeros([channels]),
+            running_var: Tensor::ones([channels]),
+            num_batches_tracked: Tensor::from_vec(vec![0i64], Vec::<usize>::new()),
+            eps: 1e-5,
+            momentum: 0.1,
+            training: true,
+            ranks,
+            name,
+        }
+    }
+
+    /// Number of channels.
+    pub fn num_features(&self) -> usize {
+        self.running_mean.dims()[0]
+    }
+
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) {
+        let m = self.momentum;
+        let unbias = count as f32 / (count.max(2) - 1) as f32;
+        let (mean, var) = (mean.to_vec::<f32>(), var.to_vec::<f32>());
+        self.running_mean
+            .update_f32("BatchNorm running_mean", |r| r.iter_mut().zip(&mean).for_each(|(r, b)| *r += m * (b - *r)))
+            .expect("running_mean is a contiguous f32 CPU tensor");
+        self.running_var
+            .update_f32("BatchNorm running_var", |r| {
+                r.iter_mut().zip(&var).for_each(|(r, b)| *r += m * (b * unbias - *r))
+            })
+            .expect("running_var is a contiguous f32 CPU tensor");
+        let n = self.num_batches_tracked.to_vec::<i64>()[0] + 1;
+        self.num_batches_tracked.copy_(&Tensor::from_vec(vec![n], Vec::<usize>::new())).expect("same shape");
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        // x: (N, C, *)
+        let c = self.num_features();
+        assert!(
+            self.ranks.contains(&x.rank()) && x.dims()[1] == c,
+            "{}({c}): expected input (N, {c}{}), got {:?}",
+            self.name,
+            if self.ranks == [4] { ", H, W" } else { "[, L]" },
+            x.dims()
+        );
+        let mut bshape = vec![1; x.rank()]; // (1, C, 1, …)
+        bshape[1] = c;
+        let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
+        let (mean, inv_std) = if self.training {
+            let count = x.elem_count() / c;
+            assert!(
+                count > 1,
+                "{}: training needs more than one value per channel, got input {:?}",
+                self.name,
+                x.dims()
+            );
+            let mean = x.mean(&dims, true);
+            let var = x.var(&dims, 0, true);
+            with_no_grad(|| self.update_running(&mean, &var, count));
+            (mean, var.affine(1.0, self.eps).rsqrt())
+        } else {
+            (
+                self.running_mean.reshape(bshape.clone()),
+                self.running_var.affine(1.0, self.eps).rsqrt().reshape(bshape.clone()),
+            )
+        };
+        let mut y = x.sub(&mean).mul(&inv_std);
+        if let Some(w) = &self.weight {
+            y = y.mul(&w.reshape(bshape.clone()));
+        }
+        if let Some(b) = &self.bias {
+            y = y.add(&b.reshape(bshape));
+        }
+        y
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(w) = &self.weight {
+            f(&format!("{prefix}weight"), w);
+        }
+        if let Some(b) = &self.bias {
+            f(&format!("{prefix}bias"), b);
+        }
+    }
+
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&format!("{prefix}running_mean"), &self.running_mean);
+        f(&format!("{prefix}running_var"), &self.running_var);
+        f(&format!("{prefix}num_batches_tracked"), &self.num_batches_tracked);
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn describe(&self) -> String {
+        format!("{}({})", self.name, self.num_features())
+    }
+}

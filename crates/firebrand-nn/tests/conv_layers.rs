@@ -1,0 +1,273 @@
+//! Convolution, pooling and batch-norm layers against PyTorch (float64
+//! references from `reference/make_reference.py`: outputs, input and
+//! parameter gradients, running statistics), plus gradchecks of the layers
+//! on awkward shapes and their error messages.
+
+use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
+use firebrand_nn::{
+    AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, ConvConfig, GlobalAvgPool, MaxPool2d, Module, ModuleExt,
+    Padding, Sequential, load_weights, save_weights,
+};
+use serde_json::Value;
+
+fn cases() -> Value {
+    serde_json::from_str::<Value>(include_str!("reference/nn_reference.json")).unwrap()["cases"].clone()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+}
+
+fn pair(spec: &Value, key: &str, default: usize) -> (usize, usize) {
+    match spec.get(key) {
+        Some(v) => {
+            let p = usizes(v);
+            (p[0], p[1])
+        }
+        None => (default, default),
+    }
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 2e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs PyTorch {w}");
+    }
+}
+
+/// Builds the layer a reference case describes.
+fn build(spec: &Value) -> Box<dyn Module> {
+    let n = |k: &str| spec[k].as_u64().unwrap() as usize;
+    match spec["layer"].as_str().unwrap() {
+        kind @ ("conv2d" | "conv1d") => {
+            let k = pair(spec, "k", 1);
+            let padding = match &spec["padding"] {
+                Value::String(s) if s == "same" => Padding::Same,
+                v => {
+                    let p = usizes(v);
+                    Padding::Explicit(p[0], p[1])
+                }
+            };
+            let config = ConvConfig {
+                stride: pair(spec, "stride", 1),
+                dilation: pair(spec, "dilation", 1),
+                padding,
+                groups: spec.get("groups").map_or(1, |g| g.as_u64().unwrap() as usize),
+                bias: spec.get("bias").is_none_or(|b| b.as_bool().unwrap()),
+                ..ConvConfig::default()
+            };
+            if kind == "conv2d" {
+                Box::new(Conv2d::with_config(n("cin"), n("cout"), k, config))
+            } else {
+                Box::new(Conv1d::with_config(n("cin"), n("cout"), k.1, config))
+            }
+        }
+        "maxpool" => Box::new(MaxPool2d::with_stride(n("k"), n("stride"), n("padding"))),
+        "avgpool" => {
+            let p = AvgPool2d::with_stride(n("k"), n("stride"), n("padding"));
+            let include = spec.get("count_include_pad").is_none_or(|b| b.as_bool().unwrap());
+            Box::new(if include { p } else { p.exclude_padding() })
+        }
+        "global_avg" => Box::new(GlobalAvgPool),
+        "bn2d" => Box::new(BatchNorm2d::new(n("c"))),
+        "bn1d" => Box::new(BatchNorm1d::new(n("c"))),
+        other => panic!("unknown layer {other}"),
+    }
+}
+
+#[test]
+fn layers_match_pytorch_values_gradients_and_running_stats() {
+    let c = cases();
+    let layers = c["layers"].as_object().unwrap();
+    assert!(layers.len() >= 14);
+    for (name, case) in layers {
+        let layer = build(&case["spec"]);
+        let params = layer.named_parameters();
+        for (pname, p) in &params {
+            p.copy_(&Tensor::from_vec(f32s(&case[pname]), p.shape().clone())).unwrap();
+        }
+        let x = Tensor::from_vec(f32s(&case["x"]), usizes(&case["x_shape"])).requires_grad_(true);
+        let y = layer.forward(&x);
+        assert_eq!(y.dims(), usizes(&case["y_shape"]).as_slice(), "{name}: output shape");
+        close(&y.to_vec::<f32>(), &f32s(&case["y"]), &format!("{name}: y"));
+        y.mul(&Tensor::from_vec(f32s(&case["wout"]), y.shape().clone())).sum_all().backward();
+        close(&x.grad().unwrap().to_vec::<f32>(), &f32s(&case["gx"]), &format!("{name}: grad x"));
+        for (pname, p) in &params {
+            let g = p.grad().unwrap_or_else(|| panic!("{name}: no grad for {pname}"));
+            close(&g.to_vec::<f32>(), &f32s(&case[format!("g_{pname}")]), &format!("{name}: grad {pname}"));
+        }
+        for (bname, b) in layer.named_buffers() {
+            let got = b.to_dtype(firebrand_autograd::DType::F32).to_vec::<f32>();
+            close(&got, &f32s(&case[&bname]), &format!("{name}: buffer {bname}"));
+        }
+    }
+}
+
+#[test]
+fn batch_norm_eval_uses_running_statistics() {
+    let c = &cases()["bn2d_eval"];
+    let mut bn = BatchNorm2d::new(3).momentum(0.3);
+    bn.weight.as_ref().unwrap().copy_(&Tensor::from_vec(f32s(&c["weight"]), [3])).unwrap();
+    bn.bias.as_ref().unwrap().copy_(&Tensor::from_vec(f32s(&c["bias"]), [3])).unwrap();
+    // Same two training batches as the script (det() inputs, reproduced here).
+    let det = |shape: [usize; 4], scale: f32, shift: f32| {
+        let n: usize = shape.iter().product();
+        Tensor::from_vec(
+            (0..n).map(|i| (0.37 * i as f64 + 0.11).sin() as f32 * scale + shift).collect::<Vec<_>>(),
+            shape,
+        )
+    };
+    bn.forward(&det([4, 3, 3, 5], 1.0, 0.1));
+    bn.forward(&det([2, 3, 4, 4], 2.0, -0.5));
+    close(&bn.running_mean.to_vec::<f32>(), &f32s(&c["running_mean"]), "running_mean");
+    close(&bn.running_var.to_vec::<f32>(), &f32s(&c["running_var"]), "running_var");
+    assert_eq!(bn.num_batches_tracked.to_vec::<i64>(), vec![c["num_batches_tracked"].as_i64().unwrap()]);
+    bn.eval();
+    let y = bn.forward(&Tensor::from_vec(f32s(&c["x"]), [2, 3, 3, 3]));
+    close(&y.to_vec::<f32>(), &f32s(&c["y"]), "eval y");
+    // Running statistics do not move in evaluation mode.
+    close(&bn.running_mean.to_vec::<f32>(), &f32s(&c["running_mean"]), "running_mean after eval");
+}
+
+/// Gradchecks the input gradient, then checks every parameter's gradient
+/// against central differences taken by perturbing the parameter in place
+/// (the layer reads its own tensors, so gradcheck cannot substitute them).
+fn check(name: &str, layer: &dyn Module, x_shape: &[usize]) {
+    check_at(name, layer, Tensor::randn(x_shape.to_vec(), 0.0, 1.0));
+}
+
+fn check_at(name: &str, layer: &dyn Module, x: Tensor) {
+    let x = x.requires_grad_(true);
+    if let Err(e) = gradcheck(|t| layer.forward(&t[0]), std::slice::from_ref(&x), GradcheckOptions::default()) {
+        panic!("{name}: {e}");
+    }
+    let y0 = layer.forward(&x);
+    let w = Tensor::randn(y0.shape().clone(), 0.0, 1.0);
+    let loss = |x: &Tensor| layer.forward(x).mul(&w).sum_all().item() as f64;
+    layer.zero_grad();
+    layer.forward(&x).mul(&w).sum_all().backward();
+    for (pname, p) in layer.named_parameters() {
+        let g = p.grad().unwrap_or_else(|| panic!("{name}: no gradient for {pname}")).to_vec::<f32>();
+        let n = p.elem_count();
+        for i in (0..n).step_by(n.div_ceil(7)) {
+            let eps = 1e-2f32;
+            let at = |delta: f32| {
+                p.update_f32("test", |v| v[i] += delta).unwrap();
+                loss(&x.detach())
+            };
+            let plus = at(eps);
+            let minus = at(-2.0 * eps);
+            at(eps);
+            let fd = (plus - minus) / (2.0 * eps as f64);
+            assert!(
+                (fd - g[i] as f64).abs() <= 2e-3 + 1e-2 * fd.abs(),
+                "{name}: {pname}[{i}]: backward {} vs finite differences {fd}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn layers_pass_gradcheck_on_awkward_shapes() {
+    manual_seed(3);
+    let cfg = |stride, padding, dilation, groups| ConvConfig {
+        stride: (stride, stride),
+        padding,
+        dilation: (dilation, dilation),
+        groups,
+        ..ConvConfig::default()
+    };
+    check("conv2d same 3x3", &Conv2d::new(2, 3, 3).padding(Padding::Same), &[2, 2, 5, 4]);
+    check("conv2d same even", &Conv2d::with_config(2, 2, (2, 2), cfg(1, Padding::Same, 1, 1)), &[1, 2, 5, 5]);
+    check(
+        "conv2d stride 2 pad 1",
+        &Conv2d::with_config(3, 2, (3, 3), cfg(2, Padding::Explicit(1, 1), 1, 1)),
+        &[2, 3, 7, 6],
+    );
+    check("conv2d dilated grouped", &Conv2d::with_config(4, 4, (3, 3), cfg(1, Padding::Valid, 2, 2)), &[1, 4, 7, 7]);
+    check("conv2d 1x1 on 1x1", &Conv2d::new(3, 2, 1), &[2, 3, 1, 1]);
+    check("conv1d same even", &Conv1d::new(2, 3, 4).padding(Padding::Same), &[2, 2, 9]);
+    check("conv1d stride", &Conv1d::new(2, 2, 3).stride(2), &[1, 2, 8]);
+    // Max pooling has kinks at ties: distinct values 0.1 apart (a scrambled ramp).
+    let ramp: Vec<f32> = (0..84).map(|i| ((i * 37) % 84) as f32 * 0.1 - 4.0).collect();
+    check_at("maxpool 3/2 pad 1", &MaxPool2d::with_stride(3, 2, 1), Tensor::from_vec(ramp, [1, 2, 7, 6]));
+    check("avgpool 2", &AvgPool2d::new(2), &[2, 1, 5, 5]);
+    check("global avg", &GlobalAvgPool, &[2, 3, 3, 5]);
+    check("bn2d", &BatchNorm2d::new(2), &[3, 2, 3, 3]);
+    check("bn1d", &BatchNorm1d::new(3), &[5, 3]);
+    check("bn1d seq", &BatchNorm1d::new(2), &[2, 2, 5]);
+}
+
+#[test]
+fn same_padding_keeps_the_size_for_odd_and_even_kernels() {
+    for (kh, kw, d) in [(3, 3, 1), (2, 2, 1), (4, 5, 1), (3, 2, 2), (1, 1, 3)] {
+        let cfg = ConvConfig { padding: Padding::Same, dilation: (d, d), ..ConvConfig::default() };
+        let y = Conv2d::with_config(1, 2, (kh, kw), cfg).forward(&Tensor::ones([1, 1, 9, 8]));
+        assert_eq!(y.dims(), &[1, 2, 9, 8], "kernel {kh}x{kw}, dilation {d}");
+    }
+}
+
+#[test]
+fn layer_errors_name_the_layer_and_shapes() {
+    let conv = Conv2d::new(3, 8, 3);
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conv.forward(&Tensor::zeros([1, 2, 8, 8]))))
+        .unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("conv2d") && msg.contains("[1, 2, 8, 8]") && msg.contains("[8, 3, 3, 3]"), "{msg}");
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Conv2d::new(3, 8, 3).stride(2).padding(Padding::Same)
+    }))
+    .map(|_| ())
+    .unwrap_err();
+    assert!(err.downcast_ref::<&str>().unwrap().contains("same"));
+    let bn = BatchNorm2d::new(4);
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bn.forward(&Tensor::zeros([2, 3, 4, 4]))))
+        .unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("BatchNorm2d(4)") && msg.contains("[2, 3, 4, 4]"), "{msg}");
+    let pool = MaxPool2d::new(5);
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.forward(&Tensor::zeros([1, 1, 3, 3]))))
+        .unwrap_err();
+    assert!(err.downcast_ref::<String>().unwrap().contains("max_pool2d"));
+}
+
+#[test]
+fn cnn_summary_and_state_dict_with_buffers_round_trip() {
+    manual_seed(0);
+    let model = Sequential::new()
+        .add(Conv2d::new(1, 8, 3).padding(Padding::Same))
+        .add(BatchNorm2d::new(8))
+        .add(MaxPool2d::new(2))
+        .add(GlobalAvgPool);
+    let s = model.summary(&[1, 28, 28]);
+    assert!(s.contains("Conv2d(1 -> 8, 3x3, same)") && s.contains("(None, 8, 28, 28)"), "{s}");
+    assert!(s.contains("(None, 8, 14, 14)") && s.contains("(None, 8)"), "{s}");
+    let names: Vec<String> = model.state_dict().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    );
+    model.forward(&Tensor::randn([4, 1, 6, 6], 1.0, 2.0)); // moves the running statistics
+    let path = std::env::temp_dir().join(format!("firebrand_cnn_{}.safetensors", std::process::id()));
+    save_weights(&model, &path).unwrap();
+    manual_seed(1);
+    let other = Sequential::new()
+        .add(Conv2d::new(1, 8, 3).padding(Padding::Same))
+        .add(BatchNorm2d::new(8))
+        .add(MaxPool2d::new(2))
+        .add(GlobalAvgPool);
+    load_weights(&other, &path, true).unwrap();
+    for ((n, a), (_, b)) in model.state_dict().iter().zip(other.state_dict()) {
+        assert_eq!(
+            a.to_dtype(firebrand_autograd::DType::F32).to_vec::<f32>(),
+            b.to_dtype(firebrand_autograd::DType::F32).to_vec::<f32>(),
+            "{n}"
+        );
+    }
+    std::fs::remove_file(path).unwrap();
+}
