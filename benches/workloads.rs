@@ -12,6 +12,9 @@
 //! * `mlp [--epochs N] [--data DIR]` — Fashion-MNIST, 784 → Linear 128 + ReLU →
 //!   Dropout 0.2 → Linear 10, Adam 1e-3, batch 32: one object per epoch with
 //!   `train_seconds` (training only), `test_accuracy` and `peak_rss_mb`.
+//! * `cnn [--epochs N] [--data DIR]` — Fashion-MNIST `(1, 28, 28)` → Conv2d 32
+//!   3x3 same + ReLU → MaxPool 2 → Conv2d 64 3x3 same + ReLU → MaxPool 2 →
+//!   Flatten → Linear 10, Adam 1e-3, batch 32; same JSON fields as `mlp`.
 
 use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
 use std::time::Instant;
@@ -29,13 +32,17 @@ fn main() {
     match name.as_str() {
         "gemm" => workload_gemm(opt("--sizes")),
         "peak" => workload_peak(),
-        "mlp" => workload_mlp(
-            opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5),
-            opt("--data"),
-            opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
-        ),
+        "mlp" | "cnn" => {
+            let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
+            let seed = opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0);
+            if name == "mlp" {
+                workload_mlp(epochs, opt("--data"), seed)
+            } else {
+                workload_cnn(epochs, opt("--data"), seed)
+            }
+        }
         other => {
-            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp");
+            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn");
             std::process::exit(2);
         }
     }
@@ -168,9 +175,10 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {
+/// Fashion-MNIST train and test sets, images flattened to 784 (`flat`) or
+/// kept as `(N, 1, 28, 28)`.
+fn fashion_mnist(data: Option<String>, flat: bool) -> (firebrand::data::TensorDataset, firebrand::data::TensorDataset) {
     use firebrand::data::{FASHION_MNIST_HINT, Split, TensorDataset, find_dataset, load_mnist};
-    use firebrand::prelude::*;
     let dir = find_dataset(
         "fashion-mnist",
         data.as_deref().map(std::path::Path::new),
@@ -183,14 +191,47 @@ fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {
     });
     let load = |split| {
         let (x, y) = load_mnist(&dir, split).expect("readable Fashion-MNIST");
-        TensorDataset::new(x.reshape([x.dims()[0], 784]), y).expect("paired")
+        let n = x.dims()[0];
+        TensorDataset::new(if flat { x.reshape([n, 784]) } else { x.reshape([n, 1, 28, 28]) }, y).expect("paired")
     };
-    let (train, test) = (load(Split::Train), load(Split::Test));
+    (load(Split::Train), load(Split::Test))
+}
+
+fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {
+    use firebrand::prelude::*;
+    let (train, test) = fashion_mnist(data, true);
     manual_seed(seed);
     let net = Sequential::new()
         .add(Linear::new(784, 128).with_activation(Activation::Relu))
         .add(Dropout::new(0.2))
         .add(Linear::new(128, 10));
+    train_classifier("mlp", net, &train, &test, epochs, seed);
+}
+
+fn workload_cnn(epochs: usize, data: Option<String>, seed: u64) {
+    use firebrand::prelude::*;
+    let (train, test) = fashion_mnist(data, false);
+    manual_seed(seed);
+    let net = Sequential::new()
+        .add(Conv2d::new(1, 32, 3).padding(Padding::Same).with_activation(Activation::Relu))
+        .add(MaxPool2d::new(2))
+        .add(Conv2d::new(32, 64, 3).padding(Padding::Same).with_activation(Activation::Relu))
+        .add(MaxPool2d::new(2))
+        .add(Flatten)
+        .add(Linear::new(3136, 10));
+    train_classifier("cnn", net, &train, &test, epochs, seed);
+}
+
+/// Adam 1e-3, batch 32, cross-entropy; one JSON line per epoch.
+fn train_classifier(
+    name: &str,
+    net: firebrand::nn::Sequential,
+    train: &firebrand::data::TensorDataset,
+    test: &firebrand::data::TensorDataset,
+    epochs: usize,
+    seed: u64,
+) {
+    use firebrand::prelude::*;
     let adam = Adam::new(net.named_parameters(), 1e-3);
     let mut model = Model::new(net, adam, Loss::CROSS_ENTROPY);
     let opts = FitOptions { epochs, batch_size: 32, verbose: false, prefetch: 2, ..Default::default() };
@@ -198,12 +239,12 @@ fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {
         // One epoch at a time so each line prints as soon as it is known; the
         // shuffle seed moves with the epoch as in a single multi-epoch fit.
         let h = model
-            .fit(&train, &FitOptions { epochs: 1, seed: seed * 1000 + epoch as u64, ..opts.clone() })
+            .fit(train, &FitOptions { epochs: 1, seed: seed * 1000 + epoch as u64, ..opts.clone() })
             .expect("no checkpoint");
-        let acc = model.evaluate(&test, 1000).metrics.expect("classifier").accuracy;
+        let acc = model.evaluate(test, 1000).metrics.expect("classifier").accuracy;
         let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
         println!(
-            "{{\"workload\":\"mlp\",\"lib\":\"firebrand\",\"epoch\":{},\"train_seconds\":{:.3},\"train_loss\":{:.4},\"test_accuracy\":{:.4},\"peak_rss_mb\":{mem}}}",
+            "{{\"workload\":\"{name}\",\"lib\":\"firebrand\",\"epoch\":{},\"train_seconds\":{:.3},\"train_loss\":{:.4},\"test_accuracy\":{:.4},\"peak_rss_mb\":{mem}}}",
             epoch + 1,
             h.epochs[0].train_seconds,
             h.epochs[0].loss,

@@ -49,8 +49,8 @@ pub use firebrand_tensor as tensor;
 pub use firebrand_train as train;
 
 pub use firebrand_autograd::{
-    DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, gradcheck, manual_seed, no_grad,
-    with_no_grad,
+    ConvOptions, DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, Window2d, gradcheck,
+    manual_seed, no_grad, with_no_grad,
 };
 
 /// The names most programs need: `use firebrand::prelude::*;`.
@@ -59,8 +59,9 @@ pub mod prelude {
     pub use firebrand_data::{DataLoader, Dataset, TensorDataset};
     pub use firebrand_nn::loss::{Reduction, Target};
     pub use firebrand_nn::{
-        Activation, Dropout, Flatten, GELU, Init, LeakyReLU, Linear, Module, ModuleExt, ReLU, Sequential, SiLU,
-        Sigmoid, Softmax, Tanh,
+        Activation, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, ConvConfig, Dropout, Flatten, GELU,
+        GlobalAvgPool, Init, LeakyReLU, Linear, MaxPool2d, Module, ModuleExt, Padding, ReLU, Sequential, SiLU, Sigmoid,
+        Softmax, Tanh,
     };
     pub use firebrand_optim::{Adam, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
     pub use firebrand_train::{EarlyStopping, FitOptions, History, Loss, Model, Validation};

@@ -165,7 +165,8 @@ pub trait Backend: Send + Sync {
         a: &dyn BackendStorage,
         b: &dyn BackendStorage,
     ) -> Result<Storage>;
-    /// im2col of a contiguous `(N, C, H, W)` input (`dims`): `(N, C·kh·kw, Ho·Wo)`.
+    /// im2col of a contiguous `(N, C, H, W)` input (`dims`): `(C·kh·kw, N·Ho·Wo)`,
+    /// the batch in the columns so a convolution is one gemm.
     ///
     /// # Errors
     /// On a non-`f32` input.

@@ -1,7 +1,8 @@
 //! Convolution and pooling. `conv2d` is a composite — `im2col` (a primitive
-//! whose backward is col2im) followed by a batched matmul with the weight — so
-//! its gradients come from those two rules; pooling ops are primitives with
-//! their own backward kernels.
+//! whose backward is col2im, laid out `(C·kh·kw, N·Ho·Wo)` with the batch in
+//! the columns) followed by one matmul with the weight for the whole batch —
+//! so its gradients come from those rules and both are single large gemms;
+//! pooling ops are primitives with their own backward kernels.
 
 use super::record;
 use crate::tensor::Tensor;
@@ -46,18 +47,27 @@ fn out_hw(op: &'static str, x: &Tensor, win: &Window2d, h: usize, w: usize) -> R
 
 impl Tensor {
     /// Unfolds `(N, C, H, W)` into `(N, C·kh·kw, Ho·Wo)` columns, one per output
-    /// position (PyTorch's `F.unfold`). Differentiable.
+    /// position (PyTorch's `F.unfold`). Differentiable. The result is a view
+    /// of the `(C·kh·kw, N, Ho·Wo)` buffer the kernel writes.
     ///
     /// # Errors
     /// When the input is not 4-D `f32` or the window does not fit.
     pub fn try_im2col(&self, win: Window2d) -> Result<Tensor> {
+        let [n, ..] = dims4(self, "im2col")?;
+        let cols = self.im2col_batch_columns(win)?; // (K, N·L)
+        let (k, nl) = (cols.dims()[0], cols.dims()[1]);
+        cols.try_reshape([k, n, nl / n.max(1)])?.try_permute(&[1, 0, 2])
+    }
+
+    /// im2col with the batch in the columns: `(C·kh·kw, N·Ho·Wo)`.
+    fn im2col_batch_columns(&self, win: Window2d) -> Result<Tensor> {
         let dims = dims4(self, "im2col")?;
         let [n, c, h, w] = dims;
         let (ho, wo) = out_hw("im2col", self, &win, h, w)?;
         let backend = self.backend("im2col")?;
         let x = self.dense("im2col")?;
         let out = backend.im2col(&**x.storage(), dims, &win)?;
-        let out = Tensor::from_backend(out, [n, c * win.kernel.0 * win.kernel.1, ho * wo]);
+        let out = Tensor::from_backend(out, [c * win.kernel.0 * win.kernel.1, n * ho * wo]);
         Ok(record(out, "im2col", &[self], move |_, g| {
             let gd = g.dense("col2im").expect("col2im");
             let dx = backend.col2im(&**gd.storage(), dims, &win).expect("col2im: f32");
@@ -99,19 +109,18 @@ impl Tensor {
         }
         let win = Window2d { kernel: (kh, kw), stride: opts.stride, padding: opts.padding, dilation: opts.dilation };
         let (ho, wo) = out_hw("conv2d", self, &win, h, w)?;
-        let k = cin_g * kh * kw;
-        let cols = self.try_im2col(win)?; // (N, C·kh·kw, L)
-        let y = if g == 1 {
-            weight.try_reshape([cout, k])?.try_matmul(&cols)? // (N, Cout, L)
-        } else {
-            let cols = cols.try_reshape([n, g, k, ho * wo])?;
-            weight.try_reshape([g, cout / g, k])?.try_matmul(&cols)? // (N, G, Cout/G, L)
+        let (k, nl) = (cin_g * kh * kw, n * ho * wo);
+        let cols = self.im2col_batch_columns(win)?; // (C·kh·kw, N·L)
+        // One gemm for the whole batch (per group): (G, Cout/G, K) · (G, K, N·L).
+        let y = weight.try_reshape([g, cout / g, k])?.try_matmul(&cols.try_reshape([g, k, nl])?)?;
+        let y = y.try_reshape([cout, n, ho * wo])?;
+        // The bias is added while channels lead (a contiguous broadcast), then one
+        // copy puts the batch first.
+        let y = match bias {
+            Some(b) => y.try_add(&b.try_reshape([cout, 1, 1])?)?,
+            None => y,
         };
-        let y = y.try_reshape([n, cout, ho, wo])?;
-        match bias {
-            Some(b) => y.try_add(&b.try_reshape([1, cout, 1, 1])?),
-            None => Ok(y),
-        }
+        y.try_permute(&[1, 0, 2])?.contiguous().try_reshape([n, cout, ho, wo])
     }
 
     /// See [`Tensor::try_conv2d`].
