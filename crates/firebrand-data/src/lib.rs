@@ -11,6 +11,9 @@
 //!   ([`read_csv_labeled`]); [`find_dataset`] looks in `--data`,
 //!   `FIREBRAND_DATA` and the standard places.
 //! * [`Standardize`] (per-feature mean/std fitted on training data).
+//! * Image [`Transform`]s applied by the loader per batch: [`Normalize`],
+//!   [`RandomCrop`] (shifts with zero padding), [`RandomHorizontalFlip`],
+//!   [`Compose`]; seeded per (seed, epoch, batch).
 //! * [`digits`]: the UCI 8x8 digits embedded in the crate.
 //!
 //! Batches are `(inputs, targets)` tensors for `firebrand-train`'s loop.
@@ -32,10 +35,12 @@ mod digits;
 mod error;
 mod idx;
 mod loader;
+mod transform;
 
 pub use csv::{parse_csv_labeled, read_csv_labeled};
 pub use dataset::{Dataset, Standardize, TensorDataset};
 pub use digits::digits;
 pub use error::DataError;
+pub use transform::{Compose, Normalize, RandomCrop, RandomHorizontalFlip, Transform};
 pub use idx::{FASHION_MNIST_HINT, IdxArray, Split, find_dataset, load_mnist, parse_idx, read_idx};
 pub use loader::{Batches, DataLoader};

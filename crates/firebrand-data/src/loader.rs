@@ -1,7 +1,7 @@
 //! `DataLoader`: batches with seeded shuffling, `drop_last`, and prefetch on a
 //! background thread.
 
-use crate::Dataset;
+use crate::{Dataset, Transform};
 use firebrand_autograd::Tensor;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
@@ -39,6 +39,7 @@ pub struct DataLoader {
     shuffle_seed: Option<u64>,
     drop_last: bool,
     prefetch: usize,
+    transform: Option<Arc<dyn Transform>>,
 }
 
 impl DataLoader {
@@ -48,7 +49,38 @@ impl DataLoader {
     /// When `batch_size` is 0.
     pub fn new(dataset: impl Dataset + 'static, batch_size: usize) -> Self {
         assert!(batch_size > 0, "DataLoader: batch_size must be positive");
-        DataLoader { dataset: Arc::new(dataset), batch_size, shuffle_seed: None, drop_last: false, prefetch: 0 }
+        DataLoader {
+            dataset: Arc::new(dataset),
+            batch_size,
+            shuffle_seed: None,
+            drop_last: false,
+            prefetch: 0,
+            transform: None,
+        }
+    }
+
+    /// Applies `transform` to every batch's inputs (on the prefetch thread
+    /// when there is one). Its random draws are seeded from the shuffle seed
+    /// (0 without shuffling), the epoch and the batch's index.
+    ///
+    /// ```
+    /// use firebrand_data::{DataLoader, RandomHorizontalFlip, TensorDataset};
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::arange(0.0, 8.0, 1.0).reshape([2, 1, 2, 2]);
+    /// let ds = TensorDataset::new(x, Tensor::arange_i64(0, 2)).unwrap();
+    /// let loader = DataLoader::new(ds, 2).transform(RandomHorizontalFlip::new(1.0));
+    /// let (xb, _) = loader.epoch(0).next().unwrap();
+    /// assert_eq!(xb.to_vec::<f32>(), vec![1.0, 0.0, 3.0, 2.0, 5.0, 4.0, 7.0, 6.0]);
+    /// ```
+    pub fn transform(mut self, transform: impl Transform + 'static) -> Self {
+        self.transform = Some(Arc::new(transform));
+        self
+    }
+
+    /// As [`DataLoader::transform`], for a shared transform.
+    pub fn transform_shared(mut self, transform: Arc<dyn Transform>) -> Self {
+        self.transform = Some(transform);
+        self
     }
 
     /// Shuffles every epoch with `seed + epoch`.
@@ -94,20 +126,34 @@ impl DataLoader {
         order
     }
 
+    /// The generator the transform of batch `batch` of `epoch` draws from.
+    fn transform_rng(seed: u64, epoch: usize, batch: usize) -> Xoshiro256PlusPlus {
+        let mix = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add((epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+            .wrapping_add(batch as u64);
+        Xoshiro256PlusPlus::seed_from_u64(mix)
+    }
+
     /// The batches of `epoch` as `(inputs, targets)`.
     pub fn epoch(&self, epoch: usize) -> Batches {
         let order = self.order(epoch);
         let bs = self.batch_size;
         let n_batches = self.num_batches();
         let chunks: Vec<Vec<usize>> = order.chunks(bs).take(n_batches).map(|c| c.to_vec()).collect();
+        let source = BatchSource {
+            dataset: Arc::clone(&self.dataset),
+            transform: self.transform.clone(),
+            seed: self.shuffle_seed.unwrap_or(0),
+            epoch,
+        };
         if self.prefetch == 0 {
-            return Batches { inner: BatchesInner::Direct { dataset: Arc::clone(&self.dataset), chunks, next: 0 } };
+            return Batches { inner: BatchesInner::Direct { source, chunks, next: 0 } };
         }
         let (tx, rx) = sync_channel(self.prefetch);
-        let ds = Arc::clone(&self.dataset);
         std::thread::spawn(move || {
-            for c in chunks {
-                if tx.send(ds.get_batch(&c)).is_err() {
+            for (i, c) in chunks.iter().enumerate() {
+                if tx.send(source.batch(i, c)).is_err() {
                     break; // the consumer stopped early
                 }
             }
@@ -116,8 +162,26 @@ impl DataLoader {
     }
 }
 
+/// What assembling batch `i` of an epoch needs, on whichever thread does it.
+struct BatchSource {
+    dataset: Arc<dyn Dataset>,
+    transform: Option<Arc<dyn Transform>>,
+    seed: u64,
+    epoch: usize,
+}
+
+impl BatchSource {
+    fn batch(&self, i: usize, indices: &[usize]) -> (Tensor, Tensor) {
+        let (x, y) = self.dataset.get_batch(indices);
+        match &self.transform {
+            Some(t) => (t.apply(&x, &mut DataLoader::transform_rng(self.seed, self.epoch, i)), y),
+            None => (x, y),
+        }
+    }
+}
+
 enum BatchesInner {
-    Direct { dataset: Arc<dyn Dataset>, chunks: Vec<Vec<usize>>, next: usize },
+    Direct { source: BatchSource, chunks: Vec<Vec<usize>>, next: usize },
     Prefetched(Receiver<(Tensor, Tensor)>),
 }
 
@@ -131,10 +195,10 @@ impl Iterator for Batches {
 
     fn next(&mut self) -> Option<(Tensor, Tensor)> {
         match &mut self.inner {
-            BatchesInner::Direct { dataset, chunks, next } => {
+            BatchesInner::Direct { source, chunks, next } => {
                 let c = chunks.get(*next)?;
                 *next += 1;
-                Some(dataset.get_batch(c))
+                Some(source.batch(*next - 1, c))
             }
             BatchesInner::Prefetched(rx) => rx.recv().ok(),
         }

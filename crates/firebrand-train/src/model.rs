@@ -3,7 +3,7 @@
 
 use crate::{ClassificationMetrics, EpochRecord, History};
 use firebrand_autograd::{DType, Tensor, manual_seed, with_no_grad};
-use firebrand_data::{DataLoader, TensorDataset};
+use firebrand_data::{DataLoader, TensorDataset, Transform};
 use firebrand_nn::loss::{Reduction, Target, binary_cross_entropy_with_logits, cross_entropy, mse_loss};
 use firebrand_nn::serialize::{load_tensors, plan_load, save_tensors, write_atomic};
 use firebrand_nn::{Module, ModuleExt, WeightsError};
@@ -11,6 +11,7 @@ use firebrand_optim::Optimizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The training objective.
@@ -102,6 +103,9 @@ pub struct FitOptions {
     pub resume: bool,
     /// Batches assembled ahead on a background thread.
     pub prefetch: usize,
+    /// Applied to every training batch's inputs (augmentation); validation
+    /// and evaluation see the data as it is.
+    pub transform: Option<Arc<dyn Transform>>,
 }
 
 impl Default for FitOptions {
@@ -117,6 +121,7 @@ impl Default for FitOptions {
             checkpoint: None,
             resume: false,
             prefetch: 2,
+            transform: None,
         }
     }
 }
@@ -176,6 +181,9 @@ impl<M: Module> Model<M> {
         let mut loader = DataLoader::new(train, opts.batch_size).prefetch(opts.prefetch);
         if opts.shuffle {
             loader = loader.shuffle(opts.seed);
+        }
+        if let Some(t) = &opts.transform {
+            loader = loader.transform_shared(Arc::clone(t));
         }
         let mut history = History::default();
         let mut start = 0;
