@@ -178,23 +178,13 @@ fn peak_rss_mb() -> Option<f64> {
 /// Fashion-MNIST train and test sets, images flattened to 784 (`flat`) or
 /// kept as `(N, 1, 28, 28)`.
 fn fashion_mnist(data: Option<String>, flat: bool) -> (firebrand::data::TensorDataset, firebrand::data::TensorDataset) {
-    use firebrand::data::{FASHION_MNIST_HINT, Split, TensorDataset, find_dataset, load_mnist};
-    let dir = find_dataset(
-        "fashion-mnist",
-        data.as_deref().map(std::path::Path::new),
-        "train-images-idx3-ubyte",
-        FASHION_MNIST_HINT,
-    )
-    .unwrap_or_else(|e| {
+    use firebrand::data::{Dataset, TensorDataset, load_fashion_mnist};
+    let (_, train, test) = load_fashion_mnist(data.as_deref().map(std::path::Path::new)).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)
     });
-    let load = |split| {
-        let (x, y) = load_mnist(&dir, split).expect("readable Fashion-MNIST");
-        let n = x.dims()[0];
-        TensorDataset::new(if flat { x.reshape([n, 784]) } else { x.reshape([n, 1, 28, 28]) }, y).expect("paired")
-    };
-    (load(Split::Train), load(Split::Test))
+    let flatten = |d: TensorDataset| TensorDataset { x: d.x.reshape([d.len(), 784]), y: d.y };
+    if flat { (flatten(train), flatten(test)) } else { (train, test) }
 }
 
 fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {

@@ -8,7 +8,7 @@
 //! `/usr/share/datasets/fashion-mnist` (Debian: `apt-get install dataset-fashion-mnist`),
 //! `../shared/data/fashion-mnist` and `./data/fashion-mnist`.
 
-use firebrand::data::{FASHION_MNIST_HINT, Split, TensorDataset, find_dataset, load_mnist};
+use firebrand::data::{TensorDataset, load_fashion_mnist};
 use firebrand::prelude::*;
 use std::path::PathBuf;
 
@@ -20,21 +20,13 @@ fn arg(name: &str) -> Option<String> {
 fn main() {
     let epochs: usize = arg("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
     let explicit = arg("--data").map(PathBuf::from);
-    let dir = match find_dataset("fashion-mnist", explicit.as_deref(), "train-images-idx3-ubyte", FASHION_MNIST_HINT) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-    let load = |split| {
-        let (x, y) = load_mnist(&dir, split).unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        });
-        TensorDataset::new(x.reshape([x.dims()[0], 784]), y).expect("as many labels as images")
-    };
-    let (train, test) = (load(Split::Train), load(Split::Test));
+    let (dir, train, test) = load_fashion_mnist(explicit.as_deref()).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
+    // (N, 1, 28, 28) -> (N, 784)
+    let flatten = |d: TensorDataset| TensorDataset { x: d.x.reshape([d.len(), 784]), y: d.y };
+    let (train, test) = (flatten(train), flatten(test));
     println!("Fashion-MNIST from {}: {} training, {} test images", dir.display(), train.len(), test.len());
 
     manual_seed(0);

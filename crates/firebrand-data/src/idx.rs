@@ -151,6 +151,27 @@ pub fn find_dataset(name: &str, explicit: Option<&Path>, probe: &str, hint: &str
     })
 }
 
+/// Finds Fashion-MNIST (as [`find_dataset`]: `explicit`, `FIREBRAND_DATA`,
+/// the standard places) and loads both splits as datasets of images
+/// `(N, 1, 28, 28)` in `[0, 1]` with `i64` labels; returns the folder too.
+/// Flatten with `x.reshape([n, 784])` for an MLP.
+///
+/// # Errors
+/// [`DataError::NotFound`] (with the places tried and how to install the
+/// data) or a read error naming the file.
+pub fn load_fashion_mnist(
+    explicit: Option<&Path>,
+) -> Result<(PathBuf, crate::TensorDataset, crate::TensorDataset), DataError> {
+    let dir = find_dataset("fashion-mnist", explicit, "train-images-idx3-ubyte", FASHION_MNIST_HINT)?;
+    let load = |split| -> Result<crate::TensorDataset, DataError> {
+        let (x, y) = load_mnist(&dir, split)?;
+        let n = x.dims()[0];
+        Ok(crate::TensorDataset::new(x.reshape([n, 1, 28, 28]), y).expect("load_mnist checked the counts"))
+    };
+    let (train, test) = (load(Split::Train)?, load(Split::Test)?);
+    Ok((dir, train, test))
+}
+
 /// How to get Fashion-MNIST, for error messages.
 pub const FASHION_MNIST_HINT: &str = "Install it with `apt-get install dataset-fashion-mnist` (Debian), or download the four \
      *-ubyte.gz files into a folder and pass `--data DIR` or set FIREBRAND_DATA.";
