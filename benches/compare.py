@@ -4,6 +4,7 @@ same session, and prints both figures and their ratio.
 
     python3 benches/compare.py gemm [--threads 2] [--rounds 3]
     python3 benches/compare.py mlp [--epochs 5] [--data DIR]
+    python3 benches/compare.py cnn [--epochs 5] [--data DIR]
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -26,15 +27,15 @@ def run(cmd, env=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["gemm", "mlp"])
+    p.add_argument("workload", choices=["gemm", "mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--data", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    if a.workload == "mlp":
-        return compare_mlp(a)
+    if a.workload in ("mlp", "cnn"):
+        return compare_classifier(a)
     best = {}
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
@@ -59,11 +60,12 @@ def main():
             print(json.dumps({"lib": key[0], "m": key[1], "k": key[2], "n": key[3], "gflops": g}))
 
 
-def compare_mlp(a):
+def compare_classifier(a):
+    """mlp and cnn: Fashion-MNIST classifiers, one JSON line per epoch from each side."""
     extra = ["--epochs", str(a.epochs)] + (["--data", a.data] if a.data else [])
     subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
-    ours = run(["cargo", "bench", "--bench", "workloads", "--", "mlp"] + extra)
-    theirs = run([sys.executable, "benches/pytorch/mlp.py", "--threads", str(a.threads)] + extra)
+    ours = run(["cargo", "bench", "--bench", "workloads", "--", a.workload, "--threads", str(a.threads)] + extra)
+    theirs = run([sys.executable, f"benches/pytorch/{a.workload}.py", "--threads", str(a.threads)] + extra)
     print("| epoch | Firebrand s | PyTorch s | speed-up | Firebrand acc | PyTorch acc | Firebrand MiB | PyTorch MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for f, t in zip(ours, theirs):

@@ -2,7 +2,7 @@
 //! adjoint col2im (convolution runs as im2col + gemm), max and average pooling
 //! with their backward passes. Work is split over `(n, c)` planes.
 
-use crate::parallel::{PAR_MIN_ELEMS, par_chunks_mut};
+use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut};
 use firebrand_tensor::op::Window2d;
 use firebrand_tensor::pool::{take_f32, zeros_f32};
 
@@ -11,10 +11,20 @@ fn out_size(win: &Window2d, h: usize, w: usize) -> (usize, usize) {
 }
 
 /// Runs `f(plane, dst)` over chunks of `plane_len`, in parallel when large.
+/// Planes are handed out in groups (about eight tasks per thread): one task
+/// per small plane would spend more on the shared task counter than on work.
 fn for_planes(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if out.len() >= PAR_MIN_ELEMS && plane_len > 0 {
-        par_chunks_mut(out, plane_len, f);
-    } else if plane_len > 0 {
+    if plane_len == 0 {
+        return;
+    }
+    let planes = out.len().div_ceil(plane_len);
+    let tasks = planes.min(8 * num_threads());
+    if out.len() >= PAR_MIN_ELEMS && tasks > 1 {
+        let per = planes.div_ceil(tasks);
+        par_chunks_mut(out, per * plane_len, |t, group| {
+            group.chunks_mut(plane_len).enumerate().for_each(|(i, c)| f(t * per + i, c));
+        });
+    } else {
         out.chunks_mut(plane_len).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
@@ -180,54 +190,6 @@ fn order_key(v: f32) -> i32 {
     if nan { i32::MAX } else { k }
 }
 
-/// One kernel tap of [`max_plane_unpadded`] over a row of outputs, 16 at a
-/// time: `line[ox * sx]` (stride 1 or 2) against the running `key`/`pos`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn max_tap_avx512(line: &[f32], start: u32, sx: usize, key: &mut [i32], pos: &mut [u32]) {
-    use std::arch::x86_64::*;
-    // SAFETY: loads and stores stay within `line`, `key` and `pos` (masked tails).
-    unsafe {
-        let wo = key.len();
-        debug_assert_eq!(line.len(), (wo - 1) * sx + 1);
-        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let step = _mm512_set1_epi32(sx as i32);
-        let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
-        let mut ox = 0;
-        while ox < wo {
-            let cnt = (wo - ox).min(16);
-            let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
-            let base = line.as_ptr().add(ox * sx);
-            let v = if sx == 1 {
-                _mm512_maskz_loadu_ps(m, base)
-            } else {
-                // Elements 0, 2, …, 2(cnt-1) of the next 2·cnt−1 values.
-                let need = 2 * cnt - 1;
-                let m_lo: __mmask16 = if need >= 16 { 0xffff } else { (1u16 << need) - 1 };
-                let m_hi: __mmask16 = if need <= 16 { 0 } else { (1u16 << (need - 16)) - 1 };
-                let lo = _mm512_maskz_loadu_ps(m_lo, base);
-                let hi = _mm512_maskz_loadu_ps(m_hi, base.add(16));
-                _mm512_permutex2var_ps(lo, evens, hi)
-            };
-            let b = _mm512_castps_si512(v);
-            let k = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32::<31>(b), abs_mask));
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let k = _mm512_mask_mov_epi32(k, nan, _mm512_set1_epi32(i32::MAX));
-            let kp = key.as_mut_ptr().add(ox);
-            let pp = pos.as_mut_ptr().add(ox);
-            let cur = _mm512_maskz_loadu_epi32(m, kp as *const i32);
-            let take = _mm512_mask_cmpgt_epi32_mask(m, k, cur);
-            let p =
-                _mm512_add_epi32(_mm512_set1_epi32((start as usize + ox * sx) as i32), _mm512_mullo_epi32(iota, step));
-            _mm512_mask_storeu_epi32(kp as *mut i32, take, k);
-            _mm512_mask_storeu_epi32(pp as *mut i32, take, p);
-            ox += 16;
-        }
-    }
-}
-
 /// Inverse of [`order_key`] (NaNs come back as a quiet NaN).
 #[inline(always)]
 fn from_order_key(k: i32) -> f32 {
@@ -251,76 +213,105 @@ fn max_plane(src: &[f32], dst: &mut [f32], idx: &mut [i64], win: &Window2d, h: u
 }
 
 /// One plane of max pooling without padding: every tap is inside, so the
-/// loops index directly (an order of magnitude faster than [`max_plane`]).
+/// loops index directly. Values are compared as order-preserving integer
+/// keys (NaN the largest) with selects: float compares with NaN rules compile
+/// to branches, which mispredict half the time on real activations.
 fn max_plane_unpadded(src: &[f32], dst: &mut [f32], idx: &mut [i64], win: &Window2d, w: usize, wo: usize) {
     #[cfg(target_arch = "x86_64")]
     if matches!(win.stride.1, 1 | 2) && crate::simd512::available() {
-        // SAFETY: AVX-512F is present.
+        // SAFETY: AVX-512F is present; the stride is 1 or 2.
         unsafe { max_plane_unpadded_avx512(src, dst, idx, win, w, wo) };
         return;
     }
-    max_plane_unpadded_with::<false>(src, dst, idx, win, w, wo);
+    max_plane_unpadded_scalar(src, dst, idx, win, w, wo);
 }
 
-/// [`max_plane_unpadded`] compiled for AVX-512, one call per plane so the
-/// per-tap kernel inlines.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_plane_unpadded_avx512(
-    src: &[f32],
-    dst: &mut [f32],
-    idx: &mut [i64],
-    win: &Window2d,
-    w: usize,
-    wo: usize,
-) {
-    max_plane_unpadded_with::<true>(src, dst, idx, win, w, wo);
-}
-
-#[inline(always)]
-fn max_plane_unpadded_with<const SIMD: bool>(
-    src: &[f32],
-    dst: &mut [f32],
-    idx: &mut [i64],
-    win: &Window2d,
-    w: usize,
-    wo: usize,
-) {
+/// The portable form of [`max_plane_unpadded`].
+fn max_plane_unpadded_scalar(src: &[f32], dst: &mut [f32], idx: &mut [i64], win: &Window2d, w: usize, wo: usize) {
     let (kh, kw) = win.kernel;
     let (sy, sx) = win.stride;
     let (dy, dx) = win.dilation;
-    // Values are compared as order-preserving integer keys (NaN the largest),
-    // in integer selects: float compares with NaN rules compile to branches,
-    // which mispredict half the time on real activations.
-    let mut key = vec![0i32; wo]; // running maximum per output column of the row
-    let mut pos = vec![0u32; wo]; // and its position in the plane
-    for (oy, (drow, irow)) in dst.chunks_exact_mut(wo).zip(idx.chunks_exact_mut(wo)).enumerate() {
-        let row0 = oy * sy * w;
+    for (o, (d, i)) in dst.iter_mut().zip(idx.iter_mut()).enumerate() {
+        let base = (o / wo) * sy * w + (o % wo) * sx;
         // No value's key is i32::MIN, so the first tap always takes over.
-        key.fill(i32::MIN);
-        // Taps outer, output columns inner.
+        let (mut k, mut p) = (i32::MIN, 0usize);
         for ki in 0..kh {
             for kj in 0..kw {
-                let start = row0 + ki * dy * w + kj * dx;
-                let line = &src[start..start + (wo - 1) * sx + 1];
-                #[cfg(target_arch = "x86_64")]
-                if SIMD {
-                    // SAFETY: only instantiated with SIMD inside the AVX-512F wrapper;
-                    // `line` holds (wo-1)*sx+1 values, sx is 1 or 2.
-                    unsafe { max_tap_avx512(line, start as u32, sx, &mut key, &mut pos) };
-                    continue;
-                }
-                for (ox, (k, p)) in key.iter_mut().zip(pos.iter_mut()).enumerate() {
-                    let v = order_key(line[ox * sx]);
-                    let take = v > *k; // strict: the first maximum in tap order wins
-                    *k = std::hint::select_unpredictable(take, v, *k);
-                    *p = std::hint::select_unpredictable(take, (start + ox * sx) as u32, *p);
-                }
+                let pos = base + ki * dy * w + kj * dx;
+                let v = order_key(src[pos]);
+                let take = v > k; // strict: the first maximum in tap order wins
+                k = std::hint::select_unpredictable(take, v, k);
+                p = std::hint::select_unpredictable(take, pos, p);
             }
         }
-        for (((d, i), k), p) in drow.iter_mut().zip(irow.iter_mut()).zip(&key).zip(&pos) {
-            *d = from_order_key(*k);
-            *i = *p as i64;
+        *d = from_order_key(k);
+        *i = p as i64;
+    }
+}
+
+/// [`max_plane_unpadded`] with AVX-512 for column strides 1 and 2: 16
+/// outputs of a row at a time, their running maximum kept in registers over
+/// all the taps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_plane_unpadded_avx512(src: &[f32], dst: &mut [f32], idx: &mut [i64], win: &Window2d, w: usize, wo: usize) {
+    use std::arch::x86_64::*;
+    let (kh, kw) = win.kernel;
+    let (sy, sx) = win.stride;
+    let (dy, dx) = win.dilation;
+    let ho = dst.len() / wo;
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let iota = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(sx as i32));
+    let abs_mask = _mm512_set1_epi32(0x7fff_ffff);
+    let last = (ho - 1) * sy * w + (wo - 1) * sx + (kh - 1) * dy * w + (kw - 1) * dx;
+    assert!(last < src.len(), "max_pool2d: window beyond the plane");
+    for oy in 0..ho {
+        let mut ox = 0;
+        while ox < wo {
+            let cnt = (wo - ox).min(16);
+            let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
+            // Values loaded for stride 2: elements 0, 2, …, 2(cnt-1) of 2·cnt−1.
+            let need = 2 * cnt - 1;
+            let m_lo: __mmask16 = if need >= 16 { 0xffff } else { (1u16 << need) - 1 };
+            let m_hi: __mmask16 = if need <= 16 { 0 } else { (1u16 << (need - 16)) - 1 };
+            let mut best = _mm512_set1_epi32(i32::MIN);
+            let mut at = _mm512_setzero_si512();
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let start = oy * sy * w + ki * dy * w + kj * dx + ox * sx;
+                    // SAFETY: every loaded lane is at most `last` (asserted in bounds).
+                    let v = unsafe {
+                        let p = src.as_ptr().add(start);
+                        if sx == 1 {
+                            _mm512_maskz_loadu_ps(m, p)
+                        } else {
+                            let lo = _mm512_maskz_loadu_ps(m_lo, p);
+                            let hi = _mm512_maskz_loadu_ps(m_hi, p.add(16));
+                            _mm512_permutex2var_ps(lo, evens, hi)
+                        }
+                    };
+                    let b = _mm512_castps_si512(v);
+                    let k = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32::<31>(b), abs_mask));
+                    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    let k = _mm512_mask_mov_epi32(k, nan, _mm512_set1_epi32(i32::MAX));
+                    let take = _mm512_cmpgt_epi32_mask(k, best);
+                    best = _mm512_mask_mov_epi32(best, take, k);
+                    at = _mm512_mask_mov_epi32(at, take, _mm512_add_epi32(_mm512_set1_epi32(start as i32), iota));
+                }
+            }
+            // Keys back to floats; positions widened to i64.
+            let vals = _mm512_xor_si512(best, _mm512_and_si512(_mm512_srai_epi32::<31>(best), abs_mask));
+            let o = oy * wo + ox;
+            // SAFETY: lanes beyond `cnt` are masked off; `o + cnt <= dst.len()`.
+            unsafe {
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(o), m, _mm512_castsi512_ps(vals));
+                let lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(at));
+                let hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(at));
+                _mm512_mask_storeu_epi64(idx.as_mut_ptr().add(o), (m & 0xff) as u8, lo);
+                _mm512_mask_storeu_epi64(idx.as_mut_ptr().add(o + 8), (m >> 8) as u8, hi);
+            }
+            ox += 16;
         }
     }
 }
@@ -475,7 +466,7 @@ mod tests {
 
     #[test]
     fn unpadded_max_pooling_matches_the_general_path() {
-        let (h, w) = (9, 8);
+        let (h, w) = (9, 37); // rows wider than one 16-lane chunk
         let mut x: Vec<f32> = (0..h * w).map(|i| ((i * 29) % 31) as f32 - 15.0).collect();
         x[5] = f32::NAN;
         x[40] = 7.0; // ties with other 7s: the first in tap order must win in both paths
@@ -488,12 +479,16 @@ mod tests {
         ] {
             let (ho, wo) = win.output_size(h, w).unwrap();
             let (mut d1, mut i1) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
-            let (mut d2, mut i2) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
             max_plane(&x, &mut d1, &mut i1, &win, h, w, wo);
-            max_plane_unpadded(&x, &mut d2, &mut i2, &win, w, wo);
-            assert_eq!(i1, i2, "{win:?}");
-            let same = d1.iter().zip(&d2).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
-            assert!(same, "{win:?}: {d1:?} vs {d2:?}");
+            // The dispatching form (AVX-512 where present) and the portable one.
+            type Plane = fn(&[f32], &mut [f32], &mut [i64], &Window2d, usize, usize);
+            for f in [max_plane_unpadded as Plane, max_plane_unpadded_scalar] {
+                let (mut d2, mut i2) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
+                f(&x, &mut d2, &mut i2, &win, w, wo);
+                assert_eq!(i1, i2, "{win:?}");
+                let same = d1.iter().zip(&d2).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                assert!(same, "{win:?}: {d1:?} vs {d2:?}");
+            }
         }
     }
 
