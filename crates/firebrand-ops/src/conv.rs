@@ -254,7 +254,14 @@ fn max_plane_unpadded_scalar(src: &[f32], dst: &mut [f32], idx: &mut [i64], win:
 /// all the taps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn max_plane_unpadded_avx512(src: &[f32], dst: &mut [f32], idx: &mut [i64], win: &Window2d, w: usize, wo: usize) {
+unsafe fn max_plane_unpadded_avx512(
+    src: &[f32],
+    dst: &mut [f32],
+    idx: &mut [i64],
+    win: &Window2d,
+    w: usize,
+    wo: usize,
+) {
     use std::arch::x86_64::*;
     let (kh, kw) = win.kernel;
     let (sy, sx) = win.stride;

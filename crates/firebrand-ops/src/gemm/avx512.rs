@@ -81,7 +81,14 @@ pub(super) unsafe fn gemm(
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { crate::parallel::num_threads() } else { 1 };
     let cptr = SendPtr(c.as_mut_ptr());
     let n_panels = n.div_ceil(NR);
-    let n_blocks = n.div_ceil(NCB_MAX).max(threads).min(n_panels);
+    // A few column blocks are rounded up to a multiple of the threads: 3 blocks
+    // on 2 threads leave one idle for a third of the product (measured on
+    // 64x6272x288, a convolution's weight gradient: 268 -> 332 GFLOP/s, same run).
+    let mut n_blocks = n.div_ceil(NCB_MAX).max(threads);
+    if n_blocks < 8 * threads {
+        n_blocks = n_blocks.div_ceil(threads) * threads;
+    }
+    let n_blocks = n_blocks.min(n_panels);
     let m_panels = m.div_ceil(MR);
     let row_splits = if n_blocks < threads { threads.div_ceil(n_blocks).min(m_panels) } else { 1 };
     let task = |t: usize| {
