@@ -72,10 +72,101 @@ pub fn contiguous<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layout) -
 }
 
 /// [`contiguous`] for `f32`, with the output buffer taken from the pool.
+/// Batched transposes (the last two dims swapped, e.g. `permute(0, 2, 1)`)
+/// go through [`transpose_batched`]: walked element by element, the strided
+/// side touches a new cache line per value.
 pub fn contiguous_f32(src: &[f32], layout: &Layout) -> Vec<f32> {
     let mut out = take_f32(layout.elem_count());
+    if layout.contiguous_range().is_none() && !out.is_empty() {
+        let (dims, strides) = coalesce(layout.dims(), &[layout.strides()]);
+        let s = &strides[0];
+        let r = dims.len();
+        // Output (…, i, j) reads src[i + j·ld]: a transpose of (cols x rows) blocks.
+        if r >= 2 && s[r - 2] == 1 && s[r - 1] >= dims[r - 2] && dims[r - 1] >= 16 && dims[r - 2] >= 16 {
+            let (rows, cols, ld) = (dims[r - 2], dims[r - 1], s[r - 1]);
+            // Treating `rows` as the run, the walk visits each batch entry's start once.
+            let mut bases = Vec::with_capacity(out.len() / (rows * cols));
+            for_each_run(&dims[..r - 1], &[s[..r - 1].to_vec()], &[layout.offset()], |pos| bases.push(pos[0]));
+            transpose_batched(src, &bases, rows, cols, ld, &mut out);
+            return out;
+        }
+    }
     contiguous_into(src, layout, &mut out);
     out
+}
+
+/// `out[b][i][j] = src[bases[b] + i + j·ld]` for `i < rows`, `j < cols`: one
+/// transpose per batch entry, in 16x16 register tiles where AVX-512 is
+/// present, split over the batch and row blocks.
+pub(crate) fn transpose_batched(src: &[f32], bases: &[usize], rows: usize, cols: usize, ld: usize, out: &mut [f32]) {
+    let block = 16 * cols; // 16 output rows
+    let blocks_per = rows.div_ceil(16);
+    let plane = rows * cols;
+    assert_eq!(out.len(), bases.len() * plane, "transpose_batched: output length");
+    if let (Some(&last), true) = (bases.iter().max(), rows * cols > 0) {
+        assert!(last + (rows - 1) + (cols - 1) * ld < src.len(), "transpose_batched: source too short");
+    }
+    let task = |t: usize, dst: &mut [f32]| {
+        let (b, i0) = (t / blocks_per, (t % blocks_per) * 16);
+        let ib = (rows - i0).min(16);
+        let base = bases[b] + i0;
+        let mut j0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if ib == 16 && crate::simd512::available() {
+            while j0 + 16 <= cols {
+                // SAFETY: AVX-512F is present; source rows j0..j0+16 (length ≥ 16 from
+                // base, checked above) and destination rows 0..16 at columns j0.. exist.
+                unsafe {
+                    crate::gemm::avx512::transpose16_into(
+                        src.as_ptr().add(base + j0 * ld),
+                        ld,
+                        dst.as_mut_ptr().add(j0),
+                        cols,
+                    )
+                };
+                j0 += 16;
+            }
+        }
+        for i in 0..ib {
+            let row = &mut dst[i * cols..(i + 1) * cols];
+            for (j, o) in row.iter_mut().enumerate().skip(j0) {
+                *o = src[base + i + j * ld];
+            }
+        }
+    };
+    // Chunks of 16 output rows, never straddling two batch entries.
+    let ntasks = bases.len() * blocks_per;
+    let chunk = |t: usize| {
+        let b = t / blocks_per;
+        let start = b * plane + (t % blocks_per) * block;
+        (start, (start + block).min((b + 1) * plane))
+    };
+    let ptr = SendPtr(out.as_mut_ptr());
+    let run = |t: usize| {
+        let (s, e) = chunk(t);
+        // SAFETY: the chunks of distinct tasks are disjoint ranges of `out`.
+        task(t, unsafe { std::slice::from_raw_parts_mut(ptr.get().add(s), e - s) });
+    };
+    if out.len() >= crate::parallel::PAR_MIN_ELEMS {
+        // Grouped, about eight groups per thread: a task per 16 rows would spend
+        // more on the shared counter than on copying.
+        let groups = ntasks.min(8 * crate::parallel::num_threads());
+        let per = ntasks.div_ceil(groups);
+        crate::parallel::par_for(ntasks.div_ceil(per), |gi| (gi * per..((gi + 1) * per).min(ntasks)).for_each(run));
+    } else {
+        (0..ntasks).for_each(run);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint ranges.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// Copies the elements of `layout` into `dst` (of length `elem_count`) in row-major order.
@@ -108,6 +199,22 @@ pub fn contiguous_into<T: Copy>(src: &[T], layout: &Layout, dst: &mut [T]) {
 mod tests {
     use super::*;
     use firebrand_tensor::Shape;
+
+    #[test]
+    fn batched_transposes_match_strided_index() {
+        let src: Vec<f32> = (0..40_000).map(|i| i as f32).collect();
+        let cases = [
+            Layout::contiguous([3, 40, 33]).permute(&[0, 2, 1]).unwrap(), // edges in both dims
+            Layout::contiguous([64, 32]).transpose(0, 1).unwrap(),
+            Layout::contiguous([2, 17, 5, 48]).permute(&[0, 2, 3, 1]).unwrap(), // coalesces to a transpose
+            Layout::contiguous([50, 70]).narrow(1, 3, 40).unwrap().transpose(0, 1).unwrap(), // ld > rows
+            Layout::contiguous([5, 200, 32]).narrow(0, 2, 2).unwrap().permute(&[0, 2, 1]).unwrap(), // offset
+        ];
+        for l in cases {
+            let want: Vec<f32> = l.strided_index().map(|i| src[i]).collect();
+            assert_eq!(contiguous_f32(&src, &l), want, "{l:?}");
+        }
+    }
 
     #[test]
     fn contiguous_matches_strided_index() {

@@ -111,6 +111,25 @@ impl Tensor {
         let (ho, wo) = out_hw("conv2d", self, &win, h, w)?;
         let (k, nl) = (cin_g * kh * kw, n * ho * wo);
         let cols = self.im2col_batch_columns(win)?; // (C·kh·kw, N·L)
+        if g == 1 {
+            // Computed transposed, Yᵀ = colsᵀ · Wᵀ (N·L, Cout): our gemm is fastest
+            // with many rows and few columns, and in this orientation the
+            // gradients are its fast shapes too: the weight's (cols · dYᵀ,
+            // no packing of the large cols) and the columns' (W · dYᵀ, in cols'
+            // own layout).
+            let wt = weight.try_reshape([cout, k])?.t().contiguous(); // (K, Cout)
+            let y = cols.t().try_matmul(&wt)?; // (N·L, Cout)
+            let y = match bias {
+                Some(b) => y.try_add(b)?,
+                None => y,
+            };
+            // (N, L, Cout) -> (N, Cout, L): a batched transpose.
+            return y
+                .try_reshape([n, ho * wo, cout])?
+                .try_permute(&[0, 2, 1])?
+                .contiguous()
+                .try_reshape([n, cout, ho, wo]);
+        }
         // One gemm for the whole batch (per group): (G, Cout/G, K) · (G, K, N·L).
         let y = weight.try_reshape([g, cout / g, k])?.try_matmul(&cols.try_reshape([g, k, nl])?)?;
         let y = y.try_reshape([cout, n, ho * wo])?;

@@ -210,7 +210,7 @@ fn pack_b_panel(kc: usize, nc: usize, jp: usize, b: MatRef, dst: &mut [f32]) {
 /// Transposes the 16x16 block whose row `j` starts at `src + j * lds` into
 /// `dst`, whose row `p` (16 floats) starts at `dst + p * ldd`.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16_into(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+pub(crate) unsafe fn transpose16_into(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     unsafe {
         let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(src.add(j * lds)));
         // 32-bit interleave of row pairs, then 64-bit, within 128-bit lanes:

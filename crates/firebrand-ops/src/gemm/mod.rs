@@ -11,7 +11,7 @@
 //! column strides for `A` and `B`, so transposed views multiply without a copy.
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 
 /// A read-only strided matrix: element `(i, j)` is `data[offset + i*rs + j*cs]`.
 #[derive(Clone, Copy, Debug)]
