@@ -154,9 +154,9 @@ impl Backend for ProxyBackend {
         g: &dyn BackendStorage,
         idx: &dyn BackendStorage,
         dims: [usize; 4],
-        plane_out: usize,
+        win: &Window2d,
     ) -> Result<Storage> {
-        wrap(CPU.max_pool2d_backward(inner(g), inner(idx), dims, plane_out))
+        wrap(CPU.max_pool2d_backward(inner(g), inner(idx), dims, win))
     }
     fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {
         wrap(CPU.avg_pool2d(inner(x), dims, win, cip))

@@ -218,10 +218,10 @@ impl Backend for CpuBackend {
         g: &dyn BackendStorage,
         idx: &dyn BackendStorage,
         [n, c, h, w]: [usize; 4],
-        plane_out: usize,
+        win: &Window2d,
     ) -> Result<Storage> {
         let op = "max_pool2d_backward";
-        boxed(conv::max_pool2d_backward(f32s(g, op)?, i64s(idx, op)?, n, c, h, w, plane_out))
+        boxed(conv::max_pool2d_backward(f32s(g, op)?, i64s(idx, op)?, n, c, h, w, win))
     }
 
     fn avg_pool2d(

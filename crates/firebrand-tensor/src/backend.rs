@@ -182,7 +182,8 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a non-`f32` input.
     fn max_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<(Storage, Storage)>;
-    /// Scatters `g` (`(N, C, Ho, Wo)`, `plane_out = Ho·Wo`) to the maxima's positions in `(N, C, H, W)`.
+    /// Sends `g` (`(N, C, Ho, Wo)`) to the maxima's positions (`idx`, from
+    /// [`Backend::max_pool2d`] with the same window) in `(N, C, H, W)`.
     ///
     /// # Errors
     /// On mismatched dtypes.
@@ -191,7 +192,7 @@ pub trait Backend: Send + Sync {
         g: &dyn BackendStorage,
         idx: &dyn BackendStorage,
         dims: [usize; 4],
-        plane_out: usize,
+        win: &Window2d,
     ) -> Result<Storage>;
     /// Average pooling of a contiguous `(N, C, H, W)` input.
     ///

@@ -195,7 +195,7 @@ impl Tensor {
         let idx = Tensor::from_backend(idx, [n, c, ho, wo]);
         Ok(record(out, "max_pool2d", &[self], move |_, g| {
             let gd = g.dense("max_pool2d backward").expect("dense");
-            let dx = backend.max_pool2d_backward(&**gd.storage(), &**idx.storage(), dims, ho * wo).expect("f32");
+            let dx = backend.max_pool2d_backward(&**gd.storage(), &**idx.storage(), dims, &win).expect("f32");
             vec![Some(Tensor::from_backend(dx, dims))]
         }))
     }
