@@ -32,6 +32,32 @@ fn conv2d_gradients() {
             t[0].conv2d(&t[1], Some(&t[2]), opts)
         });
     }
+    // The fused ReLU epilogue equals conv2d followed by relu (each gradchecked
+    // above and in ops_gradcheck) in values and in every gradient. Finite
+    // differences across ReLU's kink at 0 are unreliable, hence the comparison.
+    let (xs, ws) = ([2, 3, 5, 4], [5, 3, 3, 3]);
+    let opts = ConvOptions { padding: (1, 1), ..Default::default() };
+    let t = [leaf(&xs, 1.0), leaf(&ws, 0.5), leaf(&[5], 0.3)];
+    let wout = Tensor::randn([2, 5, 5, 4], 0.0, 1.0);
+    let grads = |fused: bool| {
+        t.iter().for_each(|p| p.zero_grad());
+        let y = if fused {
+            t[0].try_conv2d_relu(&t[1], Some(&t[2]), opts).unwrap()
+        } else {
+            t[0].conv2d(&t[1], Some(&t[2]), opts).relu()
+        };
+        y.mul(&wout).sum_all().backward();
+        let mut v = vec![y.to_vec::<f32>()];
+        v.extend(t.iter().map(|p| p.grad().unwrap().to_vec::<f32>()));
+        v
+    };
+    let (fused, plain) = (grads(true), grads(false));
+    assert!(fused[0].iter().any(|v| *v == 0.0) && fused[0].iter().any(|v| *v > 0.0), "ReLU is active");
+    for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "conv2d_relu output/grad {i}: {x} vs {y}");
+        }
+    }
     check("conv1d", &[leaf(&[2, 3, 9], 1.0), leaf(&[2, 3, 3], 0.5)], |t| {
         t[0].conv1d(&t[1], None, ConvOptions { stride: (1, 2), padding: (0, 1), ..Default::default() })
     });

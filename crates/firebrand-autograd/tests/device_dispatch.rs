@@ -158,6 +158,29 @@ impl Backend for ProxyBackend {
     ) -> Result<Storage> {
         wrap(CPU.max_pool2d_backward(inner(g), inner(idx), dims, win))
     }
+    fn bias_act_to_nchw(
+        &self,
+        yt: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        n: usize,
+        l: usize,
+        c: usize,
+        relu: bool,
+    ) -> Result<Storage> {
+        wrap(CPU.bias_act_to_nchw(inner(yt), bias.map(inner), n, l, c, relu))
+    }
+    fn bias_act_to_nchw_backward(
+        &self,
+        g: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        n: usize,
+        l: usize,
+        c: usize,
+        relu: bool,
+    ) -> Result<(Storage, Storage)> {
+        let (a, b) = CPU.bias_act_to_nchw_backward(inner(g), inner(y), n, l, c, relu)?;
+        Ok((wrap(Ok(a))?, wrap(Ok(b))?))
+    }
     fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {
         wrap(CPU.avg_pool2d(inner(x), dims, win, cip))
     }

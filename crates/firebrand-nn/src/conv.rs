@@ -165,14 +165,20 @@ fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConf
     let (kh, kw) = (k[2], k[3]);
     let (padding, crop) = resolve_padding(c.padding, (kh, kw), c.dilation);
     let opts = ConvOptions { stride: c.stride, padding, dilation: c.dilation, groups: c.groups };
-    let mut y = x.conv2d(weight, bias, opts); // (N, Cout, Ho, Wo)
+    // ReLU is fused into the convolution's output pass; other activations follow it.
+    let fused = act == Some(Activation::Relu);
+    let mut y = if fused {
+        x.try_conv2d_relu(weight, bias, opts).unwrap_or_else(|e| panic!("{e}"))
+    } else {
+        x.conv2d(weight, bias, opts)
+    }; // (N, Cout, Ho, Wo)
     if crop != (0, 0) {
         let (h, w) = (y.dims()[2] - crop.0, y.dims()[3] - crop.1);
         y = y.narrow(2, crop.0, h).narrow(3, crop.1, w);
     }
     match act {
-        Some(a) => a.apply(&y),
-        None => y,
+        Some(a) if !fused => a.apply(&y),
+        _ => y,
     }
 }
 

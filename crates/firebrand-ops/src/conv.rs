@@ -148,6 +148,87 @@ pub fn col2im(cols: &[f32], n: usize, c: usize, h: usize, w: usize, win: &Window
     out
 }
 
+/// The convolution epilogue, fused: `y = act(transpose(yt) + bias)` from the
+/// gemm's `(N·L, C)` output to `(N, C, L)`, `act` the identity or ReLU. One
+/// transpose and one in-place pass instead of a broadcast add, a permuted copy
+/// and an activation, each with a buffer of its own.
+pub fn bias_act_to_nchw(yt: &[f32], bias: Option<&[f32]>, n: usize, l: usize, c: usize, relu: bool) -> Vec<f32> {
+    let mut out = take_f32(n * c * l);
+    let bases: Vec<usize> = (0..n).map(|b| b * l * c).collect();
+    crate::strided::transpose_batched(yt, &bases, c, l, c, &mut out);
+    if bias.is_some() || relu {
+        for_planes(&mut out, l, |row, y| {
+            let b = bias.map_or(0.0, |b| b[row % c]);
+            if relu {
+                y.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else {
+                y.iter_mut().for_each(|v| *v += b);
+            }
+        });
+    }
+    out
+}
+
+/// Backward of [`bias_act_to_nchw`]: from `g` and the output `y` (both
+/// `(N, C, L)`), the gradient of `yt` (`(N·L, C)`) and of the bias (`(C,)`).
+pub fn bias_act_to_nchw_backward(
+    g: &[f32],
+    y: &[f32],
+    n: usize,
+    l: usize,
+    c: usize,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let masked;
+    let gm: &[f32] = if relu {
+        let mut m = take_f32(g.len());
+        for_planes(&mut m, l, |row, dst| {
+            let (gs, ys) = (&g[row * l..(row + 1) * l], &y[row * l..(row + 1) * l]);
+            for ((d, gv), yv) in dst.iter_mut().zip(gs).zip(ys) {
+                // A bit mask, not a branch: which units are active is random.
+                let keep = ((*yv > 0.0) as u32).wrapping_neg();
+                *d = f32::from_bits(gv.to_bits() & keep);
+            }
+        });
+        masked = m;
+        &masked
+    } else {
+        g
+    };
+    // Row sums in parallel, eight independent accumulators each (a single
+    // running sum is one dependent add per element), then per channel.
+    let mut row_sums = vec![0.0f32; n * c];
+    let sum_rows = |first: usize, out: &mut [f32]| {
+        for (i, s) in out.iter_mut().enumerate() {
+            let r = &gm[(first + i) * l..(first + i + 1) * l];
+            let mut acc = [0.0f32; 8];
+            let chunks = r.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().sum();
+            for ch in chunks {
+                for (a, v) in acc.iter_mut().zip(ch) {
+                    *a += v;
+                }
+            }
+            *s = acc.iter().sum::<f32>() + tail;
+        }
+    };
+    if gm.len() >= crate::parallel::PAR_MIN_ELEMS {
+        let per = (n * c).div_ceil(8 * num_threads());
+        par_chunks_mut(&mut row_sums, per, |t, out| sum_rows(t * per, out));
+    } else {
+        sum_rows(0, &mut row_sums);
+    }
+    let mut dbias = vec![0.0f32; c];
+    for (row, s) in row_sums.iter().enumerate() {
+        dbias[row % c] += s;
+    }
+    let mut dyt = take_f32(n * l * c);
+    // dyt[b][j][i] = gm[b][i][j]: a transpose of each (C, L) block.
+    let bases: Vec<usize> = (0..n).map(|b| b * c * l).collect();
+    crate::strided::transpose_batched(gm, &bases, l, c, l, &mut dyt);
+    (dyt, dbias)
+}
+
 /// Max pooling of `(N, C, H, W)`: values `(N, C, Ho, Wo)` and the flat index
 /// within each `H·W` plane of every maximum (PyTorch's `return_indices`).
 /// Padding never wins (it is −∞); NaN propagates.
@@ -465,6 +546,33 @@ mod tests {
             let back = col2im(&y, n, c, h, w, &win);
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
             assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{win:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn fused_epilogue_matches_its_definition() {
+        for (n, l, c) in [(2, 37, 20), (1, 16, 16), (3, 5, 17)] {
+            let yt: Vec<f32> = (0..n * l * c).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+            let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.5 - 3.0).collect();
+            for relu in [false, true] {
+                let y = bias_act_to_nchw(&yt, Some(&bias), n, l, c, relu);
+                let g: Vec<f32> = (0..y.len()).map(|i| ((i * 11) % 7) as f32 - 3.0).collect();
+                let (dyt, db) = bias_act_to_nchw_backward(&g, &y, n, l, c, relu);
+                let mut want_db = vec![0.0f32; c];
+                for b in 0..n {
+                    for ch in 0..c {
+                        for j in 0..l {
+                            let z = yt[(b * l + j) * c + ch] + bias[ch];
+                            let want = if relu { z.max(0.0) } else { z };
+                            assert_eq!(y[(b * c + ch) * l + j], want);
+                            let gz = if relu && z <= 0.0 { 0.0 } else { g[(b * c + ch) * l + j] };
+                            assert_eq!(dyt[(b * l + j) * c + ch], gz);
+                            want_db[ch] += gz;
+                        }
+                    }
+                }
+                assert_eq!(db, want_db);
+            }
         }
     }
 

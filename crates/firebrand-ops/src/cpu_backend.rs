@@ -203,6 +203,34 @@ impl Backend for CpuBackend {
         boxed(conv::col2im(f32s(cols, "col2im")?, n, c, h, w, win))
     }
 
+    fn bias_act_to_nchw(
+        &self,
+        yt: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        n: usize,
+        l: usize,
+        c: usize,
+        relu: bool,
+    ) -> Result<Storage> {
+        let op = "conv2d epilogue";
+        let bias = bias.map(|b| f32s(b, op)).transpose()?;
+        boxed(conv::bias_act_to_nchw(f32s(yt, op)?, bias, n, l, c, relu))
+    }
+
+    fn bias_act_to_nchw_backward(
+        &self,
+        g: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        n: usize,
+        l: usize,
+        c: usize,
+        relu: bool,
+    ) -> Result<(Storage, Storage)> {
+        let op = "conv2d epilogue backward";
+        let (dyt, db) = conv::bias_act_to_nchw_backward(f32s(g, op)?, f32s(y, op)?, n, l, c, relu);
+        Ok((Box::new(CpuStorage::F32(dyt)), Box::new(CpuStorage::F32(db))))
+    }
+
     fn max_pool2d(
         &self,
         x: &dyn BackendStorage,

@@ -176,6 +176,37 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a non-`f32` input.
     fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage>;
+    /// The convolution epilogue: `act(transpose(yt) + bias)` from the gemm's
+    /// `(N·L, C)` output `yt` to `(N, C, L)`; `relu` picks the activation
+    /// (identity otherwise).
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    #[allow(clippy::too_many_arguments)]
+    fn bias_act_to_nchw(
+        &self,
+        yt: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        n: usize,
+        l: usize,
+        c: usize,
+        relu: bool,
+    ) -> Result<Storage>;
+    /// Backward of [`Backend::bias_act_to_nchw`] from the gradient `g` and the
+    /// output `y` (`(N, C, L)`): the gradients of `yt` and of the bias.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    #[allow(clippy::too_many_arguments)]
+    fn bias_act_to_nchw_backward(
+        &self,
+        g: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        n: usize,
+        l: usize,
+        c: usize,
+        relu: bool,
+    ) -> Result<(Storage, Storage)>;
     /// Max pooling of a contiguous `(N, C, H, W)` input: values and `i64`
     /// indices of the maxima within each `H·W` plane.
     ///

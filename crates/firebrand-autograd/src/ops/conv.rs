@@ -45,6 +45,42 @@ fn out_hw(op: &'static str, x: &Tensor, win: &Window2d, h: usize, w: usize) -> R
     })
 }
 
+/// `act(transpose(yt) + bias)`: `(N·L, Cout)` to `(N, Cout, Ho, Wo)` in one
+/// fused kernel, and its backward in one too.
+fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], relu: bool) -> Result<Tensor> {
+    let [n, cout, ho, wo] = dims;
+    let l = ho * wo;
+    let backend = yt.backend("conv2d")?;
+    let ytd = yt.dense("conv2d")?;
+    let bd = bias.map(|b| b.dense("conv2d")).transpose()?;
+    if let Some(b) = &bd
+        && b.device() != yt.device()
+    {
+        return Err(Error::DeviceMismatch { op: "conv2d", lhs: yt.device(), rhs: b.device() });
+    }
+    let out = {
+        let ys = ytd.storage();
+        let bs = bd.as_ref().map(|b| b.storage());
+        backend.bias_act_to_nchw(&**ys, bs.as_deref().map(|s| &**s), n, l, cout, relu)?
+    };
+    let out = Tensor::from_backend(out, dims);
+    let has_bias = bias.is_some();
+    let mut inputs = vec![yt];
+    inputs.extend(bias);
+    Ok(record(out, "conv2d epilogue", &inputs, move |y, g| {
+        let gd = g.dense("conv2d epilogue backward").expect("dense");
+        let yd = y.dense("conv2d epilogue backward").expect("dense");
+        let (dyt, db) = backend
+            .bias_act_to_nchw_backward(&**gd.storage(), &**yd.storage(), n, l, cout, relu)
+            .expect("f32 gradients");
+        let mut grads = vec![Some(Tensor::from_backend(dyt, [n * l, cout]))];
+        if has_bias {
+            grads.push(Some(Tensor::from_backend(db, [cout])));
+        }
+        grads
+    }))
+}
+
 impl Tensor {
     /// Unfolds `(N, C, H, W)` into `(N, C·kh·kw, Ho·Wo)` columns, one per output
     /// position (PyTorch's `F.unfold`). Differentiable. The result is a view
@@ -91,6 +127,26 @@ impl Tensor {
     /// assert_eq!(y.to_vec::<f32>()[..4], [4.0, 6.0, 6.0, 4.0]);
     /// ```
     pub fn try_conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions) -> Result<Tensor> {
+        self.try_conv2d_with(weight, bias, opts, false)
+    }
+
+    /// `relu(conv2d(x, weight, bias))`, with the bias and the ReLU applied in
+    /// the same pass that lays the output out (the layer `Conv2d` with a ReLU
+    /// activation uses it). Same arguments and errors as [`Tensor::try_conv2d`].
+    ///
+    /// ```
+    /// use firebrand_autograd::{ConvOptions, Tensor};
+    /// let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0);
+    /// let w = Tensor::randn([4, 3, 3, 3], 0.0, 1.0);
+    /// let fused = x.try_conv2d_relu(&w, None, ConvOptions::default()).unwrap();
+    /// let plain = x.conv2d(&w, None, ConvOptions::default()).relu();
+    /// assert_eq!(fused.to_vec::<f32>(), plain.to_vec::<f32>());
+    /// ```
+    pub fn try_conv2d_relu(&self, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions) -> Result<Tensor> {
+        self.try_conv2d_with(weight, bias, opts, true)
+    }
+
+    fn try_conv2d_with(&self, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions, relu: bool) -> Result<Tensor> {
         let [n, c, h, w] = dims4(self, "conv2d")?;
         let [cout, cin_g, kh, kw] = dims4(weight, "conv2d")?;
         let g = opts.groups;
@@ -118,17 +174,8 @@ impl Tensor {
             // no packing of the large cols) and the columns' (W · dYᵀ, in cols'
             // own layout).
             let wt = weight.try_reshape([cout, k])?.t().contiguous(); // (K, Cout)
-            let y = cols.t().try_matmul(&wt)?; // (N·L, Cout)
-            let y = match bias {
-                Some(b) => y.try_add(b)?,
-                None => y,
-            };
-            // (N, L, Cout) -> (N, Cout, L): a batched transpose.
-            return y
-                .try_reshape([n, ho * wo, cout])?
-                .try_permute(&[0, 2, 1])?
-                .contiguous()
-                .try_reshape([n, cout, ho, wo]);
+            let yt = cols.t().try_matmul(&wt)?; // (N·L, Cout)
+            return epilogue(&yt, bias, [n, cout, ho, wo], relu);
         }
         // One gemm for the whole batch (per group): (G, Cout/G, K) · (G, K, N·L).
         let y = weight.try_reshape([g, cout / g, k])?.try_matmul(&cols.try_reshape([g, k, nl])?)?;
@@ -139,7 +186,8 @@ impl Tensor {
             Some(b) => y.try_add(&b.try_reshape([cout, 1, 1])?)?,
             None => y,
         };
-        y.try_permute(&[1, 0, 2])?.contiguous().try_reshape([n, cout, ho, wo])
+        let y = y.try_permute(&[1, 0, 2])?.contiguous().try_reshape([n, cout, ho, wo])?;
+        Ok(if relu { y.relu() } else { y })
     }
 
     /// See [`Tensor::try_conv2d`].
