@@ -1,15 +1,21 @@
-//! Parallel loops on rayon's pool in which the calling thread takes part.
+//! Parallel loops in which the calling thread takes part.
 //!
 //! A rayon parallel iterator started from a thread outside the pool (the
 //! user's `main`, typically) hands its work to the pool and blocks until a
 //! worker wakes it again: on this VM that hand-off costs tens of microseconds
 //! per op, which measured as a 20–35% loss on a 256³ gemm. [`par_for`] instead
-//! lets the caller run tasks itself while pool workers, woken without waiting,
-//! pick up the rest; inside the pool it is an ordinary rayon loop.
+//! lets the caller run tasks itself while helper threads pick up the rest.
+//! The helpers are our own (one fewer than rayon's pool size) and, like an
+//! OpenMP runtime, spin for a while after each loop before they sleep: a
+//! training step runs dozens of short parallel ops back to back, and waking
+//! a sleeping thread for each cost more than some of the ops themselves
+//! (measured on the CNN training step). Inside rayon's pool, or on a helper,
+//! loops are ordinary rayon loops or serial.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Elementwise work below this many elements stays on the calling thread:
 /// waking the pool costs more than it saves.
@@ -58,6 +64,80 @@ fn run_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync + '_)) {
     }
 }
 
+/// How long an idle helper keeps polling for the next loop before it sleeps.
+const HELPER_SPIN: Duration = Duration::from_millis(2);
+
+/// The helper threads and the loop they are offered.
+struct Helpers {
+    /// The current loop, replaced by each `par_for`.
+    job: Mutex<Option<Arc<Shared>>>,
+    /// Bumped whenever `job` is replaced.
+    seq: AtomicUsize,
+    /// Helpers asleep on `wake`.
+    sleeping: Mutex<usize>,
+    wake: Condvar,
+    count: usize,
+}
+
+thread_local! {
+    static IS_HELPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn helpers() -> &'static Helpers {
+    static H: OnceLock<&'static Helpers> = OnceLock::new();
+    H.get_or_init(|| {
+        let count = num_threads().saturating_sub(1);
+        let h: &'static Helpers = Box::leak(Box::new(Helpers {
+            job: Mutex::new(None),
+            seq: AtomicUsize::new(0),
+            sleeping: Mutex::new(0),
+            wake: Condvar::new(),
+            count,
+        }));
+        for i in 0..count {
+            std::thread::Builder::new()
+                .name(format!("firebrand-helper-{i}"))
+                .spawn(move || helper_loop(h))
+                .expect("spawning a helper thread");
+        }
+        h
+    })
+}
+
+fn helper_loop(h: &'static Helpers) {
+    IS_HELPER.with(|c| c.set(true));
+    let mut seen = 0;
+    loop {
+        // Poll for a new loop, then sleep until one is posted.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while h.seq.load(SeqCst) == seen {
+            spins += 1;
+            if spins % 64 == 0 && start.elapsed() > HELPER_SPIN {
+                let mut sleeping = h.sleeping.lock().unwrap_or_else(|e| e.into_inner());
+                *sleeping += 1;
+                while h.seq.load(SeqCst) == seen {
+                    sleeping = h.wake.wait(sleeping).unwrap_or_else(|e| e.into_inner());
+                }
+                *sleeping -= 1;
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        seen = h.seq.load(SeqCst);
+        let job = h.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(s) = job {
+            s.active.fetch_add(1, SeqCst);
+            if !s.closed.load(SeqCst) {
+                // SAFETY: `active` was raised before `closed` was seen false, so the
+                // caller is still waiting and `f` is alive.
+                run_tasks(&s, unsafe { &*s.f });
+            }
+            s.active.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
 fn wait_until(cond: impl Fn() -> bool) {
     let mut spins = 0u32;
     while !cond() {
@@ -87,6 +167,16 @@ pub fn par_for(ntasks: usize, f: impl Fn(usize) + Sync) {
         (0..ntasks).into_par_iter().for_each(&f);
         return;
     }
+    if IS_HELPER.with(|c| c.get()) {
+        // A loop inside a helper's task: the other threads are busy already.
+        (0..ntasks).for_each(f);
+        return;
+    }
+    let h = helpers();
+    if h.count == 0 {
+        (0..ntasks).for_each(f);
+        return;
+    }
     let f_ref: &(dyn Fn(usize) + Sync + '_) = &f;
     // SAFETY: only the lifetime is erased; see `Shared::f` for why it stays valid.
     let f_ptr: *const TaskFn =
@@ -102,22 +192,22 @@ pub fn par_for(ntasks: usize, f: impl Fn(usize) + Sync) {
         panicked: AtomicBool::new(false),
         f: f_ptr,
     });
-    for _ in 0..(threads - 1).min(ntasks - 1) {
-        let s = Arc::clone(&shared);
-        rayon::spawn(move || {
-            s.active.fetch_add(1, SeqCst);
-            if !s.closed.load(SeqCst) {
-                // SAFETY: `active` was raised before `closed` was seen false, so the
-                // caller is still waiting and `f` is alive.
-                run_tasks(&s, unsafe { &*s.f });
-            }
-            s.active.fetch_sub(1, SeqCst);
-        });
+    // Offer the loop to the helpers (a later loop replaces it; one that is
+    // closed is left alone), waking those asleep.
+    *h.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
+    h.seq.fetch_add(1, SeqCst);
+    if *h.sleeping.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
+        h.wake.notify_all();
     }
     run_tasks(&shared, f_ref);
     wait_until(|| shared.done.load(SeqCst) >= ntasks);
     shared.closed.store(true, SeqCst);
     wait_until(|| shared.active.load(SeqCst) == 0);
+    // Drop the helpers' reference so the closure's captures are not kept.
+    let mut job = h.job.lock().unwrap_or_else(|e| e.into_inner());
+    if job.as_ref().is_some_and(|j| Arc::ptr_eq(j, &shared)) {
+        *job = None;
+    }
     if shared.panicked.load(SeqCst) {
         panic!("a parallel task panicked");
     }
@@ -129,12 +219,7 @@ pub fn par_for(ntasks: usize, f: impl Fn(usize) + Sync) {
 /// dynamic split: measured on a 1024³ gemm, 436 GFLOP/s this way against 300
 /// with the caller taking part.
 pub fn par_for_long(ntasks: usize, f: impl Fn(usize) + Sync + Send) {
-    use rayon::prelude::*;
-    if ntasks <= 1 || num_threads() <= 1 {
-        (0..ntasks).for_each(f);
-    } else {
-        (0..ntasks).into_par_iter().for_each(f);
-    }
+    par_for(ntasks, f)
 }
 
 #[derive(Clone, Copy)]
