@@ -85,6 +85,37 @@ fn gather_line(line: &mut [f32], srow: &[f32], (lo, hi, off): (usize, usize, isi
     }
 }
 
+/// One image's im2col row for a stride-1 tap when output and input rows have
+/// the same width (e.g. "same" padding): the block is the input plane shifted
+/// by a constant offset, so it is one contiguous copy, then zeros where rows
+/// fall outside the image and where the shift wrapped across a row end —
+/// instead of a copy and two fills per 14-value row.
+fn shifted_plane(img: &mut [f32], src: &[f32], rows: &[Option<usize>], (lo, hi, off): (usize, usize, isize), w: usize) {
+    let ho = rows.len();
+    let y0 = rows.iter().position(|r| r.is_some()).unwrap_or(ho);
+    let y1 = rows.iter().rposition(|r| r.is_some()).map_or(y0, |p| p + 1);
+    img[..y0 * w].fill(0.0);
+    img[y1 * w..].fill(0.0);
+    if y0 < y1 {
+        // Output index i reads src[i + shift]; rows[y0] = y0 + dy.
+        let dy = rows[y0].expect("valid row") as isize - y0 as isize;
+        let shift = dy * w as isize + off;
+        let (a, b) = (y0 * w + lo, (y1 - 1) * w + hi);
+        if a < b {
+            let s = (a as isize + shift) as usize;
+            img[a..b].copy_from_slice(&src[s..s + (b - a)]);
+        }
+        for line in img[y0 * w..y1 * w].chunks_exact_mut(w) {
+            for v in &mut line[..lo] {
+                *v = 0.0;
+            }
+            for v in &mut line[hi..] {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
 /// im2col: `(N, C, H, W)` → `(C·kh·kw, N·Ho·Wo)`: row `(c, ki, kj)` holds the
 /// input under that kernel tap for every image and output position (zeros in
 /// padding). With the batch in the columns, a convolution is one gemm
@@ -102,6 +133,10 @@ pub fn im2col(x: &[f32], n: usize, c: usize, h: usize, w: usize, win: &Window2d)
         let rows: Vec<Option<usize>> = (0..ho).map(|oy| src_row(oy, ki, win, h)).collect();
         for (b, img) in dst.chunks_exact_mut(l).enumerate() {
             let src = &x[(b * c + ch) * h * w..(b * c + ch + 1) * h * w];
+            if win.stride == (1, 1) && wo == w {
+                shifted_plane(img, src, &rows, cols, w);
+                continue;
+            }
             for (line, y) in img.chunks_exact_mut(wo).zip(&rows) {
                 match y {
                     Some(y) => gather_line(line, &src[y * w..(y + 1) * w], cols, win.stride.1),
@@ -530,6 +565,11 @@ mod tests {
             Window2d::new((3, 2), (2, 3), (1, 0)),
             Window2d { kernel: (2, 3), stride: (1, 2), padding: (2, 1), dilation: (2, 2) },
             Window2d::new((5, 5), (1, 1), (0, 0)),
+            // Stride 1 with output width = input width: the shifted-plane path.
+            Window2d::new((5, 5), (1, 1), (2, 2)),
+            Window2d { kernel: (3, 3), stride: (1, 1), padding: (2, 2), dilation: (2, 2) },
+            Window2d::new((1, 3), (1, 1), (0, 1)),
+            Window2d::new((7, 7), (1, 1), (3, 3)), // taps reaching past the whole image
         ]
     }
 
