@@ -82,7 +82,7 @@ impl Conv2d {
     pub fn with_config(in_channels: usize, out_channels: usize, kernel: (usize, usize), config: ConvConfig) -> Self {
         let g = config.groups;
         assert!(
-            g > 0 && in_channels % g == 0 && out_channels % g == 0,
+            g > 0 && in_channels.is_multiple_of(g) && out_channels.is_multiple_of(g),
             "Conv2d: groups {g} must divide in_channels {in_channels} and out_channels {out_channels}"
         );
         assert!(kernel.0 > 0 && kernel.1 > 0, "Conv2d: kernel {kernel:?} must be positive");

@@ -287,15 +287,6 @@ pub fn max_pool2d(x: &[f32], n: usize, c: usize, h: usize, w: usize, win: &Windo
     (vals, idx)
 }
 
-/// `v` replaces the running maximum `best` (first maximum wins; NaN propagates).
-/// Written without short-circuits so it compiles to selects, not branches
-/// (pooling random data mispredicts every other branch).
-#[inline(always)]
-fn beats(v: f32, best: f32) -> bool {
-    // v > best, or v is NaN while best is not: !(v <= best) unless best is NaN.
-    !(v <= best) & (best == best)
-}
-
 /// Maps `f32` to `i32` so that integer order is float order (`-0.0` just
 /// below `0.0`) and every NaN is the largest value.
 #[inline(always)]
@@ -316,15 +307,17 @@ fn from_order_key(k: i32) -> f32 {
 fn max_plane(src: &[f32], dst: &mut [f32], idx: &mut [i64], win: &Window2d, h: usize, w: usize, wo: usize) {
     for (o, (d, i)) in dst.iter_mut().zip(idx.iter_mut()).enumerate() {
         let (oy, ox) = (o / wo, o % wo);
-        let (mut best, mut bi) = (f32::NEG_INFINITY, -1i64);
+        // Keys as in max_plane_unpadded: strict `>` keeps the first maximum, NaN wins.
+        let (mut best, mut bi) = (i32::MIN, 0usize);
         for pos in window_taps(oy, ox, win, h, w) {
-            if bi < 0 || beats(src[pos], best) {
-                best = src[pos];
-                bi = pos as i64;
+            let k = order_key(src[pos]);
+            if k > best {
+                best = k;
+                bi = pos;
             }
         }
-        *d = best;
-        *i = bi.max(0);
+        *d = if best == i32::MIN { f32::NEG_INFINITY } else { from_order_key(best) };
+        *i = bi as i64;
     }
 }
 

@@ -113,7 +113,7 @@ fn helper_loop(h: &'static Helpers) {
         let mut spins = 0u32;
         while h.seq.load(SeqCst) == seen {
             spins += 1;
-            if spins % 64 == 0 && start.elapsed() > HELPER_SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > HELPER_SPIN {
                 let mut sleeping = h.sleeping.lock().unwrap_or_else(|e| e.into_inner());
                 *sleeping += 1;
                 while h.seq.load(SeqCst) == seen {

@@ -73,7 +73,7 @@ pub fn contiguous<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layout) -
 
 /// [`contiguous`] for `f32`, with the output buffer taken from the pool.
 /// Batched transposes (the last two dims swapped, e.g. `permute(0, 2, 1)`)
-/// go through [`transpose_batched`]: walked element by element, the strided
+/// go through a blocked transpose (16x16 AVX-512 tiles): walked element by element, the strided
 /// side touches a new cache line per value.
 pub fn contiguous_f32(src: &[f32], layout: &Layout) -> Vec<f32> {
     let mut out = take_f32(layout.elem_count());

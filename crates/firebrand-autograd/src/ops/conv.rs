@@ -154,14 +154,14 @@ impl Tensor {
         if g == 0 || c % g != 0 || cout % g != 0 || cin_g != c / g {
             return Err(mismatch());
         }
-        if let Some(b) = bias {
-            if b.dims() != [cout] {
-                return Err(Error::ShapeMismatch {
-                    op: "conv2d bias",
-                    lhs: weight.shape().clone(),
-                    rhs: b.shape().clone(),
-                });
-            }
+        if let Some(b) = bias
+            && b.dims() != [cout]
+        {
+            return Err(Error::ShapeMismatch {
+                op: "conv2d bias",
+                lhs: weight.shape().clone(),
+                rhs: b.shape().clone(),
+            });
         }
         let win = Window2d { kernel: (kh, kw), stride: opts.stride, padding: opts.padding, dilation: opts.dilation };
         let (ho, wo) = out_hw("conv2d", self, &win, h, w)?;
