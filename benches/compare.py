@@ -4,7 +4,7 @@ same session, and prints both figures and their ratio.
 
     python3 benches/compare.py gemm [--threads 2] [--rounds 3]
     python3 benches/compare.py mlp [--epochs 5] [--data DIR]
-    python3 benches/compare.py cnn [--epochs 5] [--data DIR]
+    python3 benches/compare.py cnn [--epochs 5] [--data DIR] [--seed 0]
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -29,6 +29,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("workload", choices=["gemm", "mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
@@ -62,7 +63,7 @@ def main():
 
 def compare_classifier(a):
     """mlp and cnn: Fashion-MNIST classifiers, one JSON line per epoch from each side."""
-    extra = ["--epochs", str(a.epochs)] + (["--data", a.data] if a.data else [])
+    extra = ["--epochs", str(a.epochs), "--seed", str(a.seed)] + (["--data", a.data] if a.data else [])
     subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
     ours = run(["cargo", "bench", "--bench", "workloads", "--", a.workload, "--threads", str(a.threads)] + extra)
     theirs = run([sys.executable, f"benches/pytorch/{a.workload}.py", "--threads", str(a.threads)] + extra)

@@ -8,11 +8,11 @@
 //! | crate | what it holds |
 //! |---|---|
 //! | [`tensor`] (`firebrand-tensor`) | shapes, strided layouts, dtypes, devices, errors, CPU storage |
-//! | [`ops`] (`firebrand-ops`) | CPU kernels: AVX-512 gemm, SIMD elementwise, reductions, softmax, indexing |
+//! | [`ops`] (`firebrand-ops`) | CPU kernels: AVX-512 gemm, SIMD elementwise, reductions, softmax, indexing, im2col and pooling |
 //! | [`autograd`] (`firebrand-autograd`) | the user-facing [`Tensor`], reverse-mode autograd, `gradcheck` |
-//! | [`nn`] (`firebrand-nn`) | `Module`, layers, losses, `Sequential` with `summary()`, safetensors weights |
+//! | [`nn`] (`firebrand-nn`) | `Module`, layers (dense, convolution, pooling, batch norm), losses, `Sequential` with `summary()`, safetensors weights |
 //! | [`optim`] (`firebrand-optim`) | SGD, Adam, AdamW, RMSprop (PyTorch's rules), clipping, LR schedules |
-//! | [`data`] (`firebrand-data`) | `Dataset`, `DataLoader`, IDX/CSV readers, the embedded digits |
+//! | [`data`] (`firebrand-data`) | `Dataset`, `DataLoader`, image transforms, IDX/CSV readers, the embedded digits |
 //! | [`train`] (`firebrand-train`) | Keras-like `Model` with `fit`/`evaluate`/`predict`, metrics, history, callbacks |
 //!
 //! Most programs only need the [`prelude`]:

@@ -12,13 +12,17 @@
 //! * [`reduce`] — sum, max, min, argmax, argmin over any axes.
 //! * [`softmax`] — stable softmax and log-softmax rows with their backward rules.
 //! * [`index`] — gather, scatter-add, index_select, concat, one-hot, where.
+//! * [`conv`] — im2col/col2im (convolution is im2col + one gemm), max and
+//!   average pooling with their backward passes, the fused convolution
+//!   epilogue (bias + ReLU + layout).
 //!
 //! [`CpuBackend`] implements the primitive op set
 //! ([`Backend`](firebrand_tensor::backend::Backend)) on these kernels; the
 //! autograd layer reaches them only through that trait.
 //!
 //! Small inputs run on the calling thread; above [`parallel::PAR_MIN_ELEMS`]
-//! elements the work is split over rayon's pool.
+//! elements the work is split between the caller and helper threads
+//! ([`parallel::par_for`]).
 //!
 //! ```
 //! use firebrand_ops::{binary::{binary_map, BinaryOp}, reduce::{reduce, ReduceOp, Reduced}};
