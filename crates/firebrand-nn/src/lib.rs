@@ -12,6 +12,9 @@
 //! * Convolutional layers: [`Conv2d`], [`Conv1d`] (stride, [`Padding`] incl.
 //!   "same", dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`GlobalAvgPool`],
 //!   [`BatchNorm1d`]/[`BatchNorm2d`] (running statistics saved as buffers).
+//! * Sequence layers: [`Embedding`] (padding index), [`LSTM`], [`GRU`], [`RNN`]
+//!   (batch first, stacked, bidirectional, initial/final states, PyTorch's
+//!   parameter names and gate order).
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
 //! * [`Sequential`] with a Keras-style [`Sequential::summary`].
@@ -44,22 +47,26 @@
 mod activation;
 mod conv;
 mod dropout;
+mod embedding;
 mod init;
 mod linear;
 pub mod loss;
 mod module;
 mod norm;
 mod pool;
+mod recurrent;
 mod sequential;
 pub mod serialize;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
+pub use embedding::Embedding;
 pub use init::Init;
 pub use linear::Linear;
 pub use module::{Module, ModuleExt};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use recurrent::{GRU, LSTM, RNN, Recurrent, RnnKind, RnnState};
 pub use sequential::Sequential;
 pub use serialize::{LoadReport, WeightsError, load_weights, save_weights};

@@ -41,6 +41,15 @@ impl Tensor {
     /// Both operands at least 2-D.
     fn try_matmul_nd(&self, rhs: &Tensor) -> Result<Tensor> {
         let (ad, bd) = (self.dims(), rhs.dims());
+        // (…, m, k) @ (k, n) with a contiguous left side is one (…·m, k) @ (k, n)
+        // gemm: one large product instead of a batch of small ones, and a 2-D
+        // weight gradient with no batch reduction.
+        if bd.len() == 2 && ad.len() > 2 && self.is_contiguous() && ad[ad.len() - 1] == bd[0] {
+            let rows: usize = ad[..ad.len() - 1].iter().product();
+            let mut out_dims = ad[..ad.len() - 1].to_vec();
+            out_dims.push(bd[1]);
+            return self.try_reshape([rows, bd[0]])?.try_matmul_nd(rhs)?.try_reshape(out_dims);
+        }
         let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
         let (k2, n) = (bd[bd.len() - 2], bd[bd.len() - 1]);
         let mismatch = || Error::ShapeMismatch { op: "matmul", lhs: self.shape().clone(), rhs: rhs.shape().clone() };
@@ -86,11 +95,13 @@ impl Tensor {
 /// (measured: 32x25088x9 at 58 GFLOP/s, its transpose 9x25088x32 at 157).
 /// Batched or broadcast operands use `direct()` and are reduced with `sum_to`.
 fn grad_in_layout_of(t: &Tensor, direct: impl FnOnce() -> Tensor, transposed: impl FnOnce() -> Tensor) -> Tensor {
-    if t.rank() == 2 && !t.is_contiguous() && t.layout().transpose(0, 1).is_ok_and(|l| l.is_contiguous()) {
-        return transposed().transpose(0, 1);
-    }
-    if t.rank() == 2 && t.is_contiguous() && t.dims()[1] < 32 && t.dims()[0] >= 32 {
-        return transposed().transpose(0, 1).contiguous();
+    let transposed_2d = t.rank() == 2
+        && ((!t.is_contiguous() && t.layout().transpose(0, 1).is_ok_and(|l| l.is_contiguous()))
+            || (t.is_contiguous() && t.dims()[1] < 32 && t.dims()[0] >= 32));
+    if transposed_2d {
+        // With a batched partner the product comes out batched: sum it down.
+        let g = transposed().transpose(-1, -2).sum_to(t.shape());
+        return if t.is_contiguous() { g.contiguous() } else { g };
     }
     direct().sum_to(t.shape())
 }

@@ -108,6 +108,76 @@ cases["bn2d_eval"] = {"x": flat(xe), "y": flat(bn(xe)), "running_mean": flat(bn.
                       "running_var": flat(bn.running_var), "weight": flat(bn.weight), "bias": flat(bn.bias),
                       "num_batches_tracked": int(bn.num_batches_tracked)}
 
+# Recurrent layers (batch_first): output, final states, and the gradients of
+# sum(out * wout) + sum(h_n * wh) [+ sum(c_n * wc)] for x, h0/c0 and every parameter.
+def rnn_case(spec, module, x_shape, with_state):
+    x = det(x_shape, 1.0, 0.1).requires_grad_()
+    with torch.no_grad():
+        for i, (k, p) in enumerate(module.named_parameters()):
+            p.copy_(det(tuple(p.shape), 0.4, 0.01 * i))
+    L = module.num_layers * (2 if module.bidirectional else 1)
+    H = module.hidden_size
+    state = None
+    case = {"spec": spec, "x_shape": list(x_shape), "x": flat(x)}
+    if with_state:
+        h0 = det((L, x_shape[0], H), 0.5, -0.1).requires_grad_()
+        case["h0"] = flat(h0)
+        if isinstance(module, nn.LSTM):
+            c0 = det((L, x_shape[0], H), 0.7, 0.05).requires_grad_()
+            case["c0"] = flat(c0)
+            state = (h0, c0)
+        else:
+            state = h0
+    out, hn = module(x, state) if state is not None else module(x)
+    cn = None
+    if isinstance(module, nn.LSTM):
+        hn, cn = hn
+    wout = det(tuple(out.shape), 1.1, 0.05)
+    wh = det(tuple(hn.shape), 0.9, -0.02)
+    loss = (out * wout).sum() + (hn * wh).sum()
+    if cn is not None:
+        wc = det(tuple(cn.shape), 0.8, 0.03)
+        loss = loss + (cn * wc).sum()
+        case["wc"] = flat(wc); case["c_n"] = flat(cn)
+    loss.backward()
+    case.update({"y_shape": list(out.shape), "y": flat(out), "wout": flat(wout), "h_n": flat(hn), "wh": flat(wh),
+                 "gx": flat(x.grad)})
+    if with_state:
+        case["g_h0"] = flat(state[0].grad if isinstance(state, tuple) else state.grad)
+        if isinstance(state, tuple):
+            case["g_c0"] = flat(state[1].grad)
+    for k, p in module.named_parameters():
+        case[k] = flat(p)
+        case["g_" + k] = flat(p.grad)
+    return case
+
+
+cases["recurrent"] = {
+    "lstm": rnn_case({"kind": "lstm", "input": 3, "hidden": 4, "layers": 1, "bidirectional": False},
+                     nn.LSTM(3, 4, batch_first=True), (2, 5, 3), False),
+    "lstm_2layer_bi_state": rnn_case({"kind": "lstm", "input": 3, "hidden": 4, "layers": 2, "bidirectional": True},
+                                     nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True), (2, 5, 3), True),
+    "gru_2layer_bi": rnn_case({"kind": "gru", "input": 3, "hidden": 4, "layers": 2, "bidirectional": True},
+                              nn.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True), (3, 4, 3), True),
+    "gru": rnn_case({"kind": "gru", "input": 2, "hidden": 5, "layers": 1, "bidirectional": False},
+                    nn.GRU(2, 5, batch_first=True), (2, 6, 2), False),
+    "rnn_tanh": rnn_case({"kind": "rnn_tanh", "input": 3, "hidden": 4, "layers": 1, "bidirectional": False},
+                         nn.RNN(3, 4, batch_first=True), (2, 5, 3), True),
+    "rnn_relu": rnn_case({"kind": "rnn_relu", "input": 3, "hidden": 4, "layers": 1, "bidirectional": False},
+                         nn.RNN(3, 4, nonlinearity="relu", batch_first=True), (2, 5, 3), False),
+}
+
+emb = nn.Embedding(7, 3, padding_idx=2)
+with torch.no_grad():
+    emb.weight.copy_(det((7, 3), 0.6))
+    emb.weight[2].zero_()
+ids = torch.tensor([[1, 2, 6], [2, 0, 1]])
+ye = emb(ids)
+we = det(tuple(ye.shape), 1.3)
+(ye * we).sum().backward()
+cases["embedding"] = {"weight": flat(emb.weight), "ids": ids.reshape(-1).tolist(), "y": flat(ye), "wout": flat(we),
+                      "g_weight": flat(emb.weight.grad)}
+
 with open("nn_reference.json", "w") as f:
     json.dump({"torch_version": torch.__version__, "cases": cases}, f, indent=1)
 print("wrote nn_reference.json, torch", torch.__version__)

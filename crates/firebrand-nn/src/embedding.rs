@@ -1,0 +1,88 @@
+//! `Embedding`: a lookup table of vectors (`nn.Embedding`).
+
+use crate::{Init, Module};
+use firebrand_autograd::{DType, Tensor};
+
+/// Maps `i64` token ids `(…)` to vectors `(…, dim)` by row lookup in a weight
+/// `(num_embeddings, dim)` (PyTorch's layout and `N(0, 1)` initialization).
+/// With a padding index, that row starts at zero and gets no gradient.
+///
+/// ```
+/// use firebrand_nn::{Embedding, Module};
+/// use firebrand_autograd::Tensor;
+/// let emb = Embedding::new(100, 16).padding_idx(0);
+/// let ids = Tensor::from_vec(vec![3i64, 0, 7, 7], [2, 2]); // (B, T)
+/// let v = emb.forward(&ids); // (B, T, 16)
+/// assert_eq!(v.dims(), &[2, 2, 16]);
+/// assert!(v.select(0, 0).select(0, 1).to_vec::<f32>().iter().all(|x| *x == 0.0));
+/// ```
+pub struct Embedding {
+    /// Weight, `(num_embeddings, dim)`.
+    pub weight: Tensor,
+    padding_idx: Option<usize>,
+}
+
+impl Embedding {
+    /// `num_embeddings` vectors of `dim` values, drawn from `N(0, 1)`.
+    pub fn new(num_embeddings: usize, dim: usize) -> Self {
+        let weight = Init::Normal(0.0, 1.0).tensor([num_embeddings, dim], dim, num_embeddings).requires_grad_(true);
+        Embedding { weight, padding_idx: None }
+    }
+
+    /// Marks `idx` as padding: its row is zeroed and never receives gradient.
+    ///
+    /// # Panics
+    /// When `idx` is out of range.
+    pub fn padding_idx(mut self, idx: usize) -> Self {
+        let (n, dim) = (self.weight.dims()[0], self.weight.dims()[1]);
+        assert!(idx < n, "Embedding: padding_idx {idx} out of range for {n} embeddings");
+        self.weight.update_f32("Embedding", |w| w[idx * dim..(idx + 1) * dim].fill(0.0)).expect("a CPU f32 weight");
+        self.padding_idx = Some(idx);
+        self
+    }
+
+    /// Number of vectors.
+    pub fn num_embeddings(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Vector size.
+    pub fn embedding_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        assert_eq!(
+            ids.dtype(),
+            DType::I64,
+            "Embedding: ids must be i64, got {:?} of shape {:?}",
+            ids.dtype(),
+            ids.dims()
+        );
+        let flat = ids.reshape([ids.elem_count()]);
+        let rows = match self.padding_idx {
+            // Detach the padding row's contribution: multiply its lookups by 0 in the
+            // gradient path by masking the gathered rows.
+            Some(p) => {
+                let keep: Vec<f32> =
+                    flat.to_vec::<i64>().iter().map(|&i| if i as usize == p { 0.0 } else { 1.0 }).collect();
+                let mask = Tensor::from_vec(keep, [flat.elem_count(), 1]);
+                self.weight.index_select(0, &flat).mul(&mask)
+            }
+            None => self.weight.index_select(0, &flat),
+        };
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.embedding_dim());
+        rows.reshape(dims)
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&format!("{prefix}weight"), &self.weight);
+    }
+
+    fn describe(&self) -> String {
+        format!("Embedding({}, {})", self.num_embeddings(), self.embedding_dim())
+    }
+}
