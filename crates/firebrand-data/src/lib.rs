@@ -15,6 +15,8 @@
 //!   [`RandomCrop`] (shifts with zero padding), [`RandomHorizontalFlip`],
 //!   [`Compose`]; seeded per (seed, epoch, batch).
 //! * [`digits`]: the UCI 8x8 digits embedded in the crate.
+//! * Text: [`CharVocab`] (build, encode, decode, save/load) and
+//!   [`TextWindows`] (`(window, next token)` examples with a stride).
 //!
 //! Batches are `(inputs, targets)` tensors for `firebrand-train`'s loop.
 //!
@@ -35,6 +37,7 @@ mod digits;
 mod error;
 mod idx;
 mod loader;
+mod text;
 mod transform;
 
 pub use csv::{parse_csv_labeled, read_csv_labeled};
@@ -43,4 +46,5 @@ pub use digits::digits;
 pub use error::DataError;
 pub use idx::{FASHION_MNIST_HINT, IdxArray, Split, find_dataset, load_fashion_mnist, load_mnist, parse_idx, read_idx};
 pub use loader::{Batches, DataLoader};
+pub use text::{CharVocab, TextWindows};
 pub use transform::{Compose, Normalize, RandomCrop, RandomHorizontalFlip, Transform};

@@ -15,6 +15,7 @@
 //! * Sequence layers: [`Embedding`] (padding index), [`LSTM`], [`GRU`], [`RNN`]
 //!   (batch first, stacked, bidirectional, initial/final states, PyTorch's
 //!   parameter names and gate order).
+//! * [`Sampler`]: greedy, temperature, top-k and top-p sampling, seeded.
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
 //! * [`Sequential`] with a Keras-style [`Sequential::summary`].
@@ -55,6 +56,7 @@ mod module;
 mod norm;
 mod pool;
 mod recurrent;
+mod sampling;
 mod sequential;
 pub mod serialize;
 
@@ -68,5 +70,6 @@ pub use module::{Module, ModuleExt};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use recurrent::{GRU, LSTM, RNN, Recurrent, RnnKind, RnnState};
+pub use sampling::{Sampler, Sampling};
 pub use sequential::Sequential;
 pub use serialize::{LoadReport, WeightsError, load_weights, save_weights};

@@ -1,0 +1,248 @@
+//! Text: a character vocabulary and a dataset of `(window, next token)`
+//! pairs cut from a token sequence.
+
+use crate::{DataError, Dataset};
+use firebrand_autograd::Tensor;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The characters of a text, sorted, each with an id (`char` level
+/// tokenization, as in char-RNN).
+///
+/// ```
+/// use firebrand_data::CharVocab;
+/// let vocab = CharVocab::build("hello world");
+/// assert_eq!(vocab.len(), 8); // ' ', d, e, h, l, o, r, w
+/// let ids = vocab.encode("hold").unwrap();
+/// assert_eq!(vocab.decode(&ids), "hold");
+/// assert!(vocab.encode("hex").is_err()); // 'x' is not in the vocabulary
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CharVocab {
+    chars: Vec<char>,
+    index: HashMap<char, usize>,
+}
+
+impl CharVocab {
+    /// Every distinct character of `text`, sorted by code point.
+    pub fn build(text: &str) -> CharVocab {
+        let mut chars: Vec<char> = text.chars().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        chars.dedup();
+        CharVocab::from_chars(chars)
+    }
+
+    fn from_chars(chars: Vec<char>) -> CharVocab {
+        let index = chars.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+        CharVocab { chars, index }
+    }
+
+    /// Number of characters.
+    pub fn len(&self) -> usize {
+        self.chars.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.chars.is_empty()
+    }
+
+    /// The id of `c`, if it is in the vocabulary.
+    pub fn id(&self, c: char) -> Option<usize> {
+        self.index.get(&c).copied()
+    }
+
+    /// The character of `id`.
+    ///
+    /// # Panics
+    /// When `id` is out of range.
+    pub fn char(&self, id: usize) -> char {
+        self.chars[id]
+    }
+
+    /// The ids of `text`'s characters.
+    ///
+    /// # Errors
+    /// [`DataError::Format`] naming the first character not in the vocabulary
+    /// and its position.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, DataError> {
+        text.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                self.id(c).map(|id| id as i64).ok_or_else(|| DataError::Format {
+                    path: PathBuf::from("<text>"),
+                    msg: format!(
+                        "character {c:?} at position {i} is not in the vocabulary of {} characters",
+                        self.len()
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    /// The text of `ids` (ids out of range become `�`).
+    pub fn decode(&self, ids: &[i64]) -> String {
+        ids.iter().map(|&i| self.chars.get(i as usize).copied().unwrap_or('\u{FFFD}')).collect()
+    }
+
+    /// Writes the vocabulary as UTF-8 text, one character per line with
+    /// newline and backslash escaped (`\n`, `\\`), atomically.
+    ///
+    /// # Errors
+    /// [`DataError::Io`] when the file cannot be written.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), DataError> {
+        let path = path.as_ref();
+        let mut s = String::from("firebrand-char-vocab 1\n");
+        for c in &self.chars {
+            match c {
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                '\\' => s.push_str("\\\\"),
+                c => s.push(*c),
+            }
+            s.push('\n');
+        }
+        let tmp = path.with_extension("tmp");
+        let io = |source| DataError::Io { path: path.to_path_buf(), source };
+        std::fs::write(&tmp, s).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads a vocabulary written by [`CharVocab::save`].
+    ///
+    /// # Errors
+    /// [`DataError::Io`] or, for a malformed file, [`DataError::Format`] with the line.
+    pub fn load(path: impl AsRef<Path>) -> Result<CharVocab, DataError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let bad =
+            |line: usize, msg: &str| DataError::Format { path: path.to_path_buf(), msg: format!("line {line}: {msg}") };
+        let mut lines = text.split('\n');
+        if lines.next() != Some("firebrand-char-vocab 1") {
+            return Err(bad(1, "not a firebrand character vocabulary (bad header)"));
+        }
+        let mut chars = Vec::new();
+        for (i, l) in lines.enumerate() {
+            let c = match l {
+                "" => continue,
+                "\\n" => '\n',
+                "\\r" => '\r',
+                "\\\\" => '\\',
+                l if l.chars().count() == 1 => l.chars().next().expect("one char"),
+                _ => return Err(bad(i + 2, &format!("expected one character, found {l:?}"))),
+            };
+            if chars.contains(&c) {
+                return Err(bad(i + 2, &format!("{c:?} appears twice")));
+            }
+            chars.push(c);
+        }
+        Ok(CharVocab::from_chars(chars))
+    }
+}
+
+/// Windows of `window` tokens from a sequence, each paired with the token
+/// that follows it, starting every `step` tokens: the training examples of a
+/// next-character model. Inputs are `(window,)` `i64` ids, targets `i64`
+/// scalars; batches `(B, window)` and `(B,)`.
+///
+/// ```
+/// use firebrand_data::{Dataset, TextWindows};
+/// let ds = TextWindows::new((0..10).collect(), 4, 3);
+/// assert_eq!(ds.len(), 2); // windows at 0 and 3 (6 would leave no next token)
+/// let (x, y) = ds.get_batch(&[1]);
+/// assert_eq!(x.to_vec::<i64>(), vec![3, 4, 5, 6]);
+/// assert_eq!(y.to_vec::<i64>(), vec![7]);
+/// ```
+#[derive(Clone)]
+pub struct TextWindows {
+    tokens: std::sync::Arc<Vec<i64>>,
+    starts: Vec<usize>,
+    window: usize,
+}
+
+impl TextWindows {
+    /// Every window of `window` tokens starting at multiples of `step` that
+    /// has a next token.
+    ///
+    /// # Panics
+    /// When `window` or `step` is zero.
+    pub fn new(tokens: Vec<i64>, window: usize, step: usize) -> TextWindows {
+        assert!(window > 0 && step > 0, "TextWindows: window {window} and step {step} must be positive");
+        let starts =
+            if tokens.len() > window { (0..tokens.len() - window).step_by(step).collect() } else { Vec::new() };
+        TextWindows { tokens: std::sync::Arc::new(tokens), starts, window }
+    }
+
+    /// Tokens per window.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// The first `1 - fraction` of the windows and the rest, in order (a
+    /// validation set from the end of the text, as in the `char_lstm` workload).
+    pub fn split_tail(&self, fraction: f32) -> (TextWindows, TextWindows) {
+        let n_train = ((1.0 - fraction.clamp(0.0, 1.0)) * self.starts.len() as f32) as usize;
+        let part = |s: &[usize]| TextWindows { tokens: self.tokens.clone(), starts: s.to_vec(), window: self.window };
+        (part(&self.starts[..n_train]), part(&self.starts[n_train..]))
+    }
+}
+
+impl Dataset for TextWindows {
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn get(&self, i: usize) -> (Tensor, Tensor) {
+        let s = self.starts[i];
+        (
+            Tensor::from_vec(self.tokens[s..s + self.window].to_vec(), [self.window]),
+            Tensor::from_vec(vec![self.tokens[s + self.window]], Vec::<usize>::new()),
+        )
+    }
+
+    fn get_batch(&self, indices: &[usize]) -> (Tensor, Tensor) {
+        let mut x = Vec::with_capacity(indices.len() * self.window);
+        let mut y = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let s = self.starts[i];
+            x.extend_from_slice(&self.tokens[s..s + self.window]);
+            y.push(self.tokens[s + self.window]);
+        }
+        (Tensor::from_vec(x, [indices.len(), self.window]), Tensor::from_vec(y, [indices.len()]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocab_round_trips_through_a_file_with_awkward_characters() {
+        let v = CharVocab::build("a\nb\\c\r é🙂 a");
+        let path = std::env::temp_dir().join(format!("fb_vocab_{}.txt", std::process::id()));
+        v.save(&path).unwrap();
+        assert_eq!(CharVocab::load(&path).unwrap(), v);
+        std::fs::write(&path, "firebrand-char-vocab 1\nab\n").unwrap();
+        let e = CharVocab::load(&path).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("\"ab\""), "{e}");
+        std::fs::write(&path, "something else\n").unwrap();
+        assert!(CharVocab::load(&path).unwrap_err().to_string().contains("header"));
+        std::fs::remove_file(&path).unwrap();
+        let e = v.encode("aXb").unwrap_err().to_string();
+        assert!(e.contains("'X'") && e.contains("position 1"), "{e}");
+    }
+
+    #[test]
+    fn windows_and_tail_split() {
+        let ds = TextWindows::new((0..100).collect(), 40, 3);
+        assert_eq!(ds.len(), 20); // starts 0, 3, …, 57
+        let (tr, va) = ds.split_tail(0.1);
+        assert_eq!((tr.len(), va.len()), (18, 2));
+        let (x, y) = va.get_batch(&[0, 1]);
+        assert_eq!(x.dims(), &[2, 40]);
+        assert_eq!(x.to_vec::<i64>()[0], 54);
+        assert_eq!(y.to_vec::<i64>(), vec![94, 97]);
+        let (x1, y1) = ds.get(2);
+        assert_eq!((x1.to_vec::<i64>()[0], y1.to_vec::<i64>()), (6, vec![46]));
+    }
+}
