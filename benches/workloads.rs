@@ -15,6 +15,10 @@
 //! * `cnn [--epochs N] [--data DIR]` — Fashion-MNIST `(1, 28, 28)` → Conv2d 32
 //!   3x3 same + ReLU → MaxPool 2 → Conv2d 64 3x3 same + ReLU → MaxPool 2 →
 //!   Flatten → Linear 10, Adam 1e-3, batch 32; same JSON fields as `mlp`.
+//! * `char_lstm [--text FILE] [--chars N] [--seed S]` — the first N (1,000,000)
+//!   characters of shakespeare.txt, windows of 40 with step 3 (last 10% of the
+//!   windows validate), one-hot → LSTM 128 → Linear to the vocabulary on the
+//!   last step, Adam 1e-3, batch 128, one epoch: `samples_per_second`, `val_loss`.
 
 use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
 use std::time::Instant;
@@ -41,8 +45,13 @@ fn main() {
                 workload_cnn(epochs, opt("--data"), seed)
             }
         }
+        "char_lstm" => workload_char_lstm(
+            opt("--text"),
+            opt("--chars").map(|c| c.parse().expect("--chars N")).unwrap_or(1_000_000),
+            opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
+        ),
         other => {
-            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn");
+            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm");
             std::process::exit(2);
         }
     }
@@ -241,4 +250,65 @@ fn train_classifier(
             acc
         );
     }
+}
+
+/// The Shakespeare corpus: `--text`, `$FIREBRAND_DATA/shakespeare/`, or the standard places.
+fn shakespeare(explicit: Option<String>) -> String {
+    let mut cands: Vec<std::path::PathBuf> = explicit.into_iter().map(Into::into).collect();
+    if let Some(root) = std::env::var_os("FIREBRAND_DATA") {
+        cands.push(std::path::PathBuf::from(root).join("shakespeare/shakespeare.txt"));
+    }
+    cands.push("../shared/data/shakespeare/shakespeare.txt".into());
+    cands.push("data/shakespeare/shakespeare.txt".into());
+    let path = cands.iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        eprintln!("error: shakespeare.txt not found; looked in {cands:?}. Pass --text FILE or set FIREBRAND_DATA.");
+        std::process::exit(2)
+    });
+    std::fs::read_to_string(path).unwrap_or_else(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        std::process::exit(2)
+    })
+}
+
+fn workload_char_lstm(text: Option<String>, chars: usize, seed: u64) {
+    use firebrand::data::{CharVocab, TextWindows};
+    use firebrand::nn::loss::cross_entropy;
+    use firebrand::nn::{LSTM, OneHot};
+    use firebrand::prelude::*;
+    let text = shakespeare(text);
+    let vocab = CharVocab::build(&text); // every character of the file, as the PyTorch side
+    let head: String = text.chars().take(chars).collect();
+    let tokens = vocab.encode(&head).expect("the vocabulary covers the text");
+    let (train, val) = TextWindows::new(tokens, 40, 3).split_tail(0.1);
+    manual_seed(seed);
+    let v = vocab.len();
+    let mut net = Sequential::new()
+        .add(OneHot(v)) // (B, 40) -> (B, 40, V)
+        .add(LSTM::new(v, 128).return_sequences(false)) // (B, 128)
+        .add(Linear::new(128, v)); // (B, V)
+    let mut adam = Adam::new(net.named_parameters(), 1e-3);
+    let loader = DataLoader::new(train.clone(), 128).shuffle(seed).prefetch(2);
+    let t0 = Instant::now();
+    for (x, y) in loader.epoch(0) {
+        let loss = cross_entropy(&net.forward(&x), Target::Indices(&y), 0.0, Reduction::Mean).expect("shapes");
+        adam.zero_grad();
+        loss.backward();
+        adam.step();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    net.eval();
+    let (mut total, mut n) = (0.0f64, 0usize);
+    with_no_grad(|| {
+        for (x, y) in DataLoader::new(val, 1024).epoch(0) {
+            let l = cross_entropy(&net.forward(&x), Target::Indices(&y), 0.0, Reduction::Sum).expect("shapes");
+            total += l.item() as f64;
+            n += y.elem_count();
+        }
+    });
+    println!(
+        "{{\"workload\":\"char_lstm\",\"lib\":\"firebrand\",\"epoch\":1,\"samples_per_second\":{:.1},\"val_loss\":{:.4},\"train_seconds\":{:.2},\"vocab\":{v}}}",
+        train.len() as f64 / secs,
+        total / n as f64,
+        secs
+    );
 }

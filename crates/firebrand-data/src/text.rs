@@ -178,6 +178,14 @@ impl TextWindows {
         self.window
     }
 
+    /// Every window as one in-memory [`TensorDataset`](crate::TensorDataset)
+    /// (`x`: `(N, window)`, `y`: `(N,)`), for `Model::fit`.
+    pub fn to_tensor_dataset(&self) -> crate::TensorDataset {
+        let all: Vec<usize> = (0..self.starts.len()).collect();
+        let (x, y) = self.get_batch(&all);
+        crate::TensorDataset::new(x, y).expect("as many targets as windows")
+    }
+
     /// The first `1 - fraction` of the windows and the rest, in order (a
     /// validation set from the end of the text, as in the `char_lstm` workload).
     pub fn split_tail(&self, fraction: f32) -> (TextWindows, TextWindows) {

@@ -86,3 +86,25 @@ impl Module for Embedding {
         format!("Embedding({}, {})", self.num_embeddings(), self.embedding_dim())
     }
 }
+
+/// `i64` ids `(…)` to one-hot `f32` vectors `(…, classes)` (PyTorch's
+/// `F.one_hot(x, classes).float()` as a layer; Keras' `CategoryEncoding`).
+///
+/// ```
+/// use firebrand_nn::{OneHot, Module};
+/// use firebrand_autograd::Tensor;
+/// let y = OneHot(4).forward(&Tensor::from_vec(vec![2i64, 0], [2]));
+/// assert_eq!(y.to_vec::<f32>(), vec![0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct OneHot(pub usize);
+
+impl Module for OneHot {
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        ids.one_hot(self.0)
+    }
+
+    fn describe(&self) -> String {
+        format!("OneHot({})", self.0)
+    }
+}

@@ -63,7 +63,7 @@ pub mod serialize;
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
-pub use embedding::Embedding;
+pub use embedding::{Embedding, OneHot};
 pub use init::Init;
 pub use linear::Linear;
 pub use module::{Module, ModuleExt};
