@@ -158,6 +158,26 @@ impl Backend for ProxyBackend {
     ) -> Result<Storage> {
         wrap(CPU.max_pool2d_backward(inner(g), inner(idx), dims, win))
     }
+    fn lstm_cell(
+        &self,
+        gates: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage> {
+        wrap(CPU.lstm_cell(inner(gates), inner(c_prev), b, h))
+    }
+    fn lstm_cell_backward(
+        &self,
+        state: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        dh: &dyn BackendStorage,
+        dc: &dyn BackendStorage,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage> {
+        wrap(CPU.lstm_cell_backward(inner(state), inner(c_prev), inner(dh), inner(dc), b, h))
+    }
     fn bias_act_to_nchw(
         &self,
         yt: &dyn BackendStorage,

@@ -182,10 +182,10 @@ impl Recurrent {
         }
         if self.kind == RnnKind::Lstm {
             // The whole recurrence as one op (forward unrecorded, hand-written BPTT).
-            let y = xw.try_lstm_scan(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (B, T, 2H)
+            let y = xw.try_lstm_scan(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (B, T, 2H): c, h
             let last = if reverse { 0 } else { t - 1 };
-            let out = y.narrow(2, 0, hd);
-            let (h, c) = (out.select(1, last), y.narrow(2, hd, hd).select(1, last));
+            let out = y.narrow(2, hd, hd);
+            let (h, c) = (out.select(1, last), y.narrow(2, 0, hd).select(1, last));
             return (out, h, c);
         }
         let w_hh_t = cell.w_hh.t(); // (H, G·H)

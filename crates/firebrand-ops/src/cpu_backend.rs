@@ -203,6 +203,36 @@ impl Backend for CpuBackend {
         boxed(conv::col2im(f32s(cols, "col2im")?, n, c, h, w, win))
     }
 
+    fn lstm_cell(
+        &self,
+        gates: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage> {
+        boxed(crate::recurrent::lstm_cell(f32s(gates, "lstm_cell")?, f32s(c_prev, "lstm_cell")?, b, h))
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        state: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        dh: &dyn BackendStorage,
+        dc: &dyn BackendStorage,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage> {
+        let op = "lstm_cell_backward";
+        boxed(crate::recurrent::lstm_cell_backward(
+            f32s(state, op)?,
+            f32s(c_prev, op)?,
+            f32s(dh, op)?,
+            f32s(dc, op)?,
+            b,
+            h,
+        ))
+    }
+
     fn bias_act_to_nchw(
         &self,
         yt: &dyn BackendStorage,

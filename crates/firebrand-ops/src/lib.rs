@@ -46,6 +46,7 @@ mod cpu_backend;
 pub mod gemm;
 pub mod index;
 pub mod parallel;
+pub mod recurrent;
 pub mod reduce;
 #[cfg(target_arch = "x86_64")]
 pub mod simd512;

@@ -28,7 +28,7 @@ fn simd(op: UnaryOp) -> Option<fn(f32x8) -> f32x8> {
     }
 }
 
-fn map_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
+pub(crate) fn map_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd512::supports(op) && crate::simd512::available() {
         // SAFETY: AVX-512F detected at run time; the op is supported.

@@ -207,6 +207,28 @@ pub trait Backend: Send + Sync {
         c: usize,
         relu: bool,
     ) -> Result<(Storage, Storage)>;
+    /// One LSTM step's elementwise math: from pre-activation gates `(B, 4H)`
+    /// (`i, f, g, o`) and `c_prev` `(B, H)`, `[acts | c | h]` `(B, 6H)`.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn lstm_cell(&self, gates: &dyn BackendStorage, c_prev: &dyn BackendStorage, b: usize, h: usize)
+    -> Result<Storage>;
+    /// Backward of [`Backend::lstm_cell`]: `[dgates | dc_prev]` `(B, 5H)` from
+    /// the step's `[acts | c | h]`, `c_prev`, and the gradients of `h` and `c`.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_cell_backward(
+        &self,
+        state: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        dh: &dyn BackendStorage,
+        dc: &dyn BackendStorage,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage>;
     /// Max pooling of a contiguous `(N, C, H, W)` input: values and `i64`
     /// indices of the maxima within each `H·W` plane.
     ///
