@@ -5,6 +5,7 @@ same session, and prints both figures and their ratio.
     python3 benches/compare.py gemm [--threads 2] [--rounds 3]
     python3 benches/compare.py mlp [--epochs 5] [--data DIR]
     python3 benches/compare.py cnn [--epochs 5] [--data DIR] [--seed 0]
+    python3 benches/compare.py char_lstm [--seed 0]
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -27,7 +28,7 @@ def run(cmd, env=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["gemm", "mlp", "cnn"])
+    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm"])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None)
@@ -37,6 +38,8 @@ def main():
     a = p.parse_args()
     if a.workload in ("mlp", "cnn"):
         return compare_classifier(a)
+    if a.workload == "char_lstm":
+        return compare_char_lstm(a)
     best = {}
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
@@ -59,6 +62,24 @@ def main():
     if a.json:
         for key, g in sorted(best.items()):
             print(json.dumps({"lib": key[0], "m": key[1], "k": key[2], "n": key[3], "gflops": g}))
+
+
+def compare_char_lstm(a):
+    """One epoch of the character LSTM on each side: samples per second and validation loss."""
+    extra = ["--seed", str(a.seed)]
+    subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
+    ours = run(["cargo", "bench", "--bench", "workloads", "--", "char_lstm", "--threads", str(a.threads)] + extra)[0]
+    theirs = run([sys.executable, "benches/pytorch/char_lstm.py", "--threads", str(a.threads)] + extra)[0]
+    print("| | Firebrand | PyTorch | ratio |")
+    print("|---|---|---|---|")
+    print(f"| samples/s | {ours['samples_per_second']:.0f} | {theirs['samples_per_second']:.0f} | "
+          f"{ours['samples_per_second'] / theirs['samples_per_second']:.2f}x |")
+    print(f"| epoch s | {ours['train_seconds']:.1f} | {theirs['train_seconds']:.1f} | |")
+    print(f"| validation loss | {ours['val_loss']:.4f} | {theirs['val_loss']:.4f} | "
+          f"{ours['val_loss'] - theirs['val_loss']:+.4f} |")
+    if a.json:
+        print(json.dumps(ours))
+        print(json.dumps(theirs))
 
 
 def compare_classifier(a):

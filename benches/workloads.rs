@@ -254,17 +254,12 @@ fn train_classifier(
 
 /// The Shakespeare corpus: `--text`, `$FIREBRAND_DATA/shakespeare/`, or the standard places.
 fn shakespeare(explicit: Option<String>) -> String {
-    let mut cands: Vec<std::path::PathBuf> = explicit.into_iter().map(Into::into).collect();
-    if let Some(root) = std::env::var_os("FIREBRAND_DATA") {
-        cands.push(std::path::PathBuf::from(root).join("shakespeare/shakespeare.txt"));
-    }
-    cands.push("../shared/data/shakespeare/shakespeare.txt".into());
-    cands.push("data/shakespeare/shakespeare.txt".into());
-    let path = cands.iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        eprintln!("error: shakespeare.txt not found; looked in {cands:?}. Pass --text FILE or set FIREBRAND_DATA.");
-        std::process::exit(2)
-    });
-    std::fs::read_to_string(path).unwrap_or_else(|e| {
+    let path = firebrand::data::find_text("shakespeare", "shakespeare.txt", explicit.as_deref().map(std::path::Path::new))
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
         eprintln!("error: {}: {e}", path.display());
         std::process::exit(2)
     })

@@ -172,6 +172,24 @@ pub fn load_fashion_mnist(
     Ok((dir, train, test))
 }
 
+/// Finds a text corpus: `explicit` (a file) if given, else `file` inside the
+/// data set folder `name` as [`find_dataset`] looks for it (`FIREBRAND_DATA`,
+/// the standard places).
+///
+/// # Errors
+/// [`DataError::NotFound`] listing the places tried.
+pub fn find_text(name: &str, file: &str, explicit: Option<&Path>) -> Result<PathBuf, DataError> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(DataError::NotFound { what: format!("text file {}", p.display()), looked: vec![p.to_path_buf()], hint: String::new() })
+        };
+    }
+    let hint = format!("Pass --text FILE, or put {name}/{file} under FIREBRAND_DATA.");
+    Ok(find_dataset(name, None, file, &hint)?.join(file))
+}
+
 /// How to get Fashion-MNIST, for error messages.
 pub const FASHION_MNIST_HINT: &str = "Install it with `apt-get install dataset-fashion-mnist` (Debian), or download the four \
      *-ubyte.gz files into a folder and pass `--data DIR` or set FIREBRAND_DATA.";

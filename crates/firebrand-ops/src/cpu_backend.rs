@@ -183,7 +183,7 @@ impl Backend for CpuBackend {
             return Ok(Box::new(CpuStorage::I64(index::concat(&v, outer, sizes, inner))));
         }
         let v: Vec<&[f32]> = parts.iter().map(|p| f32s(*p, "cat")).collect::<Result<_>>()?;
-        boxed(index::concat(&v, outer, sizes, inner))
+        boxed(index::concat_f32(&v, outer, sizes, inner))
     }
 
     fn where_select(

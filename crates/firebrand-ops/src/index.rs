@@ -2,7 +2,7 @@
 //! index_select, index_add, gather, scatter_add, concatenation, one-hot and
 //! `where`.
 
-use firebrand_tensor::pool::zeros_f32;
+use firebrand_tensor::pool::{take_f32, zeros_f32};
 use firebrand_tensor::{Error, Result};
 
 fn check_index(op: &'static str, i: i64, size: usize) -> Result<usize> {
@@ -105,12 +105,27 @@ pub fn concat<T: Copy>(parts: &[&[T]], outer: usize, dims: &[usize], inner: usiz
     out
 }
 
+/// [`concat`] for `f32`, its output taken from the buffer pool (a stack of
+/// many steps' outputs is megabytes, and fresh pages fault on first touch).
+pub fn concat_f32(parts: &[&[f32]], outer: usize, dims: &[usize], inner: usize) -> Vec<f32> {
+    let total: usize = dims.iter().sum();
+    let mut out = take_f32(outer * total * inner);
+    let mut pos = 0;
+    for o in 0..outer {
+        for (p, &d) in parts.iter().zip(dims) {
+            out[pos..pos + d * inner].copy_from_slice(&p[o * d * inner..(o + 1) * d * inner]);
+            pos += d * inner;
+        }
+    }
+    out
+}
+
 /// One-hot rows: `out[i, c] = 1.0` where `c == idx[i]`.
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for an index outside `0..classes`.
 pub fn one_hot(idx: &[i64], classes: usize) -> Result<Vec<f32>> {
-    let mut out = vec![0.0f32; idx.len() * classes];
+    let mut out = zeros_f32(idx.len() * classes);
     for (row, &i) in idx.iter().enumerate() {
         out[row * classes + check_index("one_hot", i, classes)?] = 1.0;
     }
