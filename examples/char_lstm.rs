@@ -13,11 +13,18 @@
 //! `$FIREBRAND_DATA`, `../shared/data` or `./data`. The same seed gives the
 //! same model and the same text.
 //!
-//! A sample after one epoch on the first 1,000,000 characters (validation
-//! loss about 2.2, temperature 0.8, seed 0) looks like:
+//! After one epoch on the first 1,000,000 characters (validation loss 2.26,
+//! 45 s on 2 cores) the model has learned words, spacing, capitals after
+//! line breaks and punctuation, not yet meaning; temperature 0.8, seed 0:
 //!
 //! ```text
-//! SAMPLE_PLACEHOLDER
+//! ROMEO:
+//! I whe fere he hell he hall os thes hath whe her the gorige you toon stiethath
+//! Se me tins lirt gad you hee her wurt and
+//! By bush will contwers you hore.
+//! Thin the har mich the her' h of the hao garchald of be, hand thande hit hish be
+//! The horta it hand a the seomes the the here reasy
+//! Mon pill be hake for to loow mat cgo if ser;
 //! ```
 
 use firebrand::data::{CharVocab, TextWindows, find_text};
@@ -61,7 +68,7 @@ fn main() {
 
     manual_seed(seed);
     let model_net = net(vocab.len());
-    println!("{}", model_net.summary(&[40]));
+    println!("{}", model_net.summary_for(&Tensor::from_vec(vec![0i64; 40], [1, 40])));
     let adam = Adam::new(model_net.named_parameters(), 1e-3);
     let mut model = Model::new(model_net, adam, Loss::CROSS_ENTROPY);
     let options = FitOptions {

@@ -61,9 +61,23 @@ impl Sequential {
     pub fn summary(&self, input_shape: &[usize]) -> String {
         let mut dims = vec![1];
         dims.extend_from_slice(input_shape);
+        self.summary_for(&Tensor::zeros(dims))
+    }
+
+    /// [`Sequential::summary`] from an example batch `x` (for inputs that are
+    /// not `f32`, such as the `i64` ids an `Embedding` or `OneHot` takes).
+    ///
+    /// ```
+    /// use firebrand_nn::{Sequential, Embedding, Flatten};
+    /// use firebrand_autograd::Tensor;
+    /// let model = Sequential::new().add(Embedding::new(50, 8)).add(Flatten);
+    /// let s = model.summary_for(&Tensor::from_vec(vec![0i64; 10], [1, 10]));
+    /// assert!(s.contains("(None, 80)"));
+    /// ```
+    pub fn summary_for(&self, x: &Tensor) -> String {
         let mut rows: Vec<(String, String, usize)> = Vec::new();
         with_no_grad(|| {
-            let mut x = Tensor::zeros(dims);
+            let mut x = x.clone();
             for (i, layer) in self.layers.iter().enumerate() {
                 x = layer.forward(&x);
                 let shape = std::iter::once("None".to_string())

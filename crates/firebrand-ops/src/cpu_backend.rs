@@ -139,7 +139,12 @@ impl Backend for CpuBackend {
             CpuStorage::F32(v) => {
                 Box::new(CpuStorage::F32(with_contiguous(v, l, |v| index::index_select(v, o, n, i, idx))?))
             }
-            CpuStorage::I64(v) => Box::new(CpuStorage::I64(index::index_select(&contiguous(v, l), o, n, i, idx)?)),
+            // A contiguous source is read in place: a batch gathered from a large
+            // id table must not copy the whole table first.
+            CpuStorage::I64(v) => Box::new(CpuStorage::I64(match l.contiguous_range() {
+                Some(r) => index::index_select(&v[r], o, n, i, idx)?,
+                None => index::index_select(&contiguous(v, l), o, n, i, idx)?,
+            })),
             _ => unreachable!("every CPU storage type is handled"),
         })
     }
