@@ -52,10 +52,11 @@ fn main() {
     let len: usize = arg("--len").map(|l| l.parse().expect("--len N")).unwrap_or(400);
     let prompt = arg("--prompt").unwrap_or_else(|| "ROMEO:\n".into());
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
-    let path = find_text("shakespeare", "shakespeare.txt", arg("--text").map(PathBuf::from).as_deref()).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    });
+    let path =
+        find_text("shakespeare", "shakespeare.txt", arg("--text").map(PathBuf::from).as_deref()).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         eprintln!("error: {}: {e}", path.display());
         std::process::exit(2);
@@ -64,7 +65,13 @@ fn main() {
     let head: String = text.chars().take(chars).collect();
     let windows = TextWindows::new(vocab.encode(&head).expect("the vocabulary covers the text"), 40, 3);
     let (train, val) = windows.split_tail(0.1);
-    println!("{}: {} characters, vocabulary {}, {} training windows", path.display(), head.chars().count(), vocab.len(), train.len());
+    println!(
+        "{}: {} characters, vocabulary {}, {} training windows",
+        path.display(),
+        head.chars().count(),
+        vocab.len(),
+        train.len()
+    );
 
     manual_seed(seed);
     let model_net = net(vocab.len());

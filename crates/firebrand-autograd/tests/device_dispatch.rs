@@ -5,7 +5,7 @@
 
 use firebrand_autograd::{Device, Error, Tensor};
 use firebrand_ops::CPU;
-use firebrand_tensor::backend::{Backend, BackendStorage, Storage, register_backend};
+use firebrand_tensor::backend::{Backend, BackendStorage, Rows, Storage, register_backend};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Layout, Result};
 use std::any::Any;
@@ -160,23 +160,31 @@ impl Backend for ProxyBackend {
     }
     fn lstm_cell(
         &self,
-        gates: &dyn BackendStorage,
+        xw: &dyn BackendStorage,
+        xw_at: Rows,
+        hw: &dyn BackendStorage,
         c_prev: &dyn BackendStorage,
+        c_at: Rows,
         b: usize,
         h: usize,
     ) -> Result<Storage> {
-        wrap(CPU.lstm_cell(inner(gates), inner(c_prev), b, h))
+        wrap(CPU.lstm_cell(inner(xw), xw_at, inner(hw), inner(c_prev), c_at, b, h))
     }
     fn lstm_cell_backward(
         &self,
         state: &dyn BackendStorage,
         c_prev: &dyn BackendStorage,
-        dh: &dyn BackendStorage,
-        dc: &dyn BackendStorage,
+        c_at: Rows,
+        g_out: &dyn BackendStorage,
+        g_at: Rows,
+        dh_next: &dyn BackendStorage,
+        dc_next: &dyn BackendStorage,
+        dc_at: Rows,
         b: usize,
         h: usize,
     ) -> Result<Storage> {
-        wrap(CPU.lstm_cell_backward(inner(state), inner(c_prev), inner(dh), inner(dc), b, h))
+        let (s, c, g, dh, dc) = (inner(state), inner(c_prev), inner(g_out), inner(dh_next), inner(dc_next));
+        wrap(CPU.lstm_cell_backward(s, c, c_at, g, g_at, dh, dc, dc_at, b, h))
     }
     fn bias_act_to_nchw(
         &self,

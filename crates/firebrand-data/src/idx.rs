@@ -183,7 +183,11 @@ pub fn find_text(name: &str, file: &str, explicit: Option<&Path>) -> Result<Path
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(DataError::NotFound { what: format!("text file {}", p.display()), looked: vec![p.to_path_buf()], hint: String::new() })
+            Err(DataError::NotFound {
+                what: format!("text file {}", p.display()),
+                looked: vec![p.to_path_buf()],
+                hint: String::new(),
+            })
         };
     }
     let hint = format!("Pass --text FILE, or put {name}/{file} under FIREBRAND_DATA.");

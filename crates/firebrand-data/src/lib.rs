@@ -44,7 +44,9 @@ pub use csv::{parse_csv_labeled, read_csv_labeled};
 pub use dataset::{Dataset, Standardize, TensorDataset};
 pub use digits::digits;
 pub use error::DataError;
-pub use idx::{FASHION_MNIST_HINT, IdxArray, Split, find_dataset, find_text, load_fashion_mnist, load_mnist, parse_idx, read_idx};
+pub use idx::{
+    FASHION_MNIST_HINT, IdxArray, Split, find_dataset, find_text, load_fashion_mnist, load_mnist, parse_idx, read_idx,
+};
 pub use loader::{Batches, DataLoader};
 pub use text::{CharVocab, TextWindows};
 pub use transform::{Compose, Normalize, RandomCrop, RandomHorizontalFlip, Transform};

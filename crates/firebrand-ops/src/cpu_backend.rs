@@ -6,7 +6,7 @@ use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
 use crate::{conv, index, softmax, unary};
-use firebrand_tensor::backend::{Backend, BackendStorage, Storage};
+use firebrand_tensor::backend::{Backend, BackendStorage, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, Device, Error, Layout, Result};
@@ -210,20 +210,28 @@ impl Backend for CpuBackend {
 
     fn lstm_cell(
         &self,
-        gates: &dyn BackendStorage,
+        xw: &dyn BackendStorage,
+        xw_at: Rows,
+        hw: &dyn BackendStorage,
         c_prev: &dyn BackendStorage,
+        c_at: Rows,
         b: usize,
         h: usize,
     ) -> Result<Storage> {
-        boxed(crate::recurrent::lstm_cell(f32s(gates, "lstm_cell")?, f32s(c_prev, "lstm_cell")?, b, h))
+        let op = "lstm_cell";
+        boxed(crate::recurrent::lstm_cell(f32s(xw, op)?, xw_at, f32s(hw, op)?, f32s(c_prev, op)?, c_at, b, h))
     }
 
     fn lstm_cell_backward(
         &self,
         state: &dyn BackendStorage,
         c_prev: &dyn BackendStorage,
-        dh: &dyn BackendStorage,
-        dc: &dyn BackendStorage,
+        c_at: Rows,
+        g_out: &dyn BackendStorage,
+        g_at: Rows,
+        dh_next: &dyn BackendStorage,
+        dc_next: &dyn BackendStorage,
+        dc_at: Rows,
         b: usize,
         h: usize,
     ) -> Result<Storage> {
@@ -231,8 +239,12 @@ impl Backend for CpuBackend {
         boxed(crate::recurrent::lstm_cell_backward(
             f32s(state, op)?,
             f32s(c_prev, op)?,
-            f32s(dh, op)?,
-            f32s(dc, op)?,
+            c_at,
+            f32s(g_out, op)?,
+            g_at,
+            f32s(dh_next, op)?,
+            f32s(dc_next, op)?,
+            dc_at,
             b,
             h,
         ))

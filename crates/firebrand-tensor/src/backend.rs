@@ -39,6 +39,16 @@ pub trait BackendStorage: Any + Send + Sync + std::fmt::Debug {
 /// A backend-owned buffer.
 pub type Storage = Box<dyn BackendStorage>;
 
+/// Where the rows of a `(B, W)` matrix sit in a buffer: row `r` starts at
+/// `offset + r * stride` (a view into a larger tensor, read without a copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rows {
+    /// Position of row 0.
+    pub offset: usize,
+    /// Distance between rows.
+    pub stride: usize,
+}
+
 /// The primitive op set every device implements. Composite ops (softmax's
 /// reference form, GELU, layer norm, losses) are written from these in the
 /// autograd crate and need no backend code.
@@ -207,15 +217,27 @@ pub trait Backend: Send + Sync {
         c: usize,
         relu: bool,
     ) -> Result<(Storage, Storage)>;
-    /// One LSTM step's elementwise math: from pre-activation gates `(B, 4H)`
-    /// (`i, f, g, o`) and `c_prev` `(B, H)`, `[acts | c | h]` `(B, 6H)`.
+    /// One LSTM step's elementwise math: the pre-activation gates are
+    /// `xw + hw` (`(B, 4H)` each, gates `i, f, g, o`; `xw` read at `xw_at`),
+    /// `c_prev` `(B, H)` is read at `c_at`. Returns `[acts | c | h]` `(B, 6H)`.
     ///
     /// # Errors
     /// On a non-`f32` input.
-    fn lstm_cell(&self, gates: &dyn BackendStorage, c_prev: &dyn BackendStorage, b: usize, h: usize)
-    -> Result<Storage>;
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_cell(
+        &self,
+        xw: &dyn BackendStorage,
+        xw_at: Rows,
+        hw: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        c_at: Rows,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage>;
     /// Backward of [`Backend::lstm_cell`]: `[dgates | dc_prev]` `(B, 5H)` from
-    /// the step's `[acts | c | h]`, `c_prev`, and the gradients of `h` and `c`.
+    /// the step's `[acts | c | h]`, `c_prev` (at `c_at`), the gradients of the
+    /// step's outputs `g_out = [dc | dh]` `(B, 2H)` (at `g_at`), and those
+    /// flowing back from the next step, `dh_next` `(B, H)` and `dc_next` (at `dc_at`).
     ///
     /// # Errors
     /// On a non-`f32` input.
@@ -224,8 +246,12 @@ pub trait Backend: Send + Sync {
         &self,
         state: &dyn BackendStorage,
         c_prev: &dyn BackendStorage,
-        dh: &dyn BackendStorage,
-        dc: &dyn BackendStorage,
+        c_at: Rows,
+        g_out: &dyn BackendStorage,
+        g_at: Rows,
+        dh_next: &dyn BackendStorage,
+        dc_next: &dyn BackendStorage,
+        dc_at: Rows,
         b: usize,
         h: usize,
     ) -> Result<Storage>;

@@ -11,6 +11,7 @@
 use super::record;
 use crate::grad_mode::with_no_grad;
 use crate::tensor::Tensor;
+use firebrand_tensor::backend::Rows;
 use firebrand_tensor::{Error, Result};
 
 impl Tensor {
@@ -54,56 +55,75 @@ impl Tensor {
         let order: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
         let backend = self.backend("lstm_scan")?;
         let dense = |x: &Tensor| x.dense("lstm_scan");
-        // Forward, unrecorded: per step one gemm, one add and the fused cell;
-        // each step's [acts | c | h] (B, 6H) is kept for the backward pass.
+        let rows = |offset: usize, stride: usize| Rows { offset, stride };
+        // The input projection time-major, so each step's (B, 4H) is one block.
+        let xw_t = dense(&self.try_permute(&[1, 0, 2])?.contiguous())?; // (T, B, 4H)
+        // Forward, unrecorded: per step one gemm and the fused cell (which adds
+        // the input projection); each step's [acts | c | h] (B, 6H) is kept.
         let mut states: Vec<Option<Tensor>> = vec![None; t];
+        let c0_d = dense(&c0.detach())?;
         let out = with_no_grad(|| -> Result<Tensor> {
             let w_t = w_hh.t();
-            let (mut hp, mut cp) = (h0.detach(), dense(c0)?);
+            let mut hp = h0.detach();
+            let mut prev: Option<Tensor> = None; // the previous step's state
             for &ti in &order {
-                let gates = dense(&self.try_select(1, ti)?.try_add(&hp.try_matmul(&w_t)?)?)?; // (B, 4H)
-                let st = backend.lstm_cell(&**gates.storage(), &**cp.storage(), b, h)?;
+                let hw = dense(&hp.try_matmul(&w_t)?)?; // (B, 4H)
+                let (c_src, c_at) = match &prev {
+                    Some(p) => (p.clone(), rows(4 * h, 6 * h)),
+                    None => (c0_d.clone(), rows(0, h)),
+                };
+                let st = backend.lstm_cell(
+                    &**xw_t.storage(),
+                    rows(ti * b * g4, g4),
+                    &**hw.storage(),
+                    &**c_src.storage(),
+                    c_at,
+                    b,
+                    h,
+                )?;
                 let st = Tensor::from_backend(st, [b, 6 * h]);
                 hp = st.try_narrow(1, 5 * h, h)?;
-                cp = dense(&st.try_narrow(1, 4 * h, h)?)?;
-                states[ti] = Some(st);
+                states[ti] = Some(st.clone());
+                prev = Some(st);
             }
             let steps: Vec<Tensor> = states.iter().map(|s| s.as_ref().expect("ran").narrow(1, 4 * h, 2 * h)).collect();
             Tensor::try_stack(&steps.iter().collect::<Vec<_>>(), 1) // (B, T, 2H): c_t then h_t
         })?;
         let states: Vec<Tensor> = states.into_iter().map(|s| s.expect("ran")).collect();
-        let (w_hh_d, h0_d, c0_d) = (w_hh.detach(), h0.detach(), c0.detach());
+        let (w_hh_d, h0_d) = (w_hh.detach(), h0.detach());
         Ok(record(out, "lstm_scan", &[self, w_hh, h0, c0], move |_, gy| {
             with_no_grad(|| {
-                let dense = |x: &Tensor| x.dense("lstm_scan backward").expect("f32");
-                // gy: (B, T, 2H) = gradients of every c_t and h_t.
-                let (mut dh_next, mut dc_next) = (Tensor::zeros([b, h]), Tensor::zeros([b, h]));
+                // gy: (B, T, 2H) = gradients of every c_t and h_t, made time-major.
+                let gy_t = gy.permute(&[1, 0, 2]).contiguous().dense("lstm_scan backward").expect("f32");
+                let mut dh_next = Tensor::zeros([b, h]);
+                let mut dc_next: (Tensor, Rows) = (Tensor::zeros([b, h]), rows(0, h));
                 let mut dgates: Vec<Option<Tensor>> = vec![None; t];
                 let mut h_prev: Vec<Option<Tensor>> = vec![None; t];
                 for (k, &ti) in order.iter().enumerate().rev() {
-                    let (prev_h, prev_c) = if k == 0 {
-                        (h0_d.clone(), dense(&c0_d))
+                    let (prev_h, c_src, c_at) = if k == 0 {
+                        (h0_d.clone(), c0_d.clone(), rows(0, h))
                     } else {
                         let s = &states[order[k - 1]];
-                        (s.narrow(1, 5 * h, h), dense(&s.narrow(1, 4 * h, h)))
+                        (s.narrow(1, 5 * h, h), s.clone(), rows(4 * h, 6 * h))
                     };
-                    let gstep = gy.select(1, ti);
-                    let dc = dense(&gstep.narrow(1, 0, h).add(&dc_next));
-                    let dh = dense(&gstep.narrow(1, h, h).add(&dh_next));
                     let back = backend
                         .lstm_cell_backward(
                             &**states[ti].storage(),
-                            &**prev_c.storage(),
-                            &**dh.storage(),
-                            &**dc.storage(),
+                            &**c_src.storage(),
+                            c_at,
+                            &**gy_t.storage(),
+                            rows(ti * b * 2 * h, 2 * h),
+                            &**dh_next.storage(),
+                            &**dc_next.0.storage(),
+                            dc_next.1,
                             b,
                             h,
                         )
                         .expect("f32");
                     let back = Tensor::from_backend(back, [b, 5 * h]);
                     let dgs = back.narrow(1, 0, 4 * h); // (B, 4H), pre-activation
-                    dh_next = dgs.matmul(&w_hh_d); // (B, H)
-                    dc_next = back.narrow(1, 4 * h, h);
+                    dh_next = dgs.matmul(&w_hh_d).contiguous(); // (B, H)
+                    dc_next = (back.clone(), rows(4 * h, 5 * h));
                     dgates[ti] = Some(dgs);
                     h_prev[ti] = Some(prev_h);
                 }
@@ -113,7 +133,8 @@ impl Tensor {
                 let hp = Tensor::stack(&hp.iter().collect::<Vec<_>>(), 1).reshape([b * t, h]); // (B·T, H)
                 // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one (4H, B·T)·(B·T, H) product.
                 let dw = dxw.reshape([b * t, g4]).t().matmul(&hp);
-                vec![Some(dxw), Some(dw), Some(dh_next), Some(dc_next.contiguous())]
+                let dc0 = dc_next.0.narrow(1, dc_next.1.offset, h).contiguous();
+                vec![Some(dxw), Some(dw), Some(dh_next), Some(dc0)]
             })
         }))
     }
