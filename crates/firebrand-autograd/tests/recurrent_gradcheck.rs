@@ -6,9 +6,9 @@ use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 #[test]
 fn lstm_scan_gradients() {
     manual_seed(11);
-    let (b, t, h) = (2, 4, 3);
+    let (t, b, h) = (4, 2, 3);
     let inputs = [
-        Tensor::randn([b, t, 4 * h], 0.0, 1.0).requires_grad_(true),
+        Tensor::randn([t, b, 4 * h], 0.0, 1.0).requires_grad_(true),
         Tensor::randn([4 * h, h], 0.0, 0.5).requires_grad_(true),
         Tensor::randn([b, h], 0.0, 0.5).requires_grad_(true),
         Tensor::randn([b, h], 0.0, 0.5).requires_grad_(true),

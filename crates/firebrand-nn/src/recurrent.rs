@@ -171,22 +171,32 @@ impl Recurrent {
     ) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.dims()[0], x.dims()[1]);
         let hd = self.hidden;
+        let b_hh_in_x = self.kind != RnnKind::Gru; // GRU keeps b_hn inside r ⊙ (·)
+        // Both biases folded into one before touching the (·, ·, G·H) projection.
+        let bias = match (&cell.b_ih, &cell.b_hh) {
+            (Some(bi), Some(bh)) if b_hh_in_x => Some(bi.add(bh)),
+            (Some(bi), _) => Some(bi.clone()),
+            (None, Some(bh)) if b_hh_in_x => Some(bh.clone()),
+            _ => None,
+        };
+        if self.kind == RnnKind::Lstm {
+            // Time-major: every step's slice of the projection and of the output
+            // gradient is one contiguous block. The whole recurrence is one op
+            // (forward unrecorded, hand-written BPTT, fused cells).
+            let x_tm = x.permute(&[1, 0, 2]).contiguous(); // (T, B, I)
+            let mut xw = x_tm.matmul(&cell.w_ih.t()); // (T, B, 4H), one gemm
+            if let Some(bias) = &bias {
+                xw = xw.add(bias);
+            }
+            let y = xw.try_lstm_scan(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (T, B, 2H): c, h
+            let last = y.select(0, if reverse { 0 } else { t - 1 }); // (B, 2H)
+            let out = y.narrow(2, hd, hd).permute(&[1, 0, 2]); // (B, T, H)
+            return (out, last.narrow(1, hd, hd), last.narrow(1, 0, hd));
+        }
         // Input contributions of every step in one gemm: (B, T, G·H).
         let mut xw = x.matmul(&cell.w_ih.t());
-        let b_hh_in_x = self.kind != RnnKind::Gru; // GRU keeps b_hn inside r ⊙ (·)
-        if let Some(bi) = &cell.b_ih {
-            xw = xw.add(bi);
-        }
-        if b_hh_in_x && let Some(bh) = &cell.b_hh {
-            xw = xw.add(bh);
-        }
-        if self.kind == RnnKind::Lstm {
-            // The whole recurrence as one op (forward unrecorded, hand-written BPTT).
-            let y = xw.try_lstm_scan(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (B, T, 2H): c, h
-            let last = if reverse { 0 } else { t - 1 };
-            let out = y.narrow(2, hd, hd);
-            let (h, c) = (out.select(1, last), y.narrow(2, 0, hd).select(1, last));
-            return (out, h, c);
+        if let Some(bias) = &bias {
+            xw = xw.add(bias);
         }
         let w_hh_t = cell.w_hh.t(); // (H, G·H)
         let (mut h, mut c) = (h0, c0);

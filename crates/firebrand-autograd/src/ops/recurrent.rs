@@ -15,11 +15,12 @@ use firebrand_tensor::backend::Rows;
 use firebrand_tensor::{Error, Result};
 
 impl Tensor {
-    /// Runs an LSTM layer's recurrence. `self` is the input projection
-    /// `xw = x·W_ihᵀ + b_ih + b_hh` `(B, T, 4H)` (gates `i, f, g, o`),
-    /// `w_hh` is `(4H, H)`, `h0` and `c0` are `(B, H)`; `reverse` runs from
-    /// the last step to the first. Returns `(B, T, 2H)`: each step's cell
-    /// state `c_t` then hidden state `h_t`. Differentiable in all four inputs.
+    /// Runs an LSTM layer's recurrence, time-major. `self` is the input
+    /// projection `xw = x·W_ihᵀ + b_ih + b_hh` `(T, B, 4H)` (gates
+    /// `i, f, g, o`), `w_hh` is `(4H, H)`, `h0` and `c0` are `(B, H)`;
+    /// `reverse` runs from the last step to the first. Returns `(T, B, 2H)`:
+    /// each step's cell state `c_t` then hidden state `h_t`. Differentiable in
+    /// all four inputs.
     /// The cell's elementwise math is one fused backend primitive per step
     /// (`lstm_cell`, and `lstm_cell_backward`).
     ///
@@ -28,16 +29,16 @@ impl Tensor {
     ///
     /// ```
     /// use firebrand_autograd::Tensor;
-    /// let (b, t, h) = (2, 3, 4);
-    /// let xw = Tensor::randn([b, t, 4 * h], 0.0, 1.0);
+    /// let (t, b, h) = (3, 2, 4);
+    /// let xw = Tensor::randn([t, b, 4 * h], 0.0, 1.0);
     /// let w_hh = Tensor::randn([4 * h, h], 0.0, 0.5);
     /// let y = xw.try_lstm_scan(&w_hh, &Tensor::zeros([b, h]), &Tensor::zeros([b, h]), false).unwrap();
-    /// assert_eq!(y.dims(), &[2, 3, 8]);
+    /// assert_eq!(y.dims(), &[3, 2, 8]);
     /// ```
     pub fn try_lstm_scan(&self, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, reverse: bool) -> Result<Tensor> {
-        let (b, t, g4) = match *self.dims() {
-            [b, t, g] if g % 4 == 0 && t > 0 => (b, t, g),
-            _ => return Err(Error::msg("lstm_scan", format!("expected xw (B, T > 0, 4H), got {:?}", self.dims()))),
+        let (t, b, g4) = match *self.dims() {
+            [t, b, g] if g % 4 == 0 && t > 0 => (t, b, g),
+            _ => return Err(Error::msg("lstm_scan", format!("expected xw (T > 0, B, 4H), got {:?}", self.dims()))),
         };
         let h = g4 / 4;
         if w_hh.dims() != [g4, h] || h0.dims() != [b, h] || c0.dims() != [b, h] {
@@ -56,8 +57,7 @@ impl Tensor {
         let backend = self.backend("lstm_scan")?;
         let dense = |x: &Tensor| x.dense("lstm_scan");
         let rows = |offset: usize, stride: usize| Rows { offset, stride };
-        // The input projection time-major, so each step's (B, 4H) is one block.
-        let xw_t = dense(&self.try_permute(&[1, 0, 2])?.contiguous())?; // (T, B, 4H)
+        let xw_t = dense(self)?; // (T, B, 4H): each step's (B, 4H) is one block
         // Forward, unrecorded: per step one gemm and the fused cell (which adds
         // the input projection); each step's [acts | c | h] (B, 6H) is kept.
         let mut states: Vec<Option<Tensor>> = vec![None; t];
@@ -87,14 +87,14 @@ impl Tensor {
                 prev = Some(st);
             }
             let steps: Vec<Tensor> = states.iter().map(|s| s.as_ref().expect("ran").narrow(1, 4 * h, 2 * h)).collect();
-            Tensor::try_stack(&steps.iter().collect::<Vec<_>>(), 1) // (B, T, 2H): c_t then h_t
+            Tensor::try_stack(&steps.iter().collect::<Vec<_>>(), 0) // (T, B, 2H): c_t then h_t
         })?;
         let states: Vec<Tensor> = states.into_iter().map(|s| s.expect("ran")).collect();
         let (w_hh_d, h0_d) = (w_hh.detach(), h0.detach());
         Ok(record(out, "lstm_scan", &[self, w_hh, h0, c0], move |_, gy| {
             with_no_grad(|| {
-                // gy: (B, T, 2H) = gradients of every c_t and h_t, made time-major.
-                let gy_t = gy.permute(&[1, 0, 2]).contiguous().dense("lstm_scan backward").expect("f32");
+                // gy: (T, B, 2H) = gradients of every c_t and h_t.
+                let gy_t = gy.dense("lstm_scan backward").expect("f32");
                 let mut dh_next = Tensor::zeros([b, h]);
                 let mut dc_next: (Tensor, Rows) = (Tensor::zeros([b, h]), rows(0, h));
                 let mut dgates: Vec<Option<Tensor>> = vec![None; t];
@@ -128,11 +128,11 @@ impl Tensor {
                     h_prev[ti] = Some(prev_h);
                 }
                 let dg: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("ran")).collect();
-                let dxw = Tensor::stack(&dg.iter().collect::<Vec<_>>(), 1); // (B, T, 4H)
+                let dxw = Tensor::stack(&dg.iter().collect::<Vec<_>>(), 0); // (T, B, 4H)
                 let hp: Vec<Tensor> = h_prev.into_iter().map(|d| d.expect("ran")).collect();
-                let hp = Tensor::stack(&hp.iter().collect::<Vec<_>>(), 1).reshape([b * t, h]); // (B·T, H)
-                // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one (4H, B·T)·(B·T, H) product.
-                let dw = dxw.reshape([b * t, g4]).t().matmul(&hp);
+                let hp = Tensor::stack(&hp.iter().collect::<Vec<_>>(), 0).reshape([t * b, h]); // (T·B, H)
+                // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one (4H, T·B)·(T·B, H) product.
+                let dw = dxw.reshape([t * b, g4]).t().matmul(&hp);
                 let dc0 = dc_next.0.narrow(1, dc_next.1.offset, h).contiguous();
                 vec![Some(dxw), Some(dw), Some(dh_next), Some(dc0)]
             })
