@@ -4,6 +4,9 @@
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+/// How many of the sorted `(token, probability)` pairs a strategy keeps.
+type KeepRule = Box<dyn Fn(&[(usize, f32)]) -> usize>;
+
 /// How [`Sampler::sample`] picks a token from logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
@@ -64,7 +67,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> usize {
         assert!(!logits.is_empty(), "Sampler: no logits");
         let greedy = || logits.iter().enumerate().fold(0, |b, (i, v)| if *v > logits[b] { i } else { b });
-        let (t, keep): (f32, Box<dyn Fn(&[(usize, f32)]) -> usize>) = match self.strategy {
+        let (t, keep): (f32, KeepRule) = match self.strategy {
             Sampling::Greedy => return greedy(),
             Sampling::Temperature(t) => (t, Box::new(|s: &[(usize, f32)]| s.len())),
             Sampling::TopK(k, t) => (t, Box::new(move |s: &[(usize, f32)]| k.min(s.len()))),

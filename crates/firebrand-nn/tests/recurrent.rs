@@ -105,7 +105,8 @@ fn recurrent_layers_match_pytorch() {
 fn recurrent_layers_pass_gradcheck() {
     manual_seed(5);
     let x = Tensor::randn([2, 4, 3], 0.0, 1.0).requires_grad_(true);
-    let layers: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>)> = vec![
+    type Run = Box<dyn Fn(&Tensor) -> Tensor>;
+    let layers: Vec<(&str, Run)> = vec![
         (
             "lstm",
             Box::new({

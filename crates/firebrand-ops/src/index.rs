@@ -105,7 +105,7 @@ pub fn concat<T: Copy>(parts: &[&[T]], outer: usize, dims: &[usize], inner: usiz
     out
 }
 
-/// [`concat`] for `f32`, its output taken from the buffer pool (a stack of
+/// [`concat()`] for `f32`, its output taken from the buffer pool (a stack of
 /// many steps' outputs is megabytes, and fresh pages fault on first touch).
 pub fn concat_f32(parts: &[&[f32]], outer: usize, dims: &[usize], inner: usize) -> Vec<f32> {
     let total: usize = dims.iter().sum();
