@@ -16,7 +16,8 @@
 //!   [`Compose`]; seeded per (seed, epoch, batch).
 //! * [`digits`]: the UCI 8x8 digits embedded in the crate.
 //! * Text: [`CharVocab`] (build, encode, decode, save/load) and
-//!   [`TextWindows`] (`(window, next token)` examples with a stride).
+//!   [`TextWindows`] (`(window, next token)` examples with a stride);
+//!   [`BpeTokenizer`], a byte-level BPE trained on a corpus, saved and loaded.
 //!
 //! Batches are `(inputs, targets)` tensors for `firebrand-train`'s loop.
 //!
@@ -31,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+mod bpe;
 mod csv;
 mod dataset;
 mod digits;
@@ -40,6 +42,7 @@ mod loader;
 mod text;
 mod transform;
 
+pub use bpe::BpeTokenizer;
 pub use csv::{parse_csv_labeled, read_csv_labeled};
 pub use dataset::{Dataset, Standardize, TensorDataset};
 pub use digits::digits;
