@@ -36,7 +36,7 @@ fn pieces(text: &str) -> Vec<&str> {
         let space = c.is_whitespace();
         // A new piece starts at whitespace after a word, and at a word after
         // whitespace other than a single leading ' ' (which joins the word).
-        let boundary = i > start && if space { !prev_space } else { prev_space && !(text[start..i] == *" ") };
+        let boundary = i > start && if space { !prev_space } else { prev_space && text[start..i] != *" " };
         if boundary {
             let cut = if !space && prev_space && text[..i].ends_with(' ') && i - 1 > start { i - 1 } else { i };
             out.push(&text[start..cut]);
