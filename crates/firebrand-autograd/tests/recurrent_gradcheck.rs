@@ -22,6 +22,19 @@ fn lstm_scan_gradients() {
         if let Err(e) = r {
             panic!("lstm_scan (reverse {reverse}): {e}");
         }
+        // The final-step form: same values as the full scan's final step, and gradchecked.
+        let full = inputs[0].try_lstm_scan(&inputs[1], &inputs[2], &inputs[3], reverse).unwrap();
+        let last = inputs[0].try_lstm_scan_last(&inputs[1], &inputs[2], &inputs[3], reverse).unwrap();
+        let want = full.select(0, if reverse { 0 } else { t - 1 });
+        assert_eq!(last.to_vec::<f32>(), want.to_vec::<f32>());
+        let r = gradcheck(
+            |x| x[0].try_lstm_scan_last(&x[1], &x[2], &x[3], reverse).unwrap(),
+            &inputs,
+            GradcheckOptions::default(),
+        );
+        if let Err(e) = r {
+            panic!("lstm_scan_last (reverse {reverse}): {e}");
+        }
     }
 }
 

@@ -115,6 +115,12 @@ impl Recurrent {
     /// # Panics
     /// On an input or state of the wrong shape, naming the layer and the shapes.
     pub fn forward_with_state(&self, x: &Tensor, state: Option<&RnnState>) -> (Tensor, RnnState) {
+        self.run(x, state, true)
+    }
+
+    /// `forward_with_state`; with `sequence` false the last layer's outputs
+    /// are not computed (an empty `(B, 0, D·H)` comes back) — only its state.
+    fn run(&self, x: &Tensor, state: Option<&RnnState>, sequence: bool) -> (Tensor, RnnState) {
         let name = self.kind.name();
         let (b, t, input) = match *x.dims() {
             [b, t, i] => (b, t, i),
@@ -147,7 +153,8 @@ impl Recurrent {
                 let k = l * dirs + d;
                 let h0 = state.map_or_else(zeros, |s| s.h.select(0, k));
                 let c0 = state.and_then(|s| s.c.as_ref()).map_or_else(zeros, |c| c.select(0, k));
-                let (out, h, c) = self.run_direction(cell, &layer_in, h0, c0, d == 1);
+                let need_sequence = sequence || l + 1 < self.layers.len();
+                let (out, h, c) = self.run_direction(cell, &layer_in, h0, c0, d == 1, need_sequence);
                 outs.push(out);
                 h_n.push(h);
                 c_n.push(c);
@@ -168,6 +175,7 @@ impl Recurrent {
         h0: Tensor,
         c0: Tensor,
         reverse: bool,
+        need_sequence: bool,
     ) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.dims()[0], x.dims()[1]);
         let hd = self.hidden;
@@ -187,6 +195,11 @@ impl Recurrent {
             let mut xw = x_tm.matmul(&cell.w_ih.t()); // (T, B, 4H), one gemm
             if let Some(bias) = &bias {
                 xw = xw.add(bias);
+            }
+            if !need_sequence {
+                // Only the final state is used: the op returns just that.
+                let last = xw.try_lstm_scan_last(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (B, 2H)
+                return (Tensor::zeros([b, 0, hd]), last.narrow(1, hd, hd), last.narrow(1, 0, hd));
             }
             let y = xw.try_lstm_scan(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (T, B, 2H): c, h
             let last = y.select(0, if reverse { 0 } else { t - 1 }); // (B, 2H)
@@ -261,7 +274,7 @@ fn dropout(x: &Tensor, p: f32) -> Tensor {
 
 impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let (out, state) = self.forward_with_state(x, None);
+        let (out, state) = self.run(x, None, self.return_sequences);
         if self.return_sequences {
             return out; // (B, T, D·H)
         }

@@ -140,6 +140,40 @@ fn recurrent_layers_pass_gradcheck() {
 }
 
 #[test]
+fn final_state_only_matches_the_full_sequence_path() {
+    manual_seed(8);
+    let x = Tensor::randn([3, 6, 4], 0.0, 1.0).requires_grad_(true);
+    for bi in [false, true] {
+        let full = LSTM::with_layers(4, 5, 2, bi, true);
+        let last = LSTM::with_layers(4, 5, 2, bi, true).return_sequences(false);
+        for ((_, a), (_, b)) in full.named_parameters().iter().zip(last.named_parameters()) {
+            b.copy_(a).unwrap();
+        }
+        let (_, s) = full.forward_with_state(&x, None);
+        let dirs = if bi { 2 } else { 1 };
+        let want = s.h.narrow(0, 2 * dirs - dirs, dirs).permute(&[1, 0, 2]).reshape([3, 5 * dirs]);
+        let got = last.forward(&x);
+        assert_eq!(got.to_vec::<f32>(), want.to_vec::<f32>());
+        // Same gradients through either path.
+        let w = Tensor::randn([3, 5 * dirs], 0.0, 1.0);
+        want.mul(&w).sum_all().backward();
+        let gx_full = x.grad().unwrap().to_vec::<f32>();
+        x.zero_grad();
+        got.mul(&w).sum_all().backward();
+        let gx_last = x.grad().unwrap().to_vec::<f32>();
+        x.zero_grad();
+        for (a, b) in gx_full.iter().zip(&gx_last) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        for ((n, a), (_, b)) in full.named_parameters().iter().zip(last.named_parameters()) {
+            for (u, v) in a.grad().unwrap().to_vec::<f32>().iter().zip(b.grad().unwrap().to_vec::<f32>()) {
+                assert!((u - v).abs() < 1e-5, "{n}: {u} vs {v}");
+            }
+        }
+    }
+}
+
+#[test]
 fn embedding_matches_pytorch_and_skips_the_padding_row() {
     let c = &cases()["embedding"];
     let emb = Embedding::new(7, 3).padding_idx(2);

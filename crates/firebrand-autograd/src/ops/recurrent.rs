@@ -36,6 +36,20 @@ impl Tensor {
     /// assert_eq!(y.dims(), &[3, 2, 8]);
     /// ```
     pub fn try_lstm_scan(&self, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, reverse: bool) -> Result<Tensor> {
+        self.lstm_scan_impl(w_hh, h0, c0, reverse, true)
+    }
+
+    /// As [`Tensor::try_lstm_scan`], returning only the final step's
+    /// `[c | h]` `(B, 2H)` (for a layer whose sequence output is not used:
+    /// nothing is stacked, and no gradient flows for the other steps' outputs).
+    ///
+    /// # Errors
+    /// As [`Tensor::try_lstm_scan`].
+    pub fn try_lstm_scan_last(&self, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, reverse: bool) -> Result<Tensor> {
+        self.lstm_scan_impl(w_hh, h0, c0, reverse, false)
+    }
+
+    fn lstm_scan_impl(&self, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, reverse: bool, all: bool) -> Result<Tensor> {
         let (t, b, g4) = match *self.dims() {
             [t, b, g] if g % 4 == 0 && t > 0 => (t, b, g),
             _ => return Err(Error::msg("lstm_scan", format!("expected xw (T > 0, B, 4H), got {:?}", self.dims()))),
@@ -87,6 +101,9 @@ impl Tensor {
                 prev = Some(st);
             }
             let steps: Vec<Tensor> = states.iter().map(|s| s.as_ref().expect("ran").narrow(1, 4 * h, 2 * h)).collect();
+            if !all {
+                return Ok(steps[*order.last().expect("t > 0")].contiguous()); // (B, 2H)
+            }
             Tensor::try_stack(&steps.iter().collect::<Vec<_>>(), 0) // (T, B, 2H): c_t then h_t
         })?;
         let states: Vec<Tensor> = states.into_iter().map(|s| s.expect("ran")).collect();
@@ -94,7 +111,10 @@ impl Tensor {
         Ok(record(out, "lstm_scan", &[self, w_hh, h0, c0], move |_, gy| {
             with_no_grad(|| {
                 // gy: (T, B, 2H) = gradients of every c_t and h_t.
+                // (T, B, 2H), or (B, 2H) for the final step alone with zeros elsewhere.
                 let gy_t = gy.dense("lstm_scan backward").expect("f32");
+                let zeros = (!all).then(|| Tensor::zeros([b, 2 * h]));
+                let last = *order.last().expect("t > 0");
                 let mut dh_next = Tensor::zeros([b, h]);
                 let mut dc_next: (Tensor, Rows) = (Tensor::zeros([b, h]), rows(0, h));
                 let mut dgates: Vec<Option<Tensor>> = vec![None; t];
@@ -111,8 +131,8 @@ impl Tensor {
                             &**states[ti].storage(),
                             &**c_src.storage(),
                             c_at,
-                            &**gy_t.storage(),
-                            rows(ti * b * 2 * h, 2 * h),
+                            &**(if all || ti == last { &gy_t } else { zeros.as_ref().expect("set") }).storage(),
+                            rows(if all { ti * b * 2 * h } else { 0 }, 2 * h),
                             &**dh_next.storage(),
                             &**dc_next.0.storage(),
                             dc_next.1,
