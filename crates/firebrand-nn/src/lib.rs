@@ -16,6 +16,9 @@
 //!   (batch first, stacked, bidirectional, initial/final states, PyTorch's
 //!   parameter names and gate order).
 //! * [`Sampler`]: greedy, temperature, top-k and top-p sampling, seeded.
+//! * Transformer blocks: [`LayerNorm`], [`RMSNorm`], [`MultiHeadAttention`]
+//!   (self/cross, causal and key-padding masks, PyTorch's parameter names),
+//!   sinusoidal and learned positional encodings.
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
 //! * [`Sequential`] with a Keras-style [`Sequential::summary`].
@@ -46,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod attention;
 mod conv;
 mod dropout;
 mod embedding;
@@ -61,6 +65,7 @@ mod sequential;
 pub mod serialize;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
+pub use attention::{LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};

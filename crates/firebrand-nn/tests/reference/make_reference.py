@@ -178,6 +178,36 @@ we = det(tuple(ye.shape), 1.3)
 cases["embedding"] = {"weight": flat(emb.weight), "ids": ids.reshape(-1).tolist(), "y": flat(ye), "wout": flat(we),
                       "g_weight": flat(emb.weight.grad)}
 
+# Transformer blocks: LayerNorm, RMSNorm, MultiheadAttention (batch_first).
+def block_case(module, inputs, call):
+    with torch.no_grad():
+        for i, (k, p) in enumerate(module.named_parameters()):
+            p.copy_(det(tuple(p.shape), 0.3, 0.02 * i + (1.0 if k == "weight" and p.dim() == 1 else 0.0)))
+    xs = [det(s, 1.0, 0.05 * j).requires_grad_() for j, s in enumerate(inputs)]
+    y = call(module, xs)
+    wout = det(tuple(y.shape), 1.1, 0.05)
+    (y * wout).sum().backward()
+    case = {"y": flat(y), "y_shape": list(y.shape), "wout": flat(wout)}
+    for j, x in enumerate(xs):
+        case[f"x{j}"] = flat(x); case[f"x{j}_shape"] = list(x.shape); case[f"g_x{j}"] = flat(x.grad)
+    for k, p in module.named_parameters():
+        case[k] = flat(p); case["g_" + k] = flat(p.grad)
+    return case
+
+
+pad = torch.tensor([[False, False, False, True, True], [False, False, False, False, False]])
+cases["blocks"] = {
+    "layernorm": block_case(nn.LayerNorm(6), [(2, 3, 6)], lambda m, x: m(x[0])),
+    "rmsnorm": block_case(nn.RMSNorm(6), [(2, 3, 6)], lambda m, x: m(x[0])),
+    "mha_self": block_case(nn.MultiheadAttention(8, 2, batch_first=True), [(2, 5, 8)],
+                           lambda m, x: m(x[0], x[0], x[0], need_weights=False)[0]),
+    "mha_causal": block_case(nn.MultiheadAttention(8, 2, batch_first=True), [(2, 5, 8)],
+                             lambda m, x: m(x[0], x[0], x[0], need_weights=False,
+                                            attn_mask=torch.triu(torch.ones(5, 5, dtype=torch.bool), 1))[0]),
+    "mha_cross_padding": block_case(nn.MultiheadAttention(8, 4, batch_first=True), [(2, 3, 8), (2, 5, 8)],
+                                    lambda m, x: m(x[0], x[1], x[1], need_weights=False, key_padding_mask=pad)[0]),
+}
+
 with open("nn_reference.json", "w") as f:
     json.dump({"torch_version": torch.__version__, "cases": cases}, f, indent=1)
 print("wrote nn_reference.json, torch", torch.__version__)

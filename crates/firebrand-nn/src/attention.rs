@@ -1,0 +1,319 @@
+//! Transformer building blocks: `LayerNorm`, `RMSNorm`, multi-head attention
+//! and positional encodings, written from primitive ops (their gradients
+//! come from autograd).
+
+use crate::{Init, Linear, Module};
+use firebrand_autograd::{Tensor, with_no_grad};
+
+/// Normalizes over the last dim: `(x - mean) / sqrt(var + eps) · weight + bias`
+/// (PyTorch's `nn.LayerNorm(dim)`, biased variance, eps 1e-5).
+///
+/// ```
+/// use firebrand_nn::{LayerNorm, Module};
+/// use firebrand_autograd::Tensor;
+/// let ln = LayerNorm::new(8);
+/// let y = ln.forward(&Tensor::randn([2, 3, 8], 1.0, 2.0)); // (B, T, C)
+/// assert!(y.mean(&[-1], false).to_vec::<f32>().iter().all(|m| m.abs() < 1e-5));
+/// ```
+pub struct LayerNorm {
+    /// Scale, `(C,)`, if affine.
+    pub weight: Option<Tensor>,
+    /// Shift, `(C,)`, if affine.
+    pub bias: Option<Tensor>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Over a last dim of `dim`, with learnable scale and shift.
+    pub fn new(dim: usize) -> Self {
+        LayerNorm {
+            weight: Some(Tensor::ones([dim]).requires_grad_(true)),
+            bias: Some(Tensor::zeros([dim]).requires_grad_(true)),
+            eps: 1e-5,
+        }
+    }
+
+    /// Sets ε.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Without scale and shift (`elementwise_affine=False`).
+    pub fn without_affine(mut self) -> Self {
+        self.weight = None;
+        self.bias = None;
+        self
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        // x: (…, C)
+        let mean = x.mean(&[-1], true);
+        let var = x.var(&[-1], 0, true);
+        let mut y = x.sub(&mean).mul(&var.affine(1.0, self.eps).rsqrt());
+        if let Some(w) = &self.weight {
+            y = y.mul(w);
+        }
+        if let Some(b) = &self.bias {
+            y = y.add(b);
+        }
+        y
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(w) = &self.weight {
+            f(&format!("{prefix}weight"), w);
+        }
+        if let Some(b) = &self.bias {
+            f(&format!("{prefix}bias"), b);
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("LayerNorm({})", self.weight.as_ref().map_or(0, |w| w.dims()[0]))
+    }
+}
+
+/// Root-mean-square normalization over the last dim:
+/// `x / sqrt(mean(x²) + eps) · weight` (PyTorch's `nn.RMSNorm(dim)`; its
+/// default eps is the `f32` machine epsilon).
+pub struct RMSNorm {
+    /// Scale, `(C,)`.
+    pub weight: Tensor,
+    eps: f32,
+}
+
+impl RMSNorm {
+    /// Over a last dim of `dim`.
+    pub fn new(dim: usize) -> Self {
+        RMSNorm { weight: Tensor::ones([dim]).requires_grad_(true), eps: f32::EPSILON }
+    }
+
+    /// Sets ε.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+}
+
+impl Module for RMSNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let ms = x.square().mean(&[-1], true);
+        x.mul(&ms.affine(1.0, self.eps).rsqrt()).mul(&self.weight)
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&format!("{prefix}weight"), &self.weight);
+    }
+
+    fn describe(&self) -> String {
+        format!("RMSNorm({})", self.weight.dims()[0])
+    }
+}
+
+/// Multi-head scaled dot-product attention (PyTorch's
+/// `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`:
+/// `in_proj_weight` `(3E, E)`, `in_proj_bias`, `out_proj.weight`,
+/// `out_proj.bias`, so weights load from PyTorch).
+///
+/// ```
+/// use firebrand_nn::{MultiHeadAttention, Module};
+/// use firebrand_autograd::Tensor;
+/// let mha = MultiHeadAttention::new(16, 4).causal(true);
+/// let x = Tensor::randn([2, 5, 16], 0.0, 1.0); // (B, T, E)
+/// assert_eq!(mha.forward(&x).dims(), &[2, 5, 16]);
+/// ```
+pub struct MultiHeadAttention {
+    /// Query, key and value projections stacked, `(3E, E)`.
+    pub in_proj_weight: Tensor,
+    /// Their biases, `(3E,)`.
+    pub in_proj_bias: Tensor,
+    /// The output projection.
+    pub out_proj: Linear,
+    heads: usize,
+    causal: bool,
+    dropout: f32,
+    training: bool,
+}
+
+impl MultiHeadAttention {
+    /// `heads` heads over an embedding of `embed_dim` (PyTorch's
+    /// initialization: Xavier-uniform projections, zero biases).
+    ///
+    /// # Panics
+    /// When `heads` does not divide `embed_dim`.
+    pub fn new(embed_dim: usize, heads: usize) -> Self {
+        assert!(
+            heads > 0 && embed_dim.is_multiple_of(heads),
+            "MultiHeadAttention: {heads} heads do not divide {embed_dim}"
+        );
+        let e = embed_dim;
+        let in_proj_weight = Init::XavierUniform.tensor([3 * e, e], e, 3 * e).requires_grad_(true);
+        let in_proj_bias = Tensor::zeros([3 * e]).requires_grad_(true);
+        let out_proj = Linear::with_init(e, e, Init::TorchDefault, Some(Init::Zeros));
+        MultiHeadAttention {
+            in_proj_weight,
+            in_proj_bias,
+            out_proj,
+            heads,
+            causal: false,
+            dropout: 0.0,
+            training: true,
+        }
+    }
+
+    /// Masks attention to later positions (decoder self-attention).
+    pub fn causal(mut self, on: bool) -> Self {
+        self.causal = on;
+        self
+    }
+
+    /// Dropout on the attention weights, in training.
+    pub fn dropout(mut self, p: f32) -> Self {
+        self.dropout = p;
+        self
+    }
+
+    /// Attention of `query` `(B, T, E)` over `key`/`value` `(B, S, E)`;
+    /// `key_padding_mask` `(B, S)` holds 1 where a key is padding (ignored).
+    /// Returns `(B, T, E)`.
+    ///
+    /// # Panics
+    /// On shapes that do not fit, naming them.
+    pub fn attend(&self, query: &Tensor, key: &Tensor, value: &Tensor, key_padding_mask: Option<&Tensor>) -> Tensor {
+        let e = self.in_proj_weight.dims()[1];
+        let (b, t) = match *query.dims() {
+            [b, t, ee] if ee == e => (b, t),
+            _ => panic!("MultiHeadAttention: query must be (B, T, {e}), got {:?}", query.dims()),
+        };
+        let s = key.dims()[1];
+        assert!(
+            key.dims() == [b, s, e] && value.dims() == [b, s, e],
+            "MultiHeadAttention: key/value must be (B, S, {e}), got {:?} and {:?}",
+            key.dims(),
+            value.dims()
+        );
+        let (nh, d) = (self.heads, e / self.heads);
+        let proj = |x: &Tensor, part: usize, len: usize| {
+            let w = self.in_proj_weight.narrow(0, part * e, e);
+            let bias = self.in_proj_bias.narrow(0, part * e, e);
+            x.matmul(&w.t()).add(&bias).reshape([b, len, nh, d]).permute(&[0, 2, 1, 3]) // (B, nh, L, d)
+        };
+        let (q, k, v) = (proj(query, 0, t), proj(key, 1, s), proj(value, 2, s));
+        let mut scores = q.matmul(&k.transpose(-1, -2)).affine(1.0 / (d as f32).sqrt(), 0.0); // (B, nh, T, S)
+        if self.causal || key_padding_mask.is_some() {
+            let mask = with_no_grad(|| {
+                let mut m = vec![0.0f32; b * t * s];
+                let pad = key_padding_mask.map(|p| p.to_dtype(firebrand_autograd::DType::F32).to_vec::<f32>());
+                for bi in 0..b {
+                    for ti in 0..t {
+                        for si in 0..s {
+                            let masked =
+                                (self.causal && si > ti) || pad.as_ref().is_some_and(|p| p[bi * s + si] != 0.0);
+                            if masked {
+                                m[(bi * t + ti) * s + si] = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+                Tensor::from_vec(m, [b, 1, t, s])
+            });
+            scores = scores.add(&mask);
+        }
+        let mut attn = scores.softmax(-1);
+        if self.training && self.dropout > 0.0 {
+            let keep = with_no_grad(|| Tensor::rand(attn.shape().clone(), 0.0, 1.0).ge(&Tensor::scalar(self.dropout)));
+            attn = attn.mul(&keep) * (1.0 / (1.0 - self.dropout));
+        }
+        let ctx = attn.matmul(&v).permute(&[0, 2, 1, 3]).reshape([b, t, e]); // (B, T, E)
+        self.out_proj.forward(&ctx)
+    }
+}
+
+impl Module for MultiHeadAttention {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.attend(x, x, x, None)
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&format!("{prefix}in_proj_weight"), &self.in_proj_weight);
+        f(&format!("{prefix}in_proj_bias"), &self.in_proj_bias);
+        self.out_proj.visit_parameters(&format!("{prefix}out_proj."), f);
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn describe(&self) -> String {
+        let e = self.in_proj_weight.dims()[1];
+        format!("MultiHeadAttention({e}, {} heads{})", self.heads, if self.causal { ", causal" } else { "" })
+    }
+}
+
+/// Adds the fixed sinusoidal position encoding of "Attention Is All You
+/// Need" to `(B, T, E)`: `PE[t, 2i] = sin(t / 10000^(2i/E))`,
+/// `PE[t, 2i+1] = cos(…)`.
+#[derive(Debug, Clone, Copy)]
+pub struct SinusoidalPositionalEncoding;
+
+impl SinusoidalPositionalEncoding {
+    /// The table `(T, E)`.
+    pub fn table(t: usize, e: usize) -> Tensor {
+        let mut v = vec![0.0f32; t * e];
+        for p in 0..t {
+            for i in 0..e {
+                let freq = 1.0 / 10000f64.powf((2 * (i / 2)) as f64 / e as f64);
+                let a = p as f64 * freq;
+                v[p * e + i] = if i % 2 == 0 { a.sin() } else { a.cos() } as f32;
+            }
+        }
+        Tensor::from_vec(v, [t, e])
+    }
+}
+
+impl Module for SinusoidalPositionalEncoding {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (t, e) = (x.dims()[x.rank() - 2], x.dims()[x.rank() - 1]);
+        x.add(&SinusoidalPositionalEncoding::table(t, e))
+    }
+
+    fn describe(&self) -> String {
+        "SinusoidalPositionalEncoding".into()
+    }
+}
+
+/// A learned position embedding added to `(B, T, E)` (GPT-2 style): a
+/// parameter `(max_len, E)` drawn from `N(0, 0.02)`.
+pub struct LearnedPositionalEncoding {
+    /// The table, `(max_len, E)`.
+    pub weight: Tensor,
+}
+
+impl LearnedPositionalEncoding {
+    /// Up to `max_len` positions of `dim` values.
+    pub fn new(max_len: usize, dim: usize) -> Self {
+        LearnedPositionalEncoding {
+            weight: Init::Normal(0.0, 0.02).tensor([max_len, dim], dim, dim).requires_grad_(true),
+        }
+    }
+}
+
+impl Module for LearnedPositionalEncoding {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let t = x.dims()[x.rank() - 2];
+        let max = self.weight.dims()[0];
+        assert!(t <= max, "LearnedPositionalEncoding: sequence of {t} longer than the table's {max}");
+        x.add(&self.weight.narrow(0, 0, t))
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&format!("{prefix}weight"), &self.weight);
+    }
+
+    fn describe(&self) -> String {
+        format!("LearnedPositionalEncoding({}, {})", self.weight.dims()[0], self.weight.dims()[1])
+    }
+}

@@ -1,0 +1,98 @@
+//! LayerNorm, RMSNorm and multi-head attention against PyTorch (float64
+//! references from `reference/make_reference.py`: outputs and the gradients
+//! of inputs and parameters), plus gradchecks.
+
+use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
+use firebrand_nn::{LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding};
+use serde_json::Value;
+
+fn cases() -> Value {
+    serde_json::from_str::<Value>(include_str!("reference/nn_reference.json")).unwrap()["cases"]["blocks"].clone()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn dims(v: &Value) -> Vec<usize> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 3e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs PyTorch {w}");
+    }
+}
+
+fn check_case(name: &str, m: &dyn Module, run: &dyn Fn(&[Tensor]) -> Tensor) {
+    let c = &cases()[name];
+    let params = m.named_parameters();
+    for (pn, p) in &params {
+        p.copy_(&Tensor::from_vec(f32s(&c[pn]), p.shape().clone())).unwrap_or_else(|e| panic!("{name} {pn}: {e}"));
+    }
+    let n_in = (0..).take_while(|j| c.get(format!("x{j}")).is_some()).count();
+    let xs: Vec<Tensor> = (0..n_in)
+        .map(|j| Tensor::from_vec(f32s(&c[format!("x{j}")]), dims(&c[format!("x{j}_shape")])).requires_grad_(true))
+        .collect();
+    let y = run(&xs);
+    assert_eq!(y.dims(), dims(&c["y_shape"]).as_slice(), "{name}");
+    close(&y.to_vec::<f32>(), &f32s(&c["y"]), &format!("{name}: y"));
+    y.mul(&Tensor::from_vec(f32s(&c["wout"]), y.shape().clone())).sum_all().backward();
+    for (j, x) in xs.iter().enumerate() {
+        close(&x.grad().unwrap().to_vec::<f32>(), &f32s(&c[format!("g_x{j}")]), &format!("{name}: grad x{j}"));
+    }
+    for (pn, p) in &params {
+        close(&p.grad().unwrap().to_vec::<f32>(), &f32s(&c[format!("g_{pn}")]), &format!("{name}: grad {pn}"));
+    }
+}
+
+#[test]
+fn blocks_match_pytorch() {
+    let ln = LayerNorm::new(6);
+    check_case("layernorm", &ln, &|x| ln.forward(&x[0]));
+    let rms = RMSNorm::new(6);
+    check_case("rmsnorm", &rms, &|x| rms.forward(&x[0]));
+    let mha = MultiHeadAttention::new(8, 2);
+    check_case("mha_self", &mha, &|x| mha.forward(&x[0]));
+    let causal = MultiHeadAttention::new(8, 2).causal(true);
+    check_case("mha_causal", &causal, &|x| causal.forward(&x[0]));
+    let cross = MultiHeadAttention::new(8, 4);
+    let pad = Tensor::from_vec(vec![0i64, 0, 0, 1, 1, 0, 0, 0, 0, 0], [2, 5]);
+    check_case("mha_cross_padding", &cross, &|x| cross.attend(&x[0], &x[1], &x[1], Some(&pad)));
+}
+
+#[test]
+fn blocks_pass_gradcheck() {
+    manual_seed(4);
+    let x = Tensor::randn([2, 4, 6], 0.0, 1.0).requires_grad_(true);
+    let ln = LayerNorm::new(6);
+    let rms = RMSNorm::new(6);
+    let mha = MultiHeadAttention::new(6, 3).causal(true);
+    let runs: [(&str, &dyn Fn(&Tensor) -> Tensor); 3] =
+        [("layernorm", &|x| ln.forward(x)), ("rmsnorm", &|x| rms.forward(x)), ("mha causal", &|x| mha.forward(x))];
+    for (name, f) in runs {
+        if let Err(e) = gradcheck(|t| f(&t[0]), std::slice::from_ref(&x), GradcheckOptions::default()) {
+            panic!("{name}: {e}");
+        }
+    }
+}
+
+#[test]
+fn causal_attention_ignores_the_future_and_positions_are_sinusoids() {
+    manual_seed(2);
+    let mha = MultiHeadAttention::new(8, 2).causal(true);
+    let x = Tensor::randn([1, 6, 8], 0.0, 1.0);
+    let y = mha.forward(&x);
+    // Changing the last position leaves every earlier output unchanged.
+    let mut v = x.to_vec::<f32>();
+    v[5 * 8..].iter_mut().for_each(|a| *a += 3.0);
+    let y2 = mha.forward(&Tensor::from_vec(v, [1, 6, 8]));
+    close(&y2.narrow(1, 0, 5).to_vec::<f32>(), &y.narrow(1, 0, 5).to_vec::<f32>(), "causal prefix");
+    let pe = SinusoidalPositionalEncoding::table(3, 4).to_vec::<f32>();
+    close(&pe[4..8], &[1f32.sin(), 1f32.cos(), 0.01f32.sin(), 0.01f32.cos()], "PE row 1");
+    assert_eq!(
+        mha.named_parameters().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    );
+}
