@@ -317,3 +317,117 @@ impl Module for LearnedPositionalEncoding {
         format!("LearnedPositionalEncoding({}, {})", self.weight.dims()[0], self.weight.dims()[1])
     }
 }
+
+/// One Transformer encoder layer (PyTorch's `nn.TransformerEncoderLayer`
+/// with `batch_first=True`, same parameter names): self-attention and a
+/// feed-forward block (`linear1` → activation → `linear2`), each with a
+/// residual connection and `LayerNorm`, post-norm by default or pre-norm
+/// (`norm_first`, GPT style). `causal(true)` makes it a decoder-only block.
+///
+/// ```
+/// use firebrand_nn::{TransformerEncoderLayer, Module};
+/// use firebrand_autograd::Tensor;
+/// let layer = TransformerEncoderLayer::new(16, 4, 64).norm_first(true);
+/// assert_eq!(layer.forward(&Tensor::randn([2, 7, 16], 0.0, 1.0)).dims(), &[2, 7, 16]);
+/// ```
+pub struct TransformerEncoderLayer {
+    /// Self-attention.
+    pub self_attn: MultiHeadAttention,
+    /// First feed-forward projection, `E → F`.
+    pub linear1: Linear,
+    /// Second feed-forward projection, `F → E`.
+    pub linear2: Linear,
+    /// Norm around the attention block.
+    pub norm1: LayerNorm,
+    /// Norm around the feed-forward block.
+    pub norm2: LayerNorm,
+    norm_first: bool,
+    gelu: bool,
+    dropout: crate::Dropout,
+}
+
+impl TransformerEncoderLayer {
+    /// `d_model`, `heads`, feed-forward width; ReLU, post-norm, no dropout.
+    pub fn new(d_model: usize, heads: usize, dim_feedforward: usize) -> Self {
+        TransformerEncoderLayer {
+            self_attn: MultiHeadAttention::new(d_model, heads),
+            linear1: Linear::new(d_model, dim_feedforward),
+            linear2: Linear::new(dim_feedforward, d_model),
+            norm1: LayerNorm::new(d_model),
+            norm2: LayerNorm::new(d_model),
+            norm_first: false,
+            gelu: false,
+            dropout: crate::Dropout::new(0.0),
+        }
+    }
+
+    /// Pre-norm (`x + f(norm(x))`) instead of post-norm (`norm(x + f(x))`).
+    pub fn norm_first(mut self, on: bool) -> Self {
+        self.norm_first = on;
+        self
+    }
+
+    /// GELU instead of ReLU in the feed-forward block.
+    pub fn gelu(mut self, on: bool) -> Self {
+        self.gelu = on;
+        self
+    }
+
+    /// Masks later positions in the self-attention.
+    pub fn causal(mut self, on: bool) -> Self {
+        self.self_attn = self.self_attn.causal(on);
+        self
+    }
+
+    /// Dropout after attention, in the feed-forward block and after it (PyTorch's `dropout`).
+    pub fn dropout(mut self, p: f32) -> Self {
+        self.dropout = crate::Dropout::new(p);
+        self
+    }
+
+    fn feed_forward(&self, x: &Tensor) -> Tensor {
+        let h = self.linear1.forward(x);
+        let h = if self.gelu { h.gelu() } else { h.relu() };
+        self.dropout.forward(&self.linear2.forward(&self.dropout.forward(&h)))
+    }
+
+    fn attention(&self, x: &Tensor) -> Tensor {
+        self.dropout.forward(&self.self_attn.forward(x))
+    }
+}
+
+impl Module for TransformerEncoderLayer {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        // x: (B, T, E)
+        if self.norm_first {
+            let x = x.add(&self.attention(&self.norm1.forward(x)));
+            x.add(&self.feed_forward(&self.norm2.forward(&x)))
+        } else {
+            let x = self.norm1.forward(&x.add(&self.attention(x)));
+            self.norm2.forward(&x.add(&self.feed_forward(&x)))
+        }
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.self_attn.visit_parameters(&format!("{prefix}self_attn."), f);
+        self.linear1.visit_parameters(&format!("{prefix}linear1."), f);
+        self.linear2.visit_parameters(&format!("{prefix}linear2."), f);
+        self.norm1.visit_parameters(&format!("{prefix}norm1."), f);
+        self.norm2.visit_parameters(&format!("{prefix}norm2."), f);
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.self_attn.set_training(training);
+        self.dropout.set_training(training);
+    }
+
+    fn describe(&self) -> String {
+        let e = self.linear1.in_features();
+        format!(
+            "TransformerEncoderLayer({e}, ff {}, {}{})",
+            self.linear1.out_features(),
+            if self.norm_first { "pre-norm" } else { "post-norm" },
+            if self.gelu { ", gelu" } else { "" }
+        )
+    }
+}

@@ -65,7 +65,10 @@ mod sequential;
 pub mod serialize;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
-pub use attention::{LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding};
+pub use attention::{
+    LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
+    TransformerEncoderLayer,
+};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};

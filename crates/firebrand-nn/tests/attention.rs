@@ -3,7 +3,9 @@
 //! of inputs and parameters), plus gradchecks.
 
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
-use firebrand_nn::{LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding};
+use firebrand_nn::{
+    LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding, TransformerEncoderLayer,
+};
 use serde_json::Value;
 
 fn cases() -> Value {
@@ -57,6 +59,10 @@ fn blocks_match_pytorch() {
     check_case("mha_self", &mha, &|x| mha.forward(&x[0]));
     let causal = MultiHeadAttention::new(8, 2).causal(true);
     check_case("mha_causal", &causal, &|x| causal.forward(&x[0]));
+    let post = TransformerEncoderLayer::new(8, 2, 16);
+    check_case("encoder_post", &post, &|x| post.forward(&x[0]));
+    let pre = TransformerEncoderLayer::new(8, 2, 16).norm_first(true).gelu(true);
+    check_case("encoder_pre_gelu", &pre, &|x| pre.forward(&x[0]));
     let cross = MultiHeadAttention::new(8, 4);
     let pad = Tensor::from_vec(vec![0i64, 0, 0, 1, 1, 0, 0, 0, 0, 0], [2, 5]);
     check_case("mha_cross_padding", &cross, &|x| cross.attend(&x[0], &x[1], &x[1], Some(&pad)));
@@ -69,8 +75,14 @@ fn blocks_pass_gradcheck() {
     let ln = LayerNorm::new(6);
     let rms = RMSNorm::new(6);
     let mha = MultiHeadAttention::new(6, 3).causal(true);
-    let runs: [(&str, &dyn Fn(&Tensor) -> Tensor); 3] =
-        [("layernorm", &|x| ln.forward(x)), ("rmsnorm", &|x| rms.forward(x)), ("mha causal", &|x| mha.forward(x))];
+    let enc = TransformerEncoderLayer::new(6, 2, 12).norm_first(true).gelu(true).causal(true);
+    type Run<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+    let runs: [(&str, Run); 4] = [
+        ("layernorm", &|x| ln.forward(x)),
+        ("rmsnorm", &|x| rms.forward(x)),
+        ("mha causal", &|x| mha.forward(x)),
+        ("encoder layer", &|x| enc.forward(x)),
+    ];
     for (name, f) in runs {
         if let Err(e) = gradcheck(|t| f(&t[0]), std::slice::from_ref(&x), GradcheckOptions::default()) {
             panic!("{name}: {e}");

@@ -204,6 +204,10 @@ cases["blocks"] = {
     "mha_causal": block_case(nn.MultiheadAttention(8, 2, batch_first=True), [(2, 5, 8)],
                              lambda m, x: m(x[0], x[0], x[0], need_weights=False,
                                             attn_mask=torch.triu(torch.ones(5, 5, dtype=torch.bool), 1))[0]),
+    "encoder_post": block_case(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), [(2, 4, 8)],
+                               lambda m, x: m(x[0])),
+    "encoder_pre_gelu": block_case(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
+                                                              activation="gelu"), [(2, 4, 8)], lambda m, x: m(x[0])),
     "mha_cross_padding": block_case(nn.MultiheadAttention(8, 4, batch_first=True), [(2, 3, 8), (2, 5, 8)],
                                     lambda m, x: m(x[0], x[1], x[1], need_weights=False, key_padding_mask=pad)[0]),
 }
