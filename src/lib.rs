@@ -59,9 +59,10 @@ pub mod prelude {
     pub use firebrand_data::{DataLoader, Dataset, TensorDataset};
     pub use firebrand_nn::loss::{Reduction, Target};
     pub use firebrand_nn::{
-        Activation, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, ConvConfig, Dropout, Flatten, GELU,
-        GlobalAvgPool, Init, LeakyReLU, Linear, MaxPool2d, Module, ModuleExt, Padding, ReLU, Sequential, SiLU, Sigmoid,
-        Softmax, Tanh,
+        Activation, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, ConvConfig, Dropout, Embedding, Flatten, GELU,
+        GRU, GlobalAvgPool, Init, LSTM, LayerNorm, LeakyReLU, Linear, MaxPool2d, Module, ModuleExt, MultiHeadAttention,
+        OneHot, Padding, RMSNorm, RNN, ReLU, Sampler, Sampling, Sequential, SiLU, Sigmoid, Softmax, Tanh,
+        TransformerEncoderLayer,
     };
     pub use firebrand_optim::{Adam, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
     pub use firebrand_train::{EarlyStopping, FitOptions, History, Loss, Model, Validation};
