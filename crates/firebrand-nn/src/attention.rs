@@ -431,3 +431,40 @@ impl Module for TransformerEncoderLayer {
         )
     }
 }
+
+/// Rotary position embedding (RoPE, GPT-NeoX layout): rotates each pair of
+/// features `(x[i], x[i + d/2])` of a `(…, T, d)` tensor at position
+/// `offset + t` by the angle `(offset + t) · 10000^(−2i/d)`, so that the dot
+/// product of a rotated query and key depends only on their distance.
+/// Differentiable (a composite of multiplies and a concatenation).
+///
+/// ```
+/// use firebrand_nn::rotary;
+/// use firebrand_autograd::Tensor;
+/// let q = Tensor::randn([1, 2, 5, 8], 0.0, 1.0); // (B, heads, T, d)
+/// assert_eq!(rotary(&q, 0).dims(), &[1, 2, 5, 8]);
+/// ```
+///
+/// # Panics
+/// When the last dim is odd or the tensor has fewer than 2 dims.
+pub fn rotary(x: &Tensor, offset: usize) -> Tensor {
+    let r = x.rank();
+    assert!(r >= 2 && x.dims()[r - 1] % 2 == 0, "rotary: expected (…, T, d) with even d, got {:?}", x.dims());
+    let (t, d) = (x.dims()[r - 2], x.dims()[r - 1]);
+    let half = d / 2;
+    let (mut cos, mut sin) = (vec![0.0f32; t * d], vec![0.0f32; t * d]);
+    for p in 0..t {
+        for i in 0..half {
+            let a = (offset + p) as f64 * 10000f64.powf(-2.0 * i as f64 / d as f64);
+            for j in [i, i + half] {
+                cos[p * d + j] = a.cos() as f32;
+                sin[p * d + j] = a.sin() as f32;
+            }
+        }
+    }
+    let (cos, sin) = (Tensor::from_vec(cos, [t, d]), Tensor::from_vec(sin, [t, d]));
+    // rotate_half(x) = [-x2, x1]
+    let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+    let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
+    x.mul(&cos).add(&rotated.mul(&sin))
+}

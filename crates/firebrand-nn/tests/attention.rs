@@ -5,6 +5,7 @@
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 use firebrand_nn::{
     LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding, TransformerEncoderLayer,
+    rotary,
 };
 use serde_json::Value;
 
@@ -107,4 +108,22 @@ fn causal_attention_ignores_the_future_and_positions_are_sinusoids() {
         mha.named_parameters().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
     );
+}
+
+#[test]
+fn rotary_positions_depend_only_on_distance_and_pass_gradcheck() {
+    manual_seed(6);
+    let (q, k) = (Tensor::randn([1, 1, 1, 8], 0.0, 1.0), Tensor::randn([1, 1, 1, 8], 0.0, 1.0));
+    let dot = |m: usize, n: usize| rotary(&q, m).mul(&rotary(&k, n)).sum_all().item();
+    // Same distance, same score; position 0 is the identity.
+    assert!((dot(3, 1) - dot(7, 5)).abs() < 1e-4, "{} vs {}", dot(3, 1), dot(7, 5));
+    assert!((dot(2, 2) - dot(0, 0)).abs() < 1e-4);
+    assert_eq!(rotary(&q, 0).to_vec::<f32>(), q.to_vec::<f32>());
+    // Pair i = 0 at position 1 rotates by 1 radian: (x0, x4) -> (x0 cos 1 - x4 sin 1, x0 sin 1 + x4 cos 1).
+    let v = q.to_vec::<f32>();
+    let r = rotary(&q, 1).to_vec::<f32>();
+    assert!((r[0] - (v[0] * 1f32.cos() - v[4] * 1f32.sin())).abs() < 1e-6);
+    assert!((r[4] - (v[0] * 1f32.sin() + v[4] * 1f32.cos())).abs() < 1e-6);
+    let x = Tensor::randn([2, 3, 4], 0.0, 1.0).requires_grad_(true);
+    gradcheck(|t| rotary(&t[0], 2), std::slice::from_ref(&x), GradcheckOptions::default()).unwrap();
 }
