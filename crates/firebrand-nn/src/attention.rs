@@ -449,7 +449,7 @@ impl Module for TransformerEncoderLayer {
 /// When the last dim is odd or the tensor has fewer than 2 dims.
 pub fn rotary(x: &Tensor, offset: usize) -> Tensor {
     let r = x.rank();
-    assert!(r >= 2 && x.dims()[r - 1] % 2 == 0, "rotary: expected (…, T, d) with even d, got {:?}", x.dims());
+    assert!(r >= 2 && x.dims()[r - 1].is_multiple_of(2), "rotary: expected (…, T, d) with even d, got {:?}", x.dims());
     let (t, d) = (x.dims()[r - 2], x.dims()[r - 1]);
     let half = d / 2;
     let (mut cos, mut sin) = (vec![0.0f32; t * d], vec![0.0f32; t * d]);
