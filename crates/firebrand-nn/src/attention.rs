@@ -386,9 +386,7 @@ impl TransformerEncoderLayer {
     }
 
     fn feed_forward(&self, x: &Tensor) -> Tensor {
-        let h = self.linear1.forward(x);
-        let h = if self.gelu { h.gelu() } else { h.relu() };
-        self.dropout.forward(&self.linear2.forward(&self.dropout.forward(&h)))
+        feed_forward(&self.linear1, &self.linear2, self.gelu, x, Some(&self.dropout))
     }
 
     fn attention(&self, x: &Tensor) -> Tensor {
@@ -409,11 +407,17 @@ impl Module for TransformerEncoderLayer {
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.self_attn.visit_parameters(&format!("{prefix}self_attn."), f);
-        self.linear1.visit_parameters(&format!("{prefix}linear1."), f);
-        self.linear2.visit_parameters(&format!("{prefix}linear2."), f);
-        self.norm1.visit_parameters(&format!("{prefix}norm1."), f);
-        self.norm2.visit_parameters(&format!("{prefix}norm2."), f);
+        visit_children(
+            prefix,
+            f,
+            &[
+                ("self_attn", &self.self_attn),
+                ("linear1", &self.linear1),
+                ("linear2", &self.linear2),
+                ("norm1", &self.norm1),
+                ("norm2", &self.norm2),
+            ],
+        );
     }
 
     fn set_training(&mut self, training: bool) {
@@ -467,4 +471,146 @@ pub fn rotary(x: &Tensor, offset: usize) -> Tensor {
     let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
     let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
     x.mul(&cos).add(&rotated.mul(&sin))
+}
+
+/// One Transformer decoder layer (PyTorch's `nn.TransformerDecoderLayer`,
+/// `batch_first=True`, same parameter names): causal-capable self-attention,
+/// cross-attention over an encoder's output (`multihead_attn`) and a
+/// feed-forward block, each with a residual connection and `LayerNorm`
+/// (post-norm by default, pre-norm with `norm_first`).
+///
+/// ```
+/// use firebrand_nn::TransformerDecoderLayer;
+/// use firebrand_autograd::Tensor;
+/// let layer = TransformerDecoderLayer::new(16, 4, 64).causal(true);
+/// let (tgt, memory) = (Tensor::randn([2, 5, 16], 0.0, 1.0), Tensor::randn([2, 7, 16], 0.0, 1.0));
+/// assert_eq!(layer.decode(&tgt, &memory, None).dims(), &[2, 5, 16]);
+/// ```
+pub struct TransformerDecoderLayer {
+    /// Self-attention over the target.
+    pub self_attn: MultiHeadAttention,
+    /// Cross-attention from the target to the memory.
+    pub multihead_attn: MultiHeadAttention,
+    /// First feed-forward projection.
+    pub linear1: Linear,
+    /// Second feed-forward projection.
+    pub linear2: Linear,
+    /// Norm around the self-attention.
+    pub norm1: LayerNorm,
+    /// Norm around the cross-attention.
+    pub norm2: LayerNorm,
+    /// Norm around the feed-forward block.
+    pub norm3: LayerNorm,
+    norm_first: bool,
+    gelu: bool,
+}
+
+impl TransformerDecoderLayer {
+    /// `d_model`, `heads`, feed-forward width; ReLU, post-norm.
+    pub fn new(d_model: usize, heads: usize, dim_feedforward: usize) -> Self {
+        TransformerDecoderLayer {
+            self_attn: MultiHeadAttention::new(d_model, heads),
+            multihead_attn: MultiHeadAttention::new(d_model, heads),
+            linear1: Linear::new(d_model, dim_feedforward),
+            linear2: Linear::new(dim_feedforward, d_model),
+            norm1: LayerNorm::new(d_model),
+            norm2: LayerNorm::new(d_model),
+            norm3: LayerNorm::new(d_model),
+            norm_first: false,
+            gelu: false,
+        }
+    }
+
+    /// Pre-norm instead of post-norm.
+    pub fn norm_first(mut self, on: bool) -> Self {
+        self.norm_first = on;
+        self
+    }
+
+    /// GELU instead of ReLU.
+    pub fn gelu(mut self, on: bool) -> Self {
+        self.gelu = on;
+        self
+    }
+
+    /// Masks later target positions in the self-attention.
+    pub fn causal(mut self, on: bool) -> Self {
+        self.self_attn = self.self_attn.causal(on);
+        self
+    }
+
+    fn feed_forward(&self, x: &Tensor) -> Tensor {
+        feed_forward(&self.linear1, &self.linear2, self.gelu, x, None)
+    }
+
+    /// Runs the layer on `tgt` `(B, T, E)` attending to `memory` `(B, S, E)`;
+    /// `memory_key_padding_mask` `(B, S)` marks padded memory positions with 1.
+    pub fn decode(&self, tgt: &Tensor, memory: &Tensor, memory_key_padding_mask: Option<&Tensor>) -> Tensor {
+        let cross = |x: &Tensor| self.multihead_attn.attend(x, memory, memory, memory_key_padding_mask);
+        if self.norm_first {
+            let x = tgt.add(&self.self_attn.forward(&self.norm1.forward(tgt)));
+            let x = x.add(&cross(&self.norm2.forward(&x)));
+            x.add(&self.feed_forward(&self.norm3.forward(&x)))
+        } else {
+            let x = self.norm1.forward(&tgt.add(&self.self_attn.forward(tgt)));
+            let x = self.norm2.forward(&x.add(&cross(&x)));
+            self.norm3.forward(&x.add(&self.feed_forward(&x)))
+        }
+    }
+}
+
+impl Module for TransformerDecoderLayer {
+    /// The layer with `x` as its own memory; use
+    /// [`TransformerDecoderLayer::decode`] to attend to an encoder's output.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.decode(x, x, None)
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        visit_children(
+            prefix,
+            f,
+            &[
+                ("self_attn", &self.self_attn),
+                ("multihead_attn", &self.multihead_attn),
+                ("linear1", &self.linear1),
+                ("linear2", &self.linear2),
+                ("norm1", &self.norm1),
+                ("norm2", &self.norm2),
+                ("norm3", &self.norm3),
+            ],
+        );
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.self_attn.set_training(training);
+        self.multihead_attn.set_training(training);
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "TransformerDecoderLayer({}, ff {}, {})",
+            self.linear1.in_features(),
+            self.linear1.out_features(),
+            if self.norm_first { "pre-norm" } else { "post-norm" }
+        )
+    }
+}
+
+/// `linear2(dropout(act(linear1(x))))`, then dropout: the position-wise
+/// feed-forward block of both Transformer layers.
+fn feed_forward(l1: &Linear, l2: &Linear, gelu: bool, x: &Tensor, dropout: Option<&crate::Dropout>) -> Tensor {
+    let h = l1.forward(x);
+    let h = if gelu { h.gelu() } else { h.relu() };
+    match dropout {
+        Some(d) => d.forward(&l2.forward(&d.forward(&h))),
+        None => l2.forward(&h),
+    }
+}
+
+/// Visits each named child's parameters under `prefix` + `name.`.
+fn visit_children(prefix: &str, f: &mut dyn FnMut(&str, &Tensor), children: &[(&str, &dyn Module)]) {
+    for (name, child) in children {
+        child.visit_parameters(&format!("{prefix}{name}."), f);
+    }
 }

@@ -4,8 +4,8 @@
 
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 use firebrand_nn::{
-    LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding, TransformerEncoderLayer,
-    rotary,
+    LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding, TransformerDecoderLayer,
+    TransformerEncoderLayer, rotary,
 };
 use serde_json::Value;
 
@@ -64,8 +64,12 @@ fn blocks_match_pytorch() {
     check_case("encoder_post", &post, &|x| post.forward(&x[0]));
     let pre = TransformerEncoderLayer::new(8, 2, 16).norm_first(true).gelu(true);
     check_case("encoder_pre_gelu", &pre, &|x| pre.forward(&x[0]));
-    let cross = MultiHeadAttention::new(8, 4);
     let pad = Tensor::from_vec(vec![0i64, 0, 0, 1, 1, 0, 0, 0, 0, 0], [2, 5]);
+    let dec = TransformerDecoderLayer::new(8, 2, 16).causal(true);
+    check_case("decoder_post_causal", &dec, &|x| dec.decode(&x[0], &x[1], Some(&pad)));
+    let dec_pre = TransformerDecoderLayer::new(8, 2, 16).norm_first(true).gelu(true);
+    check_case("decoder_pre_gelu", &dec_pre, &|x| dec_pre.decode(&x[0], &x[1], None));
+    let cross = MultiHeadAttention::new(8, 4);
     check_case("mha_cross_padding", &cross, &|x| cross.attend(&x[0], &x[1], &x[1], Some(&pad)));
 }
 

@@ -208,6 +208,13 @@ cases["blocks"] = {
                                lambda m, x: m(x[0])),
     "encoder_pre_gelu": block_case(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
                                                               activation="gelu"), [(2, 4, 8)], lambda m, x: m(x[0])),
+    "decoder_post_causal": block_case(nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
+                                      [(2, 4, 8), (2, 5, 8)],
+                                      lambda m, x: m(x[0], x[1], tgt_mask=torch.triu(torch.ones(4, 4, dtype=torch.bool), 1),
+                                                     memory_key_padding_mask=pad)),
+    "decoder_pre_gelu": block_case(nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
+                                                              activation="gelu"), [(2, 4, 8), (2, 5, 8)],
+                                   lambda m, x: m(x[0], x[1])),
     "mha_cross_padding": block_case(nn.MultiheadAttention(8, 4, batch_first=True), [(2, 3, 8), (2, 5, 8)],
                                     lambda m, x: m(x[0], x[1], x[1], need_weights=False, key_padding_mask=pad)[0]),
 }
