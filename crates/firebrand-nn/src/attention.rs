@@ -113,6 +113,28 @@ impl Module for RMSNorm {
     }
 }
 
+/// Cached keys and values of a [`MultiHeadAttention`] for incremental
+/// decoding, `(B, heads, S, d)` each; empty at first.
+#[derive(Default, Clone)]
+pub struct KvCache {
+    /// Keys so far.
+    pub k: Option<Tensor>,
+    /// Values so far.
+    pub v: Option<Tensor>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    /// True before the first step.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Multi-head scaled dot-product attention (PyTorch's
 /// `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`:
 /// `in_proj_weight` `(3E, E)`, `in_proj_bias`, `out_proj.weight`,
@@ -183,6 +205,41 @@ impl MultiHeadAttention {
     /// # Panics
     /// On shapes that do not fit, naming them.
     pub fn attend(&self, query: &Tensor, key: &Tensor, value: &Tensor, key_padding_mask: Option<&Tensor>) -> Tensor {
+        self.attend_impl(query, key, value, key_padding_mask, None)
+    }
+
+    /// Self-attention for incremental decoding: `x` `(B, T_new, E)` holds the
+    /// next positions; their keys and values are appended to `cache`, and the
+    /// queries attend to every cached position (causally, when the layer is
+    /// causal, counting from the cache's length). Feeding a sequence one step
+    /// at a time gives the same outputs as one causal pass over all of it.
+    ///
+    /// ```
+    /// use firebrand_nn::{KvCache, MultiHeadAttention, Module};
+    /// use firebrand_autograd::{Tensor, with_no_grad};
+    /// let mha = MultiHeadAttention::new(8, 2).causal(true);
+    /// let x = Tensor::randn([1, 3, 8], 0.0, 1.0);
+    /// let full = with_no_grad(|| mha.forward(&x));
+    /// let mut cache = KvCache::default();
+    /// let last = with_no_grad(|| {
+    ///     mha.attend_cached(&x.narrow(1, 0, 2), &mut cache);
+    ///     mha.attend_cached(&x.narrow(1, 2, 1), &mut cache)
+    /// });
+    /// let want = full.narrow(1, 2, 1).to_vec::<f32>();
+    /// assert!(last.to_vec::<f32>().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+    /// ```
+    pub fn attend_cached(&self, x: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.attend_impl(x, x, x, None, Some(cache))
+    }
+
+    fn attend_impl(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        key_padding_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let e = self.in_proj_weight.dims()[1];
         let (b, t) = match *query.dims() {
             [b, t, ee] if ee == e => (b, t),
@@ -201,7 +258,27 @@ impl MultiHeadAttention {
             let bias = self.in_proj_bias.narrow(0, part * e, e);
             x.matmul(&w.t()).add(&bias).reshape([b, len, nh, d]).permute(&[0, 2, 1, 3]) // (B, nh, L, d)
         };
-        let (q, k, v) = (proj(query, 0, t), proj(key, 1, s), proj(value, 2, s));
+        let (q, mut k, mut v) = (proj(query, 0, t), proj(key, 1, s), proj(value, 2, s));
+        // With a cache, the new keys and values follow the cached ones; queries
+        // sit at positions `offset..offset + T`.
+        let mut offset = 0;
+        let mut s = s;
+        if let Some(c) = cache {
+            if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
+                assert_eq!(
+                    pk.dims()[..2],
+                    [b, nh],
+                    "KvCache: cached batch/heads {:?} differ from ({b}, {nh})",
+                    pk.dims()
+                );
+                offset = pk.dims()[2];
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+            }
+            s = k.dims()[2];
+            c.k = Some(k.clone());
+            c.v = Some(v.clone());
+        }
         let mut scores = q.matmul(&k.transpose(-1, -2)).affine(1.0 / (d as f32).sqrt(), 0.0); // (B, nh, T, S)
         if self.causal || key_padding_mask.is_some() {
             let mask = with_no_grad(|| {
@@ -210,8 +287,8 @@ impl MultiHeadAttention {
                 for bi in 0..b {
                     for ti in 0..t {
                         for si in 0..s {
-                            let masked =
-                                (self.causal && si > ti) || pad.as_ref().is_some_and(|p| p[bi * s + si] != 0.0);
+                            let masked = (self.causal && si > ti + offset)
+                                || pad.as_ref().is_some_and(|p| p[bi * s + si] != 0.0);
                             if masked {
                                 m[(bi * t + ti) * s + si] = f32::NEG_INFINITY;
                             }

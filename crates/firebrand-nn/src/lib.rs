@@ -67,7 +67,7 @@ pub mod serialize;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
 pub use attention::{
-    LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
+    KvCache, LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
     TransformerDecoderLayer, TransformerEncoderLayer, rotary,
 };
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};

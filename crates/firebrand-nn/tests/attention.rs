@@ -4,8 +4,8 @@
 
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 use firebrand_nn::{
-    LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding, TransformerDecoderLayer,
-    TransformerEncoderLayer, rotary,
+    KvCache, LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
+    TransformerDecoderLayer, TransformerEncoderLayer, rotary,
 };
 use serde_json::Value;
 
@@ -130,4 +130,23 @@ fn rotary_positions_depend_only_on_distance_and_pass_gradcheck() {
     assert!((r[4] - (v[0] * 1f32.sin() + v[4] * 1f32.cos())).abs() < 1e-6);
     let x = Tensor::randn([2, 3, 4], 0.0, 1.0).requires_grad_(true);
     gradcheck(|t| rotary(&t[0], 2), std::slice::from_ref(&x), GradcheckOptions::default()).unwrap();
+}
+
+#[test]
+fn kv_cache_decoding_equals_the_full_causal_pass() {
+    manual_seed(12);
+    let mha = MultiHeadAttention::new(12, 3).causal(true);
+    let x = Tensor::randn([2, 7, 12], 0.0, 1.0);
+    let full = firebrand_autograd::with_no_grad(|| mha.forward(&x)).to_vec::<f32>();
+    // A prompt of 3 positions, then one position at a time.
+    let mut cache = KvCache::default();
+    let mut parts = vec![mha.attend_cached(&x.narrow(1, 0, 3), &mut cache)];
+    for t in 3..7 {
+        parts.push(mha.attend_cached(&x.narrow(1, t, 1), &mut cache));
+    }
+    assert_eq!(cache.len(), 7);
+    let inc = Tensor::cat(&parts.iter().collect::<Vec<_>>(), 1).to_vec::<f32>();
+    for (i, (a, b)) in inc.iter().zip(&full).enumerate() {
+        assert!((a - b).abs() < 1e-5, "position {i}: cached {a} vs full {b}");
+    }
 }
