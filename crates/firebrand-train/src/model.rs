@@ -106,6 +106,10 @@ pub struct FitOptions {
     /// Applied to every training batch's inputs (augmentation); validation
     /// and evaluation see the data as it is.
     pub transform: Option<Arc<dyn Transform>>,
+    /// Gradient accumulation: one optimizer step per this many batches (the
+    /// losses averaged), for an effective batch `batch_size · accumulate`
+    /// with the memory of one batch. 1 (the default) steps every batch.
+    pub accumulate: usize,
 }
 
 impl Default for FitOptions {
@@ -122,6 +126,7 @@ impl Default for FitOptions {
             resume: false,
             prefetch: 2,
             transform: None,
+            accumulate: 1,
         }
     }
 }
@@ -202,12 +207,23 @@ impl<M: Module> Model<M> {
             let pb = bar(loader.num_batches(), opts.verbose, epoch, opts.epochs);
             let t0 = Instant::now();
             let (mut loss_sum, mut seen, mut correct) = (0.0f64, 0usize, 0usize);
-            for (x, y) in loader.epoch(epoch) {
+            let (accum, n_batches) = (opts.accumulate.max(1), loader.num_batches());
+            for (i, (x, y)) in loader.epoch(epoch).enumerate() {
                 let out = self.net.forward(&x);
                 let loss = self.loss.compute(&out, &y);
-                self.optimizer.zero_grad();
-                loss.backward();
-                self.optimizer.step();
+                if i % accum == 0 {
+                    self.optimizer.zero_grad();
+                }
+                if accum > 1 {
+                    // Mean over the accumulated batches (equal-sized ones give the
+                    // gradient of one batch `accum` times larger).
+                    loss.affine(1.0 / accum as f32, 0.0).backward();
+                } else {
+                    loss.backward();
+                }
+                if (i + 1) % accum == 0 || i + 1 == n_batches {
+                    self.optimizer.step();
+                }
                 let n = x.dims()[0];
                 loss_sum += loss.item() as f64 * n as f64;
                 seen += n;

@@ -106,3 +106,31 @@ fn checkpoints_resume_exactly() {
     let e = other.load_checkpoint(&ckpt).unwrap_err();
     assert!(e.to_string().contains("0.weight"), "{e}");
 }
+
+#[test]
+fn gradient_accumulation_equals_one_larger_batch() {
+    let x = Tensor::randn([8, 64], 0.0, 1.0);
+    let y = Tensor::from_vec((0..8).map(|i| i % 10).collect::<Vec<i64>>(), [8]);
+    let data = TensorDataset::new(x, y).unwrap();
+    let run = |batch: usize, accumulate: usize| {
+        manual_seed(3);
+        let net = Sequential::new().add(Linear::new(64, 10));
+        let opt = Sgd::new(net.named_parameters(), 0.5);
+        let mut model = Model::new(net, opt, Loss::CROSS_ENTROPY);
+        let opts = FitOptions {
+            epochs: 1,
+            batch_size: batch,
+            accumulate,
+            shuffle: false,
+            verbose: false,
+            ..Default::default()
+        };
+        model.fit(&data, &opts).unwrap();
+        model.net.parameters().iter().flat_map(|p| p.to_vec::<f32>()).collect::<Vec<f32>>()
+    };
+    let (one_big, two_halves, four_quarters) = (run(8, 1), run(4, 2), run(2, 4));
+    for (a, b) in one_big.iter().zip(&two_halves).chain(one_big.iter().zip(&four_quarters)) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert_ne!(one_big, run(4, 1), "without accumulation, two steps differ from one");
+}
