@@ -691,3 +691,61 @@ fn visit_children(prefix: &str, f: &mut dyn FnMut(&str, &Tensor), children: &[(&
         child.visit_parameters(&format!("{prefix}{name}."), f);
     }
 }
+
+/// A stack of [`TransformerEncoderLayer`]s with an optional final
+/// `LayerNorm` (PyTorch's `nn.TransformerEncoder`: parameters named
+/// `layers.{i}.…` and `norm.…`).
+///
+/// ```
+/// use firebrand_nn::{TransformerEncoder, TransformerEncoderLayer, Module};
+/// use firebrand_autograd::Tensor;
+/// let enc = TransformerEncoder::new((0..2).map(|_| TransformerEncoderLayer::new(16, 4, 32).norm_first(true)).collect())
+///     .final_norm(16);
+/// assert_eq!(enc.forward(&Tensor::randn([2, 5, 16], 0.0, 1.0)).dims(), &[2, 5, 16]);
+/// ```
+pub struct TransformerEncoder {
+    /// The layers, applied in order.
+    pub layers: Vec<TransformerEncoderLayer>,
+    /// Final normalization (pre-norm stacks need one).
+    pub norm: Option<LayerNorm>,
+}
+
+impl TransformerEncoder {
+    /// A stack of `layers`.
+    pub fn new(layers: Vec<TransformerEncoderLayer>) -> Self {
+        TransformerEncoder { layers, norm: None }
+    }
+
+    /// Adds a final `LayerNorm(dim)`.
+    pub fn final_norm(mut self, dim: usize) -> Self {
+        self.norm = Some(LayerNorm::new(dim));
+        self
+    }
+}
+
+impl Module for TransformerEncoder {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = self.layers.iter().fold(x.clone(), |h, l| l.forward(&h)); // (B, T, E)
+        match &self.norm {
+            Some(n) => n.forward(&y),
+            None => y,
+        }
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        for (i, l) in self.layers.iter().enumerate() {
+            l.visit_parameters(&format!("{prefix}layers.{i}."), f);
+        }
+        if let Some(n) = &self.norm {
+            n.visit_parameters(&format!("{prefix}norm."), f);
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.layers.iter_mut().for_each(|l| l.set_training(training));
+    }
+
+    fn describe(&self) -> String {
+        format!("TransformerEncoder({} layers)", self.layers.len())
+    }
+}

@@ -68,7 +68,7 @@ pub mod serialize;
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
 pub use attention::{
     KvCache, LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
-    TransformerDecoderLayer, TransformerEncoderLayer, rotary,
+    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, rotary,
 };
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};

@@ -5,7 +5,7 @@
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 use firebrand_nn::{
     KvCache, LayerNorm, Module, ModuleExt, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
-    TransformerDecoderLayer, TransformerEncoderLayer, rotary,
+    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, rotary,
 };
 use serde_json::Value;
 
@@ -69,6 +69,10 @@ fn blocks_match_pytorch() {
     check_case("decoder_post_causal", &dec, &|x| dec.decode(&x[0], &x[1], Some(&pad)));
     let dec_pre = TransformerDecoderLayer::new(8, 2, 16).norm_first(true).gelu(true);
     check_case("decoder_pre_gelu", &dec_pre, &|x| dec_pre.decode(&x[0], &x[1], None));
+    let stack =
+        TransformerEncoder::new((0..2).map(|_| TransformerEncoderLayer::new(8, 2, 16).norm_first(true)).collect())
+            .final_norm(8);
+    check_case("encoder_stack_pre", &stack, &|x| stack.forward(&x[0]));
     let cross = MultiHeadAttention::new(8, 4);
     check_case("mha_cross_padding", &cross, &|x| cross.attend(&x[0], &x[1], &x[1], Some(&pad)));
 }

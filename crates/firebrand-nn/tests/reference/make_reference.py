@@ -215,6 +215,10 @@ cases["blocks"] = {
     "decoder_pre_gelu": block_case(nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True,
                                                               activation="gelu"), [(2, 4, 8), (2, 5, 8)],
                                    lambda m, x: m(x[0], x[1])),
+    "encoder_stack_pre": block_case(nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                                                                 norm_first=True),
+                                                      2, norm=nn.LayerNorm(8), enable_nested_tensor=False),
+                                    [(2, 4, 8)], lambda m, x: m(x[0])),
     "mha_cross_padding": block_case(nn.MultiheadAttention(8, 4, batch_first=True), [(2, 3, 8), (2, 5, 8)],
                                     lambda m, x: m(x[0], x[1], x[1], need_weights=False, key_padding_mask=pad)[0]),
 }
