@@ -18,7 +18,7 @@
 //! * [`Sampler`]: greedy, temperature, top-k and top-p sampling, seeded.
 //! * Transformer blocks: [`LayerNorm`], [`RMSNorm`], [`MultiHeadAttention`]
 //!   (self/cross, causal and key-padding masks, PyTorch's parameter names),
-//!   [`TransformerEncoderLayer`], [`TransformerDecoderLayer`], sinusoidal,
+//!   [`TransformerEncoderLayer`], [`TransformerEncoder`], [`TransformerDecoderLayer`], sinusoidal,
 //!   learned and [`rotary`] positions.
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
