@@ -2,7 +2,7 @@
 //! adjoint col2im (convolution runs as im2col + gemm), max and average pooling
 //! with their backward passes. Work is split over `(n, c)` planes.
 
-use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut};
+use crate::parallel::{PAR_MIN_ELEMS, SendPtr, par_chunks_mut};
 use firebrand_tensor::op::Window2d;
 use firebrand_tensor::pool::{take_f32, zeros_f32};
 
@@ -10,20 +10,14 @@ fn out_size(win: &Window2d, h: usize, w: usize) -> (usize, usize) {
     win.output_size(h, w).expect("the caller checked the window fits")
 }
 
-/// Runs `f(plane, dst)` over chunks of `plane_len`, in parallel when large.
-/// Planes are handed out in groups (about eight tasks per thread): one task
-/// per small plane would spend more on the shared task counter than on work.
-fn for_planes(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+/// Runs `f(plane, dst)` over chunks of `plane_len`, in parallel when large
+/// (`par_for` hands the planes out in groups).
+pub(crate) fn for_planes(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if plane_len == 0 {
         return;
     }
-    let planes = out.len().div_ceil(plane_len);
-    let tasks = planes.min(8 * num_threads());
-    if out.len() >= PAR_MIN_ELEMS && tasks > 1 {
-        let per = planes.div_ceil(tasks);
-        par_chunks_mut(out, per * plane_len, |t, group| {
-            group.chunks_mut(plane_len).enumerate().for_each(|(i, c)| f(t * per + i, c));
-        });
+    if out.len() >= PAR_MIN_ELEMS {
+        par_chunks_mut(out, plane_len, f);
     } else {
         out.chunks_mut(plane_len).enumerate().for_each(|(i, c)| f(i, c));
     }
@@ -233,25 +227,22 @@ pub fn bias_act_to_nchw_backward(
     // Row sums in parallel, eight independent accumulators each (a single
     // running sum is one dependent add per element), then per channel.
     let mut row_sums = vec![0.0f32; n * c];
-    let sum_rows = |first: usize, out: &mut [f32]| {
-        for (i, s) in out.iter_mut().enumerate() {
-            let r = &gm[(first + i) * l..(first + i + 1) * l];
-            let mut acc = [0.0f32; 8];
-            let chunks = r.chunks_exact(8);
-            let tail: f32 = chunks.remainder().iter().sum();
-            for ch in chunks {
-                for (a, v) in acc.iter_mut().zip(ch) {
-                    *a += v;
-                }
+    let sum_row = |row: usize, s: &mut f32| {
+        let r = &gm[row * l..(row + 1) * l];
+        let mut acc = [0.0f32; 8];
+        let chunks = r.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for ch in chunks {
+            for (a, v) in acc.iter_mut().zip(ch) {
+                *a += v;
             }
-            *s = acc.iter().sum::<f32>() + tail;
         }
+        *s = acc.iter().sum::<f32>() + tail;
     };
-    if gm.len() >= crate::parallel::PAR_MIN_ELEMS {
-        let per = (n * c).div_ceil(8 * num_threads());
-        par_chunks_mut(&mut row_sums, per, |t, out| sum_rows(t * per, out));
+    if gm.len() >= PAR_MIN_ELEMS {
+        par_chunks_mut(&mut row_sums, 1, |row, s| sum_row(row, &mut s[0]));
     } else {
-        sum_rows(0, &mut row_sums);
+        row_sums.iter_mut().enumerate().for_each(|(row, s)| sum_row(row, s));
     }
     let mut dbias = vec![0.0f32; c];
     for (row, s) in row_sums.iter().enumerate() {
@@ -429,17 +420,6 @@ unsafe fn max_plane_unpadded_avx512(
             }
             ox += 16;
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut i64);
-// SAFETY: planes write disjoint ranges.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(&self) -> *mut i64 {
-        self.0
     }
 }
 

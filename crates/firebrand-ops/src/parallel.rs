@@ -222,14 +222,17 @@ pub fn par_for_long(ntasks: usize, f: impl Fn(usize) + Sync + Send) {
     par_for(ntasks, f)
 }
 
+/// A raw pointer that parallel tasks may share: the base of a buffer whose
+/// disjoint parts the tasks write. Every use states why the parts are disjoint.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint sub-slices to parallel tasks.
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: used only to hand disjoint parts of one buffer to parallel tasks.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
-    fn get(&self) -> *mut T {
+    // A method (not a field access) so closures capture the whole Send wrapper.
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }

@@ -1,24 +1,11 @@
 //! The LSTM cell's elementwise math, fused: one pass per step forward and one
 //! backward instead of a dozen elementwise ops each.
 
-use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut};
+use crate::conv::for_planes as rows; // per row, in parallel when large
 use crate::unary::map_slice;
 use firebrand_tensor::backend::Rows;
 use firebrand_tensor::op::UnaryOp;
 use firebrand_tensor::pool::take_f32;
-
-/// Runs `f(row, out_row)` over rows of `width`, in parallel when large.
-fn rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let n = out.len() / width.max(1);
-    if out.len() >= PAR_MIN_ELEMS && num_threads() > 1 && n > 1 {
-        let per = n.div_ceil(4 * num_threads());
-        par_chunks_mut(out, per * width, |t, chunk| {
-            chunk.chunks_mut(width).enumerate().for_each(|(i, r)| f(t * per + i, r));
-        });
-    } else {
-        out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
-    }
-}
 
 /// One LSTM step. The pre-activation gates are `xw + hw` (`(B, 4H)`, gates
 /// `i, f, g, o`; `xw`'s rows at `xw_at`), `c_prev`'s rows at `c_at`. Returns,

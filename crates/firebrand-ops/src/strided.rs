@@ -141,31 +141,16 @@ pub(crate) fn transpose_batched(src: &[f32], bases: &[usize], rows: usize, cols:
         let start = b * plane + (t % blocks_per) * block;
         (start, (start + block).min((b + 1) * plane))
     };
-    let ptr = SendPtr(out.as_mut_ptr());
+    let ptr = crate::parallel::SendPtr(out.as_mut_ptr());
     let run = |t: usize| {
         let (s, e) = chunk(t);
         // SAFETY: the chunks of distinct tasks are disjoint ranges of `out`.
         task(t, unsafe { std::slice::from_raw_parts_mut(ptr.get().add(s), e - s) });
     };
     if out.len() >= crate::parallel::PAR_MIN_ELEMS {
-        // Grouped, about eight groups per thread: a task per 16 rows would spend
-        // more on the shared counter than on copying.
-        let groups = ntasks.min(8 * crate::parallel::num_threads());
-        let per = ntasks.div_ceil(groups);
-        crate::parallel::par_for(ntasks.div_ceil(per), |gi| (gi * per..((gi + 1) * per).min(ntasks)).for_each(run));
+        crate::parallel::par_for(ntasks, run); // tasks of 16 rows, handed out in groups
     } else {
         (0..ntasks).for_each(run);
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint ranges.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 

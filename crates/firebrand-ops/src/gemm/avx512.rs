@@ -3,6 +3,7 @@
 //! of C with rayon.
 
 use super::MatRef;
+use crate::parallel::SendPtr; // each task writes a disjoint tile of C
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -24,19 +25,6 @@ const DIRECT_B_MAX_STRIPS: usize = 4;
 const CALLER_JOINS_MAX_MACS: usize = 1 << 26;
 /// Below this many multiply-adds the product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 19;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint tile of C; the pointer is only a base.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    // A method (not a field access) so closures capture the whole Send wrapper.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// A 64-byte aligned scratch buffer.
 struct Aligned {
