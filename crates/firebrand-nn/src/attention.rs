@@ -301,8 +301,7 @@ impl MultiHeadAttention {
         }
         let mut attn = scores.softmax(-1);
         if self.training && self.dropout > 0.0 {
-            let keep = with_no_grad(|| Tensor::rand(attn.shape().clone(), 0.0, 1.0).ge(&Tensor::scalar(self.dropout)));
-            attn = attn.mul(&keep) * (1.0 / (1.0 - self.dropout));
+            attn = crate::dropout::dropout(&attn, self.dropout);
         }
         let ctx = attn.matmul(&v).permute(&[0, 2, 1, 3]).reshape([b, t, e]); // (B, T, E)
         self.out_proj.forward(&ctx)

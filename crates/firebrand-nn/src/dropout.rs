@@ -28,9 +28,7 @@ impl Module for Dropout {
         if !self.training || self.p == 0.0 {
             return x.clone();
         }
-        let keep = Tensor::rand(x.shape().clone(), 0.0, 1.0).to_device(x.device()).expect("the input's device");
-        let mask = keep.ge(&Tensor::scalar(self.p).to_device(x.device()).expect("the input's device"));
-        x.mul(&mask) * (1.0 / (1.0 - self.p))
+        dropout(x, self.p)
     }
 
     fn set_training(&mut self, training: bool) {
@@ -40,6 +38,15 @@ impl Module for Dropout {
     fn describe(&self) -> String {
         format!("Dropout({})", self.p)
     }
+}
+
+/// Inverted dropout: zeroes each element with probability `p` (the mask
+/// drawn from the thread's generator) and scales the rest by `1 / (1 - p)`.
+/// Shared by [`Dropout`] and the layers with dropout inside.
+pub(crate) fn dropout(x: &Tensor, p: f32) -> Tensor {
+    let keep = Tensor::rand(x.shape().clone(), 0.0, 1.0).to_device(x.device()).expect("the input's device");
+    let mask = keep.ge(&Tensor::scalar(p).to_device(x.device()).expect("the input's device"));
+    x.mul(&mask) * (1.0 / (1.0 - p))
 }
 
 /// Flattens every dim after the first: `(B, …) -> (B, prod(…))` (`nn.Flatten`).

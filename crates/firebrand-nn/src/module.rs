@@ -119,3 +119,35 @@ impl<M: Module + ?Sized> Module for Box<M> {
         (**self).describe()
     }
 }
+
+/// For a newtype layer `$name($inner)` (`BatchNorm2d(BatchNorm)`, `LSTM(Recurrent)`):
+/// `Deref` to the inner type and a `Module` impl that forwards every method to it.
+macro_rules! delegate_module {
+    ($name:ident, $inner:ty) => {
+        impl std::ops::Deref for $name {
+            type Target = $inner;
+            fn deref(&self) -> &$inner {
+                &self.0
+            }
+        }
+
+        impl Module for $name {
+            fn forward(&self, x: &Tensor) -> Tensor {
+                self.0.forward(x)
+            }
+            fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+                self.0.visit_parameters(prefix, f)
+            }
+            fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+                self.0.visit_buffers(prefix, f)
+            }
+            fn set_training(&mut self, training: bool) {
+                self.0.set_training(training)
+            }
+            fn describe(&self) -> String {
+                self.0.describe()
+            }
+        }
+    };
+}
+pub(crate) use delegate_module;

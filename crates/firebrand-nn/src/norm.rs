@@ -75,30 +75,7 @@ macro_rules! batch_norm_layer {
             }
         }
 
-        impl std::ops::Deref for $name {
-            type Target = BatchNorm;
-            fn deref(&self) -> &BatchNorm {
-                &self.0
-            }
-        }
-
-        impl Module for $name {
-            fn forward(&self, x: &Tensor) -> Tensor {
-                self.0.forward(x)
-            }
-            fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-                self.0.visit_parameters(prefix, f)
-            }
-            fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-                self.0.visit_buffers(prefix, f)
-            }
-            fn set_training(&mut self, training: bool) {
-                self.0.set_training(training)
-            }
-            fn describe(&self) -> String {
-                self.0.describe()
-            }
-        }
+        crate::module::delegate_module!($name, BatchNorm);
     };
 }
 

@@ -8,7 +8,7 @@
 //! gradients come from autograd through those ops.
 
 use crate::{Init, Module};
-use firebrand_autograd::{Tensor, with_no_grad};
+use firebrand_autograd::Tensor;
 
 /// Which recurrence a [`Recurrent`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl Recurrent {
         let mut layer_in = x.clone();
         for (l, cells) in self.layers.iter().enumerate() {
             if l > 0 && self.training && self.dropout > 0.0 {
-                layer_in = dropout(&layer_in, self.dropout);
+                layer_in = crate::dropout::dropout(&layer_in, self.dropout);
             }
             let mut outs = Vec::with_capacity(dirs);
             for (d, cell) in cells.iter().enumerate() {
@@ -266,12 +266,6 @@ impl Recurrent {
     }
 }
 
-/// Inverted dropout between stacked layers (the `Dropout` module's rule).
-fn dropout(x: &Tensor, p: f32) -> Tensor {
-    let keep = with_no_grad(|| Tensor::rand(x.shape().clone(), 0.0, 1.0).ge(&Tensor::scalar(p)));
-    x.mul(&keep) * (1.0 / (1.0 - p))
-}
-
 impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Tensor {
         let (out, state) = self.run(x, None, self.return_sequences);
@@ -347,27 +341,7 @@ macro_rules! recurrent_layer {
             }
         }
 
-        impl std::ops::Deref for $name {
-            type Target = Recurrent;
-            fn deref(&self) -> &Recurrent {
-                &self.0
-            }
-        }
-
-        impl Module for $name {
-            fn forward(&self, x: &Tensor) -> Tensor {
-                self.0.forward(x)
-            }
-            fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-                self.0.visit_parameters(prefix, f)
-            }
-            fn set_training(&mut self, training: bool) {
-                self.0.set_training(training)
-            }
-            fn describe(&self) -> String {
-                self.0.describe()
-            }
-        }
+        crate::module::delegate_module!($name, Recurrent);
     };
 }
 

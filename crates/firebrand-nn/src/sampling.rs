@@ -4,9 +4,6 @@
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
-/// How many of the sorted `(token, probability)` pairs a strategy keeps.
-type KeepRule = Box<dyn Fn(&[(usize, f32)]) -> usize>;
-
 /// How [`Sampler::sample`] picks a token from logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
@@ -66,24 +63,11 @@ impl Sampler {
     /// When `logits` is empty.
     pub fn sample(&mut self, logits: &[f32]) -> usize {
         assert!(!logits.is_empty(), "Sampler: no logits");
-        let greedy = || logits.iter().enumerate().fold(0, |b, (i, v)| if *v > logits[b] { i } else { b });
-        let (t, keep): (f32, KeepRule) = match self.strategy {
-            Sampling::Greedy => return greedy(),
-            Sampling::Temperature(t) => (t, Box::new(|s: &[(usize, f32)]| s.len())),
-            Sampling::TopK(k, t) => (t, Box::new(move |s: &[(usize, f32)]| k.min(s.len()))),
-            Sampling::TopP(p, t) => (
-                t,
-                Box::new(move |s: &[(usize, f32)]| {
-                    let mut acc = 0.0;
-                    for (n, (_, q)) in s.iter().enumerate() {
-                        acc += q;
-                        if acc >= p {
-                            return n + 1;
-                        }
-                    }
-                    s.len()
-                }),
-            ),
+        let t = match self.strategy {
+            Sampling::Greedy => {
+                return logits.iter().enumerate().fold(0, |b, (i, v)| if *v > logits[b] { i } else { b });
+            }
+            Sampling::Temperature(t) | Sampling::TopK(_, t) | Sampling::TopP(_, t) => t,
         };
         // Probabilities at temperature t, sorted from the most likely.
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -91,7 +75,22 @@ impl Sampler {
         let z: f32 = probs.iter().map(|p| p.1).sum();
         probs.iter_mut().for_each(|p| p.1 /= z);
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let kept = &probs[..keep(&probs).max(1)];
+        let keep = match self.strategy {
+            Sampling::TopK(k, _) => k.min(probs.len()),
+            // The smallest prefix whose probability reaches p.
+            Sampling::TopP(p, _) => {
+                let mut acc = 0.0;
+                probs
+                    .iter()
+                    .position(|(_, q)| {
+                        acc += q;
+                        acc >= p
+                    })
+                    .map_or(probs.len(), |n| n + 1)
+            }
+            _ => probs.len(),
+        };
+        let kept = &probs[..keep.max(1)];
         let total: f32 = kept.iter().map(|p| p.1).sum();
         let mut u = self.rng.random::<f32>() * total;
         for (i, p) in kept {

@@ -441,6 +441,11 @@ pub fn max_pool2d_backward(g: &[f32], idx: &[i64], n: usize, c: usize, h: usize,
     out
 }
 
+/// The divisor of an average-pooling window with `count` taps inside the image.
+fn avg_divisor(win: &Window2d, count: usize, count_include_pad: bool) -> usize {
+    if count_include_pad { win.kernel.0 * win.kernel.1 } else { count.max(1) }
+}
+
 /// Average pooling; with `count_include_pad` the divisor is always `kh·kw`
 /// (PyTorch's default), otherwise the number of taps inside the image.
 pub fn avg_pool2d(
@@ -463,7 +468,7 @@ pub fn avg_pool2d(
                     sum += src[pos];
                     count += 1;
                 }
-                let div = if count_include_pad { win.kernel.0 * win.kernel.1 } else { count.max(1) };
+                let div = avg_divisor(win, count, count_include_pad);
                 dst[oy * wo + ox] = sum / div as f32;
             }
         }
@@ -488,7 +493,7 @@ pub fn avg_pool2d_backward(
         for oy in 0..ho {
             for ox in 0..wo {
                 let count = window_taps(oy, ox, win, h, w).count();
-                let div = if count_include_pad { win.kernel.0 * win.kernel.1 } else { count.max(1) };
+                let div = avg_divisor(win, count, count_include_pad);
                 let v = gs[oy * wo + ox] / div as f32;
                 for t in window_taps(oy, ox, win, h, w) {
                     dst[t] += v;
