@@ -6,73 +6,9 @@ scaled to [0, 1], 2 threads. Prints one JSON object per epoch, like `cargo bench
     {"workload": "cnn", "lib": "torch", "epoch": 1, "train_seconds": ..., "test_accuracy": ..., "peak_rss_mb": ...}
 Usage: python3 benches/pytorch/cnn.py [--epochs 5] [--data DIR] [--threads 2] [--seed 0]
 """
-import argparse, gzip, json, os, resource, struct, time
+from fashion import run
 
-p = argparse.ArgumentParser()
-p.add_argument("--epochs", type=int, default=5)
-p.add_argument("--data", default=None)
-p.add_argument("--threads", type=int, default=2)
-p.add_argument("--seed", type=int, default=0)
-a = p.parse_args()
-for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(a.threads)
-
-import numpy as np
-import torch
-
-torch.set_num_threads(a.threads)
-torch.manual_seed(a.seed)
-
-
-def find_dir():
-    cands = [a.data] if a.data else []
-    if os.environ.get("FIREBRAND_DATA"):
-        cands += [os.path.join(os.environ["FIREBRAND_DATA"], "fashion-mnist"), os.environ["FIREBRAND_DATA"]]
-    cands += ["/usr/share/datasets/fashion-mnist", "../shared/data/fashion-mnist", "data/fashion-mnist"]
-    for d in cands:
-        if d and any(os.path.isfile(os.path.join(d, "train-images-idx3-ubyte" + ext)) for ext in ("", ".gz")):
-            return d
-    raise SystemExit(f"Fashion-MNIST not found in {cands}")
-
-
-def read_idx(d, stem):
-    path = os.path.join(d, stem)
-    raw = gzip.open(path + ".gz").read() if os.path.exists(path + ".gz") else open(path, "rb").read()
-    nd = raw[3]
-    dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-
-d = find_dir()
-xtr = torch.from_numpy(read_idx(d, "train-images-idx3-ubyte").reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
-ytr = torch.from_numpy(read_idx(d, "train-labels-idx1-ubyte").astype(np.int64))
-xte = torch.from_numpy(read_idx(d, "t10k-images-idx3-ubyte").reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
-yte = torch.from_numpy(read_idx(d, "t10k-labels-idx1-ubyte").astype(np.int64))
-
-nn = torch.nn
-model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Flatten(), nn.Linear(3136, 10))
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-loss_fn = torch.nn.CrossEntropyLoss()
-loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xtr, ytr), batch_size=32, shuffle=True)
-
-for epoch in range(1, a.epochs + 1):
-    model.train()
-    t = time.perf_counter()
-    total, n = 0.0, 0
-    for x, y in loader:
-        out = model(x)
-        loss = loss_fn(out, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        total += loss.item() * len(y)
-        n += len(y)
-    secs = time.perf_counter() - t
-    model.eval()
-    with torch.no_grad():
-        acc = sum((model(xte[i:i + 1000]).argmax(-1) == yte[i:i + 1000]).sum().item() for i in range(0, len(yte), 1000)) / len(yte)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"workload": "cnn", "lib": "torch", "epoch": epoch, "train_seconds": round(secs, 3),
-                      "train_loss": round(total / n, 4), "test_accuracy": round(acc, 4), "peak_rss_mb": round(peak)}), flush=True)
+run("cnn", (1, 28, 28), lambda nn: nn.Sequential(
+    nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Flatten(), nn.Linear(3136, 10)))
