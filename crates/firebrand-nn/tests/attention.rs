@@ -9,23 +9,15 @@ use firebrand_nn::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{close_within, f32s, usizes};
+
 fn cases() -> Value {
-    serde_json::from_str::<Value>(include_str!("reference/nn_reference.json")).unwrap()["cases"]["blocks"].clone()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn dims(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    common::cases()["blocks"].clone()
 }
 
 fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 3e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs PyTorch {w}");
-    }
+    close_within(got, want, what, 3e-5);
 }
 
 fn check_case(name: &str, m: &dyn Module, run: &dyn Fn(&[Tensor]) -> Tensor) {
@@ -36,10 +28,10 @@ fn check_case(name: &str, m: &dyn Module, run: &dyn Fn(&[Tensor]) -> Tensor) {
     }
     let n_in = (0..).take_while(|j| c.get(format!("x{j}")).is_some()).count();
     let xs: Vec<Tensor> = (0..n_in)
-        .map(|j| Tensor::from_vec(f32s(&c[format!("x{j}")]), dims(&c[format!("x{j}_shape")])).requires_grad_(true))
+        .map(|j| Tensor::from_vec(f32s(&c[format!("x{j}")]), usizes(&c[format!("x{j}_shape")])).requires_grad_(true))
         .collect();
     let y = run(&xs);
-    assert_eq!(y.dims(), dims(&c["y_shape"]).as_slice(), "{name}");
+    assert_eq!(y.dims(), usizes(&c["y_shape"]).as_slice(), "{name}");
     close(&y.to_vec::<f32>(), &f32s(&c["y"]), &format!("{name}: y"));
     y.mul(&Tensor::from_vec(f32s(&c["wout"]), y.shape().clone())).sum_all().backward();
     for (j, x) in xs.iter().enumerate() {

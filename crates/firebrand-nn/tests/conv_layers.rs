@@ -10,16 +10,11 @@ use firebrand_nn::{
 };
 use serde_json::Value;
 
-fn cases() -> Value {
-    serde_json::from_str::<Value>(include_str!("reference/nn_reference.json")).unwrap()["cases"].clone()
-}
+mod common;
+use common::{cases, close_within, f32s, usizes};
 
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+fn close(got: &[f32], want: &[f32], what: &str) {
+    close_within(got, want, what, 2e-5);
 }
 
 fn pair(spec: &Value, key: &str, default: usize) -> (usize, usize) {
@@ -29,13 +24,6 @@ fn pair(spec: &Value, key: &str, default: usize) -> (usize, usize) {
             (p[0], p[1])
         }
         None => (default, default),
-    }
-}
-
-fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 2e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs PyTorch {w}");
     }
 }
 

@@ -6,19 +6,11 @@ use firebrand_nn::loss::{Reduction, Target, binary_cross_entropy_with_logits, cr
 use firebrand_nn::{Linear, Module};
 use serde_json::Value;
 
-fn cases() -> Value {
-    serde_json::from_str::<Value>(include_str!("reference/nn_reference.json")).unwrap()["cases"].clone()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
+mod common;
+use common::{cases, close_within, f32s};
 
 fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs PyTorch {w}");
-    }
+    close_within(got, want, what, 1e-5);
 }
 
 type LossFn = fn(&Tensor, &Inputs) -> Tensor;

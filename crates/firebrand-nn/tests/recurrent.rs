@@ -6,19 +6,11 @@ use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 use firebrand_nn::{Embedding, GRU, LSTM, Module, ModuleExt, RNN, Recurrent, RnnState};
 use serde_json::Value;
 
-fn cases() -> Value {
-    serde_json::from_str::<Value>(include_str!("reference/nn_reference.json")).unwrap()["cases"].clone()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
+mod common;
+use common::{cases, close_within, f32s};
 
 fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 3e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs PyTorch {w}");
-    }
+    close_within(got, want, what, 3e-5);
 }
 
 /// A layer of the case's kind, boxed with access to `forward_with_state`.
