@@ -5,6 +5,8 @@
 //!
 //! `cargo bench --bench conv`
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use firebrand::prelude::*;
 use std::time::Duration;
@@ -59,13 +61,7 @@ fn pool(c: &mut Criterion) {
 fn train_step(c: &mut Criterion) {
     let mut g = config(c, "cnn_train_step");
     manual_seed(0);
-    let net = Sequential::new()
-        .add(Conv2d::new(1, 32, 3).padding(Padding::Same).with_activation(Activation::Relu))
-        .add(MaxPool2d::new(2))
-        .add(Conv2d::new(32, 64, 3).padding(Padding::Same).with_activation(Activation::Relu))
-        .add(MaxPool2d::new(2))
-        .add(Flatten)
-        .add(Linear::new(3136, 10));
+    let net = common::fashion_cnn();
     let mut adam = Adam::new(net.named_parameters(), 1e-3);
     let x = Tensor::rand([32, 1, 28, 28], 0.0, 1.0);
     let y = Tensor::from_vec((0..32).map(|i| i % 10).collect::<Vec<i64>>(), [32]);

@@ -20,6 +20,8 @@
 //!   windows validate), one-hot → LSTM 128 → Linear to the vocabulary on the
 //!   last step, Adam 1e-3, batch 128, one epoch: `samples_per_second`, `val_loss`.
 
+mod common;
+
 use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
 use std::time::Instant;
 
@@ -211,13 +213,7 @@ fn workload_cnn(epochs: usize, data: Option<String>, seed: u64) {
     use firebrand::prelude::*;
     let (train, test) = fashion_mnist(data, false);
     manual_seed(seed);
-    let net = Sequential::new()
-        .add(Conv2d::new(1, 32, 3).padding(Padding::Same).with_activation(Activation::Relu))
-        .add(MaxPool2d::new(2))
-        .add(Conv2d::new(32, 64, 3).padding(Padding::Same).with_activation(Activation::Relu))
-        .add(MaxPool2d::new(2))
-        .add(Flatten)
-        .add(Linear::new(3136, 10));
+    let net = common::fashion_cnn();
     train_classifier("cnn", net, &train, &test, epochs, seed);
 }
 

@@ -143,10 +143,7 @@ impl BpeTokenizer {
         for (a, b) in &self.merges {
             s.push_str(&format!("{a} {b}\n"));
         }
-        let tmp = path.with_extension("tmp");
-        let io = |source| DataError::Io { path: path.to_path_buf(), source };
-        std::fs::write(&tmp, s).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::text::write_text_atomic(path, &s)
     }
 
     /// Reads merges written by [`BpeTokenizer::save`].

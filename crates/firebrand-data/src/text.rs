@@ -6,6 +6,15 @@ use firebrand_autograd::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Writes `text` to `path` through a temporary file and a rename, so a
+/// crash leaves the old file or the new one, never half of one.
+pub(crate) fn write_text_atomic(path: &Path, text: &str) -> Result<(), DataError> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
 /// The characters of a text, sorted, each with an id (`char` level
 /// tokenization, as in char-RNN).
 ///
@@ -101,10 +110,7 @@ impl CharVocab {
             }
             s.push('\n');
         }
-        let tmp = path.with_extension("tmp");
-        let io = |source| DataError::Io { path: path.to_path_buf(), source };
-        std::fs::write(&tmp, s).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_text_atomic(path, &s)
     }
 
     /// Reads a vocabulary written by [`CharVocab::save`].
