@@ -44,6 +44,6 @@ pub use firebrand_tensor::op::Window2d;
 pub use firebrand_tensor::{DType, Device, Error, Layout, Result, Shape};
 pub use grad_mode::{NoGradGuard, is_grad_enabled, no_grad, with_no_grad};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck};
-pub use ops::ConvOptions;
+pub use ops::{AttentionOptions, ConvOptions};
 pub use random::manual_seed;
 pub use tensor::{Tensor, TensorId};

@@ -5,7 +5,9 @@
 
 use firebrand_autograd::{Device, Error, Tensor};
 use firebrand_ops::CPU;
-use firebrand_tensor::backend::{Backend, BackendStorage, Rows, Storage, register_backend};
+use firebrand_tensor::backend::{
+    AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage, register_backend,
+};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Layout, Result};
 use std::any::Any;
@@ -45,6 +47,10 @@ fn inner(s: &dyn BackendStorage) -> &dyn BackendStorage {
 fn wrap(r: Result<Storage>) -> Result<Storage> {
     CALLS.fetch_add(1, Ordering::Relaxed);
     Ok(Box::new(Proxy(r?)))
+}
+
+fn unwrap_inputs<'a>(x: &AttentionInputs<'a>) -> AttentionInputs<'a> {
+    AttentionInputs { q: inner(x.q), k: inner(x.k), v: inner(x.v), key_padding: x.key_padding.map(inner), ..*x }
 }
 
 struct ProxyBackend;
@@ -144,6 +150,21 @@ impl Backend for ProxyBackend {
     }
     fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage> {
         wrap(CPU.col2im(inner(cols), dims, win))
+    }
+    fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
+        let (o, l) = CPU.attention(&unwrap_inputs(x), spec)?;
+        Ok((wrap(Ok(o))?, wrap(Ok(l))?))
+    }
+    fn attention_backward(
+        &self,
+        x: &AttentionInputs<'_>,
+        spec: &AttentionSpec,
+        out: &dyn BackendStorage,
+        lse: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let (dq, dk, dv) = CPU.attention_backward(&unwrap_inputs(x), spec, inner(out), inner(lse), inner(g))?;
+        Ok((wrap(Ok(dq))?, wrap(Ok(dk))?, wrap(Ok(dv))?))
     }
     fn max_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<(Storage, Storage)> {
         let (v, i) = CPU.max_pool2d(inner(x), dims, win)?;

@@ -50,7 +50,6 @@
 #![warn(missing_docs)]
 
 mod activation;
-mod attention;
 mod conv;
 mod dropout;
 mod embedding;
@@ -64,9 +63,10 @@ mod recurrent;
 mod sampling;
 mod sequential;
 pub mod serialize;
+mod transformer;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
-pub use attention::{
+pub use transformer::{
     KvCache, LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
     TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, rotary,
 };

@@ -6,7 +6,7 @@ use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
 use crate::{conv, index, softmax, unary};
-use firebrand_tensor::backend::{Backend, BackendStorage, Rows, Storage};
+use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, Device, Error, Layout, Result};
@@ -46,6 +46,20 @@ pub fn i64s<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a [i64]
         CpuStorage::I64(v) => Ok(v),
         other => Err(Error::DType { op, got: other.dtype(), expected: "i64" }),
     }
+}
+
+/// An attention call's operands as CPU slices.
+fn operands<'a>(x: &AttentionInputs<'a>) -> Result<crate::attention::Operands<'a>> {
+    let op = "attention";
+    Ok(crate::attention::Operands {
+        q: f32s(x.q, op)?,
+        q_at: x.q_at,
+        k: f32s(x.k, op)?,
+        k_at: x.k_at,
+        v: f32s(x.v, op)?,
+        v_at: x.v_at,
+        key_padding: x.key_padding.map(|p| f32s(p, op)).transpose()?,
+    })
 }
 
 fn boxed(v: Vec<f32>) -> Result<Storage> {
@@ -276,6 +290,25 @@ impl Backend for CpuBackend {
         let op = "conv2d epilogue backward";
         let (dyt, db) = conv::bias_act_to_nchw_backward(f32s(g, op)?, f32s(y, op)?, n, l, c, relu);
         Ok((Box::new(CpuStorage::F32(dyt)), Box::new(CpuStorage::F32(db))))
+    }
+
+    fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
+        let (out, lse) = crate::attention::attention(&operands(x)?, spec);
+        Ok((boxed(out)?, boxed(lse)?))
+    }
+
+    fn attention_backward(
+        &self,
+        x: &AttentionInputs<'_>,
+        spec: &AttentionSpec,
+        out: &dyn BackendStorage,
+        lse: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let op = "attention_backward";
+        let (dq, dk, dv) =
+            crate::attention::attention_backward(&operands(x)?, spec, f32s(out, op)?, f32s(lse, op)?, f32s(g, op)?);
+        Ok((boxed(dq)?, boxed(dk)?, boxed(dv)?))
     }
 
     fn max_pool2d(

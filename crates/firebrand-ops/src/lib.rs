@@ -12,6 +12,8 @@
 //! * [`reduce`] — sum, max, min, argmax, argmin over any axes.
 //! * [`softmax`] — stable softmax and log-softmax rows with their backward rules.
 //! * [`index`] — gather, scatter-add, index_select, concat, one-hot, where.
+//! * [`attention`] — fused scaled-dot-product attention (masks computed in
+//!   place, log-sum-exp kept for the backward pass).
 //! * [`conv`] — im2col/col2im (convolution is im2col + one gemm), max and
 //!   average pooling with their backward passes, the fused convolution
 //!   epilogue (bias + ReLU + layout).
@@ -40,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod binary;
 pub mod conv;
 mod cpu_backend;

@@ -49,6 +49,62 @@ pub struct Rows {
     pub stride: usize,
 }
 
+/// Where a `(B, heads, L, d)` attention operand sits in its buffer: element
+/// `(b, h, l, c)` at `offset + b·batch + h·head + l·row + c` (the head dim is
+/// contiguous; the rest may be any view, e.g. one third of a fused `(B, L, 3E)`
+/// projection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLayout {
+    /// Position of element `(0, 0, 0, 0)`.
+    pub offset: usize,
+    /// Distance between batch entries.
+    pub batch: usize,
+    /// Distance between heads.
+    pub head: usize,
+    /// Distance between positions.
+    pub row: usize,
+}
+
+/// Sizes and masking of one scaled-dot-product attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSpec {
+    /// Batch size `B`.
+    pub batch: usize,
+    /// Number of heads.
+    pub heads: usize,
+    /// Query positions `T`.
+    pub q_len: usize,
+    /// Key/value positions `S`.
+    pub kv_len: usize,
+    /// Head dim `d`.
+    pub head_dim: usize,
+    /// Factor on `q·k` (usually `1/√d`).
+    pub scale: f32,
+    /// `Some(offset)`: query `t` sees keys `j ≤ t + offset` only (causal).
+    pub causal: Option<usize>,
+}
+
+/// The operands of one attention call: queries `(B, heads, T, d)`, keys and
+/// values `(B, heads, S, d)` where their layouts say, and an optional
+/// key-padding mask `(B, S)` (`f32`, non-zero = ignore that key).
+#[derive(Clone, Copy)]
+pub struct AttentionInputs<'a> {
+    /// Queries.
+    pub q: &'a dyn BackendStorage,
+    /// Where the queries sit.
+    pub q_at: HeadLayout,
+    /// Keys.
+    pub k: &'a dyn BackendStorage,
+    /// Where the keys sit.
+    pub k_at: HeadLayout,
+    /// Values.
+    pub v: &'a dyn BackendStorage,
+    /// Where the values sit.
+    pub v_at: HeadLayout,
+    /// Keys to ignore, `(B, S)`, contiguous.
+    pub key_padding: Option<&'a dyn BackendStorage>,
+}
+
 /// The primitive op set every device implements. Composite ops (softmax's
 /// reference form, GELU, layer norm, losses) are written from these in the
 /// autograd crate and need no backend code.
@@ -255,6 +311,29 @@ pub trait Backend: Send + Sync {
         b: usize,
         h: usize,
     ) -> Result<Storage>;
+    /// Fused scaled-dot-product attention: `softmax(scale·q·kᵀ + mask)·v`
+    /// with the causal and padding masks applied as it goes (never stored).
+    /// Returns the output `(B, T, heads, d)` contiguous (so `(B, T, E)`
+    /// without a copy) and each row's log-sum-exp `(B, heads, T)` for the
+    /// backward pass. A query that sees no key gets zeros.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)>;
+    /// Backward of [`Backend::attention`]: from its inputs, output, log-sum-exp
+    /// and the output's gradient `g` (`(B, T, heads, d)` contiguous), the
+    /// gradients of `q` `(B, T, heads, d)`, `k` and `v` `(B, S, heads, d)`, contiguous.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn attention_backward(
+        &self,
+        x: &AttentionInputs<'_>,
+        spec: &AttentionSpec,
+        out: &dyn BackendStorage,
+        lse: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+    ) -> Result<(Storage, Storage, Storage)>;
     /// Max pooling of a contiguous `(N, C, H, W)` input: values and `i64`
     /// indices of the maxima within each `H·W` plane.
     ///

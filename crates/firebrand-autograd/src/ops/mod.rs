@@ -1,6 +1,7 @@
 //! Every op of the `Tensor` API, one theme per file: its shape checks, its
 //! forward call into `firebrand-ops`, and its backward rule.
 
+mod attention;
 mod binary;
 mod conv;
 mod index;
@@ -11,6 +12,7 @@ mod softmax;
 mod unary;
 mod view;
 
+pub use attention::AttentionOptions;
 pub use conv::ConvOptions;
 
 use crate::grad_mode::is_grad_enabled;
