@@ -55,14 +55,16 @@ pub use firebrand_autograd::{
 
 /// The names most programs need: `use firebrand::prelude::*;`.
 pub mod prelude {
-    pub use firebrand_autograd::{DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad};
+    pub use firebrand_autograd::{
+        AttentionOptions, DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad,
+    };
     pub use firebrand_data::{DataLoader, Dataset, TensorDataset};
     pub use firebrand_nn::loss::{Reduction, Target};
     pub use firebrand_nn::{
         Activation, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, ConvConfig, Dropout, Embedding, Flatten, GELU,
-        GRU, GlobalAvgPool, Init, LSTM, LayerNorm, LeakyReLU, Linear, MaxPool2d, Module, ModuleExt, MultiHeadAttention,
-        OneHot, Padding, RMSNorm, RNN, ReLU, Sampler, Sampling, Sequential, SiLU, Sigmoid, Softmax, Tanh,
-        TransformerEncoderLayer,
+        GRU, GlobalAvgPool, Gpt, GptConfig, Init, LSTM, LayerNorm, LeakyReLU, Linear, MaxPool2d, Module, ModuleExt,
+        MultiHeadAttention, OneHot, Padding, RMSNorm, RNN, ReLU, Sampler, Sampling, Sequential, SiLU, Sigmoid, Softmax,
+        Tanh, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer,
     };
     pub use firebrand_optim::{Adam, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
     pub use firebrand_train::{EarlyStopping, FitOptions, History, Loss, Model, Validation};

@@ -63,8 +63,7 @@ fn fused_equals_the_composite_form_in_values_and_gradients() {
     manual_seed(3);
     for (n, c) in CASES.iter().enumerate() {
         let pad = padding(c);
-        let opts =
-            AttentionOptions { causal: c.causal, key_padding_mask: c.padded.then_some(&pad), scale: None };
+        let opts = AttentionOptions { causal: c.causal, key_padding_mask: c.padded.then_some(&pad), scale: None };
         let q = Tensor::randn([c.b, c.h, c.t, c.d], 0.0, 1.0).requires_grad_(true);
         let k = Tensor::randn([c.b, c.h, c.s, c.d], 0.0, 1.0).requires_grad_(true);
         let v = Tensor::randn([c.b, c.h, c.s, c.d], 0.0, 1.0).requires_grad_(true);

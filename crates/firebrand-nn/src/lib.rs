@@ -18,8 +18,9 @@
 //! * [`Sampler`]: greedy, temperature, top-k and top-p sampling, seeded.
 //! * Transformer blocks: [`LayerNorm`], [`RMSNorm`], [`MultiHeadAttention`]
 //!   (self/cross, causal and key-padding masks, PyTorch's parameter names),
-//!   [`TransformerEncoderLayer`], [`TransformerEncoder`], [`TransformerDecoderLayer`], sinusoidal,
-//!   learned and [`rotary`] positions.
+//!   [`TransformerEncoderLayer`], [`TransformerEncoder`], [`TransformerDecoderLayer`],
+//!   [`TransformerDecoder`], sinusoidal, learned and [`rotary`] positions; [`Gpt`], a GPT-2-style
+//!   language model with KV-cached generation.
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
 //! * [`Sequential`] with a Keras-style [`Sequential::summary`].
@@ -66,10 +67,6 @@ pub mod serialize;
 mod transformer;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
-pub use transformer::{
-    KvCache, LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm, SinusoidalPositionalEncoding,
-    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, rotary,
-};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};
@@ -82,3 +79,8 @@ pub use recurrent::{GRU, LSTM, RNN, Recurrent, RnnKind, RnnState};
 pub use sampling::{Sampler, Sampling};
 pub use sequential::Sequential;
 pub use serialize::{LoadReport, WeightsError, load_weights, save_weights};
+pub use transformer::{
+    Gpt, GptCache, GptConfig, KvCache, LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm,
+    SinusoidalPositionalEncoding, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+    TransformerEncoderLayer, rotary,
+};

@@ -47,7 +47,8 @@ fn head<'a>(data: &'a [f32], at: &HeadLayout, b: usize, h: usize) -> MatRef<'a> 
 
 fn check(x: &Operands, spec: &AttentionSpec) {
     let s = spec;
-    for (name, data, at, len) in [("q", x.q, &x.q_at, s.q_len), ("k", x.k, &x.k_at, s.kv_len), ("v", x.v, &x.v_at, s.kv_len)]
+    for (name, data, at, len) in
+        [("q", x.q, &x.q_at, s.q_len), ("k", x.k, &x.k_at, s.kv_len), ("v", x.v, &x.v_at, s.kv_len)]
     {
         if s.batch > 0 && s.heads > 0 && len > 0 && s.head_dim > 0 {
             let last = base(at, s.batch - 1, s.heads - 1) + (len - 1) * at.row + s.head_dim - 1;
@@ -223,8 +224,7 @@ pub fn attention_reference(x: &Operands, spec: &AttentionSpec) -> Vec<f32> {
             for i in 0..t {
                 let sc: Vec<f64> = (0..sl)
                     .map(|j| {
-                        let masked =
-                            j >= visible(spec, i) || x.key_padding.is_some_and(|p| p[b * sl + j] != 0.0);
+                        let masked = j >= visible(spec, i) || x.key_padding.is_some_and(|p| p[b * sl + j] != 0.0);
                         if masked {
                             f64::NEG_INFINITY
                         } else {
@@ -304,10 +304,10 @@ mod tests {
                 v_at = k_at;
             }
             // Pad the last key of every other batch entry (never all keys).
-            let pad: Vec<f32> = (0..nb * sl).map(|i| (padded && i % sl == sl - 1 && (i / sl) % 2 == 0) as u8 as f32).collect();
+            let pad: Vec<f32> =
+                (0..nb * sl).map(|i| (padded && i % sl == sl - 1 && (i / sl) % 2 == 0) as u8 as f32).collect();
             let x = Operands { q: &q, q_at, k: &k, k_at, v: &v, v_at, key_padding: padded.then_some(&pad[..]) };
-            let spec =
-                AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: sl, head_dim: d, scale: 0.7, causal };
+            let spec = AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: sl, head_dim: d, scale: 0.7, causal };
             let (out, lse) = attention(&x, &spec);
             let want = attention_reference(&x, &spec);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
@@ -340,7 +340,8 @@ mod tests {
         let qkv = fill(nb * t * 3 * e, 7);
         let [q_at, k_at, v_at] = layouts(true, nh, t, d);
         let pad: Vec<f32> = (0..nb * t).map(|i| (i == 3) as u8 as f32).collect();
-        let spec = AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: t, head_dim: d, scale: 0.6, causal: Some(0) };
+        let spec =
+            AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: t, head_dim: d, scale: 0.6, causal: Some(0) };
         let gout = fill(nb * t * e, 9);
         let loss = |buf: &[f32]| -> f64 {
             let x = Operands { q: buf, q_at, k: buf, k_at, v: buf, v_at, key_padding: Some(&pad) };

@@ -44,7 +44,13 @@ fn head_layout(x: &Tensor) -> HeadLayout {
 }
 
 /// Runs `f` on the backend view of the operands (their storages locked for reading).
-fn with_inputs<R>(q: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>, f: impl FnOnce(&AttentionInputs) -> R) -> R {
+fn with_inputs<R>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pad: Option<&Tensor>,
+    f: impl FnOnce(&AttentionInputs) -> R,
+) -> R {
     let (qs, ks, vs) = (q.storage(), k.storage(), v.storage());
     let ps = pad.map(|p| p.storage());
     f(&AttentionInputs {

@@ -2,10 +2,10 @@
 //! scaled-dot-product op, and its key/value cache for incremental decoding.
 
 use crate::{Init, Linear, Module};
-use firebrand_autograd::{Tensor, with_no_grad};
+use firebrand_autograd::{AttentionOptions, Tensor, with_no_grad};
 
 /// Cached keys and values of a [`MultiHeadAttention`] for incremental
-/// decoding, `(B, heads, S, d)` each; empty at first.
+/// decoding, `(B, S, E)` each (heads side by side); empty at first.
 #[derive(Default, Clone)]
 pub struct KvCache {
     /// Keys so far.
@@ -17,7 +17,7 @@ pub struct KvCache {
 impl KvCache {
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.dims()[2])
+        self.k.as_ref().map_or(0, |k| k.dims()[1])
     }
 
     /// True before the first step.
@@ -48,6 +48,7 @@ pub struct MultiHeadAttention {
     heads: usize,
     causal: bool,
     dropout: f32,
+    fused: bool,
     training: bool,
 }
 
@@ -73,6 +74,7 @@ impl MultiHeadAttention {
             heads,
             causal: false,
             dropout: 0.0,
+            fused: true,
             training: true,
         }
     }
@@ -83,9 +85,18 @@ impl MultiHeadAttention {
         self
     }
 
-    /// Dropout on the attention weights, in training.
+    /// Dropout on the attention weights, in training (that path runs the
+    /// composite form: the fused kernel has no dropout).
     pub fn dropout(mut self, p: f32) -> Self {
         self.dropout = p;
+        self
+    }
+
+    /// `false` computes attention from primitive ops (scores and mask
+    /// materialized) instead of the fused kernel: slower, the reference the
+    /// fused path is tested against.
+    pub fn fused(mut self, on: bool) -> Self {
+        self.fused = on;
         self
     }
 
@@ -107,7 +118,7 @@ impl MultiHeadAttention {
     ///
     /// ```
     /// use firebrand_nn::{KvCache, MultiHeadAttention, Module};
-    /// use firebrand_autograd::{Tensor, with_no_grad};
+    /// use firebrand_autograd::{AttentionOptions, Tensor, with_no_grad};
     /// let mha = MultiHeadAttention::new(8, 2).causal(true);
     /// let x = Tensor::randn([1, 3, 8], 0.0, 1.0);
     /// let full = with_no_grad(|| mha.forward(&x));
@@ -143,38 +154,60 @@ impl MultiHeadAttention {
             key.dims(),
             value.dims()
         );
-        let (nh, d) = (self.heads, e / self.heads);
-        let proj = |x: &Tensor, part: usize, len: usize| {
-            let w = self.in_proj_weight.narrow(0, part * e, e);
-            let bias = self.in_proj_bias.narrow(0, part * e, e);
-            x.matmul(&w.t()).add(&bias).reshape([b, len, nh, d]).permute(&[0, 2, 1, 3]) // (B, nh, L, d)
+        let (w, bias) = (&self.in_proj_weight, &self.in_proj_bias);
+        let proj = |x: &Tensor, part: usize, n: usize| {
+            x.matmul(&w.narrow(0, part * e, n * e).t()).add(&bias.narrow(0, part * e, n * e))
         };
-        let (q, mut k, mut v) = (proj(query, 0, t), proj(key, 1, s), proj(value, 2, s));
+        // (B, L, E) each; self-attention projects all three in one gemm.
+        let (q, mut k, mut v) = if query.id() == key.id() && key.id() == value.id() {
+            let qkv = proj(query, 0, 3); // (B, T, 3E)
+            (qkv.narrow(2, 0, e), qkv.narrow(2, e, e), qkv.narrow(2, 2 * e, e))
+        } else if key.id() == value.id() {
+            let kv = proj(key, 1, 2); // (B, S, 2E)
+            (proj(query, 0, 1), kv.narrow(2, 0, e), kv.narrow(2, e, e))
+        } else {
+            (proj(query, 0, 1), proj(key, 1, 1), proj(value, 2, 1))
+        };
         // With a cache, the new keys and values follow the cached ones; queries
         // sit at positions `offset..offset + T`.
         let mut offset = 0;
-        let mut s = s;
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
-                assert_eq!(
-                    pk.dims()[..2],
-                    [b, nh],
-                    "KvCache: cached batch/heads {:?} differ from ({b}, {nh})",
-                    pk.dims()
-                );
-                offset = pk.dims()[2];
-                k = Tensor::cat(&[pk, &k], 2);
-                v = Tensor::cat(&[pv, &v], 2);
+                assert_eq!(pk.dims()[0], b, "KvCache: cached batch {:?} differs from {b}", pk.dims());
+                offset = pk.dims()[1];
+                k = Tensor::cat(&[pk, &k], 1);
+                v = Tensor::cat(&[pv, &v], 1);
+            } else {
+                (k, v) = (k.contiguous(), v.contiguous());
             }
-            s = k.dims()[2];
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let mut scores = q.matmul(&k.transpose(-1, -2)).affine(1.0 / (d as f32).sqrt(), 0.0); // (B, nh, T, S)
-        if self.causal || key_padding_mask.is_some() {
+        let ctx = if self.training && self.dropout > 0.0 || !self.fused {
+            self.composite(&q, &k, &v, key_padding_mask, offset)
+        } else {
+            let (nh, d) = (self.heads, e / self.heads);
+            let heads = |x: &Tensor| x.reshape([b, x.dims()[1], nh, d]).permute(&[0, 2, 1, 3]); // (B, nh, L, d)
+            let opts = AttentionOptions { causal: self.causal.then_some(offset), key_padding_mask, scale: None };
+            heads(&q).scaled_dot_product_attention(&heads(&k), &heads(&v), &opts).permute(&[0, 2, 1, 3])
+        };
+        self.out_proj.forward(&ctx.reshape([b, t, e])) // (B, T, E)
+    }
+
+    /// Attention from primitive ops: scores materialized, the mask an added
+    /// `−∞` tensor, dropout on the weights. Used for attention dropout in
+    /// training and as the reference of the fused path in tests.
+    /// `q` `(B, T, E)`, `k`/`v` `(B, S, E)`; returns `(B, T, heads, d)`.
+    fn composite(&self, q: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>, offset: usize) -> Tensor {
+        let (b, t, e) = (q.dims()[0], q.dims()[1], q.dims()[2]);
+        let s = k.dims()[1];
+        let (nh, d) = (self.heads, e / self.heads);
+        let heads = |x: &Tensor| x.reshape([b, x.dims()[1], nh, d]).permute(&[0, 2, 1, 3]); // (B, nh, L, d)
+        let mut scores = heads(q).matmul(&heads(k).transpose(-1, -2)).affine(1.0 / (d as f32).sqrt(), 0.0); // (B, nh, T, S)
+        if self.causal || pad.is_some() {
             let mask = with_no_grad(|| {
                 let mut m = vec![0.0f32; b * t * s];
-                let pad = key_padding_mask.map(|p| p.to_dtype(firebrand_autograd::DType::F32).to_vec::<f32>());
+                let pad = pad.map(|p| p.to_dtype(firebrand_autograd::DType::F32).to_vec::<f32>());
                 for bi in 0..b {
                     for ti in 0..t {
                         for si in 0..s {
@@ -194,8 +227,7 @@ impl MultiHeadAttention {
         if self.training && self.dropout > 0.0 {
             attn = crate::dropout::dropout(&attn, self.dropout);
         }
-        let ctx = attn.matmul(&v).permute(&[0, 2, 1, 3]).reshape([b, t, e]); // (B, T, E)
-        self.out_proj.forward(&ctx)
+        attn.matmul(&heads(v)).permute(&[0, 2, 1, 3]) // (B, T, nh, d)
     }
 }
 
@@ -219,4 +251,3 @@ impl Module for MultiHeadAttention {
         format!("MultiHeadAttention({e}, {} heads{})", self.heads, if self.causal { ", causal" } else { "" })
     }
 }
-

@@ -111,4 +111,3 @@ impl Module for RMSNorm {
         format!("RMSNorm({})", self.weight.dims()[0])
     }
 }
-

@@ -1,7 +1,7 @@
 //! Transformer encoder and decoder layers (pre- and post-norm) and their stacks,
 //! with PyTorch's `nn.Transformer*` parameter names.
 
-use super::{LayerNorm, MultiHeadAttention};
+use super::{KvCache, LayerNorm, MultiHeadAttention};
 use crate::{Linear, Module};
 use firebrand_autograd::Tensor;
 
@@ -76,21 +76,32 @@ impl TransformerEncoderLayer {
         feed_forward(&self.linear1, &self.linear2, self.gelu, x, Some(&self.dropout))
     }
 
-    fn attention(&self, x: &Tensor) -> Tensor {
-        self.dropout.forward(&self.self_attn.forward(x))
+    /// The layer around a given self-attention `attend` (full or cached).
+    fn run(&self, x: &Tensor, mut attend: impl FnMut(&Tensor) -> Tensor) -> Tensor {
+        // x: (B, T, E)
+        let mut attention = |h: &Tensor| self.dropout.forward(&attend(h));
+        if self.norm_first {
+            let x = x.add(&attention(&self.norm1.forward(x)));
+            x.add(&self.feed_forward(&self.norm2.forward(&x)))
+        } else {
+            let x = self.norm1.forward(&x.add(&attention(x)));
+            self.norm2.forward(&x.add(&self.feed_forward(&x)))
+        }
+    }
+
+    /// Incremental decoding: `x` `(B, T_new, E)` holds the next positions;
+    /// the self-attention appends their keys and values to `cache` and
+    /// attends to all cached positions (see
+    /// [`MultiHeadAttention::attend_cached`]). For a causal layer, feeding a
+    /// sequence in pieces gives the same outputs as one pass over all of it.
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.run(x, |h| self.self_attn.attend_cached(h, cache))
     }
 }
 
 impl Module for TransformerEncoderLayer {
     fn forward(&self, x: &Tensor) -> Tensor {
-        // x: (B, T, E)
-        if self.norm_first {
-            let x = x.add(&self.attention(&self.norm1.forward(x)));
-            x.add(&self.feed_forward(&self.norm2.forward(&x)))
-        } else {
-            let x = self.norm1.forward(&x.add(&self.attention(x)));
-            self.norm2.forward(&x.add(&self.feed_forward(&x)))
-        }
+        self.run(x, |h| self.self_attn.forward(h))
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
@@ -306,12 +317,8 @@ impl Module for TransformerEncoder {
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        for (i, l) in self.layers.iter().enumerate() {
-            l.visit_parameters(&format!("{prefix}layers.{i}."), f);
-        }
-        if let Some(n) = &self.norm {
-            n.visit_parameters(&format!("{prefix}norm."), f);
-        }
+        let layers: Vec<&dyn Module> = self.layers.iter().map(|l| l as &dyn Module).collect();
+        visit_stack(prefix, f, &layers, self.norm.as_ref());
     }
 
     fn set_training(&mut self, training: bool) {
@@ -320,5 +327,76 @@ impl Module for TransformerEncoder {
 
     fn describe(&self) -> String {
         format!("TransformerEncoder({} layers)", self.layers.len())
+    }
+}
+
+/// A stack of [`TransformerDecoderLayer`]s with an optional final
+/// `LayerNorm` (PyTorch's `nn.TransformerDecoder`: `layers.{i}.…`, `norm.…`).
+///
+/// ```
+/// use firebrand_nn::{TransformerDecoder, TransformerDecoderLayer};
+/// use firebrand_autograd::Tensor;
+/// let dec = TransformerDecoder::new((0..2).map(|_| TransformerDecoderLayer::new(16, 4, 32).causal(true)).collect());
+/// let (tgt, memory) = (Tensor::randn([2, 5, 16], 0.0, 1.0), Tensor::randn([2, 7, 16], 0.0, 1.0));
+/// assert_eq!(dec.decode(&tgt, &memory, None).dims(), &[2, 5, 16]);
+/// ```
+pub struct TransformerDecoder {
+    /// The layers, applied in order.
+    pub layers: Vec<TransformerDecoderLayer>,
+    /// Final normalization (pre-norm stacks need one).
+    pub norm: Option<LayerNorm>,
+}
+
+impl TransformerDecoder {
+    /// A stack of `layers`.
+    pub fn new(layers: Vec<TransformerDecoderLayer>) -> Self {
+        TransformerDecoder { layers, norm: None }
+    }
+
+    /// Adds a final `LayerNorm(dim)`.
+    pub fn final_norm(mut self, dim: usize) -> Self {
+        self.norm = Some(LayerNorm::new(dim));
+        self
+    }
+
+    /// Runs every layer on `tgt` `(B, T, E)` attending to `memory` `(B, S, E)`
+    /// (`memory_key_padding_mask` `(B, S)`: 1 marks padding).
+    pub fn decode(&self, tgt: &Tensor, memory: &Tensor, memory_key_padding_mask: Option<&Tensor>) -> Tensor {
+        let y = self.layers.iter().fold(tgt.clone(), |h, l| l.decode(&h, memory, memory_key_padding_mask));
+        match &self.norm {
+            Some(n) => n.forward(&y),
+            None => y,
+        }
+    }
+}
+
+impl Module for TransformerDecoder {
+    /// The stack with `x` as its own memory; use [`TransformerDecoder::decode`]
+    /// to attend to an encoder's output.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.decode(x, x, None)
+    }
+
+    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        let layers: Vec<&dyn Module> = self.layers.iter().map(|l| l as &dyn Module).collect();
+        visit_stack(prefix, f, &layers, self.norm.as_ref());
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.layers.iter_mut().for_each(|l| l.set_training(training));
+    }
+
+    fn describe(&self) -> String {
+        format!("TransformerDecoder({} layers)", self.layers.len())
+    }
+}
+
+/// Visits a stack's parameters: `layers.{i}.…` then `norm.…`.
+fn visit_stack(prefix: &str, f: &mut dyn FnMut(&str, &Tensor), layers: &[&dyn Module], norm: Option<&LayerNorm>) {
+    for (i, l) in layers.iter().enumerate() {
+        l.visit_parameters(&format!("{prefix}layers.{i}."), f);
+    }
+    if let Some(n) = norm {
+        n.visit_parameters(&format!("{prefix}norm."), f);
     }
 }

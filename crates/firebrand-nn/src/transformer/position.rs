@@ -104,4 +104,3 @@ pub fn rotary(x: &Tensor, offset: usize) -> Tensor {
     let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
     x.mul(&cos).add(&rotated.mul(&sin))
 }
-
