@@ -19,6 +19,18 @@
 //!   characters of shakespeare.txt, windows of 40 with step 3 (last 10% of the
 //!   windows validate), one-hot → LSTM 128 → Linear to the vocabulary on the
 //!   last step, Adam 1e-3, batch 128, one epoch: `samples_per_second`, `val_loss`.
+//! * `gpt [--text FILE] [--iters N] [--seed S]` — the character-level GPT of
+//!   the bench README on the whole corpus (90/10 split): 4 layers, 4 heads,
+//!   embedding 128, context 64, batch 12, pre-LN, GELU, learned positions, no
+//!   dropout; AdamW 1e-3 (betas 0.9/0.99, weight decay 0.1 on matrices), warm-up
+//!   100, cosine to 1e-4 at 2000, clip 1.0. Every 500 iterations and at the
+//!   end: `iter`, `val_loss` (mean over 1,200 evenly spaced validation windows,
+//!   the same on the PyTorch side), `train_loss` (mean of the last 100
+//!   iterations), `ms_per_iter` (training only, mean so far).
+//! * `transformer_block [--rounds N]` — 2 encoder layers (d_model 512, 8 heads,
+//!   feed-forward 2048, post-norm ReLU, no dropout) on `(8, 128, 512)`:
+//!   `forward_ms` and `forward_backward_ms` (loss = mean of squares), the
+//!   median of N rounds after one warm-up.
 
 mod common;
 
@@ -47,13 +59,22 @@ fn main() {
                 workload_cnn(epochs, opt("--data"), seed)
             }
         }
+        "gpt" => workload_gpt(
+            opt("--text"),
+            opt("--iters").map(|c| c.parse().expect("--iters N")).unwrap_or(2000),
+            opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
+        ),
+        "transformer_block" => workload_transformer_block(
+            opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(10),
+            opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
+        ),
         "char_lstm" => workload_char_lstm(
             opt("--text"),
             opt("--chars").map(|c| c.parse().expect("--chars N")).unwrap_or(1_000_000),
             opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
         ),
         other => {
-            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm");
+            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block");
             std::process::exit(2);
         }
     }
@@ -302,5 +323,100 @@ fn workload_char_lstm(text: Option<String>, chars: usize, seed: u64) {
         train.len() as f64 / secs,
         total / n as f64,
         secs
+    );
+}
+
+/// `count` windows of `context` tokens (and their targets) at evenly spaced
+/// starts over `tokens`: `(count, context)` each. The PyTorch script uses
+/// the same starts.
+fn even_windows(tokens: &[i64], context: usize, count: usize) -> (firebrand::Tensor, firebrand::Tensor) {
+    let span = tokens.len() - context - 1;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..count {
+        let s = i * span / count;
+        x.extend_from_slice(&tokens[s..s + context]);
+        y.extend_from_slice(&tokens[s + 1..s + context + 1]);
+    }
+    (firebrand::Tensor::from_vec(x, [count, context]), firebrand::Tensor::from_vec(y, [count, context]))
+}
+
+fn workload_gpt(text: Option<String>, iters: usize, seed: u64) {
+    use firebrand::data::{CharVocab, TokenBatches};
+    use firebrand::optim::{CosineWithWarmup, clip_grad_norm, decay_matrices};
+    use firebrand::prelude::*;
+    let text = shakespeare(text);
+    let vocab = CharVocab::build(&text);
+    let tokens = vocab.encode(&text).expect("the vocabulary covers the text");
+    let n_train = (0.9 * tokens.len() as f64) as usize;
+    let (vx, vy) = even_windows(&tokens[n_train..], 64, 1200);
+    let (train, _) = TokenBatches::split(tokens, 0.1, 64);
+    manual_seed(seed);
+    let gpt = Gpt::new(GptConfig::char_level(vocab.len()));
+    let mut opt = AdamW::with_options(gpt.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.1, &decay_matrices);
+    let schedule = CosineWithWarmup { base: 1e-3, warmup: 100, total: 2000, min_lr: 1e-4 };
+    let params = gpt.parameters();
+    let (mut train_secs, mut recent) = (0.0f64, Vec::new());
+    for it in 0..iters {
+        let t0 = Instant::now();
+        opt.set_lr(schedule.lr_at(it));
+        let (x, y) = train.batch(12, seed, it as u64);
+        let loss = gpt.loss(&x, &y);
+        opt.zero_grad();
+        loss.backward();
+        clip_grad_norm(&params, 1.0);
+        opt.step();
+        let l = loss.item();
+        train_secs += t0.elapsed().as_secs_f64();
+        recent.push(l);
+        if recent.len() > 100 {
+            recent.remove(0);
+        }
+        if (it + 1) % 500 == 0 || it + 1 == iters {
+            let val = with_no_grad(|| {
+                (0..100)
+                    .map(|b| gpt.loss(&vx.narrow(0, 12 * b, 12), &vy.narrow(0, 12 * b, 12)).item() as f64)
+                    .sum::<f64>()
+                    / 100.0
+            });
+            println!(
+                "{{\"workload\":\"gpt\",\"lib\":\"firebrand\",\"iter\":{},\"val_loss\":{val:.4},\"train_loss\":{:.4},\"ms_per_iter\":{:.2}}}",
+                it + 1,
+                recent.iter().sum::<f32>() / recent.len() as f32,
+                1000.0 * train_secs / (it + 1) as f64
+            );
+        }
+    }
+}
+
+fn workload_transformer_block(rounds: usize, seed: u64) {
+    use firebrand::prelude::*;
+    manual_seed(seed);
+    let enc = TransformerEncoder::new((0..2).map(|_| TransformerEncoderLayer::new(512, 8, 2048)).collect());
+    let x = Tensor::randn([8, 128, 512], 0.0, 1.0); // (B, T, E)
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |f: &dyn Fn()| {
+        f(); // warm-up
+        median(
+            (0..rounds.max(1))
+                .map(|_| {
+                    let t0 = Instant::now();
+                    f();
+                    1000.0 * t0.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    };
+    let forward_ms = time(&|| {
+        with_no_grad(|| enc.forward(&x));
+    });
+    let forward_backward_ms = time(&|| {
+        enc.zero_grad();
+        enc.forward(&x).square().mean_all().backward();
+    });
+    println!(
+        "{{\"workload\":\"transformer_block\",\"lib\":\"firebrand\",\"forward_ms\":{forward_ms:.2},\"forward_backward_ms\":{forward_backward_ms:.2}}}"
     );
 }

@@ -8,32 +8,21 @@ cross-entropy, Adam 1e-3, batch 128, shuffled, one epoch, 2 threads. Prints
     {"workload": "char_lstm", "lib": "torch", "samples_per_second": ..., "val_loss": ..., "train_seconds": ...}
 Usage: python3 benches/pytorch/char_lstm.py [--text FILE] [--chars 1000000] [--epochs 1] [--threads 2] [--seed 0]
 """
-import argparse, json, os, time
+import json, time
 
-p = argparse.ArgumentParser()
-p.add_argument("--text", default=None)
-p.add_argument("--chars", type=int, default=1_000_000)
-p.add_argument("--epochs", type=int, default=1)
-p.add_argument("--threads", type=int, default=2)
-p.add_argument("--seed", type=int, default=0)
-a = p.parse_args()
-for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(a.threads)
+from setup import shakespeare, start
 
-import torch
+
+def args(p):
+    p.add_argument("--text", default=None)
+    p.add_argument("--chars", type=int, default=1_000_000)
+    p.add_argument("--epochs", type=int, default=1)
+
+
+a, torch = start(args)
 import torch.nn.functional as F
 
-torch.set_num_threads(a.threads)
-torch.manual_seed(a.seed)
-
-cands = [a.text] if a.text else []
-if os.environ.get("FIREBRAND_DATA"):
-    cands.append(os.path.join(os.environ["FIREBRAND_DATA"], "shakespeare", "shakespeare.txt"))
-cands += ["../shared/data/shakespeare/shakespeare.txt", "data/shakespeare/shakespeare.txt"]
-path = next((c for c in cands if c and os.path.isfile(c)), None)
-if path is None:
-    raise SystemExit(f"shakespeare.txt not found in {cands}")
-text = open(path, encoding="utf-8").read()
+text = shakespeare(a.text)
 vocab = sorted(set(text))
 stoi = {c: i for i, c in enumerate(vocab)}
 V = len(vocab)

@@ -54,7 +54,8 @@ const CASES: [Case; 6] = [
 
 fn padding(c: &Case) -> Tensor {
     // The last key of every other batch entry is padding (never all of them).
-    let m: Vec<f32> = (0..c.b * c.s).map(|i| (i % c.s == c.s - 1 && (i / c.s) % 2 == 0) as u8 as f32).collect();
+    let m: Vec<f32> =
+        (0..c.b * c.s).map(|i| (i % c.s == c.s - 1 && (i / c.s).is_multiple_of(2)) as u8 as f32).collect();
     Tensor::from_vec(m, [c.b, c.s])
 }
 

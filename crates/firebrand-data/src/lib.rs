@@ -51,5 +51,5 @@ pub use idx::{
     FASHION_MNIST_HINT, IdxArray, Split, find_dataset, find_text, load_fashion_mnist, load_mnist, parse_idx, read_idx,
 };
 pub use loader::{Batches, DataLoader};
-pub use text::{CharVocab, TextWindows};
+pub use text::{CharVocab, TextWindows, TokenBatches};
 pub use transform::{Compose, Normalize, RandomCrop, RandomHorizontalFlip, Transform};

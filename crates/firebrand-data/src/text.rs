@@ -226,6 +226,83 @@ impl Dataset for TextWindows {
     }
 }
 
+/// A token sequence drawn from as random windows (nanoGPT's `get_batch`):
+/// each batch holds `B` windows of `context` tokens at uniformly random
+/// starts, with the next-token targets (the same windows shifted by one).
+/// A batch is a pure function of `(seed, step)`, so a resumed run draws the
+/// batches the uninterrupted run would have.
+///
+/// ```
+/// use firebrand_data::TokenBatches;
+/// let data = TokenBatches::new((0..100).collect(), 8);
+/// let (x, y) = data.batch(4, 0, 0); // (4, 8) inputs and targets, i64
+/// assert_eq!(x.dims(), &[4, 8]);
+/// let (xs, ys) = (x.to_vec::<i64>(), y.to_vec::<i64>());
+/// assert!(xs.iter().zip(&ys).all(|(a, b)| b - a == 1));
+/// assert_eq!(data.batch(4, 0, 0).0.to_vec::<i64>(), xs); // same (seed, step), same batch
+/// ```
+#[derive(Clone)]
+pub struct TokenBatches {
+    tokens: std::sync::Arc<Vec<i64>>,
+    context: usize,
+}
+
+impl TokenBatches {
+    /// Windows of `context` tokens from `tokens`.
+    ///
+    /// # Panics
+    /// When `tokens` has no more than `context` tokens.
+    pub fn new(tokens: Vec<i64>, context: usize) -> TokenBatches {
+        assert!(
+            context > 0 && tokens.len() > context,
+            "TokenBatches: {} tokens leave no window of {context} with a next token",
+            tokens.len()
+        );
+        TokenBatches { tokens: std::sync::Arc::new(tokens), context }
+    }
+
+    /// The first `1 - fraction` of `tokens` and the rest (e.g. 0.1 for a
+    /// 90/10 train/validation split), each as windows of `context`.
+    pub fn split(tokens: Vec<i64>, fraction: f32, context: usize) -> (TokenBatches, TokenBatches) {
+        let n = ((1.0 - fraction.clamp(0.0, 1.0)) * tokens.len() as f32) as usize;
+        let val = tokens[n..].to_vec();
+        let mut train = tokens;
+        train.truncate(n);
+        (TokenBatches::new(train, context), TokenBatches::new(val, context))
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// True when no tokens are held (never, after [`TokenBatches::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Window length.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Batch number `step` of the stream seeded by `seed`: inputs and
+    /// targets, `(batch, context)` each.
+    pub fn batch(&self, batch: usize, seed: u64, step: u64) -> (Tensor, Tensor) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
+        let (t, n) = (self.context, self.tokens.len() - self.context);
+        let mut x = Vec::with_capacity(batch * t);
+        let mut y = Vec::with_capacity(batch * t);
+        for _ in 0..batch {
+            let s = rng.random_range(0..n);
+            x.extend_from_slice(&self.tokens[s..s + t]);
+            y.extend_from_slice(&self.tokens[s + 1..s + t + 1]);
+        }
+        (Tensor::from_vec(x, [batch, t]), Tensor::from_vec(y, [batch, t]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +321,22 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = v.encode("aXb").unwrap_err().to_string();
         assert!(e.contains("'X'") && e.contains("position 1"), "{e}");
+    }
+
+    #[test]
+    fn token_batches_cover_the_text_and_split_in_order() {
+        let (train, val) = TokenBatches::split((0..1000).collect(), 0.1, 16);
+        assert_eq!((train.len(), val.len()), (900, 100));
+        let mut seen_last = false;
+        for step in 0..200 {
+            let (x, y) = val.batch(8, 3, step);
+            let (x, y) = (x.to_vec::<i64>(), y.to_vec::<i64>());
+            assert!(x.iter().all(|&v| (900..1000).contains(&v)) && y.iter().all(|&v| (901..1000).contains(&v)));
+            seen_last |= y.contains(&999);
+        }
+        assert!(seen_last, "the last window is drawn");
+        assert_ne!(train.batch(8, 3, 0).0.to_vec::<i64>(), train.batch(8, 3, 1).0.to_vec::<i64>());
+        assert_ne!(train.batch(8, 3, 0).0.to_vec::<i64>(), train.batch(8, 4, 0).0.to_vec::<i64>());
     }
 
     #[test]

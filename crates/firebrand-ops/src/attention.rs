@@ -305,7 +305,7 @@ mod tests {
             }
             // Pad the last key of every other batch entry (never all keys).
             let pad: Vec<f32> =
-                (0..nb * sl).map(|i| (padded && i % sl == sl - 1 && (i / sl) % 2 == 0) as u8 as f32).collect();
+                (0..nb * sl).map(|i| (padded && i % sl == sl - 1 && (i / sl).is_multiple_of(2)) as u8 as f32).collect();
             let x = Operands { q: &q, q_at, k: &k, k_at, v: &v, v_at, key_padding: padded.then_some(&pad[..]) };
             let spec = AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: sl, head_dim: d, scale: 0.7, causal };
             let (out, lse) = attention(&x, &spec);

@@ -72,10 +72,11 @@ unsafe fn tanh512(x: __m512) -> __m512 {
     }
 }
 
+/// GELU's pieces: `Φ(x) = 0.5 (1 + erf(x / √2))` and `exp(−x²/2)`.
 #[inline(always)]
-unsafe fn gelu512(x: __m512) -> __m512 {
+unsafe fn normal_cdf_and_gauss512(x: __m512) -> (__m512, __m512) {
     unsafe {
-        // 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26.
+        // erf by Abramowitz & Stegun 7.1.26.
         let z = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
         let t =
             _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(z, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0)));
@@ -88,7 +89,71 @@ unsafe fn gelu512(x: __m512) -> __m512 {
         let erf_abs = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.0));
         let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
         let erf = _mm512_mask_sub_ps(erf_abs, neg, _mm512_setzero_ps(), erf_abs);
-        _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5), x), _mm512_add_ps(_mm512_set1_ps(1.0), erf))
+        (_mm512_mul_ps(_mm512_set1_ps(0.5), _mm512_add_ps(_mm512_set1_ps(1.0), erf)), e)
+    }
+}
+
+#[inline(always)]
+unsafe fn gelu512(x: __m512) -> __m512 {
+    unsafe { _mm512_mul_ps(x, normal_cdf_and_gauss512(x).0) }
+}
+
+/// GELU's derivative `Φ(x) + x·φ(x)`, `φ(x) = exp(−x²/2)/√(2π)`.
+#[inline(always)]
+unsafe fn gelu_grad512(x: __m512) -> __m512 {
+    unsafe {
+        let (cdf, gauss) = normal_cdf_and_gauss512(x);
+        const INV_SQRT_2PI: f32 = 0.398_942_28;
+        _mm512_fmadd_ps(_mm512_mul_ps(x, gauss), _mm512_set1_ps(INV_SQRT_2PI), cdf)
+    }
+}
+
+/// SiLU's derivative `σ(x)·(1 + x·(1 − σ(x)))`.
+#[inline(always)]
+unsafe fn silu_grad512(x: __m512) -> __m512 {
+    unsafe {
+        let s = recip_add1(exp512(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+        let one = _mm512_set1_ps(1.0);
+        _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one))
+    }
+}
+
+/// Ops whose backward has an AVX-512 form ([`backward`]).
+pub fn supports_backward(op: UnaryOp) -> bool {
+    matches!(op, UnaryOp::Gelu | UnaryOp::Silu)
+}
+
+/// `dst[i] = g[i] · op'(x[i])` with AVX-512 (masked tail).
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]) and `op` must be
+/// [`supports_backward`]ed.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn backward(op: UnaryOp, x: &[f32], g: &[f32], dst: &mut [f32]) {
+    assert!(x.len() == dst.len() && g.len() == dst.len());
+    let grad = |v: __m512| unsafe {
+        match op {
+            UnaryOp::Gelu => gelu_grad512(v),
+            UnaryOp::Silu => silu_grad512(v),
+            _ => unreachable!("supports_backward() lists the ops"),
+        }
+    };
+    let n = dst.len();
+    let mut i = 0;
+    unsafe {
+        while i + 16 <= n {
+            let d = _mm512_mul_ps(grad(_mm512_loadu_ps(x.as_ptr().add(i))), _mm512_loadu_ps(g.as_ptr().add(i)));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), d);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let d = _mm512_mul_ps(
+                grad(_mm512_maskz_loadu_ps(m, x.as_ptr().add(i))),
+                _mm512_maskz_loadu_ps(m, g.as_ptr().add(i)),
+            );
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), m, d);
+        }
     }
 }
 

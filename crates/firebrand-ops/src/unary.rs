@@ -111,6 +111,11 @@ pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> 
                 .zip(&y[start..start + n])
                 .zip(&g[start..start + n])
                 .for_each(|((d, &y), &g)| *d = g * y * (1.0 - y)),
+            #[cfg(target_arch = "x86_64")]
+            _ if crate::simd512::supports_backward(op) && crate::simd512::available() => {
+                // SAFETY: AVX-512F detected at run time; the op is supported.
+                unsafe { crate::simd512::backward(op, &x[start..start + n], &g[start..start + n], chunk) }
+            }
             _ => {
                 for (i, d) in chunk.iter_mut().enumerate() {
                     let j = start + i;
@@ -186,6 +191,27 @@ mod tests {
         let mut out = [0.0; 3];
         map_slice(UnaryOp::Exp, &nan, &mut out);
         assert!(out.iter().all(|x| x.is_nan()));
+    }
+
+    #[test]
+    fn simd_backward_matches_the_scalar_derivative() {
+        let xs: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.01).chain([-100.0, 1e-20, 100.0]).collect();
+        let g: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        for op in [UnaryOp::Gelu, UnaryOp::Silu] {
+            let y: Vec<f32> = xs.iter().map(|&x| op.apply(x)).collect();
+            // Odd lengths exercise the masked tail; the full length goes through unary_backward.
+            for len in [1, 15, 17, xs.len()] {
+                let got = unary_backward(op, &xs[..len], &y[..len], &g[..len]);
+                for (i, d) in got.iter().enumerate() {
+                    let want = g[i] * op.derivative(xs[i], y[i]);
+                    assert!(
+                        (d - want).abs() <= 1e-6 + 2e-6 * want.abs(),
+                        "{op:?}'({}) · g = {d}, reference {want}",
+                        xs[i]
+                    );
+                }
+            }
+        }
     }
 
     #[test]
