@@ -6,6 +6,8 @@ same session, and prints both figures and their ratio.
     python3 benches/compare.py mlp [--epochs 5] [--data DIR]
     python3 benches/compare.py cnn [--epochs 5] [--data DIR] [--seed 0]
     python3 benches/compare.py char_lstm [--seed 0]
+    python3 benches/compare.py gpt [--iters 2000] [--seed 0]
+    python3 benches/compare.py transformer_block [--rounds 10] [--seed 0]
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -28,7 +30,8 @@ def run(cmd, env=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm"])
+    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block"])
+    p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None)
@@ -40,6 +43,10 @@ def main():
         return compare_classifier(a)
     if a.workload == "char_lstm":
         return compare_char_lstm(a)
+    if a.workload == "gpt":
+        return compare_gpt(a)
+    if a.workload == "transformer_block":
+        return compare_transformer_block(a)
     best = {}
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
@@ -80,6 +87,37 @@ def compare_char_lstm(a):
     if a.json:
         print(json.dumps(ours))
         print(json.dumps(theirs))
+
+
+def both(a, name, extra):
+    """Our runner's and the PyTorch script's JSON lines for one workload."""
+    subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
+    ours = run(["cargo", "bench", "--bench", "workloads", "--", name, "--threads", str(a.threads)] + extra)
+    theirs = run([sys.executable, f"benches/pytorch/{name}.py", "--threads", str(a.threads)] + extra)
+    if a.json:
+        for r in ours + theirs:
+            print(json.dumps(r))
+    return ours, theirs
+
+
+def compare_gpt(a):
+    """The character-level GPT: validation loss and ms per iteration at each report."""
+    ours, theirs = both(a, "gpt", ["--iters", str(a.iters), "--seed", str(a.seed)])
+    print("| iteration | Firebrand ms/iter | PyTorch ms/iter | speed-up | Firebrand val loss | PyTorch val loss | difference |")
+    print("|---|---|---|---|---|---|---|")
+    for f, t in zip(ours, theirs):
+        print(f"| {f['iter']} | {f['ms_per_iter']:.2f} | {t['ms_per_iter']:.2f} | {t['ms_per_iter'] / f['ms_per_iter']:.2f}x "
+              f"| {f['val_loss']:.4f} | {t['val_loss']:.4f} | {f['val_loss'] - t['val_loss']:+.4f} |")
+
+
+def compare_transformer_block(a):
+    """Two encoder layers at d_model 512 on (8, 128, 512): forward and forward + backward."""
+    ours, theirs = both(a, "transformer_block", ["--rounds", str(a.rounds * 3 + 1), "--seed", str(a.seed)])
+    f, t = ours[0], theirs[0]
+    print("| | Firebrand ms | PyTorch ms | speed-up |")
+    print("|---|---|---|---|")
+    for key in ("forward_ms", "forward_backward_ms"):
+        print(f"| {key[:-3].replace('_', ' + ')} | {f[key]:.2f} | {t[key]:.2f} | {t[key] / f[key]:.2f}x |")
 
 
 def compare_classifier(a):

@@ -8,6 +8,8 @@
 //!   shuffling, validation (a split or separate data), [`EarlyStopping`]
 //!   (patience, restore best) and atomic, resumable checkpoints, returning a
 //!   [`History`] (JSON/CSV); [`Model::evaluate`] and [`Model::predict`].
+//! * [`save_training_state`] / [`load_training_state`]: network, optimizer and
+//!   step in one atomic checkpoint, for custom training loops.
 //! * [`ClassificationMetrics`]: accuracy, precision, recall, F1 (per class and
 //!   macro) and the confusion matrix.
 //!
@@ -31,10 +33,12 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod history;
 mod metrics;
 mod model;
 
+pub use checkpoint::{load_training_state, save_training_state};
 pub use history::{EpochRecord, History};
 pub use metrics::ClassificationMetrics;
 pub use model::{EarlyStopping, Evaluation, FitOptions, Loss, Model, Validation};

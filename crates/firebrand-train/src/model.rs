@@ -1,15 +1,15 @@
 //! The Keras-like `Model`: a network, an optimizer and a loss, with `fit`,
 //! `evaluate` and `predict`.
 
+use crate::checkpoint::{load_training_state, save_training_state};
 use crate::{ClassificationMetrics, EpochRecord, History};
 use firebrand_autograd::{DType, Tensor, manual_seed, with_no_grad};
 use firebrand_data::{DataLoader, TensorDataset, Transform};
 use firebrand_nn::loss::{Reduction, Target, binary_cross_entropy_with_logits, cross_entropy, mse_loss};
-use firebrand_nn::serialize::{load_tensors, plan_load, save_tensors, write_atomic};
+use firebrand_nn::serialize::write_atomic;
 use firebrand_nn::{Module, ModuleExt, WeightsError};
 use firebrand_optim::Optimizer;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -342,11 +342,8 @@ impl<M: Module> Model<M> {
     /// # Errors
     /// When a file cannot be written.
     pub fn save_checkpoint(&self, path: &Path, history: &History) -> Result<(), WeightsError> {
-        let mut tensors: Vec<(String, Tensor)> =
-            self.net.state_dict().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
-        tensors.extend(self.optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
         write_atomic(&history_path(path), history.to_json().as_bytes())?;
-        save_tensors(path, &tensors)
+        save_training_state(path, &self.net, &*self.optimizer, history.epochs.len() as u64)
     }
 
     /// Restores a checkpoint written by [`Model::save_checkpoint`] and returns its history.
@@ -354,20 +351,7 @@ impl<M: Module> Model<M> {
     /// # Errors
     /// When a file is missing or malformed, or does not fit this model and optimizer.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<History, WeightsError> {
-        let all = load_tensors(path)?;
-        let format = |msg: String| WeightsError::Format { path: path.to_path_buf(), msg };
-        let mut optim = BTreeMap::new();
-        let mut model = BTreeMap::new();
-        for (k, v) in all {
-            if let Some(n) = k.strip_prefix("optim.") {
-                optim.insert(n.to_string(), v);
-            } else if let Some(n) = k.strip_prefix("model.") {
-                model.insert(n.to_string(), v);
-            }
-        }
-        let plan = plan_load(&self.net.state_dict(), model, path, true)?;
-        self.optimizer.load_state(&optim).map_err(|e| format(e.to_string()))?;
-        plan.apply();
+        load_training_state(path, &self.net, &mut *self.optimizer)?;
         let hp = history_path(path);
         let text = std::fs::read_to_string(&hp).map_err(|source| WeightsError::Io { path: hp.clone(), source })?;
         History::from_json(&text).map_err(|e| WeightsError::Format { path: hp, msg: e.to_string() })
