@@ -25,7 +25,13 @@ pub struct Embedding {
 impl Embedding {
     /// `num_embeddings` vectors of `dim` values, drawn from `N(0, 1)`.
     pub fn new(num_embeddings: usize, dim: usize) -> Self {
-        let weight = Init::Normal(0.0, 1.0).tensor([num_embeddings, dim], dim, num_embeddings).requires_grad_(true);
+        Embedding::with_init(num_embeddings, dim, Init::Normal(0.0, 1.0))
+    }
+
+    /// Vectors drawn from `init` (e.g. BERT's and GPT-2's `N(0, 0.02)`, which
+    /// keeps tokens on the scale of learned position embeddings).
+    pub fn with_init(num_embeddings: usize, dim: usize, init: Init) -> Self {
+        let weight = init.tensor([num_embeddings, dim], dim, num_embeddings).requires_grad_(true);
         Embedding { weight, padding_idx: None }
     }
 

@@ -84,6 +84,36 @@ pub trait ModuleExt: Module {
         n
     }
 
+    /// Stops training every parameter (Keras' `trainable = False`): backward
+    /// passes leave them without a gradient, so optimizers leave them as they
+    /// are (no update, no weight decay). Clears their gradients.
+    ///
+    /// ```
+    /// use firebrand_nn::{Linear, Module, ModuleExt, Sequential};
+    /// use firebrand_autograd::Tensor;
+    /// let body = Linear::new(4, 3);
+    /// body.freeze();
+    /// let net = Sequential::new().add(body).add(Linear::new(3, 2));
+    /// assert_eq!(net.num_trainable_parameters(), 3 * 2 + 2);
+    /// net.forward(&Tensor::ones([1, 4])).sum_all().backward();
+    /// assert!(net.parameters()[0].grad().is_none() && net.parameters()[2].grad().is_some());
+    /// net.unfreeze();
+    /// assert_eq!(net.num_trainable_parameters(), net.num_parameters());
+    /// ```
+    fn freeze(&self) {
+        self.visit_parameters("", &mut |_, t| {
+            t.zero_grad();
+            let _ = t.clone().requires_grad_(false);
+        });
+    }
+
+    /// Trains every parameter again (undoes [`ModuleExt::freeze`]).
+    fn unfreeze(&self) {
+        self.visit_parameters("", &mut |_, t| {
+            let _ = t.clone().requires_grad_(true);
+        });
+    }
+
     /// Clears every parameter's gradient.
     fn zero_grad(&self) {
         self.visit_parameters("", &mut |_, t| t.zero_grad());
