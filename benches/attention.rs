@@ -2,9 +2,10 @@
 //! the composite form (scores, `-inf` mask tensor, softmax, two batched
 //! matmuls) that it replaced, at the `gpt` workload's shape (batch 12,
 //! context 64, embedding 128, 4 heads, causal) and the `transformer_block`
-//! workload's (batch 8, 128 positions, 512, 8 heads): forward alone and
-//! forward + backward (every parameter and the input), plus one GPT training
-//! step.
+//! workload's (batch 8, 128 positions, 512, 8 heads): the attention core
+//! alone (`sdpa_core`), the whole layer with its projections
+//! (`self_attention`), each forward alone and forward + backward, plus one GPT
+//! training step.
 //!
 //! `cargo bench --bench attention`
 
@@ -40,6 +41,36 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// The attention core alone, `(B, heads, T, d)` operands: the fused op
+/// against the composite (`q·kᵀ`, scale, `-inf` mask tensor, softmax, `·v`).
+fn core(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sdpa_core");
+    g.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500)).sample_size(20);
+    for (name, b, t, e, h, causal) in SHAPES {
+        manual_seed(0);
+        let d = e / h;
+        let [q, k, v] = [0, 1, 2].map(|_| Tensor::randn([b, h, t, d], 0.0, 1.0).requires_grad_(true));
+        let opts = AttentionOptions { causal: causal.then_some(0), ..Default::default() };
+        let mask = Tensor::from_vec(
+            (0..t * t).map(|i| if causal && i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect::<Vec<_>>(),
+            [t, t],
+        );
+        let composite =
+            || q.matmul(&k.transpose(-1, -2)).affine(1.0 / (d as f32).sqrt(), 0.0).add(&mask).softmax(-1).matmul(&v);
+        let fused = || q.scaled_dot_product_attention(&k, &v, &opts);
+        for (kind, f) in [("fused", &fused as &dyn Fn() -> Tensor), ("composite", &composite)] {
+            g.bench_function(BenchmarkId::new(format!("forward_{kind}"), name), |bn| bn.iter(|| with_no_grad(f)));
+            g.bench_function(BenchmarkId::new(format!("forward_backward_{kind}"), name), |bn| {
+                bn.iter(|| {
+                    f().sum_all().backward();
+                    [&q, &k, &v].iter().for_each(|x| x.zero_grad());
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn gpt_step(c: &mut Criterion) {
     use firebrand::nn::{Gpt, GptConfig};
     let mut g = c.benchmark_group("gpt");
@@ -57,5 +88,5 @@ fn gpt_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, attention, gpt_step);
+criterion_group!(benches, core, attention, gpt_step);
 criterion_main!(benches);

@@ -20,12 +20,21 @@
 //! The corpus is `--text FILE`, else `shakespeare/shakespeare.txt` under
 //! `$FIREBRAND_DATA`, `../shared/data` or `./data`.
 //!
-//! 2000 steps take under a minute on 2 cores (validation loss ≈ 1.8); seed 0,
-//! temperature 0.8:
+//! Seed 0 on 2 cores: 2000 steps in 42 s (about 21 ms a step), validation
+//! loss 2.52 at step 250, 2.00 at 1000, 1.83 at 2000; the sample (temperature
+//! 0.8) has verse lines, speaker headings and mostly real words:
 //!
 //! ```text
 //! ROMEO:
-//! (sample printed by the example; see docs/benchmarks.md for the figures)
+//! The below and the come a then his goods in the come,
+//! And and forlest peaching stoos trom in hime,
+//! Out a like oft the spovers, and the poft with thou crown,
+//! That the was and a foolls his the Roolds, his and for where
+//! thou cour have for thoug by the peak of he may some a shall und ever
+//! Opt the herefore will that shorje pleat love lord let And stain;
+//! To me one to beant of my beelds?
+//!
+//! LATHARELERT.
 //! ```
 
 use firebrand::data::{CharVocab, TokenBatches, find_text};

@@ -235,3 +235,27 @@ fn gpt_cached_decoding_equals_the_full_pass() {
     let inc = Tensor::cat(&[&a, &b], 1).to_vec::<f32>();
     assert!(inc.iter().zip(&whole).all(|(x, y)| (x - y).abs() < 1e-5));
 }
+
+/// The decoder stack applies its layers in order, then its norm, under
+/// PyTorch's `nn.TransformerDecoder` names; gradients reach every parameter.
+#[test]
+fn decoder_stack_composes_its_layers() {
+    use firebrand_nn::TransformerDecoder;
+    manual_seed(41);
+    let dec = TransformerDecoder::new((0..2).map(|_| TransformerDecoderLayer::new(8, 2, 16).causal(true)).collect())
+        .final_norm(8);
+    let names: Vec<String> = dec.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"layers.1.multihead_attn.in_proj_weight".to_string()), "{names:?}");
+    assert_eq!(names.last().map(String::as_str), Some("norm.bias"));
+    let (tgt, mem) = (Tensor::randn([2, 4, 8], 0.0, 1.0), Tensor::randn([2, 6, 8], 0.0, 1.0));
+    let pad = Tensor::from_vec(vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [2, 6]);
+    let y = dec.decode(&tgt, &mem, Some(&pad));
+    let by_hand = dec.norm.as_ref().unwrap().forward(&dec.layers[1].decode(
+        &dec.layers[0].decode(&tgt, &mem, Some(&pad)),
+        &mem,
+        Some(&pad),
+    ));
+    assert_eq!(y.to_vec::<f32>(), by_hand.to_vec::<f32>());
+    y.square().sum_all().backward();
+    assert!(dec.parameters().iter().all(|p| p.grad().is_some()));
+}
