@@ -151,6 +151,30 @@ impl Backend for ProxyBackend {
     fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage> {
         wrap(CPU.col2im(inner(cols), dims, win))
     }
+    fn layer_norm(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        bias: Option<&dyn BackendStorage>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Storage, Storage)> {
+        let (y, s) = CPU.layer_norm(inner(x), weight.map(inner), bias.map(inner), rows, cols, eps)?;
+        Ok((wrap(Ok(y))?, wrap(Ok(s))?))
+    }
+    fn layer_norm_backward(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        stats: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        let (dx, dwb) = CPU.layer_norm_backward(inner(x), weight.map(inner), inner(stats), inner(g), rows, cols)?;
+        Ok((wrap(Ok(dx))?, wrap(Ok(dwb))?))
+    }
     fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
         let (o, l) = CPU.attention(&unwrap_inputs(x), spec)?;
         Ok((wrap(Ok(o))?, wrap(Ok(l))?))

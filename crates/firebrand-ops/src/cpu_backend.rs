@@ -292,6 +292,36 @@ impl Backend for CpuBackend {
         Ok((Box::new(CpuStorage::F32(dyt)), Box::new(CpuStorage::F32(db))))
     }
 
+    fn layer_norm(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        bias: Option<&dyn BackendStorage>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Storage, Storage)> {
+        let op = "layer_norm";
+        let (w, b) = (weight.map(|w| f32s(w, op)).transpose()?, bias.map(|b| f32s(b, op)).transpose()?);
+        let (y, stats) = crate::norm::layer_norm(f32s(x, op)?, w, b, rows, cols, eps);
+        Ok((boxed(y)?, boxed(stats)?))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        stats: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        let op = "layer_norm_backward";
+        let w = weight.map(|w| f32s(w, op)).transpose()?;
+        let (dx, dwb) = crate::norm::layer_norm_backward(f32s(x, op)?, w, f32s(stats, op)?, f32s(g, op)?, rows, cols);
+        Ok((boxed(dx)?, boxed(dwb)?))
+    }
+
     fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
         let (out, lse) = crate::attention::attention(&operands(x)?, spec);
         Ok((boxed(out)?, boxed(lse)?))

@@ -14,6 +14,7 @@
 //! * [`index`] — gather, scatter-add, index_select, concat, one-hot, where.
 //! * [`attention`] — fused scaled-dot-product attention (masks computed in
 //!   place, log-sum-exp kept for the backward pass).
+//! * [`norm`] — fused layer normalization and its backward pass.
 //! * [`conv`] — im2col/col2im (convolution is im2col + one gemm), max and
 //!   average pooling with their backward passes, the fused convolution
 //!   epilogue (bias + ReLU + layout).
@@ -48,6 +49,7 @@ pub mod conv;
 mod cpu_backend;
 pub mod gemm;
 pub mod index;
+pub mod norm;
 pub mod parallel;
 pub mod recurrent;
 pub mod reduce;

@@ -311,6 +311,36 @@ pub trait Backend: Send + Sync {
         b: usize,
         h: usize,
     ) -> Result<Storage>;
+    /// Layer normalization over the last dim of a contiguous `(rows, cols)`
+    /// input, with optional scale and shift `(cols,)`: the output and the
+    /// rows' `[mean | 1/√(var + eps)]` `(2, rows)`.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn layer_norm(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        bias: Option<&dyn BackendStorage>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Storage, Storage)>;
+    /// Backward of [`Backend::layer_norm`]: from `x`, `weight`, the
+    /// statistics and the output's gradient `g` (contiguous `(rows, cols)`),
+    /// the input's gradient and `[dweight | dbias]` `(2, cols)`.
+    ///
+    /// # Errors
+    /// On a non-`f32` input.
+    fn layer_norm_backward(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        stats: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)>;
     /// Fused scaled-dot-product attention: `softmax(scale·q·kᵀ + mask)·v`
     /// with the causal and padding masks applied as it goes (never stored).
     /// Returns the output `(B, T, heads, d)` contiguous (so `(B, T, E)`

@@ -6,6 +6,7 @@ mod binary;
 mod conv;
 mod index;
 mod matmul;
+mod norm;
 mod recurrent;
 mod reduce;
 mod softmax;

@@ -48,17 +48,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
-        // x: (…, C)
-        let mean = x.mean(&[-1], true);
-        let var = x.var(&[-1], 0, true);
-        let mut y = x.sub(&mean).mul(&var.affine(1.0, self.eps).rsqrt());
-        if let Some(w) = &self.weight {
-            y = y.mul(w);
-        }
-        if let Some(b) = &self.bias {
-            y = y.add(b);
-        }
-        y
+        // x: (…, C); one fused op (Tensor::layer_norm).
+        x.try_layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)
+            .unwrap_or_else(|e| panic!("LayerNorm: {e}"))
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

@@ -7,7 +7,7 @@
 //! (`self_attention`), each forward alone and forward + backward, plus one GPT
 //! training step.
 //!
-//! `cargo bench --bench attention`
+//! `cargo bench --bench transformer`
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use firebrand::prelude::*;
@@ -71,6 +71,26 @@ fn core(c: &mut Criterion) {
     g.finish();
 }
 
+/// `LayerNorm` forward + backward at the GPT's `(12·64, 128)` and the block's `(8·128, 512)`.
+fn layer_norm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("layer_norm");
+    g.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500)).sample_size(20);
+    for (name, dims) in [("12x64x128", [12, 64, 128]), ("8x128x512", [8, 128, 512])] {
+        manual_seed(0);
+        let ln = LayerNorm::new(dims[2]);
+        let x = Tensor::randn(dims, 0.0, 1.0).requires_grad_(true);
+        g.bench_function(BenchmarkId::new("forward", name), |bn| bn.iter(|| with_no_grad(|| ln.forward(&x))));
+        g.bench_function(BenchmarkId::new("forward_backward", name), |bn| {
+            bn.iter(|| {
+                ln.forward(&x).sum_all().backward();
+                ln.zero_grad();
+                x.zero_grad();
+            })
+        });
+    }
+    g.finish();
+}
+
 fn gpt_step(c: &mut Criterion) {
     use firebrand::nn::{Gpt, GptConfig};
     let mut g = c.benchmark_group("gpt");
@@ -88,5 +108,5 @@ fn gpt_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, core, attention, gpt_step);
+criterion_group!(benches, core, attention, layer_norm, gpt_step);
 criterion_main!(benches);
