@@ -116,8 +116,20 @@ impl Tensor {
         let out = self.view_with(self.layout().narrow(dim, start, len)?);
         let in_dims = self.dims().to_vec();
         Ok(record(out, "narrow", &[self], move |_, g| {
-            let idx = Tensor::arange_i64(start as i64, (start + len) as i64);
-            vec![Some(g.index_add_zeros(d, &idx, in_dims[d]))]
+            // The gradient between zeros along `d`: one concatenation (block
+            // copies), not a scatter of every element.
+            let zeros = |n: usize| {
+                let mut dims = in_dims.clone();
+                dims[d] = n;
+                Tensor::full_on(0.0, dims, g.device()).expect("own device")
+            };
+            let after = in_dims[d] - start - len;
+            let parts: Vec<Tensor> =
+                [(start > 0).then(|| zeros(start)), Some(g.clone()), (after > 0).then(|| zeros(after))]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            vec![Some(Tensor::cat(&parts.iter().collect::<Vec<_>>(), d as isize))]
         }))
     }
 
