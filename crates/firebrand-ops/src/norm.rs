@@ -24,6 +24,7 @@ fn sum16(n: usize, f: impl Fn(usize) -> f32) -> f32 {
 
 /// Forward over rows `lo..hi`; `y` and `stats` are the whole outputs.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward_rows(
     x: &[f32],
     w: &[f32],
