@@ -64,7 +64,8 @@ fn fused_equals_the_composite_form_in_values_and_gradients() {
     manual_seed(3);
     for (n, c) in CASES.iter().enumerate() {
         let pad = padding(c);
-        let opts = AttentionOptions { causal: c.causal, key_padding_mask: c.padded.then_some(&pad), scale: None };
+        let opts =
+            AttentionOptions { causal: c.causal, key_padding_mask: c.padded.then_some(&pad), ..Default::default() };
         let q = Tensor::randn([c.b, c.h, c.t, c.d], 0.0, 1.0).requires_grad_(true);
         let k = Tensor::randn([c.b, c.h, c.s, c.d], 0.0, 1.0).requires_grad_(true);
         let v = Tensor::randn([c.b, c.h, c.s, c.d], 0.0, 1.0).requires_grad_(true);
@@ -88,7 +89,12 @@ fn gradcheck_on_masks_views_and_broadcast_keys() {
     let opts = GradcheckOptions::default();
     for c in &CASES[..5] {
         let pad = padding(c);
-        let ao = AttentionOptions { causal: c.causal, key_padding_mask: c.padded.then_some(&pad), scale: Some(0.8) };
+        let ao = AttentionOptions {
+            causal: c.causal,
+            key_padding_mask: c.padded.then_some(&pad),
+            scale: Some(0.8),
+            ..Default::default()
+        };
         let inputs = [
             Tensor::randn([c.b, c.h, c.t, c.d], 0.0, 1.0).requires_grad_(true),
             Tensor::randn([c.b, c.h, c.s, c.d], 0.0, 1.0).requires_grad_(true),
@@ -134,6 +140,46 @@ fn gradcheck_on_masks_views_and_broadcast_keys() {
         opts,
     );
     r.unwrap_or_else(|e| panic!("attention with a strided head dim: {e}"));
+}
+
+/// Dropout inside the kernel: gradcheck with a fixed seed (the same mask on
+/// every evaluation), the same seed gives the same output, and averaged over
+/// many seeds the output approaches the output without dropout.
+#[test]
+fn dropout_in_the_kernel() {
+    manual_seed(13);
+    let (b, h, t, s, d) = (2, 2, 4, 6, 3);
+    let inputs = [
+        Tensor::randn([b, h, t, d], 0.0, 1.0).requires_grad_(true),
+        Tensor::randn([b, h, s, d], 0.0, 1.0).requires_grad_(true),
+        Tensor::randn([b, h, s, d], 0.0, 1.0).requires_grad_(true),
+    ];
+    let opts =
+        |seed| AttentionOptions { causal: Some(2), dropout: 0.3, dropout_seed: Some(seed), ..Default::default() };
+    let r =
+        gradcheck(|x| x[0].scaled_dot_product_attention(&x[1], &x[2], &opts(5)), &inputs, GradcheckOptions::default());
+    r.unwrap_or_else(|e| panic!("attention with dropout: {e}"));
+    let run = |seed| inputs[0].scaled_dot_product_attention(&inputs[1], &inputs[2], &opts(seed)).to_vec::<f32>();
+    assert_eq!(run(9), run(9));
+    assert_ne!(run(9), run(10));
+    let plain = inputs[0]
+        .scaled_dot_product_attention(
+            &inputs[1],
+            &inputs[2],
+            &AttentionOptions { causal: Some(2), ..Default::default() },
+        )
+        .to_vec::<f32>();
+    let n = 2000;
+    let mut mean = vec![0.0f64; plain.len()];
+    for seed in 0..n {
+        run(seed).iter().zip(&mut mean).for_each(|(v, m)| *m += *v as f64 / n as f64);
+    }
+    for (i, (m, p)) in mean.iter().zip(&plain).enumerate() {
+        assert!((m - *p as f64).abs() < 0.08, "mean over seeds [{i}] {m} vs without dropout {p}");
+    }
+    let bad = AttentionOptions { dropout: 1.0, ..Default::default() };
+    let msg = inputs[0].try_scaled_dot_product_attention(&inputs[1], &inputs[2], &bad).unwrap_err().to_string();
+    assert!(msg.contains("dropout"), "{msg}");
 }
 
 #[test]

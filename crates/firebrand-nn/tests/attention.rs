@@ -259,3 +259,23 @@ fn decoder_stack_composes_its_layers() {
     y.square().sum_all().backward();
     assert!(dec.parameters().iter().all(|p| p.grad().is_some()));
 }
+
+/// Attention dropout runs inside the fused kernel in training and not at all
+/// in evaluation.
+#[test]
+fn attention_dropout_in_training_only() {
+    manual_seed(51);
+    let mut mha = MultiHeadAttention::new(8, 2).causal(true).dropout(0.5);
+    let plain = MultiHeadAttention::new(8, 2).causal(true);
+    for ((_, a), (_, b)) in mha.named_parameters().iter().zip(plain.named_parameters()) {
+        b.copy_(a).unwrap();
+    }
+    let x = Tensor::randn([2, 5, 8], 0.0, 1.0).requires_grad_(true);
+    let want = plain.forward(&x).to_vec::<f32>();
+    let y = mha.forward(&x);
+    assert_ne!(y.to_vec::<f32>(), want, "training mode drops weights");
+    y.sum_all().backward();
+    assert!(x.grad().is_some() && mha.parameters().iter().all(|p| p.grad().is_some()));
+    mha.eval();
+    assert_eq!(mha.forward(&x).to_vec::<f32>(), want, "evaluation mode does not");
+}

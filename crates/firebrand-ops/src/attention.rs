@@ -87,6 +87,35 @@ fn scores(x: &Operands, spec: &AttentionSpec, b: usize, h: usize, s: &mut [f32])
     }
 }
 
+/// The dropout factor of weight `(b, h, i, j)` (flat index `at`): 0 when
+/// dropped, `1/(1 − p)` when kept. A counter-based hash (SplitMix64's
+/// finalizer) of the seed and the index, so any pass can regenerate it.
+#[inline]
+fn dropout_factor(dropout: Option<(f32, u64)>, at: u64) -> f32 {
+    match dropout {
+        None => 1.0,
+        Some((p, seed)) => {
+            let mut z = seed ^ at.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32; // uniform in [0, 1)
+            if u >= p { 1.0 / (1.0 - p) } else { 0.0 }
+        }
+    }
+}
+
+/// Applies the dropout factors to row `i` of head `(b, h)`'s weights.
+fn drop_row(spec: &AttentionSpec, b: usize, h: usize, i: usize, row: &mut [f32]) {
+    if spec.dropout.is_none() {
+        return;
+    }
+    let first = (((b * spec.heads + h) * spec.q_len + i) * spec.kv_len) as u64;
+    for (j, v) in row.iter_mut().enumerate() {
+        *v *= dropout_factor(spec.dropout, first + j as u64);
+    }
+}
+
 /// `p = exp(s − shift)` over a row (in place on `s` first); zeros when the
 /// shift is −∞ (a query that sees no key).
 fn exp_row(s: &mut [f32], shift: f32, p: &mut [f32]) {
@@ -122,7 +151,7 @@ unsafe fn scatter_head(src: &[f32], dst: SendPtr<f32>, spec: &AttentionSpec, len
 /// let (q, k, v) = ([1.0, 1.0], [0.0, 0.0], [2.0, 4.0]);
 /// let at = HeadLayout { offset: 0, batch: 2, head: 2, row: 1 };
 /// let x = Operands { q: &q, q_at: at, k: &k, k_at: at, v: &v, v_at: at, key_padding: None };
-/// let spec = AttentionSpec { batch: 1, heads: 1, q_len: 2, kv_len: 2, head_dim: 1, scale: 1.0, causal: Some(0) };
+/// let spec = AttentionSpec { batch: 1, heads: 1, q_len: 2, kv_len: 2, head_dim: 1, scale: 1.0, causal: Some(0), dropout: None };
 /// let (out, _lse) = attention(&x, &spec);
 /// assert_eq!(out, vec![2.0, 3.0]);
 /// ```
@@ -147,6 +176,7 @@ pub fn attention(x: &Operands, spec: &AttentionSpec) -> (Vec<f32>, Vec<f32>) {
                 let inv = 1.0 / sum;
                 prow.iter_mut().for_each(|v| *v *= inv);
             }
+            drop_row(spec, b, h, i, prow);
             // SAFETY: row (b, h, i) of the log-sum-exp belongs to this task.
             unsafe { *lse_p.get().add((b * nh + h) * t + i) = l };
         }
@@ -193,15 +223,25 @@ pub fn attention_backward(
         }
         // dP = dO·Vᵀ into `s` (the scores are no longer needed).
         gemm_serial(t, d, sl, go, head(x.v, &x.v_at, b, h).t(), &mut s, sl, false);
+        // With dropout the gradient of the weights before it is dP'·factor;
+        // rowsum(dO∘O) = Σ P·dP either way.
         for i in 0..t {
             let (gr, or) = (&g[go.offset + i * go.rs..][..d], &out[o.offset + i * o.rs..][..d]);
             let di: f32 = gr.iter().zip(or).map(|(a, b)| a * b).sum();
-            for (ds, &pv) in s[i * sl..(i + 1) * sl].iter_mut().zip(&p[i * sl..(i + 1) * sl]) {
+            let row = &mut s[i * sl..(i + 1) * sl];
+            drop_row(spec, b, h, i, row);
+            for (ds, &pv) in row.iter_mut().zip(&p[i * sl..(i + 1) * sl]) {
                 *ds = pv * (*ds - di) * spec.scale;
             }
         }
         let ds = MatRef::row_major(&s, sl); // (T, S), scale folded in
         let mut buf = vec![0.0f32; t.max(sl) * d];
+        // dV = P'ᵀ·dO with the dropped weights P' (P itself when no dropout).
+        if spec.dropout.is_some() {
+            for (i, row) in p.chunks_exact_mut(sl).enumerate() {
+                drop_row(spec, b, h, i, row);
+            }
+        }
         gemm_serial(sl, t, d, MatRef::row_major(&p, sl).t(), go, &mut buf[..sl * d], d, false);
         // SAFETY (all three): head (b, h) of each gradient is this task's.
         unsafe { scatter_head(&buf[..sl * d], ptrs.2, spec, sl, b, h) };
@@ -307,7 +347,16 @@ mod tests {
             let pad: Vec<f32> =
                 (0..nb * sl).map(|i| (padded && i % sl == sl - 1 && (i / sl).is_multiple_of(2)) as u8 as f32).collect();
             let x = Operands { q: &q, q_at, k: &k, k_at, v: &v, v_at, key_padding: padded.then_some(&pad[..]) };
-            let spec = AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: sl, head_dim: d, scale: 0.7, causal };
+            let spec = AttentionSpec {
+                batch: nb,
+                heads: nh,
+                q_len: t,
+                kv_len: sl,
+                head_dim: d,
+                scale: 0.7,
+                causal,
+                dropout: None,
+            };
             let (out, lse) = attention(&x, &spec);
             let want = attention_reference(&x, &spec);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
@@ -318,12 +367,32 @@ mod tests {
     }
 
     #[test]
+    fn dropout_keeps_the_expected_share_and_is_reproducible() {
+        let kept = (0..100_000u64).filter(|&i| dropout_factor(Some((0.25, 7)), i) > 0.0).count();
+        assert!((kept as f64 / 1e5 - 0.75).abs() < 0.01, "kept {kept} of 100000 at p = 0.25");
+        assert_eq!(dropout_factor(Some((0.25, 7)), 12_345), dropout_factor(Some((0.25, 7)), 12_345));
+        let other_seed =
+            (0..1000u64).filter(|&i| dropout_factor(Some((0.5, 7)), i) != dropout_factor(Some((0.5, 8)), i));
+        assert!(other_seed.count() > 300, "another seed gives another mask");
+        assert_eq!(dropout_factor(Some((0.2, 1)), 3).max(1.25), 1.25);
+    }
+
+    #[test]
     fn a_query_that_sees_no_key_gets_zeros() {
         let (q, k, v) = (fill(4, 1), fill(4, 2), fill(4, 3));
         let at = HeadLayout { offset: 0, batch: 4, head: 4, row: 2 };
         let pad = [1.0, 1.0];
         let x = Operands { q: &q, q_at: at, k: &k, k_at: at, v: &v, v_at: at, key_padding: Some(&pad) };
-        let spec = AttentionSpec { batch: 1, heads: 1, q_len: 2, kv_len: 2, head_dim: 2, scale: 1.0, causal: None };
+        let spec = AttentionSpec {
+            batch: 1,
+            heads: 1,
+            q_len: 2,
+            kv_len: 2,
+            head_dim: 2,
+            scale: 1.0,
+            causal: None,
+            dropout: None,
+        };
         let (out, lse) = attention(&x, &spec);
         assert_eq!(out, vec![0.0; 4]);
         assert!(lse.iter().all(|l| *l == f32::NEG_INFINITY));
@@ -332,43 +401,54 @@ mod tests {
     }
 
     /// The backward pass against central differences of the forward pass
-    /// (in f32, so loose) on a causal, padded, fused-layout case.
+    /// (in f32, so loose) on a causal, padded, fused-layout case, without and
+    /// with dropout (the seed fixes the mask).
     #[test]
     fn backward_matches_finite_differences() {
-        let (nb, nh, t, d) = (2, 2, 5, 3);
-        let e = nh * d;
-        let qkv = fill(nb * t * 3 * e, 7);
-        let [q_at, k_at, v_at] = layouts(true, nh, t, d);
-        let pad: Vec<f32> = (0..nb * t).map(|i| (i == 3) as u8 as f32).collect();
-        let spec =
-            AttentionSpec { batch: nb, heads: nh, q_len: t, kv_len: t, head_dim: d, scale: 0.6, causal: Some(0) };
-        let gout = fill(nb * t * e, 9);
-        let loss = |buf: &[f32]| -> f64 {
-            let x = Operands { q: buf, q_at, k: buf, k_at, v: buf, v_at, key_padding: Some(&pad) };
-            attention(&x, &spec).0.iter().zip(&gout).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
-        };
-        let x = Operands { q: &qkv, q_at, k: &qkv, k_at, v: &qkv, v_at, key_padding: Some(&pad) };
-        let (out, lse) = attention(&x, &spec);
-        let (dq, dk, dv) = attention_backward(&x, &spec, &out, &lse, &gout);
-        // Gather the analytic gradient back into the fused (B, T, 3E) layout.
-        let mut grad = vec![0.0f32; qkv.len()];
-        for b in 0..nb {
-            for i in 0..t {
-                for c in 0..e {
-                    let at = (b * t + i) * e + c;
-                    grad[(b * t + i) * 3 * e + c] = dq[at];
-                    grad[(b * t + i) * 3 * e + e + c] = dk[at];
-                    grad[(b * t + i) * 3 * e + 2 * e + c] = dv[at];
+        for dropout in [None, Some((0.3, 42))] {
+            let (nb, nh, t, d) = (2, 2, 5, 3);
+            let e = nh * d;
+            let qkv = fill(nb * t * 3 * e, 7);
+            let [q_at, k_at, v_at] = layouts(true, nh, t, d);
+            let pad: Vec<f32> = (0..nb * t).map(|i| (i == 3) as u8 as f32).collect();
+            let spec = AttentionSpec {
+                batch: nb,
+                heads: nh,
+                q_len: t,
+                kv_len: t,
+                head_dim: d,
+                scale: 0.6,
+                causal: Some(0),
+                dropout,
+            };
+            let gout = fill(nb * t * e, 9);
+            let loss = |buf: &[f32]| -> f64 {
+                let x = Operands { q: buf, q_at, k: buf, k_at, v: buf, v_at, key_padding: Some(&pad) };
+                attention(&x, &spec).0.iter().zip(&gout).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+            };
+            let x = Operands { q: &qkv, q_at, k: &qkv, k_at, v: &qkv, v_at, key_padding: Some(&pad) };
+            let (out, lse) = attention(&x, &spec);
+            let (dq, dk, dv) = attention_backward(&x, &spec, &out, &lse, &gout);
+            // Gather the analytic gradient back into the fused (B, T, 3E) layout.
+            let mut grad = vec![0.0f32; qkv.len()];
+            for b in 0..nb {
+                for i in 0..t {
+                    for c in 0..e {
+                        let at = (b * t + i) * e + c;
+                        grad[(b * t + i) * 3 * e + c] = dq[at];
+                        grad[(b * t + i) * 3 * e + e + c] = dk[at];
+                        grad[(b * t + i) * 3 * e + 2 * e + c] = dv[at];
+                    }
                 }
             }
-        }
-        let h = 1e-2f32;
-        for idx in 0..qkv.len() {
-            let (mut up, mut dn) = (qkv.clone(), qkv.clone());
-            up[idx] += h;
-            dn[idx] -= h;
-            let num = (loss(&up) - loss(&dn)) / (2.0 * h as f64);
-            assert!((num - grad[idx] as f64).abs() < 2e-3, "grad[{idx}]: numeric {num} vs analytic {}", grad[idx]);
+            let h = 1e-2f32;
+            for idx in 0..qkv.len() {
+                let (mut up, mut dn) = (qkv.clone(), qkv.clone());
+                up[idx] += h;
+                dn[idx] -= h;
+                let num = (loss(&up) - loss(&dn)) / (2.0 * h as f64);
+                assert!((num - grad[idx] as f64).abs() < 2e-3, "grad[{idx}]: numeric {num} vs analytic {}", grad[idx]);
+            }
         }
     }
 }

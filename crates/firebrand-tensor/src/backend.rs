@@ -82,6 +82,11 @@ pub struct AttentionSpec {
     pub scale: f32,
     /// `Some(offset)`: query `t` sees keys `j ≤ t + offset` only (causal).
     pub causal: Option<usize>,
+    /// Dropout on the attention weights: `(p, seed)`. Weight `(b, h, t, s)`
+    /// is kept when a counter-based hash of the seed and its index clears
+    /// `p` (kept weights scaled by `1/(1 − p)`), so the backward pass
+    /// regenerates the same mask. `None`: no dropout.
+    pub dropout: Option<(f32, u64)>,
 }
 
 /// The operands of one attention call: queries `(B, heads, T, d)`, keys and

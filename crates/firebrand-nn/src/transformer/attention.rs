@@ -85,8 +85,8 @@ impl MultiHeadAttention {
         self
     }
 
-    /// Dropout on the attention weights, in training (that path runs the
-    /// composite form: the fused kernel has no dropout).
+    /// Dropout on the attention weights, in training (inside the fused
+    /// kernel: the mask is regenerated in the backward pass, never stored).
     pub fn dropout(mut self, p: f32) -> Self {
         self.dropout = p;
         self
@@ -183,20 +183,25 @@ impl MultiHeadAttention {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let ctx = if self.training && self.dropout > 0.0 || !self.fused {
+        let ctx = if !self.fused {
             self.composite(&q, &k, &v, key_padding_mask, offset)
         } else {
             let (nh, d) = (self.heads, e / self.heads);
             let heads = |x: &Tensor| x.reshape([b, x.dims()[1], nh, d]).permute(&[0, 2, 1, 3]); // (B, nh, L, d)
-            let opts = AttentionOptions { causal: self.causal.then_some(offset), key_padding_mask, scale: None };
+            let opts = AttentionOptions {
+                causal: self.causal.then_some(offset),
+                key_padding_mask,
+                dropout: if self.training { self.dropout } else { 0.0 },
+                ..Default::default()
+            };
             heads(&q).scaled_dot_product_attention(&heads(&k), &heads(&v), &opts).permute(&[0, 2, 1, 3])
         };
         self.out_proj.forward(&ctx.reshape([b, t, e])) // (B, T, E)
     }
 
     /// Attention from primitive ops: scores materialized, the mask an added
-    /// `−∞` tensor, dropout on the weights. Used for attention dropout in
-    /// training and as the reference of the fused path in tests.
+    /// `−∞` tensor, dropout on the weights (a stored mask). The reference the
+    /// fused path is tested against (`fused(false)`).
     /// `q` `(B, T, E)`, `k`/`v` `(B, S, E)`; returns `(B, T, heads, d)`.
     fn composite(&self, q: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>, offset: usize) -> Tensor {
         let (b, t, e) = (q.dims()[0], q.dims()[1], q.dims()[2]);

@@ -66,9 +66,11 @@ impl TransformerEncoderLayer {
         self
     }
 
-    /// Dropout after attention, in the feed-forward block and after it (PyTorch's `dropout`).
+    /// Dropout on the attention weights, after attention, in the
+    /// feed-forward block and after it (PyTorch's `dropout`).
     pub fn dropout(mut self, p: f32) -> Self {
         self.dropout = crate::Dropout::new(p);
+        self.self_attn = self.self_attn.dropout(p);
         self
     }
 
