@@ -33,10 +33,10 @@
 //! (`--from-scratch` skips pre-training, for comparison).
 //!
 //! Seed 0 on 2 cores (about 3.5 minutes): the held-out masked-character loss
-//! falls from 4.84 to 2.39 in 800 steps; fine-tuned, the classifier gets
-//! 40.2% of the 670 test passages right (macro F1 0.368) against 20% for the
+//! falls from 4.84 to 2.38 in 800 steps; fine-tuned, the classifier gets
+//! 39.3% of the 670 test passages right (macro F1 0.372) against 20% for the
 //! majority class. The same classifier trained from scratch for as many
-//! epochs (`--from-scratch --epochs 4`) gets 33.1% (F1 0.296).
+//! epochs (`--from-scratch --epochs 4`) gets 33.1% (F1 0.310).
 
 use firebrand::data::{CharVocab, TensorDataset, TokenBatches, find_text};
 use firebrand::nn::loss::cross_entropy;
