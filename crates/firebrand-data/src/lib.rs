@@ -17,6 +17,9 @@
 //! * [`digits`]: the UCI 8x8 digits embedded in the crate.
 //! * Text: [`CharVocab`] (build, encode, decode, save/load) and
 //!   [`TextWindows`] (`(window, next token)` examples with a stride);
+//!   [`TokenBatches`] (random windows with next-token targets at every
+//!   position, each batch a function of `(seed, step)`: language-model
+//!   training that resumes exactly);
 //!   [`BpeTokenizer`], a byte-level BPE trained on a corpus, saved and loaded.
 //!
 //! Batches are `(inputs, targets)` tensors for `firebrand-train`'s loop.
