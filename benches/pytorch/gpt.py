@@ -43,7 +43,9 @@ class Gpt(nn.Module):
     def __init__(self):
         super().__init__()
         self.wte = nn.Embedding(V, C)
-        self.wpe = nn.Parameter(torch.zeros(T, C))
+        # An embedding table (initialized below, so `_weight` spares a draw) so the
+        # names are Firebrand's `Gpt`'s and a state_dict loads there as it is.
+        self.wpe = nn.Embedding(T, C, _weight=torch.zeros(T, C))
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(C, H, 4 * C, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
             for _ in range(L))
@@ -61,7 +63,7 @@ class Gpt(nn.Module):
 
     def forward(self, idx):
         t = idx.shape[1]
-        x = self.wte(idx) + self.wpe[:t]
+        x = self.wte(idx) + self.wpe.weight[:t]
         for blk in self.blocks:
             x = blk(x, src_mask=self.mask[:t, :t], is_causal=True)
         return self.lm_head(self.ln_f(x))

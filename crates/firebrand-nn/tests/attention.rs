@@ -279,3 +279,27 @@ fn attention_dropout_in_training_only() {
     mha.eval();
     assert_eq!(mha.forward(&x).to_vec::<f32>(), want, "evaluation mode does not");
 }
+
+/// A whole `Gpt` with PyTorch's weights (the model of `benches/pytorch/gpt.py`,
+/// same parameter names, loaded by name): logits, loss and every gradient.
+#[test]
+fn gpt_matches_pytorch() {
+    use firebrand_nn::{Gpt, GptConfig};
+    let c = &common::cases()["gpt"];
+    let gpt = Gpt::new(GptConfig { vocab_size: 11, context: 9, layers: 2, heads: 2, embed: 8, dropout: 0.0 });
+    let params = gpt.named_parameters();
+    for (name, p) in &params {
+        let want = c.get(name).unwrap_or_else(|| panic!("PyTorch's GPT has no parameter {name}"));
+        p.copy_(&Tensor::from_vec(f32s(want), p.shape().clone())).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let ids: Vec<i64> = usizes(&c["ids"]).into_iter().map(|v| v as i64).collect();
+    let targets: Vec<i64> = usizes(&c["targets"]).into_iter().map(|v| v as i64).collect();
+    let (ids, targets) = (Tensor::from_vec(ids, [2, 7]), Tensor::from_vec(targets, [2, 7]));
+    close(&gpt.forward(&ids).to_vec::<f32>(), &f32s(&c["logits"]), "gpt: logits");
+    let loss = gpt.loss(&ids, &targets);
+    close(&[loss.item()], &[c["loss"].as_f64().unwrap() as f32], "gpt: loss");
+    loss.backward();
+    for (name, p) in &params {
+        close(&p.grad().unwrap().to_vec::<f32>(), &f32s(&c[format!("g_{name}")]), &format!("gpt: grad {name}"));
+    }
+}

@@ -223,6 +223,45 @@ cases["blocks"] = {
                                     lambda m, x: m(x[0], x[1], x[1], need_weights=False, key_padding_mask=pad)[0]),
 }
 
+
+# A whole GPT (Firebrand's `Gpt`, as benches/pytorch/gpt.py builds it: token and
+# position embeddings, causal pre-norm GELU encoder layers, final norm,
+# bias-free head), same parameter names: logits, loss and every gradient.
+class Gpt(nn.Module):
+    def __init__(self, V, T, C, L, H):
+        super().__init__()
+        self.wte = nn.Embedding(V, C)
+        self.wpe = nn.Embedding(T, C)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(C, H, 4 * C, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(L))
+        self.ln_f = nn.LayerNorm(C)
+        self.lm_head = nn.Linear(C, V, bias=False)
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe.weight[:t]
+        mask = nn.Transformer.generate_square_subsequent_mask(t)
+        for blk in self.blocks:
+            x = blk(x, src_mask=mask, is_causal=True)
+        return self.lm_head(self.ln_f(x))
+
+
+gpt = Gpt(11, 9, 8, 2, 2)
+with torch.no_grad():
+    for i, (k, p) in enumerate(gpt.named_parameters()):
+        p.copy_(det(tuple(p.shape), 0.3, 0.02 * i + (1.0 if k.endswith("weight") and p.dim() == 1 else 0.0)))
+ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5, 8, 9, 7]])
+targets = torch.tensor([[1, 4, 1, 5, 9, 2, 6], [5, 3, 5, 8, 9, 7, 9]])
+gpt_logits = gpt(ids)
+gpt_loss = F.cross_entropy(gpt_logits.reshape(-1, 11), targets.reshape(-1))
+gpt_loss.backward()
+cases["gpt"] = {"ids": ids.reshape(-1).tolist(), "targets": targets.reshape(-1).tolist(), "logits": flat(gpt_logits),
+                "loss": float(gpt_loss.detach())}
+for k, p in gpt.named_parameters():
+    cases["gpt"][k] = flat(p)
+    cases["gpt"]["g_" + k] = flat(p.grad)
+
 with open("nn_reference.json", "w") as f:
     json.dump({"torch_version": torch.__version__, "cases": cases}, f, indent=1)
 print("wrote nn_reference.json, torch", torch.__version__)
