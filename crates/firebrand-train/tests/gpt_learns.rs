@@ -4,7 +4,7 @@
 
 use firebrand_autograd::manual_seed;
 use firebrand_data::TokenBatches;
-use firebrand_nn::{Gpt, GptConfig, Module, ModuleExt, Sampler, Sampling};
+use firebrand_nn::{Gpt, GptConfig, ModuleExt, Sampler, Sampling};
 use firebrand_optim::{AdamW, Optimizer, clip_grad_norm, decay_matrices};
 
 #[test]
