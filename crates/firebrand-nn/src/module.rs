@@ -47,17 +47,26 @@ pub trait ModuleExt: Module {
     }
 
     /// Everything saved with the model: parameters, then buffers (PyTorch's
-    /// `state_dict`).
+    /// `state_dict`). A tensor shared by several layers (tied weights) is
+    /// listed under each of its names, as PyTorch does.
     fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.named_parameters();
+        let mut out = Vec::new();
+        self.visit_parameters("", &mut |name, t| out.push((name.to_string(), t.clone())));
         out.extend(self.named_buffers());
         out
     }
 
-    /// Parameters with their dotted names, in definition order.
+    /// Parameters with their dotted names, in definition order. A tensor
+    /// shared by several layers (tied weights) appears once, under its first
+    /// name, so optimizers update it once (PyTorch's `named_parameters`).
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        self.visit_parameters("", &mut |name, t| out.push((name.to_string(), t.clone())));
+        let mut seen = std::collections::HashSet::new();
+        self.visit_parameters("", &mut |name, t| {
+            if seen.insert(t.id()) {
+                out.push((name.to_string(), t.clone()));
+            }
+        });
         out
     }
 
@@ -66,22 +75,14 @@ pub trait ModuleExt: Module {
         self.named_parameters().into_iter().map(|(_, t)| t).collect()
     }
 
-    /// Total number of parameter elements.
+    /// Total number of parameter elements (shared tensors counted once).
     fn num_parameters(&self) -> usize {
-        let mut n = 0;
-        self.visit_parameters("", &mut |_, t| n += t.elem_count());
-        n
+        self.named_parameters().iter().map(|(_, t)| t.elem_count()).sum()
     }
 
     /// Number of parameter elements that require grad (are trained).
     fn num_trainable_parameters(&self) -> usize {
-        let mut n = 0;
-        self.visit_parameters("", &mut |_, t| {
-            if t.requires_grad() {
-                n += t.elem_count()
-            }
-        });
-        n
+        self.named_parameters().iter().filter(|(_, t)| t.requires_grad()).map(|(_, t)| t.elem_count()).sum()
     }
 
     /// Stops training every parameter (Keras' `trainable = False`): backward

@@ -303,3 +303,33 @@ fn gpt_matches_pytorch() {
         close(&p.grad().unwrap().to_vec::<f32>(), &f32s(&c[format!("g_{name}")]), &format!("gpt: grad {name}"));
     }
 }
+
+/// Weight tying: the shared matrix is one parameter whose gradient is the
+/// sum of its two uses (checked against an untied copy), and state_dict
+/// keeps both names so a tied checkpoint round-trips.
+#[test]
+fn gpt_weight_tying() {
+    use firebrand_nn::{Gpt, GptConfig};
+    manual_seed(61);
+    let cfg = GptConfig { vocab_size: 7, context: 6, layers: 1, heads: 2, embed: 4, dropout: 0.0 };
+    let tied = Gpt::new(cfg).tie_weights();
+    let untied = Gpt::new(cfg);
+    let names: Vec<String> = tied.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"wte.weight".to_string()) && !names.contains(&"lm_head.weight".to_string()), "{names:?}");
+    assert!(tied.state_dict().iter().any(|(n, _)| n == "lm_head.weight"));
+    for (name, t) in tied.state_dict() {
+        let (_, u) = untied.state_dict().into_iter().find(|(n, _)| *n == name).unwrap();
+        u.copy_(&t).unwrap();
+    }
+    let ids = Tensor::from_vec(vec![1i64, 2, 3, 4, 5, 6, 0, 1], [2, 4]);
+    let targets = Tensor::from_vec(vec![2i64, 3, 4, 5, 6, 0, 1, 2], [2, 4]);
+    let (lt, lu) = (tied.loss(&ids, &targets), untied.loss(&ids, &targets));
+    assert_eq!(lt.item(), lu.item());
+    lt.backward();
+    lu.backward();
+    let g = |m: &Gpt, which: &str| {
+        m.state_dict().into_iter().find(|(n, _)| n == which).unwrap().1.grad().unwrap().to_vec::<f32>()
+    };
+    let sum: Vec<f32> = g(&untied, "wte.weight").iter().zip(g(&untied, "lm_head.weight")).map(|(a, b)| a + b).collect();
+    close(&g(&tied, "wte.weight"), &sum, "tied gradient = embedding's + head's");
+}

@@ -124,6 +124,22 @@ impl Gpt {
         gpt
     }
 
+    /// Ties the head to the token embedding (GPT-2's weight tying): `lm_head`
+    /// uses `wte.weight` `(V, C)` itself, so the model has one `(V, C)` matrix
+    /// fewer, `named_parameters` lists it once (as `wte.weight`) and its
+    /// gradient sums both uses. `state_dict` keeps both names, as PyTorch's.
+    ///
+    /// ```
+    /// use firebrand_nn::{Gpt, GptConfig, ModuleExt};
+    /// let cfg = GptConfig { vocab_size: 10, context: 8, layers: 1, heads: 2, embed: 8, dropout: 0.0 };
+    /// let (untied, tied) = (Gpt::new(cfg), Gpt::new(cfg).tie_weights());
+    /// assert_eq!(untied.num_parameters() - tied.num_parameters(), 10 * 8);
+    /// ```
+    pub fn tie_weights(mut self) -> Self {
+        self.lm_head.weight = self.wte.weight.clone();
+        self
+    }
+
     /// The sizes.
     pub fn config(&self) -> GptConfig {
         self.config
