@@ -23,6 +23,9 @@ fn reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Ten
         }
     }
     scores = scores.add(&Tensor::from_vec(mask, [b, 1, t, s]));
+    if let Some(m) = opts.attn_mask {
+        scores = scores.add(m);
+    }
     scores.softmax(-1).matmul(v)
 }
 
@@ -51,6 +54,11 @@ const CASES: [Case; 6] = [
     Case { b: 1, h: 2, t: 1, s: 9, d: 2, causal: Some(8), padded: false },
     Case { b: 2, h: 1, t: 33, s: 33, d: 16, causal: Some(0), padded: false },
 ];
+
+/// A finite additive `(T, S)` mask.
+fn additive(c: &Case) -> Tensor {
+    Tensor::from_vec((0..c.t * c.s).map(|i| ((i * 5 + 1) % 4) as f32 * -0.6).collect::<Vec<_>>(), [c.t, c.s])
+}
 
 fn padding(c: &Case) -> Tensor {
     // The last key of every other batch entry is padding (never all of them).
@@ -88,10 +96,11 @@ fn gradcheck_on_masks_views_and_broadcast_keys() {
     manual_seed(5);
     let opts = GradcheckOptions::default();
     for c in &CASES[..5] {
-        let pad = padding(c);
+        let (pad, add) = (padding(c), additive(c));
         let ao = AttentionOptions {
             causal: c.causal,
             key_padding_mask: c.padded.then_some(&pad),
+            attn_mask: (!c.padded).then_some(&add),
             scale: Some(0.8),
             ..Default::default()
         };
@@ -193,6 +202,10 @@ fn errors_name_the_op_and_shapes() {
     let opts = AttentionOptions { key_padding_mask: Some(&bad), ..Default::default() };
     let msg = q.try_scaled_dot_product_attention(&k, &k, &opts).unwrap_err().to_string();
     assert!(msg.contains("(2, 5)") && msg.contains("[2, 4]"), "{msg}");
+    let wrong = Tensor::zeros([3, 3]);
+    let opts_mask = AttentionOptions { attn_mask: Some(&wrong), ..Default::default() };
+    let msg = q.try_scaled_dot_product_attention(&k, &k, &opts_mask).unwrap_err().to_string();
+    assert!(msg.contains("attn_mask") && msg.contains("(3, 5)") && msg.contains("[3, 3]"), "{msg}");
     let msg = Tensor::zeros([3, 4]).try_scaled_dot_product_attention(&k, &k, &opts).unwrap_err().to_string();
     assert!(msg.contains("(B, heads, T, d)"), "{msg}");
 }

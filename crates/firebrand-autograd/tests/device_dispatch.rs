@@ -50,7 +50,14 @@ fn wrap(r: Result<Storage>) -> Result<Storage> {
 }
 
 fn unwrap_inputs<'a>(x: &AttentionInputs<'a>) -> AttentionInputs<'a> {
-    AttentionInputs { q: inner(x.q), k: inner(x.k), v: inner(x.v), key_padding: x.key_padding.map(inner), ..*x }
+    AttentionInputs {
+        q: inner(x.q),
+        k: inner(x.k),
+        v: inner(x.v),
+        key_padding: x.key_padding.map(inner),
+        attn_mask: x.attn_mask.map(inner),
+        ..*x
+    }
 }
 
 struct ProxyBackend;

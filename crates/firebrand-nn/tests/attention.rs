@@ -154,9 +154,20 @@ fn kv_cache_decoding_equals_the_full_causal_pass() {
 fn fused_attention_equals_the_composite_reference() {
     manual_seed(21);
     let pad = Tensor::from_vec(vec![0.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [2, 5]);
-    for (causal, padded, cross) in
-        [(true, false, false), (false, true, false), (true, true, false), (false, true, true)]
-    {
+    let inf = f32::NEG_INFINITY;
+    // (T, S) = (5, 5): one blocked pair per row and finite biases.
+    let additive = Tensor::from_vec(
+        (0..25).map(|i| if i % 6 == 1 { inf } else { (i % 3) as f32 * -0.5 }).collect::<Vec<f32>>(),
+        [5, 5],
+    );
+    for (causal, padded, cross, masked) in [
+        (true, false, false, false),
+        (false, true, false, false),
+        (true, true, false, false),
+        (false, true, true, false),
+        (false, false, false, true),
+        (true, true, true, true),
+    ] {
         let fused = MultiHeadAttention::new(12, 3).causal(causal);
         let reference = MultiHeadAttention::new(12, 3).causal(causal).fused(false);
         for ((_, a), (_, b)) in fused.named_parameters().iter().zip(reference.named_parameters()) {
@@ -172,7 +183,8 @@ fn fused_attention_equals_the_composite_reference() {
             m.zero_grad();
             x.zero_grad();
             mem.zero_grad();
-            let y = if cross { m.attend(&x, &mem, &mem, mask) } else { m.attend(&x, &x, &x, mask) };
+            let kv = if cross { &mem } else { &x };
+            let y = if masked { m.attend_masked(&x, kv, kv, mask, &additive) } else { m.attend(&x, kv, kv, mask) };
             y.mul(&w).sum_all().backward();
             outs.push(y.to_vec::<f32>());
             let mut g = vec![x.grad().unwrap().to_vec::<f32>()];
@@ -182,7 +194,7 @@ fn fused_attention_equals_the_composite_reference() {
             g.extend(m.parameters().iter().map(|p| p.grad().unwrap().to_vec::<f32>()));
             grads.push(g);
         }
-        let what = format!("causal {causal} padded {padded} cross {cross}");
+        let what = format!("causal {causal} padded {padded} cross {cross} attn_mask {masked}");
         close(&outs[0], &outs[1], &format!("{what}: y"));
         for (i, (a, b)) in grads[0].iter().zip(&grads[1]).enumerate() {
             close(a, b, &format!("{what}: gradient {i}"));

@@ -34,6 +34,8 @@ pub struct Operands<'a> {
     pub v_at: HeadLayout,
     /// `(B, S)`, non-zero where a key is ignored.
     pub key_padding: Option<&'a [f32]>,
+    /// `(T, S)`, added to the scaled scores (`−∞` blocks a pair).
+    pub attn_mask: Option<&'a [f32]>,
 }
 
 fn base(at: &HeadLayout, b: usize, h: usize) -> usize {
@@ -58,6 +60,9 @@ fn check(x: &Operands, spec: &AttentionSpec) {
     if let Some(p) = x.key_padding {
         assert_eq!(p.len(), s.batch * s.kv_len, "attention: key padding mask must be (B, S)");
     }
+    if let Some(m) = x.attn_mask {
+        assert_eq!(m.len(), s.q_len * s.kv_len, "attention: attn_mask must be (T, S)");
+    }
 }
 
 /// How many leading keys query `i` may see under the causal mask.
@@ -76,6 +81,9 @@ fn scores(x: &Operands, spec: &AttentionSpec, b: usize, h: usize, s: &mut [f32])
     for (i, row) in s.chunks_exact_mut(sl).enumerate() {
         let lim = visible(spec, i);
         row[..lim].iter_mut().for_each(|v| *v *= spec.scale);
+        if let Some(m) = x.attn_mask {
+            row[..lim].iter_mut().zip(&m[i * sl..]).for_each(|(v, a)| *v += a);
+        }
         row[lim..].fill(f32::NEG_INFINITY);
         if let Some(p) = pad {
             for (v, &m) in row[..lim].iter_mut().zip(p) {
@@ -150,7 +158,7 @@ unsafe fn scatter_head(src: &[f32], dst: SendPtr<f32>, spec: &AttentionSpec, len
 /// // One head, two positions, d = 1, causal: the first query sees only the first value.
 /// let (q, k, v) = ([1.0, 1.0], [0.0, 0.0], [2.0, 4.0]);
 /// let at = HeadLayout { offset: 0, batch: 2, head: 2, row: 1 };
-/// let x = Operands { q: &q, q_at: at, k: &k, k_at: at, v: &v, v_at: at, key_padding: None };
+/// let x = Operands { q: &q, q_at: at, k: &k, k_at: at, v: &v, v_at: at, key_padding: None, attn_mask: None };
 /// let spec = AttentionSpec { batch: 1, heads: 1, q_len: 2, kv_len: 2, head_dim: 1, scale: 1.0, causal: Some(0), dropout: None };
 /// let (out, _lse) = attention(&x, &spec);
 /// assert_eq!(out, vec![2.0, 3.0]);
@@ -270,6 +278,7 @@ pub fn attention_reference(x: &Operands, spec: &AttentionSpec) -> Vec<f32> {
                         } else {
                             (0..d).map(|c| at(x.q, &x.q_at, b, h, i, c) * at(x.k, &x.k_at, b, h, j, c)).sum::<f64>()
                                 * spec.scale as f64
+                                + x.attn_mask.map_or(0.0, |m| m[i * sl + j] as f64)
                         }
                     })
                     .collect();
@@ -346,7 +355,18 @@ mod tests {
             // Pad the last key of every other batch entry (never all keys).
             let pad: Vec<f32> =
                 (0..nb * sl).map(|i| (padded && i % sl == sl - 1 && (i / sl).is_multiple_of(2)) as u8 as f32).collect();
-            let x = Operands { q: &q, q_at, k: &k, k_at, v: &v, v_at, key_padding: padded.then_some(&pad[..]) };
+            // A finite additive mask on the unpadded cases.
+            let mask: Vec<f32> = (0..t * sl).map(|i| ((i * 7 + (i % sl) * 3) % 5) as f32 * -0.4).collect();
+            let x = Operands {
+                q: &q,
+                q_at,
+                k: &k,
+                k_at,
+                v: &v,
+                v_at,
+                key_padding: padded.then_some(&pad[..]),
+                attn_mask: (!padded).then_some(&mask[..]),
+            };
             let spec = AttentionSpec {
                 batch: nb,
                 heads: nh,
@@ -382,7 +402,8 @@ mod tests {
         let (q, k, v) = (fill(4, 1), fill(4, 2), fill(4, 3));
         let at = HeadLayout { offset: 0, batch: 4, head: 4, row: 2 };
         let pad = [1.0, 1.0];
-        let x = Operands { q: &q, q_at: at, k: &k, k_at: at, v: &v, v_at: at, key_padding: Some(&pad) };
+        let x =
+            Operands { q: &q, q_at: at, k: &k, k_at: at, v: &v, v_at: at, key_padding: Some(&pad), attn_mask: None };
         let spec = AttentionSpec {
             batch: 1,
             heads: 1,
@@ -422,11 +443,30 @@ mod tests {
                 dropout,
             };
             let gout = fill(nb * t * e, 9);
+            let mask: Vec<f32> = (0..t * t).map(|i| (i % 3) as f32 * -0.5).collect();
             let loss = |buf: &[f32]| -> f64 {
-                let x = Operands { q: buf, q_at, k: buf, k_at, v: buf, v_at, key_padding: Some(&pad) };
+                let x = Operands {
+                    q: buf,
+                    q_at,
+                    k: buf,
+                    k_at,
+                    v: buf,
+                    v_at,
+                    key_padding: Some(&pad),
+                    attn_mask: Some(&mask),
+                };
                 attention(&x, &spec).0.iter().zip(&gout).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
             };
-            let x = Operands { q: &qkv, q_at, k: &qkv, k_at, v: &qkv, v_at, key_padding: Some(&pad) };
+            let x = Operands {
+                q: &qkv,
+                q_at,
+                k: &qkv,
+                k_at,
+                v: &qkv,
+                v_at,
+                key_padding: Some(&pad),
+                attn_mask: Some(&mask),
+            };
             let (out, lse) = attention(&x, &spec);
             let (dq, dk, dv) = attention_backward(&x, &spec, &out, &lse, &gout);
             // Gather the analytic gradient back into the fused (B, T, 3E) layout.

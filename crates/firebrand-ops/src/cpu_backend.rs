@@ -59,6 +59,7 @@ fn operands<'a>(x: &AttentionInputs<'a>) -> Result<crate::attention::Operands<'a
         v: f32s(x.v, op)?,
         v_at: x.v_at,
         key_padding: x.key_padding.map(|p| f32s(p, op)).transpose()?,
+        attn_mask: x.attn_mask.map(|m| f32s(m, op)).transpose()?,
     })
 }
 

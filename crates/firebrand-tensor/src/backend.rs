@@ -108,6 +108,9 @@ pub struct AttentionInputs<'a> {
     pub v_at: HeadLayout,
     /// Keys to ignore, `(B, S)`, contiguous.
     pub key_padding: Option<&'a dyn BackendStorage>,
+    /// An additive mask `(T, S)` (contiguous, shared by every batch entry
+    /// and head; `−∞` blocks a pair), added to the scaled scores.
+    pub attn_mask: Option<&'a dyn BackendStorage>,
 }
 
 /// The primitive op set every device implements. Composite ops (softmax's

@@ -21,6 +21,10 @@ pub struct AttentionOptions<'a> {
     pub causal: Option<usize>,
     /// `(B, S)`, non-zero (or `true`) where a key is padding and is ignored.
     pub key_padding_mask: Option<&'a Tensor>,
+    /// `(T, S)` `f32`, added to the scaled scores of every batch entry and
+    /// head (`−∞` blocks a pair): a mask that cannot be computed, e.g. a
+    /// prefix-LM or block pattern. No gradient flows to it.
+    pub attn_mask: Option<&'a Tensor>,
     /// Factor on `q·kᵀ`; `1/√d` when `None`.
     pub scale: Option<f32>,
     /// Dropout probability on the attention weights (0: none). The mask is
@@ -50,16 +54,14 @@ fn head_layout(x: &Tensor) -> HeadLayout {
     HeadLayout { offset: l.offset(), batch: s[0], head: s[1], row: s[2] }
 }
 
+/// The padding and additive masks, dense on the operands' device.
+type Masks = (Option<Tensor>, Option<Tensor>);
+
 /// Runs `f` on the backend view of the operands (their storages locked for reading).
-fn with_inputs<R>(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    pad: Option<&Tensor>,
-    f: impl FnOnce(&AttentionInputs) -> R,
-) -> R {
+fn with_inputs<R>(q: &Tensor, k: &Tensor, v: &Tensor, masks: &Masks, f: impl FnOnce(&AttentionInputs) -> R) -> R {
     let (qs, ks, vs) = (q.storage(), k.storage(), v.storage());
-    let ps = pad.map(|p| p.storage());
+    let ps = masks.0.as_ref().map(|p| p.storage());
+    let ms = masks.1.as_ref().map(|m| m.storage());
     f(&AttentionInputs {
         q: &**qs,
         q_at: head_layout(q),
@@ -68,6 +70,7 @@ fn with_inputs<R>(
         v: &**vs,
         v_at: head_layout(v),
         key_padding: ps.as_ref().map(|p| &***p),
+        attn_mask: ms.as_ref().map(|m| &***m),
     })
 }
 
@@ -124,6 +127,17 @@ impl Tensor {
             Some(m) => Some(with_no_grad(|| m.to_dtype(DType::F32).to_device(self.device()))?.dense(op)?),
             None => None,
         };
+        let attn_mask = match opts.attn_mask {
+            Some(m) if m.dims() != [t, s] || m.dtype() != DType::F32 => {
+                return Err(Error::msg(
+                    op,
+                    format!("attn_mask must be f32 ({t}, {s}), got {} {:?}", m.dtype(), m.dims()),
+                ));
+            }
+            Some(m) => Some(with_no_grad(|| m.detach().to_device(self.device()))?.dense(op)?),
+            None => None,
+        };
+        let masks: Masks = (pad, attn_mask);
         if !(0.0..1.0).contains(&opts.dropout) {
             return Err(Error::msg(op, format!("dropout must be in [0, 1), got {}", opts.dropout)));
         }
@@ -142,7 +156,7 @@ impl Tensor {
             dropout,
         };
         let (q, k, v) = (head_view(self), head_view(k), head_view(v));
-        let (out, lse) = with_inputs(&q, &k, &v, pad.as_ref(), |x| backend.attention(x, &spec))?;
+        let (out, lse) = with_inputs(&q, &k, &v, &masks, |x| backend.attention(x, &spec))?;
         let out = Tensor::from_backend(out, [b, t, h, d]); // (B, T, heads, d)
         let lse = Tensor::from_backend(lse, [b, h, t]);
         let y = out.permute(&[0, 2, 1, 3]); // (B, heads, T, d)
@@ -150,7 +164,7 @@ impl Tensor {
         Ok(record(y, op, &[&q, &k, &v], move |_, gy| {
             // gy: (B, heads, T, d); as (B, T, heads, d) it is usually contiguous already.
             let g = gy.permute(&[0, 2, 1, 3]).dense(op).expect("f32");
-            let (dq, dk, dv) = with_inputs(&qd, &kd, &vd, pad.as_ref(), |x| {
+            let (dq, dk, dv) = with_inputs(&qd, &kd, &vd, &masks, |x| {
                 backend.attention_backward(x, &spec, &**out.storage(), &**lse.storage(), &**g.storage())
             })
             .expect("attention backward: f32");

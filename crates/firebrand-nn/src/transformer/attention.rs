@@ -26,6 +26,9 @@ impl KvCache {
     }
 }
 
+/// The key-padding and additive masks of one call.
+type Masks<'a> = (Option<&'a Tensor>, Option<&'a Tensor>);
+
 /// Multi-head scaled dot-product attention (PyTorch's
 /// `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`:
 /// `in_proj_weight` `(3E, E)`, `in_proj_bias`, `out_proj.weight`,
@@ -107,7 +110,32 @@ impl MultiHeadAttention {
     /// # Panics
     /// On shapes that do not fit, naming them.
     pub fn attend(&self, query: &Tensor, key: &Tensor, value: &Tensor, key_padding_mask: Option<&Tensor>) -> Tensor {
-        self.attend_impl(query, key, value, key_padding_mask, None)
+        self.attend_impl(query, key, value, key_padding_mask, None, None)
+    }
+
+    /// [`MultiHeadAttention::attend`] with an additive `attn_mask` `(T, S)`
+    /// (`f32`, `−∞` blocks a query/key pair; PyTorch's float `attn_mask`),
+    /// shared by the batch and the heads, on top of the causal and padding masks.
+    ///
+    /// ```
+    /// use firebrand_nn::MultiHeadAttention;
+    /// use firebrand_autograd::Tensor;
+    /// let mha = MultiHeadAttention::new(8, 2);
+    /// let x = Tensor::randn([1, 3, 8], 0.0, 1.0);
+    /// // Prefix-LM: positions 0 and 1 see each other, position 2 sees all.
+    /// let inf = f32::NEG_INFINITY;
+    /// let mask = Tensor::from_vec(vec![0.0, 0.0, inf, 0.0, 0.0, inf, 0.0, 0.0, 0.0], [3, 3]);
+    /// assert_eq!(mha.attend_masked(&x, &x, &x, None, &mask).dims(), &[1, 3, 8]);
+    /// ```
+    pub fn attend_masked(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        key_padding_mask: Option<&Tensor>,
+        attn_mask: &Tensor,
+    ) -> Tensor {
+        self.attend_impl(query, key, value, key_padding_mask, Some(attn_mask), None)
     }
 
     /// Self-attention for incremental decoding: `x` `(B, T_new, E)` holds the
@@ -131,7 +159,7 @@ impl MultiHeadAttention {
     /// assert!(last.to_vec::<f32>().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
     /// ```
     pub fn attend_cached(&self, x: &Tensor, cache: &mut KvCache) -> Tensor {
-        self.attend_impl(x, x, x, None, Some(cache))
+        self.attend_impl(x, x, x, None, None, Some(cache))
     }
 
     fn attend_impl(
@@ -140,6 +168,7 @@ impl MultiHeadAttention {
         key: &Tensor,
         value: &Tensor,
         key_padding_mask: Option<&Tensor>,
+        attn_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Tensor {
         let e = self.in_proj_weight.dims()[1];
@@ -184,13 +213,14 @@ impl MultiHeadAttention {
             c.v = Some(v.clone());
         }
         let ctx = if !self.fused {
-            self.composite(&q, &k, &v, key_padding_mask, offset)
+            self.composite(&q, &k, &v, (key_padding_mask, attn_mask), offset)
         } else {
             let (nh, d) = (self.heads, e / self.heads);
             let heads = |x: &Tensor| x.reshape([b, x.dims()[1], nh, d]).permute(&[0, 2, 1, 3]); // (B, nh, L, d)
             let opts = AttentionOptions {
                 causal: self.causal.then_some(offset),
                 key_padding_mask,
+                attn_mask,
                 dropout: if self.training { self.dropout } else { 0.0 },
                 ..Default::default()
             };
@@ -203,7 +233,8 @@ impl MultiHeadAttention {
     /// `−∞` tensor, dropout on the weights (a stored mask). The reference the
     /// fused path is tested against (`fused(false)`).
     /// `q` `(B, T, E)`, `k`/`v` `(B, S, E)`; returns `(B, T, heads, d)`.
-    fn composite(&self, q: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>, offset: usize) -> Tensor {
+    fn composite(&self, q: &Tensor, k: &Tensor, v: &Tensor, masks: Masks, offset: usize) -> Tensor {
+        let (pad, attn_mask) = masks;
         let (b, t, e) = (q.dims()[0], q.dims()[1], q.dims()[2]);
         let s = k.dims()[1];
         let (nh, d) = (self.heads, e / self.heads);
@@ -227,6 +258,9 @@ impl MultiHeadAttention {
                 Tensor::from_vec(m, [b, 1, t, s])
             });
             scores = scores.add(&mask);
+        }
+        if let Some(m) = attn_mask {
+            scores = scores.add(m); // (T, S), broadcast
         }
         let mut attn = scores.softmax(-1);
         if self.training && self.dropout > 0.0 {
