@@ -302,17 +302,7 @@ pub fn attention_reference(x: &Operands, spec: &AttentionSpec) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_data::uniform as fill;
 
     /// A fused `(B, L, 3E)` projection's q/k/v thirds, or separate
     /// contiguous `(B, heads, L, d)` tensors.

@@ -57,6 +57,8 @@ pub mod reduce;
 pub mod simd512;
 pub mod softmax;
 mod strided;
+#[cfg(test)]
+mod test_data;
 pub mod unary;
 
 pub use cpu_backend::{CPU, CpuBackend, batched_gemm, f32s, i64s};

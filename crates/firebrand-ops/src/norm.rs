@@ -214,16 +214,9 @@ pub fn layer_norm_backward(
 mod tests {
     use super::*;
 
+    /// Values in `[-2, 2]`.
     fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 500.0 - 2.0
-            })
-            .collect()
+        crate::test_data::uniform(n, seed).into_iter().map(|v| 2.0 * v).collect()
     }
 
     /// The definition in f64.
