@@ -271,16 +271,12 @@ fn train_classifier(
 
 /// The Shakespeare corpus: `--text`, `$FIREBRAND_DATA/shakespeare/`, or the standard places.
 fn shakespeare(explicit: Option<String>) -> String {
-    let path =
-        firebrand::data::find_text("shakespeare", "shakespeare.txt", explicit.as_deref().map(std::path::Path::new))
-            .unwrap_or_else(|e| {
-                eprintln!("error: {e}");
-                std::process::exit(2)
-            });
-    std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        eprintln!("error: {}: {e}", path.display());
-        std::process::exit(2)
-    })
+    firebrand::data::read_text("shakespeare", "shakespeare.txt", explicit.as_deref().map(std::path::Path::new))
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        })
+        .1
 }
 
 fn workload_char_lstm(text: Option<String>, chars: usize, seed: u64) {

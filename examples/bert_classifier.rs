@@ -38,7 +38,7 @@
 //! majority class. The same classifier trained from scratch for as many
 //! epochs (`--from-scratch --epochs 4`) gets 33.1% (F1 0.310).
 
-use firebrand::data::{CharVocab, TensorDataset, TokenBatches, find_text};
+use firebrand::data::{CharVocab, TensorDataset, TokenBatches};
 use firebrand::nn::loss::cross_entropy;
 use firebrand::nn::{LearnedPositionalEncoding, TransformerEncoder, load_weights, save_weights};
 use firebrand::optim::{CosineWithWarmup, decay_matrices};
@@ -53,19 +53,8 @@ const T: usize = 128; // [CLS] + 127 characters
 const D: usize = 128;
 const STRIDE: usize = 42; // between training windows (a third of a window)
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn num<V: std::str::FromStr>(name: &str, default: V) -> V {
-    arg(name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number: {v}"))).unwrap_or(default)
-}
-
-fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("error: {msg}");
-    std::process::exit(2)
-}
+mod common;
+use common::{arg, fail, num, shakespeare};
 
 /// The corpus's works as (title line, text): each starts at a "by William
 /// Shakespeare" line; its title ends the line two above (glued to the end of
@@ -224,9 +213,7 @@ fn main() {
     let seed: u64 = num("--seed", 0);
     let scratch = std::env::args().any(|a| a == "--from-scratch");
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
-    let path = find_text("shakespeare", "shakespeare.txt", arg("--text").map(PathBuf::from).as_deref())
-        .unwrap_or_else(|e| fail(e));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+    let (path, text) = shakespeare();
     let chars = CharVocab::build(&text);
     let (nc, vocab) = (chars.len(), chars.len() + 2); // + [MASK], [CLS]
     let works = works(&text);

@@ -29,15 +29,13 @@
 //! has what my and and baghelly folle in they iil's as wor her hive corene the willathier.
 //! ```
 
-use firebrand::data::{CharVocab, TextWindows, find_text};
+use firebrand::data::{CharVocab, TextWindows};
 use firebrand::nn::{LSTM, OneHot, Sampler, Sampling, load_weights, save_weights};
 use firebrand::prelude::*;
 use std::path::PathBuf;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
+mod common;
+use common::{arg, shakespeare};
 
 fn net(vocab: usize) -> Sequential {
     Sequential::new()
@@ -54,15 +52,7 @@ fn main() {
     let len: usize = arg("--len").map(|l| l.parse().expect("--len N")).unwrap_or(400);
     let prompt = arg("--prompt").unwrap_or_else(|| "ROMEO:\n".into());
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
-    let path =
-        find_text("shakespeare", "shakespeare.txt", arg("--text").map(PathBuf::from).as_deref()).unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        });
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        eprintln!("error: {}: {e}", path.display());
-        std::process::exit(2);
-    });
+    let (path, text) = shakespeare();
     let vocab = CharVocab::build(&text);
     let head: String = text.chars().take(chars).collect();
     let windows = TextWindows::new(vocab.encode(&head).expect("the vocabulary covers the text"), 40, 3);

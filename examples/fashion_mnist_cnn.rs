@@ -22,10 +22,8 @@ use firebrand::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
+mod common;
+use common::arg;
 
 fn main() {
     let epochs: usize = arg("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);

@@ -37,7 +37,7 @@
 //! LATHARELERT.
 //! ```
 
-use firebrand::data::{CharVocab, TokenBatches, find_text};
+use firebrand::data::{CharVocab, TokenBatches};
 use firebrand::nn::{Gpt, GptConfig, Sampler, Sampling};
 use firebrand::optim::{CosineWithWarmup, clip_grad_norm, decay_matrices};
 use firebrand::prelude::*;
@@ -45,19 +45,8 @@ use firebrand::train::{load_training_state, save_training_state};
 use std::path::PathBuf;
 use std::time::Instant;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    arg(name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number: {v}"))).unwrap_or(default)
-}
-
-fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("error: {msg}");
-    std::process::exit(2)
-}
+mod common;
+use common::{arg, fail, num, shakespeare};
 
 /// Mean loss over `batches` fixed validation batches.
 fn evaluate(gpt: &Gpt, val: &TokenBatches, batches: u64) -> f32 {
@@ -80,9 +69,7 @@ fn main() {
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
     let (ckpt, vocab_path) = (out.join("gpt.ckpt.safetensors"), out.join("gpt.vocab"));
 
-    let path = find_text("shakespeare", "shakespeare.txt", arg("--text").map(PathBuf::from).as_deref())
-        .unwrap_or_else(|e| fail(e));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+    let (path, text) = shakespeare();
     let vocab = CharVocab::build(&text);
     if resume {
         // The checkpoint's ids mean the characters of the vocabulary saved with it.

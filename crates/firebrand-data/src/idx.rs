@@ -194,6 +194,20 @@ pub fn find_text(name: &str, file: &str, explicit: Option<&Path>) -> Result<Path
     Ok(find_dataset(name, None, file, &hint)?.join(file))
 }
 
+/// Finds a text corpus as [`find_text`] does and reads it: its path and
+/// its contents.
+///
+/// # Errors
+/// [`DataError::NotFound`] listing the places tried, or [`DataError::Io`]
+/// naming the file when it cannot be read or is not UTF-8.
+pub fn read_text(name: &str, file: &str, explicit: Option<&Path>) -> Result<(PathBuf, String), DataError> {
+    let path = find_text(name, file, explicit)?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(source) => Err(DataError::Io { path, source }),
+    }
+}
+
 /// How to get Fashion-MNIST, for error messages.
 pub const FASHION_MNIST_HINT: &str = "Install it with `apt-get install dataset-fashion-mnist` (Debian), or download the four \
      *-ubyte.gz files into a folder and pass `--data DIR` or set FIREBRAND_DATA.";

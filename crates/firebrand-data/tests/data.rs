@@ -171,3 +171,19 @@ fn real_fashion_mnist_when_present() {
         "Fashion-MNIST's test set is balanced"
     );
 }
+
+#[test]
+fn read_text_reads_and_names_bad_files() {
+    let dir = tmpdir("read_text");
+    let good = dir.join("corpus.txt");
+    std::fs::write(&good, "To be, or not to be").unwrap();
+    let (path, text) = firebrand_data::read_text("corpus", "corpus.txt", Some(&good)).unwrap();
+    assert_eq!((path, text.as_str()), (good.clone(), "To be, or not to be"));
+    let corrupt = dir.join("latin1.txt");
+    std::fs::write(&corrupt, [b'c', b'a', 0xE9, b'!']).unwrap(); // not UTF-8
+    let e = firebrand_data::read_text("corpus", "latin1.txt", Some(&corrupt)).unwrap_err();
+    assert!(matches!(e, DataError::Io { .. }) && e.to_string().contains("latin1.txt"), "{e}");
+    let missing = dir.join("missing.txt");
+    let e = firebrand_data::read_text("corpus", "missing.txt", Some(&missing)).unwrap_err();
+    assert!(matches!(e, DataError::NotFound { .. }) && e.to_string().contains("missing.txt"), "{e}");
+}
