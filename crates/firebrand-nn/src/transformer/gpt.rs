@@ -208,21 +208,16 @@ impl Gpt {
         let mut out = prompt.to_vec();
         with_no_grad(|| {
             let mut cache = GptCache::default();
-            let mut fresh = out[out.len().saturating_sub(ctx)..].to_vec(); // tokens not yet in the cache
             for _ in 0..steps {
                 let logits = if out.len() <= ctx {
-                    let ids = Tensor::from_vec(fresh.clone(), [1, fresh.len()]);
-                    self.forward_cached(&ids, &mut cache)
+                    let fresh = &out[cache.len()..]; // the tokens not yet in the cache
+                    self.forward_cached(&Tensor::from_vec(fresh.to_vec(), [1, fresh.len()]), &mut cache)
                 } else {
-                    let window = out[out.len() - ctx..].to_vec();
-                    let n = window.len();
-                    self.forward(&Tensor::from_vec(window, [1, n]))
+                    self.forward(&Tensor::from_vec(out[out.len() - ctx..].to_vec(), [1, ctx]))
                 };
                 let t = logits.dims()[1];
                 let last = logits.narrow(1, t - 1, 1).to_vec::<f32>();
-                let next = sampler.sample(&last) as i64;
-                out.push(next);
-                fresh = vec![next];
+                out.push(sampler.sample(&last) as i64);
             }
         });
         out
