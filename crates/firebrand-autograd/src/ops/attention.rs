@@ -6,7 +6,7 @@
 //! without a copy. The composite form (`softmax(q·kᵀ·scale + mask)·v` from
 //! primitive ops) is the reference in the tests.
 
-use super::{panicking, record};
+use super::{check_f32, panicking, record};
 use crate::grad_mode::with_no_grad;
 use crate::tensor::{Tensor, same_backend};
 use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, HeadLayout};
@@ -114,11 +114,7 @@ impl Tensor {
                 format!("q {:?} needs k and v ({b}, {h}, S, {d}); got {:?} and {:?}", self.dims(), k.dims(), v.dims()),
             ));
         }
-        for x in [self, k, v] {
-            if x.dtype() != DType::F32 {
-                return Err(Error::DType { op, got: x.dtype(), expected: "f32" });
-            }
-        }
+        check_f32(op, &[self, k, v])?;
         let backend = same_backend(op, &[self, k, v])?;
         let pad = match opts.key_padding_mask {
             Some(m) if m.dims() != [b, s] => {

@@ -36,6 +36,14 @@ pub(crate) fn record(
     Tensor::from_parts(out.0.storage.clone(), out.0.layout.clone(), Some(grad_fn))
 }
 
+/// An error naming `op` unless every tensor is `f32`.
+pub(crate) fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    match ts.iter().find(|t| t.dtype() != firebrand_tensor::DType::F32) {
+        Some(t) => Err(Error::DType { op, got: t.dtype(), expected: "f32" }),
+        None => Ok(()),
+    }
+}
+
 /// Normalizes a list of possibly negative dims, rejecting duplicates.
 pub(crate) fn normalize_dims(op: &'static str, dims: &[isize], shape: &Shape) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(dims.len());

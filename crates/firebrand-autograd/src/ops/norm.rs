@@ -4,9 +4,9 @@
 //! scale, shift) and their backward rules. The composite form is the
 //! reference in the tests.
 
-use super::{panicking, record};
+use super::{check_f32, panicking, record};
 use crate::tensor::{Tensor, same_backend};
-use firebrand_tensor::{DType, Error, Result};
+use firebrand_tensor::{Error, Result};
 
 impl Tensor {
     /// `(x − mean) / √(var + eps) · weight + bias` over the last dim
@@ -28,19 +28,15 @@ impl Tensor {
         let op = "layer_norm";
         let cols = *self.dims().last().ok_or_else(|| Error::msg(op, "expected (…, C), got a scalar".to_string()))?;
         let affine: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
-        for t in std::iter::once(self).chain(affine.iter().copied()) {
-            if t.dtype() != DType::F32 {
-                return Err(Error::DType { op, got: t.dtype(), expected: "f32" });
-            }
-        }
+        let mut inputs = vec![self];
+        inputs.extend(&affine);
+        check_f32(op, &inputs)?;
         if let Some(t) = affine.iter().find(|t| t.dims() != [cols]) {
             return Err(Error::msg(
                 op,
                 format!("weight and bias must be ({cols},) for input {:?}, got {:?}", self.dims(), t.dims()),
             ));
         }
-        let mut inputs = vec![self];
-        inputs.extend(&affine);
         let backend = same_backend(op, &inputs)?;
         let rows = self.elem_count() / cols.max(1);
         let x = self.dense(op)?;
