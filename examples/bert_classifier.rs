@@ -198,7 +198,8 @@ fn mask_batch(windows: &Tensor, chars: usize, rng: &mut impl rand::Rng) -> (Tens
             ids.push(id);
         }
     }
-    (Tensor::from_vec(ids, [b, T]), Tensor::from_vec(at.clone(), [at.len()]), Tensor::from_vec(want, [at.len()]))
+    let n = at.len();
+    (Tensor::from_vec(ids, [b, T]), Tensor::from_vec(at, [n]), Tensor::from_vec(want, [n]))
 }
 
 /// Cross-entropy of the masked positions only.
