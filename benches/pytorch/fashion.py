@@ -4,25 +4,20 @@ shuffled, cross-entropy, pixels in [0, 1]) and one JSON object per epoch:
     {"workload": ..., "lib": "torch", "epoch": 1, "train_seconds": ..., "train_loss": ...,
      "test_accuracy": ..., "peak_rss_mb": ...}
 """
-import argparse, gzip, json, os, resource, struct, time
+import gzip, json, os, resource, struct, time
+
+from setup import start
 
 
 def run(workload, image_shape, make_model):
     """Trains `make_model(torch.nn)` on images reshaped to `image_shape` per example."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--data", default=None)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(a.threads)
 
+    def args(p):
+        p.add_argument("--epochs", type=int, default=5)
+        p.add_argument("--data", default=None)
+
+    a, torch = start(args)
     import numpy as np
-    import torch
-
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
 
     def find_dir():
         cands = [a.data] if a.data else []
