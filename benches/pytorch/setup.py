@@ -1,5 +1,5 @@
-"""Shared start of the PyTorch counterparts (fashion.py, char_lstm.py, gpt.py, transformer_block.py): parses the common arguments (`--threads`, default 2,
-and `--seed`, default 0, plus the script's own), pins the thread count before torch is imported,
+"""Shared start of the PyTorch counterparts (fashion.py, char_lstm.py, gpt.py, transformer_block.py):
+parses the common arguments (`--threads`, default 2, and `--seed`, default 0, plus the script's own), pins the thread count before torch is imported,
 seeds torch, and finds shakespeare.txt the way the Rust side does (`--text`, `$FIREBRAND_DATA`,
 ../shared/data, data/)."""
 import argparse, os
