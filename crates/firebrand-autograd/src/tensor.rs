@@ -118,14 +118,7 @@ impl Tensor {
                 shape,
             });
         }
-        let any: Box<dyn std::any::Any> = Box::new(data);
-        let storage = match T::DTYPE {
-            DType::F32 => CpuStorage::F32(*any.downcast::<Vec<f32>>().expect("f32")),
-            DType::I64 => CpuStorage::I64(*any.downcast::<Vec<i64>>().expect("i64")),
-            other => {
-                return Err(Error::DType { op: "from_vec", got: other, expected: "f32 or i64" });
-            }
-        };
+        let storage = CpuStorage::from_vec(data);
         Ok(Tensor::from_storage(storage, shape))
     }
 
@@ -141,6 +134,24 @@ impl Tensor {
     /// A 0-dimensional `f32` tensor.
     pub fn scalar(v: f32) -> Tensor {
         Tensor::from_vec(vec![v], ())
+    }
+
+    /// A tensor of `dtype` filled with `v` (converted by the [`Element`]
+    /// rules: truncated toward zero for integers, `v != 0` for bool).
+    ///
+    /// ```
+    /// use firebrand_autograd::{DType, Tensor};
+    /// let t = Tensor::full_dtype(2.7, [2], DType::I32);
+    /// assert_eq!(t.to_vec::<i32>(), vec![2, 2]);
+    /// ```
+    pub fn full_dtype(v: f64, shape: impl Into<Shape>, dtype: DType) -> Tensor {
+        let shape = shape.into();
+        let n = shape.elem_count();
+        if dtype == DType::F32 {
+            return Tensor::full(v as f32, shape);
+        }
+        let st = firebrand_tensor::cpu_of_dtype!(dtype, T => vec![<T as Element>::from_f64(v); n]);
+        Tensor::from_storage(st, shape)
     }
 
     /// A tensor filled with `v` (`f32`).
@@ -179,9 +190,11 @@ impl Tensor {
         self.full_like(1.0)
     }
 
-    /// `v` everywhere, with this tensor's shape, on its device.
+    /// `v` everywhere, with this tensor's shape, dtype and device.
     pub fn full_like(&self, v: f32) -> Tensor {
-        Tensor::full_on(v, self.shape().clone(), self.device()).expect("the tensor's own device has a backend")
+        Tensor::full_dtype(v as f64, self.shape().clone(), self.dtype())
+            .to_device(self.device())
+            .expect("the tensor's own device has a backend")
     }
 
     /// The identity matrix `(n, n)`.
@@ -321,14 +334,41 @@ impl Tensor {
         Ok(Tensor::from_backend(storage, self.shape().clone()))
     }
 
-    /// The elements in row-major order, converted to `T` (copied to the host
-    /// first when the tensor lives on another device).
+    /// The elements in row-major order as `T` (copied to the host first
+    /// when the tensor lives on another device).
+    ///
+    /// Reading integers or bools as floats, or a float type as another,
+    /// converts each value. Reading floats as integers or bools would
+    /// truncate, so it is refused: convert with [`Tensor::to_dtype`] first.
+    ///
+    /// ```
+    /// use firebrand_autograd::{DType, Tensor};
+    /// let t = Tensor::from_vec(vec![1.5f32, -2.5], [2]);
+    /// assert_eq!(t.to_vec::<f64>(), vec![1.5, -2.5]);
+    /// assert!(t.try_to_vec::<i64>().is_err());
+    /// assert_eq!(t.to_dtype(DType::I64).to_vec::<i64>(), vec![1, -2]);
+    /// ```
+    ///
+    /// # Panics
+    /// On a float tensor read as an integer or bool type.
+    #[track_caller]
     pub fn to_vec<T: Element>(&self) -> Vec<T> {
+        self.try_to_vec().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tensor::to_vec`], returning an error instead of panicking.
+    ///
+    /// # Errors
+    /// On a float tensor read as an integer or bool type.
+    pub fn try_to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if self.dtype().is_float() && !T::DTYPE.is_float() {
+            return Err(Error::DType { op: "to_vec", got: self.dtype(), expected: "a float element type (use to_dtype to convert)" });
+        }
         let s = self.storage();
-        match as_cpu(&**s) {
+        Ok(match as_cpu(&**s) {
             Some(c) => c.to_vec(&self.0.layout),
             None => s.to_cpu().to_vec(&self.0.layout),
-        }
+        })
     }
 
     /// The single element of a one-element tensor as `f32` (PyTorch's `item()`).
@@ -352,16 +392,45 @@ impl Tensor {
                 msg: "needs exactly one element".into(),
             });
         }
-        Ok(self.to_vec::<f32>()[0])
+        Ok(self.to_vec::<f64>()[0] as f32)
     }
 
-    /// Converts the elements to another dtype (not differentiable).
+    /// This tensor converted to `dtype` (PyTorch's `.to(dtype)`): float to
+    /// integer truncates toward zero, anything to bool tests for non-zero.
+    /// Between float dtypes the conversion is differentiable (the gradient
+    /// is converted back); into an integer or bool type it cuts the graph.
+    /// The tensor itself when it already has `dtype`.
+    ///
+    /// ```
+    /// use firebrand_autograd::{DType, Tensor};
+    /// let x = Tensor::from_vec(vec![-1.7f32, 0.0, 2.9], [3]);
+    /// assert_eq!(x.to_dtype(DType::I32).to_vec::<i32>(), vec![-1, 0, 2]);
+    /// assert_eq!(x.to_dtype(DType::Bool).to_vec::<bool>(), vec![true, false, true]);
+    /// assert_eq!(x.to_dtype(DType::F16).to_dtype(DType::F32).to_vec::<f32>()[2], 2.900390625);
+    /// ```
+    ///
+    /// # Panics
+    /// When the device cannot hold `dtype`; see [`Tensor::try_to_dtype`].
+    #[track_caller]
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
-        match dtype {
-            DType::F32 => Tensor::from_vec(self.to_vec::<f32>(), self.shape().clone()),
-            DType::I64 => Tensor::from_vec(self.to_vec::<i64>(), self.shape().clone()),
-            _ => unreachable!("every DType is handled"),
+        self.try_to_dtype(dtype).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tensor::to_dtype`], returning an error instead of panicking.
+    ///
+    /// # Errors
+    /// When the device cannot hold `dtype`.
+    pub fn try_to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        let from = self.dtype();
+        if from == dtype {
+            return Ok(self.clone());
         }
+        let st = self.backend("to_dtype")?.to_dtype(&**self.storage(), self.layout(), dtype)?;
+        let out = Tensor::from_backend(st, self.shape().clone());
+        if !(from.is_float() && dtype.is_float()) {
+            return Ok(out);
+        }
+        Ok(crate::ops::record(out, "to_dtype", &[self], move |_, g| vec![Some(g.to_dtype(from))]))
     }
 
     // ---- storage access for ops ---------------------------------------------
@@ -399,10 +468,16 @@ impl Tensor {
     /// (PyTorch's `requires_grad_`). Returns the same tensor for chaining.
     ///
     /// # Panics
-    /// When called on a non-leaf tensor (one produced by a recorded op).
+    /// When called on a non-leaf tensor (one produced by a recorded op), or
+    /// with `on` for a tensor of an integer or bool dtype.
     #[track_caller]
     pub fn requires_grad_(self, on: bool) -> Tensor {
         assert!(self.is_leaf(), "requires_grad_: only leaf tensors can change requires_grad; use detach() first");
+        assert!(
+            !on || self.dtype().is_float(),
+            "requires_grad_: only floating-point tensors can require gradients (this one is {})",
+            self.dtype()
+        );
         self.0.requires_grad.store(on, Ordering::Relaxed);
         self
     }

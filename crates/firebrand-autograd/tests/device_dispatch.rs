@@ -72,6 +72,9 @@ impl Backend for ProxyBackend {
     fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
         wrap(CPU.contiguous(inner(x), l))
     }
+    fn to_dtype(&self, x: &dyn BackendStorage, l: &Layout, dtype: firebrand_tensor::DType) -> Result<Storage> {
+        wrap(CPU.to_dtype(inner(x), l, dtype))
+    }
     fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
         wrap(CPU.unary(op, inner(x), l))
     }

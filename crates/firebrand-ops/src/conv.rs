@@ -189,7 +189,8 @@ pub fn bias_act_to_nchw(yt: &[f32], bias: Option<&[f32]>, n: usize, l: usize, c:
         for_planes(&mut out, l, |row, y| {
             let b = bias.map_or(0.0, |b| b[row % c]);
             if relu {
-                y.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                // `z < 0 ? 0 : z` keeps a NaN (as PyTorch's relu); `max` would drop it.
+                y.iter_mut().for_each(|v| *v = crate::unary::relu(*v + b));
             } else {
                 y.iter_mut().for_each(|v| *v += b);
             }
@@ -581,7 +582,7 @@ mod tests {
                     for ch in 0..c {
                         for j in 0..l {
                             let z = yt[(b * l + j) * c + ch] + bias[ch];
-                            let want = if relu { z.max(0.0) } else { z };
+                            let want = if relu { crate::unary::relu(z) } else { z };
                             assert_eq!(y[(b * c + ch) * l + j], want);
                             let gz = if relu && z <= 0.0 { 0.0 } else { g[(b * c + ch) * l + j] };
                             assert_eq!(dyt[(b * l + j) * c + ch], gz);

@@ -5,11 +5,12 @@ use crate::binary::binary_map;
 use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
-use crate::{conv, index, softmax, unary};
+use crate::{conv, generic, index, softmax, unary};
+use std::borrow::Cow;
 use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
-use firebrand_tensor::{CpuStorage, Device, Error, Layout, Result};
+use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result, bf16, cpu_of_dtype, f16, with_cpu};
 
 /// The CPU backend (a unit value; use [`CPU`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,14 +27,18 @@ fn cpu<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a CpuStorage
     s.as_any().downcast_ref::<CpuStorage>().ok_or(Error::DeviceMismatch { op, lhs: Device::Cpu, rhs: s.device() })
 }
 
-/// The `f32` buffer of a CPU storage.
+/// The `f32` elements of a CPU storage: the buffer itself, or for `f16`
+/// and `bf16` storages a widened copy (half-precision tensors compute in
+/// `f32` inside every kernel).
 ///
 /// # Errors
-/// When the storage is not a CPU `f32` buffer.
-pub fn f32s<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a [f32]> {
+/// When the storage is not a CPU buffer of `f32`, `f16` or `bf16`.
+pub fn f32s<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<Cow<'a, [f32]>> {
     match cpu(s, op)? {
-        CpuStorage::F32(v) => Ok(v),
-        other => Err(Error::DType { op, got: other.dtype(), expected: "f32" }),
+        CpuStorage::F32(v) => Ok(Cow::Borrowed(v)),
+        CpuStorage::F16(v) => Ok(Cow::Owned(v.iter().map(|x| x.to_f32()).collect())),
+        CpuStorage::BF16(v) => Ok(Cow::Owned(v.iter().map(|x| x.to_f32()).collect())),
+        other => Err(Error::DType { op, got: other.dtype(), expected: "f32, f16 or bf16" }),
     }
 }
 
@@ -48,23 +53,86 @@ pub fn i64s<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a [i64]
     }
 }
 
-/// An attention call's operands as CPU slices.
-fn operands<'a>(x: &AttentionInputs<'a>) -> Result<crate::attention::Operands<'a>> {
-    let op = "attention";
-    Ok(crate::attention::Operands {
-        q: f32s(x.q, op)?,
-        q_at: x.q_at,
-        k: f32s(x.k, op)?,
-        k_at: x.k_at,
-        v: f32s(x.v, op)?,
-        v_at: x.v_at,
-        key_padding: x.key_padding.map(|p| f32s(p, op)).transpose()?,
-        attn_mask: x.attn_mask.map(|m| f32s(m, op)).transpose()?,
+/// An `f32` result as a storage of `dtype`: itself for `f32`, narrowed for
+/// `f16`/`bf16` (the dtype of the op's float input).
+fn float_out(v: Vec<f32>, dtype: DType) -> Storage {
+    Box::new(match dtype {
+        DType::F16 => CpuStorage::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+        DType::BF16 => CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+        _ => CpuStorage::F32(v),
     })
 }
 
-fn boxed(v: Vec<f32>) -> Result<Storage> {
-    Ok(Box::new(CpuStorage::F32(v)))
+/// [`float_out`] for a kernel's storage: an `f32` one is narrowed to
+/// `dtype`, any other (indices, masks) kept.
+fn storage_as(mut s: CpuStorage, dtype: DType) -> Storage {
+    match &mut s {
+        CpuStorage::F32(v) => float_out(std::mem::take(v), dtype),
+        _ => Box::new(s),
+    }
+}
+
+/// True for the dtypes that run on the `f32` kernels.
+fn on_f32_kernels(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Runs `$body` with `$a` (and `$b`) bound to the typed buffers of storages
+/// of one dtype other than f16/bf16, with `$T` the element type.
+macro_rules! typed {
+    ($op:expr, $x:expr, $T:ident, $a:ident => $body:expr) => {
+        match cpu($x, $op)? {
+            CpuStorage::Bool($a) => { type $T = bool; $body }
+            CpuStorage::U8($a) => { type $T = u8; $body }
+            CpuStorage::I8($a) => { type $T = i8; $body }
+            CpuStorage::I32($a) => { type $T = i32; $body }
+            CpuStorage::I64($a) => { type $T = i64; $body }
+            CpuStorage::F32($a) => { type $T = f32; $body }
+            CpuStorage::F64($a) => { type $T = f64; $body }
+            other => return Err(Error::DType { op: $op, got: other.dtype(), expected: "a non-half dtype" }),
+        }
+    };
+}
+
+/// The buffer of `s` as `&[T]`, checking that its dtype is `T`'s.
+fn slice_of<'a, T: Element>(s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a [T]> {
+    let c = cpu(s, op)?;
+    c.as_slice::<T>().ok_or(Error::DType { op, got: c.dtype(), expected: T::DTYPE.name() })
+}
+
+/// An attention call's operands as `f32` buffers (widened from half precision).
+struct AttentionBuffers<'a> {
+    q: Cow<'a, [f32]>,
+    k: Cow<'a, [f32]>,
+    v: Cow<'a, [f32]>,
+    key_padding: Option<Cow<'a, [f32]>>,
+    attn_mask: Option<Cow<'a, [f32]>>,
+}
+
+impl<'a> AttentionBuffers<'a> {
+    fn new(x: &AttentionInputs<'a>) -> Result<Self> {
+        let op = "attention";
+        Ok(AttentionBuffers {
+            q: f32s(x.q, op)?,
+            k: f32s(x.k, op)?,
+            v: f32s(x.v, op)?,
+            key_padding: x.key_padding.map(|p| f32s(p, op)).transpose()?,
+            attn_mask: x.attn_mask.map(|m| f32s(m, op)).transpose()?,
+        })
+    }
+
+    fn operands<'b>(&'b self, x: &AttentionInputs<'_>) -> crate::attention::Operands<'b> {
+        crate::attention::Operands {
+            q: &self.q,
+            q_at: x.q_at,
+            k: &self.k,
+            k_at: x.k_at,
+            v: &self.v,
+            v_at: x.v_at,
+            key_padding: self.key_padding.as_deref(),
+            attn_mask: self.attn_mask.as_deref(),
+        }
+    }
 }
 
 /// Runs `f` on the elements of `l` in row-major order, borrowing when contiguous.
@@ -73,6 +141,14 @@ fn with_contiguous<R>(x: &[f32], l: &Layout, f: impl FnOnce(&[f32]) -> R) -> R {
         Some(r) => f(&x[r]),
         None => f(&contiguous_f32(x, l)),
     }
+}
+
+/// Checks that two operands share a dtype (the autograd layer promotes first).
+fn same_dtype(op: &'static str, a: &dyn BackendStorage, b: &dyn BackendStorage) -> Result<DType> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::msg(op, format!("operands of dtypes {} and {} (promote them to one first)", a.dtype(), b.dtype())));
+    }
+    Ok(a.dtype())
 }
 
 impl Backend for CpuBackend {
@@ -87,13 +163,27 @@ impl Backend for CpuBackend {
     fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
         Ok(Box::new(match cpu(x, "contiguous")? {
             CpuStorage::F32(v) => CpuStorage::F32(contiguous_f32(v, l)),
-            CpuStorage::I64(v) => CpuStorage::I64(contiguous(v, l)),
-            _ => unreachable!("every CPU storage type is handled"),
+            other => with_cpu!(other, v => CpuStorage::from_vec(contiguous(v, l))),
         }))
     }
 
+    fn to_dtype(&self, x: &dyn BackendStorage, l: &Layout, dtype: DType) -> Result<Storage> {
+        Ok(Box::new(cpu(x, "to_dtype")?.to_dtype(l, dtype)))
+    }
+
     fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
-        boxed(unary::unary_map(op, f32s(x, op.name())?, l))
+        let n = op.name();
+        let dt = x.dtype();
+        if on_f32_kernels(dt) {
+            return Ok(float_out(unary::unary_map(op, &f32s(x, n)?, l), dt));
+        }
+        Ok(Box::new(typed!(n, x, T, v => {
+            if T::DTYPE == DType::F64 {
+                CpuStorage::from_vec(generic::unary_f64(op, slice_of::<f64>(x, n)?, l))
+            } else {
+                CpuStorage::from_vec(generic::unary_int::<T>(op, v, l)?)
+            }
+        })))
     }
 
     fn unary_backward(
@@ -104,7 +194,12 @@ impl Backend for CpuBackend {
         g: &dyn BackendStorage,
     ) -> Result<Storage> {
         let n = op.name();
-        boxed(unary::unary_backward(op, f32s(x, n)?, f32s(y, n)?, f32s(g, n)?))
+        let dt = x.dtype();
+        if dt == DType::F64 {
+            let (x, y, g) = (slice_of::<f64>(x, n)?, slice_of::<f64>(y, n)?, slice_of::<f64>(g, n)?);
+            return Ok(Box::new(CpuStorage::F64(generic::unary_backward_f64(op, x, y, g))));
+        }
+        Ok(float_out(unary::unary_backward(op, &f32s(x, n)?, &f32s(y, n)?, &f32s(g, n)?), dt))
     }
 
     fn binary(
@@ -115,24 +210,49 @@ impl Backend for CpuBackend {
         b: &dyn BackendStorage,
         lb: &Layout,
     ) -> Result<Storage> {
-        boxed(binary_map(op, f32s(a, op.name())?, la, f32s(b, op.name())?, lb))
+        let n = op.name();
+        let dt = same_dtype(n, a, b)?;
+        if dt == DType::F32 && !op.is_comparison() {
+            return Ok(Box::new(CpuStorage::F32(binary_map(op, &f32s(a, n)?, la, &f32s(b, n)?, lb))));
+        }
+        if on_f32_kernels(dt) {
+            let (a, b) = (f32s(a, n)?, f32s(b, n)?);
+            return Ok(storage_as(generic::binary::<f32>(op, &a, la, &b, lb)?, dt));
+        }
+        Ok(Box::new(typed!(n, a, T, av => generic::binary::<T>(op, av, la, slice_of::<T>(b, n)?, lb)?)))
     }
 
     fn reduce(&self, op: ReduceOp, x: &dyn BackendStorage, l: &Layout, axes: &[bool]) -> Result<Storage> {
-        Ok(match reduce(op, f32s(x, op.name())?, l, axes) {
-            Reduced::Values(v) => Box::new(CpuStorage::F32(v)),
-            Reduced::Indices(v) => Box::new(CpuStorage::I64(v)),
-        })
+        let n = op.name();
+        let dt = x.dtype();
+        if on_f32_kernels(dt) {
+            let v = f32s(x, n)?;
+            let out = match reduce(op, &v, l, axes) {
+                Reduced::Values(v) => CpuStorage::F32(v),
+                Reduced::Indices(v) => CpuStorage::I64(v),
+            };
+            return Ok(storage_as(out, dt));
+        }
+        Ok(Box::new(typed!(n, x, T, v => generic::reduce::<T>(op, v, l, axes))))
     }
 
     fn matmul(&self, a: &dyn BackendStorage, la: &Layout, b: &dyn BackendStorage, lb: &Layout) -> Result<Storage> {
-        boxed(batched_gemm(f32s(a, "matmul")?, la, f32s(b, "matmul")?, lb))
+        let dt = same_dtype("matmul", a, b)?;
+        if on_f32_kernels(dt) {
+            return Ok(float_out(batched_gemm(&f32s(a, "matmul")?, la, &f32s(b, "matmul")?, lb), dt));
+        }
+        if dt == DType::Bool {
+            return Err(Error::DType { op: "matmul", got: dt, expected: "a numeric dtype" });
+        }
+        Ok(Box::new(typed!("matmul", a, T, av => {
+            CpuStorage::from_vec(generic::matmul::<T>(av, la, slice_of::<T>(b, "matmul")?, lb))
+        })))
     }
 
     fn softmax(&self, x: &dyn BackendStorage, l: &Layout, log: bool) -> Result<Storage> {
         let cols = l.dims().last().copied().unwrap_or(1);
         let f = if log { softmax::log_softmax_rows } else { softmax::softmax_rows };
-        boxed(with_contiguous(f32s(x, "softmax")?, l, |v| f(v, cols)))
+        Ok(float_out(with_contiguous(&f32s(x, "softmax")?, l, |v| f(v, cols)), x.dtype()))
     }
 
     fn softmax_backward(
@@ -143,25 +263,19 @@ impl Backend for CpuBackend {
         log: bool,
     ) -> Result<Storage> {
         let f = if log { softmax::log_softmax_backward_rows } else { softmax::softmax_backward_rows };
-        boxed(f(f32s(y, "softmax_backward")?, f32s(g, "softmax_backward")?, cols))
+        Ok(float_out(f(&f32s(y, "softmax_backward")?, &f32s(g, "softmax_backward")?, cols), y.dtype()))
     }
 
     fn index_select(&self, x: &dyn BackendStorage, l: &Layout, d: usize, idx: &dyn BackendStorage) -> Result<Storage> {
         let dims = l.dims();
         let (o, n, i) = (dims[..d].iter().product(), dims[d], dims[d + 1..].iter().product());
         let idx = i64s(idx, "index_select")?;
-        Ok(match cpu(x, "index_select")? {
-            CpuStorage::F32(v) => {
-                Box::new(CpuStorage::F32(with_contiguous(v, l, |v| index::index_select(v, o, n, i, idx))?))
-            }
-            // A contiguous source is read in place: a batch gathered from a large
-            // id table must not copy the whole table first.
-            CpuStorage::I64(v) => Box::new(CpuStorage::I64(match l.contiguous_range() {
-                Some(r) => index::index_select(&v[r], o, n, i, idx)?,
-                None => index::index_select(&contiguous(v, l), o, n, i, idx)?,
-            })),
-            _ => unreachable!("every CPU storage type is handled"),
-        })
+        // A contiguous source is read in place: a batch gathered from a large
+        // id table must not copy the whole table first.
+        Ok(Box::new(with_cpu!(cpu(x, "index_select")?, v => CpuStorage::from_vec(match l.contiguous_range() {
+            Some(r) => index::index_select(&v[r], o, n, i, idx)?,
+            None => index::index_select(&contiguous(v, l), o, n, i, idx)?,
+        }))))
     }
 
     fn index_add(
@@ -172,7 +286,11 @@ impl Backend for CpuBackend {
         inner: usize,
         idx: &dyn BackendStorage,
     ) -> Result<Storage> {
-        boxed(index::index_add(f32s(src, "index_add")?, outer, size, inner, i64s(idx, "index_add")?)?)
+        let (op, idx) = ("index_add", i64s(idx, "index_add")?);
+        if on_f32_kernels(src.dtype()) {
+            return Ok(float_out(index::index_add(&f32s(src, op)?, outer, size, inner, idx)?, src.dtype()));
+        }
+        Ok(Box::new(typed!(op, src, T, v => CpuStorage::from_vec(generic::index_add::<T>(v, outer, size, inner, idx)?))))
     }
 
     fn gather(
@@ -183,7 +301,8 @@ impl Backend for CpuBackend {
         inner: usize,
         index: &dyn BackendStorage,
     ) -> Result<Storage> {
-        boxed(index::gather(f32s(x, "gather")?, outer, size, inner, i64s(index, "gather")?)?)
+        let index = i64s(index, "gather")?;
+        Ok(Box::new(with_cpu!(cpu(x, "gather")?, v => CpuStorage::from_vec(index::gather(v, outer, size, inner, index)?))))
     }
 
     fn scatter_add(
@@ -194,16 +313,26 @@ impl Backend for CpuBackend {
         inner: usize,
         index: &dyn BackendStorage,
     ) -> Result<Storage> {
-        boxed(index::scatter_add(f32s(src, "scatter_add")?, outer, size, inner, i64s(index, "scatter_add")?)?)
+        let (op, index) = ("scatter_add", i64s(index, "scatter_add")?);
+        if on_f32_kernels(src.dtype()) {
+            return Ok(float_out(index::scatter_add(&f32s(src, op)?, outer, size, inner, index)?, src.dtype()));
+        }
+        Ok(Box::new(typed!(op, src, T, v => CpuStorage::from_vec(generic::scatter_add::<T>(v, outer, size, inner, index)?))))
     }
 
     fn concat(&self, parts: &[&dyn BackendStorage], outer: usize, sizes: &[usize], inner: usize) -> Result<Storage> {
-        if parts.iter().all(|p| p.dtype() == firebrand_tensor::DType::I64) {
-            let v: Vec<&[i64]> = parts.iter().map(|p| i64s(*p, "cat")).collect::<Result<_>>()?;
-            return Ok(Box::new(CpuStorage::I64(index::concat(&v, outer, sizes, inner))));
+        let dt = parts.first().map(|p| p.dtype()).unwrap_or(DType::F32);
+        if let Some(p) = parts.iter().find(|p| p.dtype() != dt) {
+            return Err(Error::msg("cat", format!("parts of dtypes {dt} and {} (promote them to one first)", p.dtype())));
         }
-        let v: Vec<&[f32]> = parts.iter().map(|p| f32s(*p, "cat")).collect::<Result<_>>()?;
-        boxed(index::concat_f32(&v, outer, sizes, inner))
+        if dt == DType::F32 {
+            let v: Vec<&[f32]> = parts.iter().map(|p| slice_of::<f32>(*p, "cat")).collect::<Result<_>>()?;
+            return Ok(Box::new(CpuStorage::F32(index::concat_f32(&v, outer, sizes, inner))));
+        }
+        Ok(Box::new(cpu_of_dtype!(dt, T => {
+            let v: Vec<&[T]> = parts.iter().map(|p| slice_of::<T>(*p, "cat")).collect::<Result<_>>()?;
+            index::concat(&v, outer, sizes, inner)
+        })))
     }
 
     fn where_select(
@@ -212,15 +341,23 @@ impl Backend for CpuBackend {
         a: &dyn BackendStorage,
         b: &dyn BackendStorage,
     ) -> Result<Storage> {
-        boxed(index::where_select(f32s(cond, "where")?, f32s(a, "where")?, f32s(b, "where")?))
+        let op = "where";
+        let dt = same_dtype(op, a, b)?;
+        let c = cpu(cond, op)?;
+        if let (DType::F32, CpuStorage::F32(c)) = (dt, c) {
+            return Ok(Box::new(CpuStorage::F32(index::where_select(c, slice_of(a, op)?, slice_of(b, op)?))));
+        }
+        let l = Layout::contiguous([c.len()]);
+        let c = c.to_vec::<bool>(&l);
+        Ok(Box::new(cpu_of_dtype!(dt, T => generic::where_select(&c, slice_of::<T>(a, op)?, slice_of::<T>(b, op)?))))
     }
 
     fn im2col(&self, x: &dyn BackendStorage, [n, c, h, w]: [usize; 4], win: &Window2d) -> Result<Storage> {
-        boxed(conv::im2col(f32s(x, "im2col")?, n, c, h, w, win))
+        Ok(float_out(conv::im2col(&f32s(x, "im2col")?, n, c, h, w, win), x.dtype()))
     }
 
     fn col2im(&self, cols: &dyn BackendStorage, [n, c, h, w]: [usize; 4], win: &Window2d) -> Result<Storage> {
-        boxed(conv::col2im(f32s(cols, "col2im")?, n, c, h, w, win))
+        Ok(float_out(conv::col2im(&f32s(cols, "col2im")?, n, c, h, w, win), cols.dtype()))
     }
 
     fn lstm_cell(
@@ -234,7 +371,8 @@ impl Backend for CpuBackend {
         h: usize,
     ) -> Result<Storage> {
         let op = "lstm_cell";
-        boxed(crate::recurrent::lstm_cell(f32s(xw, op)?, xw_at, f32s(hw, op)?, f32s(c_prev, op)?, c_at, b, h))
+        let out = crate::recurrent::lstm_cell(&f32s(xw, op)?, xw_at, &f32s(hw, op)?, &f32s(c_prev, op)?, c_at, b, h);
+        Ok(float_out(out, xw.dtype()))
     }
 
     fn lstm_cell_backward(
@@ -251,18 +389,19 @@ impl Backend for CpuBackend {
         h: usize,
     ) -> Result<Storage> {
         let op = "lstm_cell_backward";
-        boxed(crate::recurrent::lstm_cell_backward(
-            f32s(state, op)?,
-            f32s(c_prev, op)?,
+        let out = crate::recurrent::lstm_cell_backward(
+            &f32s(state, op)?,
+            &f32s(c_prev, op)?,
             c_at,
-            f32s(g_out, op)?,
+            &f32s(g_out, op)?,
             g_at,
-            f32s(dh_next, op)?,
-            f32s(dc_next, op)?,
+            &f32s(dh_next, op)?,
+            &f32s(dc_next, op)?,
             dc_at,
             b,
             h,
-        ))
+        );
+        Ok(float_out(out, state.dtype()))
     }
 
     fn bias_act_to_nchw(
@@ -276,7 +415,7 @@ impl Backend for CpuBackend {
     ) -> Result<Storage> {
         let op = "conv2d epilogue";
         let bias = bias.map(|b| f32s(b, op)).transpose()?;
-        boxed(conv::bias_act_to_nchw(f32s(yt, op)?, bias, n, l, c, relu))
+        Ok(float_out(conv::bias_act_to_nchw(&f32s(yt, op)?, bias.as_deref(), n, l, c, relu), yt.dtype()))
     }
 
     fn bias_act_to_nchw_backward(
@@ -289,8 +428,8 @@ impl Backend for CpuBackend {
         relu: bool,
     ) -> Result<(Storage, Storage)> {
         let op = "conv2d epilogue backward";
-        let (dyt, db) = conv::bias_act_to_nchw_backward(f32s(g, op)?, f32s(y, op)?, n, l, c, relu);
-        Ok((Box::new(CpuStorage::F32(dyt)), Box::new(CpuStorage::F32(db))))
+        let (dyt, db) = conv::bias_act_to_nchw_backward(&f32s(g, op)?, &f32s(y, op)?, n, l, c, relu);
+        Ok((float_out(dyt, g.dtype()), float_out(db, g.dtype())))
     }
 
     fn layer_norm(
@@ -304,8 +443,8 @@ impl Backend for CpuBackend {
     ) -> Result<(Storage, Storage)> {
         let op = "layer_norm";
         let (w, b) = (weight.map(|w| f32s(w, op)).transpose()?, bias.map(|b| f32s(b, op)).transpose()?);
-        let (y, stats) = crate::norm::layer_norm(f32s(x, op)?, w, b, rows, cols, eps);
-        Ok((boxed(y)?, boxed(stats)?))
+        let (y, stats) = crate::norm::layer_norm(&f32s(x, op)?, w.as_deref(), b.as_deref(), rows, cols, eps);
+        Ok((float_out(y, x.dtype()), float_out(stats, DType::F32)))
     }
 
     fn layer_norm_backward(
@@ -319,13 +458,16 @@ impl Backend for CpuBackend {
     ) -> Result<(Storage, Storage)> {
         let op = "layer_norm_backward";
         let w = weight.map(|w| f32s(w, op)).transpose()?;
-        let (dx, dwb) = crate::norm::layer_norm_backward(f32s(x, op)?, w, f32s(stats, op)?, f32s(g, op)?, rows, cols);
-        Ok((boxed(dx)?, boxed(dwb)?))
+        let (dx, dwb) =
+            crate::norm::layer_norm_backward(&f32s(x, op)?, w.as_deref(), &f32s(stats, op)?, &f32s(g, op)?, rows, cols);
+        let wdt = weight.map(|w| w.dtype()).unwrap_or(x.dtype());
+        Ok((float_out(dx, x.dtype()), float_out(dwb, wdt)))
     }
 
     fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
-        let (out, lse) = crate::attention::attention(&operands(x)?, spec);
-        Ok((boxed(out)?, boxed(lse)?))
+        let bufs = AttentionBuffers::new(x)?;
+        let (out, lse) = crate::attention::attention(&bufs.operands(x), spec);
+        Ok((float_out(out, x.q.dtype()), float_out(lse, DType::F32)))
     }
 
     fn attention_backward(
@@ -337,9 +479,15 @@ impl Backend for CpuBackend {
         g: &dyn BackendStorage,
     ) -> Result<(Storage, Storage, Storage)> {
         let op = "attention_backward";
-        let (dq, dk, dv) =
-            crate::attention::attention_backward(&operands(x)?, spec, f32s(out, op)?, f32s(lse, op)?, f32s(g, op)?);
-        Ok((boxed(dq)?, boxed(dk)?, boxed(dv)?))
+        let bufs = AttentionBuffers::new(x)?;
+        let (dq, dk, dv) = crate::attention::attention_backward(
+            &bufs.operands(x),
+            spec,
+            &f32s(out, op)?,
+            &f32s(lse, op)?,
+            &f32s(g, op)?,
+        );
+        Ok((float_out(dq, x.q.dtype()), float_out(dk, x.k.dtype()), float_out(dv, x.v.dtype())))
     }
 
     fn max_pool2d(
@@ -348,8 +496,8 @@ impl Backend for CpuBackend {
         [n, c, h, w]: [usize; 4],
         win: &Window2d,
     ) -> Result<(Storage, Storage)> {
-        let (v, i) = conv::max_pool2d(f32s(x, "max_pool2d")?, n, c, h, w, win);
-        Ok((Box::new(CpuStorage::F32(v)), Box::new(CpuStorage::I64(i))))
+        let (v, i) = conv::max_pool2d(&f32s(x, "max_pool2d")?, n, c, h, w, win);
+        Ok((float_out(v, x.dtype()), Box::new(CpuStorage::I64(i))))
     }
 
     fn max_pool2d_backward(
@@ -360,7 +508,7 @@ impl Backend for CpuBackend {
         win: &Window2d,
     ) -> Result<Storage> {
         let op = "max_pool2d_backward";
-        boxed(conv::max_pool2d_backward(f32s(g, op)?, i64s(idx, op)?, n, c, h, w, win))
+        Ok(float_out(conv::max_pool2d_backward(&f32s(g, op)?, i64s(idx, op)?, n, c, h, w, win), g.dtype()))
     }
 
     fn avg_pool2d(
@@ -370,7 +518,7 @@ impl Backend for CpuBackend {
         win: &Window2d,
         cip: bool,
     ) -> Result<Storage> {
-        boxed(conv::avg_pool2d(f32s(x, "avg_pool2d")?, n, c, h, w, win, cip))
+        Ok(float_out(conv::avg_pool2d(&f32s(x, "avg_pool2d")?, n, c, h, w, win, cip), x.dtype()))
     }
 
     fn avg_pool2d_backward(
@@ -380,7 +528,7 @@ impl Backend for CpuBackend {
         win: &Window2d,
         cip: bool,
     ) -> Result<Storage> {
-        boxed(conv::avg_pool2d_backward(f32s(g, "avg_pool2d_backward")?, n, c, h, w, win, cip))
+        Ok(float_out(conv::avg_pool2d_backward(&f32s(g, "avg_pool2d_backward")?, n, c, h, w, win, cip), g.dtype()))
     }
 }
 

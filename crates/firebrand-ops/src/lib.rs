@@ -48,6 +48,7 @@ pub mod binary;
 pub mod conv;
 mod cpu_backend;
 pub mod gemm;
+pub mod generic;
 pub mod index;
 pub mod norm;
 pub mod parallel;

@@ -1,4 +1,4 @@
-//! Reductions (sum, max, min, argmax, argmin) over any set of axes.
+//! Reductions (sum, product, max, min, argmax, argmin) over any set of axes.
 //!
 //! The input is viewed as `(outer, reduced, inner)`: when the reduced axes form
 //! one block of a contiguous tensor this needs no copy (a row reduction when
@@ -57,11 +57,12 @@ pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Redu
 pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usize) -> Reduced {
     let n_out = outer * inner;
     match op {
-        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => {
+        ReduceOp::Sum | ReduceOp::Prod | ReduceOp::Max | ReduceOp::Min => {
             let mut out = take_f32(n_out);
             if r == 0 {
                 let fill = match op {
                     ReduceOp::Sum => 0.0,
+                    ReduceOp::Prod => 1.0,
                     ReduceOp::Max => f32::NEG_INFINITY,
                     _ => f32::INFINITY,
                 };
@@ -73,6 +74,7 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                 if inner == 1 {
                     dst[0] = match op {
                         ReduceOp::Sum => sum_slice(base),
+                        ReduceOp::Prod => base.iter().product(),
                         ReduceOp::Max => extreme_slice::<true>(base),
                         _ => extreme_slice::<false>(base),
                     };
@@ -81,6 +83,7 @@ pub fn reduce_ori(op: ReduceOp, src: &[f32], outer: usize, r: usize, inner: usiz
                     for row in base.chunks_exact(inner).skip(1) {
                         match op {
                             ReduceOp::Sum => dst.iter_mut().zip(row).for_each(|(d, &x)| *d += x),
+                            ReduceOp::Prod => dst.iter_mut().zip(row).for_each(|(d, &x)| *d *= x),
                             ReduceOp::Max => dst.iter_mut().zip(row).for_each(|(d, &x)| *d = nan_max(*d, x)),
                             _ => dst.iter_mut().zip(row).for_each(|(d, &x)| *d = nan_min(*d, x)),
                         }
@@ -226,6 +229,7 @@ mod tests {
         acc.iter()
             .map(|v| match op {
                 ReduceOp::Sum => v.iter().sum(),
+                ReduceOp::Prod => v.iter().product(),
                 ReduceOp::Max => v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
                 ReduceOp::Min => v.iter().cloned().fold(f64::INFINITY, f64::min),
                 ReduceOp::ArgMax => {

@@ -13,6 +13,12 @@ use firebrand_tensor::Layout;
 use firebrand_tensor::pool::take_f32;
 use wide::f32x8;
 
+/// `max(x, 0)` that keeps a NaN (`x < 0 ? 0 : x`; `f32::max` drops it).
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
+}
+
 /// The `wide` SIMD form, for ops whose scalar form does not auto-vectorize.
 fn simd(op: UnaryOp) -> Option<fn(f32x8) -> f32x8> {
     match op {
@@ -60,7 +66,7 @@ fn map_slice_portable(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
     }
     match op {
         UnaryOp::Neg => simple!(|x: f32| -x),
-        UnaryOp::Relu => simple!(|x: f32| x.max(0.0)),
+        UnaryOp::Relu => simple!(relu),
         UnaryOp::Square => simple!(|x: f32| x * x),
         UnaryOp::Abs => simple!(|x: f32| x.abs()),
         UnaryOp::Affine(m, a) => simple!(|x: f32| m * x + a),

@@ -129,6 +129,12 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Backend-specific failures.
     fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage>;
+    /// The elements of `l` in row-major order, converted to `dtype` by the
+    /// [`Element`](crate::Element) rules (float to integer truncates toward zero).
+    ///
+    /// # Errors
+    /// When the device does not hold `dtype`.
+    fn to_dtype(&self, x: &dyn BackendStorage, l: &Layout, dtype: DType) -> Result<Storage>;
     /// An elementwise unary op from the table.
     ///
     /// # Errors

@@ -5,7 +5,8 @@
 //! * [`Shape`] — a runtime list of dimension sizes, with NumPy broadcasting rules.
 //! * [`Layout`] — a shape plus strides and an offset into a buffer, so that views
 //!   (transpose, narrow, broadcast, ...) never copy.
-//! * [`DType`] — the element types (`f32` first-class, `i64` for indices and labels).
+//! * [`DType`] — the element types (bool, u8, i8, i32, i64, f16, bf16, f32, f64),
+//!   their conversions and PyTorch's type-promotion rules ([`DType::promote`]).
 //! * [`Device`] — where a tensor's storage lives (`Device::Cpu` today; an optional
 //!   GPU crate adds a device without changing user code).
 //! * [`CpuStorage`] — the CPU buffers.
@@ -32,7 +33,7 @@
 
 pub mod backend;
 mod device;
-mod dtype;
+pub mod dtype;
 mod error;
 mod layout;
 pub mod op;
@@ -41,7 +42,7 @@ mod shape;
 mod storage;
 
 pub use device::Device;
-pub use dtype::{DType, Element};
+pub use dtype::{ALL_DTYPES, DType, Element, bf16, cast, f16};
 pub use error::{Error, Result};
 pub use layout::{Layout, StridedIndex};
 pub use shape::{Shape, normalize_dim};

@@ -79,12 +79,42 @@ pub fn erf(x: f32) -> f32 {
     (if xd < 0.0 { -r } else { r }) as f32
 }
 
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+/// The float types the unary table is evaluated in: `f32` (the kernels'
+/// reference) and `f64` (tensors of dtype `F64`).
+pub trait Real: num_traits::Float + Send + Sync + 'static {
+    /// The error function.
+    fn erf(self) -> Self;
+    /// A constant given in `f64`.
+    fn c(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn erf(self) -> f32 {
+        erf(self)
+    }
+    #[inline(always)]
+    fn c(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn erf(self) -> f64 {
+        libm::erf(self)
+    }
+    #[inline(always)]
+    fn c(v: f64) -> f64 {
+        v
+    }
+}
+
+#[inline(always)]
+fn sigmoid<F: Real>(x: F) -> F {
+    if x >= F::zero() {
+        F::one() / (F::one() + (-x).exp())
     } else {
         let e = x.exp();
-        e / (1.0 + e)
+        e / (F::one() + e)
     }
 }
 
@@ -116,102 +146,142 @@ impl UnaryOp {
         }
     }
 
+    /// True for the ops that map integers to integers (`neg`, `abs`,
+    /// `square`, `relu`, and `clamp`/`affine` with integral constants); the
+    /// others compute in a float type.
+    pub fn keeps_integers(self) -> bool {
+        let int = |v: f32| v.fract() == 0.0;
+        match self {
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Square | UnaryOp::Relu => true,
+            UnaryOp::Clamp(lo, hi) => int(lo) && int(hi),
+            UnaryOp::Affine(m, a) => int(m) && int(a),
+            _ => false,
+        }
+    }
+
     /// The scalar function: the reference every kernel is tested against.
+    /// NaN propagates through every op (`relu(NaN)` and `clamp(NaN)` are NaN,
+    /// as in PyTorch).
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
+        self.eval(x)
+    }
+
+    /// [`UnaryOp::apply`] in any [`Real`] type (`f64` for `F64` tensors).
+    #[inline]
+    pub fn eval<F: Real>(self, x: F) -> F {
+        let (zero, one, half) = (F::zero(), F::one(), F::c(0.5));
         match self {
             UnaryOp::Neg => -x,
             UnaryOp::Abs => x.abs(),
             UnaryOp::Exp => x.exp(),
             UnaryOp::Log => x.ln(),
             UnaryOp::Sqrt => x.sqrt(),
-            UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-            UnaryOp::Recip => 1.0 / x,
+            UnaryOp::Rsqrt => one / x.sqrt(),
+            UnaryOp::Recip => one / x,
             UnaryOp::Square => x * x,
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => sigmoid(x),
-            UnaryOp::Relu => x.max(0.0),
-            UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            UnaryOp::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh()),
-            UnaryOp::Silu => x * sigmoid(x),
-            UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-            UnaryOp::Sin => x.sin(),
-            UnaryOp::Cos => x.cos(),
-            UnaryOp::Powf(p) => x.powf(p),
-            UnaryOp::LeakyRelu(s) => {
-                if x > 0.0 {
-                    x
+            // `x < 0 ? 0 : x`, not `max(x, 0)`, which drops a NaN.
+            UnaryOp::Relu => {
+                if x < zero {
+                    zero
                 } else {
-                    s * x
+                    x
                 }
             }
-            UnaryOp::Clamp(lo, hi) => x.max(lo).min(hi),
-            UnaryOp::Affine(m, a) => m * x + a,
+            UnaryOp::Gelu => half * x * (one + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+            UnaryOp::GeluTanh => {
+                let (k, c) = (F::c(SQRT_2_OVER_PI as f64), F::c(GELU_C as f64));
+                half * x * (one + (k * (x + c * x * x * x)).tanh())
+            }
+            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::Softplus => {
+                let m = if x < zero { zero } else { x };
+                m + (-x.abs()).exp().ln_1p()
+            }
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Powf(p) => x.powf(F::c(p as f64)),
+            UnaryOp::LeakyRelu(s) => {
+                if x > zero {
+                    x
+                } else {
+                    F::c(s as f64) * x
+                }
+            }
+            UnaryOp::Clamp(lo, hi) => {
+                let (lo, hi) = (F::c(lo as f64), F::c(hi as f64));
+                if x < lo {
+                    lo
+                } else if x > hi {
+                    hi
+                } else {
+                    x
+                }
+            }
+            UnaryOp::Affine(m, a) => F::c(m as f64) * x + F::c(a as f64),
         }
     }
 
     /// `d apply(x) / dx`, given the input `x` and the output `y = apply(x)`.
     #[inline]
     pub fn derivative(self, x: f32, y: f32) -> f32 {
-        match self {
-            UnaryOp::Neg => -1.0,
-            UnaryOp::Abs => {
-                if x > 0.0 {
-                    1.0
-                } else if x < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                }
-            }
+        self.derivative_of(x, y)
+    }
+
+    /// [`UnaryOp::derivative`] in any [`Real`] type.
+    #[inline]
+    pub fn derivative_of<F: Real>(self, x: F, y: F) -> F {
+        let (zero, one, half) = (F::zero(), F::one(), F::c(0.5));
+                match self {
+            UnaryOp::Neg => -one,
+            UnaryOp::Abs => if x.is_nan() {
+                x
+            } else if x > zero {
+                one
+            } else if x < zero {
+                -one
+            } else {
+                zero
+            },
             UnaryOp::Exp => y,
-            UnaryOp::Log => 1.0 / x,
-            UnaryOp::Sqrt => 0.5 / y,
-            UnaryOp::Rsqrt => -0.5 * y / x,
+            UnaryOp::Log => one / x,
+            UnaryOp::Sqrt => half / y,
+            UnaryOp::Rsqrt => -half * y / x,
             UnaryOp::Recip => -y * y,
-            UnaryOp::Square => 2.0 * x,
-            UnaryOp::Tanh => 1.0 - y * y,
-            UnaryOp::Sigmoid => y * (1.0 - y),
-            UnaryOp::Relu => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
+            UnaryOp::Square => F::c(2.0) * x,
+            UnaryOp::Tanh => one - y * y,
+            UnaryOp::Sigmoid => y * (one - y),
+            // PyTorch's masks: a NaN input passes no gradient through relu or clamp.
+            UnaryOp::Relu => if x > zero { one } else { zero },
             UnaryOp::Gelu => {
-                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+                let cdf = half * (one + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = (-half * x * x).exp() * F::c(0.398_942_280_401_432_7);
                 cdf + x * pdf
             }
             UnaryOp::GeluTanh => {
-                let inner = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+                let (k, c) = (F::c(SQRT_2_OVER_PI as f64), F::c(GELU_C as f64));
+                let inner = k * (x + c * x * x * x);
                 let t = inner.tanh();
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
+                half * (one + t) + half * x * (one - t * t) * k * (one + F::c(3.0) * c * x * x)
             }
             UnaryOp::Silu => {
                 let s = sigmoid(x);
-                s * (1.0 + x * (1.0 - s))
+                s * (one + x * (one - s))
             }
             UnaryOp::Softplus => sigmoid(x),
             UnaryOp::Sin => x.cos(),
             UnaryOp::Cos => -x.sin(),
-            UnaryOp::Powf(p) => p * x.powf(p - 1.0),
-            UnaryOp::LeakyRelu(s) => {
-                if x > 0.0 {
-                    1.0
-                } else {
-                    s
-                }
+            UnaryOp::Powf(p) => {
+                let p = F::c(p as f64);
+                p * x.powf(p - one)
             }
+            UnaryOp::LeakyRelu(s) => if x > zero { one } else { F::c(s as f64) },
             UnaryOp::Clamp(lo, hi) => {
-                if x >= lo && x <= hi {
-                    1.0
-                } else {
-                    0.0
-                }
+                if x >= F::c(lo as f64) && x <= F::c(hi as f64) { one } else { zero }
             }
-            UnaryOp::Affine(m, _) => m,
+            UnaryOp::Affine(m, _) => F::c(m as f64),
         }
     }
 }
@@ -246,7 +316,8 @@ pub fn needs_positive_input(op: UnaryOp) -> bool {
     matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_))
 }
 
-/// A binary elementwise op on `f32`. Comparisons yield 1.0 for true, 0.0 for false.
+/// A binary elementwise op. Comparisons yield `bool` tensors ([`BinaryOp::apply`],
+/// the `f32` reference, gives 1.0 for true and 0.0 for false).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
     /// `a + b`
@@ -278,6 +349,11 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
+    /// True for the comparisons (`eq` .. `ge`), whose result is `bool`.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
+    }
+
     /// The op's name, as used in error messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -336,6 +412,8 @@ impl BinaryOp {
 pub enum ReduceOp {
     /// Sum of the elements.
     Sum,
+    /// Product of the elements.
+    Prod,
     /// Largest element (NaN if any is NaN).
     Max,
     /// Smallest element (NaN if any is NaN).
@@ -351,6 +429,7 @@ impl ReduceOp {
     pub fn name(self) -> &'static str {
         match self {
             ReduceOp::Sum => "sum",
+            ReduceOp::Prod => "prod",
             ReduceOp::Max => "max",
             ReduceOp::Min => "min",
             ReduceOp::ArgMax => "argmax",

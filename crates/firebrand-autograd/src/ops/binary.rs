@@ -5,11 +5,50 @@ use super::{panicking, record};
 use crate::tensor::{Tensor, same_backend};
 use firebrand_ops::binary::BinaryOp;
 use firebrand_ops::unary::UnaryOp;
-use firebrand_tensor::{Result, Shape};
+use firebrand_tensor::{DType, Result, Shape};
+
+/// The dtype a binary op between `a` and `b` computes in: PyTorch's
+/// `torch.result_type`. Two tensors of the same rank class promote by
+/// [`DType::promote`]; a 0-dimensional tensor against a dimensioned one
+/// counts only when it is of a higher category (a 0-d `f64` makes an `i32`
+/// tensor `f64`, but leaves an `f16` tensor `f16`).
+///
+/// ```
+/// use firebrand_autograd::{DType, Tensor, result_type};
+/// let i = Tensor::from_vec(vec![1i32, 2], [2]);
+/// let h = Tensor::from_vec(vec![1.0f32, 2.0], [2]).to_dtype(DType::F16);
+/// assert_eq!(result_type(&i, &h), DType::F16);
+/// assert_eq!(result_type(&h, &Tensor::scalar(1.0)), DType::F16);
+/// assert_eq!((&i + &h).dtype(), DType::F16);
+/// ```
+pub fn result_type(a: &Tensor, b: &Tensor) -> DType {
+    let (za, zb) = (a.rank() == 0, b.rank() == 0);
+    let (da, db) = (a.dtype(), b.dtype());
+    if za == zb {
+        return DType::promote(da, db);
+    }
+    let (dim, zero) = if za { (db, da) } else { (da, db) };
+    if zero.category() > dim.category() { zero } else { dim }
+}
 
 impl Tensor {
-    /// Applies `op` after broadcasting both operands to a common shape (no autograd record).
+    /// Both operands converted to the dtype `op` computes in (true division
+    /// of integers computes in `f32`, as PyTorch's `/`).
+    fn promoted(&self, rhs: &Tensor, op: BinaryOp) -> Result<(Tensor, Tensor)> {
+        let mut dt = result_type(self, rhs);
+        if op == BinaryOp::Div && !dt.is_float() {
+            dt = DType::F32;
+        }
+        Ok((self.try_to_dtype(dt)?, rhs.try_to_dtype(dt)?))
+    }
+
+    /// Applies `op` after promoting both operands to one dtype and
+    /// broadcasting them to a common shape (no autograd record).
     pub(crate) fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if self.dtype() != rhs.dtype() || (op == BinaryOp::Div && !self.dtype().is_float()) {
+            let (a, b) = self.promoted(rhs, op)?;
+            return a.binary_forward(&b, op);
+        }
         let backend = same_backend(op.name(), &[self, rhs])?;
         if self.shape() == rhs.shape() {
             // Both permuted the same way (e.g. two transposed matrices): compute
@@ -33,6 +72,11 @@ impl Tensor {
     }
 
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if self.dtype() != rhs.dtype() || (op == BinaryOp::Div && !self.dtype().is_float()) {
+            // The conversions are recorded, so each gradient returns in its input's dtype.
+            let (a, b) = self.promoted(rhs, op)?;
+            return a.binary_op(&b, op);
+        }
         let out = self.binary_forward(rhs, op)?;
         let (sa, sb) = (self.shape().clone(), rhs.shape().clone());
         let (a, b) = (self.detach(), rhs.detach());
@@ -57,11 +101,16 @@ impl Tensor {
     }
 
     /// `if self != 0 { a } else { b }` elementwise, all three broadcast together
-    /// (`torch.where(cond, a, b)` with `self` as the condition). Differentiable in `a` and `b`.
+    /// (`torch.where(cond, a, b)` with `self` as the condition, usually a
+    /// `bool` mask). `a` and `b` promote to one dtype. Differentiable in `a` and `b`.
     ///
     /// # Errors
-    /// When the shapes do not broadcast or a dtype is not `f32`.
+    /// When the shapes do not broadcast.
     pub fn try_where_cond(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if a.dtype() != b.dtype() {
+            let dt = result_type(a, b);
+            return self.try_where_cond(&a.try_to_dtype(dt)?, &b.try_to_dtype(dt)?);
+        }
         let backend = same_backend("where", &[self, a, b])?;
         let shape = self.shape().broadcast_with(a.shape(), "where")?.broadcast_with(b.shape(), "where")?;
         let get = |t: &Tensor| -> Result<Tensor> { t.detach().try_broadcast_to(shape.clone())?.dense("where") };
@@ -91,7 +140,8 @@ macro_rules! binary_methods {
                 $(#[$m])*
                 ///
                 /// # Errors
-                /// When the shapes do not broadcast, a dtype is not `f32`, or the devices differ.
+                /// When the shapes do not broadcast or the devices differ, and for
+                /// integer division by zero.
                 pub fn $try(&self, rhs: &Tensor) -> Result<Tensor> {
                     self.$call(rhs, $op)
                 }
@@ -120,17 +170,17 @@ binary_methods! {
     maximum, try_maximum => binary_op(BinaryOp::Maximum);
     /// Elementwise minimum, broadcasting (ties share the gradient).
     minimum, try_minimum => binary_op(BinaryOp::Minimum);
-    /// `self == rhs` as a 0/1 `f32` mask, broadcasting (comparisons have no gradient).
+    /// `self == rhs` as a `bool` mask, broadcasting (comparisons have no gradient).
     eq, try_eq => binary_forward(BinaryOp::Eq);
-    /// `self != rhs` as a 0/1 `f32` mask, broadcasting.
+    /// `self != rhs` as a `bool` mask, broadcasting.
     ne, try_ne => binary_forward(BinaryOp::Ne);
-    /// `self < rhs` as a 0/1 `f32` mask, broadcasting.
+    /// `self < rhs` as a `bool` mask, broadcasting.
     lt, try_lt => binary_forward(BinaryOp::Lt);
-    /// `self <= rhs` as a 0/1 `f32` mask, broadcasting.
+    /// `self <= rhs` as a `bool` mask, broadcasting.
     le, try_le => binary_forward(BinaryOp::Le);
-    /// `self > rhs` as a 0/1 `f32` mask, broadcasting.
+    /// `self > rhs` as a `bool` mask, broadcasting.
     gt, try_gt => binary_forward(BinaryOp::Gt);
-    /// `self >= rhs` as a 0/1 `f32` mask, broadcasting.
+    /// `self >= rhs` as a `bool` mask, broadcasting.
     ge, try_ge => binary_forward(BinaryOp::Ge);
 }
 

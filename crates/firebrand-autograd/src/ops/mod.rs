@@ -14,6 +14,7 @@ mod unary;
 mod view;
 
 pub use attention::AttentionOptions;
+pub use binary::result_type;
 pub use conv::ConvOptions;
 
 use crate::grad_mode::is_grad_enabled;
@@ -36,10 +37,16 @@ pub(crate) fn record(
     Tensor::from_parts(out.0.storage.clone(), out.0.layout.clone(), Some(grad_fn))
 }
 
-/// An error naming `op` unless every tensor is `f32`.
+/// An error naming `op` unless every tensor has one dtype that runs on the
+/// `f32` kernels (`f32`, or `f16`/`bf16`, which widen to `f32` inside them).
 pub(crate) fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
-    match ts.iter().find(|t| t.dtype() != firebrand_tensor::DType::F32) {
-        Some(t) => Err(Error::DType { op, got: t.dtype(), expected: "f32" }),
+    use firebrand_tensor::DType;
+    let first = ts[0].dtype();
+    match ts.iter().find(|t| !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) || t.dtype() != first) {
+        Some(t) if t.dtype() != first => {
+            Err(Error::msg(op, format!("inputs of dtypes {first} and {} (convert them to one with to_dtype)", t.dtype())))
+        }
+        Some(t) => Err(Error::DType { op, got: t.dtype(), expected: "f32, f16 or bf16" }),
         None => Ok(()),
     }
 }

@@ -5,7 +5,7 @@
 use super::{normalize_dims, panicking, record};
 use crate::tensor::Tensor;
 use firebrand_ops::reduce::ReduceOp;
-use firebrand_tensor::{Error, Result, Shape};
+use firebrand_tensor::{DType, Error, Result, Shape};
 
 impl Tensor {
     /// Output shape of reducing `axes`, with or without the reduced dims kept as 1.
@@ -16,7 +16,12 @@ impl Tensor {
         v.into()
     }
 
+    /// One flag per dim: those in `dims`, or every dim when `dims` is empty
+    /// (PyTorch's `sum(dim=[])` reduces everything).
     fn axes_of(&self, op: &'static str, dims: &[isize]) -> Result<Vec<bool>> {
+        if dims.is_empty() {
+            return Ok(vec![true; self.rank()]);
+        }
         let ds = normalize_dims(op, dims, self.shape())?;
         let mut axes = vec![false; self.rank()];
         ds.iter().for_each(|&d| axes[d] = true);
@@ -29,11 +34,25 @@ impl Tensor {
         Ok(Tensor::from_backend(out, shape))
     }
 
-    /// Sum over `dims` (negative dims count from the end).
+    /// Sum over `dims` (negative dims count from the end; an empty list
+    /// sums everything). Integer and bool tensors sum into `i64`, as in PyTorch.
+    ///
+    /// ```
+    /// use firebrand_autograd::{DType, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]);
+    /// assert_eq!(x.sum(&[0], false).to_vec::<f32>(), vec![4.0, 6.0]);
+    /// assert_eq!(x.sum(&[-1], true).dims(), &[2, 1]);
+    /// assert_eq!(x.sum(&[], false).item(), 10.0);
+    /// let mask = x.gt(&Tensor::scalar(1.5)); // bool
+    /// assert_eq!(mask.sum(&[], false).dtype(), DType::I64);
+    /// ```
     ///
     /// # Errors
-    /// When a dim is out of range or repeated, or the tensor is not `f32`.
+    /// When a dim is out of range or repeated.
     pub fn try_sum(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        if !self.dtype().is_float() && self.dtype() != DType::I64 {
+            return self.try_to_dtype(DType::I64)?.try_sum(dims, keepdim);
+        }
         let axes = self.axes_of("sum", dims)?;
         let out = self.reduce_forward(ReduceOp::Sum, &axes, keepdim)?;
         let in_shape = self.shape().clone();
@@ -54,11 +73,14 @@ impl Tensor {
         self.sum(&all, false)
     }
 
-    /// Mean over `dims`.
+    /// Mean over `dims` (an empty list: over everything).
     ///
     /// # Errors
-    /// As [`Tensor::try_sum`].
+    /// As [`Tensor::try_sum`], and for an integer or bool tensor.
     pub fn try_mean(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        if !self.dtype().is_float() {
+            return Err(Error::DType { op: "mean", got: self.dtype(), expected: "a floating-point dtype (convert with to_dtype; PyTorch refuses too)" });
+        }
         let axes = self.axes_of("mean", dims)?;
         let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
         Ok(self.try_sum(dims, keepdim)?.affine(1.0 / n as f32, 0.0))

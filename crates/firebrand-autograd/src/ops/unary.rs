@@ -5,14 +5,29 @@
 use super::record;
 use crate::tensor::Tensor;
 use firebrand_ops::unary::UnaryOp;
-use firebrand_tensor::Result;
+use firebrand_tensor::{DType, Result};
 
 impl Tensor {
-    /// Applies a unary op from the table (see [`UnaryOp`]).
+    /// Applies a unary op from the table (see [`UnaryOp`]). On an integer
+    /// or bool tensor, the ops that map integers to integers
+    /// ([`UnaryOp::keeps_integers`]: `neg`, `abs`, `square`, `relu`, and
+    /// `clamp`/`affine` with integral constants) keep its dtype (`i64` for
+    /// bool); the others compute in `f32`, as PyTorch's do.
     ///
     /// # Errors
-    /// When the tensor is not `f32`.
+    /// When the device has no kernel for the dtype.
     pub fn try_unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let dt = self.dtype();
+        if !dt.is_float() {
+            let to = match (op.keeps_integers(), dt) {
+                (true, DType::Bool) => DType::I64,
+                (true, _) => dt,
+                (false, _) => DType::F32,
+            };
+            if to != dt {
+                return self.try_to_dtype(to)?.try_unary(op);
+            }
+        }
         let backend = self.backend(op.name())?;
         let out = match self.layout().dense_permutation() {
             // A permuted dense input maps in memory order; the output keeps its dim order.
@@ -33,10 +48,10 @@ impl Tensor {
         }))
     }
 
-    /// Applies a unary op from the table.
+    /// Applies a unary op from the table; see [`Tensor::try_unary`].
     ///
     /// # Panics
-    /// When the tensor is not `f32`.
+    /// When the device has no kernel for the dtype.
     #[track_caller]
     pub fn unary(&self, op: UnaryOp) -> Tensor {
         self.try_unary(op).unwrap_or_else(|e| panic!("{e}"))
@@ -48,9 +63,6 @@ macro_rules! unary_methods {
         impl Tensor {
             $(
                 $(#[$m])*
-                ///
-                /// # Panics
-                /// When the tensor is not `f32`.
                 #[track_caller]
                 pub fn $name(&self) -> Tensor {
                     self.unary($op)
