@@ -67,7 +67,8 @@ impl Tensor {
             };
             match &t.0.grad_fn {
                 None => accumulate_leaf(t, g),
-                Some(GradFn { name, inputs, backward }) => {
+                Some(GradFn { name, inputs, backward, versions }) => {
+                    check_versions(name, inputs, t, versions)?;
                     let in_grads = backward(t, &g);
                     debug_assert_eq!(
                         in_grads.len(),
@@ -96,6 +97,26 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+/// PyTorch's check that no tensor an op saved was modified in place
+/// between its forward and backward passes.
+fn check_versions(name: &str, inputs: &[Tensor], out: &Tensor, versions: &[u64]) -> Result<()> {
+    for (i, (t, &v)) in inputs.iter().chain([out]).zip(versions).enumerate() {
+        if t.version() != v {
+            let what = if i == inputs.len() { "output".to_string() } else { format!("input {i}") };
+            return Err(Error::msg(
+                "backward",
+                format!(
+                    "a tensor needed for the gradient has been modified by an in-place operation: the {what} of `{name}` \
+                     (shape {:?}) is at version {}; expected version {v}",
+                    t.dims(),
+                    t.version()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn accumulate_leaf(t: &Tensor, g: Tensor) {

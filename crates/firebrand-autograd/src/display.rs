@@ -52,9 +52,14 @@ impl Tensor {
     fn render(&self) -> String {
         let summarize = self.elem_count() > SUMMARIZE_ABOVE;
         let vals: Vec<String> = match self.dtype() {
-            DType::I64 => self.to_vec::<i64>().iter().map(|v| v.to_string()).collect(),
+            DType::Bool => self.to_vec::<bool>().iter().map(|v| format!("{:>5}", v.to_string())).collect(),
+            d if !d.is_float() => {
+                let strs: Vec<String> = self.to_vec::<i64>().iter().map(|v| v.to_string()).collect();
+                let w = strs.iter().map(|s| s.len()).max().unwrap_or(0);
+                strs.into_iter().map(|s| format!("{s:>w$}")).collect()
+            }
             _ => {
-                let v = self.to_vec::<f32>();
+                let v = self.to_vec::<f64>();
                 let big = v.iter().any(|x| x.abs() >= 1e5 || (x.abs() < 1e-4 && *x != 0.0));
                 let strs: Vec<String> =
                     v.iter().map(|x| if big { format!("{x:.4e}") } else { format!("{x:.4}") }).collect();

@@ -7,6 +7,15 @@ use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
+/// How many times this tensor's storage has been written in place.
+impl Tensor {
+    /// The storage's version counter (PyTorch's `_version`): every in-place
+    /// write to this tensor or a view of it adds one.
+    pub fn version(&self) -> u64 {
+        self.0.storage.version()
+    }
+}
+
 /// Unique identity of a tensor handle (views get their own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(u64);
@@ -26,11 +35,39 @@ pub(crate) struct GradFn {
     pub(crate) name: &'static str,
     pub(crate) inputs: Vec<Tensor>,
     pub(crate) backward: BackwardFn,
+    /// The storage versions of the inputs, then of the output, when the op
+    /// ran: backward refuses to run on data modified in place since.
+    pub(crate) versions: Vec<u64>,
+}
+
+/// A storage shared by a tensor and its views, with PyTorch's version
+/// counter: every in-place write bumps it.
+#[derive(Debug)]
+pub(crate) struct StorageCell {
+    data: RwLock<Storage>,
+    version: AtomicU64,
+}
+
+impl StorageCell {
+    pub(crate) fn new(s: Storage) -> Self {
+        StorageCell { data: RwLock::new(s), version: AtomicU64::new(0) }
+    }
+    pub(crate) fn read(&self) -> std::sync::LockResult<RwLockReadGuard<'_, Storage>> {
+        self.data.read()
+    }
+    /// Write access for an in-place op; bumps the version.
+    pub(crate) fn write(&self) -> std::sync::LockResult<std::sync::RwLockWriteGuard<'_, Storage>> {
+        self.version.fetch_add(1, Ordering::Relaxed);
+        self.data.write()
+    }
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
 }
 
 pub(crate) struct TensorImpl {
     pub(crate) id: TensorId,
-    pub(crate) storage: Arc<RwLock<Storage>>,
+    pub(crate) storage: Arc<StorageCell>,
     pub(crate) layout: Layout,
     pub(crate) device: Device,
     pub(crate) requires_grad: AtomicBool,
@@ -60,7 +97,7 @@ pub struct Tensor(pub(crate) Arc<TensorImpl>);
 impl Tensor {
     // ---- construction -------------------------------------------------------
 
-    pub(crate) fn from_parts(storage: Arc<RwLock<Storage>>, layout: Layout, grad_fn: Option<GradFn>) -> Tensor {
+    pub(crate) fn from_parts(storage: Arc<StorageCell>, layout: Layout, grad_fn: Option<GradFn>) -> Tensor {
         let requires_grad = grad_fn.is_some();
         let device = storage.read().unwrap().device();
         Tensor(Arc::new(TensorImpl {
@@ -81,7 +118,7 @@ impl Tensor {
 
     /// A new contiguous tensor owning a backend's storage.
     pub(crate) fn from_backend(storage: Storage, shape: impl Into<Shape>) -> Tensor {
-        Tensor::from_parts(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), None)
+        Tensor::from_parts(Arc::new(StorageCell::new(storage)), Layout::contiguous(shape), None)
     }
 
     /// The view that undoes `permute(perm)` on a fresh (unrecorded) tensor.
@@ -512,31 +549,44 @@ impl Tensor {
         self.view_with(self.0.layout.clone())
     }
 
-    /// Overwrites this tensor's elements in place with `src`'s (same shape),
-    /// visible through every view of the storage. Not recorded by autograd:
-    /// meant for optimizers and weight loading.
+    /// Overwrites this tensor's elements in place with `src`'s, visible
+    /// through every view of the storage (PyTorch's `copy_`, outside
+    /// autograd: meant for optimizers and weight loading). `src` broadcasts
+    /// to this tensor's shape and is converted to its dtype; this tensor may
+    /// be any view, e.g. a column.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let t = Tensor::zeros([2, 3]);
+    /// t.narrow(1, 1, 1).copy_(&Tensor::from_vec(vec![7i64], [1])).unwrap(); // a column
+    /// assert_eq!(t.to_vec::<f32>(), vec![0.0, 7.0, 0.0, 0.0, 7.0, 0.0]);
+    /// ```
     ///
     /// # Errors
-    /// On a shape or dtype mismatch.
+    /// When `src` does not broadcast to this shape, or this tensor is not on the CPU.
     pub fn copy_(&self, src: &Tensor) -> Result<()> {
-        if self.shape() != src.shape() {
+        if src.shape() != self.shape() && src.shape().broadcast_with(self.shape(), "copy_").ok().as_ref() != Some(self.shape()) {
             return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
-        if self.dtype() == DType::I64 && src.dtype() == DType::I64 {
-            let vals = src.to_device(Device::Cpu)?.to_vec::<i64>();
-            let range =
-                self.0.layout.contiguous_range().ok_or_else(|| Error::msg("copy_", "needs a contiguous tensor"))?;
-            let mut s = self.0.storage.write().unwrap();
-            return match s.as_any_mut().downcast_mut::<CpuStorage>() {
-                Some(CpuStorage::I64(v)) => {
-                    v[range].copy_from_slice(&vals);
-                    Ok(())
-                }
-                _ => Err(Error::msg("copy_", "i64 copies need a CPU tensor")),
-            };
-        }
-        let vals = src.to_device(Device::Cpu)?.to_vec::<f32>();
-        self.update_f32("copy_", |dst| dst.copy_from_slice(&vals))
+        let src = src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?.to_device(Device::Cpu)?;
+        let host = {
+            let st = src.storage();
+            as_cpu(&**st).expect("on the CPU").to_dtype(src.layout(), self.dtype())
+        };
+        let layout = self.0.layout.clone();
+        let mut s = self.0.storage.write().unwrap();
+        let device = s.device();
+        let Some(dst) = s.as_any_mut().downcast_mut::<CpuStorage>() else {
+            return Err(Error::DeviceUnavailable { op: "copy_", device, msg: "in-place copies need a CPU tensor".into() });
+        };
+        firebrand_tensor::with_cpu!(dst, v => {
+            let vals = host.as_slice().expect("converted to the destination's dtype");
+            match layout.contiguous_range() {
+                Some(r) => v[r].copy_from_slice(vals),
+                None => layout.strided_index().zip(vals).for_each(|(i, &x)| v[i] = x),
+            }
+        });
+        Ok(())
     }
 
     /// Runs `f` on this tensor's `f32` elements in row-major order, borrowing

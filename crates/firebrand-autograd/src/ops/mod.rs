@@ -33,7 +33,9 @@ pub(crate) fn record(
     if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
         return out;
     }
-    let grad_fn = GradFn { name, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) };
+    let versions = inputs.iter().chain([&&out]).map(|t| t.version()).collect();
+    let grad_fn =
+        GradFn { name, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward), versions };
     Tensor::from_parts(out.0.storage.clone(), out.0.layout.clone(), Some(grad_fn))
 }
 
