@@ -273,6 +273,70 @@ impl Tensor {
         Tensor::from_vec(v, shape)
     }
 
+    /// `steps` evenly spaced values from `start` to `end`, both included
+    /// (`f32`, PyTorch's `linspace`).
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// assert_eq!(Tensor::linspace(0.0, 1.0, 5).to_vec::<f32>(), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    /// assert_eq!(Tensor::linspace(2.0, 3.0, 1).to_vec::<f32>(), vec![2.0]);
+    /// ```
+    pub fn linspace(start: f32, end: f32, steps: usize) -> Tensor {
+        if steps == 1 {
+            return Tensor::from_vec(vec![start], [1]);
+        }
+        let step = if steps > 1 { (end as f64 - start as f64) / (steps - 1) as f64 } else { 0.0 };
+        // From both ends towards the middle, as PyTorch, so `end` is exact.
+        let v: Vec<f32> = (0..steps)
+            .map(|i| {
+                if i < steps / 2 { start as f64 + step * i as f64 } else { end as f64 - step * (steps - 1 - i) as f64 }
+            })
+            .map(|x| x as f32)
+            .collect();
+        Tensor::from_vec(v, [steps])
+    }
+
+    /// Uniform samples in `[0, 1)` with this tensor's shape, dtype and
+    /// device (PyTorch's `rand_like`; float dtypes).
+    pub fn rand_like(&self) -> Tensor {
+        Tensor::rand(self.shape().clone(), 0.0, 1.0)
+            .to_dtype(self.dtype().to_float())
+            .to_device(self.device())
+            .expect("own device")
+    }
+
+    /// Standard normal samples with this tensor's shape, dtype and device.
+    pub fn randn_like(&self) -> Tensor {
+        Tensor::randn(self.shape().clone(), 0.0, 1.0)
+            .to_dtype(self.dtype().to_float())
+            .to_device(self.device())
+            .expect("own device")
+    }
+
+    /// Uniform integers in `[low, high)` (`i64`, PyTorch's `randint`) from
+    /// this thread's generator.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let t = Tensor::randint(-2, 3, [1000]);
+    /// let v = t.to_vec::<i64>();
+    /// assert!(v.iter().all(|&x| (-2..3).contains(&x)));
+    /// assert!((-2..3).all(|k| v.contains(&k)));
+    /// ```
+    ///
+    /// # Panics
+    /// When `high <= low`.
+    #[track_caller]
+    pub fn randint(low: i64, high: i64, shape: impl Into<Shape>) -> Tensor {
+        assert!(high > low, "randint: empty range {low}..{high}");
+        let shape = shape.into();
+        let span = (high - low) as u64;
+        let v: Vec<i64> = random::with_global(|r| {
+            (0..shape.elem_count()).map(|_| low + (rand::Rng::next_u64(r) % span) as i64).collect()
+        });
+        Tensor::from_vec(v, shape)
+    }
+
     /// Uniform samples in `[lo, hi)` from a caller-supplied generator.
     pub fn rand_with<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, lo: f32, hi: f32, rng: &mut R) -> Tensor {
         let shape = shape.into();
@@ -399,7 +463,11 @@ impl Tensor {
     /// On a float tensor read as an integer or bool type.
     pub fn try_to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if self.dtype().is_float() && !T::DTYPE.is_float() {
-            return Err(Error::DType { op: "to_vec", got: self.dtype(), expected: "a float element type (use to_dtype to convert)" });
+            return Err(Error::DType {
+                op: "to_vec",
+                got: self.dtype(),
+                expected: "a float element type (use to_dtype to convert)",
+            });
         }
         let s = self.storage();
         Ok(match as_cpu(&**s) {
@@ -565,10 +633,13 @@ impl Tensor {
     /// # Errors
     /// When `src` does not broadcast to this shape, or this tensor is not on the CPU.
     pub fn copy_(&self, src: &Tensor) -> Result<()> {
-        if src.shape() != self.shape() && src.shape().broadcast_with(self.shape(), "copy_").ok().as_ref() != Some(self.shape()) {
+        if src.shape() != self.shape()
+            && src.shape().broadcast_with(self.shape(), "copy_").ok().as_ref() != Some(self.shape())
+        {
             return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
-        let src = src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?.to_device(Device::Cpu)?;
+        let src =
+            src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?.to_device(Device::Cpu)?;
         let host = {
             let st = src.storage();
             as_cpu(&**st).expect("on the CPU").to_dtype(src.layout(), self.dtype())
@@ -577,7 +648,11 @@ impl Tensor {
         let mut s = self.0.storage.write().unwrap();
         let device = s.device();
         let Some(dst) = s.as_any_mut().downcast_mut::<CpuStorage>() else {
-            return Err(Error::DeviceUnavailable { op: "copy_", device, msg: "in-place copies need a CPU tensor".into() });
+            return Err(Error::DeviceUnavailable {
+                op: "copy_",
+                device,
+                msg: "in-place copies need a CPU tensor".into(),
+            });
         };
         firebrand_tensor::with_cpu!(dst, v => {
             let vals = host.as_slice().expect("converted to the destination's dtype");

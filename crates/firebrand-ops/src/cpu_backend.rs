@@ -6,11 +6,11 @@ use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
 use crate::{conv, generic, index, softmax, unary};
-use std::borrow::Cow;
 use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result, bf16, cpu_of_dtype, f16, with_cpu};
+use std::borrow::Cow;
 
 /// The CPU backend (a unit value; use [`CPU`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,13 +82,34 @@ fn on_f32_kernels(d: DType) -> bool {
 macro_rules! typed {
     ($op:expr, $x:expr, $T:ident, $a:ident => $body:expr) => {
         match cpu($x, $op)? {
-            CpuStorage::Bool($a) => { type $T = bool; $body }
-            CpuStorage::U8($a) => { type $T = u8; $body }
-            CpuStorage::I8($a) => { type $T = i8; $body }
-            CpuStorage::I32($a) => { type $T = i32; $body }
-            CpuStorage::I64($a) => { type $T = i64; $body }
-            CpuStorage::F32($a) => { type $T = f32; $body }
-            CpuStorage::F64($a) => { type $T = f64; $body }
+            CpuStorage::Bool($a) => {
+                type $T = bool;
+                $body
+            }
+            CpuStorage::U8($a) => {
+                type $T = u8;
+                $body
+            }
+            CpuStorage::I8($a) => {
+                type $T = i8;
+                $body
+            }
+            CpuStorage::I32($a) => {
+                type $T = i32;
+                $body
+            }
+            CpuStorage::I64($a) => {
+                type $T = i64;
+                $body
+            }
+            CpuStorage::F32($a) => {
+                type $T = f32;
+                $body
+            }
+            CpuStorage::F64($a) => {
+                type $T = f64;
+                $body
+            }
             other => return Err(Error::DType { op: $op, got: other.dtype(), expected: "a non-half dtype" }),
         }
     };
@@ -146,7 +167,10 @@ fn with_contiguous<R>(x: &[f32], l: &Layout, f: impl FnOnce(&[f32]) -> R) -> R {
 /// Checks that two operands share a dtype (the autograd layer promotes first).
 fn same_dtype(op: &'static str, a: &dyn BackendStorage, b: &dyn BackendStorage) -> Result<DType> {
     if a.dtype() != b.dtype() {
-        return Err(Error::msg(op, format!("operands of dtypes {} and {} (promote them to one first)", a.dtype(), b.dtype())));
+        return Err(Error::msg(
+            op,
+            format!("operands of dtypes {} and {} (promote them to one first)", a.dtype(), b.dtype()),
+        ));
     }
     Ok(a.dtype())
 }
@@ -290,7 +314,9 @@ impl Backend for CpuBackend {
         if on_f32_kernels(src.dtype()) {
             return Ok(float_out(index::index_add(&f32s(src, op)?, outer, size, inner, idx)?, src.dtype()));
         }
-        Ok(Box::new(typed!(op, src, T, v => CpuStorage::from_vec(generic::index_add::<T>(v, outer, size, inner, idx)?))))
+        Ok(Box::new(
+            typed!(op, src, T, v => CpuStorage::from_vec(generic::index_add::<T>(v, outer, size, inner, idx)?)),
+        ))
     }
 
     fn gather(
@@ -302,7 +328,9 @@ impl Backend for CpuBackend {
         index: &dyn BackendStorage,
     ) -> Result<Storage> {
         let index = i64s(index, "gather")?;
-        Ok(Box::new(with_cpu!(cpu(x, "gather")?, v => CpuStorage::from_vec(index::gather(v, outer, size, inner, index)?))))
+        Ok(Box::new(
+            with_cpu!(cpu(x, "gather")?, v => CpuStorage::from_vec(index::gather(v, outer, size, inner, index)?)),
+        ))
     }
 
     fn scatter_add(
@@ -317,13 +345,18 @@ impl Backend for CpuBackend {
         if on_f32_kernels(src.dtype()) {
             return Ok(float_out(index::scatter_add(&f32s(src, op)?, outer, size, inner, index)?, src.dtype()));
         }
-        Ok(Box::new(typed!(op, src, T, v => CpuStorage::from_vec(generic::scatter_add::<T>(v, outer, size, inner, index)?))))
+        Ok(Box::new(
+            typed!(op, src, T, v => CpuStorage::from_vec(generic::scatter_add::<T>(v, outer, size, inner, index)?)),
+        ))
     }
 
     fn concat(&self, parts: &[&dyn BackendStorage], outer: usize, sizes: &[usize], inner: usize) -> Result<Storage> {
         let dt = parts.first().map(|p| p.dtype()).unwrap_or(DType::F32);
         if let Some(p) = parts.iter().find(|p| p.dtype() != dt) {
-            return Err(Error::msg("cat", format!("parts of dtypes {dt} and {} (promote them to one first)", p.dtype())));
+            return Err(Error::msg(
+                "cat",
+                format!("parts of dtypes {dt} and {} (promote them to one first)", p.dtype()),
+            ));
         }
         if dt == DType::F32 {
             let v: Vec<&[f32]> = parts.iter().map(|p| slice_of::<f32>(*p, "cat")).collect::<Result<_>>()?;

@@ -234,17 +234,19 @@ impl UnaryOp {
     #[inline]
     pub fn derivative_of<F: Real>(self, x: F, y: F) -> F {
         let (zero, one, half) = (F::zero(), F::one(), F::c(0.5));
-                match self {
+        match self {
             UnaryOp::Neg => -one,
-            UnaryOp::Abs => if x.is_nan() {
-                x
-            } else if x > zero {
-                one
-            } else if x < zero {
-                -one
-            } else {
-                zero
-            },
+            UnaryOp::Abs => {
+                if x.is_nan() {
+                    x
+                } else if x > zero {
+                    one
+                } else if x < zero {
+                    -one
+                } else {
+                    zero
+                }
+            }
             UnaryOp::Exp => y,
             UnaryOp::Log => one / x,
             UnaryOp::Sqrt => half / y,
@@ -254,7 +256,13 @@ impl UnaryOp {
             UnaryOp::Tanh => one - y * y,
             UnaryOp::Sigmoid => y * (one - y),
             // PyTorch's masks: a NaN input passes no gradient through relu or clamp.
-            UnaryOp::Relu => if x > zero { one } else { zero },
+            UnaryOp::Relu => {
+                if x > zero {
+                    one
+                } else {
+                    zero
+                }
+            }
             UnaryOp::Gelu => {
                 let cdf = half * (one + (x * F::c(std::f64::consts::FRAC_1_SQRT_2)).erf());
                 let pdf = (-half * x * x).exp() * F::c(0.398_942_280_401_432_7);
@@ -277,9 +285,19 @@ impl UnaryOp {
                 let p = F::c(p as f64);
                 p * x.powf(p - one)
             }
-            UnaryOp::LeakyRelu(s) => if x > zero { one } else { F::c(s as f64) },
+            UnaryOp::LeakyRelu(s) => {
+                if x > zero {
+                    one
+                } else {
+                    F::c(s as f64)
+                }
+            }
             UnaryOp::Clamp(lo, hi) => {
-                if x >= F::c(lo as f64) && x <= F::c(hi as f64) { one } else { zero }
+                if x >= F::c(lo as f64) && x <= F::c(hi as f64) {
+                    one
+                } else {
+                    zero
+                }
             }
             UnaryOp::Affine(m, _) => F::c(m as f64),
         }

@@ -43,7 +43,7 @@ impl Tensor {
         let idx = idx.dense("index_select")?;
         let out = backend.index_select(&**self.storage(), self.layout(), d, &**idx.storage())?;
         let out = Tensor::from_backend(out, out_dims);
-        if self.dtype() != DType::F32 {
+        if !self.dtype().is_float() {
             return Ok(out);
         }
         Ok(record(out, "index_select", &[self], move |_, g| vec![Some(g.index_add_zeros(d, &idx, n))]))
@@ -58,7 +58,10 @@ impl Tensor {
     pub(crate) fn index_add_zeros(&self, d: usize, idx: &Tensor, size: usize) -> Tensor {
         let mut dims = self.dims().to_vec();
         dims[d] = size;
-        Tensor::full_on(0.0, dims, self.device()).expect("own device").index_add(d as isize, idx, self)
+        Tensor::full_dtype(0.0, dims, self.dtype())
+            .to_device(self.device())
+            .expect("own device")
+            .index_add(d as isize, idx, self)
     }
 
     /// `self` with `src`'s rows added at rows `idx` of dim `dim` (PyTorch's
@@ -114,7 +117,7 @@ impl Tensor {
         let out = Tensor::from_backend(out, index.shape().clone());
         let in_shape = self.shape().clone();
         Ok(record(out, "gather", &[self], move |_, g| {
-            let zeros = Tensor::full_on(0.0, in_shape.clone(), g.device()).expect("own device");
+            let zeros = Tensor::full_dtype(0.0, in_shape.clone(), g.dtype()).to_device(g.device()).expect("own device");
             vec![Some(zeros.scatter_add(d as isize, &index, g))]
         }))
     }
@@ -170,7 +173,10 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: "cat", lhs: first.shape().clone(), rhs: t.shape().clone() });
             }
             if t.dtype() != dtype {
-                return Err(Error::DType { op: "cat", got: t.dtype(), expected: "one dtype for all inputs" });
+                // Mixed dtypes promote (as PyTorch's cat); the conversions are recorded.
+                let to = tensors.iter().fold(dtype, |a, t| DType::promote(a, t.dtype()));
+                let conv: Vec<Tensor> = tensors.iter().map(|t| t.try_to_dtype(to)).collect::<Result<_>>()?;
+                return Tensor::try_cat(&conv.iter().collect::<Vec<_>>(), dim);
             }
         }
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[d]).collect();
@@ -182,7 +188,7 @@ impl Tensor {
         let parts: Vec<&dyn firebrand_tensor::backend::BackendStorage> = guards.iter().map(|g| &***g).collect();
         let out = Tensor::from_backend(backend.concat(&parts, o, &sizes, i)?, out_dims);
         drop(guards);
-        if dtype != DType::F32 {
+        if !dtype.is_float() {
             return Ok(out);
         }
         Ok(record(out, "cat", tensors, move |_, g| {

@@ -16,6 +16,10 @@ impl Tensor {
     /// is 0-D, or a dtype is not `f32`.
     pub fn try_matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         same_backend("matmul", &[self, rhs])?;
+        if self.dtype() != rhs.dtype() {
+            let dt = super::result_type(self, rhs);
+            return self.try_to_dtype(dt)?.try_matmul(&rhs.try_to_dtype(dt)?);
+        }
         if self.rank() == 0 || rhs.rank() == 0 {
             return Err(Error::ShapeMismatch { op: "matmul", lhs: self.shape().clone(), rhs: rhs.shape().clone() });
         }

@@ -4,11 +4,16 @@
 mod attention;
 mod binary;
 mod conv;
+mod einsum;
 mod index;
+mod inplace;
+mod mask;
 mod matmul;
 mod norm;
+mod order;
 mod recurrent;
 mod reduce;
+mod shape;
 mod softmax;
 mod unary;
 mod view;
@@ -16,6 +21,7 @@ mod view;
 pub use attention::AttentionOptions;
 pub use binary::result_type;
 pub use conv::ConvOptions;
+pub use shape::{IndexExpr, TensorIndex};
 
 use crate::grad_mode::is_grad_enabled;
 use crate::tensor::{GradFn, Tensor};
@@ -45,9 +51,10 @@ pub(crate) fn check_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     use firebrand_tensor::DType;
     let first = ts[0].dtype();
     match ts.iter().find(|t| !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) || t.dtype() != first) {
-        Some(t) if t.dtype() != first => {
-            Err(Error::msg(op, format!("inputs of dtypes {first} and {} (convert them to one with to_dtype)", t.dtype())))
-        }
+        Some(t) if t.dtype() != first => Err(Error::msg(
+            op,
+            format!("inputs of dtypes {first} and {} (convert them to one with to_dtype)", t.dtype()),
+        )),
         Some(t) => Err(Error::DType { op, got: t.dtype(), expected: "f32, f16 or bf16" }),
         None => Ok(()),
     }

@@ -28,6 +28,12 @@ impl Tensor {
         Ok(axes)
     }
 
+    /// `op` over `dims` without an autograd record (`any`/`all` on bool).
+    pub(crate) fn extreme_values(&self, op: ReduceOp, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let axes = self.axes_of(op.name(), dims)?;
+        self.reduce_forward(op, &axes, keepdim)
+    }
+
     fn reduce_forward(&self, op: ReduceOp, axes: &[bool], keepdim: bool) -> Result<Tensor> {
         let shape = self.reduced_shape(axes, keepdim);
         let out = self.backend(op.name())?.reduce(op, &**self.storage(), self.layout(), axes)?;
@@ -79,7 +85,11 @@ impl Tensor {
     /// As [`Tensor::try_sum`], and for an integer or bool tensor.
     pub fn try_mean(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
         if !self.dtype().is_float() {
-            return Err(Error::DType { op: "mean", got: self.dtype(), expected: "a floating-point dtype (convert with to_dtype; PyTorch refuses too)" });
+            return Err(Error::DType {
+                op: "mean",
+                got: self.dtype(),
+                expected: "a floating-point dtype (convert with to_dtype; PyTorch refuses too)",
+            });
         }
         let axes = self.axes_of("mean", dims)?;
         let n: usize = self.dims().iter().zip(&axes).filter(|(_, a)| **a).map(|(d, _)| d).product();
@@ -187,6 +197,110 @@ impl Tensor {
         self.var(dims, correction, keepdim).sqrt()
     }
 
+    /// Product over `dims` (an empty list: over everything; integers and
+    /// bool multiply into `i64`). The gradient of each element is the
+    /// product of the others, exact when some are zero.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]);
+    /// assert_eq!(x.prod(&[1], false).to_vec::<f32>(), vec![2.0, 12.0]);
+    /// ```
+    ///
+    /// # Errors
+    /// When a dim is out of range or repeated.
+    pub fn try_prod(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        if !self.dtype().is_float() && self.dtype() != DType::I64 {
+            return self.try_to_dtype(DType::I64)?.try_prod(dims, keepdim);
+        }
+        let axes = self.axes_of("prod", dims)?;
+        let out = self.reduce_forward(ReduceOp::Prod, &axes, keepdim)?;
+        let x = self.detach();
+        let kept = self.reduced_shape(&axes, true);
+        Ok(record(out, "prod", &[self], move |_, g| {
+            vec![Some(others_product(&x, &axes).mul(&g.reshape(kept.clone())))]
+        }))
+    }
+
+    panicking!(
+        /// Product over `dims`; see [`Tensor::try_prod`].
+        prod => try_prod(dims: &[isize], keepdim: bool) -> Tensor
+    );
+
+    /// The largest element (a 0-d tensor; NaN if any is NaN). PyTorch's `max()`.
+    #[track_caller]
+    pub fn max_all(&self) -> Tensor {
+        self.max(&[], false)
+    }
+
+    /// The smallest element (a 0-d tensor; NaN if any is NaN). PyTorch's `min()`.
+    #[track_caller]
+    pub fn min_all(&self) -> Tensor {
+        self.min(&[], false)
+    }
+
+    /// `log(sum(exp(x)))` over `dims`, computed stably (the maximum is taken
+    /// out first; rows of `-inf` give `-inf`, a `+inf` gives `+inf`).
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![1000.0f32, 1000.0], [2]);
+    /// assert!((x.logsumexp(&[0], false).item() - (1000.0 + 2f32.ln())).abs() < 1e-3);
+    /// ```
+    ///
+    /// # Errors
+    /// When a dim is out of range or repeated, or the tensor is not a float.
+    pub fn try_logsumexp(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let x = if self.dtype().is_float() { self.clone() } else { self.try_to_dtype(DType::F32)? };
+        let m = x.detach().try_max(dims, true)?;
+        let m = m.isinf().where_cond(&m.zeros_like(), &m); // no inf - inf
+        let out = x.try_sub(&m)?.exp().try_sum(dims, true)?.log().try_add(&m)?;
+        if keepdim {
+            return Ok(out);
+        }
+        let axes = self.axes_of("logsumexp", dims)?;
+        out.try_reshape(self.reduced_shape(&axes, false))
+    }
+
+    panicking!(
+        /// `log(sum(exp(x)))` over `dims`; see [`Tensor::try_logsumexp`].
+        logsumexp => try_logsumexp(dims: &[isize], keepdim: bool) -> Tensor
+    );
+
+    /// The `p`-norm over `dims` (PyTorch's `torch.linalg.vector_norm`):
+    /// `p = 2` the Euclidean norm, `1` the sum of magnitudes, `f32::INFINITY`
+    /// the largest magnitude, any other `p > 0` `(Σ|x|^p)^(1/p)`.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![3.0f32, -4.0], [2]);
+    /// assert_eq!(x.norm(2.0, &[], false).item(), 5.0);
+    /// assert_eq!(x.norm(1.0, &[], false).item(), 7.0);
+    /// assert_eq!(x.norm(f32::INFINITY, &[], false).item(), 4.0);
+    /// ```
+    ///
+    /// # Errors
+    /// When a dim is out of range or repeated, or `p <= 0`.
+    pub fn try_norm(&self, p: f32, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        let a = self.abs();
+        if p == f32::INFINITY {
+            a.try_max(dims, keepdim)
+        } else if p == 1.0 {
+            a.try_sum(dims, keepdim)
+        } else if p == 2.0 {
+            Ok(self.square().try_sum(dims, keepdim)?.sqrt())
+        } else if p > 0.0 {
+            Ok(a.powf(p).try_sum(dims, keepdim)?.powf(1.0 / p))
+        } else {
+            Err(Error::msg("norm", format!("p must be positive or infinite, got {p}")))
+        }
+    }
+
+    panicking!(
+        /// The `p`-norm over `dims`; see [`Tensor::try_norm`].
+        norm => try_norm(p: f32, dims: &[isize], keepdim: bool) -> Tensor
+    );
+
     /// Sums a broadcast tensor back down to `shape` (the gradient rule of
     /// broadcasting): leading extra dims and dims where `shape` has 1 are summed.
     ///
@@ -217,4 +331,33 @@ impl Tensor {
         /// Sums a broadcast tensor back down to `shape`.
         sum_to => try_sum_to(shape: &Shape) -> Tensor
     );
+}
+
+/// For each element, the product of the other elements of its reduced set
+/// (prefix times suffix products: exact with zeros), in `x`'s shape.
+fn others_product(x: &Tensor, axes: &[bool]) -> Tensor {
+    let dims = x.dims().to_vec();
+    let kept: Vec<usize> = (0..dims.len()).filter(|&d| !axes[d]).collect();
+    let red: Vec<usize> = (0..dims.len()).filter(|&d| axes[d]).collect();
+    let perm: Vec<usize> = kept.iter().chain(&red).copied().collect();
+    let r: usize = red.iter().map(|&d| dims[d]).product();
+    let xp = x.permute(&perm).contiguous();
+    let v = xp.to_vec::<f64>();
+    let mut out = vec![0.0f64; v.len()];
+    for (row, o) in v.chunks(r.max(1)).zip(out.chunks_mut(r.max(1))) {
+        let mut acc = 1.0;
+        for (i, &e) in row.iter().enumerate() {
+            o[i] = acc;
+            acc *= e;
+        }
+        let mut acc = 1.0;
+        for (i, &e) in row.iter().enumerate().rev() {
+            o[i] *= acc;
+            acc *= e;
+        }
+    }
+    let t = Tensor::from_vec(out, xp.shape().clone()).to_dtype(x.dtype());
+    let mut inv = vec![0; perm.len()];
+    perm.iter().enumerate().for_each(|(i, &p)| inv[p] = i);
+    t.permute(&inv).to_device(x.device()).expect("the input's device")
 }

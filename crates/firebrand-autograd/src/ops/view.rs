@@ -121,7 +121,7 @@ impl Tensor {
             let zeros = |n: usize| {
                 let mut dims = in_dims.clone();
                 dims[d] = n;
-                Tensor::full_on(0.0, dims, g.device()).expect("own device")
+                Tensor::full_dtype(0.0, dims, g.dtype()).to_device(g.device()).expect("own device")
             };
             let after = in_dims[d] - start - len;
             let parts: Vec<Tensor> =
