@@ -56,7 +56,8 @@ pub use firebrand_autograd::{
 /// The names most programs need: `use firebrand::prelude::*;`.
 pub mod prelude {
     pub use firebrand_autograd::{
-        AttentionOptions, DType, Device, Error, Result, Shape, Tensor, manual_seed, no_grad, with_no_grad,
+        AttentionOptions, DType, Device, Error, Result, Shape, Tensor, TensorIndex, bf16, f16, manual_seed, no_grad,
+        with_no_grad,
     };
     pub use firebrand_data::{DataLoader, Dataset, TensorDataset};
     pub use firebrand_nn::loss::{Reduction, Target};

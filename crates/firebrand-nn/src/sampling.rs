@@ -1,6 +1,7 @@
 //! Choosing the next token from a model's scores: greedy, temperature,
 //! top-k and top-p (nucleus) sampling, seeded.
 
+use firebrand_autograd::Tensor;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -63,43 +64,49 @@ impl Sampler {
     /// When `logits` is empty.
     pub fn sample(&mut self, logits: &[f32]) -> usize {
         assert!(!logits.is_empty(), "Sampler: no logits");
+        self.sample_tensor(&Tensor::from_slice(logits, [logits.len()]))
+    }
+
+    /// Picks a token id from a 1-D tensor of logits: the tensor ops PyTorch
+    /// code uses (`softmax`, then `topk`, or `sort` and `cumsum` for the
+    /// nucleus), then one draw from the kept tokens.
+    ///
+    /// # Panics
+    /// When `logits` is not a non-empty 1-D tensor.
+    pub fn sample_tensor(&mut self, logits: &Tensor) -> usize {
+        assert!(
+            logits.rank() == 1 && logits.elem_count() > 0,
+            "Sampler: logits must be 1-D and non-empty, got {:?}",
+            logits.dims()
+        );
+        let n = logits.elem_count();
         let t = match self.strategy {
-            Sampling::Greedy => {
-                return logits.iter().enumerate().fold(0, |b, (i, v)| if *v > logits[b] { i } else { b });
-            }
+            Sampling::Greedy => return logits.argmax(0, false).to_vec::<i64>()[0] as usize,
             Sampling::Temperature(t) | Sampling::TopK(_, t) | Sampling::TopP(_, t) => t,
         };
-        // Probabilities at temperature t, sorted from the most likely.
-        let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut probs: Vec<(usize, f32)> = logits.iter().map(|&v| ((v - m) / t).exp()).enumerate().collect();
-        let z: f32 = probs.iter().map(|p| p.1).sum();
-        probs.iter_mut().for_each(|p| p.1 /= z);
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let keep = match self.strategy {
-            Sampling::TopK(k, _) => k.min(probs.len()),
-            // The smallest prefix whose probability reaches p.
+        let probs = logits.detach().to_dtype(firebrand_autograd::DType::F32).affine(1.0 / t, 0.0).softmax(-1);
+        // The kept probabilities, from the most likely, and their token ids.
+        let (kept, ids) = match self.strategy {
+            Sampling::TopK(k, _) => probs.topk(k.min(n), 0, true),
             Sampling::TopP(p, _) => {
-                let mut acc = 0.0;
-                probs
-                    .iter()
-                    .position(|(_, q)| {
-                        acc += q;
-                        acc >= p
-                    })
-                    .map_or(probs.len(), |n| n + 1)
+                let (sorted, ids) = probs.sort(0, true);
+                // The smallest prefix whose probability reaches p.
+                let below = sorted.cumsum(0).lt(&Tensor::scalar(p)).sum(&[], false).to_vec::<i64>()[0] as usize;
+                let keep = (below + 1).min(n);
+                (sorted.narrow(0, 0, keep), ids.narrow(0, 0, keep))
             }
-            _ => probs.len(),
+            _ => probs.sort(0, true),
         };
-        let kept = &probs[..keep.max(1)];
-        let total: f32 = kept.iter().map(|p| p.1).sum();
+        let (kept, ids) = (kept.to_vec::<f32>(), ids.to_vec::<i64>());
+        let total: f32 = kept.iter().sum();
         let mut u = self.rng.random::<f32>() * total;
-        for (i, p) in kept {
+        for (p, &i) in kept.iter().zip(&ids) {
             if u < *p {
-                return *i;
+                return i as usize;
             }
             u -= p;
         }
-        kept[kept.len() - 1].0
+        ids[ids.len() - 1] as usize
     }
 }
 
