@@ -7,15 +7,6 @@ use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-/// How many times this tensor's storage has been written in place.
-impl Tensor {
-    /// The storage's version counter (PyTorch's `_version`): every in-place
-    /// write to this tensor or a view of it adds one.
-    pub fn version(&self) -> u64 {
-        self.0.storage.version()
-    }
-}
-
 /// Unique identity of a tensor handle (views get their own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(u64);
@@ -563,6 +554,12 @@ impl Tensor {
     }
 
     // ---- autograd state -----------------------------------------------------
+
+    /// The storage's version counter (PyTorch's `_version`): every in-place
+    /// write to this tensor or a view of it adds one.
+    pub fn version(&self) -> u64 {
+        self.0.storage.version()
+    }
 
     /// True when gradients flow to or through this tensor.
     pub fn requires_grad(&self) -> bool {

@@ -32,6 +32,11 @@ pub fn result_type(a: &Tensor, b: &Tensor) -> DType {
 }
 
 impl Tensor {
+    /// True when `op` cannot run on the operands' dtypes as they are.
+    fn needs_promotion(&self, rhs: &Tensor, op: BinaryOp) -> bool {
+        self.dtype() != rhs.dtype() || (op == BinaryOp::Div && !self.dtype().is_float())
+    }
+
     /// Both operands converted to the dtype `op` computes in (true division
     /// of integers computes in `f32`, as PyTorch's `/`).
     fn promoted(&self, rhs: &Tensor, op: BinaryOp) -> Result<(Tensor, Tensor)> {
@@ -45,7 +50,7 @@ impl Tensor {
     /// Applies `op` after promoting both operands to one dtype and
     /// broadcasting them to a common shape (no autograd record).
     pub(crate) fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
-        if self.dtype() != rhs.dtype() || (op == BinaryOp::Div && !self.dtype().is_float()) {
+        if self.needs_promotion(rhs, op) {
             let (a, b) = self.promoted(rhs, op)?;
             return a.binary_forward(&b, op);
         }
@@ -72,7 +77,7 @@ impl Tensor {
     }
 
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
-        if self.dtype() != rhs.dtype() || (op == BinaryOp::Div && !self.dtype().is_float()) {
+        if self.needs_promotion(rhs, op) {
             // The conversions are recorded, so each gradient returns in its input's dtype.
             let (a, b) = self.promoted(rhs, op)?;
             return a.binary_op(&b, op);

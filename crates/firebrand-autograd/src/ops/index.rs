@@ -192,15 +192,7 @@ impl Tensor {
             return Ok(out);
         }
         Ok(record(out, "cat", tensors, move |_, g| {
-            let mut start = 0;
-            sizes
-                .iter()
-                .map(|&s| {
-                    let part = g.narrow(d as isize, start, s);
-                    start += s;
-                    Some(part)
-                })
-                .collect()
+            g.split_with_sizes(&sizes, d as isize).into_iter().map(Some).collect()
         }))
     }
 
