@@ -343,9 +343,13 @@ fn main() {
         );
         fit(&mut model, 1, seed);
         model.net.body.unfreeze();
-        model.optimizer.set_lr(3e-4);
+        model.optimizer_mut().expect("built with an optimizer").set_lr(3e-4);
     }
-    println!("all parameters ({}), learning rate {}", model.net.num_trainable_parameters(), model.optimizer.lr());
+    println!(
+        "all parameters ({}), learning rate {}",
+        model.net.num_trainable_parameters(),
+        model.optimizer_mut().expect("built with an optimizer").lr()
+    );
     fit(&mut model, epochs, seed + 1);
     let eval = model.evaluate(&test, 256);
     let m = eval.metrics.expect("a classifier");

@@ -74,7 +74,7 @@ fn main() {
         epochs,
         batch_size: 128,
         seed,
-        validation: Validation::Data(val.to_tensor_dataset()),
+        validation: Validation::data(val.to_tensor_dataset()),
         ..Default::default()
     };
     model.fit(&train.to_tensor_dataset(), &options).expect("no checkpoint is written");

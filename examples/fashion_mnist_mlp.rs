@@ -36,7 +36,7 @@ fn main() {
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
     let options =
-        FitOptions { epochs, batch_size: 32, validation: Validation::Data(test.clone()), ..Default::default() };
+        FitOptions { epochs, batch_size: 32, validation: Validation::data(test.clone()), ..Default::default() };
     let history = model.fit(&train, &options).expect("no checkpoint is written");
     let per_epoch: f64 = history.epochs.iter().map(|e| e.train_seconds).sum::<f64>() / history.epochs.len() as f64;
 

@@ -614,6 +614,23 @@ impl Tensor {
         self.view_with(self.0.layout.clone())
     }
 
+    /// A detached copy with its own contiguous storage (what PyTorch's
+    /// `t.detach().clone()` gives): later in-place changes to either tensor
+    /// leave the other as it is. `Clone` on a `Tensor` only shares it.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f32, 2.0], [2]);
+    /// let kept = t.detach_copy();
+    /// t.fill_(0.0).unwrap();
+    /// assert_eq!(kept.to_vec::<f32>(), vec![1.0, 2.0]);
+    /// ```
+    pub fn detach_copy(&self) -> Tensor {
+        let out = Tensor::full_dtype(0.0, self.shape().clone(), self.dtype());
+        out.copy_(self).expect("same shape and dtype, on the CPU");
+        out
+    }
+
     /// Overwrites this tensor's elements in place with `src`'s, visible
     /// through every view of the storage (PyTorch's `copy_`, outside
     /// autograd: meant for optimizers and weight loading). `src` broadcasts

@@ -47,7 +47,7 @@ mod transform;
 
 pub use bpe::BpeTokenizer;
 pub use csv::{parse_csv_labeled, read_csv_labeled};
-pub use dataset::{Dataset, Standardize, TensorDataset};
+pub use dataset::{Dataset, Standardize, Subset, TensorDataset, random_split};
 pub use digits::digits;
 pub use error::DataError;
 pub use idx::{

@@ -48,15 +48,16 @@ impl DataLoader {
     /// # Panics
     /// When `batch_size` is 0.
     pub fn new(dataset: impl Dataset + 'static, batch_size: usize) -> Self {
+        Self::new_shared(Arc::new(dataset), batch_size)
+    }
+
+    /// As [`DataLoader::new`], for a data set already shared.
+    ///
+    /// # Panics
+    /// When `batch_size` is 0.
+    pub fn new_shared(dataset: Arc<dyn Dataset>, batch_size: usize) -> Self {
         assert!(batch_size > 0, "DataLoader: batch_size must be positive");
-        DataLoader {
-            dataset: Arc::new(dataset),
-            batch_size,
-            shuffle_seed: None,
-            drop_last: false,
-            prefetch: 0,
-            transform: None,
-        }
+        DataLoader { dataset, batch_size, shuffle_seed: None, drop_last: false, prefetch: 0, transform: None }
     }
 
     /// Applies `transform` to every batch's inputs (on the prefetch thread

@@ -57,7 +57,7 @@ impl Activation {
 
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.apply(x)
+        crate::module::traced(self, || self.apply(x))
     }
     fn describe(&self) -> String {
         self.name()
@@ -73,7 +73,10 @@ macro_rules! activation_modules {
 
             impl Module for $name {
                 fn forward(&self, x: &Tensor) -> Tensor {
-                    $act.apply(x)
+                    crate::module::traced(self, || {
+                        $act.apply(x)
+
+                    })
                 }
                 fn describe(&self) -> String {
                     stringify!($name).to_string()
@@ -110,7 +113,7 @@ impl Default for LeakyReLU {
 
 impl Module for LeakyReLU {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.leaky_relu(self.0)
+        crate::module::traced(self, || x.leaky_relu(self.0))
     }
     fn describe(&self) -> String {
         format!("LeakyReLU({})", self.0)

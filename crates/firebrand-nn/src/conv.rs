@@ -184,8 +184,10 @@ fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConf
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Tensor {
-        // x: (N, Cin, H, W)
-        conv_forward(x, &self.weight, self.bias.as_ref(), &self.config, self.activation)
+        crate::module::traced(self, || {
+            // x: (N, Cin, H, W)
+            conv_forward(x, &self.weight, self.bias.as_ref(), &self.config, self.activation)
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
@@ -299,16 +301,18 @@ impl Conv1d {
 
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Tensor {
-        // x: (N, Cin, L) -> (N, Cin, 1, L); weight (Cout, Cin/g, k) -> (Cout, Cin/g, 1, k)
-        let (n, c, l) = match x.dims() {
-            &[n, c, l] => (n, c, l),
-            d => panic!("Conv1d: expected input (N, C, L), got {d:?}"),
-        };
-        let wd = self.weight.dims();
-        let w4 = self.weight.reshape([wd[0], wd[1], 1, wd[2]]);
-        let y = conv_forward(&x.reshape([n, c, 1, l]), &w4, self.bias.as_ref(), &self.config, self.activation);
-        let lo = y.dims()[3];
-        y.reshape([n, wd[0], lo])
+        crate::module::traced(self, || {
+            // x: (N, Cin, L) -> (N, Cin, 1, L); weight (Cout, Cin/g, k) -> (Cout, Cin/g, 1, k)
+            let (n, c, l) = match x.dims() {
+                &[n, c, l] => (n, c, l),
+                d => panic!("Conv1d: expected input (N, C, L), got {d:?}"),
+            };
+            let wd = self.weight.dims();
+            let w4 = self.weight.reshape([wd[0], wd[1], 1, wd[2]]);
+            let y = conv_forward(&x.reshape([n, c, 1, l]), &w4, self.bias.as_ref(), &self.config, self.activation);
+            let lo = y.dims()[3];
+            y.reshape([n, wd[0], lo])
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

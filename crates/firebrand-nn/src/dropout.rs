@@ -25,10 +25,12 @@ impl Dropout {
 
 impl Module for Dropout {
     fn forward(&self, x: &Tensor) -> Tensor {
-        if !self.training || self.p == 0.0 {
-            return x.clone();
-        }
-        dropout(x, self.p)
+        crate::module::traced(self, || {
+            if !self.training || self.p == 0.0 {
+                return x.clone();
+            }
+            dropout(x, self.p)
+        })
     }
 
     fn set_training(&mut self, training: bool) {
@@ -55,7 +57,7 @@ pub struct Flatten;
 
 impl Module for Flatten {
     fn forward(&self, x: &Tensor) -> Tensor {
-        if x.rank() <= 2 { x.clone() } else { x.flatten(1, -1) }
+        crate::module::traced(self, || if x.rank() <= 2 { x.clone() } else { x.flatten(1, -1) })
     }
 
     fn describe(&self) -> String {

@@ -60,28 +60,30 @@ impl Embedding {
 
 impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Tensor {
-        assert_eq!(
-            ids.dtype(),
-            DType::I64,
-            "Embedding: ids must be i64, got {:?} of shape {:?}",
-            ids.dtype(),
-            ids.dims()
-        );
-        let flat = ids.reshape([ids.elem_count()]);
-        let rows = match self.padding_idx {
-            // Detach the padding row's contribution: multiply its lookups by 0 in the
-            // gradient path by masking the gathered rows.
-            Some(p) => {
-                let keep: Vec<f32> =
-                    flat.to_vec::<i64>().iter().map(|&i| if i as usize == p { 0.0 } else { 1.0 }).collect();
-                let mask = Tensor::from_vec(keep, [flat.elem_count(), 1]);
-                self.weight.index_select(0, &flat).mul(&mask)
-            }
-            None => self.weight.index_select(0, &flat),
-        };
-        let mut dims = ids.dims().to_vec();
-        dims.push(self.embedding_dim());
-        rows.reshape(dims)
+        crate::module::traced(self, || {
+            assert_eq!(
+                ids.dtype(),
+                DType::I64,
+                "Embedding: ids must be i64, got {:?} of shape {:?}",
+                ids.dtype(),
+                ids.dims()
+            );
+            let flat = ids.reshape([ids.elem_count()]);
+            let rows = match self.padding_idx {
+                // Detach the padding row's contribution: multiply its lookups by 0 in the
+                // gradient path by masking the gathered rows.
+                Some(p) => {
+                    let keep: Vec<f32> =
+                        flat.to_vec::<i64>().iter().map(|&i| if i as usize == p { 0.0 } else { 1.0 }).collect();
+                    let mask = Tensor::from_vec(keep, [flat.elem_count(), 1]);
+                    self.weight.index_select(0, &flat).mul(&mask)
+                }
+                None => self.weight.index_select(0, &flat),
+            };
+            let mut dims = ids.dims().to_vec();
+            dims.push(self.embedding_dim());
+            rows.reshape(dims)
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
@@ -107,7 +109,7 @@ pub struct OneHot(pub usize);
 
 impl Module for OneHot {
     fn forward(&self, ids: &Tensor) -> Tensor {
-        ids.one_hot(self.0)
+        crate::module::traced(self, || ids.one_hot(self.0))
     }
 
     fn describe(&self) -> String {

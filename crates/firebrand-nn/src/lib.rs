@@ -50,6 +50,9 @@
 
 #![warn(missing_docs)]
 
+// `#[derive(Module)]` names this crate `::firebrand_nn`, here too.
+extern crate self as firebrand_nn;
+
 mod activation;
 mod conv;
 mod dropout;
@@ -64,15 +67,17 @@ mod recurrent;
 mod sampling;
 mod sequential;
 pub mod serialize;
+mod summary;
 mod transformer;
 
 pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};
+pub use firebrand_derive::Module;
 pub use init::Init;
 pub use linear::Linear;
-pub use module::{Module, ModuleExt};
+pub use module::{Module, ModuleExt, ModuleField, record_output};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use recurrent::{GRU, LSTM, RNN, Recurrent, RnnKind, RnnState};
@@ -84,3 +89,10 @@ pub use transformer::{
     SinusoidalPositionalEncoding, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
     TransformerEncoderLayer, rotary,
 };
+
+/// What `#[derive(Module)]`'s expansion names; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::module::{ForwardGuard, record_output};
+    pub use firebrand_autograd::Tensor;
+}

@@ -55,15 +55,17 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.matmul(&self.weight.t()); // (…, in) @ (in, out)
-        let y = match &self.bias {
-            Some(b) => y + b,
-            None => y,
-        };
-        match self.activation {
-            Some(a) => a.apply(&y),
-            None => y,
-        }
+        crate::module::traced(self, || {
+            let y = x.matmul(&self.weight.t()); // (…, in) @ (in, out)
+            let y = match &self.bias {
+                Some(b) => y + b,
+                None => y,
+            };
+            match self.activation {
+                Some(a) => a.apply(&y),
+                None => y,
+            }
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

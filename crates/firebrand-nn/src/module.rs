@@ -5,11 +5,59 @@ use firebrand_autograd::Tensor;
 
 /// A layer or a model: anything with a forward pass and named parameters.
 ///
-/// Implementors provide [`Module::forward`] and, when they hold parameters,
-/// [`Module::visit_parameters`]; containers pass a dotted prefix down so names
-/// match PyTorch's `state_dict` (`"0.weight"`, `"encoder.1.bias"`). Everything
-/// else (listing, counting, zeroing gradients, saving, loading) comes from
-/// [`ModuleExt`].
+/// Write your own with `#[derive(Module)]` (the derive macro has the same
+/// name and path as this trait): it visits the struct's fields — layers,
+/// tensors, `Vec`s and `Option`s of them — so names match PyTorch's
+/// `state_dict` (`blocks.0.conv.weight`), BatchNorm buffers are saved, and
+/// `train()`/`eval()` reach every layer. You write the forward pass:
+///
+/// ```
+/// use firebrand_nn::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, Module, ModuleExt, Padding};
+/// use firebrand_autograd::Tensor;
+///
+/// #[derive(Module)]
+/// struct Block {
+///     conv: Conv2d,
+///     bn: BatchNorm2d,
+/// }
+///
+/// impl Block {
+///     fn forward(&self, x: &Tensor) -> Tensor {
+///         self.bn.forward(&self.conv.forward(x)).relu()
+///     }
+/// }
+///
+/// #[derive(Module)]
+/// struct Net {
+///     blocks: Vec<Block>,
+///     pool: GlobalAvgPool,
+///     head: Linear,
+///     #[module(skip)]
+///     label: String,
+/// }
+///
+/// impl Net {
+///     fn forward(&self, x: &Tensor) -> Tensor {
+///         // x: (N, 1, H, W) -> logits (N, 10)
+///         let h = self.blocks.iter().fold(x.clone(), |h, b| b.forward(&h));
+///         self.head.forward(&self.pool.forward(&h))
+///     }
+/// }
+///
+/// let block = |cin, cout| Block { conv: Conv2d::new(cin, cout, 3).padding(Padding::Same), bn: BatchNorm2d::new(cout) };
+/// let mut net = Net { blocks: vec![block(1, 8), block(8, 16)], pool: GlobalAvgPool, head: Linear::new(16, 10), label: "demo".into() };
+/// let names: Vec<String> = net.state_dict().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names[..2], ["blocks.0.conv.weight", "blocks.0.conv.bias"]);
+/// assert!(names.contains(&"blocks.1.bn.running_var".to_string()));
+/// net.eval(); // reaches both BatchNorms
+/// assert_eq!(net.forward(&Tensor::zeros([2, 1, 12, 12])).dims(), &[2, 10]);
+/// println!("{}", net.summary(&[1, 12, 12])); // nested layers, output shapes, counts
+/// ```
+///
+/// By hand, implementors provide [`Module::forward`] and, when they hold
+/// parameters, [`Module::visit_parameters`]; containers pass a dotted prefix
+/// down. Everything else (listing, counting, zeroing gradients, saving,
+/// loading, `summary()`) comes from [`ModuleExt`].
 pub trait Module: Send + Sync {
     /// Applies the module to a batch.
     ///
@@ -33,12 +81,195 @@ pub trait Module: Send + Sync {
         let _ = training;
     }
 
+    /// Calls `f(name, child)` for every direct sub-module, names prefixed by
+    /// `prefix` (`"0"`, `"encoder.layers.1"`); leaves have none. `summary()`
+    /// and [`ModuleExt::named_modules`] walk the tree through it.
+    fn visit_children<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        let _ = (prefix, f);
+    }
+
     /// A short description for `summary()`, e.g. `Linear(784 -> 128, relu)`.
     fn describe(&self) -> String;
+
+    /// The concrete type's name (through `dyn Module` too).
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
+}
+
+/// A struct field that `#[derive(Module)]` visits: a module (any
+/// [`Module`]), a parameter ([`Tensor`]), or a `Vec` or `Option` of them.
+/// Plain settings (numbers, `bool`, `String`) are visited as nothing; any
+/// other type needs `#[module(skip)]`.
+///
+/// `path` is the field's full dotted name (`"encoder.layers.0"`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a module, a tensor, or a Vec/Option of them",
+    label = "derive(Module) does not know what this field holds",
+    note = "mark the field `#[module(skip)]` if it holds no parameters, buffers or layers"
+)]
+pub trait ModuleField {
+    /// Parameters under `path`.
+    fn visit_parameters(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor));
+    /// Buffers under `path`.
+    fn visit_buffers(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor));
+    /// Propagates train/eval mode.
+    fn set_training(&mut self, training: bool);
+    /// The modules held, each under its own path.
+    fn visit_children<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, &'a dyn Module));
+}
+
+impl<M: Module> ModuleField for M {
+    fn visit_parameters(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        Module::visit_parameters(self, &format!("{path}."), f)
+    }
+    fn visit_buffers(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        Module::visit_buffers(self, &format!("{path}."), f)
+    }
+    fn set_training(&mut self, training: bool) {
+        Module::set_training(self, training)
+    }
+    fn visit_children<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        f(path, self)
+    }
+}
+
+/// A tensor field is a parameter (a buffer under `#[module(buffer)]`).
+impl ModuleField for Tensor {
+    fn visit_parameters(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(path, self)
+    }
+    fn visit_buffers(&self, _: &str, _: &mut dyn FnMut(&str, &Tensor)) {}
+    fn set_training(&mut self, _: bool) {}
+    fn visit_children<'a>(&'a self, _: &str, _: &mut dyn FnMut(&str, &'a dyn Module)) {}
+}
+
+/// Items are named by their index: `layers.0`, `layers.1`, ...
+impl<T: ModuleField> ModuleField for Vec<T> {
+    fn visit_parameters(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.iter().enumerate().for_each(|(i, t)| t.visit_parameters(&format!("{path}.{i}"), f))
+    }
+    fn visit_buffers(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.iter().enumerate().for_each(|(i, t)| t.visit_buffers(&format!("{path}.{i}"), f))
+    }
+    fn set_training(&mut self, training: bool) {
+        self.iter_mut().for_each(|t| t.set_training(training))
+    }
+    fn visit_children<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        self.iter().enumerate().for_each(|(i, t)| t.visit_children(&format!("{path}.{i}"), f))
+    }
+}
+
+/// `None` holds nothing; `Some(x)` is `x` under the same name.
+impl<T: ModuleField> ModuleField for Option<T> {
+    fn visit_parameters(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(t) = self {
+            t.visit_parameters(path, f)
+        }
+    }
+    fn visit_buffers(&self, path: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(t) = self {
+            t.visit_buffers(path, f)
+        }
+    }
+    fn set_training(&mut self, training: bool) {
+        if let Some(t) = self {
+            t.set_training(training)
+        }
+    }
+    fn visit_children<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        if let Some(t) = self {
+            t.visit_children(path, f)
+        }
+    }
+}
+
+/// Settings a module keeps beside its layers hold no tensors.
+macro_rules! plain_fields {
+    ($($t:ty),*) => {$(
+        impl ModuleField for $t {
+            fn visit_parameters(&self, _: &str, _: &mut dyn FnMut(&str, &Tensor)) {}
+            fn visit_buffers(&self, _: &str, _: &mut dyn FnMut(&str, &Tensor)) {}
+            fn set_training(&mut self, _: bool) {}
+            fn visit_children<'a>(&'a self, _: &str, _: &mut dyn FnMut(&str, &'a dyn Module)) {}
+        }
+    )*};
+}
+plain_fields!(bool, u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64, String, &'static str);
+
+static RECORDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static OUTPUTS: std::cell::RefCell<Vec<(usize, &'static str, Vec<usize>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes `module`'s output shape while a `summary()` runs on this thread; a
+/// no-op (one atomic load) otherwise. Every layer's `forward` calls it, and
+/// `#[derive(Module)]`'s does; a hand-written `Module` may, to show its shape.
+pub fn record_output<M: Module + ?Sized>(module: &M, output: &Tensor) {
+    if RECORDING.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return;
+    }
+    let key = (module as *const M).cast::<()>() as usize;
+    OUTPUTS.with(|o| o.borrow_mut().push((key, module.type_name(), output.dims().to_vec())));
+}
+
+/// Runs `f` with output recording on for this thread and returns what each
+/// module produced, keyed by (address, type name).
+pub(crate) fn recording_outputs(f: impl FnOnce()) -> Vec<(usize, &'static str, Vec<usize>)> {
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            RECORDING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    OUTPUTS.with(|o| o.borrow_mut().clear());
+    RECORDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let guard = Guard;
+    f();
+    drop(guard);
+    OUTPUTS.with(|o| std::mem::take(&mut *o.borrow_mut()))
 }
 
 /// Conveniences every [`Module`] gets.
 pub trait ModuleExt: Module {
+    /// Every sub-module, depth first, with its dotted name (PyTorch's
+    /// `named_modules()` without the root).
+    fn named_modules(&self) -> Vec<(String, &dyn Module)> {
+        fn walk<'a>(m: &'a dyn Module, prefix: &str, out: &mut Vec<(String, &'a dyn Module)>) {
+            let mut kids = Vec::new();
+            m.visit_children(prefix, &mut |name, c| kids.push((name.to_string(), c)));
+            for (name, c) in kids {
+                out.push((name.clone(), c));
+                walk(c, &format!("{name}."), out);
+            }
+        }
+        let mut out = Vec::new();
+        let mut kids = Vec::new();
+        self.visit_children("", &mut |name, c| kids.push((name.to_string(), c)));
+        for (name, c) in kids {
+            out.push((name.clone(), c));
+            walk(c, &format!("{name}."), &mut out);
+        }
+        out
+    }
+
+    /// A Keras-style table of the module's layers (nested ones indented),
+    /// their output shapes for an input of `input_shape` per example (the
+    /// batch dim shows as `None`), their parameter counts, and totals. Runs
+    /// one forward pass on zeros, without gradients.
+    fn summary(&self, input_shape: &[usize]) -> String {
+        let mut dims = vec![1];
+        dims.extend_from_slice(input_shape);
+        self.summary_for(&Tensor::zeros(dims))
+    }
+
+    /// [`ModuleExt::summary`] from an example batch `x` (for inputs that are
+    /// not `f32`, such as the `i64` ids an `Embedding` takes).
+    fn summary_for(&self, x: &Tensor) -> String {
+        crate::summary::table(self, x)
+    }
+
     /// Buffers (non-trained state such as running statistics) with their dotted names.
     fn named_buffers(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -146,8 +377,14 @@ impl<M: Module + ?Sized> Module for Box<M> {
     fn set_training(&mut self, training: bool) {
         (**self).set_training(training)
     }
+    fn visit_children<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        (**self).visit_children(prefix, f)
+    }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn type_name(&self) -> &'static str {
+        (**self).type_name()
     }
 }
 
@@ -164,7 +401,9 @@ macro_rules! delegate_module {
 
         impl Module for $name {
             fn forward(&self, x: &Tensor) -> Tensor {
-                self.0.forward(x)
+                let y = self.0.forward(x);
+                $crate::module::record_output(self, &y);
+                y
             }
             fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
                 self.0.visit_parameters(prefix, f)
@@ -175,6 +414,9 @@ macro_rules! delegate_module {
             fn set_training(&mut self, training: bool) {
                 self.0.set_training(training)
             }
+            fn visit_children<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+                self.0.visit_children(prefix, f)
+            }
             fn describe(&self) -> String {
                 self.0.describe()
             }
@@ -182,3 +424,48 @@ macro_rules! delegate_module {
     };
 }
 pub(crate) use delegate_module;
+
+/// Runs a layer's forward body and records its output for `summary()`.
+#[inline]
+pub(crate) fn traced<M: Module + ?Sized>(module: &M, body: impl FnOnce() -> Tensor) -> Tensor {
+    let y = body();
+    record_output(module, &y);
+    y
+}
+
+thread_local! {
+    static IN_FORWARD: std::cell::Cell<(usize, &'static str)> = const { std::cell::Cell::new((0, "")) };
+}
+
+/// Marks a derived module's `Module::forward` as running on this thread and
+/// catches it calling itself (no inherent `forward` method to call).
+#[doc(hidden)]
+pub struct ForwardGuard {
+    previous: (usize, &'static str),
+}
+
+impl ForwardGuard {
+    /// Enters `module`'s forward pass.
+    ///
+    /// # Panics
+    /// When that same module's forward pass is already the innermost one running.
+    pub fn enter<M: Module + ?Sized>(module: &M, method: &str) -> ForwardGuard {
+        let me = ((module as *const M).cast::<()>() as usize, module.type_name());
+        let previous = IN_FORWARD.with(|c| c.replace(me));
+        if previous == me {
+            IN_FORWARD.with(|c| c.set((0, "")));
+            panic!(
+                "derive(Module) on {}: no inherent method `fn {method}(&self, x: &Tensor) -> Tensor` to run; \
+                 write one in `impl {}`, or name another with #[module(forward = name)]",
+                me.1, me.1
+            );
+        }
+        ForwardGuard { previous }
+    }
+}
+
+impl Drop for ForwardGuard {
+    fn drop(&mut self) {
+        IN_FORWARD.with(|c| c.set(self.previous));
+    }
+}

@@ -138,44 +138,46 @@ impl BatchNorm {
 
 impl Module for BatchNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
-        // x: (N, C, *)
-        let c = self.num_features();
-        assert!(
-            self.ranks.contains(&x.rank()) && x.dims()[1] == c,
-            "{}({c}): expected input (N, {c}{}), got {:?}",
-            self.name,
-            if self.ranks == [4] { ", H, W" } else { "[, L]" },
-            x.dims()
-        );
-        let mut bshape = vec![1; x.rank()]; // (1, C, 1, …)
-        bshape[1] = c;
-        let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
-        let (mean, inv_std) = if self.training {
-            let count = x.elem_count() / c;
+        crate::module::traced(self, || {
+            // x: (N, C, *)
+            let c = self.num_features();
             assert!(
-                count > 1,
-                "{}: training needs more than one value per channel, got input {:?}",
+                self.ranks.contains(&x.rank()) && x.dims()[1] == c,
+                "{}({c}): expected input (N, {c}{}), got {:?}",
                 self.name,
+                if self.ranks == [4] { ", H, W" } else { "[, L]" },
                 x.dims()
             );
-            let mean = x.mean(&dims, true);
-            let var = x.var(&dims, 0, true);
-            with_no_grad(|| self.update_running(&mean, &var, count));
-            (mean, var.affine(1.0, self.eps).rsqrt())
-        } else {
-            (
-                self.running_mean.reshape(bshape.clone()),
-                self.running_var.affine(1.0, self.eps).rsqrt().reshape(bshape.clone()),
-            )
-        };
-        let mut y = x.sub(&mean).mul(&inv_std);
-        if let Some(w) = &self.weight {
-            y = y.mul(&w.reshape(bshape.clone()));
-        }
-        if let Some(b) = &self.bias {
-            y = y.add(&b.reshape(bshape));
-        }
-        y
+            let mut bshape = vec![1; x.rank()]; // (1, C, 1, …)
+            bshape[1] = c;
+            let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
+            let (mean, inv_std) = if self.training {
+                let count = x.elem_count() / c;
+                assert!(
+                    count > 1,
+                    "{}: training needs more than one value per channel, got input {:?}",
+                    self.name,
+                    x.dims()
+                );
+                let mean = x.mean(&dims, true);
+                let var = x.var(&dims, 0, true);
+                with_no_grad(|| self.update_running(&mean, &var, count));
+                (mean, var.affine(1.0, self.eps).rsqrt())
+            } else {
+                (
+                    self.running_mean.reshape(bshape.clone()),
+                    self.running_var.affine(1.0, self.eps).rsqrt().reshape(bshape.clone()),
+                )
+            };
+            let mut y = x.sub(&mean).mul(&inv_std);
+            if let Some(w) = &self.weight {
+                y = y.mul(&w.reshape(bshape.clone()));
+            }
+            if let Some(b) = &self.bias {
+                y = y.add(&b.reshape(bshape));
+            }
+            y
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

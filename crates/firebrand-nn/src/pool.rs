@@ -40,7 +40,9 @@ impl MaxPool2d {
 
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.max_pool2d(self.win) // (N, C, H, W) -> (N, C, Ho, Wo)
+        crate::module::traced(self, || {
+            x.max_pool2d(self.win) // (N, C, H, W) -> (N, C, Ho, Wo)
+        })
     }
 
     fn describe(&self) -> String {
@@ -99,7 +101,9 @@ impl AvgPool2d {
 
 impl Module for AvgPool2d {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.avg_pool2d(self.win, self.count_include_pad) // (N, C, H, W) -> (N, C, Ho, Wo)
+        crate::module::traced(self, || {
+            x.avg_pool2d(self.win, self.count_include_pad) // (N, C, H, W) -> (N, C, Ho, Wo)
+        })
     }
 
     fn describe(&self) -> String {
@@ -122,8 +126,10 @@ pub struct GlobalAvgPool;
 
 impl Module for GlobalAvgPool {
     fn forward(&self, x: &Tensor) -> Tensor {
-        assert!(x.rank() >= 3, "GlobalAvgPool: expected (N, C, ...), got {:?}", x.dims());
-        x.flatten(2, -1).mean(&[2], false)
+        crate::module::traced(self, || {
+            assert!(x.rank() >= 3, "GlobalAvgPool: expected (N, C, ...), got {:?}", x.dims());
+            x.flatten(2, -1).mean(&[2], false)
+        })
     }
 
     fn describe(&self) -> String {

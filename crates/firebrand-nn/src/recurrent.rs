@@ -268,15 +268,17 @@ impl Recurrent {
 
 impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let (out, state) = self.run(x, None, self.return_sequences);
-        if self.return_sequences {
-            return out; // (B, T, D·H)
-        }
-        // The final hidden state of the last layer, both directions: (B, D·H).
-        let dirs = self.num_directions();
-        let last = state.h.narrow(0, state.h.dims()[0] - dirs, dirs); // (D, B, H)
-        let b = last.dims()[1];
-        last.permute(&[1, 0, 2]).reshape([b, dirs * self.hidden])
+        crate::module::traced(self, || {
+            let (out, state) = self.run(x, None, self.return_sequences);
+            if self.return_sequences {
+                return out; // (B, T, D·H)
+            }
+            // The final hidden state of the last layer, both directions: (B, D·H).
+            let dirs = self.num_directions();
+            let last = state.h.narrow(0, state.h.dims()[0] - dirs, dirs); // (D, B, H)
+            let b = last.dims()[1];
+            last.permute(&[1, 0, 2]).reshape([b, dirs * self.hidden])
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

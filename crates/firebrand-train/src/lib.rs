@@ -33,12 +33,19 @@
 
 #![warn(missing_docs)]
 
+mod callbacks;
 mod checkpoint;
 mod history;
 mod metrics;
 mod model;
+mod plot;
 
+pub use callbacks::{
+    BatchLogs, Callback, CsvLogger, EarlyStopping, FitError, GradientClipping, LrScheduler, ModelCheckpoint, Monitor,
+    ReduceLrOnPlateau, TrainContext,
+};
 pub use checkpoint::{load_training_state, save_training_state};
 pub use history::{EpochRecord, History};
 pub use metrics::ClassificationMetrics;
-pub use model::{EarlyStopping, Evaluation, FitOptions, Loss, Model, Validation};
+pub use model::{Data, Evaluation, FitOptions, Loss, Model, Validation};
+pub use plot::PlotError;

@@ -1,10 +1,11 @@
 //! The Keras-like `Model`: a network, an optimizer and a loss, with `fit`,
 //! `evaluate` and `predict`.
 
+use crate::callbacks::{BatchLogs, Callback, EarlyStopping, FitError, GradientClipping, TrainContext};
 use crate::checkpoint::{load_training_state, save_training_state};
 use crate::{ClassificationMetrics, EpochRecord, History};
 use firebrand_autograd::{DType, Tensor, manual_seed, with_no_grad};
-use firebrand_data::{DataLoader, TensorDataset, Transform};
+use firebrand_data::{DataLoader, Dataset, Transform, random_split};
 use firebrand_nn::loss::{Reduction, Target, binary_cross_entropy_with_logits, cross_entropy, mse_loss};
 use firebrand_nn::serialize::write_atomic;
 use firebrand_nn::{Module, ModuleExt, WeightsError};
@@ -54,29 +55,66 @@ impl Loss {
     }
 }
 
+/// What [`Model::fit`] and [`Model::evaluate`] read: any [`Dataset`]
+/// (batched by [`FitOptions`]), or a [`DataLoader`] used as it is (its
+/// batch size, order and transform).
+///
+/// `&data` for any `Dataset + Clone` converts (a `TensorDataset`'s clone
+/// shares its tensors), as do `Arc<dyn Dataset>` and a `DataLoader`.
+#[derive(Clone)]
+pub enum Data {
+    /// A data set, batched by the options.
+    Dataset(Arc<dyn Dataset>),
+    /// A ready loader.
+    Loader(DataLoader),
+}
+
+impl<D: Dataset + Clone + 'static> From<&D> for Data {
+    fn from(d: &D) -> Data {
+        Data::Dataset(Arc::new(d.clone()))
+    }
+}
+
+impl From<Arc<dyn Dataset>> for Data {
+    fn from(d: Arc<dyn Dataset>) -> Data {
+        Data::Dataset(d)
+    }
+}
+
+impl From<DataLoader> for Data {
+    fn from(l: DataLoader) -> Data {
+        Data::Loader(l)
+    }
+}
+
+impl Data {
+    fn dataset(&self) -> &Arc<dyn Dataset> {
+        match self {
+            Data::Dataset(d) => d,
+            Data::Loader(l) => l.dataset(),
+        }
+    }
+}
+
 /// Where validation figures come from.
 #[derive(Clone, Default)]
 pub enum Validation {
     /// No validation.
     #[default]
     None,
-    /// A seeded split of this fraction of the training data (Keras' `validation_split`).
+    /// A seeded split of this fraction of the training data, in (0, 1)
+    /// (Keras' `validation_split`, but shuffled). Not with a `DataLoader`:
+    /// split the data set before building it.
     Split(f32),
-    /// A separate data set.
-    Data(TensorDataset),
+    /// A separate data set (see [`Validation::data`]).
+    Data(Arc<dyn Dataset>),
 }
 
-/// Stops training when the monitored figure (validation loss, else training
-/// loss) has not improved by `min_delta` for `patience` epochs; with
-/// `restore_best`, the best epoch's weights are put back.
-#[derive(Debug, Clone, Copy)]
-pub struct EarlyStopping {
-    /// Epochs without improvement before stopping.
-    pub patience: usize,
-    /// Smallest decrease that counts as an improvement.
-    pub min_delta: f32,
-    /// Restore the best weights at the end.
-    pub restore_best: bool,
+impl Validation {
+    /// Validates on `data`.
+    pub fn data(data: impl Dataset + 'static) -> Validation {
+        Validation::Data(Arc::new(data))
+    }
 }
 
 /// Options of [`Model::fit`].
@@ -84,9 +122,9 @@ pub struct EarlyStopping {
 pub struct FitOptions {
     /// Number of epochs.
     pub epochs: usize,
-    /// Examples per batch.
+    /// Examples per batch (ignored when `fit` is given a `DataLoader`).
     pub batch_size: usize,
-    /// Shuffle every epoch (seeded).
+    /// Shuffle every epoch (seeded; ignored for a `DataLoader`).
     pub shuffle: bool,
     /// Seeds shuffling, the validation split and, per epoch, the generator that
     /// dropout and initializers draw from — so a run and its resumption agree.
@@ -95,16 +133,19 @@ pub struct FitOptions {
     pub validation: Validation,
     /// Show a progress bar and per-epoch lines.
     pub verbose: bool,
-    /// Early stopping.
+    /// Early stopping (a [`EarlyStopping`] callback run after the others).
     pub early_stopping: Option<EarlyStopping>,
+    /// Clip the gradients' global L2 norm to this before every step (a
+    /// [`GradientClipping`] callback run after the others).
+    pub clip_grad_norm: Option<f32>,
     /// Write a checkpoint (weights, optimizer state, history) here after every epoch, atomically.
     pub checkpoint: Option<PathBuf>,
     /// Continue from `checkpoint` when it exists.
     pub resume: bool,
-    /// Batches assembled ahead on a background thread.
+    /// Batches assembled ahead on a background thread (ignored for a `DataLoader`).
     pub prefetch: usize,
     /// Applied to every training batch's inputs (augmentation); validation
-    /// and evaluation see the data as it is.
+    /// and evaluation see the data as it is. Ignored for a `DataLoader`.
     pub transform: Option<Arc<dyn Transform>>,
     /// Gradient accumulation: one optimizer step per this many batches (the
     /// losses averaged), for an effective batch `batch_size · accumulate`
@@ -122,6 +163,7 @@ impl Default for FitOptions {
             validation: Validation::None,
             verbose: true,
             early_stopping: None,
+            clip_grad_norm: None,
             checkpoint: None,
             resume: false,
             prefetch: 2,
@@ -144,8 +186,9 @@ pub struct Evaluation {
 pub struct Model<M: Module> {
     /// The network.
     pub net: M,
-    /// The optimizer over the network's parameters.
-    pub optimizer: Box<dyn Optimizer>,
+    /// The optimizer over the network's parameters; `None` for a model
+    /// built only to evaluate and predict ([`Model::for_inference`]).
+    pub optimizer: Option<Box<dyn Optimizer>>,
     /// The objective.
     pub loss: Loss,
 }
@@ -164,32 +207,144 @@ fn bar(len: usize, verbose: bool, epoch: usize, epochs: usize) -> ProgressBar {
     pb
 }
 
+fn invalid(option: &'static str, problem: impl Into<String>) -> FitError {
+    FitError::InvalidOption { option, problem: problem.into() }
+}
+
 impl<M: Module> Model<M> {
     /// Bundles a network, an optimizer over its parameters and a loss.
     pub fn new(net: M, optimizer: impl Optimizer + 'static, loss: Loss) -> Self {
-        Model { net, optimizer: Box::new(optimizer), loss }
+        Model { net, optimizer: Some(Box::new(optimizer)), loss }
     }
 
-    /// Trains for `opts.epochs` epochs and returns the per-epoch figures.
+    /// A model that only evaluates and predicts: no optimizer needed
+    /// (`fit` then returns [`FitError::NoOptimizer`]).
+    ///
+    /// ```
+    /// use firebrand_train::{Loss, Model};
+    /// use firebrand_nn::Linear;
+    /// use firebrand_autograd::Tensor;
+    /// let mut model = Model::for_inference(Linear::new(4, 3), Loss::CROSS_ENTROPY);
+    /// assert_eq!(model.predict(&Tensor::zeros([10, 4]), 4).dims(), &[10, 3]);
+    /// ```
+    pub fn for_inference(net: M, loss: Loss) -> Self {
+        Model { net, optimizer: None, loss }
+    }
+
+    /// The optimizer, when there is one.
+    pub fn optimizer_mut(&mut self) -> Option<&mut (dyn Optimizer + 'static)> {
+        self.optimizer.as_deref_mut()
+    }
+
+    /// Trains for `opts.epochs` epochs and returns the per-epoch figures
+    /// (Keras' `model.fit`). `data` is any [`Dataset`] (`&train`) or a
+    /// [`DataLoader`]; see [`Data`].
+    ///
+    /// A data set of your own, a per-step learning-rate schedule and
+    /// gradient clipping:
+    ///
+    /// ```
+    /// use firebrand_train::{FitOptions, GradientClipping, Loss, LrScheduler, Model};
+    /// use firebrand_optim::{CosineWithWarmup, Sgd};
+    /// use firebrand_nn::{Linear, ModuleExt};
+    /// use firebrand_data::Dataset;
+    /// use firebrand_autograd::{Tensor, manual_seed};
+    ///
+    /// /// 64 points of y = 2x + 1 on [0, 1).
+    /// #[derive(Clone)]
+    /// struct Line;
+    /// impl Dataset for Line {
+    ///     fn len(&self) -> usize { 64 }
+    ///     fn get(&self, i: usize) -> (Tensor, Tensor) {
+    ///         let x = i as f32 / 64.0;
+    ///         (Tensor::from_vec(vec![x], [1]), Tensor::from_vec(vec![2.0 * x + 1.0], [1]))
+    ///     }
+    /// }
+    ///
+    /// manual_seed(0);
+    /// let net = Linear::new(1, 1);
+    /// let opt = Sgd::with_options(net.named_parameters(), 0.5, 0.9, 0.0, false, 0.0);
+    /// let mut model = Model::new(net, opt, Loss::Mse);
+    /// let mut schedule = LrScheduler::per_step(CosineWithWarmup { base: 0.5, warmup: 10, total: 300, min_lr: 0.01 });
+    /// let mut clip = GradientClipping::norm(1.0);
+    /// let opts = FitOptions { epochs: 100, batch_size: 16, verbose: false, ..Default::default() };
+    /// let history = model.fit_with(&Line, &opts, &mut [&mut schedule, &mut clip]).unwrap();
+    /// assert!(history.epochs.last().unwrap().loss < 1e-4);
+    /// assert!((model.net.weight.item() - 2.0).abs() < 0.02 && (history.epochs[99].lr - 0.01).abs() < 1e-6);
+    /// ```
     ///
     /// # Errors
-    /// When a checkpoint cannot be written or resumed from.
-    pub fn fit(&mut self, data: &TensorDataset, opts: &FitOptions) -> Result<History, WeightsError> {
-        let (train, val) = match &opts.validation {
-            Validation::None => (data.clone(), None),
-            Validation::Split(f) => {
-                let (t, v) = data.split(*f, opts.seed);
-                (t, Some(v))
+    /// Before training: an empty data set, a batch size of 0,
+    /// `Validation::Split` outside (0, 1) or with a `DataLoader`, no
+    /// optimizer. During training: a checkpoint that cannot be written or
+    /// resumed from, or a failing callback.
+    pub fn fit(&mut self, data: impl Into<Data>, opts: &FitOptions) -> Result<History, FitError> {
+        self.fit_with(data, opts, &mut [])
+    }
+
+    /// [`Model::fit`] with callbacks, run in the order given (then the
+    /// early-stopping and clipping callbacks the options ask for).
+    ///
+    /// # Errors
+    /// As [`Model::fit`].
+    pub fn fit_with(
+        &mut self,
+        data: impl Into<Data>,
+        opts: &FitOptions,
+        callbacks: &mut [&mut dyn Callback],
+    ) -> Result<History, FitError> {
+        let data = data.into();
+        if self.optimizer.is_none() {
+            return Err(FitError::NoOptimizer);
+        }
+        if data.dataset().is_empty() {
+            return Err(FitError::EmptyDataset);
+        }
+        if let Validation::Split(f) = opts.validation
+            && !(f > 0.0 && f < 1.0)
+        {
+            return Err(invalid("validation", format!("Validation::Split({f}) must be a fraction in (0, 1)")));
+        }
+        let (train, val): (DataLoader, Option<Arc<dyn Dataset>>) = match data {
+            Data::Loader(l) => {
+                let val = match &opts.validation {
+                    Validation::None => None,
+                    Validation::Split(_) => {
+                        return Err(invalid(
+                            "validation",
+                            "Validation::Split cannot split a DataLoader; split the data set (random_split) before building the loader",
+                        ));
+                    }
+                    Validation::Data(v) => Some(Arc::clone(v)),
+                };
+                (l, val)
             }
-            Validation::Data(v) => (data.clone(), Some(v.clone())),
+            Data::Dataset(ds) => {
+                if opts.batch_size == 0 {
+                    return Err(invalid("batch_size", "must be at least 1, got 0"));
+                }
+                let (train, val): (Arc<dyn Dataset>, _) = match &opts.validation {
+                    Validation::None => (ds, None),
+                    Validation::Split(f) => {
+                        let (t, v) = random_split(ds, *f, opts.seed);
+                        (Arc::new(t), Some(Arc::new(v) as Arc<dyn Dataset>))
+                    }
+                    Validation::Data(v) => (ds, Some(Arc::clone(v))),
+                };
+                if train.is_empty() {
+                    return Err(FitError::EmptyDataset);
+                }
+                let mut loader = DataLoader::new_shared(train, opts.batch_size).prefetch(opts.prefetch);
+                if opts.shuffle {
+                    loader = loader.shuffle(opts.seed);
+                }
+                if let Some(t) = &opts.transform {
+                    loader = loader.transform_shared(Arc::clone(t));
+                }
+                (loader, val)
+            }
         };
-        let mut loader = DataLoader::new(train, opts.batch_size).prefetch(opts.prefetch);
-        if opts.shuffle {
-            loader = loader.shuffle(opts.seed);
-        }
-        if let Some(t) = &opts.transform {
-            loader = loader.transform_shared(Arc::clone(t));
-        }
+        let val_batch = train.batch_size();
         let mut history = History::default();
         let mut start = 0;
         if let (Some(path), true) = (&opts.checkpoint, opts.resume)
@@ -198,21 +353,61 @@ impl<M: Module> Model<M> {
             history = self.load_checkpoint(path)?;
             start = history.epochs.len();
         }
-        let mut best: Option<(f32, usize, Vec<Tensor>)> = None;
-        for epoch in start..opts.epochs {
+
+        let mut own: Vec<Box<dyn Callback>> = Vec::new();
+        if let Some(es) = &opts.early_stopping {
+            own.push(Box::new(es.clone()));
+        }
+        if let Some(max) = opts.clip_grad_norm {
+            own.push(Box::new(GradientClipping::norm(max)));
+        }
+        let mut cbs: Vec<&mut dyn Callback> = callbacks.iter_mut().map(|c| &mut **c).collect();
+        cbs.extend(own.iter_mut().map(|c| &mut **c as &mut dyn Callback));
+
+        let (accum, n_batches) = (opts.accumulate.max(1), train.num_batches());
+        let steps_per_epoch = n_batches.div_ceil(accum);
+        let Model { net, optimizer, loss: objective } = self;
+        let opt = optimizer.as_deref_mut().expect("checked above");
+        let (mut step, mut stop, mut epoch) = (start * steps_per_epoch, false, start);
+        // Calls one hook on every callback with a fresh view of the state.
+        macro_rules! hook {
+            ($method:ident ( $($arg:expr),* )) => {{
+                let mut ctx = TrainContext {
+                    net: &mut *net,
+                    optimizer: &mut *opt,
+                    history: &history,
+                    epoch,
+                    epochs: opts.epochs,
+                    step,
+                    steps_per_epoch,
+                    verbose: opts.verbose,
+                    stop_training: stop,
+                };
+                for cb in cbs.iter_mut() {
+                    cb.$method($($arg,)* &mut ctx)?;
+                }
+                #[allow(unused_assignments)]
+                {
+                    stop = ctx.stop_training;
+                }
+            }};
+        }
+        hook!(on_train_begin());
+        while epoch < opts.epochs && !stop {
             // Dropout masks and anything else drawn from the generator depend on
             // (seed, epoch) only, so resuming at an epoch boundary is exact.
             manual_seed(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64));
-            self.net.train();
-            let pb = bar(loader.num_batches(), opts.verbose, epoch, opts.epochs);
+            net.train();
+            hook!(on_epoch_begin());
+            let pb = bar(n_batches, opts.verbose, epoch, opts.epochs);
             let t0 = Instant::now();
-            let (mut loss_sum, mut seen, mut correct) = (0.0f64, 0usize, 0usize);
-            let (accum, n_batches) = (opts.accumulate.max(1), loader.num_batches());
-            for (i, (x, y)) in loader.epoch(epoch).enumerate() {
-                let out = self.net.forward(&x);
-                let loss = self.loss.compute(&out, &y);
+            let (mut loss_sum, mut seen, mut correct, mut classify) = (0.0f64, 0usize, 0usize, false);
+            for (i, (x, y)) in train.epoch(epoch).enumerate() {
+                hook!(on_batch_begin(i));
+                let out = net.forward(&x);
+                let loss = objective.compute(&out, &y);
                 if i % accum == 0 {
-                    self.optimizer.zero_grad();
+                    opt.zero_grad();
                 }
                 if accum > 1 {
                     // Mean over the accumulated batches (equal-sized ones give the
@@ -222,14 +417,19 @@ impl<M: Module> Model<M> {
                     loss.backward();
                 }
                 if (i + 1) % accum == 0 || i + 1 == n_batches {
-                    self.optimizer.step();
+                    hook!(on_before_step());
+                    opt.step();
+                    step += 1;
                 }
                 let n = x.dims()[0];
-                loss_sum += loss.item() as f64 * n as f64;
+                let batch_loss = loss.item();
+                loss_sum += batch_loss as f64 * n as f64;
                 seen += n;
-                if self.loss.is_classification() && y.dtype() == DType::I64 {
+                if objective.is_classification() && y.dtype() == DType::I64 {
+                    classify = true;
                     correct += count_correct(&out, &y);
                 }
+                hook!(on_batch_end(&BatchLogs { batch: i, size: n, loss: batch_loss }));
                 pb.inc(1);
                 if pb.position().is_multiple_of(20) {
                     pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
@@ -237,7 +437,6 @@ impl<M: Module> Model<M> {
             }
             let train_seconds = t0.elapsed().as_secs_f64();
             pb.finish_and_clear();
-            let classify = self.loss.is_classification() && data.y.dtype() == DType::I64;
             let mut record = EpochRecord {
                 epoch,
                 loss: (loss_sum / seen.max(1) as f64) as f32,
@@ -245,10 +444,10 @@ impl<M: Module> Model<M> {
                 val_loss: None,
                 val_accuracy: None,
                 train_seconds,
-                lr: self.optimizer.lr(),
+                lr: opt.lr(),
             };
             if let Some(v) = &val {
-                let e = self.evaluate(v, opts.batch_size);
+                let e = evaluate_loader(net, *objective, &DataLoader::new_shared(Arc::clone(v), val_batch));
                 record.val_loss = Some(e.loss);
                 record.val_accuracy = e.metrics.map(|m| m.accuracy);
             }
@@ -257,78 +456,52 @@ impl<M: Module> Model<M> {
             }
             history.epochs.push(record.clone());
             if let Some(path) = &opts.checkpoint {
-                self.save_checkpoint(path, &history)?;
+                write_atomic(&history_path(path), history.to_json().as_bytes())?;
+                save_training_state(path, &*net, &*opt, history.epochs.len() as u64)?;
             }
-            if let Some(es) = opts.early_stopping {
-                let monitored = record.val_loss.unwrap_or(record.loss);
-                match &best {
-                    Some((b, _, _)) if monitored > b - es.min_delta => {
-                        if epoch - best.as_ref().expect("set").1 >= es.patience {
-                            if opts.verbose {
-                                println!("early stopping after epoch {}", epoch + 1);
-                            }
-                            break;
-                        }
-                    }
-                    _ => {
-                        let snapshot = if es.restore_best {
-                            self.net.state_dict().iter().map(|(_, p)| p.detach().affine(1.0, 0.0)).collect()
-                        } else {
-                            Vec::new()
-                        };
-                        best = Some((monitored, epoch, snapshot));
-                    }
-                }
-            }
+            hook!(on_epoch_end(&record));
+            epoch += 1;
         }
-        if let (Some(es), Some((_, _, snapshot))) = (opts.early_stopping, &best)
-            && es.restore_best
-        {
-            for ((_, p), s) in self.net.state_dict().iter().zip(snapshot) {
-                p.copy_(s).expect("same shapes");
-            }
-        }
+        hook!(on_train_end());
         Ok(history)
     }
 
-    /// Mean loss and, for classifiers, the metrics over a data set (evaluation
-    /// mode, no gradients).
-    pub fn evaluate(&mut self, data: &TensorDataset, batch_size: usize) -> Evaluation {
-        self.net.eval();
-        let loader = DataLoader::new(data.clone(), batch_size);
-        let classify = self.loss.is_classification() && data.y.dtype() == DType::I64;
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        let (mut preds, mut truth) = (Vec::new(), Vec::new());
-        let mut classes = 0;
-        with_no_grad(|| {
-            for (x, y) in loader.epoch(0) {
-                let out = self.net.forward(&x);
-                let n = x.dims()[0];
-                loss_sum += self.loss.compute(&out, &y).item() as f64 * n as f64;
-                seen += n;
-                if classify {
-                    classes = out.size(-1);
-                    preds.extend(out.argmax(-1, false).to_vec::<i64>());
-                    truth.extend(y.to_vec::<i64>());
-                }
-            }
-        });
-        self.net.train();
-        Evaluation {
-            loss: (loss_sum / seen.max(1) as f64) as f32,
-            metrics: classify.then(|| ClassificationMetrics::new(&preds, &truth, classes)),
-        }
+    /// Mean loss and, for classifiers, the metrics over `data` (evaluation
+    /// mode, no gradients; Keras' `model.evaluate`). `data` is any
+    /// [`Dataset`] or a [`DataLoader`] (whose batch size is then used).
+    ///
+    /// ```
+    /// use firebrand_train::{Loss, Model};
+    /// use firebrand_nn::Linear;
+    /// let mut model = Model::for_inference(Linear::new(64, 10), Loss::CROSS_ENTROPY);
+    /// let e = model.evaluate(&firebrand_data::digits(), 512);
+    /// let m = e.metrics.unwrap(); // an untrained classifier: near chance
+    /// assert!(e.loss > 1.0 && m.accuracy < 0.5);
+    /// assert_eq!(m.confusion.iter().flatten().sum::<usize>(), 1797);
+    /// ```
+    ///
+    /// # Panics
+    /// When `batch_size` is 0 for a data set.
+    pub fn evaluate(&mut self, data: impl Into<Data>, batch_size: usize) -> Evaluation {
+        let loader = match data.into() {
+            Data::Dataset(d) => DataLoader::new_shared(d, batch_size),
+            Data::Loader(l) => l,
+        };
+        evaluate_loader(&mut self.net, self.loss, &loader)
     }
 
-    /// The network's outputs for `x` `(N, …)`, in batches, in evaluation mode.
+    /// The network's outputs for `x` `(N, …)`, in batches of `batch_size`,
+    /// in evaluation mode without gradients (Keras' `model.predict`).
+    ///
+    /// # Panics
+    /// When `batch_size` is 0.
     pub fn predict(&mut self, x: &Tensor, batch_size: usize) -> Tensor {
+        assert!(batch_size > 0, "Model::predict: batch_size must be positive");
         self.net.eval();
         let out = with_no_grad(|| {
             let n = x.dims()[0];
-            let parts: Vec<Tensor> = (0..n)
-                .step_by(batch_size.max(1))
-                .map(|s| self.net.forward(&x.narrow(0, s, batch_size.min(n - s))))
-                .collect();
+            let parts: Vec<Tensor> =
+                (0..n).step_by(batch_size).map(|s| self.net.forward(&x.narrow(0, s, batch_size.min(n - s)))).collect();
             let refs: Vec<&Tensor> = parts.iter().collect();
             Tensor::cat(&refs, 0)
         });
@@ -340,21 +513,51 @@ impl<M: Module> Model<M> {
     /// (beside it, `<path>.history.json`), each atomically.
     ///
     /// # Errors
-    /// When a file cannot be written.
-    pub fn save_checkpoint(&self, path: &Path, history: &History) -> Result<(), WeightsError> {
+    /// When a file cannot be written, or the model has no optimizer.
+    pub fn save_checkpoint(&self, path: &Path, history: &History) -> Result<(), FitError> {
+        let opt = self.optimizer.as_deref().ok_or(FitError::NoOptimizer)?;
         write_atomic(&history_path(path), history.to_json().as_bytes())?;
-        save_training_state(path, &self.net, &*self.optimizer, history.epochs.len() as u64)
+        Ok(save_training_state(path, &self.net, opt, history.epochs.len() as u64)?)
     }
 
     /// Restores a checkpoint written by [`Model::save_checkpoint`] and returns its history.
     ///
     /// # Errors
-    /// When a file is missing or malformed, or does not fit this model and optimizer.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<History, WeightsError> {
-        load_training_state(path, &self.net, &mut *self.optimizer)?;
+    /// When a file is missing or malformed, or does not fit this model and
+    /// optimizer, or the model has no optimizer.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<History, FitError> {
+        let opt = self.optimizer.as_deref_mut().ok_or(FitError::NoOptimizer)?;
+        load_training_state(path, &self.net, opt)?;
         let hp = history_path(path);
         let text = std::fs::read_to_string(&hp).map_err(|source| WeightsError::Io { path: hp.clone(), source })?;
-        History::from_json(&text).map_err(|e| WeightsError::Format { path: hp, msg: e.to_string() })
+        Ok(History::from_json(&text).map_err(|e| WeightsError::Format { path: hp, msg: e.to_string() })?)
+    }
+}
+
+/// Mean loss and metrics of `net` over `loader`, in evaluation mode.
+fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &DataLoader) -> Evaluation {
+    net.set_training(false);
+    let (mut loss_sum, mut seen, mut classify) = (0.0f64, 0usize, false);
+    let (mut preds, mut truth) = (Vec::new(), Vec::new());
+    let mut classes = 0;
+    with_no_grad(|| {
+        for (x, y) in loader.epoch(0) {
+            let out = net.forward(&x);
+            let n = x.dims()[0];
+            loss_sum += objective.compute(&out, &y).item() as f64 * n as f64;
+            seen += n;
+            if objective.is_classification() && y.dtype() == DType::I64 {
+                classify = true;
+                classes = out.size(-1);
+                preds.extend(out.argmax(-1, false).to_vec::<i64>());
+                truth.extend(y.to_vec::<i64>());
+            }
+        }
+    });
+    net.set_training(true);
+    Evaluation {
+        loss: (loss_sum / seen.max(1) as f64) as f32,
+        metrics: classify.then(|| ClassificationMetrics::new(&preds, &truth, classes)),
     }
 }
 

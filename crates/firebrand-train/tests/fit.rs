@@ -65,8 +65,8 @@ fn early_stopping_restores_the_best_weights() {
     let (train, _) = digits().split(0.2, 1);
     let mut model = classifier(1);
     // A learning rate far too high makes validation loss worse quickly.
-    model.optimizer.set_lr(0.5);
-    let es = EarlyStopping { patience: 1, min_delta: 0.0, restore_best: true };
+    model.optimizer_mut().unwrap().set_lr(0.5);
+    let es = EarlyStopping::new(1).restore_best(true);
     let opts = FitOptions { early_stopping: Some(es), ..quiet(30) };
     let h = model.fit(&train, &opts).unwrap();
     assert!(h.epochs.len() < 30, "stopped early after {} epochs", h.epochs.len());

@@ -272,7 +272,7 @@ impl MultiHeadAttention {
 
 impl Module for MultiHeadAttention {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.attend(x, x, x, None)
+        crate::module::traced(self, || self.attend(x, x, x, None))
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
@@ -283,6 +283,10 @@ impl Module for MultiHeadAttention {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn visit_children<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
+        f(&format!("{prefix}out_proj"), &self.out_proj);
     }
 
     fn describe(&self) -> String {

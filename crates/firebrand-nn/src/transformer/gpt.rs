@@ -67,6 +67,8 @@ impl GptCache {
 /// assert_eq!(text.len(), 7);
 /// # use firebrand_nn::Module;
 /// ```
+#[derive(Module)]
+#[module(forward = logits, describe = description)]
 pub struct Gpt {
     /// Token embedding `(V, C)`.
     pub wte: Embedding,
@@ -79,6 +81,7 @@ pub struct Gpt {
     /// Head to the vocabulary, `C → V`, no bias.
     pub lm_head: Linear,
     drop: Dropout,
+    #[module(skip)]
     config: GptConfig,
 }
 
@@ -224,29 +227,14 @@ impl Gpt {
     }
 }
 
-impl Module for Gpt {
-    /// Logits `(B, T, V)` for token ids `(B, T)` (`i64`), `T ≤ context`.
-    fn forward(&self, ids: &Tensor) -> Tensor {
+impl Gpt {
+    /// `Module::forward`: logits `(B, T, V)` for token ids `(B, T)` (`i64`), `T ≤ context`.
+    fn logits(&self, ids: &Tensor) -> Tensor {
         let x = self.blocks.iter().fold(self.embed(ids, 0), |h, b| b.forward(&h)); // (B, T, C)
         self.head(&x)
     }
 
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.wte.visit_parameters(&format!("{prefix}wte."), f);
-        self.wpe.visit_parameters(&format!("{prefix}wpe."), f);
-        for (i, b) in self.blocks.iter().enumerate() {
-            b.visit_parameters(&format!("{prefix}blocks.{i}."), f);
-        }
-        self.ln_f.visit_parameters(&format!("{prefix}ln_f."), f);
-        self.lm_head.visit_parameters(&format!("{prefix}lm_head."), f);
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.blocks.iter_mut().for_each(|b| b.set_training(training));
-        self.drop.set_training(training);
-    }
-
-    fn describe(&self) -> String {
+    fn description(&self) -> String {
         let c = self.config;
         format!(
             "Gpt(vocab {}, context {}, {} layers, {} heads, embed {})",

@@ -48,9 +48,11 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
-        // x: (…, C); one fused op (Tensor::layer_norm).
-        x.try_layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)
-            .unwrap_or_else(|e| panic!("LayerNorm: {e}"))
+        crate::module::traced(self, || {
+            // x: (…, C); one fused op (Tensor::layer_norm).
+            x.try_layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)
+                .unwrap_or_else(|e| panic!("LayerNorm: {e}"))
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
@@ -91,8 +93,10 @@ impl RMSNorm {
 
 impl Module for RMSNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let ms = x.square().mean(&[-1], true);
-        x.mul(&ms.affine(1.0, self.eps).rsqrt()).mul(&self.weight)
+        crate::module::traced(self, || {
+            let ms = x.square().mean(&[-1], true);
+            x.mul(&ms.affine(1.0, self.eps).rsqrt()).mul(&self.weight)
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

@@ -17,6 +17,8 @@ use firebrand_autograd::Tensor;
 /// let layer = TransformerEncoderLayer::new(16, 4, 64).norm_first(true);
 /// assert_eq!(layer.forward(&Tensor::randn([2, 7, 16], 0.0, 1.0)).dims(), &[2, 7, 16]);
 /// ```
+#[derive(Module)]
+#[module(forward = forward_full, describe = description)]
 pub struct TransformerEncoderLayer {
     /// Self-attention.
     pub self_attn: MultiHeadAttention,
@@ -101,31 +103,12 @@ impl TransformerEncoderLayer {
     }
 }
 
-impl Module for TransformerEncoderLayer {
-    fn forward(&self, x: &Tensor) -> Tensor {
+impl TransformerEncoderLayer {
+    fn forward_full(&self, x: &Tensor) -> Tensor {
         self.run(x, |h| self.self_attn.forward(h))
     }
 
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_children(
-            prefix,
-            f,
-            &[
-                ("self_attn", &self.self_attn),
-                ("linear1", &self.linear1),
-                ("linear2", &self.linear2),
-                ("norm1", &self.norm1),
-                ("norm2", &self.norm2),
-            ],
-        );
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.self_attn.set_training(training);
-        self.dropout.set_training(training);
-    }
-
-    fn describe(&self) -> String {
+    fn description(&self) -> String {
         let e = self.linear1.in_features();
         format!(
             "TransformerEncoderLayer({e}, ff {}, {}{})",
@@ -149,6 +132,8 @@ impl Module for TransformerEncoderLayer {
 /// let (tgt, memory) = (Tensor::randn([2, 5, 16], 0.0, 1.0), Tensor::randn([2, 7, 16], 0.0, 1.0));
 /// assert_eq!(layer.decode(&tgt, &memory, None).dims(), &[2, 5, 16]);
 /// ```
+#[derive(Module)]
+#[module(forward = forward_self, describe = description)]
 pub struct TransformerDecoderLayer {
     /// Self-attention over the target.
     pub self_attn: MultiHeadAttention,
@@ -222,35 +207,14 @@ impl TransformerDecoderLayer {
     }
 }
 
-impl Module for TransformerDecoderLayer {
-    /// The layer with `x` as its own memory; use
+impl TransformerDecoderLayer {
+    /// `Module::forward`: the layer with `x` as its own memory; use
     /// [`TransformerDecoderLayer::decode`] to attend to an encoder's output.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward_self(&self, x: &Tensor) -> Tensor {
         self.decode(x, x, None)
     }
 
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        visit_children(
-            prefix,
-            f,
-            &[
-                ("self_attn", &self.self_attn),
-                ("multihead_attn", &self.multihead_attn),
-                ("linear1", &self.linear1),
-                ("linear2", &self.linear2),
-                ("norm1", &self.norm1),
-                ("norm2", &self.norm2),
-                ("norm3", &self.norm3),
-            ],
-        );
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.self_attn.set_training(training);
-        self.multihead_attn.set_training(training);
-    }
-
-    fn describe(&self) -> String {
+    fn description(&self) -> String {
         format!(
             "TransformerDecoderLayer({}, ff {}, {})",
             self.linear1.in_features(),
@@ -271,13 +235,6 @@ fn feed_forward(l1: &Linear, l2: &Linear, gelu: bool, x: &Tensor, dropout: Optio
     }
 }
 
-/// Visits each named child's parameters under `prefix` + `name.`.
-fn visit_children(prefix: &str, f: &mut dyn FnMut(&str, &Tensor), children: &[(&str, &dyn Module)]) {
-    for (name, child) in children {
-        child.visit_parameters(&format!("{prefix}{name}."), f);
-    }
-}
-
 /// A stack of [`TransformerEncoderLayer`]s with an optional final
 /// `LayerNorm` (PyTorch's `nn.TransformerEncoder`: parameters named
 /// `layers.{i}.…` and `norm.…`).
@@ -289,6 +246,8 @@ fn visit_children(prefix: &str, f: &mut dyn FnMut(&str, &Tensor), children: &[(&
 ///     .final_norm(16);
 /// assert_eq!(enc.forward(&Tensor::randn([2, 5, 16], 0.0, 1.0)).dims(), &[2, 5, 16]);
 /// ```
+#[derive(Module)]
+#[module(forward = forward_stack, describe = description)]
 pub struct TransformerEncoder {
     /// The layers, applied in order.
     pub layers: Vec<TransformerEncoderLayer>,
@@ -309,8 +268,8 @@ impl TransformerEncoder {
     }
 }
 
-impl Module for TransformerEncoder {
-    fn forward(&self, x: &Tensor) -> Tensor {
+impl TransformerEncoder {
+    fn forward_stack(&self, x: &Tensor) -> Tensor {
         let y = self.layers.iter().fold(x.clone(), |h, l| l.forward(&h)); // (B, T, E)
         match &self.norm {
             Some(n) => n.forward(&y),
@@ -318,16 +277,7 @@ impl Module for TransformerEncoder {
         }
     }
 
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        let layers: Vec<&dyn Module> = self.layers.iter().map(|l| l as &dyn Module).collect();
-        visit_stack(prefix, f, &layers, self.norm.as_ref());
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.layers.iter_mut().for_each(|l| l.set_training(training));
-    }
-
-    fn describe(&self) -> String {
+    fn description(&self) -> String {
         format!("TransformerEncoder({} layers)", self.layers.len())
     }
 }
@@ -342,6 +292,8 @@ impl Module for TransformerEncoder {
 /// let (tgt, memory) = (Tensor::randn([2, 5, 16], 0.0, 1.0), Tensor::randn([2, 7, 16], 0.0, 1.0));
 /// assert_eq!(dec.decode(&tgt, &memory, None).dims(), &[2, 5, 16]);
 /// ```
+#[derive(Module)]
+#[module(forward = forward_self, describe = description)]
 pub struct TransformerDecoder {
     /// The layers, applied in order.
     pub layers: Vec<TransformerDecoderLayer>,
@@ -372,33 +324,14 @@ impl TransformerDecoder {
     }
 }
 
-impl Module for TransformerDecoder {
-    /// The stack with `x` as its own memory; use [`TransformerDecoder::decode`]
-    /// to attend to an encoder's output.
-    fn forward(&self, x: &Tensor) -> Tensor {
+impl TransformerDecoder {
+    /// `Module::forward`: the stack with `x` as its own memory; use
+    /// [`TransformerDecoder::decode`] to attend to an encoder's output.
+    fn forward_self(&self, x: &Tensor) -> Tensor {
         self.decode(x, x, None)
     }
 
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        let layers: Vec<&dyn Module> = self.layers.iter().map(|l| l as &dyn Module).collect();
-        visit_stack(prefix, f, &layers, self.norm.as_ref());
-    }
-
-    fn set_training(&mut self, training: bool) {
-        self.layers.iter_mut().for_each(|l| l.set_training(training));
-    }
-
-    fn describe(&self) -> String {
+    fn description(&self) -> String {
         format!("TransformerDecoder({} layers)", self.layers.len())
-    }
-}
-
-/// Visits a stack's parameters: `layers.{i}.…` then `norm.…`.
-fn visit_stack(prefix: &str, f: &mut dyn FnMut(&str, &Tensor), layers: &[&dyn Module], norm: Option<&LayerNorm>) {
-    for (i, l) in layers.iter().enumerate() {
-        l.visit_parameters(&format!("{prefix}layers.{i}."), f);
-    }
-    if let Some(n) = norm {
-        n.visit_parameters(&format!("{prefix}norm."), f);
     }
 }

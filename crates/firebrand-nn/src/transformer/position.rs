@@ -26,8 +26,10 @@ impl SinusoidalPositionalEncoding {
 
 impl Module for SinusoidalPositionalEncoding {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let (t, e) = (x.dims()[x.rank() - 2], x.dims()[x.rank() - 1]);
-        x.add(&SinusoidalPositionalEncoding::table(t, e))
+        crate::module::traced(self, || {
+            let (t, e) = (x.dims()[x.rank() - 2], x.dims()[x.rank() - 1]);
+            x.add(&SinusoidalPositionalEncoding::table(t, e))
+        })
     }
 
     fn describe(&self) -> String {
@@ -53,10 +55,12 @@ impl LearnedPositionalEncoding {
 
 impl Module for LearnedPositionalEncoding {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let t = x.dims()[x.rank() - 2];
-        let max = self.weight.dims()[0];
-        assert!(t <= max, "LearnedPositionalEncoding: sequence of {t} longer than the table's {max}");
-        x.add(&self.weight.narrow(0, 0, t))
+        crate::module::traced(self, || {
+            let t = x.dims()[x.rank() - 2];
+            let max = self.weight.dims()[0];
+            assert!(t <= max, "LearnedPositionalEncoding: sequence of {t} longer than the table's {max}");
+            x.add(&self.weight.narrow(0, 0, t))
+        })
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
