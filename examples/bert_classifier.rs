@@ -54,7 +54,31 @@ const D: usize = 128;
 const STRIDE: usize = 42; // between training windows (a third of a window)
 
 mod common;
-use common::{arg, fail, num, shakespeare};
+use clap::Parser;
+use common::{fail, shakespeare};
+
+/// A BERT-style encoder pre-trained on Shakespeare, fine-tuned to tell five plays apart.
+#[derive(Parser)]
+struct Args {
+    /// The corpus [default: shakespeare/shakespeare.txt under $FIREBRAND_DATA or the standard places].
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Masked-character pre-training steps.
+    #[arg(long, default_value_t = 800)]
+    pretrain_steps: usize,
+    /// Fine-tuning epochs with every parameter trained.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Seeds the weights, the passages and the masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Skip pre-training (for comparison).
+    #[arg(long)]
+    from_scratch: bool,
+    /// Where the pre-trained model and plots go [default: runs/bert_classifier].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 /// The corpus's works as (title line, text): each starts at a "by William
 /// Shakespeare" line; its title ends the line two above (glued to the end of
@@ -91,6 +115,8 @@ fn dialogue(play: &str) -> String {
 }
 
 /// The body: embeddings, encoder layers, final norm (`(B, T)` ids → `(B, T, D)`).
+#[derive(Module)]
+#[module(describe = "BertBody")]
 struct Body {
     tok: Embedding,
     pos: LearnedPositionalEncoding,
@@ -108,65 +134,45 @@ impl Body {
     }
 }
 
-impl Module for Body {
+impl Body {
     fn forward(&self, ids: &Tensor) -> Tensor {
         self.encoder.forward(&self.pos.forward(&self.tok.forward(ids))) // (B, T, D)
-    }
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.tok.visit_parameters(&format!("{prefix}tok."), f);
-        self.pos.visit_parameters(&format!("{prefix}pos."), f);
-        self.encoder.visit_parameters(&format!("{prefix}encoder."), f);
-    }
-    fn set_training(&mut self, training: bool) {
-        self.encoder.set_training(training);
-    }
-    fn describe(&self) -> String {
-        "BertBody".into()
     }
 }
 
 /// Body + a head: `Mlm` predicts every position's character, `Classify`
 /// pools `[CLS]` (dense + tanh) and maps it to the classes.
+#[derive(Module)]
+#[module(describe = description)]
 struct Bert {
     body: Body,
     pooler: Option<Linear>,
-    head: Linear,
-    head_name: &'static str,
+    /// The masked-LM head (pre-training) or the classifier (fine-tuning).
+    mlm_head: Option<Linear>,
+    classifier: Option<Linear>,
 }
 
 impl Bert {
     fn masked_lm(vocab: usize, chars: usize) -> Bert {
-        Bert { body: Body::new(vocab), pooler: None, head: Linear::new(D, chars), head_name: "mlm_head" }
+        Bert { body: Body::new(vocab), pooler: None, mlm_head: Some(Linear::new(D, chars)), classifier: None }
     }
     fn classifier(vocab: usize, classes: usize) -> Bert {
         Bert {
             body: Body::new(vocab),
             pooler: Some(Linear::new(D, D).with_activation(Activation::Tanh)),
-            head: Linear::new(D, classes),
-            head_name: "classifier",
+            mlm_head: None,
+            classifier: Some(Linear::new(D, classes)),
         }
     }
-}
-
-impl Module for Bert {
     fn forward(&self, ids: &Tensor) -> Tensor {
         let h = self.body.forward(ids); // (B, T, D)
-        match &self.pooler {
-            Some(p) => self.head.forward(&p.forward(&h.select(1, 0))), // (B, classes)
-            None => self.head.forward(&h),                             // (B, T, chars)
+        match (&self.pooler, &self.classifier, &self.mlm_head) {
+            (Some(p), Some(c), _) => c.forward(&p.forward(&h.select(1, 0))), // (B, classes)
+            (_, _, Some(m)) => m.forward(&h),                                // (B, T, chars)
+            _ => unreachable!("built with a head"),
         }
     }
-    fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.body.visit_parameters(&format!("{prefix}body."), f);
-        if let Some(p) = &self.pooler {
-            p.visit_parameters(&format!("{prefix}pooler."), f);
-        }
-        self.head.visit_parameters(&format!("{prefix}{}.", self.head_name), f);
-    }
-    fn set_training(&mut self, training: bool) {
-        self.body.set_training(training);
-    }
-    fn describe(&self) -> String {
+    fn description(&self) -> String {
         format!("Bert({})", if self.pooler.is_some() { "classifier" } else { "masked LM" })
     }
 }
@@ -209,12 +215,10 @@ fn mlm_loss(net: &Bert, (ids, at, want): &(Tensor, Tensor, Tensor), chars: usize
 }
 
 fn main() {
-    let steps: usize = num("--pretrain-steps", 800);
-    let epochs: usize = num("--epochs", 3);
-    let seed: u64 = num("--seed", 0);
-    let scratch = std::env::args().any(|a| a == "--from-scratch");
-    let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
-    let (path, text) = shakespeare();
+    let args = Args::parse();
+    let Args { pretrain_steps: steps, epochs, seed, from_scratch: scratch, .. } = args;
+    let (path, text) = shakespeare(args.text.as_deref());
+    let out = common::out_dir(args.out.as_deref(), "bert_classifier");
     let chars = CharVocab::build(&text);
     let (nc, vocab) = (chars.len(), chars.len() + 2); // + [MASK], [CLS]
     let works = works(&text);
@@ -312,7 +316,6 @@ fn main() {
                 );
             }
         }
-        std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(format!("{}: {e}", out.display())));
         save_weights(&mlm, &mlm_path).unwrap_or_else(|e| fail(e));
         println!("pre-trained model saved to {}", mlm_path.display());
     }
@@ -332,7 +335,7 @@ fn main() {
     let mut model = Model::new(clf, opt, Loss::CROSS_ENTROPY);
     let fit = |model: &mut Model<Bert>, epochs: usize, seed: u64| {
         let options = FitOptions { epochs, batch_size: 32, seed, validation: Validation::None, ..Default::default() };
-        model.fit(&train, &options).expect("no checkpoint is written");
+        model.fit(&train, &options).unwrap_or_else(|e| fail(e));
     };
     if !scratch {
         model.net.body.freeze();

@@ -9,6 +9,9 @@
 //! Run: `cargo run --release --example char_lstm -- [--text FILE] [--chars 1000000] [--epochs 1]
 //! [--prompt "ROMEO:"] [--len 400] [--temperature 0.8] [--seed 0] [--out DIR]`
 //!
+//! The model, its vocabulary and `char_lstm_history.png` go to `--out`
+//! (default `runs/char_lstm`).
+//!
 //! The corpus is `--text FILE`, else `shakespeare/shakespeare.txt` under
 //! `$FIREBRAND_DATA`, `../shared/data` or `./data`. The same seed gives the
 //! same model and the same text.
@@ -29,13 +32,43 @@
 //! has what my and and baghelly folle in they iil's as wor her hive corene the willathier.
 //! ```
 
+use clap::Parser;
 use firebrand::data::{CharVocab, TextWindows};
 use firebrand::nn::{LSTM, OneHot, Sampler, Sampling, load_weights, save_weights};
 use firebrand::prelude::*;
 use std::path::PathBuf;
 
 mod common;
-use common::{arg, shakespeare};
+use common::{fail, shakespeare};
+
+/// A character-level LSTM on Shakespeare that then writes.
+#[derive(Parser)]
+struct Args {
+    /// The corpus [default: shakespeare/shakespeare.txt under $FIREBRAND_DATA or the standard places].
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Characters of the corpus to train on.
+    #[arg(long, default_value_t = 1_000_000)]
+    chars: usize,
+    /// Training epochs.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Seeds the weights, the shuffling and the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 400)]
+    len: usize,
+    /// Text to start from (`\n` for a line break).
+    #[arg(long, default_value = "ROMEO:\\n")]
+    prompt: String,
+    /// Where the model, vocabulary and plot go [default: runs/char_lstm].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 fn net(vocab: usize) -> Sequential {
     Sequential::new()
@@ -45,14 +78,10 @@ fn net(vocab: usize) -> Sequential {
 }
 
 fn main() {
-    let chars: usize = arg("--chars").map(|c| c.parse().expect("--chars N")).unwrap_or(1_000_000);
-    let epochs: usize = arg("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(1);
-    let seed: u64 = arg("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0);
-    let temperature: f32 = arg("--temperature").map(|t| t.parse().expect("--temperature T")).unwrap_or(0.8);
-    let len: usize = arg("--len").map(|l| l.parse().expect("--len N")).unwrap_or(400);
-    let prompt = arg("--prompt").unwrap_or_else(|| "ROMEO:\n".into());
-    let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
-    let (path, text) = shakespeare();
+    let args = Args::parse();
+    let Args { chars, epochs, seed, temperature, len, .. } = args;
+    let prompt = args.prompt.replace("\\n", "\n");
+    let (path, text) = shakespeare(args.text.as_deref());
     let vocab = CharVocab::build(&text);
     let head: String = text.chars().take(chars).collect();
     let windows = TextWindows::new(vocab.encode(&head).expect("the vocabulary covers the text"), 40, 3);
@@ -77,22 +106,21 @@ fn main() {
         validation: Validation::data(val.to_tensor_dataset()),
         ..Default::default()
     };
-    model.fit(&train.to_tensor_dataset(), &options).expect("no checkpoint is written");
+    let history = model.fit(&train.to_tensor_dataset(), &options).unwrap_or_else(|e| fail(e));
+    let out = common::out_dir(args.out.as_deref(), "char_lstm");
+    common::plot_history(&history, &out, "char_lstm");
 
     // Save, then load into a fresh network and vocabulary, and generate from those.
     let (weights, vocab_path) = (out.join("char_lstm.safetensors"), out.join("char_lstm.vocab"));
-    save_weights(&model.net, &weights).unwrap_or_else(|e| panic!("saving the model: {e}"));
-    vocab.save(&vocab_path).unwrap_or_else(|e| panic!("saving the vocabulary: {e}"));
-    let vocab = CharVocab::load(&vocab_path).unwrap_or_else(|e| panic!("{e}"));
+    save_weights(&model.net, &weights).unwrap_or_else(|e| fail(format!("saving the model: {e}")));
+    vocab.save(&vocab_path).unwrap_or_else(|e| fail(format!("saving the vocabulary: {e}")));
+    let vocab = CharVocab::load(&vocab_path).unwrap_or_else(|e| fail(e));
     let mut gen_net = net(vocab.len());
-    load_weights(&gen_net, &weights, true).unwrap_or_else(|e| panic!("{e}"));
+    load_weights(&gen_net, &weights, true).unwrap_or_else(|e| fail(e));
     gen_net.eval();
     println!("saved and reloaded {} and {}", weights.display(), vocab_path.display());
 
-    let mut ids = vocab.encode(&prompt).unwrap_or_else(|e| {
-        eprintln!("error: the prompt: {e}");
-        std::process::exit(2);
-    });
+    let mut ids = vocab.encode(&prompt).unwrap_or_else(|e| fail(format!("the prompt: {e}")));
     let mut sampler = Sampler::new(Sampling::Temperature(temperature), seed);
     let start = ids.len();
     with_no_grad(|| {

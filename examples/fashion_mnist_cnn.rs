@@ -4,7 +4,12 @@
 //! and validation figures per epoch, then test metrics with a confusion
 //! matrix, and saves the weights.
 //!
-//! Run: `cargo run --release --example fashion_mnist_cnn -- [--data DIR] [--epochs 5] [--augment] [--save FILE]`
+//! Run: `cargo run --release --example fashion_mnist_cnn -- [--data DIR] [--epochs 5] [--augment] [--out DIR]`
+//!
+//! Writes the weights (`fashion_mnist_cnn.safetensors`), the loss and
+//! accuracy curves (`fashion_mnist_cnn_history.png`) and the test confusion
+//! matrix (`fashion_mnist_cnn_confusion.png`) to `--out` (default
+//! `runs/fashion_mnist_cnn`).
 //!
 //! `--augment` trains on randomly shifted (up to 2 pixels) and mirrored
 //! images. 10% of the training set is held out for validation. The data (the
@@ -16,24 +21,36 @@
 //! A run (5 epochs, 2 threads; `python3 benches/compare.py cnn` compares the
 //! same network with PyTorch): about 91% test accuracy.
 
-use firebrand::data::{Compose, RandomCrop, RandomHorizontalFlip, load_fashion_mnist};
+use clap::Parser;
+use firebrand::data::{Compose, FASHION_MNIST_CLASSES, RandomCrop, RandomHorizontalFlip, load_fashion_mnist};
 use firebrand::nn::save_weights;
 use firebrand::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 mod common;
-use common::arg;
+
+/// A CNN on Fashion-MNIST, 10% of the training set held out for validation.
+#[derive(Parser)]
+struct Args {
+    /// Folder with the four Fashion-MNIST `*-ubyte.gz` files [default: $FIREBRAND_DATA, then the standard places].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Training epochs.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Train on randomly shifted (up to 2 pixels) and mirrored images.
+    #[arg(long)]
+    augment: bool,
+    /// Where the weights and plots go [default: runs/fashion_mnist_cnn].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 fn main() {
-    let epochs: usize = arg("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
-    let augment = std::env::args().any(|a| a == "--augment");
-    let save = PathBuf::from(arg("--save").unwrap_or_else(|| "fashion_mnist_cnn.safetensors".into()));
-    let explicit = arg("--data").map(PathBuf::from);
-    let (dir, train, test) = load_fashion_mnist(explicit.as_deref()).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    });
+    let args = Args::parse();
+    let (epochs, augment) = (args.epochs, args.augment);
+    let (dir, train, test) = load_fashion_mnist(args.data.as_deref()).unwrap_or_else(|e| common::fail(e));
     println!("Fashion-MNIST from {}: {} training, {} test images", dir.display(), train.len(), test.len());
 
     manual_seed(0);
@@ -51,7 +68,7 @@ fn main() {
         .then(|| Arc::new(Compose(vec![Box::new(RandomCrop::new(2)), Box::new(RandomHorizontalFlip::default())])) as _);
     let options =
         FitOptions { epochs, batch_size: 32, validation: Validation::Split(0.1), transform, ..Default::default() };
-    let history = model.fit(&train, &options).expect("no checkpoint is written");
+    let history = model.fit(&train, &options).unwrap_or_else(|e| common::fail(e));
     let per_epoch: f64 = history.epochs.iter().map(|e| e.train_seconds).sum::<f64>() / history.epochs.len() as f64;
 
     let eval = model.evaluate(&test, 1000);
@@ -63,6 +80,10 @@ fn main() {
         metrics.macro_f1()
     );
     println!("{metrics}");
+    let out = common::out_dir(args.out.as_deref(), "fashion_mnist_cnn");
+    common::plot_history(&history, &out, "fashion_mnist_cnn");
+    common::plot_confusion(&metrics, &out, "fashion_mnist_cnn", &FASHION_MNIST_CLASSES);
+    let save = out.join("fashion_mnist_cnn.safetensors");
     match save_weights(&model.net, &save) {
         Ok(()) => println!("weights saved to {}", save.display()),
         Err(e) => eprintln!("could not save the weights: {e}"),

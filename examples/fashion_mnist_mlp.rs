@@ -1,27 +1,41 @@
 //! An MLP on Fashion-MNIST: 784 → Dense 128 + ReLU → Dropout 0.2 → Dense 10,
 //! Adam 1e-3, batch 32, cross-entropy.
 //!
-//! Run: `cargo run --release --example fashion_mnist_mlp -- [--data DIR] [--epochs 5]`
+//! Run: `cargo run --release --example fashion_mnist_mlp -- [--data DIR] [--epochs 5] [--out DIR]`
+//!
+//! Writes `fashion_mnist_mlp_history.png` (loss and accuracy curves) and
+//! `fashion_mnist_mlp_confusion.png` to `--out` (default `runs/fashion_mnist_mlp`).
 //!
 //! The data (the four `*-ubyte.gz` IDX files) is looked for in `--data DIR`,
 //! then `$FIREBRAND_DATA` (and `$FIREBRAND_DATA/fashion-mnist`), then
 //! `/usr/share/datasets/fashion-mnist` (Debian: `apt-get install dataset-fashion-mnist`),
 //! `../shared/data/fashion-mnist` and `./data/fashion-mnist`.
 
-use firebrand::data::{TensorDataset, load_fashion_mnist};
+use clap::Parser;
+use firebrand::data::{FASHION_MNIST_CLASSES, TensorDataset, load_fashion_mnist};
 use firebrand::prelude::*;
 use std::path::PathBuf;
 
 mod common;
-use common::arg;
+
+/// An MLP on Fashion-MNIST, validated on the test set each epoch.
+#[derive(Parser)]
+struct Args {
+    /// Folder with the four Fashion-MNIST `*-ubyte.gz` files [default: $FIREBRAND_DATA, then the standard places].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Training epochs.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Where the plots go [default: runs/fashion_mnist_mlp].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 fn main() {
-    let epochs: usize = arg("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
-    let explicit = arg("--data").map(PathBuf::from);
-    let (dir, train, test) = load_fashion_mnist(explicit.as_deref()).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    });
+    let args = Args::parse();
+    let epochs = args.epochs;
+    let (dir, train, test) = load_fashion_mnist(args.data.as_deref()).unwrap_or_else(|e| common::fail(e));
     // (N, 1, 28, 28) -> (N, 784)
     let flatten = |d: TensorDataset| TensorDataset { x: d.x.reshape([d.len(), 784]), y: d.y };
     let (train, test) = (flatten(train), flatten(test));
@@ -37,7 +51,7 @@ fn main() {
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
     let options =
         FitOptions { epochs, batch_size: 32, validation: Validation::data(test.clone()), ..Default::default() };
-    let history = model.fit(&train, &options).expect("no checkpoint is written");
+    let history = model.fit(&train, &options).unwrap_or_else(|e| common::fail(e));
     let per_epoch: f64 = history.epochs.iter().map(|e| e.train_seconds).sum::<f64>() / history.epochs.len() as f64;
 
     let eval = model.evaluate(&test, 1000);
@@ -48,4 +62,7 @@ fn main() {
         metrics.macro_f1()
     );
     println!("{metrics}");
+    let out = common::out_dir(args.out.as_deref(), "fashion_mnist_mlp");
+    common::plot_history(&history, &out, "fashion_mnist_mlp");
+    common::plot_confusion(&metrics, &out, "fashion_mnist_mlp", &FASHION_MNIST_CLASSES);
 }

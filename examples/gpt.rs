@@ -17,6 +17,9 @@
 //! [--eval-every 250] [--seed 0] [--out DIR] [--resume] [--prompt "ROMEO:"]
 //! [--len 500] [--temperature 0.8] [--top-k 0]`
 //!
+//! The checkpoint, the vocabulary and `gpt_history.png` (training and
+//! validation loss at every evaluation) go to `--out` (default `runs/gpt`).
+//!
 //! The corpus is `--text FILE`, else `shakespeare/shakespeare.txt` under
 //! `$FIREBRAND_DATA`, `../shared/data` or `./data`.
 //!
@@ -37,16 +40,52 @@
 //! LATHARELERT.
 //! ```
 
+use clap::Parser;
 use firebrand::data::{CharVocab, TokenBatches};
 use firebrand::nn::{Gpt, GptConfig, Sampler, Sampling};
 use firebrand::optim::{CosineWithWarmup, clip_grad_norm, decay_matrices};
 use firebrand::prelude::*;
-use firebrand::train::{load_training_state, save_training_state};
+use firebrand::train::{EpochRecord, History, load_training_state, save_training_state};
 use std::path::PathBuf;
 use std::time::Instant;
 
 mod common;
-use common::{arg, fail, num, shakespeare};
+use common::{fail, shakespeare};
+
+/// A character-level GPT on Shakespeare, then sampled with the KV cache.
+#[derive(Parser)]
+struct Args {
+    /// The corpus [default: shakespeare/shakespeare.txt under $FIREBRAND_DATA or the standard places].
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Training steps in all (a resumed run counts the steps already done).
+    #[arg(long, default_value_t = 2000)]
+    iters: u64,
+    /// Steps between evaluations and checkpoints.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_every: u64,
+    /// Seeds the weights, the batches and the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Text to start sampling from (`\n` for a line break).
+    #[arg(long, default_value = "ROMEO:\\n")]
+    prompt: String,
+    /// Characters to sample.
+    #[arg(long, default_value_t = 500)]
+    len: usize,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample from the k likeliest characters only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Where the checkpoint, vocabulary and plot go [default: runs/gpt].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 /// Mean loss over `batches` fixed validation batches.
 fn evaluate(gpt: &Gpt, val: &TokenBatches, batches: u64) -> f32 {
@@ -58,18 +97,13 @@ fn evaluate(gpt: &Gpt, val: &TokenBatches, batches: u64) -> f32 {
 }
 
 fn main() {
-    let iters: u64 = num("--iters", 2000);
-    let eval_every: u64 = num("--eval-every", 250);
-    let seed: u64 = num("--seed", 0);
-    let len: usize = num("--len", 500);
-    let temperature: f32 = num("--temperature", 0.8);
-    let top_k: usize = num("--top-k", 0);
-    let prompt = arg("--prompt").unwrap_or_else(|| "ROMEO:\n".into());
-    let resume = std::env::args().any(|a| a == "--resume");
-    let out = PathBuf::from(arg("--out").unwrap_or_else(|| ".".into()));
+    let args = Args::parse();
+    let Args { iters, eval_every, seed, len, temperature, top_k, resume, .. } = args;
+    let prompt = args.prompt.replace("\\n", "\n");
+    let (path, text) = shakespeare(args.text.as_deref());
+    let out = common::out_dir(args.out.as_deref(), "gpt");
     let (ckpt, vocab_path) = (out.join("gpt.ckpt.safetensors"), out.join("gpt.vocab"));
-
-    let (path, text) = shakespeare();
+    let history_path = out.join("gpt_history.json");
     let vocab = CharVocab::build(&text);
     if resume {
         // The checkpoint's ids mean the characters of the vocabulary saved with it.
@@ -95,8 +129,14 @@ fn main() {
     let mut opt = AdamW::with_options(gpt.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.1, &decay_matrices);
     let schedule = CosineWithWarmup { base: 1e-3, warmup: 100, total: 2000, min_lr: 1e-4 };
     let mut step = 0;
+    // One record per evaluation, its `epoch` field holding the step.
+    let mut history = History::default();
     if resume {
         step = load_training_state(&ckpt, &gpt, &mut opt).unwrap_or_else(|e| fail(e));
+        if let Ok(json) = std::fs::read_to_string(&history_path) {
+            history = History::from_json(&json).unwrap_or_else(|e| fail(format!("{}: {e}", history_path.display())));
+            history.epochs.retain(|r| r.epoch as u64 <= step);
+        }
         println!("resumed from {} at step {step}", ckpt.display());
     }
     let params = gpt.parameters();
@@ -119,13 +159,29 @@ fn main() {
                 sum / count as f32,
                 opt.lr()
             );
-            std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(format!("{}: {e}", out.display())));
+            history.epochs.push(EpochRecord {
+                epoch: step as usize,
+                loss: sum / count as f32,
+                accuracy: None,
+                val_loss: Some(val_loss),
+                val_accuracy: None,
+                train_seconds: t0.elapsed().as_secs_f64(),
+                lr: opt.lr(),
+            });
             vocab.save(&vocab_path).unwrap_or_else(|e| fail(e));
             save_training_state(&ckpt, &gpt, &opt, step).unwrap_or_else(|e| fail(e));
+            history.write(&history_path).unwrap_or_else(|e| fail(e));
             (sum, count, t0) = (0.0, 0, Instant::now());
         }
     }
     println!("checkpoint: {} (vocabulary {})", ckpt.display(), vocab_path.display());
+    if !history.epochs.is_empty() {
+        let plot = out.join("gpt_history.png");
+        match history.plot_steps(&plot) {
+            Ok(()) => println!("history plot: {}", plot.display()),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
 
     let ids = vocab.encode(&prompt).unwrap_or_else(|e| fail(format!("the prompt: {e}")));
     let strategy = if top_k > 0 { Sampling::TopK(top_k, temperature) } else { Sampling::Temperature(temperature) };

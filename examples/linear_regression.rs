@@ -1,11 +1,24 @@
 //! Fits a small two-layer network to a noisy curve with hand-written gradient
 //! descent: tensors, broadcasting, matmul, autograd and `no_grad` in one page.
 //!
-//! Run: `cargo run --release --example linear_regression`
+//! Run: `cargo run --release --example linear_regression -- [--steps 2000] [--lr 0.1]`
 
+use clap::Parser;
 use firebrand::prelude::*;
 
+/// Gradient descent by hand on y = sin(3x) + noise.
+#[derive(Parser)]
+struct Args {
+    /// Gradient-descent steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+}
+
 fn main() {
+    let args = Args::parse();
     manual_seed(7);
     // Data: y = sin(3x) + noise on 256 points.
     let x = Tensor::rand([256, 1], -1.0, 1.0); // (N, 1)
@@ -18,15 +31,14 @@ fn main() {
     let b2 = Tensor::zeros([1]).requires_grad_(true); // (1,)
     let params = [&w1, &b1, &w2, &b2];
 
-    let lr = 0.1;
-    for step in 0..=2000 {
+    for step in 0..=args.steps {
         let h = (x.matmul(&w1) + &b1).tanh(); // (N, H)
         let pred = h.matmul(&w2) + &b2; // (N, 1)
         let loss = (&pred - &y).square().mean_all();
         loss.backward();
         for p in params {
             let g = p.grad().expect("every parameter gets a gradient").to_vec::<f32>();
-            p.update_f32("sgd", |d| d.iter_mut().zip(&g).for_each(|(d, g)| *d -= lr * g)).unwrap();
+            p.update_f32("sgd", |d| d.iter_mut().zip(&g).for_each(|(d, g)| *d -= args.lr * g)).unwrap();
             p.zero_grad();
         }
         if step % 400 == 0 {

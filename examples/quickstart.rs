@@ -2,18 +2,38 @@
 //!
 //! Builds `Dense(128, relu) → Dropout(0.2) → Dense(10)`, prints its summary,
 //! trains with Adam on cross-entropy with a progress bar, and reports test
-//! accuracy, per-class precision/recall/F1 and the confusion matrix.
+//! accuracy, per-class precision/recall/F1 and the confusion matrix. The
+//! loss and accuracy curves go to `runs/quickstart/quickstart_history.png`.
 //!
-//! Run: `cargo run --release --example quickstart`
+//! Run: `cargo run --release --example quickstart -- [--epochs 40] [--seed 42] [--out DIR]`
 
+use clap::Parser;
 use firebrand::data::digits;
 use firebrand::prelude::*;
+use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
+/// An MLP on the embedded UCI digits: trains in about a second.
+#[derive(Parser)]
+struct Args {
+    /// Training epochs.
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Seeds the weights, the split and the shuffling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where the plots go [default: runs/quickstart].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() {
-    manual_seed(42);
+    let args = Args::parse();
+    manual_seed(args.seed);
     // 1,797 images of 8x8 pixels, scaled to [0, 1]; 20% held out for testing.
-    let (train, test) = digits().split(0.2, 42);
+    let (train, test) = digits().split(0.2, args.seed);
     println!("digits: {} training and {} test images of 64 pixels", train.len(), test.len());
 
     let net = Sequential::new()
@@ -24,10 +44,15 @@ fn main() {
 
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
-    let options =
-        FitOptions { epochs: 40, batch_size: 32, validation: Validation::Split(0.1), seed: 42, ..Default::default() };
+    let options = FitOptions {
+        epochs: args.epochs,
+        batch_size: 32,
+        validation: Validation::Split(0.1),
+        seed: args.seed,
+        ..Default::default()
+    };
     let t = Instant::now();
-    let history = model.fit(&train, &options).expect("no checkpoint is written");
+    let history = model.fit(&train, &options).unwrap_or_else(|e| common::fail(e));
     let seconds = t.elapsed().as_secs_f64();
     let training: f64 = history.epochs.iter().map(|e| e.train_seconds).sum();
 
@@ -41,4 +66,6 @@ fn main() {
     );
     println!("{metrics}");
     println!("training took {training:.2} s ({seconds:.2} s with validation)");
+    let out = common::out_dir(args.out.as_deref(), "quickstart");
+    common::plot_history(&history, &out, "quickstart");
 }

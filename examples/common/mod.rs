@@ -1,32 +1,43 @@
-//! Command-line helpers the examples share (each example uses some of them).
+//! What the examples share: where outputs go, the Shakespeare corpus, and
+//! exiting with a message (each example uses some of them).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The value after `name` on the command line, if any.
-pub fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-/// The number after `name`, or `default`.
-///
-/// # Panics
-/// When the value is not a number of that type.
-pub fn num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    arg(name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number: {v}"))).unwrap_or(default)
-}
-
-/// Prints `error: msg` and exits with status 2.
+/// Prints `error: msg` and exits with status 2 (clap's status for bad usage).
 pub fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("error: {msg}");
     std::process::exit(2)
 }
 
+/// `--out DIR`, or `runs/<example>` by default: created, or exit with the reason.
+pub fn out_dir(out: Option<&Path>, example: &str) -> PathBuf {
+    let dir = out.map(Path::to_path_buf).unwrap_or_else(|| Path::new("runs").join(example));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("cannot create {}: {e}", dir.display())));
+    dir
+}
+
 /// The Shakespeare corpus (`--text FILE`, else `shakespeare/shakespeare.txt`
 /// under `$FIREBRAND_DATA` or the standard places): its path and text, or
 /// exit with the reason.
-pub fn shakespeare() -> (PathBuf, String) {
-    firebrand::data::read_text("shakespeare", "shakespeare.txt", arg("--text").map(PathBuf::from).as_deref())
-        .unwrap_or_else(|e| fail(e))
+pub fn shakespeare(text: Option<&Path>) -> (PathBuf, String) {
+    firebrand::data::read_text("shakespeare", "shakespeare.txt", text).unwrap_or_else(|e| fail(e))
+}
+
+/// Writes the history plot to `dir/<name>_history.png` and says where.
+pub fn plot_history(history: &firebrand::train::History, dir: &Path, name: &str) {
+    let path = dir.join(format!("{name}_history.png"));
+    match history.plot(&path) {
+        Ok(()) => println!("history plot: {}", path.display()),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+}
+
+/// Writes the confusion-matrix heatmap to `dir/<name>_confusion.png` and says where.
+pub fn plot_confusion(metrics: &firebrand::train::ClassificationMetrics, dir: &Path, name: &str, classes: &[&str]) {
+    let path = dir.join(format!("{name}_confusion.png"));
+    match metrics.plot_confusion(&path, Some(classes)) {
+        Ok(()) => println!("confusion matrix: {}", path.display()),
+        Err(e) => eprintln!("warning: {e}"),
+    }
 }

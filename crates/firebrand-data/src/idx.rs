@@ -151,6 +151,10 @@ pub fn find_dataset(name: &str, explicit: Option<&Path>, probe: &str, hint: &str
     })
 }
 
+/// Fashion-MNIST's class names, by label.
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
 /// Finds Fashion-MNIST (as [`find_dataset`]: `explicit`, `FIREBRAND_DATA`,
 /// the standard places) and loads both splits as datasets of images
 /// `(N, 1, 28, 28)` in `[0, 1]` with `i64` labels; returns the folder too.

@@ -51,8 +51,8 @@ pub use dataset::{Dataset, Standardize, Subset, TensorDataset, random_split};
 pub use digits::digits;
 pub use error::DataError;
 pub use idx::{
-    FASHION_MNIST_HINT, IdxArray, Split, find_dataset, find_text, load_fashion_mnist, load_mnist, parse_idx, read_idx,
-    read_text,
+    FASHION_MNIST_CLASSES, FASHION_MNIST_HINT, IdxArray, Split, find_dataset, find_text, load_fashion_mnist,
+    load_mnist, parse_idx, read_idx, read_text,
 };
 pub use loader::{Batches, DataLoader};
 pub use text::{CharVocab, TextWindows, TokenBatches};

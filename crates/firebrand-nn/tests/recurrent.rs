@@ -76,7 +76,7 @@ fn recurrent_layers_match_pytorch() {
             + st.h.mul(&Tensor::from_vec(f32s(&case["wh"]), st.h.shape().clone())).sum_all();
         if let Some(cn) = &st.c {
             close(&cn.to_vec::<f32>(), &f32s(&case["c_n"]), &format!("{name}: c_n"));
-            loss = loss + cn.mul(&Tensor::from_vec(f32s(&case["wc"]), cn.shape().clone())).sum_all();
+            loss += cn.mul(&Tensor::from_vec(f32s(&case["wc"]), cn.shape().clone())).sum_all();
         }
         loss.backward();
         close(&x.grad().unwrap().to_vec::<f32>(), &f32s(&case["gx"]), &format!("{name}: grad x"));

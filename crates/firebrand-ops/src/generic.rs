@@ -285,7 +285,7 @@ pub fn index_add<T: Num>(src: &[T], outer: usize, size: usize, inner: usize, idx
 /// [`Error::IndexOutOfRange`] for an index outside `0..size`.
 pub fn scatter_add<T: Num>(src: &[T], outer: usize, size: usize, inner: usize, index: &[i64]) -> Result<Vec<T>> {
     let mut out = vec![T::ZERO; outer * size * inner];
-    let k = if outer * inner == 0 { 0 } else { index.len() / (outer * inner) };
+    let k = index.len().checked_div(outer * inner).unwrap_or(0);
     for o in 0..outer {
         for j in 0..k {
             for i in 0..inner {

@@ -87,11 +87,16 @@ fn write_picture(path: &Path, size: (u32, u32), canvas: &impl Canvas) -> Result<
     })
 }
 
-/// One panel of curves: `(name, colour, points)` against the epoch.
+/// A named, coloured curve of `(x, y)` points.
+type Curve<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+/// One panel of curves against the epoch (or step).
 fn curves<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
-    series: &[(&str, RGBColor, Vec<(f64, f64)>)],
+    x_label: &str,
+    series: &[Curve<'_>],
+    legend: SeriesLabelPosition,
 ) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
     let points = series.iter().flat_map(|s| s.2.iter());
@@ -112,13 +117,13 @@ fn curves<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.8f64..x1 + 0.2, (y0 - pad)..(y1 + pad))
+        .build_cartesian_2d(0.0f64..x1 * 1.02 + 0.2, (y0 - pad)..(y1 + pad))
         .map_err(|x| e(&x))?;
     chart
         .configure_mesh()
-        .x_desc("epoch")
+        .x_desc(x_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .x_labels((x1 as usize).clamp(2, 10))
+        .x_labels((x1 as usize + 1).clamp(2, 10))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|x| e(&x))?;
@@ -134,6 +139,7 @@ fn curves<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -142,14 +148,20 @@ fn curves<DB: DrawingBackend>(
     Ok(())
 }
 
-struct HistoryCanvas<'a>(&'a History);
+/// A history's curves; `by_step`: each record's `epoch` field is a step number.
+struct HistoryCanvas<'a> {
+    history: &'a History,
+    by_step: bool,
+}
 
 impl Canvas for HistoryCanvas<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         root.fill(&WHITE).map_err(|x| x.to_string())?;
-        let h = self.0;
+        let (h, by_step) = (self.history, self.by_step);
+        let x_of = |r: &crate::EpochRecord| if by_step { r.epoch as f64 } else { (r.epoch + 1) as f64 };
+        let x_label = if by_step { "step" } else { "epoch" };
         let pts = |f: &dyn Fn(&crate::EpochRecord) -> Option<f32>| -> Vec<(f64, f64)> {
-            h.epochs.iter().filter_map(|r| f(r).map(|v| ((r.epoch + 1) as f64, v as f64))).collect()
+            h.epochs.iter().filter_map(|r| f(r).map(|v| (x_of(r), v as f64))).collect()
         };
         let mut loss = vec![("train loss", TRAIN, pts(&|r| Some(r.loss)))];
         let val_loss = pts(&|r| r.val_loss);
@@ -165,11 +177,12 @@ impl Canvas for HistoryCanvas<'_> {
             }
         }
         if acc.is_empty() {
-            curves(root, "loss", &loss)
+            curves(root, "loss", x_label, &loss, SeriesLabelPosition::UpperRight)
         } else {
+            // Losses fall and accuracies rise: their legends go where the curves are not.
             let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
-            curves(&left, "loss", &loss)?;
-            curves(&right, "accuracy", &acc)
+            curves(&left, "loss", x_label, &loss, SeriesLabelPosition::UpperRight)?;
+            curves(&right, "accuracy", x_label, &acc, SeriesLabelPosition::LowerRight)
         }
     }
 }
@@ -200,13 +213,33 @@ impl History {
         if self.epochs.is_empty() {
             return Err(PlotError { path: path.to_path_buf(), problem: "the history has no epochs".into() });
         }
-        write_picture(path, (1200, 450), &HistoryCanvas(self))
+        write_picture(path, (1200, 450), &HistoryCanvas { history: self, by_step: false })
+    }
+
+    /// [`History::plot`] for runs measured in steps rather than epochs (a
+    /// language model's periodic evaluations): each record's `epoch` field
+    /// holds its step, which the x axis shows.
+    ///
+    /// # Errors
+    /// As [`History::plot`].
+    pub fn plot_steps(&self, path: impl AsRef<Path>) -> Result<(), PlotError> {
+        let path = path.as_ref();
+        if self.epochs.is_empty() {
+            return Err(PlotError { path: path.to_path_buf(), problem: "the history has no records".into() });
+        }
+        write_picture(path, (900, 450), &HistoryCanvas { history: self, by_step: true })
     }
 }
 
 struct ConfusionCanvas<'a> {
     metrics: &'a ClassificationMetrics,
     names: Vec<String>,
+    label_width: u32,
+}
+
+/// Pixels a label of `chars` characters takes at the axis font size.
+fn label_pixels(chars: usize) -> u32 {
+    chars as u32 * 8 + 12
 }
 
 impl Canvas for ConfusionCanvas<'_> {
@@ -215,52 +248,64 @@ impl Canvas for ConfusionCanvas<'_> {
         root.fill(&WHITE).map_err(|x| e(&x))?;
         let m = &self.metrics.confusion;
         let k = m.len();
-        let label_width = self.names.iter().map(|n| n.chars().count()).max().unwrap_or(1) as u32 * 8 + 20;
         let mut chart = ChartBuilder::on(root)
             .caption(format!("confusion matrix (accuracy {:.2}%)", 100.0 * self.metrics.accuracy), ("sans-serif", 22))
             .margin(16)
-            .x_label_area_size(label_width.max(40))
-            .y_label_area_size(label_width.max(40))
-            .build_cartesian_2d(0..k, 0..k)
+            .x_label_area_size(50)
+            .y_label_area_size(self.label_width + 30)
+            // plotters' integer ranges are inclusive: 0..k-1 holds k segments.
+            .build_cartesian_2d((0..k.saturating_sub(1)).into_segmented(), (0..k.saturating_sub(1)).into_segmented())
             .map_err(|x| e(&x))?;
         let names = &self.names;
+        // Rows run top to bottom: true class t sits at y = k - 1 - t.
+        let name_at = |v: &SegmentValue<usize>, flip: bool| match v {
+            SegmentValue::CenterOf(i) if *i < k => names[if flip { k - 1 - i } else { *i }].clone(),
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_desc("predicted")
             .y_desc("true")
-            .x_labels(k + 1)
-            .y_labels(k + 1)
-            .x_label_formatter(&|i| names.get(*i).cloned().unwrap_or_default())
-            .y_label_formatter(&|i| names.get(k.wrapping_sub(*i + 1)).cloned().unwrap_or_default())
-            .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
-            .y_label_style(("sans-serif", 13))
+            .x_labels(k)
+            .y_labels(k)
+            .x_label_formatter(&|v| name_at(v, false))
+            .y_label_formatter(&|v| name_at(v, true))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(|x| e(&x))?;
         // Each row is shaded by the fraction of that true class (recall-normalized).
         let cells = (0..k).flat_map(|t| (0..k).map(move |p| (t, p)));
+        let share = |t: usize, p: usize| {
+            let row: usize = m[t].iter().sum();
+            if row == 0 { 0.0 } else { m[t][p] as f64 / row as f64 }
+        };
         chart
             .draw_series(cells.clone().map(|(t, p)| {
-                let row: usize = m[t].iter().sum();
-                let frac = if row == 0 { 0.0 } else { m[t][p] as f64 / row as f64 };
-                let shade = (255.0 * (1.0 - frac)) as u8;
+                let shade = (255.0 * (1.0 - share(t, p))) as u8;
                 let y = k - 1 - t;
-                Rectangle::new([(p, y), (p + 1, y + 1)], RGBColor(shade, shade, 255).filled())
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(p), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    RGBColor(shade, shade, 255).filled(),
+                )
             }))
             .map_err(|x| e(&x))?;
         let font_size = if k <= 12 { 14 } else { 10 };
         chart
             .draw_series(cells.map(|(t, p)| {
-                let row: usize = m[t].iter().sum();
-                let dark = row > 0 && m[t][p] * 2 > row;
-                let colour: &'static RGBColor = if dark { &WHITE } else { &BLACK };
+                let colour: &'static RGBColor = if share(t, p) > 0.5 { &WHITE } else { &BLACK };
                 let style = TextStyle::from(("sans-serif", font_size).into_font()).color(colour).pos(
                     plotters::style::text_anchor::Pos::new(
                         plotters::style::text_anchor::HPos::Center,
                         plotters::style::text_anchor::VPos::Center,
                     ),
                 );
-                EmptyElement::at((p, k - 1 - t)) + Text::new(m[t][p].to_string(), (0, 0), style)
+                let at = (SegmentValue::CenterOf(p), SegmentValue::CenterOf(k - 1 - t));
+                EmptyElement::at(at) + Text::new(m[t][p].to_string(), (0, 0), style)
             }))
             .map_err(|x| e(&x))?;
         Ok(())
@@ -297,7 +342,10 @@ impl ClassificationMetrics {
             Some(n) => n.iter().map(|s| s.to_string()).collect(),
             None => (0..k).map(|i| i.to_string()).collect(),
         };
-        let side = (120 + 48 * k as u32).clamp(400, 1400);
-        write_picture(path, (side + 80, side), &ConfusionCanvas { metrics: self, names })
+        let label_width = label_pixels(names.iter().map(|n| n.chars().count()).max().unwrap_or(1));
+        let (cell_w, cell_h) = (label_width.max(44), 36);
+        let width = (label_width + 90 + cell_w * k as u32).min(4000);
+        let height = (130 + cell_h * k as u32).min(4000);
+        write_picture(path, (width, height), &ConfusionCanvas { metrics: self, names, label_width })
     }
 }

@@ -6,7 +6,7 @@
 use firebrand_autograd::{Tensor, manual_seed};
 use firebrand_data::{DataLoader, Dataset, TensorDataset, digits};
 use firebrand_nn::{Activation, Linear, ModuleExt, Sequential, load_weights};
-use firebrand_optim::{Optimizer, Sgd, StepLr};
+use firebrand_optim::{Sgd, StepLr};
 use firebrand_train::{
     BatchLogs, Callback, CsvLogger, EarlyStopping, EpochRecord, FitError, FitOptions, GradientClipping, Loss,
     LrScheduler, Model, ModelCheckpoint, Monitor, ReduceLrOnPlateau, TrainContext, Validation,

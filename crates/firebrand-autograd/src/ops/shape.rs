@@ -190,7 +190,7 @@ impl Tensor {
             .map(|&d| {
                 if d >= 0 {
                     Ok(d as usize)
-                } else if known > 0 && self.elem_count() % known == 0 {
+                } else if known > 0 && self.elem_count().is_multiple_of(known) {
                     Ok(self.elem_count() / known)
                 } else {
                     Err(bad())
@@ -355,7 +355,7 @@ impl Tensor {
     /// # Errors
     /// When `pad` has an odd length or more pairs than the tensor has dims.
     pub fn try_pad(&self, pad: &[usize], value: f32) -> Result<Tensor> {
-        if pad.len() % 2 != 0 || pad.len() / 2 > self.rank() {
+        if !pad.len().is_multiple_of(2) || pad.len() / 2 > self.rank() {
             return Err(Error::msg("pad", format!("padding {pad:?} for a tensor of shape {:?}", self.dims())));
         }
         let mut out = self.clone();

@@ -1,0 +1,91 @@
+//! The examples behave as Rust command-line programs: `--help` prints usage
+//! and defaults and exits 0 without training or writing anything; unknown
+//! flags and unparsable values exit 2 with clap's message; `--flag=value`
+//! parses. Runs the example binaries `cargo test` builds beside this test.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const EXAMPLES: [&str; 7] = [
+    "quickstart",
+    "linear_regression",
+    "fashion_mnist_mlp",
+    "fashion_mnist_cnn",
+    "char_lstm",
+    "gpt",
+    "bert_classifier",
+];
+
+/// `target/<profile>/examples/<name>`, next to this test's `deps` folder.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let path = dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is not built; `cargo test` builds the examples", path.display());
+    path
+}
+
+/// Runs an example in a fresh empty folder; returns its output and what it left there.
+fn run(name: &str, args: &[&str]) -> (Output, Vec<String>) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cwd = std::env::temp_dir().join(format!("firebrand-cli-{}-{name}-{n}", std::process::id()));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = Command::new(binary(name)).args(args).current_dir(&cwd).output().expect("the example starts");
+    let left: Vec<String> =
+        std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    std::fs::remove_dir_all(&cwd).unwrap();
+    (out, left)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_prints_usage_and_exits_0_without_side_effects() {
+    for name in EXAMPLES {
+        let (out, left) = run(name, &["--help"]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name} --help: {stdout}{}", text(&out.stderr));
+        assert!(stdout.contains("Usage:") && stdout.contains("--help"), "{name}: {stdout}");
+        assert!(left.is_empty(), "{name} --help wrote {left:?}");
+    }
+    // Defaults are shown.
+    let (out, _) = run("fashion_mnist_cnn", &["--help"]);
+    assert!(text(&out.stdout).contains("[default: 5]") && text(&out.stdout).contains("--augment"));
+}
+
+#[test]
+fn unknown_flags_and_bad_values_exit_2() {
+    for name in EXAMPLES {
+        let (out, left) = run(name, &["--bogus"]);
+        assert_eq!(out.status.code(), Some(2), "{name} --bogus");
+        assert!(text(&out.stderr).contains("unexpected argument '--bogus'"), "{name}: {}", text(&out.stderr));
+        assert!(left.is_empty(), "{name} --bogus wrote {left:?}");
+    }
+    let (out, _) = run("fashion_mnist_mlp", &["--epcohs", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--epochs"), "clap suggests the right flag: {}", text(&out.stderr));
+    for args in [&["--epochs", "abc"][..], &["--epochs=abc"], &["--epochs"]] {
+        let (out, _) = run("quickstart", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+    }
+    let (out, _) = run("gpt", &["--eval-every=0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn flag_equals_value_parses_and_missing_data_is_a_clear_error() {
+    let (out, left) = run("fashion_mnist_mlp", &["--epochs=1", "--data=/nonexistent/fashion"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/fashion") && !err.contains("unexpected argument"), "{err}");
+    assert!(left.is_empty(), "{left:?}");
+    for name in ["gpt", "char_lstm", "bert_classifier"] {
+        let (out, left) = run(name, &["--text=/nonexistent/corpus.txt"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("/nonexistent/corpus.txt"), "{name}: {}", text(&out.stderr));
+        assert!(left.is_empty(), "{name} wrote {left:?} before failing");
+    }
+}
