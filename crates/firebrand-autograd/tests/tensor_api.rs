@@ -245,6 +245,14 @@ fn in_place_ops_follow_pytorch_rules() {
         w.add_(&Tensor::ones([2])).unwrap();
     }
     assert_eq!(w.to_vec::<f32>(), vec![2.0, 2.0]);
+    // `loss += term` on a recorded result keeps the graph: both terms get gradients.
+    let (a, b) = (Tensor::scalar(2.0).requires_grad_(true), Tensor::scalar(3.0).requires_grad_(true));
+    let mut loss = a.mul(&a);
+    loss += b.mul(&a);
+    loss *= 2.0;
+    loss.backward();
+    assert_eq!(loss.item(), 2.0 * (4.0 + 6.0));
+    assert_eq!((a.grad().unwrap().item(), b.grad().unwrap().item()), (2.0 * (4.0 + 3.0), 2.0 * 2.0));
     // A saved tensor modified in place: backward is an error, not a wrong gradient.
     let s = Tensor::from_vec(vec![3.0f32, 4.0], [2]);
     let y = w.mul(&s).sum_all();

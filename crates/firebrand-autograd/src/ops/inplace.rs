@@ -108,18 +108,27 @@ impl Tensor {
     }
 }
 
+/// `x op= rhs` through the in-place method, except on a non-leaf tensor that
+/// is part of a recorded graph (`loss += term`): there the variable is
+/// rebound to the out-of-place result, so the graph stays whole and backward
+/// sees both terms. Other handles and views of the old value keep it (PyTorch
+/// would write through them). A leaf that requires grad is refused, as in PyTorch.
 macro_rules! assign_op {
-    ($trait:ident, $fn:ident, $method:ident) => {
+    ($trait:ident, $fn:ident, $method:ident, $out_of_place:ident) => {
         impl std::ops::$trait<&Tensor> for Tensor {
             #[track_caller]
             fn $fn(&mut self, rhs: &Tensor) {
+                if self.requires_grad() && !self.is_leaf() && is_grad_enabled() {
+                    *self = self.$out_of_place(rhs).unwrap_or_else(|e| panic!("{e}"));
+                    return;
+                }
                 self.$method(rhs).unwrap_or_else(|e| panic!("{e}"))
             }
         }
         impl std::ops::$trait<Tensor> for Tensor {
             #[track_caller]
             fn $fn(&mut self, rhs: Tensor) {
-                self.$method(&rhs).unwrap_or_else(|e| panic!("{e}"))
+                std::ops::$trait::$fn(self, &rhs)
             }
         }
         impl std::ops::$trait<f32> for Tensor {
@@ -128,13 +137,13 @@ macro_rules! assign_op {
                 // A scalar takes the tensor's dtype unless it is a non-integral
                 // value on an integer tensor (which the dtype check refuses).
                 let dt = if rhs.fract() == 0.0 { self.dtype() } else { self.dtype().promote_scalar(false) };
-                self.$method(&Tensor::full_dtype(rhs as f64, (), dt)).unwrap_or_else(|e| panic!("{e}"))
+                std::ops::$trait::$fn(self, &Tensor::full_dtype(rhs as f64, (), dt))
             }
         }
     };
 }
 
-assign_op!(AddAssign, add_assign, add_);
-assign_op!(SubAssign, sub_assign, sub_);
-assign_op!(MulAssign, mul_assign, mul_);
-assign_op!(DivAssign, div_assign, div_);
+assign_op!(AddAssign, add_assign, add_, try_add);
+assign_op!(SubAssign, sub_assign, sub_, try_sub);
+assign_op!(MulAssign, mul_assign, mul_, try_mul);
+assign_op!(DivAssign, div_assign, div_, try_div);
