@@ -10,10 +10,10 @@
 //! | [`tensor`] (`firebrand-tensor`) | shapes, strided layouts, dtypes, devices, errors, CPU storage |
 //! | [`ops`] (`firebrand-ops`) | CPU kernels: AVX-512 gemm, SIMD elementwise, reductions, softmax, indexing, im2col and pooling |
 //! | [`autograd`] (`firebrand-autograd`) | the user-facing [`Tensor`], reverse-mode autograd, `gradcheck` |
-//! | [`nn`] (`firebrand-nn`) | `Module`, layers (dense, convolution, pooling, batch norm), losses, `Sequential` with `summary()`, safetensors weights |
+//! | [`nn`] (`firebrand-nn`) | `Module` and `#[derive(Module)]`, layers (dense, convolution, pooling, batch norm, recurrent, transformer), losses, `Sequential`, `summary()`, safetensors weights |
 //! | [`optim`] (`firebrand-optim`) | SGD, Adam, AdamW, RMSprop (PyTorch's rules), clipping, LR schedules |
 //! | [`data`] (`firebrand-data`) | `Dataset`, `DataLoader`, image transforms, IDX/CSV readers, the embedded digits |
-//! | [`train`] (`firebrand-train`) | Keras-like `Model` with `fit`/`evaluate`/`predict`, metrics, history, callbacks |
+//! | [`train`] (`firebrand-train`) | Keras-like `Model` with `fit`/`evaluate`/`predict`, callbacks, metrics, history and its plots |
 //!
 //! Most programs only need the [`prelude`]:
 //!
@@ -40,12 +40,19 @@
 
 #![warn(missing_docs)]
 
+#[doc(inline)]
 pub use firebrand_autograd as autograd;
+#[doc(inline)]
 pub use firebrand_data as data;
+#[doc(inline)]
 pub use firebrand_nn as nn;
+#[doc(inline)]
 pub use firebrand_ops as ops;
+#[doc(inline)]
 pub use firebrand_optim as optim;
+#[doc(inline)]
 pub use firebrand_tensor as tensor;
+#[doc(inline)]
 pub use firebrand_train as train;
 
 pub use firebrand_autograd::{
@@ -67,8 +74,11 @@ pub mod prelude {
         MultiHeadAttention, OneHot, Padding, RMSNorm, RNN, ReLU, Sampler, Sampling, Sequential, SiLU, Sigmoid, Softmax,
         Tanh, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer,
     };
-    pub use firebrand_optim::{Adam, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
-    pub use firebrand_train::{EarlyStopping, FitOptions, History, Loss, Model, Validation};
+    pub use firebrand_optim::{Adam, AdamW, CosineWithWarmup, ExponentialLr, LrSchedule, Optimizer, RmsProp, Sgd, StepLr};
+    pub use firebrand_train::{
+        Callback, CsvLogger, EarlyStopping, FitError, FitOptions, GradientClipping, History, Loss, LrScheduler, Model,
+        ModelCheckpoint, Monitor, ReduceLrOnPlateau, TrainContext, Validation,
+    };
 }
 
 /// The README's code example, compiled and run as a doctest.

@@ -72,6 +72,53 @@ pub(crate) struct TensorImpl {
 /// Cloning is cheap (a reference count); views such as [`Tensor::transpose`]
 /// or [`Tensor::narrow`] share the storage and only change the layout.
 ///
+/// **Creating** tensors: from data, filled, ranges, random (seeded by
+/// [`manual_seed`](crate::manual_seed)), in any [`DType`](crate::DType):
+///
+/// ```
+/// use firebrand_autograd::{DType, Tensor, manual_seed};
+/// let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]); // (2, 3) f32
+/// let ids = Tensor::from_vec(vec![3i64, 0, 2], [3]); // i64
+/// let z = Tensor::zeros([2, 3]);
+/// let r = Tensor::arange(0.0, 1.0, 0.25); // [0, 0.25, 0.5, 0.75]
+/// manual_seed(0);
+/// let n = Tensor::randn([4, 4], 0.0, 1.0);
+/// let h = a.to_dtype(DType::F16);
+/// assert_eq!((a.dims(), ids.dtype(), r.elem_count(), h.dtype()), (&[2, 3][..], DType::I64, 4, DType::F16));
+/// assert_eq!(z.shape(), a.shape());
+/// assert_eq!(n.dims(), &[4, 4]);
+/// ```
+///
+/// **Indexing and views**: [`Tensor::i`] takes positions and ranges as
+/// PyTorch's `x[...]` does; `t()`, `narrow`, `reshape`, `permute` make views
+/// without copying:
+///
+/// ```
+/// use firebrand_autograd::Tensor;
+/// let x = Tensor::arange(0.0, 6.0, 1.0).reshape([2, 3]);
+/// assert_eq!(x.i((-1, 1..)).to_vec::<f32>(), vec![4.0, 5.0]); // x[-1, 1:]
+/// assert_eq!(x.t().dims(), &[3, 2]);
+/// assert_eq!(x.narrow(1, 0, 2).to_vec::<f32>(), vec![0.0, 1.0, 3.0, 4.0]);
+/// let mask = x.gt(&Tensor::scalar(2.0)); // bool
+/// assert_eq!(x.masked_select(&mask).to_vec::<f32>(), vec![3.0, 4.0, 5.0]);
+/// ```
+///
+/// **Reductions** take the dims to reduce (an empty list reduces all, as in
+/// PyTorch) and whether to keep them:
+///
+/// ```
+/// use firebrand_autograd::Tensor;
+/// let x = Tensor::from_vec(vec![1.0f32, 5.0, -2.0, 4.0], [2, 2]);
+/// assert_eq!(x.sum(&[1], false).to_vec::<f32>(), vec![6.0, 2.0]);
+/// assert_eq!(x.mean(&[0], true).dims(), &[1, 2]);
+/// assert_eq!(x.max_all().item(), 5.0);
+/// assert_eq!(x.argmax(-1, false).to_vec::<i64>(), vec![1, 1]);
+/// assert_eq!(x.sum(&[], false).item(), 8.0);
+/// ```
+///
+/// **Autograd**: mark leaves with `requires_grad_(true)`, call `backward()`
+/// on a scalar, read `grad()`; [`no_grad`](crate::no_grad) stops recording:
+///
 /// ```
 /// use firebrand_autograd::Tensor;
 ///
@@ -81,7 +128,14 @@ pub(crate) struct TensorImpl {
 /// loss.backward();
 /// // d/dw sum((x w)^2) = 2 xᵀ (x w)
 /// assert_eq!(w.grad().unwrap().to_vec::<f32>(), vec![-18.0, -26.0]);
+/// let frozen = firebrand_autograd::with_no_grad(|| x.matmul(&w));
+/// assert!(!frozen.requires_grad());
 /// ```
+///
+/// # Panics
+/// The plain forms of ops panic on a shape or dtype mismatch, with a message
+/// naming the op and the shapes; each has a `try_` form returning
+/// [`Result`](crate::Result).
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Arc<TensorImpl>);
 

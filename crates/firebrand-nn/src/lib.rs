@@ -23,7 +23,8 @@
 //!   language model with KV-cached generation.
 //! * [`loss`] — cross-entropy (indices or probabilities, label smoothing), NLL,
 //!   MSE, binary cross-entropy with logits.
-//! * [`Sequential`] with a Keras-style [`Sequential::summary`].
+//! * [`Sequential`]; `#[derive(Module)]` for your own modules (see
+//!   [`Module`]); a Keras-style `summary()` on any module ([`ModuleExt::summary`]).
 //! * [`serialize`] — safetensors save/load of named parameters, atomic writes,
 //!   typed errors naming the file and the offending tensor.
 //!

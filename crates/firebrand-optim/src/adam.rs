@@ -52,6 +52,21 @@ impl Adam {
 }
 
 /// AdamW: Adam with decoupled weight decay (`torch.optim.AdamW`).
+///
+/// ```
+/// use firebrand_optim::{AdamW, Optimizer, decay_matrices};
+/// use firebrand_nn::{Linear, Module, ModuleExt};
+/// use firebrand_autograd::Tensor;
+/// let layer = Linear::new(3, 1);
+/// // Decay the weight matrix only, not the bias (GPT-style).
+/// let mut opt = AdamW::with_options(layer.named_parameters(), 1e-2, (0.9, 0.95), 1e-8, 0.1, &decay_matrices);
+/// for _ in 0..3 {
+///     opt.zero_grad();
+///     layer.forward(&Tensor::ones([4, 3])).square().mean_all().backward();
+///     opt.step();
+/// }
+/// assert_eq!(opt.state().iter().find(|(n, _)| n == "step").unwrap().1.to_vec::<f32>(), vec![3.0]);
+/// ```
 pub struct AdamW;
 
 impl AdamW {

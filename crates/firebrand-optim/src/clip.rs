@@ -5,6 +5,16 @@ use firebrand_autograd::Tensor;
 /// Scales all gradients together so their global L2 norm is at most
 /// `max_norm` (`torch.nn.utils.clip_grad_norm_`); returns the norm before
 /// clipping. Parameters without a gradient are ignored.
+///
+/// ```
+/// use firebrand_optim::clip_grad_norm;
+/// use firebrand_autograd::Tensor;
+/// let w = Tensor::from_vec(vec![3.0f32, 4.0], [2]).requires_grad_(true);
+/// w.square().sum_all().affine(0.5, 0.0).backward(); // gradient (3, 4), norm 5
+/// assert_eq!(clip_grad_norm(&[w.clone()], 1.0), 5.0);
+/// let g = w.grad().unwrap().to_vec::<f32>();
+/// assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5);
+/// ```
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
     let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
     let sq: f64 = grads

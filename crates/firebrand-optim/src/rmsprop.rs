@@ -7,6 +7,17 @@ use firebrand_autograd::Tensor;
 /// `sq = α·sq + (1−α)·g²`; centered: `ga = α·ga + (1−α)·g`, `avg = sqrt(sq − ga²) + ε`,
 /// else `avg = sqrt(sq) + ε`; with momentum `buf = μ·buf + g/avg; p −= lr·buf`,
 /// else `p −= lr·g/avg`.
+///
+/// ```
+/// use firebrand_optim::{Optimizer, RmsProp};
+/// use firebrand_autograd::Tensor;
+/// let w = Tensor::from_vec(vec![1.0f32], [1]).requires_grad_(true);
+/// let mut opt = RmsProp::new(vec![("w".into(), w.clone())], 0.01);
+/// w.square().sum_all().backward(); // gradient 2
+/// opt.step();
+/// // sq = 0.01·4, so the step is lr·2/sqrt(0.04) = 10·lr
+/// assert!((w.item() - 0.9).abs() < 1e-5);
+/// ```
 pub struct RmsProp {
     params: Params,
     lr: f32,

@@ -2,13 +2,34 @@
 //! so a resumed run gets the same rate as an uninterrupted one:
 //! `opt.set_lr(schedule.lr_at(step))`.
 
-/// A learning rate for every step.
+/// A learning rate for every step. In `Model::fit`, give one to the
+/// `LrScheduler` callback (per step or per epoch); in a loop of your own,
+/// set it before each step:
+///
+/// ```
+/// use firebrand_optim::{LrSchedule, Optimizer, Sgd, StepLr};
+/// use firebrand_autograd::Tensor;
+/// let w = Tensor::zeros([1]).requires_grad_(true);
+/// let mut opt = Sgd::new(vec![("w".into(), w.clone())], 0.1);
+/// let schedule = StepLr { base: 0.1, step_size: 10, gamma: 0.5 };
+/// for step in 0..30 {
+///     opt.set_lr(schedule.lr_at(step));
+///     // ... forward, backward, opt.step() ...
+/// }
+/// assert_eq!(opt.lr(), 0.025);
+/// ```
 pub trait LrSchedule {
     /// The rate for step (or epoch) `t`, counting from 0.
     fn lr_at(&self, t: usize) -> f32;
 }
 
 /// `base · γ^⌊t / step_size⌋` (`StepLR`).
+///
+/// ```
+/// use firebrand_optim::{LrSchedule, StepLr};
+/// let s = StepLr { base: 1.0, step_size: 2, gamma: 0.5 };
+/// assert_eq!((0..5).map(|t| s.lr_at(t)).collect::<Vec<_>>(), [1.0, 1.0, 0.5, 0.5, 0.25]);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct StepLr {
     /// Initial rate.
@@ -26,6 +47,11 @@ impl LrSchedule for StepLr {
 }
 
 /// `base · γ^t` (`ExponentialLR`).
+///
+/// ```
+/// use firebrand_optim::{ExponentialLr, LrSchedule};
+/// assert_eq!(ExponentialLr { base: 2.0, gamma: 0.5 }.lr_at(3), 0.25);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ExponentialLr {
     /// Initial rate.
@@ -42,6 +68,15 @@ impl LrSchedule for ExponentialLr {
 
 /// Linear warm-up from `base / warmup` to `base` over `warmup` steps, then
 /// cosine decay to `min_lr` at step `total`, constant after.
+///
+/// ```
+/// use firebrand_optim::{CosineWithWarmup, LrSchedule};
+/// let s = CosineWithWarmup { base: 1e-3, warmup: 100, total: 2000, min_lr: 1e-4 };
+/// assert!((s.lr_at(0) - 1e-5).abs() < 1e-9); // warm-up from base / warmup
+/// assert!((s.lr_at(99) - 1e-3).abs() < 1e-9); // the peak
+/// assert!((s.lr_at(1050) - 5.5e-4).abs() < 1e-7); // halfway down
+/// assert_eq!(s.lr_at(5000), 1e-4);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct CosineWithWarmup {
     /// Peak rate.

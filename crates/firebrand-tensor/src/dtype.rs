@@ -11,7 +11,7 @@ pub use half::{bf16, f16};
 /// | `I8` | `i8` | `torch.int8` |
 /// | `I32` | `i32` | `torch.int32` |
 /// | `I64` | `i64` | `torch.int64` (indices, labels, `argmax`) |
-/// | `F16` | [`f16`] | `torch.float16` |
+/// | `F16` | [`half::f16`] | `torch.float16` |
 /// | `BF16` | [`bf16`] | `torch.bfloat16` |
 /// | `F32` | `f32` | `torch.float32` (the default float; fast kernels) |
 /// | `F64` | `f64` | `torch.float64` |
