@@ -74,7 +74,9 @@ pub mod prelude {
         MultiHeadAttention, OneHot, Padding, RMSNorm, RNN, ReLU, Sampler, Sampling, Sequential, SiLU, Sigmoid, Softmax,
         Tanh, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer,
     };
-    pub use firebrand_optim::{Adam, AdamW, CosineWithWarmup, ExponentialLr, LrSchedule, Optimizer, RmsProp, Sgd, StepLr};
+    pub use firebrand_optim::{
+        Adam, AdamW, CosineWithWarmup, ExponentialLr, LrSchedule, Optimizer, RmsProp, Sgd, StepLr,
+    };
     pub use firebrand_train::{
         Callback, CsvLogger, EarlyStopping, FitError, FitOptions, GradientClipping, History, Loss, LrScheduler, Model,
         ModelCheckpoint, Monitor, ReduceLrOnPlateau, TrainContext, Validation,

@@ -114,6 +114,9 @@ impl Tensor {
                 format!("q {:?} needs k and v ({b}, {h}, S, {d}); got {:?} and {:?}", self.dims(), k.dims(), v.dims()),
             ));
         }
+        if [self, k, v].iter().all(|t| t.dtype() == DType::F64) {
+            return self.attention_composite(k, v, opts);
+        }
         check_f32(op, &[self, k, v])?;
         let backend = same_backend(op, &[self, k, v])?;
         let pad = match opts.key_padding_mask {
@@ -167,6 +170,52 @@ impl Tensor {
             let back = |st, len| Some(Tensor::from_backend(st, [b, len, h, d]).permute(&[0, 2, 1, 3]));
             vec![back(dq, t), back(dk, s), back(dv, s)]
         }))
+    }
+
+    /// `softmax(q·kᵀ·scale + mask)·v` from primitive ops, for `f64`
+    /// operands (shapes already checked): the same masks, and zeros for a
+    /// query whose keys are all masked. Dropout is not offered here.
+    fn attention_composite(&self, k: &Tensor, v: &Tensor, opts: &AttentionOptions<'_>) -> Result<Tensor> {
+        let op = "scaled_dot_product_attention";
+        if opts.dropout > 0.0 {
+            return Err(Error::msg(op, "dropout on f64 attention is not supported; use f32".to_string()));
+        }
+        let (b, t, d, s) = (self.dims()[0], self.dims()[2], self.dims()[3], k.dims()[2]);
+        let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
+        let mut scores = self.try_matmul(&k.transpose(-2, -1))?.affine(scale, 0.0); // (B, heads, T, S)
+        if let Some(m) = opts.attn_mask {
+            if m.dims() != [t, s] {
+                return Err(Error::msg(op, format!("attn_mask must be ({t}, {s}), got {:?}", m.dims())));
+            }
+            scores = scores.try_add(&m.detach().to_dtype(DType::F64))?;
+        }
+        // true where a (query, key) pair is blocked: (B or 1, 1, T, S)
+        let mut blocked: Option<Tensor> = None;
+        if let Some(offset) = opts.causal {
+            let row = Tensor::arange(0.0, t as f32, 1.0).reshape([t, 1]);
+            let col = Tensor::arange(0.0, s as f32, 1.0).reshape([1, s]);
+            blocked = Some(col.gt(&row.affine(1.0, offset as f32)).reshape([1, 1, t, s]));
+        }
+        if let Some(m) = opts.key_padding_mask {
+            if m.dims() != [b, s] {
+                return Err(Error::msg(op, format!("key padding mask must be ({b}, {s}), got {:?}", m.dims())));
+            }
+            let pad = m.detach().ne(&Tensor::scalar(0.0)).reshape([b, 1, 1, s]);
+            blocked = Some(match blocked {
+                Some(c) => c.logical_or(&pad),
+                None => pad,
+            });
+        }
+        let weights = match &blocked {
+            Some(mask) => {
+                let w = scores.try_masked_fill(mask, f32::NEG_INFINITY)?.softmax_composite(false);
+                // A fully blocked row is all −∞ (NaN after softmax): zeros instead.
+                let empty = mask.all(&[-1], true);
+                w.try_masked_fill(&empty, 0.0)?
+            }
+            None => scores.softmax_composite(false),
+        };
+        weights.try_matmul(v)
     }
 
     panicking!(

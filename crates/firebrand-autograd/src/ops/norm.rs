@@ -6,9 +6,25 @@
 
 use super::{check_f32, panicking, record};
 use crate::tensor::{Tensor, same_backend};
-use firebrand_tensor::{Error, Result};
+use firebrand_tensor::{DType, Error, Result};
 
 impl Tensor {
+    /// Layer norm over the last dim from primitive ops (mean, population
+    /// variance, rsqrt, scale, shift): the `f64` path.
+    fn layer_norm_composite(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        let c = self.try_sub(&self.mean(&[-1], true))?;
+        let var = c.square().mean(&[-1], true);
+        let y = c.try_mul(&var.affine(1.0, eps).rsqrt())?;
+        let y = match weight {
+            Some(w) => y.try_mul(w)?,
+            None => y,
+        };
+        match bias {
+            Some(b) => y.try_add(b),
+            None => Ok(y),
+        }
+    }
+
     /// `(x − mean) / √(var + eps) · weight + bias` over the last dim
     /// (PyTorch's `F.layer_norm(x, (C,), weight, bias, eps)`, biased
     /// variance); `weight` and `bias` are `(C,)` and optional.
@@ -30,6 +46,9 @@ impl Tensor {
         let affine: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
         let mut inputs = vec![self];
         inputs.extend(&affine);
+        if self.dtype() == DType::F64 && affine.iter().all(|t| t.dtype() == DType::F64) {
+            return self.layer_norm_composite(weight, bias, eps);
+        }
         check_f32(op, &inputs)?;
         if let Some(t) = affine.iter().find(|t| t.dims() != [cols]) {
             return Err(Error::msg(

@@ -14,6 +14,9 @@ impl Tensor {
             // Move `dim` last, compute, move it back (autograd sees the transposes).
             return Ok(self.try_transpose(d as isize, -1)?.softmax_impl(-1, log)?.transpose(d as isize, -1));
         }
+        if self.dtype() == firebrand_tensor::DType::F64 {
+            return Ok(self.softmax_composite(log));
+        }
         let cols = self.dims().last().copied().unwrap_or(1);
         let backend = self.backend(op)?;
         let out = backend.softmax(&**self.storage(), self.layout(), log)?;
@@ -26,10 +29,20 @@ impl Tensor {
         }))
     }
 
-    /// Softmax along `dim`, numerically stable.
+    /// `exp(x − max) / Σ exp(x − max)` over the last dim from primitive ops
+    /// (log: `x − max − log Σ exp(x − max)`): the `f64` path, and the form
+    /// the fused kernel is tested against. The max is detached (the result
+    /// does not depend on it).
+    pub(crate) fn softmax_composite(&self, log: bool) -> Tensor {
+        let z = self - &self.detach().max(&[-1], true);
+        if log { &z - &z.exp().sum(&[-1], true).log() } else { z.exp().div(&z.exp().sum(&[-1], true)) }
+    }
+
+    /// Softmax along `dim`, numerically stable. `f32`, `f16` and `bf16` run
+    /// the fused kernel; `f64` runs the composite form in `f64`.
     ///
     /// # Errors
-    /// When `dim` is out of range or the tensor is not `f32`.
+    /// When `dim` is out of range or the tensor is not a float.
     pub fn try_softmax(&self, dim: isize) -> Result<Tensor> {
         self.softmax_impl(dim, false)
     }

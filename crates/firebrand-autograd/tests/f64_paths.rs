@@ -1,0 +1,77 @@
+//! The fused ops in `f64`: softmax, log-softmax, layer norm and attention run
+//! their composite forms in double precision. Their values and gradients
+//! equal the `f32` fused kernels' (to f32 rounding), masks included.
+
+use firebrand_autograd::{AttentionOptions, DType, Tensor, manual_seed};
+
+fn close(a: &[f64], b: &[f32], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let y = *y as f64;
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: f64 {x} vs f32 {y}");
+    }
+}
+
+/// Runs `f` on f32 leaves and on their f64 copies; compares outputs and every input's gradient.
+fn compare(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor, what: &str) {
+    let leaves32: Vec<Tensor> = inputs.iter().map(|t| t.detach_copy().requires_grad_(true)).collect();
+    let leaves64: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F64).requires_grad_(true)).collect();
+    let (y32, y64) = (f(&leaves32), f(&leaves64));
+    assert_eq!(y64.dtype(), DType::F64, "{what}: computed in f64");
+    close(&y64.to_vec::<f64>(), &y32.to_vec::<f32>(), 1e-5, what);
+    // A fixed, uneven weighting of the outputs gives every gradient entry a different value.
+    let w = Tensor::rand(y32.shape().clone(), -1.0, 1.0);
+    y32.mul(&w).sum_all().backward();
+    y64.mul(&w.to_dtype(DType::F64)).sum_all().backward();
+    for (i, (a, b)) in leaves64.iter().zip(&leaves32).enumerate() {
+        let (ga, gb) = (a.grad().unwrap(), b.grad().unwrap());
+        assert_eq!(ga.dtype(), DType::F64);
+        close(&ga.to_vec::<f64>(), &gb.to_vec::<f32>(), 1e-4, &format!("{what}: grad of input {i}"));
+    }
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    manual_seed(0);
+    let x = Tensor::randn([3, 5, 7], 0.0, 2.0);
+    compare(&[x.clone()], |t| t[0].softmax(-1), "softmax");
+    compare(&[x.clone()], |t| t[0].log_softmax(1), "log_softmax over a middle dim");
+    compare(&[x.clone()], |t| t[0].transpose(0, 2).softmax(0), "softmax of a transposed view");
+    // NaN in a row makes that row NaN, as in PyTorch; other rows are untouched.
+    let v = Tensor::from_vec(vec![1.0f64, f64::NAN, 0.0, 1.0, 2.0, 3.0], [2, 3]).softmax(-1).to_vec::<f64>();
+    assert!(v[..3].iter().all(|x| x.is_nan()) && v[3..].iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn layer_norm_with_and_without_affine() {
+    manual_seed(1);
+    let x = Tensor::randn([4, 6], 1.0, 3.0);
+    let (w, b) = (Tensor::randn([6], 1.0, 0.5), Tensor::randn([6], 0.0, 0.5));
+    compare(&[x.clone(), w, b], |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5), "layer_norm");
+    compare(&[x], |t| t[0].layer_norm(None, None, 1e-5), "layer_norm without affine");
+}
+
+#[test]
+fn attention_with_every_mask() {
+    manual_seed(2);
+    let (q, k, v) = (
+        Tensor::randn([2, 3, 4, 8], 0.0, 1.0),
+        Tensor::randn([2, 3, 6, 8], 0.0, 1.0),
+        Tensor::randn([2, 3, 6, 8], 0.0, 1.0),
+    );
+    let qkv = [q, k, v];
+    compare(&qkv, |t| t[0].scaled_dot_product_attention(&t[1], &t[2], &AttentionOptions::default()), "attention");
+    let causal = AttentionOptions { causal: Some(2), ..Default::default() };
+    compare(&qkv, |t| t[0].scaled_dot_product_attention(&t[1], &t[2], &causal), "causal attention, offset 2");
+    // Batch 1's keys are all padding: its queries get zeros, and zero gradients.
+    let pad = Tensor::from_vec(vec![0.0f32, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [2, 6]);
+    let padded = AttentionOptions { key_padding_mask: Some(&pad), ..Default::default() };
+    compare(&qkv, |t| t[0].scaled_dot_product_attention(&t[1], &t[2], &padded), "key padding, one batch all masked");
+    let bias = Tensor::randn([4, 6], 0.0, 1.0);
+    let additive = AttentionOptions { attn_mask: Some(&bias), scale: Some(0.3), ..Default::default() };
+    compare(&qkv, |t| t[0].scaled_dot_product_attention(&t[1], &t[2], &additive), "additive mask and scale");
+    let q64 = qkv[0].to_dtype(DType::F64);
+    let dropout = AttentionOptions { dropout: 0.1, ..Default::default() };
+    let e = q64.try_scaled_dot_product_attention(&q64, &q64, &dropout).unwrap_err();
+    assert!(e.to_string().contains("dropout"), "{e}");
+}
