@@ -366,3 +366,19 @@ fn nan_and_inf_propagate_as_in_pytorch() {
         close(&got.to_vec::<f64>(), &nums(&t["reduce"][name]), 1e-6, name);
     }
 }
+
+#[test]
+fn stepped_ranges_are_views() {
+    let x = Tensor::arange(0.0, 10.0, 1.0);
+    let every_third = x.i(TensorIndex::step(1, None, 3)); // x[1::3]
+    assert_eq!(every_third.to_vec::<f32>(), vec![1.0, 4.0, 7.0]);
+    x.fill_(0.0).unwrap();
+    assert_eq!(every_third.to_vec::<f32>(), vec![0.0; 3], "a view sees writes to its base");
+    // On a transposed view, with a gradient back to the picked positions only.
+    let m = Tensor::arange(0.0, 12.0, 1.0).reshape([3, 4]).requires_grad_(true);
+    let y = m.t().i((TensorIndex::step(0, None, 2), 1..)); // m.T[::2, 1:]
+    assert_eq!(y.to_vec::<f32>(), vec![4.0, 8.0, 6.0, 10.0]);
+    y.sum_all().backward();
+    assert_eq!(m.grad().unwrap().to_vec::<f32>(), vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
+    assert_eq!(Tensor::zeros([5]).i(TensorIndex::step(5, None, 2)).dims(), &[0]);
+}

@@ -151,6 +151,27 @@ impl Layout {
         Ok(Layout { shape: dims.into(), strides: self.strides.clone(), offset })
     }
 
+    /// Every `step`-th element of dim `dim`, from the first: `⌈n / step⌉`
+    /// elements at `step` times the stride (Python's `x[::step]`).
+    ///
+    /// # Errors
+    /// When `dim` is out of range or `step` is 0.
+    pub fn step(&self, dim: isize, step: usize) -> Result<Self> {
+        let d = normalize_dim(dim, self.shape.rank(), "step", &self.shape)?;
+        if step == 0 {
+            return Err(Error::InvalidShape {
+                op: "step",
+                shape: self.shape.clone(),
+                msg: "step must be at least 1".into(),
+            });
+        }
+        let mut dims = self.shape.dims().to_vec();
+        dims[d] = dims[d].div_ceil(step);
+        let mut strides = self.strides.clone();
+        strides[d] *= step;
+        Ok(Layout { shape: dims.into(), strides, offset: self.offset })
+    }
+
     /// A view with the given shape, broadcasting size-1 (or missing leading)
     /// dimensions with stride 0.
     ///

@@ -115,8 +115,8 @@ fn clamp_bound(i: isize, n: usize) -> usize {
 
 impl Tensor {
     /// Indexing with positions, ranges and negative indices, as in PyTorch's
-    /// `x[1, :, -2:]`. Ranges give views (strided ones through
-    /// `index_select`); positions remove their dim. Differentiable.
+    /// `x[1, :, -2:]`. Ranges give views, stepped ones too (no copy);
+    /// positions remove their dim. Differentiable.
     ///
     /// ```
     /// use firebrand_autograd::{Tensor, TensorIndex};
@@ -157,10 +157,7 @@ impl Tensor {
                     let len = e.saturating_sub(s);
                     out = out.try_narrow(d as isize, s, len)?;
                     if step > 1 {
-                        let picks: Vec<i64> = (0..len).step_by(step).map(|k| k as i64).collect();
-                        let k = picks.len();
-                        out =
-                            out.try_index_select(d as isize, &Tensor::from_vec(picks, [k]).to_device(self.device())?)?;
+                        out = out.step_view(d, step)?;
                     }
                     d += 1;
                 }
@@ -176,6 +173,19 @@ impl Tensor {
     #[track_caller]
     pub fn i(&self, index: impl IndexExpr) -> Tensor {
         self.try_i(index).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every `step`-th element of dim `d` as a strided view (no copy); the
+    /// gradient goes back to those positions (`index_add` into zeros).
+    fn step_view(&self, d: usize, step: usize) -> Result<Tensor> {
+        let n = self.dims()[d];
+        let out = self.view_with(self.layout().step(d as isize, step)?);
+        Ok(crate::ops::record(out, "index", &[self], move |_, g| {
+            let picks: Vec<i64> = (0..n).step_by(step).map(|k| k as i64).collect();
+            let k = picks.len();
+            let idx = Tensor::from_vec(picks, [k]).to_device(g.device()).expect("own device");
+            vec![Some(g.index_add_zeros(d, &idx, n))]
+        }))
     }
 
     /// Sizes with one `-1` inferred from the element count (for `view`/`expand`).
