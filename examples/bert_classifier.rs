@@ -335,7 +335,7 @@ fn main() {
     let mut model = Model::new(clf, opt, Loss::CROSS_ENTROPY);
     let fit = |model: &mut Model<Bert>, epochs: usize, seed: u64| {
         let options = FitOptions { epochs, batch_size: 32, seed, validation: Validation::None, ..Default::default() };
-        model.fit(&train, &options).unwrap_or_else(|e| fail(e));
+        model.fit(&train, &options).unwrap_or_else(|e| fail(e))
     };
     if !scratch {
         model.net.body.freeze();
@@ -353,7 +353,8 @@ fn main() {
         model.net.num_trainable_parameters(),
         model.optimizer_mut().expect("built with an optimizer").lr()
     );
-    fit(&mut model, epochs, seed + 1);
+    let history = fit(&mut model, epochs, seed + 1);
+    common::plot_history(&history, &out, "bert_classifier");
     let eval = model.evaluate(&test, 256);
     let m = eval.metrics.expect("a classifier");
     println!(

@@ -491,7 +491,22 @@ impl<M: Module> Model<M> {
     }
 
     /// The network's outputs for `x` `(N, …)`, in batches of `batch_size`,
-    /// in evaluation mode without gradients (Keras' `model.predict`).
+    /// in evaluation mode without gradients (Keras' `model.predict`). The
+    /// network is back in training mode afterwards.
+    ///
+    /// ```
+    /// use firebrand_train::{Loss, Model};
+    /// use firebrand_nn::{Dropout, Linear, Module, Sequential};
+    /// use firebrand_autograd::Tensor;
+    /// let net = Sequential::new().add(Linear::new(4, 8)).add(Dropout::new(0.5)).add(Linear::new(8, 3));
+    /// let mut model = Model::for_inference(net, Loss::CROSS_ENTROPY);
+    /// let x = Tensor::randn([10, 4], 0.0, 1.0);
+    /// let (a, b) = (model.predict(&x, 4), model.predict(&x, 10));
+    /// assert_eq!(a.dims(), &[10, 3]);
+    /// assert_eq!(a.to_vec::<f32>(), b.to_vec::<f32>()); // dropout is off, batching changes nothing
+    /// let classes = a.argmax(-1, false); // (10,) i64
+    /// # let _ = classes;
+    /// ```
     ///
     /// # Panics
     /// When `batch_size` is 0.
