@@ -1,8 +1,9 @@
-//! The fused ops in `f64`: softmax, log-softmax, layer norm and attention run
-//! their composite forms in double precision. Their values and gradients
-//! equal the `f32` fused kernels' (to f32 rounding), masks included.
+//! The fused ops in `f64`: softmax, log-softmax, layer norm, attention and
+//! the LSTM scan run their composite forms, convolution and pooling plain
+//! `f64` kernels, in double precision. Their values and gradients equal the
+//! `f32` fused kernels' (to f32 rounding), masks and odd windows included.
 
-use firebrand_autograd::{AttentionOptions, DType, Tensor, manual_seed};
+use firebrand_autograd::{AttentionOptions, ConvOptions, DType, Tensor, Window2d, manual_seed};
 
 fn close(a: &[f64], b: &[f32], tol: f64, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
@@ -74,4 +75,65 @@ fn attention_with_every_mask() {
     let dropout = AttentionOptions { dropout: 0.1, ..Default::default() };
     let e = q64.try_scaled_dot_product_attention(&q64, &q64, &dropout).unwrap_err();
     assert!(e.to_string().contains("dropout"), "{e}");
+}
+
+#[test]
+fn convolution_in_every_form() {
+    manual_seed(3);
+    let x = Tensor::randn([2, 4, 7, 6], 0.0, 1.0);
+    let (w, b) = (Tensor::randn([6, 4, 3, 2], 0.0, 0.5), Tensor::randn([6], 0.0, 0.5));
+    let opts = ConvOptions { stride: (2, 1), padding: (1, 1), dilation: (1, 2), groups: 1 };
+    compare(&[x.clone(), w.clone(), b.clone()], |t| t[0].conv2d(&t[1], Some(&t[2]), opts), "conv2d, strided, dilated");
+    compare(
+        &[x.clone(), w.clone(), b.clone()],
+        |t| t[0].try_conv2d_relu(&t[1], Some(&t[2]), opts).unwrap(),
+        "conv2d + relu",
+    );
+    let wg = Tensor::randn([6, 2, 3, 3], 0.0, 0.5);
+    let grouped = ConvOptions { padding: (1, 1), groups: 2, ..Default::default() };
+    compare(&[x.clone(), wg], |t| t[0].conv2d(&t[1], None, grouped), "grouped conv2d");
+    let (x1, w1) = (Tensor::randn([2, 3, 9], 0.0, 1.0), Tensor::randn([5, 3, 3], 0.0, 0.5));
+    compare(&[x1, w1], |t| t[0].conv1d(&t[1], None, ConvOptions::default()), "conv1d");
+}
+
+#[test]
+fn pooling() {
+    manual_seed(4);
+    let x = Tensor::randn([2, 3, 7, 6], 0.0, 1.0);
+    for win in [Window2d::new((2, 2), (2, 2), (0, 0)), Window2d::new((3, 3), (2, 1), (1, 1))] {
+        compare(std::slice::from_ref(&x), |t| t[0].max_pool2d(win), &format!("max_pool2d {win:?}"));
+        for cip in [true, false] {
+            compare(std::slice::from_ref(&x), |t| t[0].avg_pool2d(win, cip), &format!("avg_pool2d {win:?} {cip}"));
+        }
+    }
+    let nan = Tensor::from_vec(vec![1.0f64, f64::NAN, 3.0, 2.0], [1, 1, 2, 2]).max_pool2d(Window2d::new(
+        (2, 2),
+        (2, 2),
+        (0, 0),
+    ));
+    assert!(nan.to_vec::<f64>()[0].is_nan(), "NaN propagates through max pooling");
+}
+
+#[test]
+fn lstm_scan_both_ways() {
+    manual_seed(5);
+    let (t, b, h) = (4, 3, 5);
+    let inputs = [
+        Tensor::randn([t, b, 4 * h], 0.0, 1.0),
+        Tensor::randn([4 * h, h], 0.0, 0.4),
+        Tensor::randn([b, h], 0.0, 1.0),
+        Tensor::randn([b, h], 0.0, 1.0),
+    ];
+    for reverse in [false, true] {
+        compare(
+            &inputs,
+            |x| x[0].try_lstm_scan(&x[1], &x[2], &x[3], reverse).unwrap(),
+            &format!("lstm_scan reverse={reverse}"),
+        );
+        compare(
+            &inputs,
+            |x| x[0].try_lstm_scan_last(&x[1], &x[2], &x[3], reverse).unwrap(),
+            &format!("lstm_scan_last reverse={reverse}"),
+        );
+    }
 }

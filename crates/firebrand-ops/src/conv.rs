@@ -505,15 +505,46 @@ pub fn avg_pool2d_backward(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Plain-loop forms of the convolution and pooling primitives for `f64`
+/// (and any other `Copy` element with zero, addition and order): the same
+/// layouts and rules as the `f32` kernels above, without their SIMD and
+/// threading. They serve `f64` tensors and are the `f32` kernels' test reference.
+pub mod plain {
+    use super::{out_size, window_taps};
+    use firebrand_tensor::op::Window2d;
+    use std::ops::{Add, Div};
 
-    /// Direct definition of im2col, for reference.
-    fn im2col_ref(x: &[f32], n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> Vec<f32> {
-        let (ho, wo) = win.output_size(h, w).unwrap();
+    /// What the plain kernels need of an element.
+    pub trait Elem: Copy + Default + PartialOrd + Add<Output = Self> + Div<Output = Self> + 'static {
+        /// `n` as this type (a divisor).
+        fn from_count(n: usize) -> Self;
+        /// True for NaN.
+        fn is_nan(self) -> bool;
+    }
+
+    impl Elem for f32 {
+        fn from_count(n: usize) -> Self {
+            n as f32
+        }
+        fn is_nan(self) -> bool {
+            f32::is_nan(self)
+        }
+    }
+
+    impl Elem for f64 {
+        fn from_count(n: usize) -> Self {
+            n as f64
+        }
+        fn is_nan(self) -> bool {
+            f64::is_nan(self)
+        }
+    }
+
+    /// [`super::im2col`]: `(N, C, H, W)` → `(C·kh·kw, N·Ho·Wo)`, zeros in padding.
+    pub fn im2col<T: Elem>(x: &[T], n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> Vec<T> {
+        let (ho, wo) = out_size(win, h, w);
         let (kh, kw) = win.kernel;
-        let mut out = vec![0.0; n * c * kh * kw * ho * wo];
+        let mut out = vec![T::default(); n * c * kh * kw * ho * wo];
         for b in 0..n {
             for ch in 0..c {
                 for ki in 0..kh {
@@ -522,12 +553,10 @@ mod tests {
                             for ox in 0..wo {
                                 let y = (oy * win.stride.0 + ki * win.dilation.0) as isize - win.padding.0 as isize;
                                 let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
-                                let v = if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize {
-                                    x[((b * c + ch) * h + y as usize) * w + xx as usize]
-                                } else {
-                                    0.0
-                                };
-                                out[((((ch * kh + ki) * kw + kj) * n + b) * ho + oy) * wo + ox] = v;
+                                if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize {
+                                    out[((((ch * kh + ki) * kw + kj) * n + b) * ho + oy) * wo + ox] =
+                                        x[((b * c + ch) * h + y as usize) * w + xx as usize];
+                                }
                             }
                         }
                     }
@@ -536,6 +565,136 @@ mod tests {
         }
         out
     }
+
+    /// [`super::col2im`], the adjoint of [`im2col`].
+    pub fn col2im<T: Elem>(cols: &[T], n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> Vec<T> {
+        let (ho, wo) = out_size(win, h, w);
+        let (kh, kw) = win.kernel;
+        let mut out = vec![T::default(); n * c * h * w];
+        for b in 0..n {
+            for ch in 0..c {
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let y = (oy * win.stride.0 + ki * win.dilation.0) as isize - win.padding.0 as isize;
+                                let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
+                                if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize {
+                                    let at = ((b * c + ch) * h + y as usize) * w + xx as usize;
+                                    out[at] =
+                                        out[at] + cols[((((ch * kh + ki) * kw + kj) * n + b) * ho + oy) * wo + ox];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// [`super::max_pool2d`]: values and each maximum's flat index in its
+    /// plane; padding never wins, the first maximum wins, NaN propagates.
+    pub fn max_pool2d<T: Elem>(x: &[T], n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> (Vec<T>, Vec<i64>) {
+        let (ho, wo) = out_size(win, h, w);
+        let (mut vals, mut idx) = (Vec::with_capacity(n * c * ho * wo), Vec::with_capacity(n * c * ho * wo));
+        for plane in 0..n * c {
+            let src = &x[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best: Option<(T, usize)> = None;
+                    for t in window_taps(oy, ox, win, h, w) {
+                        let v = src[t];
+                        best = match best {
+                            Some((b, _)) if b.is_nan() || !(v > b || v.is_nan()) => best,
+                            _ => Some((v, t)),
+                        };
+                    }
+                    let (v, t) = best.expect("a window has at least one tap inside the image");
+                    vals.push(v);
+                    idx.push(t as i64);
+                }
+            }
+        }
+        (vals, idx)
+    }
+
+    /// [`super::max_pool2d_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn max_pool2d_backward<T: Elem>(
+        g: &[T],
+        idx: &[i64],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        win: &Window2d,
+    ) -> Vec<T> {
+        let (ho, wo) = out_size(win, h, w);
+        let mut out = vec![T::default(); n * c * h * w];
+        for plane in 0..n * c {
+            for o in 0..ho * wo {
+                let at = plane * h * w + idx[plane * ho * wo + o] as usize;
+                out[at] = out[at] + g[plane * ho * wo + o];
+            }
+        }
+        out
+    }
+
+    /// [`super::avg_pool2d`].
+    pub fn avg_pool2d<T: Elem>(x: &[T], n: usize, c: usize, h: usize, w: usize, win: &Window2d, cip: bool) -> Vec<T> {
+        let (ho, wo) = out_size(win, h, w);
+        let mut out = Vec::with_capacity(n * c * ho * wo);
+        for plane in 0..n * c {
+            let src = &x[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let (mut sum, mut count) = (T::default(), 0);
+                    for t in window_taps(oy, ox, win, h, w) {
+                        sum = sum + src[t];
+                        count += 1;
+                    }
+                    out.push(sum / T::from_count(super::avg_divisor(win, count, cip)));
+                }
+            }
+        }
+        out
+    }
+
+    /// [`super::avg_pool2d_backward`].
+    pub fn avg_pool2d_backward<T: Elem>(
+        g: &[T],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        win: &Window2d,
+        cip: bool,
+    ) -> Vec<T> {
+        let (ho, wo) = out_size(win, h, w);
+        let mut out = vec![T::default(); n * c * h * w];
+        for plane in 0..n * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let count = window_taps(oy, ox, win, h, w).count();
+                    let v = g[plane * ho * wo + oy * wo + ox] / T::from_count(super::avg_divisor(win, count, cip));
+                    for t in window_taps(oy, ox, win, h, w) {
+                        let at = plane * h * w + t;
+                        out[at] = out[at] + v;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain kernels are the definitions the fast ones are held to.
+    use super::plain::im2col as im2col_ref;
 
     fn windows() -> Vec<Window2d> {
         vec![
@@ -565,6 +724,49 @@ mod tests {
             let back = col2im(&y, n, c, h, w, &win);
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
             assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{win:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn fast_kernels_equal_the_plain_ones() {
+        let (n, c, h, w) = (2, 3, 7, 6);
+        let mut x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+        x[9] = f32::NAN;
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p == q || (p.is_nan() && q.is_nan()))
+        };
+        for win in windows() {
+            let cols = im2col(&x, n, c, h, w, &win);
+            assert!(same(&cols, &plain::im2col(&x, n, c, h, w, &win)), "im2col {win:?}");
+            let back = col2im(&cols, n, c, h, w, &win);
+            let plain_back = plain::col2im(&cols, n, c, h, w, &win);
+            assert!(
+                back.iter()
+                    .zip(&plain_back)
+                    .all(|(p, q)| (p.is_nan() && q.is_nan()) || (p - q).abs() <= 1e-4 * q.abs().max(1.0)),
+                "col2im {win:?}"
+            );
+            if win.padding.0 * 2 >= win.kernel.0 || win.padding.1 * 2 >= win.kernel.1 {
+                continue; // pooling needs padding at most half the window
+            }
+            let ((v, i), (pv, pi)) = (max_pool2d(&x, n, c, h, w, &win), plain::max_pool2d(&x, n, c, h, w, &win));
+            assert!(same(&v, &pv) && i == pi, "max_pool2d {win:?}");
+            let g: Vec<f32> = (0..v.len()).map(|k| ((k * 7) % 5) as f32 - 2.0).collect();
+            assert_eq!(
+                max_pool2d_backward(&g, &i, n, c, h, w, &win),
+                plain::max_pool2d_backward(&g, &pi, n, c, h, w, &win)
+            );
+            for cip in [true, false] {
+                assert!(
+                    same(&avg_pool2d(&x, n, c, h, w, &win, cip), &plain::avg_pool2d(&x, n, c, h, w, &win, cip)),
+                    "avg {win:?}"
+                );
+                let (fa, pa) = (
+                    avg_pool2d_backward(&g, n, c, h, w, &win, cip),
+                    plain::avg_pool2d_backward(&g, n, c, h, w, &win, cip),
+                );
+                assert!(fa.iter().zip(&pa).all(|(p, q)| (p - q).abs() < 1e-5), "avg backward {win:?}");
+            }
         }
     }
 

@@ -42,6 +42,14 @@ pub fn f32s<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<Cow<'a, [
     }
 }
 
+/// The `f64` buffer of a CPU storage, if it is one (the fused ops' plain `f64` paths).
+fn f64s<'a>(s: &'a dyn BackendStorage, op: &'static str) -> Result<Option<&'a [f64]>> {
+    Ok(match cpu(s, op)? {
+        CpuStorage::F64(v) => Some(v),
+        _ => None,
+    })
+}
+
 /// The `i64` buffer of a CPU storage.
 ///
 /// # Errors
@@ -386,10 +394,16 @@ impl Backend for CpuBackend {
     }
 
     fn im2col(&self, x: &dyn BackendStorage, [n, c, h, w]: [usize; 4], win: &Window2d) -> Result<Storage> {
+        if let Some(v) = f64s(x, "im2col")? {
+            return Ok(Box::new(CpuStorage::F64(conv::plain::im2col(v, n, c, h, w, win))));
+        }
         Ok(float_out(conv::im2col(&f32s(x, "im2col")?, n, c, h, w, win), x.dtype()))
     }
 
     fn col2im(&self, cols: &dyn BackendStorage, [n, c, h, w]: [usize; 4], win: &Window2d) -> Result<Storage> {
+        if let Some(v) = f64s(cols, "col2im")? {
+            return Ok(Box::new(CpuStorage::F64(conv::plain::col2im(v, n, c, h, w, win))));
+        }
         Ok(float_out(conv::col2im(&f32s(cols, "col2im")?, n, c, h, w, win), cols.dtype()))
     }
 
@@ -529,6 +543,10 @@ impl Backend for CpuBackend {
         [n, c, h, w]: [usize; 4],
         win: &Window2d,
     ) -> Result<(Storage, Storage)> {
+        if let Some(v) = f64s(x, "max_pool2d")? {
+            let (v, i) = conv::plain::max_pool2d(v, n, c, h, w, win);
+            return Ok((Box::new(CpuStorage::F64(v)), Box::new(CpuStorage::I64(i))));
+        }
         let (v, i) = conv::max_pool2d(&f32s(x, "max_pool2d")?, n, c, h, w, win);
         Ok((float_out(v, x.dtype()), Box::new(CpuStorage::I64(i))))
     }
@@ -541,6 +559,9 @@ impl Backend for CpuBackend {
         win: &Window2d,
     ) -> Result<Storage> {
         let op = "max_pool2d_backward";
+        if let Some(g) = f64s(g, op)? {
+            return Ok(Box::new(CpuStorage::F64(conv::plain::max_pool2d_backward(g, i64s(idx, op)?, n, c, h, w, win))));
+        }
         Ok(float_out(conv::max_pool2d_backward(&f32s(g, op)?, i64s(idx, op)?, n, c, h, w, win), g.dtype()))
     }
 
@@ -551,6 +572,9 @@ impl Backend for CpuBackend {
         win: &Window2d,
         cip: bool,
     ) -> Result<Storage> {
+        if let Some(v) = f64s(x, "avg_pool2d")? {
+            return Ok(Box::new(CpuStorage::F64(conv::plain::avg_pool2d(v, n, c, h, w, win, cip))));
+        }
         Ok(float_out(conv::avg_pool2d(&f32s(x, "avg_pool2d")?, n, c, h, w, win, cip), x.dtype()))
     }
 
@@ -561,6 +585,9 @@ impl Backend for CpuBackend {
         win: &Window2d,
         cip: bool,
     ) -> Result<Storage> {
+        if let Some(g) = f64s(g, "avg_pool2d_backward")? {
+            return Ok(Box::new(CpuStorage::F64(conv::plain::avg_pool2d_backward(g, n, c, h, w, win, cip))));
+        }
         Ok(float_out(conv::avg_pool2d_backward(&f32s(g, "avg_pool2d_backward")?, n, c, h, w, win, cip), g.dtype()))
     }
 }

@@ -50,6 +50,15 @@ fn out_hw(op: &'static str, x: &Tensor, win: &Window2d, h: usize, w: usize) -> R
 fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], relu: bool) -> Result<Tensor> {
     let [n, cout, ho, wo] = dims;
     let l = ho * wo;
+    if yt.dtype() == firebrand_tensor::DType::F64 {
+        // The composite form: lay out, add the bias, activate.
+        let y = yt.try_reshape([n, l, cout])?.try_permute(&[0, 2, 1])?.contiguous().try_reshape(dims)?;
+        let y = match bias {
+            Some(b) => y.try_add(&b.try_reshape([cout, 1, 1])?)?,
+            None => y,
+        };
+        return Ok(if relu { y.relu() } else { y });
+    }
     let backend = yt.backend("conv2d")?;
     let ytd = yt.dense("conv2d")?;
     let bd = bias.map(|b| b.dense("conv2d")).transpose()?;

@@ -14,6 +14,36 @@ use crate::tensor::Tensor;
 use firebrand_tensor::backend::Rows;
 use firebrand_tensor::{Error, Result};
 
+/// The LSTM recurrence from primitive ops, step by step (the `f64` path):
+/// gates `i, f, g, o` of `xw_t + h·W_hhᵀ`, `c = σ(f)·c + σ(i)·tanh(g)`,
+/// `h = σ(o)·tanh(c)`; autograd differentiates every step.
+fn lstm_scan_composite(
+    xw: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    order: &[usize],
+    all: bool,
+) -> Result<Tensor> {
+    let hd = h0.dims()[1];
+    let (mut hp, mut cp) = (h0.clone(), c0.clone());
+    let mut steps: Vec<Option<Tensor>> = vec![None; order.len()];
+    for &ti in order {
+        let z = xw.try_select(0, ti)?.try_add(&hp.try_matmul(&w_hh.t())?)?; // (B, 4H)
+        let gate = |k: usize| z.narrow(1, k * hd, hd);
+        cp = gate(1).sigmoid().mul(&cp).add(&gate(0).sigmoid().mul(&gate(2).tanh()));
+        hp = gate(3).sigmoid().mul(&cp.tanh());
+        if all {
+            steps[ti] = Some(Tensor::cat(&[&cp, &hp], 1)); // (B, 2H)
+        }
+    }
+    if !all {
+        return Ok(Tensor::cat(&[&cp, &hp], 1));
+    }
+    let steps: Vec<Tensor> = steps.into_iter().map(|s| s.expect("every step ran")).collect();
+    Ok(Tensor::stack(&steps.iter().collect::<Vec<_>>(), 0)) // (T, B, 2H)
+}
+
 impl Tensor {
     /// Runs an LSTM layer's recurrence, time-major. `self` is the input
     /// projection `xw = x·W_ihᵀ + b_ih + b_hh` `(T, B, 4H)` (gates
@@ -68,6 +98,9 @@ impl Tensor {
             ));
         }
         let order: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
+        if [self, w_hh, h0, c0].iter().all(|x| x.dtype() == firebrand_tensor::DType::F64) {
+            return lstm_scan_composite(self, w_hh, h0, c0, &order, all);
+        }
         let backend = self.backend("lstm_scan")?;
         let dense = |x: &Tensor| x.dense("lstm_scan");
         let rows = |offset: usize, stride: usize| Rows { offset, stride };
