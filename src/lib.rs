@@ -70,9 +70,10 @@ pub mod prelude {
     pub use firebrand_nn::loss::{Reduction, Target};
     pub use firebrand_nn::{
         Activation, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, ConvConfig, Dropout, Embedding, Flatten, GELU,
-        GRU, GlobalAvgPool, Gpt, GptConfig, Init, LSTM, LayerNorm, LeakyReLU, Linear, MaxPool2d, Module, ModuleExt,
-        MultiHeadAttention, OneHot, Padding, RMSNorm, RNN, ReLU, Sampler, Sampling, Sequential, SiLU, Sigmoid, Softmax,
-        Tanh, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer,
+        GRU, GlobalAvgPool, Gpt, GptConfig, Hardsigmoid, Hardswish, Hardtanh, Init, LSTM, LayerNorm, LeakyReLU, Linear,
+        MaxPool2d, Module, ModuleExt, MultiHeadAttention, OneHot, Padding, RMSNorm, RNN, ReLU, ReLU6, Sampler,
+        Sampling, Sequential, SiLU, Sigmoid, Softmax, Tanh, TransformerDecoder, TransformerDecoderLayer,
+        TransformerEncoder, TransformerEncoderLayer,
     };
     pub use firebrand_optim::{
         Adam, AdamW, CosineWithWarmup, ExponentialLr, LrSchedule, Optimizer, RmsProp, Sgd, StepLr,

@@ -78,6 +78,10 @@ fn ops() -> Vec<NamedOp> {
         ("einsum_bij_bjk", Box::new(move |x| Tensor::einsum("bij,bjk->bik", &[x, &b3]))),
         ("einsum_ij_ji", Box::new(|x| Tensor::einsum("ij->ji", &[x]))),
         ("bmm", Box::new(move |x| x.bmm(&b4))),
+        ("relu6", Box::new(|x| x.relu6())),
+        ("hardtanh_m2_3", Box::new(|x| x.hardtanh(-2.0, 3.0))),
+        ("hardswish", Box::new(|x| x.hardswish())),
+        ("hardsigmoid", Box::new(|x| x.hardsigmoid())),
     ]
 }
 
@@ -99,6 +103,21 @@ fn values_and_gradients_match_pytorch() {
     let x = Tensor::from_vec(nums(&c["x"]), dims(&c["shape"]));
     close(&x.argsort(1, true).to_vec::<f64>(), &nums(&c["indices"]), 0.0, "argsort");
     close(&Tensor::linspace(-1.0, 2.0, 7).to_vec::<f64>(), &nums(&r["cases"]["linspace"]["out"]), 1e-7, "linspace");
+    // The hard activations exactly at their kinks, where PyTorch's gradient conventions decide.
+    let k = &r["cases"]["kinks"];
+    let hard: [(&str, fn(&Tensor) -> Tensor); 4] = [
+        ("relu6", |x| x.relu6()),
+        ("hardtanh_m1_3", |x| x.hardtanh(-1.0, 3.0)),
+        ("hardswish", |x| x.hardswish()),
+        ("hardsigmoid", |x| x.hardsigmoid()),
+    ];
+    for (name, f) in hard {
+        let x = Tensor::from_vec(nums(&k["x"]).iter().map(|&v| v as f32).collect::<Vec<_>>(), [6]).requires_grad_(true);
+        let y = f(&x);
+        close(&y.to_vec::<f64>(), &nums(&k[name]["out"]), 1e-6, &format!("{name} at kinks"));
+        y.sum_all().backward();
+        close(&x.grad().unwrap().to_vec::<f64>(), &nums(&k[name]["grad"]), 1e-6, &format!("{name} grad at kinks"));
+    }
     let ints = Tensor::from_vec(vec![1i32, 2, 3, 4, 5, 6], [2, 3]).cumsum(1);
     assert_eq!(ints.dtype(), DType::I64);
     close(&ints.to_vec::<f64>(), &nums(&r["cases"]["cumsum_int"]["out"]), 0.0, "cumsum int");
@@ -297,6 +316,9 @@ fn nan_and_inf_propagate_as_in_pytorch() {
         ("powf", UnaryOp::Powf(2.5)),
         ("leaky_relu", UnaryOp::LeakyRelu(0.1)),
         ("clamp", UnaryOp::Clamp(-0.5, 0.7)),
+        ("hardtanh", UnaryOp::Hardtanh(-0.5, 0.7)),
+        ("hardswish", UnaryOp::Hardswish),
+        ("hardsigmoid", UnaryOp::Hardsigmoid),
         ("affine", UnaryOp::Affine(-1.5, 0.25)),
     ];
     assert_eq!(unary.len(), firebrand_ops::unary::ALL_UNARY_OPS.len(), "every op of the table is in this test");

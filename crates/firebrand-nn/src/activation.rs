@@ -23,6 +23,14 @@ pub enum Activation {
     Sigmoid,
     /// softmax over the last dim
     Softmax,
+    /// `min(max(x, 0), 6)`
+    Relu6,
+    /// `x` clamped into `[lo, hi]`
+    Hardtanh(f32, f32),
+    /// `x · relu6(x + 3) / 6`
+    Hardswish,
+    /// `relu6(x + 3) / 6`
+    Hardsigmoid,
 }
 
 impl Activation {
@@ -37,6 +45,10 @@ impl Activation {
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => x.sigmoid(),
             Activation::Softmax => x.softmax(-1),
+            Activation::Relu6 => x.relu6(),
+            Activation::Hardtanh(lo, hi) => x.hardtanh(lo, hi),
+            Activation::Hardswish => x.hardswish(),
+            Activation::Hardsigmoid => x.hardsigmoid(),
         }
     }
 
@@ -51,6 +63,10 @@ impl Activation {
             Activation::Tanh => "tanh".into(),
             Activation::Sigmoid => "sigmoid".into(),
             Activation::Softmax => "softmax".into(),
+            Activation::Relu6 => "relu6".into(),
+            Activation::Hardtanh(lo, hi) => format!("hardtanh({lo}, {hi})"),
+            Activation::Hardswish => "hardswish".into(),
+            Activation::Hardsigmoid => "hardsigmoid".into(),
         }
     }
 }
@@ -99,6 +115,55 @@ activation_modules! {
     Sigmoid => Activation::Sigmoid;
     /// Softmax over the last dim as a module (`nn.Softmax(dim=-1)`).
     Softmax => Activation::Softmax;
+    /// `min(max(x, 0), 6)` as a module (`nn.ReLU6`, MobileNetV2's activation).
+    ReLU6 => Activation::Relu6;
+    /// `x · relu6(x + 3) / 6` as a module (`nn.Hardswish`, MobileNetV3's).
+    Hardswish => Activation::Hardswish;
+    /// `relu6(x + 3) / 6` as a module (`nn.Hardsigmoid`).
+    Hardsigmoid => Activation::Hardsigmoid;
+}
+
+/// `x` clamped into `[min_val, max_val]` (`nn.Hardtanh`, default `[-1, 1]`),
+/// with PyTorch's gradient: zero at and beyond the bounds.
+///
+/// ```
+/// use firebrand_nn::{Hardtanh, Module};
+/// use firebrand_autograd::Tensor;
+/// let y = Hardtanh::new(-2.0, 2.0).forward(&Tensor::from_vec(vec![-5.0f32, 1.5, 3.0], [3]));
+/// assert_eq!(y.to_vec::<f32>(), vec![-2.0, 1.5, 2.0]);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Hardtanh {
+    /// Lower bound.
+    pub min_val: f32,
+    /// Upper bound.
+    pub max_val: f32,
+}
+
+impl Hardtanh {
+    /// Clamps into `[min_val, max_val]`.
+    ///
+    /// # Panics
+    /// When `min_val > max_val`.
+    pub fn new(min_val: f32, max_val: f32) -> Self {
+        assert!(min_val <= max_val, "Hardtanh: min_val {min_val} > max_val {max_val}");
+        Hardtanh { min_val, max_val }
+    }
+}
+
+impl Default for Hardtanh {
+    fn default() -> Self {
+        Hardtanh::new(-1.0, 1.0)
+    }
+}
+
+impl Module for Hardtanh {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        crate::module::traced(self, || x.hardtanh(self.min_val, self.max_val))
+    }
+    fn describe(&self) -> String {
+        format!("Hardtanh({}, {})", self.min_val, self.max_val)
+    }
 }
 
 /// Leaky ReLU with a negative slope (`nn.LeakyReLU`, default slope 0.01).

@@ -8,7 +8,8 @@
 //! * [`Init`] — seeded initializers (Kaiming, Xavier, PyTorch's default, ...).
 //! * Layers: [`Linear`] (Keras' `Dense`, with an optional fused
 //!   [`Activation`]), [`Dropout`], [`Flatten`], activation modules
-//!   ([`ReLU`], [`LeakyReLU`], [`GELU`], [`SiLU`], [`Tanh`], [`Sigmoid`], [`Softmax`]).
+//!   ([`ReLU`], [`ReLU6`], [`Hardtanh`], [`Hardswish`], [`Hardsigmoid`], [`LeakyReLU`],
+//!   [`GELU`], [`SiLU`], [`Tanh`], [`Sigmoid`], [`Softmax`]).
 //! * Convolutional layers: [`Conv2d`], [`Conv1d`] (stride, [`Padding`] incl.
 //!   "same", dilation, groups), [`MaxPool2d`], [`AvgPool2d`], [`GlobalAvgPool`],
 //!   [`BatchNorm1d`]/[`BatchNorm2d`] (running statistics saved as buffers).
@@ -71,7 +72,9 @@ pub mod serialize;
 mod summary;
 mod transformer;
 
-pub use activation::{Activation, GELU, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh};
+pub use activation::{
+    Activation, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, SiLU, Sigmoid, Softmax, Tanh,
+};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};

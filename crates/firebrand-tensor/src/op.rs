@@ -47,8 +47,27 @@ pub enum UnaryOp {
     LeakyRelu(f32),
     /// clamps to `[lo, hi]`; derivative 1 inside (inclusive), 0 outside
     Clamp(f32, f32),
+    /// clamps to `[lo, hi]` with PyTorch's `hardtanh` gradient: 1 strictly
+    /// inside, 0 at and beyond the bounds (`ReLU6` is `Hardtanh(0, 6)`)
+    Hardtanh(f32, f32),
+    /// `x · clamp(x + 3, 0, 6) / 6` (MobileNetV3's hard swish)
+    Hardswish,
+    /// `clamp(x + 3, 0, 6) / 6`
+    Hardsigmoid,
     /// `mul·x + add` (scalar arithmetic on tensors)
     Affine(f32, f32),
+}
+
+/// `x` clamped into `[lo, hi]`, a NaN kept (not `max`/`min`, which drop it).
+#[inline]
+fn clamp<F: Real>(x: F, lo: F, hi: F) -> F {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
+    } else {
+        x
+    }
 }
 
 /// `sqrt(2/pi)`, the tanh-GELU constant.
@@ -142,6 +161,9 @@ impl UnaryOp {
             UnaryOp::Powf(_) => "powf",
             UnaryOp::LeakyRelu(_) => "leaky_relu",
             UnaryOp::Clamp(..) => "clamp",
+            UnaryOp::Hardtanh(..) => "hardtanh",
+            UnaryOp::Hardswish => "hardswish",
+            UnaryOp::Hardsigmoid => "hardsigmoid",
             UnaryOp::Affine(..) => "affine",
         }
     }
@@ -153,7 +175,7 @@ impl UnaryOp {
         let int = |v: f32| v.fract() == 0.0;
         match self {
             UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Square | UnaryOp::Relu => true,
-            UnaryOp::Clamp(lo, hi) => int(lo) && int(hi),
+            UnaryOp::Clamp(lo, hi) | UnaryOp::Hardtanh(lo, hi) => int(lo) && int(hi),
             UnaryOp::Affine(m, a) => int(m) && int(a),
             _ => false,
         }
@@ -210,16 +232,9 @@ impl UnaryOp {
                     F::c(s as f64) * x
                 }
             }
-            UnaryOp::Clamp(lo, hi) => {
-                let (lo, hi) = (F::c(lo as f64), F::c(hi as f64));
-                if x < lo {
-                    lo
-                } else if x > hi {
-                    hi
-                } else {
-                    x
-                }
-            }
+            UnaryOp::Clamp(lo, hi) | UnaryOp::Hardtanh(lo, hi) => clamp(x, F::c(lo as f64), F::c(hi as f64)),
+            UnaryOp::Hardswish => x * clamp(x + F::c(3.0), zero, F::c(6.0)) / F::c(6.0),
+            UnaryOp::Hardsigmoid => clamp(x + F::c(3.0), zero, F::c(6.0)) / F::c(6.0),
             UnaryOp::Affine(m, a) => F::c(m as f64) * x + F::c(a as f64),
         }
     }
@@ -299,6 +314,31 @@ impl UnaryOp {
                     zero
                 }
             }
+            // PyTorch's hardtanh_backward: zero at or beyond a bound (a NaN passes).
+            UnaryOp::Hardtanh(lo, hi) => {
+                if x <= F::c(lo as f64) || x >= F::c(hi as f64) {
+                    zero
+                } else {
+                    one
+                }
+            }
+            // PyTorch's hardswish_backward: 0 up to -3, x/3 + 1/2 below 3, 1 from 3.
+            UnaryOp::Hardswish => {
+                if x <= F::c(-3.0) {
+                    zero
+                } else if x < F::c(3.0) {
+                    x / F::c(3.0) + half
+                } else {
+                    one
+                }
+            }
+            UnaryOp::Hardsigmoid => {
+                if x > F::c(-3.0) && x < F::c(3.0) {
+                    one / F::c(6.0)
+                } else {
+                    zero
+                }
+            }
             UnaryOp::Affine(m, _) => F::c(m as f64),
         }
     }
@@ -326,6 +366,9 @@ pub const ALL_UNARY_OPS: &[UnaryOp] = &[
     UnaryOp::Powf(2.5),
     UnaryOp::LeakyRelu(0.1),
     UnaryOp::Clamp(-0.5, 0.7),
+    UnaryOp::Hardtanh(-0.5, 0.7),
+    UnaryOp::Hardswish,
+    UnaryOp::Hardsigmoid,
     UnaryOp::Affine(-1.5, 0.25),
 ];
 

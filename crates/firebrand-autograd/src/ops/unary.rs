@@ -107,6 +107,12 @@ unary_methods! {
     sin => UnaryOp::Sin;
     /// Cosine.
     cos => UnaryOp::Cos;
+    /// `min(max(x, 0), 6)`: PyTorch's `relu6`, i.e. `hardtanh(x, 0, 6)`.
+    relu6 => UnaryOp::Hardtanh(0.0, 6.0);
+    /// `x · relu6(x + 3) / 6` (PyTorch's `hardswish`).
+    hardswish => UnaryOp::Hardswish;
+    /// `relu6(x + 3) / 6` (PyTorch's `hardsigmoid`).
+    hardsigmoid => UnaryOp::Hardsigmoid;
 }
 
 impl Tensor {
@@ -126,6 +132,23 @@ impl Tensor {
     #[track_caller]
     pub fn clamp(&self, lo: f32, hi: f32) -> Tensor {
         self.unary(UnaryOp::Clamp(lo, hi))
+    }
+
+    /// Clamps into `[lo, hi]` with PyTorch's `hardtanh` gradient (zero at the
+    /// bounds, where `clamp`'s is one).
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![-2.0f32, 0.5, 1.0, 7.0], [4]).requires_grad_(true);
+    /// let y = x.hardtanh(-1.0, 1.0);
+    /// assert_eq!(y.to_vec::<f32>(), vec![-1.0, 0.5, 1.0, 1.0]);
+    /// y.sum_all().backward();
+    /// assert_eq!(x.grad().unwrap().to_vec::<f32>(), vec![0.0, 1.0, 0.0, 0.0]);
+    /// assert_eq!(Tensor::from_vec(vec![-1.0f32, 3.0, 9.0], [3]).relu6().to_vec::<f32>(), vec![0.0, 3.0, 6.0]);
+    /// ```
+    #[track_caller]
+    pub fn hardtanh(&self, lo: f32, hi: f32) -> Tensor {
+        self.unary(UnaryOp::Hardtanh(lo, hi))
     }
 
     /// `mul * x + add` in one pass.

@@ -68,6 +68,19 @@ case("index_1_m1", (3, 4, 5), lambda x: x[1:, -1, ::2])
 case("einsum_bij_bjk", (2, 3, 4), lambda x: torch.einsum("bij,bjk->bik", x, det((2, 4, 2), 0.5)))
 case("einsum_ij_ji", (3, 4), lambda x: torch.einsum("ij->ji", x))
 case("bmm", (2, 3, 4), lambda x: torch.bmm(x, det((2, 4, 5), 0.3)))
+case("relu6", (3, 4), F.relu6, scale=8.0, shift=1.0)
+case("hardtanh_m2_3", (3, 4), lambda x: F.hardtanh(x, -2.0, 3.0), scale=5.0)
+case("hardswish", (3, 4), F.hardswish, scale=5.0)
+case("hardsigmoid", (3, 4), F.hardsigmoid, scale=5.0)
+# The hard activations' gradients exactly at their kinks.
+kinks = torch.tensor([-3.0, -1.0, 0.0, 3.0, 6.0, 7.0])
+cases["kinks"] = {"x": flat(kinks)}
+for name, fn in {"relu6": F.relu6, "hardtanh_m1_3": lambda x: F.hardtanh(x, -1.0, 3.0),
+                 "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}.items():
+    x = kinks.clone().requires_grad_()
+    out = fn(x)
+    out.sum().backward()
+    cases["kinks"][name] = {"out": flat(out), "grad": flat(x.grad)}
 cases["sort_indices"] = {"x": flat(det((3, 4))), "shape": [3, 4], "indices": flat(det((3, 4)).argsort(1, descending=True))}
 cases["linspace"] = {"out": flat(torch.linspace(-1.0, 2.0, 7, dtype=torch.float32))}
 cases["cumsum_int"] = {"out": flat(torch.tensor([[1, 2, 3], [4, 5, 6]], dtype=torch.int32).cumsum(1))}
@@ -81,7 +94,8 @@ unary = {
     "sigmoid": torch.sigmoid, "relu": torch.relu, "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "softplus": F.softplus,
     "sin": torch.sin, "cos": torch.cos, "powf": lambda x: x.pow(2.5), "leaky_relu": lambda x: F.leaky_relu(x, 0.1),
-    "clamp": lambda x: x.clamp(-0.5, 0.7), "affine": lambda x: x * -1.5 + 0.25,
+    "clamp": lambda x: x.clamp(-0.5, 0.7), "hardtanh": lambda x: F.hardtanh(x, -0.5, 0.7),
+    "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "affine": lambda x: x * -1.5 + 0.25,
 }
 table = {"input": [enc(v) for v in special.tolist()], "unary": {}, "binary": {}, "reduce": {}}
 for name, fn in unary.items():
