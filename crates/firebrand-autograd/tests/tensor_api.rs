@@ -105,7 +105,8 @@ fn values_and_gradients_match_pytorch() {
     close(&Tensor::linspace(-1.0, 2.0, 7).to_vec::<f64>(), &nums(&r["cases"]["linspace"]["out"]), 1e-7, "linspace");
     // The hard activations exactly at their kinks, where PyTorch's gradient conventions decide.
     let k = &r["cases"]["kinks"];
-    let hard: [(&str, fn(&Tensor) -> Tensor); 4] = [
+    type Hard = (&'static str, fn(&Tensor) -> Tensor);
+    let hard: [Hard; 4] = [
         ("relu6", |x| x.relu6()),
         ("hardtanh_m1_3", |x| x.hardtanh(-1.0, 3.0)),
         ("hardswish", |x| x.hardswish()),

@@ -132,6 +132,36 @@ impl Conv2d {
         &self.config
     }
 
+    /// The fused activation, if any.
+    pub fn activation(&self) -> Option<Activation> {
+        self.activation
+    }
+
+    /// A convolution from given tensors: `weight` `(Cout, Cin/groups, kh,
+    /// kw)`, `bias` `(Cout,)` (loaded or folded weights), no activation.
+    ///
+    /// # Panics
+    /// When the weight is not 4-D or the bias does not match its output channels.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>, config: ConvConfig) -> Self {
+        assert_eq!(
+            weight.rank(),
+            4,
+            "Conv2d::from_parts: weight must be (Cout, Cin/groups, kh, kw), got {:?}",
+            weight.dims()
+        );
+        if let Some(b) = &bias {
+            assert_eq!(
+                b.dims(),
+                &weight.dims()[..1],
+                "Conv2d::from_parts: bias {:?} for weight {:?}",
+                b.dims(),
+                weight.dims()
+            );
+        }
+        let config = ConvConfig { bias: bias.is_some(), ..config };
+        Conv2d { weight, bias, config, activation: None }
+    }
+
     /// `(out_channels, in_channels, kh, kw)`.
     fn geometry(&self) -> (usize, usize, usize, usize) {
         let d = self.weight.dims();

@@ -59,6 +59,7 @@ mod activation;
 mod conv;
 mod dropout;
 mod embedding;
+mod fuse;
 mod init;
 mod linear;
 pub mod loss;
@@ -79,6 +80,7 @@ pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};
 pub use firebrand_derive::Module;
+pub use fuse::{fuse_conv_bn, fuse_linear_bn};
 pub use init::Init;
 pub use linear::Linear;
 pub use module::{Module, ModuleExt, ModuleField, record_output};
@@ -86,7 +88,7 @@ pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use recurrent::{GRU, LSTM, RNN, Recurrent, RnnKind, RnnState};
 pub use sampling::{Sampler, Sampling};
-pub use sequential::Sequential;
+pub use sequential::{AnyModule, Sequential};
 pub use serialize::{LoadReport, WeightsError, load_weights, save_weights};
 pub use transformer::{
     Gpt, GptCache, GptConfig, KvCache, LayerNorm, LearnedPositionalEncoding, MultiHeadAttention, RMSNorm,

@@ -42,6 +42,29 @@ impl Linear {
         self
     }
 
+    /// A layer from given tensors: `weight` `(out, in)`, `bias` `(out,)`, no activation.
+    ///
+    /// # Panics
+    /// When the weight is not 2-D or the bias does not match it.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        assert_eq!(weight.rank(), 2, "Linear::from_parts: weight must be (out, in), got {:?}", weight.dims());
+        if let Some(b) = &bias {
+            assert_eq!(
+                b.dims(),
+                &weight.dims()[..1],
+                "Linear::from_parts: bias {:?} for weight {:?}",
+                b.dims(),
+                weight.dims()
+            );
+        }
+        Linear { weight, bias, activation: None }
+    }
+
+    /// The fused activation, if any.
+    pub fn activation(&self) -> Option<Activation> {
+        self.activation
+    }
+
     /// Input features.
     pub fn in_features(&self) -> usize {
         self.weight.dims()[1]

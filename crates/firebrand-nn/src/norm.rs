@@ -55,14 +55,15 @@ macro_rules! batch_norm_layer {
                 $name(BatchNorm::make(channels, $ranks, stringify!($name)))
             }
 
-            /// Sets ε added to the variance.
-            pub fn eps(mut self, eps: f32) -> Self {
+            /// Sets ε added to the variance (builder style; read it back with [`BatchNorm::eps`]).
+            pub fn with_eps(mut self, eps: f32) -> Self {
                 self.0.eps = eps;
                 self
             }
 
-            /// Sets the running-statistics momentum (PyTorch's convention: the weight of the new batch).
-            pub fn momentum(mut self, momentum: f32) -> Self {
+            /// Sets the running-statistics momentum (PyTorch's convention: the
+            /// weight of the new batch; read it back with [`BatchNorm::momentum`]).
+            pub fn with_momentum(mut self, momentum: f32) -> Self {
                 self.0.momentum = momentum;
                 self
             }
@@ -117,6 +118,40 @@ impl BatchNorm {
     /// Number of channels.
     pub fn num_features(&self) -> usize {
         self.running_mean.dims()[0]
+    }
+
+    /// ε added to the variance.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    /// The running-statistics momentum (the weight of each new batch).
+    pub fn momentum(&self) -> f32 {
+        self.momentum
+    }
+
+    /// True in training mode (batch statistics), false in evaluation mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// The eval-mode transform as a per-channel scale and shift, `(C,)` each:
+    /// `y = x·scale + shift` with `scale = γ / sqrt(running_var + ε)` and
+    /// `shift = β − running_mean·scale` (what folding into a layer uses).
+    pub fn eval_scale_shift(&self) -> (Tensor, Tensor) {
+        firebrand_autograd::with_no_grad(|| {
+            let scale = self.running_var.affine(1.0, self.eps).rsqrt();
+            let scale = match &self.weight {
+                Some(w) => scale.mul(w),
+                None => scale,
+            };
+            let shift = self.running_mean.mul(&scale).neg();
+            let shift = match &self.bias {
+                Some(b) => shift.add(b),
+                None => shift,
+            };
+            (scale, shift)
+        })
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) {

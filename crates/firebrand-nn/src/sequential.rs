@@ -2,6 +2,32 @@
 
 use crate::Module;
 use firebrand_autograd::Tensor;
+use std::any::Any;
+
+/// A module that can be recovered as its concrete type (what `Sequential`
+/// stores, for [`Sequential::get`] and [`Sequential::get_mut`]).
+pub trait AnyModule: Module {
+    /// As `&dyn Any`, for downcasting.
+    fn as_any(&self) -> &dyn Any;
+    /// As `&mut dyn Any`, for downcasting.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// As a plain module.
+    fn as_module(&self) -> &dyn Module;
+}
+
+// Call these through `&dyn AnyModule` (`(**boxed).as_any()`): a `Box` is a
+// module too, and would answer for itself.
+impl<M: Module + 'static> AnyModule for M {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_module(&self) -> &dyn Module {
+        self
+    }
+}
 
 /// Layers applied in order (`nn.Sequential` / `keras.Sequential`). Parameter
 /// names are prefixed with the layer's index (`"0.weight"`), as in PyTorch.
@@ -19,7 +45,7 @@ use firebrand_autograd::Tensor;
 /// ```
 #[derive(Default)]
 pub struct Sequential {
-    layers: Vec<Box<dyn Module>>,
+    layers: Vec<Box<dyn AnyModule>>,
 }
 
 impl Sequential {
@@ -40,9 +66,51 @@ impl Sequential {
         self.layers.push(Box::new(layer));
     }
 
-    /// The layers.
-    pub fn layers(&self) -> &[Box<dyn Module>] {
-        &self.layers
+    /// The layers, in order.
+    pub fn layers(&self) -> impl Iterator<Item = &dyn Module> {
+        self.layers.iter().map(|l| (**l).as_module())
+    }
+
+    /// Layer `i` as its concrete type, or `None` when it is another type or
+    /// out of range.
+    ///
+    /// ```
+    /// use firebrand_nn::{BatchNorm2d, Conv2d, Linear, Sequential};
+    /// let mut net = Sequential::new().add(Conv2d::new(1, 4, 3)).add(BatchNorm2d::new(4));
+    /// assert_eq!(net.get::<BatchNorm2d>(1).unwrap().eps(), 1e-5);
+    /// assert!(net.get::<Linear>(0).is_none());
+    /// // A loaded model can be changed in place: a new head, a different layer.
+    /// net.get_mut::<Conv2d>(0).unwrap().bias = None;
+    /// net.set(1, Linear::new(4, 2));
+    /// assert!(net.get::<Linear>(1).is_some());
+    /// ```
+    pub fn get<T: Module + 'static>(&self, i: usize) -> Option<&T> {
+        (**self.layers.get(i)?).as_any().downcast_ref()
+    }
+
+    /// Layer `i` as its concrete type, mutably (see [`Sequential::get`]).
+    pub fn get_mut<T: Module + 'static>(&mut self, i: usize) -> Option<&mut T> {
+        (**self.layers.get_mut(i)?).as_any_mut().downcast_mut()
+    }
+
+    /// Replaces layer `i` and returns the old one.
+    ///
+    /// # Panics
+    /// When `i` is out of range.
+    pub fn set(&mut self, i: usize, layer: impl Module + 'static) -> Box<dyn AnyModule> {
+        let n = self.layers.len();
+        assert!(i < n, "Sequential::set: index {i} out of range for {n} layers");
+        std::mem::replace(&mut self.layers[i], Box::new(layer))
+    }
+
+    /// Removes and returns layer `i`.
+    ///
+    /// # Panics
+    /// When `i` is out of range.
+    pub fn remove(&mut self, i: usize) -> Box<dyn AnyModule> {
+        let n = self.layers.len();
+        assert!(i < n, "Sequential::remove: index {i} out of range for {n} layers");
+        self.layers.remove(i)
     }
 
     /// Number of layers.
@@ -84,7 +152,7 @@ impl Module for Sequential {
 
     fn visit_children<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a dyn Module)) {
         for (i, layer) in self.layers.iter().enumerate() {
-            f(&format!("{prefix}{i}"), layer.as_ref());
+            f(&format!("{prefix}{i}"), (**layer).as_module());
         }
     }
 

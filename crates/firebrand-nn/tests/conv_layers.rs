@@ -98,7 +98,8 @@ fn layers_match_pytorch_values_gradients_and_running_stats() {
 #[test]
 fn batch_norm_eval_uses_running_statistics() {
     let c = &cases()["bn2d_eval"];
-    let mut bn = BatchNorm2d::new(3).momentum(0.3);
+    let mut bn = BatchNorm2d::new(3).with_momentum(0.3);
+    assert_eq!((bn.momentum(), bn.eps()), (0.3, 1e-5));
     bn.weight.as_ref().unwrap().copy_(&Tensor::from_vec(f32s(&c["weight"]), [3])).unwrap();
     bn.bias.as_ref().unwrap().copy_(&Tensor::from_vec(f32s(&c["bias"]), [3])).unwrap();
     // Same two training batches as the script (det() inputs, reproduced here).
@@ -258,4 +259,48 @@ fn cnn_summary_and_state_dict_with_buffers_round_trip() {
         );
     }
     std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn batch_norm_folds_into_the_layer_before_it() {
+    use firebrand_nn::{BatchNorm1d, Linear, ModuleExt, fuse_conv_bn, fuse_linear_bn};
+    manual_seed(11);
+    // Non-trivial statistics and affine parameters.
+    let conv =
+        Conv2d::with_config(4, 6, (3, 3), firebrand_nn::ConvConfig { stride: (2, 2), groups: 2, ..Default::default() });
+    let mut bn = BatchNorm2d::new(6).with_eps(1e-3);
+    for _ in 0..3 {
+        bn.forward(&conv.forward(&Tensor::randn([5, 4, 9, 9], 0.7, 2.0)));
+    }
+    bn.weight.as_ref().unwrap().copy_(&Tensor::randn([6], 1.0, 0.3)).unwrap();
+    bn.bias.as_ref().unwrap().copy_(&Tensor::randn([6], 0.0, 0.3)).unwrap();
+    bn.eval();
+    let x = Tensor::randn([3, 4, 9, 9], 0.0, 1.0);
+    let fused = fuse_conv_bn(&conv, &bn).unwrap();
+    let diff = bn.forward(&conv.forward(&x)).sub(&fused.forward(&x)).abs().max_all().item();
+    assert!(diff < 1e-5, "conv + bn vs folded: {diff}");
+    assert_eq!(fused.config().groups, 2);
+
+    let lin = Linear::new(7, 5);
+    let mut bn1 = BatchNorm1d::new(5);
+    bn1.forward(&lin.forward(&Tensor::randn([16, 7], 1.0, 3.0)));
+    bn1.eval();
+    let x = Tensor::randn([4, 7], 0.0, 1.0);
+    let fused = fuse_linear_bn(&lin, &bn1).unwrap();
+    assert!(bn1.forward(&lin.forward(&x)).sub(&fused.forward(&x)).abs().max_all().item() < 1e-5);
+    // A fused activation sits between: no folding, and the error says why.
+    let e = fuse_linear_bn(&Linear::new(7, 5).with_activation(firebrand_nn::Activation::Relu), &bn1)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("relu"), "{e}");
+    assert!(fuse_conv_bn(&Conv2d::new(4, 3, 3), &bn).err().expect("refused").to_string().contains("3 output channels"));
+    // On a Sequential: both kinds of pair.
+    let mut net = Sequential::new().add(Linear::new(7, 5)).add(BatchNorm1d::new(5)).add(Linear::new(5, 2));
+    net.forward(&Tensor::randn([8, 7], 0.0, 1.0));
+    net.eval();
+    let before = net.forward(&x);
+    assert_eq!(net.fuse_batch_norms(), 1);
+    assert_eq!(net.len(), 2);
+    assert!(net.forward(&x).sub(&before).abs().max_all().item() < 1e-5);
+    assert_eq!(net.num_parameters(), 7 * 5 + 5 + 5 * 2 + 2);
 }

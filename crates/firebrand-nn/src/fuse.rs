@@ -1,0 +1,123 @@
+//! Inference fusion: an eval-mode BatchNorm folded into the convolution or
+//! linear layer before it (PyTorch's `fuse_conv_bn_eval` /
+//! `torch.ao.quantization.fuse_modules`), so inference skips the
+//! normalization pass entirely.
+
+use crate::{BatchNorm, BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential};
+use firebrand_autograd::{Error, Result, Tensor, with_no_grad};
+
+/// A folded layer's parameters: detached copies that train if asked to.
+fn param(t: Tensor) -> Tensor {
+    t.detach_copy().requires_grad_(true)
+}
+
+/// `conv` followed by `bn` (in evaluation mode, with its running statistics)
+/// as one convolution: each output channel's filter scaled by
+/// `γ / sqrt(var + ε)` and its bias moved to `β + (b − mean)·γ / sqrt(var + ε)`.
+/// The result computes the same outputs in one layer.
+///
+/// ```
+/// use firebrand_nn::{BatchNorm2d, Conv2d, Module, ModuleExt, fuse_conv_bn};
+/// use firebrand_autograd::Tensor;
+/// let conv = Conv2d::new(3, 8, 3);
+/// let mut bn = BatchNorm2d::new(8);
+/// bn.forward(&conv.forward(&Tensor::randn([4, 3, 9, 9], 0.5, 2.0))); // running statistics move
+/// bn.eval();
+/// let fused = fuse_conv_bn(&conv, &bn).unwrap();
+/// let x = Tensor::randn([2, 3, 9, 9], 0.0, 1.0);
+/// let (a, b) = (bn.forward(&conv.forward(&x)), fused.forward(&x));
+/// assert!(a.sub(&b).abs().max_all().item() < 1e-4);
+/// ```
+///
+/// # Errors
+/// When the channel counts differ, or the convolution has a fused
+/// activation (the BatchNorm then follows the activation and cannot move
+/// before it).
+pub fn fuse_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
+    let op = "fuse_conv_bn";
+    let cout = conv.weight.dims()[0];
+    if bn.num_features() != cout {
+        return Err(Error::msg(op, format!("Conv2d has {cout} output channels, BatchNorm {}", bn.num_features())));
+    }
+    if let Some(a) = conv.activation() {
+        return Err(Error::msg(op, format!("Conv2d has a fused {} before the BatchNorm", a.name())));
+    }
+    with_no_grad(|| {
+        let (scale, shift) = bn.eval_scale_shift(); // (Cout,)
+        let w = conv.weight.mul(&scale.reshape([cout, 1, 1, 1]));
+        let b = match &conv.bias {
+            Some(b) => b.mul(&scale).add(&shift),
+            None => shift,
+        };
+        Ok(Conv2d::from_parts(param(w), Some(param(b)), *conv.config()))
+    })
+}
+
+/// `linear` followed by `bn` (a `BatchNorm1d` over its features, in
+/// evaluation mode) as one linear layer; see [`fuse_conv_bn`].
+///
+/// # Errors
+/// When the feature counts differ or the linear layer has a fused activation.
+pub fn fuse_linear_bn(linear: &Linear, bn: &BatchNorm) -> Result<Linear> {
+    let op = "fuse_linear_bn";
+    let out = linear.out_features();
+    if bn.num_features() != out {
+        return Err(Error::msg(op, format!("Linear has {out} outputs, BatchNorm {}", bn.num_features())));
+    }
+    if let Some(a) = linear.activation() {
+        return Err(Error::msg(op, format!("Linear has a fused {} before the BatchNorm", a.name())));
+    }
+    with_no_grad(|| {
+        let (scale, shift) = bn.eval_scale_shift();
+        let w = linear.weight.mul(&scale.reshape([out, 1]));
+        let b = match &linear.bias {
+            Some(b) => b.mul(&scale).add(&shift),
+            None => shift,
+        };
+        Ok(Linear::from_parts(param(w), Some(param(b))))
+    })
+}
+
+impl Sequential {
+    /// Folds every `Conv2d → BatchNorm2d` and `Linear → BatchNorm1d` pair
+    /// into one layer (see [`fuse_conv_bn`]), for inference; returns how many
+    /// pairs were folded. Pairs that cannot fold (a fused activation between)
+    /// are left as they are. Parameter names shift with the removed layers.
+    ///
+    /// ```
+    /// use firebrand_nn::{Activation, BatchNorm2d, Conv2d, Flatten, Linear, Module, ModuleExt, ReLU, Sequential};
+    /// use firebrand_autograd::Tensor;
+    /// let mut net = Sequential::new()
+    ///     .add(Conv2d::new(1, 4, 3)).add(BatchNorm2d::new(4)).add(ReLU)
+    ///     .add(Flatten).add(Linear::new(4 * 6 * 6, 3));
+    /// net.eval();
+    /// let x = Tensor::randn([2, 1, 8, 8], 0.0, 1.0);
+    /// let before = net.forward(&x);
+    /// assert_eq!(net.fuse_batch_norms(), 1);
+    /// assert_eq!(net.len(), 4);
+    /// assert!(net.forward(&x).sub(&before).abs().max_all().item() < 1e-5);
+    /// ```
+    pub fn fuse_batch_norms(&mut self) -> usize {
+        let mut fused = 0;
+        let mut i = 0;
+        while i + 1 < self.len() {
+            let conv = match (self.get::<Conv2d>(i), self.get::<BatchNorm2d>(i + 1)) {
+                (Some(c), Some(bn)) => fuse_conv_bn(c, bn).ok(),
+                _ => None,
+            };
+            if let Some(c) = conv {
+                self.set(i, c);
+                self.remove(i + 1);
+                fused += 1;
+            } else if let (Some(l), Some(bn)) = (self.get::<Linear>(i), self.get::<BatchNorm1d>(i + 1))
+                && let Ok(l) = fuse_linear_bn(l, bn)
+            {
+                self.set(i, l);
+                self.remove(i + 1);
+                fused += 1;
+            }
+            i += 1;
+        }
+        fused
+    }
+}
