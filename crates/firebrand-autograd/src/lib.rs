@@ -44,6 +44,6 @@ pub use firebrand_tensor::op::Window2d;
 pub use firebrand_tensor::{DType, Device, Element, Error, Layout, Result, Shape, bf16, f16};
 pub use grad_mode::{NoGradGuard, is_grad_enabled, no_grad, with_no_grad};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck};
-pub use ops::{AttentionOptions, ConvOptions, IndexExpr, TensorIndex, result_type};
+pub use ops::{AttentionOptions, ConvOptions, IndexExpr, PadMode, TensorIndex, result_type};
 pub use random::manual_seed;
 pub use tensor::{Tensor, TensorId};

@@ -4,7 +4,9 @@
 //! differentiable one, dtypes and promotion, in-place rules, and the NaN/inf
 //! table through every elementwise op and reduction.
 
-use firebrand_autograd::{ConvOptions, DType, GradcheckOptions, Tensor, TensorIndex, Window2d, gradcheck, no_grad};
+use firebrand_autograd::{
+    ConvOptions, DType, GradcheckOptions, PadMode, Tensor, TensorIndex, Window2d, gradcheck, no_grad,
+};
 use firebrand_ops::unary::UnaryOp;
 use serde_json::Value;
 
@@ -78,6 +80,8 @@ fn ops() -> Vec<NamedOp> {
         ("einsum_bij_bjk", Box::new(move |x| Tensor::einsum("bij,bjk->bik", &[x, &b3]))),
         ("einsum_ij_ji", Box::new(|x| Tensor::einsum("ij->ji", &[x]))),
         ("bmm", Box::new(move |x| x.bmm(&b4))),
+        ("pad_reflect_2_1_1_2", Box::new(|x| x.pad_mode(&[2, 1, 1, 2], PadMode::Reflect))),
+        ("pad_replicate_3_0_0_2", Box::new(|x| x.pad_mode(&[3, 0, 0, 2], PadMode::Replicate))),
         ("relu6", Box::new(|x| x.relu6())),
         ("hardtanh_m2_3", Box::new(|x| x.hardtanh(-2.0, 3.0))),
         ("hardswish", Box::new(|x| x.hardswish())),
@@ -388,6 +392,15 @@ fn nan_and_inf_propagate_as_in_pytorch() {
         };
         close(&got.to_vec::<f64>(), &nums(&t["reduce"][name]), 1e-6, name);
     }
+}
+
+#[test]
+fn reflect_padding_needs_room() {
+    let x = Tensor::ones([1, 3]);
+    let e = x.try_pad_mode(&[3, 0], PadMode::Reflect).unwrap_err();
+    assert!(e.to_string().contains("smaller than dim 1 of size 3"), "{e}");
+    assert_eq!(x.pad_mode(&[5, 5], PadMode::Replicate).dims(), &[1, 13]);
+    assert_eq!(x.pad_mode(&[1, 1], PadMode::Constant(2.0)).to_vec::<f32>(), vec![2.0, 1.0, 1.0, 1.0, 2.0]);
 }
 
 #[test]

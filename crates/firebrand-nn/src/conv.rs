@@ -8,12 +8,26 @@ use firebrand_autograd::{ConvOptions, Tensor};
 pub enum Padding {
     /// No padding (Keras' `"valid"`, PyTorch's `padding=0`).
     Valid,
-    /// Output the size of the input (Keras' and PyTorch's `"same"`; stride 1
-    /// only, as in PyTorch). An even kernel puts the extra row/column of
-    /// padding at the end, as PyTorch does.
+    /// `"same"` padding: the output is `⌈input / stride⌉` along each dim,
+    /// the padding split with the odd one at the end (bottom, right). At
+    /// stride 1 that is PyTorch's `padding="same"`; at any stride it is
+    /// TensorFlow/Keras' `"SAME"`, which is asymmetric for stride 2 on even
+    /// sizes. Computed from each input's size.
     Same,
     /// Explicit zero padding on both sides of (height, width).
     Explicit(usize, usize),
+    /// Zero padding of each side on its own (PyTorch's `F.pad(x, (left,
+    /// right, top, bottom))` before the convolution).
+    Asymmetric {
+        /// Rows above.
+        top: usize,
+        /// Rows below.
+        bottom: usize,
+        /// Columns on the left.
+        left: usize,
+        /// Columns on the right.
+        right: usize,
+    },
 }
 
 /// Hyper-parameters shared by [`Conv2d`] and [`Conv1d`] (PyTorch's defaults:
@@ -77,8 +91,7 @@ impl Conv2d {
     /// A convolution with a `(kh, kw)` kernel and every option.
     ///
     /// # Panics
-    /// When `groups` does not divide both channel counts, a size is zero, or
-    /// `Padding::Same` is asked for with a stride other than 1.
+    /// When `groups` does not divide both channel counts or a size is zero.
     pub fn with_config(in_channels: usize, out_channels: usize, kernel: (usize, usize), config: ConvConfig) -> Self {
         let g = config.groups;
         assert!(
@@ -86,11 +99,6 @@ impl Conv2d {
             "Conv2d: groups {g} must divide in_channels {in_channels} and out_channels {out_channels}"
         );
         assert!(kernel.0 > 0 && kernel.1 > 0, "Conv2d: kernel {kernel:?} must be positive");
-        assert!(
-            config.padding != Padding::Same || config.stride == (1, 1),
-            "Conv2d: padding \"same\" needs stride 1, got {:?}",
-            config.stride
-        );
         let fan_in = in_channels / g * kernel.0 * kernel.1;
         let fan_out = out_channels / g * kernel.0 * kernel.1;
         let weight = config
@@ -102,21 +110,13 @@ impl Conv2d {
     }
 
     /// Sets the padding (builder style).
-    ///
-    /// # Panics
-    /// On `Padding::Same` with a stride other than 1.
     pub fn padding(mut self, padding: Padding) -> Self {
-        assert!(padding != Padding::Same || self.config.stride == (1, 1), "Conv2d: padding \"same\" needs stride 1");
         self.config.padding = padding;
         self
     }
 
     /// Sets the stride (builder style).
-    ///
-    /// # Panics
-    /// With `Padding::Same` and a stride other than 1.
     pub fn stride(mut self, stride: usize) -> Self {
-        assert!(self.config.padding != Padding::Same || stride == 1, "Conv2d: padding \"same\" needs stride 1");
         self.config.stride = (stride, stride);
         self
     }
@@ -169,31 +169,52 @@ impl Conv2d {
     }
 }
 
-/// The symmetric padding to run with and how many leading output rows/columns
-/// to drop afterwards (1 where "same" needs one more at the end than at the
-/// start, i.e. an even effective kernel).
-fn resolve_padding(
-    padding: Padding,
-    kernel: (usize, usize),
-    dilation: (usize, usize),
-) -> ((usize, usize), (usize, usize)) {
-    match padding {
-        Padding::Valid => ((0, 0), (0, 0)),
-        Padding::Explicit(h, w) => ((h, w), (0, 0)),
+/// `(before, after)` padding of one dim of size `n` for "same": the output
+/// is `⌈n / stride⌉` (TensorFlow's rule; PyTorch's at stride 1).
+fn same_padding(n: usize, kernel: usize, dilation: usize, stride: usize) -> (usize, usize) {
+    let span = dilation * (kernel - 1) + 1;
+    let out = n.div_ceil(stride.max(1));
+    let total = ((out.max(1) - 1) * stride + span).saturating_sub(n);
+    (total / 2, total - total / 2)
+}
+
+/// `[top, bottom, left, right]` for an input of `(h, w)`.
+fn resolve_padding(c: &ConvConfig, kernel: (usize, usize), (h, w): (usize, usize)) -> [usize; 4] {
+    match c.padding {
+        Padding::Valid => [0; 4],
+        Padding::Explicit(ph, pw) => [ph, ph, pw, pw],
+        Padding::Asymmetric { top, bottom, left, right } => [top, bottom, left, right],
         Padding::Same => {
-            let total = |k: usize, d: usize| d * (k - 1);
-            let (th, tw) = (total(kernel.0, dilation.0), total(kernel.1, dilation.1));
-            ((th.div_ceil(2), tw.div_ceil(2)), (th % 2, tw % 2))
+            let (t, b) = same_padding(h, kernel.0, c.dilation.0, c.stride.0);
+            let (l, r) = same_padding(w, kernel.1, c.dilation.1, c.stride.1);
+            [t, b, l, r]
         }
     }
 }
 
-/// Runs a convolution with `Padding` resolved; the crop handles "same" with an
-/// even kernel (PyTorch pads `total/2` before and the rest after).
+/// Runs a convolution with its `Padding` resolved for this input.
+/// Symmetric padding goes to the convolution itself. Uneven padding at stride
+/// 1 pads the larger side on both and drops the extra output rows/columns
+/// (no copy of the input); at other strides the input is padded first.
 fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConfig, act: Option<Activation>) -> Tensor {
     let k = weight.dims();
     let (kh, kw) = (k[2], k[3]);
-    let (padding, crop) = resolve_padding(c.padding, (kh, kw), c.dilation);
+    let (h, w) = match x.dims() {
+        &[_, _, h, w] => (h, w),
+        d => panic!("Conv2d: expected input (N, C, H, W), got {d:?}"),
+    };
+    let [top, bottom, left, right] = resolve_padding(c, (kh, kw), (h, w));
+    let (mut x, mut padding, mut crop) = (x.clone(), (top, left), [0usize; 4]);
+    if top != bottom || left != right {
+        if c.stride == (1, 1) {
+            let (ph, pw) = (top.max(bottom), left.max(right));
+            padding = (ph, pw);
+            crop = [ph - top, ph - bottom, pw - left, pw - right];
+        } else {
+            x = x.pad(&[left, right, top, bottom], 0.0);
+            padding = (0, 0);
+        }
+    }
     let opts = ConvOptions { stride: c.stride, padding, dilation: c.dilation, groups: c.groups };
     // ReLU is fused into the convolution's output pass; other activations follow it.
     let fused = act == Some(Activation::Relu);
@@ -202,9 +223,9 @@ fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConf
     } else {
         x.conv2d(weight, bias, opts)
     }; // (N, Cout, Ho, Wo)
-    if crop != (0, 0) {
-        let (h, w) = (y.dims()[2] - crop.0, y.dims()[3] - crop.1);
-        y = y.narrow(2, crop.0, h).narrow(3, crop.1, w);
+    if crop != [0; 4] {
+        let (ho, wo) = (y.dims()[2] - crop[0] - crop[1], y.dims()[3] - crop[2] - crop[3]);
+        y = y.narrow(2, crop[0], ho).narrow(3, crop[2], wo);
     }
     match act {
         Some(a) if !fused => a.apply(&y),
@@ -239,6 +260,9 @@ fn describe(name: &str, cin: usize, cout: usize, k: &str, c: &ConvConfig, act: O
         Padding::Valid => {}
         Padding::Same => s.push_str(", same"),
         Padding::Explicit(h, w) => s.push_str(&format!(", pad {h}x{w}")),
+        Padding::Asymmetric { top, bottom, left, right } => {
+            s.push_str(&format!(", pad t{top} b{bottom} l{left} r{right}"))
+        }
     }
     if c.stride != (1, 1) {
         s.push_str(&format!(", stride {}x{}", c.stride.0, c.stride.1));
@@ -251,6 +275,15 @@ fn describe(name: &str, cin: usize, cout: usize, k: &str, c: &ConvConfig, act: O
     }
     s.push(')');
     s
+}
+
+/// A 1-D convolution's padding as the 2-D one over a height of 1.
+fn width_only(p: Padding) -> Padding {
+    match p {
+        Padding::Explicit(_, w) => Padding::Explicit(0, w),
+        Padding::Asymmetric { left, right, .. } => Padding::Asymmetric { top: 0, bottom: 0, left, right },
+        p => p,
+    }
 }
 
 /// 1-D convolution over `(N, C, L)` with a weight `(Cout, C/groups, k)`
@@ -287,10 +320,7 @@ impl Conv1d {
         let config = ConvConfig {
             stride: (1, config.stride.1),
             dilation: (1, config.dilation.1),
-            padding: match config.padding {
-                Padding::Explicit(_, w) => Padding::Explicit(0, w),
-                p => p,
-            },
+            padding: width_only(config.padding),
             ..config
         };
         let c = Conv2d::with_config(in_channels, out_channels, (1, kernel), config);
@@ -299,25 +329,15 @@ impl Conv1d {
         Conv1d { weight, bias: c.bias, config: c.config, activation: None }
     }
 
-    /// Sets the padding (builder style); `Explicit(_, p)` pads `p` on both ends.
-    ///
-    /// # Panics
-    /// On `Padding::Same` with a stride other than 1.
+    /// Sets the padding (builder style); `Explicit(_, p)` pads `p` on both
+    /// ends, `Asymmetric` uses its `left` and `right`.
     pub fn padding(mut self, padding: Padding) -> Self {
-        assert!(padding != Padding::Same || self.config.stride == (1, 1), "Conv1d: padding \"same\" needs stride 1");
-        self.config.padding = match padding {
-            Padding::Explicit(_, w) => Padding::Explicit(0, w),
-            p => p,
-        };
+        self.config.padding = width_only(padding);
         self
     }
 
     /// Sets the stride (builder style).
-    ///
-    /// # Panics
-    /// With `Padding::Same` and a stride other than 1.
     pub fn stride(mut self, stride: usize) -> Self {
-        assert!(self.config.padding != Padding::Same || stride == 1, "Conv1d: padding \"same\" needs stride 1");
         self.config.stride = (1, stride);
         self
     }

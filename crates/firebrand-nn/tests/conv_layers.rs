@@ -35,10 +35,11 @@ fn build(spec: &Value) -> Box<dyn Module> {
             let k = pair(spec, "k", 1);
             let padding = match &spec["padding"] {
                 Value::String(s) if s == "same" => Padding::Same,
-                v => {
-                    let p = usizes(v);
-                    Padding::Explicit(p[0], p[1])
-                }
+                v => match usizes(v)[..] {
+                    [h, w] => Padding::Explicit(h, w),
+                    [top, bottom, left, right] => Padding::Asymmetric { top, bottom, left, right },
+                    ref p => panic!("padding {p:?}"),
+                },
             };
             let config = ConvConfig {
                 stride: pair(spec, "stride", 1),
@@ -208,12 +209,14 @@ fn layer_errors_name_the_layer_and_shapes() {
         .unwrap_err();
     let msg = err.downcast_ref::<String>().unwrap();
     assert!(msg.contains("conv2d") && msg.contains("[1, 2, 8, 8]") && msg.contains("[8, 3, 3, 3]"), "{msg}");
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Conv2d::new(3, 8, 3).stride(2).padding(Padding::Same)
-    }))
-    .map(|_| ())
-    .unwrap_err();
-    assert!(err.downcast_ref::<&str>().unwrap().contains("same"));
+    // "same" at stride 2 is TensorFlow's: the output is ceil(input / 2).
+    let same2 = Conv2d::new(3, 8, 3).stride(2).padding(Padding::Same);
+    assert_eq!(same2.forward(&Tensor::zeros([1, 3, 8, 8])).dims(), &[1, 8, 4, 4]);
+    assert_eq!(same2.forward(&Tensor::zeros([1, 3, 7, 9])).dims(), &[1, 8, 4, 5]);
+    let err =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conv.forward(&Tensor::zeros([2, 8, 8])))).unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("Conv2d") && msg.contains("[2, 8, 8]"), "{msg}");
     let bn = BatchNorm2d::new(4);
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bn.forward(&Tensor::zeros([2, 3, 4, 4]))))
         .unwrap_err();

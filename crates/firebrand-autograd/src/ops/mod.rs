@@ -21,7 +21,7 @@ mod view;
 pub use attention::AttentionOptions;
 pub use binary::result_type;
 pub use conv::ConvOptions;
-pub use shape::{IndexExpr, TensorIndex};
+pub use shape::{IndexExpr, PadMode, TensorIndex};
 
 use crate::grad_mode::is_grad_enabled;
 use crate::tensor::{GradFn, Tensor};

@@ -107,6 +107,17 @@ tuple_index!(A, B, C);
 tuple_index!(A, B, C, D);
 tuple_index!(A, B, C, D, E);
 
+/// How [`Tensor::pad_mode`] fills the border (PyTorch's `F.pad` modes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadMode {
+    /// A constant value.
+    Constant(f32),
+    /// The mirror image, not repeating the edge.
+    Reflect,
+    /// The edge value repeated.
+    Replicate,
+}
+
 /// A position `i` (negative from the end) clamped into `0..=n` (Python's slice rule).
 fn clamp_bound(i: isize, n: usize) -> usize {
     let i = if i < 0 { i + n as isize } else { i };
@@ -392,5 +403,67 @@ impl Tensor {
     panicking!(
         /// Constant padding; see [`Tensor::try_pad`].
         pad => try_pad(pad: &[usize], value: f32) -> Tensor
+    );
+
+    /// Padding in any [`PadMode`], PyTorch's `F.pad(x, pad, mode)`: `pad`
+    /// holds `(before, after)` pairs from the last dim backwards. Reflect
+    /// mirrors without repeating the edge (`[1, 2, 3]` padded by 2 on the left
+    /// gives `[3, 2, 1, 2, 3]`); replicate repeats the edge. Differentiable:
+    /// the padding's gradient flows back to the elements it copied.
+    ///
+    /// ```
+    /// use firebrand_autograd::{PadMode, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [1, 3]);
+    /// assert_eq!(x.pad_mode(&[2, 1], PadMode::Reflect).to_vec::<f32>(), vec![3.0, 2.0, 1.0, 2.0, 3.0, 2.0]);
+    /// assert_eq!(x.pad_mode(&[2, 1], PadMode::Replicate).to_vec::<f32>(), vec![1.0, 1.0, 1.0, 2.0, 3.0, 3.0]);
+    /// ```
+    ///
+    /// # Errors
+    /// When `pad` has an odd length or more pairs than the tensor has dims,
+    /// or a reflect padding is not smaller than its dim.
+    pub fn try_pad_mode(&self, pad: &[usize], mode: PadMode) -> Result<Tensor> {
+        if let PadMode::Constant(v) = mode {
+            return self.try_pad(pad, v);
+        }
+        if !pad.len().is_multiple_of(2) || pad.len() / 2 > self.rank() {
+            return Err(Error::msg("pad", format!("padding {pad:?} for a tensor of shape {:?}", self.dims())));
+        }
+        let mut out = self.clone();
+        for (k, pair) in pad.chunks(2).enumerate() {
+            let d = self.rank() - 1 - k;
+            let n = self.dims()[d];
+            let (before, after) = (pair[0], pair[1]);
+            if before == 0 && after == 0 {
+                continue;
+            }
+            if mode == PadMode::Reflect && (before >= n || after >= n) {
+                return Err(Error::msg(
+                    "pad",
+                    format!("reflect padding ({before}, {after}) must be smaller than dim {d} of size {n}"),
+                ));
+            }
+            if n == 0 {
+                return Err(Error::msg("pad", format!("cannot {mode:?}-pad an empty dim {d}")));
+            }
+            // Source position of every output position along `d`.
+            let src = |i: isize| -> i64 {
+                let last = n as isize - 1;
+                let j = match mode {
+                    PadMode::Reflect if i < 0 => -i,
+                    PadMode::Reflect if i > last => 2 * last - i,
+                    _ => i.clamp(0, last),
+                };
+                j as i64
+            };
+            let idx: Vec<i64> = (-(before as isize)..(n + after) as isize).map(src).collect();
+            let len = idx.len();
+            out = out.try_index_select(d as isize, &Tensor::from_vec(idx, [len]).to_device(self.device())?)?;
+        }
+        Ok(out)
+    }
+
+    panicking!(
+        /// Padding in any mode; see [`Tensor::try_pad_mode`].
+        pad_mode => try_pad_mode(pad: &[usize], mode: PadMode) -> Tensor
     );
 }

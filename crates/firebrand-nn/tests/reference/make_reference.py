@@ -70,6 +70,34 @@ def layer_case(spec, x_shape, module, params):
 
 
 nn = torch.nn
+
+
+def tf_same(n, k, s, d=1):
+    """TensorFlow's "SAME": (before, after) for a dim of size n."""
+    span = d * (k - 1) + 1
+    total = max((math.ceil(n / s) - 1) * s + span - n, 0)
+    return total // 2, total - total // 2
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A convolution after F.pad(x, (left, right, top, bottom)): the reference for asymmetric padding."""
+    def __init__(self, pad, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad4 = pad
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.pad4))
+
+
+class PaddedConv1d(nn.Conv1d):
+    def __init__(self, pad, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad2 = pad
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.pad2))
+
+
 layers = [
     ("conv2d_same", {"layer": "conv2d", "cin": 3, "cout": 4, "k": [3, 3], "padding": "same"}, (2, 3, 7, 6),
      nn.Conv2d(3, 4, 3, padding="same")),
@@ -83,6 +111,20 @@ layers = [
      nn.Conv1d(4, 6, 4, padding="same", groups=2)),
     ("conv1d_stride", {"layer": "conv1d", "cin": 3, "cout": 2, "k": [1, 3], "padding": [0, 1], "stride": [1, 2]},
      (2, 3, 10), nn.Conv1d(3, 2, 3, stride=2, padding=1)),
+    # TensorFlow "SAME" at stride 2 (asymmetric on even sizes) and explicit asymmetric padding.
+    ("conv2d_tf_same_s2", {"layer": "conv2d", "cin": 3, "cout": 4, "k": [3, 3], "padding": "same", "stride": [2, 2]},
+     (2, 3, 8, 8), PaddedConv2d((*tf_same(8, 3, 2), *tf_same(8, 3, 2)), 3, 4, 3, stride=2)),
+    ("conv2d_tf_same_s2_odd", {"layer": "conv2d", "cin": 2, "cout": 3, "k": [4, 3], "padding": "same",
+                               "stride": [2, 3], "dilation": [1, 2]},
+     (1, 2, 7, 10), PaddedConv2d((*tf_same(10, 3, 3, 2), *tf_same(7, 4, 2)), 2, 3, (4, 3), stride=(2, 3),
+                                 dilation=(1, 2))),
+    ("conv2d_asym", {"layer": "conv2d", "cin": 3, "cout": 2, "k": [3, 3], "padding": [1, 0, 2, 1]}, (2, 3, 6, 7),
+     PaddedConv2d((2, 1, 1, 0), 3, 2, 3)),
+    ("conv2d_asym_s2", {"layer": "conv2d", "cin": 4, "cout": 4, "k": [3, 3], "padding": [0, 1, 1, 0],
+                        "stride": [2, 2], "groups": 4}, (2, 4, 8, 9), PaddedConv2d((1, 0, 0, 1), 4, 4, 3, stride=2,
+                                                                                  groups=4)),
+    ("conv1d_tf_same_s3", {"layer": "conv1d", "cin": 3, "cout": 2, "k": [1, 4], "padding": "same", "stride": [1, 3]},
+     (2, 3, 10), PaddedConv1d(tf_same(10, 4, 3), 3, 2, 4, stride=3)),
     ("maxpool", {"layer": "maxpool", "k": 3, "stride": 2, "padding": 1}, (2, 3, 7, 6), nn.MaxPool2d(3, 2, 1)),
     ("maxpool2", {"layer": "maxpool", "k": 2, "stride": 2, "padding": 0}, (1, 2, 5, 7), nn.MaxPool2d(2)),
     ("avgpool", {"layer": "avgpool", "k": 2, "stride": 2, "padding": 0}, (2, 2, 6, 5), nn.AvgPool2d(2)),
