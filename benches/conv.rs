@@ -1,7 +1,7 @@
 //! Criterion benches of convolution and pooling at the `fashion_mnist_cnn`
 //! example's shapes (batch 32), through the `Tensor` API: each layer's forward
-//! alone and forward + backward (gradients for the input and the weight), and
-//! one whole training step of the example's network.
+//! alone and forward + backward (gradients for the input and the weight),
+//! eval-mode batch norm, and one whole training step of the example's network.
 //!
 //! `cargo bench --bench conv`
 
@@ -42,6 +42,21 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// Eval-mode BatchNorm at a MobileNetV2 shape (batch 16, 96 channels, 56x56)
+/// and at the example's, trained statistics and affine parameters.
+fn batch_norm(c: &mut Criterion) {
+    let mut g = config(c, "batch_norm2d_eval");
+    for (name, dims) in [("16x96x56x56", [16, 96, 56, 56]), ("32x32x28x28", [32, 32, 28, 28])] {
+        manual_seed(0);
+        let mut bn = BatchNorm2d::new(dims[1]);
+        bn.forward(&Tensor::randn(dims, 0.5, 2.0));
+        bn.eval();
+        let x = Tensor::randn(dims, 0.0, 1.0);
+        g.bench_function(BenchmarkId::new("forward", name), |b| b.iter(|| with_no_grad(|| bn.forward(&x))));
+    }
+    g.finish();
+}
+
 fn pool(c: &mut Criterion) {
     let mut g = config(c, "max_pool2d_2x2");
     for (name, dims) in [("32x32x28x28", [32, 32, 28, 28]), ("32x64x14x14", [32, 64, 14, 14])] {
@@ -76,5 +91,5 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, pool, train_step);
+criterion_group!(benches, conv, batch_norm, pool, train_step);
 criterion_main!(benches);

@@ -139,19 +139,22 @@ impl BatchNorm {
     /// `y = x·scale + shift` with `scale = γ / sqrt(running_var + ε)` and
     /// `shift = β − running_mean·scale` (what folding into a layer uses).
     pub fn eval_scale_shift(&self) -> (Tensor, Tensor) {
-        firebrand_autograd::with_no_grad(|| {
-            let scale = self.running_var.affine(1.0, self.eps).rsqrt();
-            let scale = match &self.weight {
-                Some(w) => scale.mul(w),
-                None => scale,
-            };
-            let shift = self.running_mean.mul(&scale).neg();
-            let shift = match &self.bias {
-                Some(b) => shift.add(b),
-                None => shift,
-            };
-            (scale, shift)
-        })
+        firebrand_autograd::with_no_grad(|| self.eval_scale_shift_graph())
+    }
+
+    /// [`BatchNorm::eval_scale_shift`], recorded: gradients reach γ and β.
+    fn eval_scale_shift_graph(&self) -> (Tensor, Tensor) {
+        let scale = self.running_var.affine(1.0, self.eps).rsqrt();
+        let scale = match &self.weight {
+            Some(w) => scale.mul(w),
+            None => scale,
+        };
+        let shift = self.running_mean.mul(&scale).neg();
+        let shift = match &self.bias {
+            Some(b) => shift.add(b),
+            None => shift,
+        };
+        (scale, shift)
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) {
@@ -186,24 +189,23 @@ impl Module for BatchNorm {
             let mut bshape = vec![1; x.rank()]; // (1, C, 1, …)
             bshape[1] = c;
             let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
-            let (mean, inv_std) = if self.training {
-                let count = x.elem_count() / c;
-                assert!(
-                    count > 1,
-                    "{}: training needs more than one value per channel, got input {:?}",
-                    self.name,
-                    x.dims()
-                );
-                let mean = x.mean(&dims, true);
-                let var = x.var(&dims, 0, true);
-                with_no_grad(|| self.update_running(&mean, &var, count));
-                (mean, var.affine(1.0, self.eps).rsqrt())
-            } else {
-                (
-                    self.running_mean.reshape(bshape.clone()),
-                    self.running_var.affine(1.0, self.eps).rsqrt().reshape(bshape.clone()),
-                )
-            };
+            if !self.training {
+                // Evaluation: one per-channel scale and shift, `x·scale + shift`
+                // (two passes over x; γ and β still get their gradients).
+                let (scale, shift) = self.eval_scale_shift_graph();
+                return x.mul(&scale.reshape(bshape.clone())).add(&shift.reshape(bshape));
+            }
+            let count = x.elem_count() / c;
+            assert!(
+                count > 1,
+                "{}: training needs more than one value per channel, got input {:?}",
+                self.name,
+                x.dims()
+            );
+            let mean = x.mean(&dims, true);
+            let var = x.var(&dims, 0, true);
+            with_no_grad(|| self.update_running(&mean, &var, count));
+            let inv_std = var.affine(1.0, self.eps).rsqrt();
             let mut y = x.sub(&mean).mul(&inv_std);
             if let Some(w) = &self.weight {
                 y = y.mul(&w.reshape(bshape.clone()));

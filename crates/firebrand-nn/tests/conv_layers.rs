@@ -307,3 +307,29 @@ fn batch_norm_folds_into_the_layer_before_it() {
     assert!(net.forward(&x).sub(&before).abs().max_all().item() < 1e-5);
     assert_eq!(net.num_parameters(), 7 * 5 + 5 + 5 * 2 + 2);
 }
+
+#[test]
+fn eval_batch_norm_is_a_scale_and_shift_with_gradients() {
+    manual_seed(12);
+    let mut bn = BatchNorm2d::new(3).with_eps(1e-3);
+    bn.forward(&Tensor::randn([4, 3, 5, 5], 1.0, 2.0));
+    bn.eval();
+    let x = Tensor::randn([2, 3, 4, 4], 0.0, 1.0).requires_grad_(true);
+    let y = bn.forward(&x);
+    // The definition, from primitive ops.
+    let shape = [1, 3, 1, 1];
+    let norm =
+        x.detach().sub(&bn.running_mean.reshape(shape)).div(&bn.running_var.affine(1.0, 1e-3).sqrt().reshape(shape));
+    let want = norm.mul(&bn.weight.as_ref().unwrap().reshape(shape)).add(&bn.bias.as_ref().unwrap().reshape(shape));
+    assert!(y.sub(&want).abs().max_all().item() < 1e-5);
+    y.sum_all().backward();
+    // d/dγ = Σ normalized x per channel; d/dβ = the count; d/dx = γ / sqrt(var + ε).
+    let gw = bn.weight.as_ref().unwrap().grad().unwrap().to_vec::<f32>();
+    let want_gw = norm.sum(&[0, 2, 3], false).to_vec::<f32>();
+    assert!(gw.iter().zip(&want_gw).all(|(a, b)| (a - b).abs() < 1e-4), "{gw:?} vs {want_gw:?}");
+    assert_eq!(bn.bias.as_ref().unwrap().grad().unwrap().to_vec::<f32>(), vec![32.0; 3]);
+    let (scale, _) = bn.eval_scale_shift();
+    let gx = x.grad().unwrap().to_vec::<f32>();
+    let s = scale.to_vec::<f32>();
+    assert!(gx.iter().enumerate().all(|(i, g)| (g - s[(i / 16) % 3]).abs() < 1e-6));
+}
