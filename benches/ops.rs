@@ -36,6 +36,33 @@ fn elementwise(c: &mut Criterion) {
     g.finish();
 }
 
+/// MobileNet's activations, forward and forward + backward, beside ReLU.
+fn hard_activations(c: &mut Criterion) {
+    let mut g = config(c, "hard_activations");
+    for (r, k) in [(128, 784), (1024, 2048)] {
+        manual_seed(0);
+        let a = Tensor::randn([r, k], 0.0, 4.0);
+        let ag = a.detach().requires_grad_(true);
+        let id = format!("{r}x{k}");
+        g.throughput(Throughput::Elements((r * k) as u64));
+        g.bench_function(BenchmarkId::new("relu", &id), |x| x.iter(|| a.relu()));
+        g.bench_function(BenchmarkId::new("relu6", &id), |x| x.iter(|| a.relu6()));
+        g.bench_function(BenchmarkId::new("hardswish", &id), |x| x.iter(|| a.hardswish()));
+        g.bench_function(BenchmarkId::new("hardsigmoid", &id), |x| x.iter(|| a.hardsigmoid()));
+        for (name, f) in
+            [("relu6_backward", Tensor::relu6 as fn(&Tensor) -> Tensor), ("hardswish_backward", Tensor::hardswish)]
+        {
+            g.bench_function(BenchmarkId::new(name, &id), |x| {
+                x.iter(|| {
+                    f(&ag).sum_all().backward();
+                    ag.zero_grad();
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn reductions(c: &mut Criterion) {
     let mut g = config(c, "reductions");
     for (r, k) in SHAPES {
@@ -90,5 +117,5 @@ fn overhead(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, reductions, softmax, overhead);
+criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead);
 criterion_main!(benches);

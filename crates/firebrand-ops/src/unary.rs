@@ -19,6 +19,20 @@ pub fn relu(x: f32) -> f32 {
     if x < 0.0 { 0.0 } else { x }
 }
 
+/// `x` clamped into `[lo, hi]`, a NaN kept, written as two selects so the
+/// loop vectorizes without branches (random activations mispredict them).
+#[inline(always)]
+fn clamp_keep_nan(x: f32, lo: f32, hi: f32) -> f32 {
+    let y = if x < lo { lo } else { x };
+    if y > hi { hi } else { y }
+}
+
+/// `g` where `keep`, else 0, as a bit mask rather than a branch.
+#[inline(always)]
+fn masked(g: f32, keep: bool) -> f32 {
+    f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
+}
+
 /// The `wide` SIMD form, for ops whose scalar form does not auto-vectorize.
 fn simd(op: UnaryOp) -> Option<fn(f32x8) -> f32x8> {
     match op {
@@ -70,6 +84,9 @@ fn map_slice_portable(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
         UnaryOp::Square => simple!(|x: f32| x * x),
         UnaryOp::Abs => simple!(|x: f32| x.abs()),
         UnaryOp::Affine(m, a) => simple!(|x: f32| m * x + a),
+        UnaryOp::Clamp(lo, hi) | UnaryOp::Hardtanh(lo, hi) => simple!(|x: f32| clamp_keep_nan(x, lo, hi)),
+        UnaryOp::Hardswish => simple!(|x: f32| x * clamp_keep_nan(x + 3.0, 0.0, 6.0) / 6.0),
+        UnaryOp::Hardsigmoid => simple!(|x: f32| clamp_keep_nan(x + 3.0, 0.0, 6.0) / 6.0),
         op => simple!(|x: f32| op.apply(x)),
     }
 }
@@ -107,6 +124,28 @@ pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> 
                 // A bit mask, not a branch: which units are active is random, and
                 // the branch LLVM emits for `if` mispredicts half the time.
                 .for_each(|((d, &x), &g)| *d = f32::from_bits(g.to_bits() & ((x > 0.0) as u32).wrapping_neg())),
+            UnaryOp::Clamp(lo, hi) => chunk
+                .iter_mut()
+                .zip(&x[start..start + n])
+                .zip(&g[start..start + n])
+                .for_each(|((d, &x), &g)| *d = masked(g, (x >= lo) & (x <= hi))),
+            // PyTorch's rule: zero at or beyond a bound, so a NaN passes.
+            UnaryOp::Hardtanh(lo, hi) => chunk
+                .iter_mut()
+                .zip(&x[start..start + n])
+                .zip(&g[start..start + n])
+                .for_each(|((d, &x), &g)| *d = masked(g, !((x <= lo) | (x >= hi)))),
+            UnaryOp::Hardsigmoid => chunk
+                .iter_mut()
+                .zip(&x[start..start + n])
+                .zip(&g[start..start + n])
+                .for_each(|((d, &x), &g)| *d = masked(g * (1.0 / 6.0), (x > -3.0) & (x < 3.0))),
+            UnaryOp::Hardswish => {
+                chunk.iter_mut().zip(&x[start..start + n]).zip(&g[start..start + n]).for_each(|((d, &x), &g)| {
+                    let slope = if x < 3.0 { x / 3.0 + 0.5 } else { 1.0 };
+                    *d = masked(g * slope, !(x <= -3.0));
+                })
+            }
             UnaryOp::Tanh => chunk
                 .iter_mut()
                 .zip(&y[start..start + n])
@@ -216,6 +255,28 @@ mod tests {
                         xs[i]
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn hard_activation_kernels_equal_the_table_at_kinks_and_nan() {
+        let xs: Vec<f32> = (0..2001)
+            .map(|i| (i as f32 - 1000.0) * 0.01)
+            .chain([-3.0, 3.0, 0.0, 6.0, -0.5, 0.7, f32::NAN, f32::INFINITY, f32::NEG_INFINITY])
+            .collect();
+        let g: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+        for op in [UnaryOp::Clamp(-0.5, 0.7), UnaryOp::Hardtanh(0.0, 6.0), UnaryOp::Hardswish, UnaryOp::Hardsigmoid] {
+            let mut y = vec![0.0; xs.len()];
+            map_slice(op, &xs, &mut y);
+            for (i, &x) in xs.iter().enumerate() {
+                assert!(same(y[i], op.apply(x)), "{op:?}({x}) = {}, table {}", y[i], op.apply(x));
+            }
+            let got = unary_backward(op, &xs, &y, &g);
+            for (i, &x) in xs.iter().enumerate() {
+                let want = g[i] * op.derivative(x, y[i]);
+                assert!(same(got[i], want), "{op:?}'({x}) · g = {}, table {want}", got[i]);
             }
         }
     }
