@@ -63,6 +63,7 @@ mod fuse;
 mod init;
 mod linear;
 pub mod loss;
+pub mod models;
 mod module;
 mod norm;
 mod pool;
