@@ -8,6 +8,7 @@ same session, and prints both figures and their ratio.
     python3 benches/compare.py char_lstm [--seed 0]
     python3 benches/compare.py gpt [--iters 2000] [--seed 0]
     python3 benches/compare.py transformer_block [--rounds 10] [--seed 0]
+    python3 benches/compare.py mobilenet_v2 [--rounds 3]   (needs torchvision: see benches/pytorch/mobilenet_v2.py)
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -30,7 +31,7 @@ def run(cmd, env=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block"])
+    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block", "mobilenet_v2"])
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -47,6 +48,8 @@ def main():
         return compare_gpt(a)
     if a.workload == "transformer_block":
         return compare_transformer_block(a)
+    if a.workload == "mobilenet_v2":
+        return compare_mobilenet(a)
     best = {}
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
@@ -118,6 +121,20 @@ def compare_transformer_block(a):
     print("|---|---|---|---|")
     for key in ("forward_ms", "forward_backward_ms"):
         print(f"| {key[:-3].replace('_', ' + ')} | {f[key]:.2f} | {t[key]:.2f} | {t[key] / f[key]:.2f}x |")
+
+
+def compare_mobilenet(a):
+    """torchvision's MobileNetV2 at 224x224: inference images/s at batch 1 and 16, a training step at 16."""
+    ours, theirs = both(a, "mobilenet_v2", ["--rounds", str(a.rounds * 2 + 1)])
+    print("| measurement | Firebrand | PyTorch | speed-up | Firebrand MiB | PyTorch MiB |")
+    print("|---|---|---|---|---|---|")
+    for f, t in zip(ours, theirs):
+        if f["mode"] == "inference":
+            print(f"| inference, batch {f['batch']} (images/s) | {f['images_per_second']:.1f} | {t['images_per_second']:.1f} "
+                  f"| {f['images_per_second'] / t['images_per_second']:.2f}x | {f['peak_rss_mb']} | {t['peak_rss_mb']} |")
+        else:
+            print(f"| training step, batch 16 (ms) | {f['train_step_ms']:.1f} | {t['train_step_ms']:.1f} "
+                  f"| {t['train_step_ms'] / f['train_step_ms']:.2f}x | {f['peak_rss_mb']} | {t['peak_rss_mb']} |")
 
 
 def compare_classifier(a):

@@ -31,6 +31,11 @@
 //!   feed-forward 2048, post-norm ReLU, no dropout) on `(8, 128, 512)`:
 //!   `forward_ms` and `forward_backward_ms` (loss = mean of squares), the
 //!   median of N rounds after one warm-up.
+//! * `mobilenet_v2 [--rounds N] [--size S]` — torchvision's MobileNetV2 (1000
+//!   classes) on `S`x`S` images (224): inference `images_per_second` at batch
+//!   1 and 16 (evaluation mode, no gradients), and one training step at batch
+//!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
+//!   each the median of N rounds (5) after one warm-up.
 
 mod common;
 
@@ -68,13 +73,17 @@ fn main() {
             opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(10),
             opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
         ),
+        "mobilenet_v2" => workload_mobilenet_v2(
+            opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(5),
+            opt("--size").map(|c| c.parse().expect("--size S")).unwrap_or(224),
+        ),
         "char_lstm" => workload_char_lstm(
             opt("--text"),
             opt("--chars").map(|c| c.parse().expect("--chars N")).unwrap_or(1_000_000),
             opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
         ),
         other => {
-            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block");
+            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2");
             std::process::exit(2);
         }
     }
@@ -414,5 +423,52 @@ fn workload_transformer_block(rounds: usize, seed: u64) {
     });
     println!(
         "{{\"workload\":\"transformer_block\",\"lib\":\"firebrand\",\"forward_ms\":{forward_ms:.2},\"forward_backward_ms\":{forward_backward_ms:.2}}}"
+    );
+}
+
+/// The median of `rounds` timings of `f` (ms), after one warm-up run.
+fn median_ms(rounds: usize, f: &mut dyn FnMut()) -> f64 {
+    f();
+    let mut runs: Vec<f64> = (0..rounds.max(1))
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            1000.0 * t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+fn workload_mobilenet_v2(rounds: usize, size: usize) {
+    use firebrand::nn::models::MobileNetV2;
+    use firebrand::prelude::*;
+    manual_seed(0);
+    let mut net = MobileNetV2::new(1000);
+    net.eval();
+    for batch in [1, 16] {
+        let x = Tensor::randn([batch, 3, size, size], 0.0, 1.0);
+        let ms = median_ms(rounds, &mut || {
+            with_no_grad(|| net.forward(&x));
+        });
+        let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
+        println!(
+            "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"inference\",\"batch\":{batch},\"size\":{size},\"ms\":{ms:.2},\"images_per_second\":{:.2},\"peak_rss_mb\":{mem}}}",
+            1000.0 * batch as f64 / ms
+        );
+    }
+    net.train();
+    let mut sgd = Sgd::with_options(net.named_parameters(), 0.01, 0.9, 0.0, false, 0.0);
+    let x = Tensor::randn([16, 3, size, size], 0.0, 1.0);
+    let y = Tensor::from_vec((0..16).map(|i| (i * 37) % 1000).collect::<Vec<i64>>(), [16]);
+    let ms = median_ms(rounds, &mut || {
+        let loss = Loss::CROSS_ENTROPY.compute(&net.forward(&x), &y);
+        sgd.zero_grad();
+        loss.backward();
+        sgd.step();
+    });
+    let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
+    println!(
+        "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"train\",\"batch\":16,\"size\":{size},\"train_step_ms\":{ms:.2},\"peak_rss_mb\":{mem}}}"
     );
 }
