@@ -83,7 +83,9 @@ fn main() {
             opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
         ),
         other => {
-            eprintln!("unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2");
+            eprintln!(
+                "unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2"
+            );
             std::process::exit(2);
         }
     }

@@ -168,7 +168,12 @@ impl<'a> AttentionBuffers<'a> {
 fn with_contiguous<R>(x: &[f32], l: &Layout, f: impl FnOnce(&[f32]) -> R) -> R {
     match l.contiguous_range() {
         Some(r) => f(&x[r]),
-        None => f(&contiguous_f32(x, l)),
+        None => {
+            let scratch = contiguous_f32(x, l);
+            let out = f(&scratch);
+            firebrand_tensor::pool::recycle_f32(scratch);
+            out
+        }
     }
 }
 

@@ -50,7 +50,9 @@ pub fn reduce(op: ReduceOp, src: &[f32], layout: &Layout, axes: &[bool]) -> Redu
     let permuted = layout.permute(&perm).expect("a permutation");
     let data = contiguous_f32(src, &permuted);
     let outer: usize = kept.iter().map(|&d| dims[d]).product();
-    reduce_ori(op, &data, outer, r, 1)
+    let out = reduce_ori(op, &data, outer, r, 1);
+    firebrand_tensor::pool::recycle_f32(data); // a scratch copy: back to the pool
+    out
 }
 
 /// Reduces a contiguous `(outer, r, inner)` buffer over its middle axis.

@@ -93,17 +93,20 @@ fn map_slice_portable(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
 
 /// `op` applied to every element of `layout`, as a new row-major buffer.
 pub fn unary_map(op: UnaryOp, src: &[f32], layout: &Layout) -> Vec<f32> {
-    let owned;
-    let src = match layout.contiguous_range() {
-        Some(r) => &src[r],
-        None => {
-            owned = contiguous_f32(src, layout);
-            &owned[..]
-        }
+    let map = |src: &[f32]| {
+        let mut out = take_f32(src.len());
+        for_rows(&mut out, 1, |start, chunk| map_slice(op, &src[start..start + chunk.len()], chunk));
+        out
     };
-    let mut out = take_f32(src.len());
-    for_rows(&mut out, 1, |start, chunk| map_slice(op, &src[start..start + chunk.len()], chunk));
-    out
+    match layout.contiguous_range() {
+        Some(r) => map(&src[r]),
+        None => {
+            let scratch = contiguous_f32(src, layout);
+            let out = map(&scratch);
+            firebrand_tensor::pool::recycle_f32(scratch); // back to the pool
+            out
+        }
+    }
 }
 
 /// The backward rule of every unary op: `dx = g · op'(x)` with `y = op(x)`
@@ -143,7 +146,9 @@ pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> 
             UnaryOp::Hardswish => {
                 chunk.iter_mut().zip(&x[start..start + n]).zip(&g[start..start + n]).for_each(|((d, &x), &g)| {
                     let slope = if x < 3.0 { x / 3.0 + 0.5 } else { 1.0 };
-                    *d = masked(g * slope, !(x <= -3.0));
+                    // Zero up to -3 inclusive; a NaN passes (PyTorch's rule).
+                    let dead = x <= -3.0;
+                    *d = masked(g * slope, !dead);
                 })
             }
             UnaryOp::Tanh => chunk
