@@ -400,26 +400,10 @@ fn workload_transformer_block(rounds: usize, seed: u64) {
     manual_seed(seed);
     let enc = TransformerEncoder::new((0..2).map(|_| TransformerEncoderLayer::new(512, 8, 2048)).collect());
     let x = Tensor::randn([8, 128, 512], 0.0, 1.0); // (B, T, E)
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let time = |f: &dyn Fn()| {
-        f(); // warm-up
-        median(
-            (0..rounds.max(1))
-                .map(|_| {
-                    let t0 = Instant::now();
-                    f();
-                    1000.0 * t0.elapsed().as_secs_f64()
-                })
-                .collect(),
-        )
-    };
-    let forward_ms = time(&|| {
+    let forward_ms = median_ms(rounds, &mut || {
         with_no_grad(|| enc.forward(&x));
     });
-    let forward_backward_ms = time(&|| {
+    let forward_backward_ms = median_ms(rounds, &mut || {
         enc.zero_grad();
         enc.forward(&x).square().mean_all().backward();
     });

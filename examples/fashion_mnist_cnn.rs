@@ -33,12 +33,8 @@ mod common;
 /// A CNN on Fashion-MNIST, 10% of the training set held out for validation.
 #[derive(Parser)]
 struct Args {
-    /// Folder with the four Fashion-MNIST `*-ubyte.gz` files [default: $FIREBRAND_DATA, then the standard places].
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Training epochs.
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    #[command(flatten)]
+    fashion: common::FashionArgs,
     /// Train on randomly shifted (up to 2 pixels) and mirrored images.
     #[arg(long)]
     augment: bool,
@@ -49,8 +45,8 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let (epochs, augment) = (args.epochs, args.augment);
-    let (dir, train, test) = load_fashion_mnist(args.data.as_deref()).unwrap_or_else(|e| common::fail(e));
+    let (epochs, augment) = (args.fashion.epochs, args.augment);
+    let (dir, train, test) = load_fashion_mnist(args.fashion.data.as_deref()).unwrap_or_else(|e| common::fail(e));
     println!("Fashion-MNIST from {}: {} training, {} test images", dir.display(), train.len(), test.len());
 
     manual_seed(0);

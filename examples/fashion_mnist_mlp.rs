@@ -21,12 +21,8 @@ mod common;
 /// An MLP on Fashion-MNIST, validated on the test set each epoch.
 #[derive(Parser)]
 struct Args {
-    /// Folder with the four Fashion-MNIST `*-ubyte.gz` files [default: $FIREBRAND_DATA, then the standard places].
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Training epochs.
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    #[command(flatten)]
+    fashion: common::FashionArgs,
     /// Where the plots go [default: runs/fashion_mnist_mlp].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -34,8 +30,8 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let epochs = args.epochs;
-    let (dir, train, test) = load_fashion_mnist(args.data.as_deref()).unwrap_or_else(|e| common::fail(e));
+    let epochs = args.fashion.epochs;
+    let (dir, train, test) = load_fashion_mnist(args.fashion.data.as_deref()).unwrap_or_else(|e| common::fail(e));
     // (N, 1, 28, 28) -> (N, 784)
     let flatten = |d: TensorDataset| TensorDataset { x: d.x.reshape([d.len(), 784]), y: d.y };
     let (train, test) = (flatten(train), flatten(test));

@@ -8,24 +8,14 @@ torchvision is installed beside the existing torch without its dependencies:
     pip download --no-deps torchvision && pip install --no-deps torchvision-*.whl  (and pillow)
 Usage: python3 benches/pytorch/mobilenet_v2.py [--rounds 5] [--size 224] [--threads 2]
 """
-import json, resource, statistics, time
+import json, resource
 
-from setup import start
+from setup import start, timed
 
 a, torch = start(lambda p: (p.add_argument("--rounds", type=int, default=5), p.add_argument("--size", type=int, default=224)))
 import torchvision
 
 net = torchvision.models.mobilenet_v2(weights=None, num_classes=1000)
-
-
-def timed(f):
-    f()
-    runs = []
-    for _ in range(max(a.rounds, 1)):
-        t0 = time.perf_counter()
-        f()
-        runs.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(runs)
 
 
 def rss():
@@ -40,7 +30,7 @@ for batch in (1, 16):
         with torch.no_grad():
             net(x)
 
-    ms = timed(infer)
+    ms = timed(infer, a.rounds)
     print(json.dumps({"workload": "mobilenet_v2", "lib": "torch", "mode": "inference", "batch": batch, "size": a.size,
                       "ms": round(ms, 2), "images_per_second": round(1000 * batch / ms, 2), "peak_rss_mb": rss()}),
           flush=True)
@@ -59,4 +49,4 @@ def step():
 
 
 print(json.dumps({"workload": "mobilenet_v2", "lib": "torch", "mode": "train", "batch": 16, "size": a.size,
-                  "train_step_ms": round(timed(step), 2), "peak_rss_mb": rss()}), flush=True)
+                  "train_step_ms": round(timed(step, a.rounds), 2), "peak_rss_mb": rss()}), flush=True)

@@ -2,7 +2,7 @@
 parses the common arguments (`--threads`, default 2, and `--seed`, default 0, plus the script's own), pins the thread count before torch is imported,
 seeds torch, and finds shakespeare.txt the way the Rust side does (`--text`, `$FIREBRAND_DATA`,
 ../shared/data, data/)."""
-import argparse, os
+import argparse, os, statistics, time
 
 
 def start(add_args=lambda p: None):
@@ -30,3 +30,14 @@ def shakespeare(explicit=None):
     if path is None:
         raise SystemExit(f"shakespeare.txt not found in {cands}")
     return open(path, encoding="utf-8").read()
+
+
+def timed(f, rounds):
+    """The median of `rounds` timings of f() in ms, after one warm-up call (as the Rust runner's `median_ms`)."""
+    f()
+    runs = []
+    for _ in range(max(rounds, 1)):
+        t0 = time.perf_counter()
+        f()
+        runs.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(runs)

@@ -7,25 +7,15 @@ no_grad, so PyTorch may take its fused inference fast path (its best figure); fo
 runs in training mode, loss = mean of squares.
 Usage: python3 benches/pytorch/transformer_block.py [--rounds 10] [--threads 2] [--seed 0]
 """
-import json, statistics, time
+import json
 
-from setup import start
+from setup import start, timed
 
 a, torch = start(lambda p: p.add_argument("--rounds", type=int, default=10))
 nn = torch.nn
 layer = lambda: nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
 enc = nn.Sequential(layer(), layer())
 x = torch.randn(8, 128, 512)
-
-
-def timed(f):
-    f()
-    runs = []
-    for _ in range(max(a.rounds, 1)):
-        t0 = time.perf_counter()
-        f()
-        runs.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(runs)
 
 
 def fwd():
@@ -40,5 +30,5 @@ def fwd_bwd():
     enc(x).square().mean().backward()
 
 
-print(json.dumps({"workload": "transformer_block", "lib": "torch", "forward_ms": round(timed(fwd), 2),
-                  "forward_backward_ms": round(timed(fwd_bwd), 2)}), flush=True)
+print(json.dumps({"workload": "transformer_block", "lib": "torch", "forward_ms": round(timed(fwd, a.rounds), 2),
+                  "forward_backward_ms": round(timed(fwd_bwd, a.rounds), 2)}), flush=True)

@@ -4,6 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+/// The flags both Fashion-MNIST examples take (`#[command(flatten)]`).
+#[derive(clap::Args)]
+pub struct FashionArgs {
+    /// Folder with the four Fashion-MNIST `*-ubyte.gz` files [default: $FIREBRAND_DATA, then the standard places].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training epochs.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+}
+
 /// Prints `error: msg` and exits with status 2 (clap's status for bad usage).
 pub fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("error: {msg}");

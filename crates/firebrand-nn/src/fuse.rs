@@ -6,9 +6,36 @@
 use crate::{BatchNorm, BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential};
 use firebrand_autograd::{Error, Result, Tensor, with_no_grad};
 
-/// A folded layer's parameters: detached copies that train if asked to.
-fn param(t: Tensor) -> Tensor {
-    t.detach_copy().requires_grad_(true)
+/// `bn` folded into a layer's `weight` `(C, …)` and `bias` `(C,)`: each
+/// output channel's row scaled, its bias moved; detached copies that train if
+/// asked to. `layer` and `units` (`"Conv2d"`, `"output channels"`) name the
+/// layer and its outputs in errors.
+fn fold(
+    op: &'static str,
+    (layer, units): (&str, &str),
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    activation: Option<crate::Activation>,
+    bn: &BatchNorm,
+) -> Result<(Tensor, Tensor)> {
+    let c = weight.dims()[0];
+    if bn.num_features() != c {
+        return Err(Error::msg(op, format!("{layer} has {c} {units}, BatchNorm {}", bn.num_features())));
+    }
+    if let Some(a) = activation {
+        return Err(Error::msg(op, format!("{layer} has a fused {} before the BatchNorm", a.name())));
+    }
+    with_no_grad(|| {
+        let (scale, shift) = bn.eval_scale_shift(); // (C,)
+        let mut dims = vec![1; weight.rank()];
+        dims[0] = c;
+        let w = weight.mul(&scale.reshape(dims));
+        let b = match bias {
+            Some(b) => b.mul(&scale).add(&shift),
+            None => shift,
+        };
+        Ok((w.detach_copy().requires_grad_(true), b.detach_copy().requires_grad_(true)))
+    })
 }
 
 /// `conv` followed by `bn` (in evaluation mode, with its running statistics)
@@ -34,23 +61,9 @@ fn param(t: Tensor) -> Tensor {
 /// activation (the BatchNorm then follows the activation and cannot move
 /// before it).
 pub fn fuse_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
-    let op = "fuse_conv_bn";
-    let cout = conv.weight.dims()[0];
-    if bn.num_features() != cout {
-        return Err(Error::msg(op, format!("Conv2d has {cout} output channels, BatchNorm {}", bn.num_features())));
-    }
-    if let Some(a) = conv.activation() {
-        return Err(Error::msg(op, format!("Conv2d has a fused {} before the BatchNorm", a.name())));
-    }
-    with_no_grad(|| {
-        let (scale, shift) = bn.eval_scale_shift(); // (Cout,)
-        let w = conv.weight.mul(&scale.reshape([cout, 1, 1, 1]));
-        let b = match &conv.bias {
-            Some(b) => b.mul(&scale).add(&shift),
-            None => shift,
-        };
-        Ok(Conv2d::from_parts(param(w), Some(param(b)), *conv.config()))
-    })
+    let (w, b) =
+        fold("fuse_conv_bn", ("Conv2d", "output channels"), &conv.weight, conv.bias.as_ref(), conv.activation(), bn)?;
+    Ok(Conv2d::from_parts(w, Some(b), *conv.config()))
 }
 
 /// `linear` followed by `bn` (a `BatchNorm1d` over its features, in
@@ -59,23 +72,9 @@ pub fn fuse_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
 /// # Errors
 /// When the feature counts differ or the linear layer has a fused activation.
 pub fn fuse_linear_bn(linear: &Linear, bn: &BatchNorm) -> Result<Linear> {
-    let op = "fuse_linear_bn";
-    let out = linear.out_features();
-    if bn.num_features() != out {
-        return Err(Error::msg(op, format!("Linear has {out} outputs, BatchNorm {}", bn.num_features())));
-    }
-    if let Some(a) = linear.activation() {
-        return Err(Error::msg(op, format!("Linear has a fused {} before the BatchNorm", a.name())));
-    }
-    with_no_grad(|| {
-        let (scale, shift) = bn.eval_scale_shift();
-        let w = linear.weight.mul(&scale.reshape([out, 1]));
-        let b = match &linear.bias {
-            Some(b) => b.mul(&scale).add(&shift),
-            None => shift,
-        };
-        Ok(Linear::from_parts(param(w), Some(param(b))))
-    })
+    let (w, b) =
+        fold("fuse_linear_bn", ("Linear", "outputs"), &linear.weight, linear.bias.as_ref(), linear.activation(), bn)?;
+    Ok(Linear::from_parts(w, Some(b)))
 }
 
 impl Sequential {

@@ -14,10 +14,11 @@ pub(crate) fn table<M: Module + ?Sized>(root: &M, x: &Tensor) -> String {
             root.forward(x);
         })
     });
-    let shape_of = |m: &dyn Module| {
-        let key = (m as *const dyn Module).cast::<()>() as usize;
-        outputs.iter().find(|(k, t, _)| *k == key && *t == m.type_name()).map(|(_, _, dims)| batchless(dims))
+    // A module's first recorded output, keyed by address and type name.
+    let shape_at = |addr: usize, type_name: &str| {
+        outputs.iter().find(|(k, t, _)| *k == addr && *t == type_name).map(|(_, _, dims)| batchless(dims))
     };
+    let shape_of = |m: &dyn Module| shape_at((m as *const dyn Module).cast::<()>() as usize, m.type_name());
     let mut rows: Vec<(String, String, usize)> = Vec::new();
     let mut kids = Vec::new();
     root.visit_children("", &mut |name, c| kids.push((name.to_string(), c)));
@@ -36,9 +37,8 @@ pub(crate) fn table<M: Module + ?Sized>(root: &M, x: &Tensor) -> String {
     }
     if rows.is_empty() {
         // A leaf at the top: one row for itself.
-        let key = (root as *const M).cast::<()>() as usize;
-        let shape = outputs.iter().find(|(k, t, _)| *k == key && *t == root.type_name()).map(|(_, _, d)| d.clone());
-        rows.push((root.describe(), shape.map(|d| batchless(&d)).unwrap_or_else(|| "-".into()), total_of(root)));
+        let shape = shape_at((root as *const M).cast::<()>() as usize, root.type_name());
+        rows.push((root.describe(), shape.unwrap_or_else(|| "-".into()), total_of(root)));
     }
     let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max("Layer (type)".len());
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max("Output Shape".len());

@@ -540,55 +540,41 @@ pub mod plain {
         }
     }
 
+    /// Every (column index, input index) pair of im2col's definition: column
+    /// `((c, ki, kj), (b, oy, ox))` reads input `(b, c, y, x)`; taps in the
+    /// padding are left out.
+    fn taps(n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (ho, wo) = out_size(win, h, w);
+        let (kh, kw) = win.kernel;
+        (0..n).flat_map(move |b| {
+            (0..c * kh * kw).flat_map(move |r| {
+                let (ch, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                (0..ho * wo).filter_map(move |o| {
+                    let (oy, ox) = (o / wo, o % wo);
+                    let y = (oy * win.stride.0 + ki * win.dilation.0) as isize - win.padding.0 as isize;
+                    let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
+                    ((0..h as isize).contains(&y) && (0..w as isize).contains(&xx))
+                        .then(|| ((r * n + b) * ho * wo + o, ((b * c + ch) * h + y as usize) * w + xx as usize))
+                })
+            })
+        })
+    }
+
     /// [`super::im2col`]: `(N, C, H, W)` → `(C·kh·kw, N·Ho·Wo)`, zeros in padding.
     pub fn im2col<T: Elem>(x: &[T], n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> Vec<T> {
         let (ho, wo) = out_size(win, h, w);
-        let (kh, kw) = win.kernel;
-        let mut out = vec![T::default(); n * c * kh * kw * ho * wo];
-        for b in 0..n {
-            for ch in 0..c {
-                for ki in 0..kh {
-                    for kj in 0..kw {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let y = (oy * win.stride.0 + ki * win.dilation.0) as isize - win.padding.0 as isize;
-                                let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
-                                if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize {
-                                    out[((((ch * kh + ki) * kw + kj) * n + b) * ho + oy) * wo + ox] =
-                                        x[((b * c + ch) * h + y as usize) * w + xx as usize];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        let mut out = vec![T::default(); n * c * win.kernel.0 * win.kernel.1 * ho * wo];
+        for (col, src) in taps(n, c, h, w, win) {
+            out[col] = x[src];
         }
         out
     }
 
     /// [`super::col2im`], the adjoint of [`im2col`].
     pub fn col2im<T: Elem>(cols: &[T], n: usize, c: usize, h: usize, w: usize, win: &Window2d) -> Vec<T> {
-        let (ho, wo) = out_size(win, h, w);
-        let (kh, kw) = win.kernel;
         let mut out = vec![T::default(); n * c * h * w];
-        for b in 0..n {
-            for ch in 0..c {
-                for ki in 0..kh {
-                    for kj in 0..kw {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let y = (oy * win.stride.0 + ki * win.dilation.0) as isize - win.padding.0 as isize;
-                                let xx = (ox * win.stride.1 + kj * win.dilation.1) as isize - win.padding.1 as isize;
-                                if y >= 0 && y < h as isize && xx >= 0 && xx < w as isize {
-                                    let at = ((b * c + ch) * h + y as usize) * w + xx as usize;
-                                    out[at] =
-                                        out[at] + cols[((((ch * kh + ki) * kw + kj) * n + b) * ho + oy) * wo + ox];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        for (col, dst) in taps(n, c, h, w, win) {
+            out[dst] = out[dst] + cols[col];
         }
         out
     }

@@ -456,8 +456,7 @@ impl<M: Module> Model<M> {
             }
             history.epochs.push(record.clone());
             if let Some(path) = &opts.checkpoint {
-                write_atomic(&history_path(path), history.to_json().as_bytes())?;
-                save_training_state(path, &*net, &*opt, history.epochs.len() as u64)?;
+                write_checkpoint(path, &*net, &*opt, &history)?;
             }
             hook!(on_epoch_end(&record));
             epoch += 1;
@@ -531,8 +530,7 @@ impl<M: Module> Model<M> {
     /// When a file cannot be written, or the model has no optimizer.
     pub fn save_checkpoint(&self, path: &Path, history: &History) -> Result<(), FitError> {
         let opt = self.optimizer.as_deref().ok_or(FitError::NoOptimizer)?;
-        write_atomic(&history_path(path), history.to_json().as_bytes())?;
-        Ok(save_training_state(path, &self.net, opt, history.epochs.len() as u64)?)
+        write_checkpoint(path, &self.net, opt, history)
     }
 
     /// Restores a checkpoint written by [`Model::save_checkpoint`] and returns its history.
@@ -574,6 +572,18 @@ fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &Da
         loss: (loss_sum / seen.max(1) as f64) as f32,
         metrics: classify.then(|| ClassificationMetrics::new(&preds, &truth, classes)),
     }
+}
+
+/// The checkpoint layout of [`Model::save_checkpoint`]: the history beside
+/// the training state, each written atomically.
+fn write_checkpoint(
+    path: &Path,
+    net: &(impl Module + ?Sized),
+    opt: &(impl Optimizer + ?Sized),
+    history: &History,
+) -> Result<(), FitError> {
+    write_atomic(&history_path(path), history.to_json().as_bytes())?;
+    Ok(save_training_state(path, net, opt, history.epochs.len() as u64)?)
 }
 
 fn history_path(path: &Path) -> PathBuf {

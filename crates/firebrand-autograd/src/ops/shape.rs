@@ -360,6 +360,14 @@ impl Tensor {
         split_with_sizes => try_split_with_sizes(sizes: &[usize], dim: isize) -> Vec<Tensor>
     );
 
+    /// `pad` as `F.pad` takes it: `(before, after)` pairs, at most one per dim.
+    fn check_pad(&self, pad: &[usize]) -> Result<()> {
+        if !pad.len().is_multiple_of(2) || pad.len() / 2 > self.rank() {
+            return Err(Error::msg("pad", format!("padding {pad:?} for a tensor of shape {:?}", self.dims())));
+        }
+        Ok(())
+    }
+
     /// Constant padding, PyTorch's `F.pad(x, pad, value=value)`: `pad`
     /// holds `(before, after)` pairs from the last dim backwards, e.g.
     /// `[left, right, top, bottom]` for images. Asymmetric padding (TF's
@@ -376,9 +384,7 @@ impl Tensor {
     /// # Errors
     /// When `pad` has an odd length or more pairs than the tensor has dims.
     pub fn try_pad(&self, pad: &[usize], value: f32) -> Result<Tensor> {
-        if !pad.len().is_multiple_of(2) || pad.len() / 2 > self.rank() {
-            return Err(Error::msg("pad", format!("padding {pad:?} for a tensor of shape {:?}", self.dims())));
-        }
+        self.check_pad(pad)?;
         let mut out = self.clone();
         for (k, pair) in pad.chunks(2).enumerate() {
             let d = self.rank() - 1 - k;
@@ -425,9 +431,7 @@ impl Tensor {
         if let PadMode::Constant(v) = mode {
             return self.try_pad(pad, v);
         }
-        if !pad.len().is_multiple_of(2) || pad.len() / 2 > self.rank() {
-            return Err(Error::msg("pad", format!("padding {pad:?} for a tensor of shape {:?}", self.dims())));
-        }
+        self.check_pad(pad)?;
         let mut out = self.clone();
         for (k, pair) in pad.chunks(2).enumerate() {
             let d = self.rank() - 1 - k;
