@@ -31,11 +31,12 @@
 //!   feed-forward 2048, post-norm ReLU, no dropout) on `(8, 128, 512)`:
 //!   `forward_ms` and `forward_backward_ms` (loss = mean of squares), the
 //!   median of N rounds after one warm-up.
-//! * `mobilenet_v2 [--rounds N] [--size S]` — torchvision's MobileNetV2 (1000
+//! * `mobilenet_v2 [--rounds N] [--size S] [--modes M]` — torchvision's MobileNetV2 (1000
 //!   classes) on `S`x`S` images (224): inference `images_per_second` at batch
 //!   1 and 16 (evaluation mode, no gradients), and one training step at batch
 //!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
-//!   each the median of N rounds (5) after one warm-up.
+//!   each the median of N rounds (5) after one warm-up. `--modes inference`
+//!   or `--modes train` runs one half.
 
 mod common;
 
@@ -76,6 +77,7 @@ fn main() {
         "mobilenet_v2" => workload_mobilenet_v2(
             opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(5),
             opt("--size").map(|c| c.parse().expect("--size S")).unwrap_or(224),
+            opt("--modes").unwrap_or_else(|| "inference,train".into()),
         ),
         "char_lstm" => workload_char_lstm(
             opt("--text"),
@@ -426,13 +428,14 @@ fn median_ms(rounds: usize, f: &mut dyn FnMut()) -> f64 {
     runs[runs.len() / 2]
 }
 
-fn workload_mobilenet_v2(rounds: usize, size: usize) {
+fn workload_mobilenet_v2(rounds: usize, size: usize, modes: String) {
     use firebrand::nn::models::MobileNetV2;
     use firebrand::prelude::*;
     manual_seed(0);
     let mut net = MobileNetV2::new(1000);
     net.eval();
-    for batch in [1, 16] {
+    let batches: &[usize] = if modes.contains("inference") { &[1, 16] } else { &[] };
+    for &batch in batches {
         let x = Tensor::randn([batch, 3, size, size], 0.0, 1.0);
         let ms = median_ms(rounds, &mut || {
             with_no_grad(|| net.forward(&x));
@@ -442,6 +445,9 @@ fn workload_mobilenet_v2(rounds: usize, size: usize) {
             "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"inference\",\"batch\":{batch},\"size\":{size},\"ms\":{ms:.2},\"images_per_second\":{:.2},\"peak_rss_mb\":{mem}}}",
             1000.0 * batch as f64 / ms
         );
+    }
+    if !modes.contains("train") {
+        return;
     }
     net.train();
     let mut sgd = Sgd::with_options(net.named_parameters(), 0.01, 0.9, 0.0, false, 0.0);

@@ -248,9 +248,9 @@ impl Backend for ProxyBackend {
         n: usize,
         l: usize,
         c: usize,
-        relu: bool,
+        act: Option<UnaryOp>,
     ) -> Result<Storage> {
-        wrap(CPU.bias_act_to_nchw(inner(yt), bias.map(inner), n, l, c, relu))
+        wrap(CPU.bias_act_to_nchw(inner(yt), bias.map(inner), n, l, c, act))
     }
     fn bias_act_to_nchw_backward(
         &self,
@@ -259,10 +259,59 @@ impl Backend for ProxyBackend {
         n: usize,
         l: usize,
         c: usize,
-        relu: bool,
+        act: Option<UnaryOp>,
     ) -> Result<(Storage, Storage)> {
-        let (a, b) = CPU.bias_act_to_nchw_backward(inner(g), inner(y), n, l, c, relu)?;
+        let (a, b) = CPU.bias_act_to_nchw_backward(inner(g), inner(y), n, l, c, act)?;
         Ok((wrap(Ok(a))?, wrap(Ok(b))?))
+    }
+    fn depthwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        m: usize,
+        win: &Window2d,
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        wrap(CPU.depthwise_conv2d(inner(x), inner(weight), bias.map(inner), dims, m, win, act))
+    }
+    fn depthwise_conv2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        dims: [usize; 4],
+        m: usize,
+        win: &Window2d,
+        need: [bool; 2],
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        let (a, b) = CPU.depthwise_conv2d_backward(inner(g), inner(x), inner(weight), dims, m, win, need)?;
+        Ok((a.map(|a| wrap(Ok(a))).transpose()?, b.map(|b| wrap(Ok(b))).transpose()?))
+    }
+    fn channel_affine(
+        &self,
+        x: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        wrap(CPU.channel_affine(inner(x), scale.map(inner), shift.map(inner), dims, act))
+    }
+    fn channel_affine_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+        need: [bool; 3],
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
+        let (a, b, c) = CPU.channel_affine_backward(inner(g), inner(x), inner(y), scale.map(inner), dims, act, need)?;
+        let w = |s: Option<Storage>| s.map(|s| wrap(Ok(s))).transpose();
+        Ok((w(a)?, w(b)?, w(c)?))
     }
     fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {
         wrap(CPU.avg_pool2d(inner(x), dims, win, cip))

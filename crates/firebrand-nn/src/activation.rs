@@ -1,7 +1,7 @@
 //! Activations, as functions (`Activation`) and as modules (`ReLU`, `GELU`, ...).
 
 use crate::Module;
-use firebrand_autograd::Tensor;
+use firebrand_autograd::{Tensor, UnaryOp};
 
 /// An activation function, usable as a `Linear` layer's fused activation
 /// (Keras' `Dense(activation=...)`) or as a module on its own.
@@ -50,6 +50,25 @@ impl Activation {
             Activation::Hardswish => x.hardswish(),
             Activation::Hardsigmoid => x.hardsigmoid(),
         }
+    }
+
+    /// The elementwise op this activation is, for kernels that fuse it (all
+    /// but softmax, which is not elementwise).
+    pub fn as_unary(self) -> Option<UnaryOp> {
+        Some(match self {
+            Activation::Relu => UnaryOp::Relu,
+            Activation::LeakyRelu(s) => UnaryOp::LeakyRelu(s),
+            Activation::Gelu => UnaryOp::Gelu,
+            Activation::GeluTanh => UnaryOp::GeluTanh,
+            Activation::Silu => UnaryOp::Silu,
+            Activation::Tanh => UnaryOp::Tanh,
+            Activation::Sigmoid => UnaryOp::Sigmoid,
+            Activation::Softmax => return None,
+            Activation::Relu6 => UnaryOp::Hardtanh(0.0, 6.0),
+            Activation::Hardtanh(lo, hi) => UnaryOp::Hardtanh(lo, hi),
+            Activation::Hardswish => UnaryOp::Hardswish,
+            Activation::Hardsigmoid => UnaryOp::Hardsigmoid,
+        })
     }
 
     /// Lower-case name (`"relu"`, `"leaky_relu(0.01)"`, ...).
@@ -128,7 +147,7 @@ activation_modules! {
 ///
 /// ```
 /// use firebrand_nn::{Hardtanh, Module};
-/// use firebrand_autograd::Tensor;
+/// use firebrand_autograd::{Tensor, UnaryOp};
 /// let y = Hardtanh::new(-2.0, 2.0).forward(&Tensor::from_vec(vec![-5.0f32, 1.5, 3.0], [3]));
 /// assert_eq!(y.to_vec::<f32>(), vec![-2.0, 1.5, 2.0]);
 /// ```

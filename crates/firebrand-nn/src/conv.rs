@@ -216,19 +216,15 @@ fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConf
         }
     }
     let opts = ConvOptions { stride: c.stride, padding, dilation: c.dilation, groups: c.groups };
-    // ReLU is fused into the convolution's output pass; other activations follow it.
-    let fused = act == Some(Activation::Relu);
-    let mut y = if fused {
-        x.try_conv2d_relu(weight, bias, opts).unwrap_or_else(|e| panic!("{e}"))
-    } else {
-        x.conv2d(weight, bias, opts)
-    }; // (N, Cout, Ho, Wo)
+    // Elementwise activations are fused into the convolution's output pass.
+    let fused = act.and_then(Activation::as_unary);
+    let mut y = x.try_conv2d_act(weight, bias, opts, fused).unwrap_or_else(|e| panic!("{e}")); // (N, Cout, Ho, Wo)
     if crop != [0; 4] {
         let (ho, wo) = (y.dims()[2] - crop[0] - crop[1], y.dims()[3] - crop[2] - crop[3]);
         y = y.narrow(2, crop[0], ho).narrow(3, crop[2], wo);
     }
     match act {
-        Some(a) if !fused => a.apply(&y),
+        Some(a) if fused.is_none() => a.apply(&y),
         _ => y,
     }
 }

@@ -191,9 +191,9 @@ impl Module for BatchNorm {
             let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
             if !self.training {
                 // Evaluation: one per-channel scale and shift, `x·scale + shift`
-                // (two passes over x; γ and β still get their gradients).
+                // in one pass (γ and β still get their gradients).
                 let (scale, shift) = self.eval_scale_shift_graph();
-                return x.mul(&scale.reshape(bshape.clone())).add(&shift.reshape(bshape));
+                return x.try_channel_affine(Some(&scale), Some(&shift), None).unwrap_or_else(|e| panic!("{e}"));
             }
             let count = x.elem_count() / c;
             assert!(

@@ -2,7 +2,9 @@
 //! adjoint col2im (convolution runs as im2col + gemm), max and average pooling
 //! with their backward passes. Work is split over `(n, c)` planes.
 
-use crate::parallel::{PAR_MIN_ELEMS, SendPtr, par_chunks_mut};
+use crate::elem::KernelElem;
+use crate::parallel::{PAR_MIN_ELEMS, SendPtr, for_rows, par_chunks_mut};
+use firebrand_tensor::op::UnaryOp;
 use firebrand_tensor::op::Window2d;
 use firebrand_tensor::pool::{take_f32, zeros_f32};
 
@@ -178,21 +180,34 @@ pub fn col2im(cols: &[f32], n: usize, c: usize, h: usize, w: usize, win: &Window
 }
 
 /// The convolution epilogue, fused: `y = act(transpose(yt) + bias)` from the
-/// gemm's `(N·L, C)` output to `(N, C, L)`, `act` the identity or ReLU. One
-/// transpose and one in-place pass instead of a broadcast add, a permuted copy
-/// and an activation, each with a buffer of its own.
-pub fn bias_act_to_nchw(yt: &[f32], bias: Option<&[f32]>, n: usize, l: usize, c: usize, relu: bool) -> Vec<f32> {
+/// gemm's `(N·L, C)` output to `(N, C, L)`, `act` any unary op (none: the
+/// identity). One transpose and one in-place pass per plane instead of a
+/// broadcast add, a permuted copy and an activation, each with a buffer of
+/// its own.
+pub fn bias_act_to_nchw(
+    yt: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    l: usize,
+    c: usize,
+    act: Option<UnaryOp>,
+) -> Vec<f32> {
     let mut out = take_f32(n * c * l);
     let bases: Vec<usize> = (0..n).map(|b| b * l * c).collect();
     crate::strided::transpose_batched(yt, &bases, c, l, c, &mut out);
-    if bias.is_some() || relu {
+    if bias.is_some() || act.is_some() {
         for_planes(&mut out, l, |row, y| {
             let b = bias.map_or(0.0, |b| b[row % c]);
-            if relu {
+            match act {
                 // `z < 0 ? 0 : z` keeps a NaN (as PyTorch's relu); `max` would drop it.
-                y.iter_mut().for_each(|v| *v = crate::unary::relu(*v + b));
-            } else {
-                y.iter_mut().for_each(|v| *v += b);
+                Some(UnaryOp::Relu) => y.iter_mut().for_each(|v| *v = crate::unary::relu(*v + b)),
+                Some(op) => {
+                    if b != 0.0 {
+                        y.iter_mut().for_each(|v| *v += b);
+                    }
+                    crate::unary::map_in_place(op, y);
+                }
+                None => y.iter_mut().for_each(|v| *v += b),
             }
         });
     }
@@ -201,54 +216,24 @@ pub fn bias_act_to_nchw(yt: &[f32], bias: Option<&[f32]>, n: usize, l: usize, c:
 
 /// Backward of [`bias_act_to_nchw`]: from `g` and the output `y` (both
 /// `(N, C, L)`), the gradient of `yt` (`(N·L, C)`) and of the bias (`(C,)`).
+/// `act` must be one whose derivative its output determines.
 pub fn bias_act_to_nchw_backward(
     g: &[f32],
     y: &[f32],
     n: usize,
     l: usize,
     c: usize,
-    relu: bool,
+    act: Option<UnaryOp>,
 ) -> (Vec<f32>, Vec<f32>) {
     let masked;
-    let gm: &[f32] = if relu {
-        let mut m = take_f32(g.len());
-        for_planes(&mut m, l, |row, dst| {
-            let (gs, ys) = (&g[row * l..(row + 1) * l], &y[row * l..(row + 1) * l]);
-            for ((d, gv), yv) in dst.iter_mut().zip(gs).zip(ys) {
-                // A bit mask, not a branch: which units are active is random.
-                let keep = ((*yv > 0.0) as u32).wrapping_neg();
-                *d = f32::from_bits(gv.to_bits() & keep);
-            }
-        });
-        masked = m;
-        &masked
-    } else {
-        g
-    };
-    // Row sums in parallel, eight independent accumulators each (a single
-    // running sum is one dependent add per element), then per channel.
-    let mut row_sums = vec![0.0f32; n * c];
-    let sum_row = |row: usize, s: &mut f32| {
-        let r = &gm[row * l..(row + 1) * l];
-        let mut acc = [0.0f32; 8];
-        let chunks = r.chunks_exact(8);
-        let tail: f32 = chunks.remainder().iter().sum();
-        for ch in chunks {
-            for (a, v) in acc.iter_mut().zip(ch) {
-                *a += v;
-            }
+    let gm: &[f32] = match act {
+        Some(op) => {
+            masked = crate::unary::unary_backward(op, y, y, g);
+            &masked
         }
-        *s = acc.iter().sum::<f32>() + tail;
+        None => g,
     };
-    if gm.len() >= PAR_MIN_ELEMS {
-        par_chunks_mut(&mut row_sums, 1, |row, s| sum_row(row, &mut s[0]));
-    } else {
-        row_sums.iter_mut().enumerate().for_each(|(row, s)| sum_row(row, s));
-    }
-    let mut dbias = vec![0.0f32; c];
-    for (row, s) in row_sums.iter().enumerate() {
-        dbias[row % c] += s;
-    }
+    let dbias = channel_sums(gm, c, l, |row, i| gm[row * l + i]);
     let mut dyt = take_f32(n * l * c);
     // dyt[b][j][i] = gm[b][i][j]: a transpose of each (C, L) block.
     let bases: Vec<usize> = (0..n).map(|b| b * c * l).collect();
@@ -503,6 +488,112 @@ pub fn avg_pool2d_backward(
         }
     });
     out
+}
+
+/// The per-channel affine map with an activation, `y = act(x·scale[c] +
+/// shift[c])` over `(N, C, L)` (a missing scale is 1, a missing shift 0): the
+/// epilogue of a convolution that writes NCHW directly (bias + activation)
+/// and evaluation-mode BatchNorm, each in one pass.
+pub fn channel_affine<T: KernelElem>(
+    x: &[T],
+    scale: Option<&[T]>,
+    shift: Option<&[T]>,
+    [n, c, l]: [usize; 3],
+    act: Option<UnaryOp>,
+) -> Vec<T> {
+    let mut out = T::buffer(n * c * l);
+    for_rows(&mut out, l.max(1), |first, chunk| {
+        for (i, y) in chunk.chunks_mut(l.max(1)).enumerate() {
+            let row = first + i;
+            let ch = row % c;
+            let src = &x[row * l..(row + 1) * l];
+            match scale {
+                Some(s) => {
+                    let (s, t) = (s[ch], shift.map_or(T::default(), |t| t[ch]));
+                    y.iter_mut().zip(src).for_each(|(d, &v)| *d = v * s + t);
+                }
+                None => {
+                    let t = shift.map_or(T::default(), |t| t[ch]);
+                    y.iter_mut().zip(src).for_each(|(d, &v)| *d = v + t);
+                }
+            }
+            if let Some(op) = act {
+                T::activate(op, y);
+            }
+        }
+    });
+    out
+}
+
+/// Per-row sums of `(rows, l)`, then summed per channel (`row % c`): the
+/// gradient of a per-channel shift.
+fn channel_sums<T: KernelElem>(v: &[T], c: usize, l: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+    let rows = v.len().checked_div(l).unwrap_or(0);
+    let mut row_sums = vec![T::default(); rows];
+    let sum_row = |row: usize, s: &mut T| {
+        let mut acc = [T::default(); 8];
+        let mut i = 0;
+        while i + 8 <= l {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = *a + f(row, i + j);
+            }
+            i += 8;
+        }
+        let tail = (i..l).fold(T::default(), |s, i| s + f(row, i));
+        *s = acc.iter().fold(tail, |s, &a| s + a);
+    };
+    if v.len() >= PAR_MIN_ELEMS {
+        par_chunks_mut(&mut row_sums, 1, |row, s| sum_row(row, &mut s[0]));
+    } else {
+        row_sums.iter_mut().enumerate().for_each(|(row, s)| sum_row(row, s));
+    }
+    let mut out = vec![T::default(); c];
+    for (row, s) in row_sums.into_iter().enumerate() {
+        out[row % c] = out[row % c] + s;
+    }
+    out
+}
+
+/// The gradients of [`channel_affine`] from the output gradient `g` and the
+/// output `y`: `(dx, dscale, dshift)`, each computed only when asked for
+/// (`need = [x, scale, shift]`; `dscale` needs `x`). `act` must be one whose
+/// derivative the output determines ([`crate::elem::output_determines_grad`]).
+#[allow(clippy::type_complexity)]
+pub fn channel_affine_backward<T: KernelElem>(
+    g: &[T],
+    x: &[T],
+    y: &[T],
+    scale: Option<&[T]>,
+    [_, c, l]: [usize; 3],
+    act: Option<UnaryOp>,
+    need: [bool; 3],
+) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    let masked;
+    let gm: &[T] = match act {
+        Some(op) => {
+            masked = T::act_backward(op, y, g);
+            &masked
+        }
+        None => g,
+    };
+    let dx = need[0].then(|| match scale {
+        Some(s) => {
+            let mut dx = T::buffer(gm.len());
+            for_rows(&mut dx, l.max(1), |first, chunk| {
+                for (i, d) in chunk.chunks_mut(l.max(1)).enumerate() {
+                    let row = first + i;
+                    let sv = s[row % c];
+                    d.iter_mut().zip(&gm[row * l..(row + 1) * l]).for_each(|(d, &g)| *d = g * sv);
+                }
+            });
+            dx
+        }
+        None => gm.to_vec(),
+    });
+    let dscale =
+        (need[1] && scale.is_some()).then(|| channel_sums(gm, c, l, |row, i| gm[row * l + i] * x[row * l + i]));
+    let dshift = need[2].then(|| channel_sums(gm, c, l, |row, i| gm[row * l + i]));
+    (dx, dscale, dshift)
 }
 
 /// Plain-loop forms of the convolution and pooling primitives for `f64`
@@ -761,24 +852,72 @@ mod tests {
         for (n, l, c) in [(2, 37, 20), (1, 16, 16), (3, 5, 17)] {
             let yt: Vec<f32> = (0..n * l * c).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
             let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.5 - 3.0).collect();
-            for relu in [false, true] {
-                let y = bias_act_to_nchw(&yt, Some(&bias), n, l, c, relu);
+            for act in [None, Some(UnaryOp::Relu), Some(UnaryOp::Hardtanh(-2.0, 4.0))] {
+                let y = bias_act_to_nchw(&yt, Some(&bias), n, l, c, act);
                 let g: Vec<f32> = (0..y.len()).map(|i| ((i * 11) % 7) as f32 - 3.0).collect();
-                let (dyt, db) = bias_act_to_nchw_backward(&g, &y, n, l, c, relu);
+                let (dyt, db) = bias_act_to_nchw_backward(&g, &y, n, l, c, act);
                 let mut want_db = vec![0.0f32; c];
                 for b in 0..n {
                     for ch in 0..c {
                         for j in 0..l {
                             let z = yt[(b * l + j) * c + ch] + bias[ch];
-                            let want = if relu { crate::unary::relu(z) } else { z };
-                            assert_eq!(y[(b * c + ch) * l + j], want);
-                            let gz = if relu && z <= 0.0 { 0.0 } else { g[(b * c + ch) * l + j] };
-                            assert_eq!(dyt[(b * l + j) * c + ch], gz);
+                            let want = act.map_or(z, |op| op.apply(z));
+                            assert_eq!(y[(b * c + ch) * l + j], want, "{act:?}");
+                            let gz = g[(b * c + ch) * l + j] * act.map_or(1.0, |op| op.derivative(z, want));
+                            assert_eq!(dyt[(b * l + j) * c + ch], gz, "{act:?}");
                             want_db[ch] += gz;
                         }
                     }
                 }
                 assert_eq!(db, want_db);
+            }
+            // Any activation is fused in the forward pass.
+            let y = bias_act_to_nchw(&yt, None, n, l, c, Some(UnaryOp::Silu));
+            for b in 0..n {
+                for ch in 0..c {
+                    for j in 0..l {
+                        let (got, z) = (y[(b * c + ch) * l + j], yt[(b * l + j) * c + ch]);
+                        assert!((got - UnaryOp::Silu.apply(z)).abs() < 1e-5, "silu {got} vs {z}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The per-channel affine map and its three gradients against their
+    /// definitions, in f64 and f32, with and without an activation, on odd
+    /// sizes (a 1-element plane, planes shorter and longer than 8).
+    #[test]
+    fn channel_affine_matches_its_definition() {
+        for [n, c, l] in [[1, 1, 1], [2, 3, 5], [3, 4, 19], [1, 17, 64]] {
+            let x: Vec<f64> = (0..n * c * l).map(|i| ((i * 37) % 23) as f64 * 0.5 - 5.0).collect();
+            let s: Vec<f64> = (0..c).map(|i| i as f64 * 0.25 - 0.5).collect();
+            let t: Vec<f64> = (0..c).map(|i| 1.0 - i as f64).collect();
+            let g: Vec<f64> = (0..n * c * l).map(|i| ((i * 11) % 7) as f64 - 3.0).collect();
+            for act in [None, Some(UnaryOp::Relu), Some(UnaryOp::Hardtanh(0.0, 6.0))] {
+                let y = channel_affine(&x, Some(&s), Some(&t), [n, c, l], act);
+                let (dx, ds, dt) = channel_affine_backward(&g, &x, &y, Some(&s), [n, c, l], act, [true; 3]);
+                let (dx, ds, dt) = (dx.unwrap(), ds.unwrap(), dt.unwrap());
+                let (mut want_ds, mut want_dt) = (vec![0.0; c], vec![0.0; c]);
+                for i in 0..n * c * l {
+                    let ch = (i / l) % c;
+                    let z = x[i] * s[ch] + t[ch];
+                    let want = act.map_or(z, |op| op.eval(z));
+                    assert_eq!(y[i], want, "{act:?}");
+                    let gz = g[i] * act.map_or(1.0, |op| op.derivative_of(z, want));
+                    assert_eq!(dx[i], gz * s[ch]);
+                    want_ds[ch] += gz * x[i];
+                    want_dt[ch] += gz;
+                }
+                for ch in 0..c {
+                    assert!((ds[ch] - want_ds[ch]).abs() < 1e-9 && (dt[ch] - want_dt[ch]).abs() < 1e-9);
+                }
+                let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+                let y32 = channel_affine(&f(&x), Some(&f(&s)), None, [n, c, l], act);
+                for (i, v) in y32.iter().enumerate() {
+                    let z = x[i] as f32 * s[(i / l) % c] as f32;
+                    assert_eq!(*v, act.map_or(z, |op| op.apply(z)));
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use crate::binary::binary_map;
 use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
-use crate::{conv, generic, index, softmax, unary};
+use crate::{conv, depthwise, generic, index, softmax, unary};
 use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
@@ -463,11 +463,11 @@ impl Backend for CpuBackend {
         n: usize,
         l: usize,
         c: usize,
-        relu: bool,
+        act: Option<UnaryOp>,
     ) -> Result<Storage> {
         let op = "conv2d epilogue";
         let bias = bias.map(|b| f32s(b, op)).transpose()?;
-        Ok(float_out(conv::bias_act_to_nchw(&f32s(yt, op)?, bias.as_deref(), n, l, c, relu), yt.dtype()))
+        Ok(float_out(conv::bias_act_to_nchw(&f32s(yt, op)?, bias.as_deref(), n, l, c, act), yt.dtype()))
     }
 
     fn bias_act_to_nchw_backward(
@@ -477,11 +477,117 @@ impl Backend for CpuBackend {
         n: usize,
         l: usize,
         c: usize,
-        relu: bool,
+        act: Option<UnaryOp>,
     ) -> Result<(Storage, Storage)> {
         let op = "conv2d epilogue backward";
-        let (dyt, db) = conv::bias_act_to_nchw_backward(&f32s(g, op)?, &f32s(y, op)?, n, l, c, relu);
+        let (dyt, db) = conv::bias_act_to_nchw_backward(&f32s(g, op)?, &f32s(y, op)?, n, l, c, act);
         Ok((float_out(dyt, g.dtype()), float_out(db, g.dtype())))
+    }
+
+    fn depthwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        multiplier: usize,
+        win: &Window2d,
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        let op = "conv2d (depthwise)";
+        let g = depthwise::DwGeom::new(dims, multiplier, *win);
+        if let Some(xv) = f64s(x, op)? {
+            let b = bias.map(|b| slice_of::<f64>(b, op)).transpose()?;
+            let out = depthwise::depthwise_conv2d(xv, slice_of::<f64>(weight, op)?, b, &g, act);
+            return Ok(Box::new(CpuStorage::F64(out)));
+        }
+        let b = bias.map(|b| f32s(b, op)).transpose()?;
+        let out = depthwise::depthwise_conv2d(&f32s(x, op)?, &f32s(weight, op)?, b.as_deref(), &g, act);
+        Ok(float_out(out, x.dtype()))
+    }
+
+    fn depthwise_conv2d_backward(
+        &self,
+        gy: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        dims: [usize; 4],
+        multiplier: usize,
+        win: &Window2d,
+        [need_x, need_w]: [bool; 2],
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        let op = "conv2d (depthwise) backward";
+        let g = depthwise::DwGeom::new(dims, multiplier, *win);
+        if let Some(gv) = f64s(gy, op)? {
+            let f64_out = |v: Vec<f64>| -> Storage { Box::new(CpuStorage::F64(v)) };
+            let dx = need_x
+                .then(|| {
+                    Ok::<_, Error>(f64_out(depthwise::depthwise_conv2d_backward_input(gv, slice_of(weight, op)?, &g)))
+                })
+                .transpose()?;
+            let dw = need_w
+                .then(|| Ok::<_, Error>(f64_out(depthwise::depthwise_conv2d_backward_weight(gv, slice_of(x, op)?, &g))))
+                .transpose()?;
+            return Ok((dx, dw));
+        }
+        let gv = f32s(gy, op)?;
+        let dx = need_x
+            .then(|| {
+                let dx = depthwise::depthwise_conv2d_backward_input(&gv, &f32s(weight, op)?, &g);
+                Ok::<_, Error>(float_out(dx, x.dtype()))
+            })
+            .transpose()?;
+        let dw = need_w
+            .then(|| {
+                let dw = depthwise::depthwise_conv2d_backward_weight(&gv, &f32s(x, op)?, &g);
+                Ok::<_, Error>(float_out(dw, weight.dtype()))
+            })
+            .transpose()?;
+        Ok((dx, dw))
+    }
+
+    fn channel_affine(
+        &self,
+        x: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        let op = "channel_affine";
+        if let Some(xv) = f64s(x, op)? {
+            let s = scale.map(|s| slice_of::<f64>(s, op)).transpose()?;
+            let t = shift.map(|t| slice_of::<f64>(t, op)).transpose()?;
+            return Ok(Box::new(CpuStorage::F64(conv::channel_affine(xv, s, t, dims, act))));
+        }
+        let s = scale.map(|s| f32s(s, op)).transpose()?;
+        let t = shift.map(|t| f32s(t, op)).transpose()?;
+        Ok(float_out(conv::channel_affine(&f32s(x, op)?, s.as_deref(), t.as_deref(), dims, act), x.dtype()))
+    }
+
+    fn channel_affine_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+        need: [bool; 3],
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
+        let op = "channel_affine backward";
+        if let Some(gv) = f64s(g, op)? {
+            let s = scale.map(|s| slice_of::<f64>(s, op)).transpose()?;
+            let (dx, ds, dt) =
+                conv::channel_affine_backward(gv, slice_of(x, op)?, slice_of(y, op)?, s, dims, act, need);
+            let f = |v: Option<Vec<f64>>| v.map(|v| -> Storage { Box::new(CpuStorage::F64(v)) });
+            return Ok((f(dx), f(ds), f(dt)));
+        }
+        let s = scale.map(|s| f32s(s, op)).transpose()?;
+        let (dx, ds, dt) =
+            conv::channel_affine_backward(&f32s(g, op)?, &f32s(x, op)?, &f32s(y, op)?, s.as_deref(), dims, act, need);
+        let f = |v: Option<Vec<f32>>| v.map(|v| float_out(v, g.dtype()));
+        Ok((f(dx), f(ds), f(dt)))
     }
 
     fn layer_norm(

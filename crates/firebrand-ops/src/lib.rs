@@ -17,7 +17,9 @@
 //! * [`norm`] — fused layer normalization and its backward pass.
 //! * [`conv`] — im2col/col2im (convolution is im2col + one gemm), max and
 //!   average pooling with their backward passes, the fused convolution
-//!   epilogue (bias + ReLU + layout).
+//!   epilogue (bias + activation + layout).
+//! * [`depthwise`] — direct depthwise convolution (`groups == C`, any channel
+//!   multiplier) and both of its gradients, no im2col.
 //!
 //! [`CpuBackend`] implements the primitive op set
 //! ([`Backend`](firebrand_tensor::backend::Backend)) on these kernels; the
@@ -47,6 +49,8 @@ pub mod attention;
 pub mod binary;
 pub mod conv;
 mod cpu_backend;
+pub mod depthwise;
+pub mod elem;
 pub mod gemm;
 pub mod generic;
 pub mod index;

@@ -58,6 +58,17 @@ pub(crate) fn map_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
     map_slice_portable(op, src, dst)
 }
 
+/// `op` applied in place, through [`map_slice`] on L1-sized copies (the
+/// SIMD kernels read and write separate slices).
+pub(crate) fn map_in_place(op: UnaryOp, buf: &mut [f32]) {
+    let mut tmp = [0.0f32; 256];
+    for chunk in buf.chunks_mut(256) {
+        let t = &mut tmp[..chunk.len()];
+        t.copy_from_slice(chunk);
+        map_slice(op, t, chunk);
+    }
+}
+
 /// The portable path (`wide` SIMD or scalar); also the reference the AVX-512
 /// path is tested against.
 fn map_slice_portable(op: UnaryOp, src: &[f32], dst: &mut [f32]) {

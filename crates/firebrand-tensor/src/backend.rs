@@ -257,8 +257,8 @@ pub trait Backend: Send + Sync {
     /// On a non-`f32` input.
     fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage>;
     /// The convolution epilogue: `act(transpose(yt) + bias)` from the gemm's
-    /// `(N·L, C)` output `yt` to `(N, C, L)`; `relu` picks the activation
-    /// (identity otherwise).
+    /// `(N·L, C)` output `yt` to `(N, C, L)`, `act` applied in the same pass
+    /// (none: the identity).
     ///
     /// # Errors
     /// On a non-`f32` input.
@@ -270,10 +270,11 @@ pub trait Backend: Send + Sync {
         n: usize,
         l: usize,
         c: usize,
-        relu: bool,
+        act: Option<UnaryOp>,
     ) -> Result<Storage>;
     /// Backward of [`Backend::bias_act_to_nchw`] from the gradient `g` and the
-    /// output `y` (`(N, C, L)`): the gradients of `yt` and of the bias.
+    /// output `y` (`(N, C, L)`): the gradients of `yt` and of the bias. `act`
+    /// is one whose derivative its output determines (ReLU, hardtanh).
     ///
     /// # Errors
     /// On a non-`f32` input.
@@ -285,8 +286,72 @@ pub trait Backend: Send + Sync {
         n: usize,
         l: usize,
         c: usize,
-        relu: bool,
+        act: Option<UnaryOp>,
     ) -> Result<(Storage, Storage)>;
+    /// Depthwise convolution, computed directly: `x` `(N, C, H, W)` (`dims`),
+    /// `weight` `(C·M, 1, kh, kw)` for a channel multiplier `M`, optional
+    /// `bias` `(C·M,)`, then `act`, all in one pass: `(N, C·M, Ho, Wo)`.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`/`f64` (half precision widens).
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        multiplier: usize,
+        win: &Window2d,
+        act: Option<UnaryOp>,
+    ) -> Result<Storage>;
+    /// The gradients of [`Backend::depthwise_conv2d`]'s input and weight from
+    /// the output gradient `g` (before the activation), each when `need`s it.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`/`f64`.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_conv2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        dims: [usize; 4],
+        multiplier: usize,
+        win: &Window2d,
+        need: [bool; 2],
+    ) -> Result<(Option<Storage>, Option<Storage>)>;
+    /// `act(x·scale[c] + shift[c])` over `(N, C, L)` (`dims`; a missing
+    /// scale is 1, a missing shift 0): a bias and activation on NCHW data,
+    /// evaluation-mode BatchNorm.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`/`f64`.
+    fn channel_affine(
+        &self,
+        x: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage>;
+    /// The gradients of [`Backend::channel_affine`] (`x`, `scale`, `shift`,
+    /// each when `need`s it) from the output gradient `g`, the input `x` and
+    /// the output `y`; `act` is one whose derivative its output determines.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`/`f64`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn channel_affine_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+        need: [bool; 3],
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)>;
     /// One LSTM step's elementwise math: the pre-activation gates are
     /// `xw + hw` (`(B, 4H)` each, gates `i, f, g, o`; `xw` read at `xw_at`),
     /// `c_prev` `(B, H)` is read at `c_at`. Returns `[acts | c | h]` `(B, 6H)`.

@@ -5,7 +5,10 @@
 //! pooling ops are primitives with their own backward kernels.
 
 use super::record;
-use crate::tensor::Tensor;
+use crate::grad_mode::is_grad_enabled;
+use crate::tensor::{Tensor, same_backend};
+use firebrand_ops::elem::output_determines_grad;
+use firebrand_ops::unary::UnaryOp;
 use firebrand_tensor::op::Window2d;
 use firebrand_tensor::{Error, Result, Shape};
 
@@ -46,8 +49,9 @@ fn out_hw(op: &'static str, x: &Tensor, win: &Window2d, h: usize, w: usize) -> R
 }
 
 /// `act(transpose(yt) + bias)`: `(N·L, Cout)` to `(N, Cout, Ho, Wo)` in one
-/// fused kernel, and its backward in one too.
-fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], relu: bool) -> Result<Tensor> {
+/// fused kernel, and its backward in one too (`act` is fused only when
+/// nothing records a graph or its output determines its derivative).
+fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], act: Option<UnaryOp>) -> Result<Tensor> {
     let [n, cout, ho, wo] = dims;
     let l = ho * wo;
     if yt.dtype() == firebrand_tensor::DType::F64 {
@@ -57,7 +61,10 @@ fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], relu: bool) ->
             Some(b) => y.try_add(&b.try_reshape([cout, 1, 1])?)?,
             None => y,
         };
-        return Ok(if relu { y.relu() } else { y });
+        return match act {
+            Some(op) => y.try_unary(op),
+            None => Ok(y),
+        };
     }
     let backend = yt.backend("conv2d")?;
     let ytd = yt.dense("conv2d")?;
@@ -70,7 +77,7 @@ fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], relu: bool) ->
     let out = {
         let ys = ytd.storage();
         let bs = bd.as_ref().map(|b| b.storage());
-        backend.bias_act_to_nchw(&**ys, bs.as_deref().map(|s| &**s), n, l, cout, relu)?
+        backend.bias_act_to_nchw(&**ys, bs.as_deref().map(|s| &**s), n, l, cout, act)?
     };
     let out = Tensor::from_backend(out, dims);
     let has_bias = bias.is_some();
@@ -80,7 +87,7 @@ fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], relu: bool) ->
         let gd = g.dense("conv2d epilogue backward").expect("dense");
         let yd = y.dense("conv2d epilogue backward").expect("dense");
         let (dyt, db) = backend
-            .bias_act_to_nchw_backward(&**gd.storage(), &**yd.storage(), n, l, cout, relu)
+            .bias_act_to_nchw_backward(&**gd.storage(), &**yd.storage(), n, l, cout, act)
             .expect("f32 gradients");
         let mut grads = vec![Some(Tensor::from_backend(dyt, [n * l, cout]))];
         if has_bias {
@@ -136,12 +143,12 @@ impl Tensor {
     /// assert_eq!(y.to_vec::<f32>()[..4], [4.0, 6.0, 6.0, 4.0]);
     /// ```
     pub fn try_conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions) -> Result<Tensor> {
-        self.try_conv2d_with(weight, bias, opts, false)
+        self.try_conv2d_act(weight, bias, opts, None)
     }
 
     /// `relu(conv2d(x, weight, bias))`, with the bias and the ReLU applied in
-    /// the same pass that lays the output out (the layer `Conv2d` with a ReLU
-    /// activation uses it). Same arguments and errors as [`Tensor::try_conv2d`].
+    /// the same pass that lays the output out. Same arguments and errors as
+    /// [`Tensor::try_conv2d`].
     ///
     /// ```
     /// use firebrand_autograd::{ConvOptions, Tensor};
@@ -152,10 +159,37 @@ impl Tensor {
     /// assert_eq!(fused.to_vec::<f32>(), plain.to_vec::<f32>());
     /// ```
     pub fn try_conv2d_relu(&self, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions) -> Result<Tensor> {
-        self.try_conv2d_with(weight, bias, opts, true)
+        self.try_conv2d_act(weight, bias, opts, Some(UnaryOp::Relu))
     }
 
-    fn try_conv2d_with(&self, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions, relu: bool) -> Result<Tensor> {
+    /// `act(conv2d(x, weight, bias))` with the bias and the activation applied
+    /// in the pass that writes the output (the layer `Conv2d` with an
+    /// activation uses it). Any unary op is fused when no graph is recorded;
+    /// when one is, ReLU and hardtanh/ReLU6 stay fused (their output gives
+    /// their derivative) and the others run as their own op after the
+    /// convolution. Same errors as [`Tensor::try_conv2d`].
+    ///
+    /// The kernel depends on the shape: a depthwise convolution (`groups ==
+    /// C`, one input channel per group) runs a direct kernel, a 1x1
+    /// stride-1 convolution one gemm per image, any other ungrouped one
+    /// im2col + one gemm for the batch, and grouped ones a batched gemm.
+    ///
+    /// ```
+    /// use firebrand_autograd::{ConvOptions, Tensor, UnaryOp};
+    /// let x = Tensor::randn([1, 4, 6, 6], 0.0, 1.0);
+    /// let w = Tensor::randn([4, 1, 3, 3], 0.0, 1.0); // depthwise
+    /// let opts = ConvOptions { padding: (1, 1), groups: 4, ..Default::default() };
+    /// let fused = x.try_conv2d_act(&w, None, opts, Some(UnaryOp::Hardtanh(0.0, 6.0))).unwrap();
+    /// let plain = x.conv2d(&w, None, opts).relu6();
+    /// assert_eq!(fused.to_vec::<f32>(), plain.to_vec::<f32>());
+    /// ```
+    pub fn try_conv2d_act(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: ConvOptions,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
         let [n, c, h, w] = dims4(self, "conv2d")?;
         let [cout, cin_g, kh, kw] = dims4(weight, "conv2d")?;
         let g = opts.groups;
@@ -174,7 +208,25 @@ impl Tensor {
         }
         let win = Window2d { kernel: (kh, kw), stride: opts.stride, padding: opts.padding, dilation: opts.dilation };
         let (ho, wo) = out_hw("conv2d", self, &win, h, w)?;
+        let records = is_grad_enabled()
+            && (self.requires_grad() || weight.requires_grad() || bias.is_some_and(|b| b.requires_grad()));
+        // The activation the kernel applies; any other runs after it.
+        let fused = act.filter(|&op| !records || output_determines_grad(op));
+        let rest = |y: Tensor| match (act, fused) {
+            (Some(op), None) => y.try_unary(op),
+            _ => Ok(y),
+        };
+        if g == c && cin_g == 1 && g > 1 {
+            return rest(self.depthwise_conv2d(weight, bias, win, cout / c, fused)?);
+        }
         let (k, nl) = (cin_g * kh * kw, n * ho * wo);
+        if g == 1 && (kh, kw) == (1, 1) && win.stride == (1, 1) && win.padding == (0, 0) {
+            // A pointwise convolution is W (Cout, C) · X_n (C, H·W) per image:
+            // no im2col copy, and the gemm writes NCHW directly.
+            let y = weight.try_reshape([cout, c])?.try_matmul(&self.try_reshape([n, c, h * w])?)?;
+            let y = if bias.is_some() || fused.is_some() { y.try_channel_affine(None, bias, fused)? } else { y };
+            return rest(y.try_reshape([n, cout, ho, wo])?);
+        }
         let cols = self.im2col_batch_columns(win)?; // (C·kh·kw, N·L)
         if g == 1 {
             // Computed transposed, Yᵀ = colsᵀ · Wᵀ (N·L, Cout): our gemm is fastest
@@ -184,7 +236,7 @@ impl Tensor {
             // own layout).
             let wt = weight.try_reshape([cout, k])?.t().contiguous(); // (K, Cout)
             let yt = cols.t().try_matmul(&wt)?; // (N·L, Cout)
-            return epilogue(&yt, bias, [n, cout, ho, wo], relu);
+            return rest(epilogue(&yt, bias, [n, cout, ho, wo], fused)?);
         }
         // One gemm for the whole batch (per group): (G, Cout/G, K) · (G, K, N·L).
         let y = weight.try_reshape([g, cout / g, k])?.try_matmul(&cols.try_reshape([g, k, nl])?)?;
@@ -196,7 +248,169 @@ impl Tensor {
             None => y,
         };
         let y = y.try_permute(&[1, 0, 2])?.contiguous().try_reshape([n, cout, ho, wo])?;
-        Ok(if relu { y.relu() } else { y })
+        match act {
+            Some(op) => y.try_unary(op),
+            None => Ok(y),
+        }
+    }
+
+    /// The depthwise kernel: `(N, C, H, W)` with `(C·M, 1, kh, kw)` filters,
+    /// `act` fused (the caller picks one its backward rule can handle).
+    fn depthwise_conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        win: Window2d,
+        m: usize,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let op = "conv2d (depthwise)";
+        let dims = dims4(self, op)?;
+        let [n, c, h, w] = dims;
+        let (ho, wo) = out_hw(op, self, &win, h, w)?;
+        let backend = same_backend(op, &[self, weight])?;
+        let (x, wd) = (self.dense(op)?, weight.dense(op)?);
+        let bd = bias.map(|b| b.dense(op)).transpose()?;
+        if let Some(b) = &bd
+            && b.device() != self.device()
+        {
+            return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: b.device() });
+        }
+        if weight.dtype() != self.dtype() || bias.is_some_and(|b| b.dtype() != self.dtype()) {
+            return Err(Error::msg(op, format!("input {} and weight {} dtypes differ", self.dtype(), weight.dtype())));
+        }
+        let out = {
+            let bs = bd.as_ref().map(|b| b.storage());
+            backend.depthwise_conv2d(
+                &**x.storage(),
+                &**wd.storage(),
+                bs.as_deref().map(|s| &**s),
+                dims,
+                m,
+                &win,
+                act,
+            )?
+        };
+        let out = Tensor::from_backend(out, [n, c * m, ho, wo]);
+        let need = [self.requires_grad(), weight.requires_grad()];
+        let has_bias = bias.is_some();
+        let (xs, ws) = (x.detach(), wd.detach());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(record(out, op, &inputs, move |y, g| {
+            let g = match act {
+                Some(a) => {
+                    let (gd, yd) = (g.dense(op).expect("dense"), y.dense(op).expect("dense"));
+                    let gm = backend.unary_backward(a, &**yd.storage(), &**yd.storage(), &**gd.storage());
+                    Tensor::from_backend(gm.expect("activation backward"), y.shape().clone())
+                }
+                None => g.dense(op).expect("dense"),
+            };
+            let (dx, dw) = backend
+                .depthwise_conv2d_backward(&**g.storage(), &**xs.storage(), &**ws.storage(), dims, m, &win, need)
+                .expect("depthwise conv backward: float tensors on one device");
+            let mut grads = vec![
+                dx.map(|d| Tensor::from_backend(d, dims)),
+                dw.map(|d| Tensor::from_backend(d, ws.shape().clone())),
+            ];
+            if has_bias {
+                grads.push(Some(g.sum(&[0, 2, 3], false)));
+            }
+            grads
+        }))
+    }
+
+    /// `act(x·scale[c] + shift[c])` for `x` `(N, C, *)` and `(C,)` vectors,
+    /// in one pass (a missing scale is 1, a missing shift 0): a convolution's
+    /// bias and activation, or evaluation-mode BatchNorm. Differentiable in
+    /// all three; when a graph is recorded, `act` other than ReLU and
+    /// hardtanh runs as its own op after the affine map.
+    ///
+    /// # Errors
+    /// When `x` has fewer than 2 dims or a vector is not `(C,)`.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 2, 2]);
+    /// let s = Tensor::from_vec(vec![2.0f32, -1.0], [2]);
+    /// let t = Tensor::from_vec(vec![0.5f32, 0.0], [2]);
+    /// let y = x.try_channel_affine(Some(&s), Some(&t), None).unwrap();
+    /// assert_eq!(y.to_vec::<f32>(), [2.5, 4.5, -3.0, -4.0]);
+    /// ```
+    pub fn try_channel_affine(
+        &self,
+        scale: Option<&Tensor>,
+        shift: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let op = "channel_affine";
+        let d = self.dims();
+        if d.len() < 2 {
+            return Err(Error::InvalidShape { op, shape: self.shape().clone(), msg: "expected (N, C, *)".into() });
+        }
+        let (n, c) = (d[0], d[1]);
+        for v in scale.iter().chain(shift.iter()) {
+            if v.dims() != [c] {
+                return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: v.shape().clone() });
+            }
+        }
+        let records = is_grad_enabled()
+            && (self.requires_grad()
+                || scale.is_some_and(|s| s.requires_grad())
+                || shift.is_some_and(|s| s.requires_grad()));
+        let fused = act.filter(|&a| !records || output_determines_grad(a));
+        let dims = [n, c, self.elem_count() / (n * c).max(1)];
+        let mut ts = vec![self];
+        ts.extend(scale);
+        ts.extend(shift);
+        let backend = same_backend(op, &ts)?;
+        if ts.iter().any(|t| t.dtype() != self.dtype()) {
+            return Err(Error::msg(op, format!("the input is {} but a scale or shift differs", self.dtype())));
+        }
+        let (x, sd, td) =
+            (self.dense(op)?, scale.map(|s| s.dense(op)).transpose()?, shift.map(|t| t.dense(op)).transpose()?);
+        let out = {
+            let (ss, tt) = (sd.as_ref().map(|s| s.storage()), td.as_ref().map(|t| t.storage()));
+            backend.channel_affine(
+                &**x.storage(),
+                ss.as_deref().map(|s| &**s),
+                tt.as_deref().map(|t| &**t),
+                dims,
+                fused,
+            )?
+        };
+        let out = Tensor::from_backend(out, self.shape().clone());
+        let need =
+            [self.requires_grad(), scale.is_some_and(|s| s.requires_grad()), shift.is_some_and(|s| s.requires_grad())];
+        let (has_scale, has_shift) = (scale.is_some(), shift.is_some());
+        let (xs, ss) = (x.detach(), sd.map(|s| s.detach()));
+        let y = record(out, op, &ts, move |y, g| {
+            let (gd, yd) = (g.dense(op).expect("dense"), y.dense(op).expect("dense"));
+            let sst = ss.as_ref().map(|s| s.storage());
+            let (dx, ds, dt) = backend
+                .channel_affine_backward(
+                    &**gd.storage(),
+                    &**xs.storage(),
+                    &**yd.storage(),
+                    sst.as_deref().map(|s| &**s),
+                    dims,
+                    fused,
+                    need,
+                )
+                .expect("channel_affine backward: float tensors on one device");
+            let mut grads = vec![dx.map(|d| Tensor::from_backend(d, xs.shape().clone()))];
+            if has_scale {
+                grads.push(ds.map(|d| Tensor::from_backend(d, [dims[1]])));
+            }
+            if has_shift {
+                grads.push(dt.map(|d| Tensor::from_backend(d, [dims[1]])));
+            }
+            grads
+        });
+        match (act, fused) {
+            (Some(a), None) => y.try_unary(a),
+            _ => Ok(y),
+        }
     }
 
     /// See [`Tensor::try_conv2d`].

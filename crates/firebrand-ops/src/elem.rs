@@ -1,0 +1,64 @@
+//! The element types (`f32`, `f64`) that the generic direct kernels
+//! (depthwise convolution, the per-channel affine epilogue) run on: `f32` for
+//! speed, `f64` for the finite-difference gradient checks, one code path.
+
+use firebrand_tensor::op::UnaryOp;
+use std::ops::{Add, Mul};
+
+/// The element types the kernels run on.
+pub trait KernelElem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Output = Self> + 'static {
+    /// `a·b + c`, fused (one rounding) when `FMA`.
+    fn madd<const FMA: bool>(a: Self, b: Self, c: Self) -> Self;
+    /// A buffer of `len` elements (contents unspecified).
+    fn buffer(len: usize) -> Vec<Self>;
+    /// Gives a scratch buffer back.
+    fn give_back(v: Vec<Self>);
+    /// Applies an activation in place.
+    fn activate(op: UnaryOp, v: &mut [Self]);
+    /// `g · op'(x)` where the output `y = op(x)` determines the derivative
+    /// (see [`output_determines_grad`]).
+    fn act_backward(op: UnaryOp, y: &[Self], g: &[Self]) -> Vec<Self>;
+}
+
+/// True for the activations whose derivative can be read off the output
+/// alone, so a fused kernel need not keep its input: ReLU (`y > 0`) and
+/// hardtanh/ReLU6 (`lo < y < hi`, PyTorch's rule, which lets NaN through).
+pub fn output_determines_grad(op: UnaryOp) -> bool {
+    matches!(op, UnaryOp::Relu | UnaryOp::Hardtanh(..))
+}
+
+impl KernelElem for f32 {
+    #[inline(always)]
+    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FMA { a.mul_add(b, c) } else { a * b + c }
+    }
+    fn buffer(len: usize) -> Vec<f32> {
+        firebrand_tensor::pool::take_f32(len)
+    }
+    fn give_back(v: Vec<f32>) {
+        firebrand_tensor::pool::recycle_f32(v)
+    }
+    fn activate(op: UnaryOp, v: &mut [f32]) {
+        crate::unary::map_in_place(op, v)
+    }
+    fn act_backward(op: UnaryOp, y: &[f32], g: &[f32]) -> Vec<f32> {
+        crate::unary::unary_backward(op, y, y, g)
+    }
+}
+
+impl KernelElem for f64 {
+    #[inline(always)]
+    fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
+        if FMA { a.mul_add(b, c) } else { a * b + c }
+    }
+    fn buffer(len: usize) -> Vec<f64> {
+        vec![0.0; len]
+    }
+    fn give_back(_: Vec<f64>) {}
+    fn activate(op: UnaryOp, v: &mut [f64]) {
+        v.iter_mut().for_each(|x| *x = op.eval(*x))
+    }
+    fn act_backward(op: UnaryOp, y: &[f64], g: &[f64]) -> Vec<f64> {
+        crate::generic::unary_backward_f64(op, y, y, g)
+    }
+}
