@@ -89,6 +89,17 @@ fn convolution_in_every_form() {
         |t| t[0].try_conv2d_relu(&t[1], Some(&t[2]), opts).unwrap(),
         "conv2d + relu",
     );
+    let dw = ConvOptions { stride: (2, 1), padding: (1, 2), dilation: (1, 2), groups: 4 };
+    compare(
+        &[x.clone(), Tensor::randn([8, 1, 3, 3], 0.0, 1.0), Tensor::randn([8], 0.0, 1.0)],
+        |t| t[0].conv2d(&t[1], Some(&t[2]), dw),
+        "depthwise conv2d (direct kernel), multiplier 2",
+    );
+    compare(
+        &[x.clone(), Tensor::randn([4], 1.0, 0.5), Tensor::randn([4], 0.0, 1.0)],
+        |t| t[0].try_channel_affine(Some(&t[1]), Some(&t[2]), Some(firebrand_autograd::UnaryOp::Relu)).unwrap(),
+        "channel_affine + relu",
+    );
     let wg = Tensor::randn([6, 2, 3, 3], 0.0, 0.5);
     let grouped = ConvOptions { padding: (1, 1), groups: 2, ..Default::default() };
     compare(&[x.clone(), wg], |t| t[0].conv2d(&t[1], None, grouped), "grouped conv2d");

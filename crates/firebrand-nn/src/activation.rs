@@ -94,6 +94,9 @@ impl Module for Activation {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || self.apply(x))
     }
+    fn elementwise_op(&self) -> Option<UnaryOp> {
+        self.as_unary()
+    }
     fn describe(&self) -> String {
         self.name()
     }
@@ -115,6 +118,9 @@ macro_rules! activation_modules {
                 }
                 fn describe(&self) -> String {
                     stringify!($name).to_string()
+                }
+                fn elementwise_op(&self) -> Option<UnaryOp> {
+                    $act.as_unary()
                 }
             }
         )*
@@ -180,6 +186,9 @@ impl Module for Hardtanh {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || x.hardtanh(self.min_val, self.max_val))
     }
+    fn elementwise_op(&self) -> Option<UnaryOp> {
+        Some(UnaryOp::Hardtanh(self.min_val, self.max_val))
+    }
     fn describe(&self) -> String {
         format!("Hardtanh({}, {})", self.min_val, self.max_val)
     }
@@ -198,6 +207,9 @@ impl Default for LeakyReLU {
 impl Module for LeakyReLU {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || x.leaky_relu(self.0))
+    }
+    fn elementwise_op(&self) -> Option<UnaryOp> {
+        Some(UnaryOp::LeakyRelu(self.0))
     }
     fn describe(&self) -> String {
         format!("LeakyReLU({})", self.0)

@@ -1,7 +1,7 @@
 //! Convolution layers (`nn.Conv2d`, `nn.Conv1d`; Keras' `Conv2D`, `Conv1D`).
 
 use crate::{Activation, Init, Module};
-use firebrand_autograd::{ConvOptions, Tensor};
+use firebrand_autograd::{ConvOptions, Tensor, UnaryOp};
 
 /// How a convolution pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,23 @@ fn resolve_padding(c: &ConvConfig, kernel: (usize, usize), (h, w): (usize, usize
 /// 1 pads the larger side on both and drops the extra output rows/columns
 /// (no copy of the input); at other strides the input is padded first.
 fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConfig, act: Option<Activation>) -> Tensor {
+    // Elementwise activations are fused into the convolution's output pass.
+    let fused = act.and_then(Activation::as_unary);
+    let y = conv_forward_op(x, weight, bias, c, fused);
+    match act {
+        Some(a) if fused.is_none() => a.apply(&y),
+        _ => y,
+    }
+}
+
+/// [`conv_forward`] with an elementwise activation fused into the kernel.
+pub(crate) fn conv_forward_op(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    c: &ConvConfig,
+    fused: Option<UnaryOp>,
+) -> Tensor {
     let k = weight.dims();
     let (kh, kw) = (k[2], k[3]);
     let (h, w) = match x.dims() {
@@ -216,17 +233,12 @@ fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConf
         }
     }
     let opts = ConvOptions { stride: c.stride, padding, dilation: c.dilation, groups: c.groups };
-    // Elementwise activations are fused into the convolution's output pass.
-    let fused = act.and_then(Activation::as_unary);
     let mut y = x.try_conv2d_act(weight, bias, opts, fused).unwrap_or_else(|e| panic!("{e}")); // (N, Cout, Ho, Wo)
     if crop != [0; 4] {
         let (ho, wo) = (y.dims()[2] - crop[0] - crop[1], y.dims()[3] - crop[2] - crop[3]);
         y = y.narrow(2, crop[0], ho).narrow(3, crop[2], wo);
     }
-    match act {
-        Some(a) if fused.is_none() => a.apply(&y),
-        _ => y,
-    }
+    y
 }
 
 impl Module for Conv2d {

@@ -3,8 +3,10 @@
 //! `torch.ao.quantization.fuse_modules`), so inference skips the
 //! normalization pass entirely.
 
+use crate::Module;
+use crate::sequential::AnyModule;
 use crate::{BatchNorm, BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential};
-use firebrand_autograd::{Error, Result, Tensor, with_no_grad};
+use firebrand_autograd::{Error, Result, Tensor, is_grad_enabled, with_no_grad};
 
 /// `bn` folded into a layer's `weight` `(C, …)` and `bias` `(C,)`: each
 /// output channel's row scaled, its bias moved; detached copies that train if
@@ -119,4 +121,49 @@ impl Sequential {
         }
         fused
     }
+}
+
+/// Run-time inference fusion, used by `Sequential::forward`: when `layers`
+/// starts with `Conv2d → BatchNorm2d` (evaluation mode, no activation on the
+/// convolution) and nothing would record a graph, the pair — and an
+/// elementwise activation layer after it — runs as one convolution: a
+/// depthwise one with the BatchNorm folded into its filters and bias (the
+/// kernel applies bias and activation as it stores), any other with the
+/// BatchNorm's scale, shift and the activation in the one pass that follows
+/// the gemm ([`Tensor::try_channel_affine`]). The same outputs as the layers
+/// one by one, up to rounding, with two fewer passes over the activations.
+/// Returns the output and how many layers it covered.
+pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Option<(Tensor, usize)> {
+    // `**`: the boxed module itself, not the box (which is a module too).
+    let conv = (**layers.first()?).as_any().downcast_ref::<Conv2d>()?;
+    let bn = (**layers.get(1)?).as_any().downcast_ref::<BatchNorm2d>()?;
+    let cout = conv.weight.dims()[0];
+    if bn.is_training() || conv.activation().is_some() || bn.num_features() != cout || crate::module::recording_active()
+    {
+        return None;
+    }
+    if is_grad_enabled() {
+        let mut any = x.requires_grad();
+        conv.visit_parameters("", &mut |_, t| any |= t.requires_grad());
+        bn.visit_parameters("", &mut |_, t| any |= t.requires_grad());
+        if any {
+            return None; // training through an eval-mode BatchNorm: layer by layer
+        }
+    }
+    let act = layers.get(2).and_then(|l| l.elementwise_op());
+    let (scale, shift) = bn.eval_scale_shift(); // (Cout,)
+    let shift = match &conv.bias {
+        Some(b) => b.mul(&scale).add(&shift),
+        None => shift,
+    };
+    let config = conv.config();
+    let y = if config.groups > 1 && conv.weight.dims()[1] == 1 {
+        let w = conv.weight.mul(&scale.reshape([cout, 1, 1, 1]));
+        crate::conv::conv_forward_op(x, &w, Some(&shift), config, act)
+    } else {
+        crate::conv::conv_forward_op(x, &conv.weight, None, config, None)
+            .try_channel_affine(Some(&scale), Some(&shift), act)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    Some((y, if act.is_some() { 3 } else { 2 }))
 }

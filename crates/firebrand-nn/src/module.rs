@@ -95,6 +95,13 @@ pub trait Module: Send + Sync {
     fn type_name(&self) -> &'static str {
         std::any::type_name::<Self>()
     }
+
+    /// The elementwise op this layer computes, if it is one (the activation
+    /// layers: `ReLU`, `ReLU6`, `SiLU`, …), so that `Sequential` can fuse it
+    /// into the layer before it at inference. `None` for everything else.
+    fn elementwise_op(&self) -> Option<firebrand_autograd::UnaryOp> {
+        None
+    }
 }
 
 /// A struct field that `#[derive(Module)]` visits: a module (any
@@ -212,6 +219,12 @@ pub fn record_output<M: Module + ?Sized>(module: &M, output: &Tensor) {
     }
     let key = (module as *const M).cast::<()>() as usize;
     OUTPUTS.with(|o| o.borrow_mut().push((key, module.type_name(), output.dims().to_vec())));
+}
+
+/// True while a `summary()` records output shapes (run-time fusion then
+/// steps aside, so every layer reports its own output).
+pub(crate) fn recording_active() -> bool {
+    RECORDING.load(std::sync::atomic::Ordering::Relaxed) != 0
 }
 
 /// Runs `f` with output recording on for this thread and returns what each

@@ -127,8 +127,15 @@ impl Sequential {
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut y = x.clone();
-        for layer in &self.layers {
-            y = layer.forward(&y);
+        let mut i = 0;
+        while i < self.layers.len() {
+            // Inference: Conv2d → BatchNorm2d [→ activation] as one convolution.
+            if let Some((out, used)) = crate::fuse::conv_bn_act_eval(&self.layers[i..], &y) {
+                (y, i) = (out, i + used);
+                continue;
+            }
+            y = self.layers[i].forward(&y);
+            i += 1;
         }
         crate::record_output(self, &y);
         y

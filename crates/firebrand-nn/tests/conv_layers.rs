@@ -333,3 +333,45 @@ fn eval_batch_norm_is_a_scale_and_shift_with_gradients() {
     let s = scale.to_vec::<f32>();
     assert!(gx.iter().enumerate().all(|(i, g)| (g - s[(i / 16) % 3]).abs() < 1e-6));
 }
+
+/// An evaluation-mode `Sequential` runs `Conv2d → BatchNorm2d [→ activation]`
+/// as one convolution when no graph is recorded: the same outputs as the
+/// layers one by one (depthwise with its filters folded, dense and 1x1 with
+/// the scale/shift/activation pass), and layer by layer when gradients are
+/// wanted, so training through it is unchanged.
+#[test]
+fn eval_sequential_fuses_conv_batch_norm_and_activation_at_run_time() {
+    use firebrand_autograd::with_no_grad;
+    use firebrand_nn::{Activation, Padding, ReLU6, SiLU};
+    manual_seed(21);
+    let dw = ConvConfig { groups: 6, padding: Padding::Explicit(1, 1), stride: (2, 2), ..Default::default() };
+    let mut net = Sequential::new()
+        .add(Conv2d::new(3, 6, 3).padding(Padding::Same))
+        .add(BatchNorm2d::new(6))
+        .add(ReLU6)
+        .add(Conv2d::with_config(6, 6, (3, 3), dw))
+        .add(BatchNorm2d::new(6))
+        .add(SiLU)
+        .add(Conv2d::with_config(6, 4, (1, 1), ConvConfig { bias: false, ..Default::default() }))
+        .add(BatchNorm2d::new(4))
+        .add(Conv2d::new(4, 2, 1).with_activation(Activation::Relu)) // own activation: not fused with a BN
+        .add(BatchNorm2d::new(2));
+    for _ in 0..3 {
+        net.forward(&Tensor::randn([4, 3, 9, 9], 0.5, 2.0)); // the running statistics move
+    }
+    net.eval();
+    let x = Tensor::randn([2, 3, 9, 9], 0.0, 1.0);
+    // Layer by layer, by hand.
+    let layered = with_no_grad(|| net.layers().fold(x.clone(), |y, l| l.forward(&y)));
+    let fused = with_no_grad(|| net.forward(&x));
+    assert_eq!(fused.dims(), layered.dims());
+    let diff = fused.sub(&layered).abs().max_all().item();
+    assert!(diff < 1e-5, "run-time fusion differs by {diff}");
+    // With gradients recorded the layers run one by one and every parameter gets its gradient.
+    let y = net.forward(&x);
+    assert!(y.sub(&layered).abs().max_all().item() < 1e-5);
+    y.sum_all().backward();
+    for (name, p) in net.named_parameters() {
+        assert!(p.grad().is_some(), "{name} has a gradient");
+    }
+}

@@ -507,15 +507,10 @@ pub fn channel_affine<T: KernelElem>(
             let row = first + i;
             let ch = row % c;
             let src = &x[row * l..(row + 1) * l];
+            let t = shift.map_or(T::default(), |t| t[ch]);
             match scale {
-                Some(s) => {
-                    let (s, t) = (s[ch], shift.map_or(T::default(), |t| t[ch]));
-                    y.iter_mut().zip(src).for_each(|(d, &v)| *d = v * s + t);
-                }
-                None => {
-                    let t = shift.map_or(T::default(), |t| t[ch]);
-                    y.iter_mut().zip(src).for_each(|(d, &v)| *d = v + t);
-                }
+                Some(s) => T::affine_row(src, s[ch], t, y),
+                None => y.iter_mut().zip(src).for_each(|(d, &v)| *d = v + t),
             }
             if let Some(op) = act {
                 T::activate(op, y);

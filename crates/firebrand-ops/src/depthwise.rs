@@ -81,19 +81,27 @@ impl DwGeom {
     fn pad_plane<T: KernelElem>(&self, src: &[T], dst: &mut [T]) {
         let (py, px) = self.win.padding;
         let sx = self.win.stride.1;
-        for yy in 0..self.hp {
-            let y = yy as isize - py as isize;
-            let inside = (0..self.h as isize).contains(&y);
-            for ph in 0..sx {
+        for ph in 0..sx {
+            // Columns j with 0 <= j·sx + ph − px < w come from the image.
+            let first = px.saturating_sub(ph).div_ceil(sx).min(self.wq);
+            let end = if self.w + px > ph { (self.w + px - ph).div_ceil(sx).min(self.wq) } else { 0 }.max(first);
+            for yy in 0..self.hp {
                 let row = &mut dst[(ph * self.hp + yy) * self.wq..(ph * self.hp + yy + 1) * self.wq];
-                if !inside {
+                let y = yy as isize - py as isize;
+                if !(0..self.h as isize).contains(&y) {
                     row.fill(T::default());
                     continue;
                 }
                 let srow = &src[y as usize * self.w..(y as usize + 1) * self.w];
-                for (j, d) in row.iter_mut().enumerate() {
-                    let x = (j * sx + ph) as isize - px as isize;
-                    *d = if (0..self.w as isize).contains(&x) { srow[x as usize] } else { T::default() };
+                row[..first].fill(T::default());
+                row[end..].fill(T::default());
+                let x0 = first * sx + ph - px;
+                if sx == 1 {
+                    row[first..end].copy_from_slice(&srow[x0..x0 + (end - first)]);
+                } else {
+                    for (d, s) in row[first..end].iter_mut().zip(srow[x0..].iter().step_by(sx)) {
+                        *d = *s;
+                    }
                 }
             }
         }

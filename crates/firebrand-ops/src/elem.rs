@@ -18,6 +18,10 @@ pub trait KernelElem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Ou
     /// `g · op'(x)` where the output `y = op(x)` determines the derivative
     /// (see [`output_determines_grad`]).
     fn act_backward(op: UnaryOp, y: &[Self], g: &[Self]) -> Vec<Self>;
+    /// `dst[i] = src[i]·s + t` (a multiply and an add).
+    fn affine_row(src: &[Self], s: Self, t: Self, dst: &mut [Self]) {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * s + t);
+    }
 }
 
 /// True for the activations whose derivative can be read off the output
@@ -43,6 +47,15 @@ impl KernelElem for f32 {
     }
     fn act_backward(op: UnaryOp, y: &[f32], g: &[f32]) -> Vec<f32> {
         crate::unary::unary_backward(op, y, y, g)
+    }
+    fn affine_row(src: &[f32], s: f32, t: f32, dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd512::available() {
+            // SAFETY: AVX-512F was detected at run time.
+            unsafe { crate::simd512::affine(src, s, t, dst) };
+            return;
+        }
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * s + t);
     }
 }
 

@@ -20,7 +20,30 @@ pub fn available() -> bool {
 
 /// Ops with an AVX-512 form.
 pub fn supports(op: UnaryOp) -> bool {
-    matches!(op, UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::Tanh | UnaryOp::Gelu | UnaryOp::GeluTanh)
+    matches!(
+        op,
+        UnaryOp::Exp
+            | UnaryOp::Sigmoid
+            | UnaryOp::Silu
+            | UnaryOp::Tanh
+            | UnaryOp::Gelu
+            | UnaryOp::GeluTanh
+            | UnaryOp::Relu
+            | UnaryOp::Clamp(..)
+            | UnaryOp::Hardtanh(..)
+            | UnaryOp::Hardswish
+            | UnaryOp::Hardsigmoid
+            | UnaryOp::Affine(..)
+            | UnaryOp::Neg
+            | UnaryOp::Square
+    )
+}
+
+/// `x` clamped into `[lo, hi]` keeping a NaN: `max`/`min` return their second
+/// operand when either is NaN, and `x` is the second in both.
+#[inline(always)]
+unsafe fn clamp512(x: __m512, lo: f32, hi: f32) -> __m512 {
+    unsafe { _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), x)) }
 }
 
 #[inline(always)]
@@ -174,7 +197,44 @@ unsafe fn apply512(op: UnaryOp, x: __m512) -> __m512 {
                 let t = tanh512(inner);
                 _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5), x), _mm512_add_ps(_mm512_set1_ps(1.0), t))
             }
+            // The piecewise ones, with the scalar forms' operation order.
+            UnaryOp::Relu => _mm512_max_ps(_mm512_setzero_ps(), x),
+            UnaryOp::Clamp(lo, hi) | UnaryOp::Hardtanh(lo, hi) => clamp512(x, lo, hi),
+            UnaryOp::Hardswish => _mm512_div_ps(
+                _mm512_mul_ps(x, clamp512(_mm512_add_ps(x, _mm512_set1_ps(3.0)), 0.0, 6.0)),
+                _mm512_set1_ps(6.0),
+            ),
+            UnaryOp::Hardsigmoid => {
+                _mm512_div_ps(clamp512(_mm512_add_ps(x, _mm512_set1_ps(3.0)), 0.0, 6.0), _mm512_set1_ps(6.0))
+            }
+            UnaryOp::Affine(m, a) => _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(m), x), _mm512_set1_ps(a)),
+            UnaryOp::Neg => _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN))),
+            UnaryOp::Square => _mm512_mul_ps(x, x),
             _ => unreachable!("supports() lists the ops"),
+        }
+    }
+}
+
+/// `dst[i] = src[i]·s + t` (a multiply and an add, as the scalar form).
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn affine(src: &[f32], s: f32, t: f32, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    let n = src.len();
+    let mut i = 0;
+    unsafe {
+        let (sv, tv) = (_mm512_set1_ps(s), _mm512_set1_ps(t));
+        while i + 16 <= n {
+            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), sv), tv);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), v);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, src.as_ptr().add(i)), sv), tv);
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), m, v);
         }
     }
 }
