@@ -313,6 +313,20 @@ impl Backend for ProxyBackend {
         let w = |s: Option<Storage>| s.map(|s| wrap(Ok(s))).transpose();
         Ok((w(a)?, w(b)?, w(c)?))
     }
+    fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage> {
+        wrap(CPU.batch_norm_stats(inner(x), dims))
+    }
+    fn batch_norm_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        stats: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+    ) -> Result<(Storage, Storage)> {
+        let (a, b) = CPU.batch_norm_backward(inner(g), inner(x), inner(stats), weight.map(inner), dims)?;
+        Ok((wrap(Ok(a))?, wrap(Ok(b))?))
+    }
     fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {
         wrap(CPU.avg_pool2d(inner(x), dims, win, cip))
     }

@@ -72,3 +72,70 @@ fn layer_norm_errors_name_the_shapes() {
     let msg = Tensor::zeros([2, 3]).try_layer_norm(Some(&Tensor::ones([4])), None, 1e-5).unwrap_err().to_string();
     assert!(msg.contains("layer_norm") && msg.contains("[4]") && msg.contains("[2, 3]"), "{msg}");
 }
+
+/// Training-mode batch norm over dim 1 from primitive ops: the reference for
+/// the fused `try_batch_norm`.
+fn batch_norm_composite(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) -> Tensor {
+    let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
+    let mut shape = vec![1; x.rank()];
+    shape[1] = x.dims()[1];
+    let mean = x.mean(&dims, true);
+    let var = x.var(&dims, 0, true);
+    let mut y = x.sub(&mean).mul(&var.affine(1.0, eps).rsqrt());
+    if let Some(w) = w {
+        y = y.mul(&w.reshape(shape.clone()));
+    }
+    if let Some(b) = b {
+        y = y.add(&b.reshape(shape));
+    }
+    y
+}
+
+/// The fused batch norm: gradcheck on awkward shapes (one value per image,
+/// odd planes, a 2-D input), with and without γ/β, and values, gradients and
+/// statistics equal to the composite's.
+#[test]
+fn batch_norm_gradcheck_and_composite() {
+    manual_seed(8);
+    let opts = GradcheckOptions { atol: 2e-2, rtol: 2e-2, ..Default::default() };
+    for dims in [vec![3, 2], vec![2, 3, 1, 5], vec![4, 2, 3, 3], vec![2, 5, 7]] {
+        let c = dims[1];
+        let x = Tensor::randn(dims.clone(), 3.0, 2.0).requires_grad_(true);
+        let w = Tensor::randn([c], 1.0, 0.3).requires_grad_(true);
+        let b = Tensor::randn([c], 0.0, 0.3).requires_grad_(true);
+        let r = gradcheck(
+            |t| t[0].try_batch_norm(Some(&t[1]), Some(&t[2]), 1e-5).unwrap().0,
+            &[x.clone(), w.clone(), b.clone()],
+            opts,
+        );
+        r.unwrap_or_else(|e| panic!("batch_norm {dims:?}: {e}"));
+        let r = gradcheck(|t| t[0].try_batch_norm(None, None, 1e-3).unwrap().0, std::slice::from_ref(&x), opts);
+        r.unwrap_or_else(|e| panic!("batch_norm {dims:?} without affine: {e}"));
+        // Against the composite.
+        let wout = Tensor::randn(dims.clone(), 0.0, 1.0);
+        let run = |fused: bool| {
+            for t in [&x, &w, &b] {
+                t.zero_grad();
+            }
+            let y = if fused {
+                x.try_batch_norm(Some(&w), Some(&b), 1e-5).unwrap().0
+            } else {
+                batch_norm_composite(&x, Some(&w), Some(&b), 1e-5)
+            };
+            y.mul(&wout).sum_all().backward();
+            [y, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap()].map(|t| t.to_vec::<f32>())
+        };
+        let (f, p) = (run(true), run(false));
+        for (i, (a, b)) in f.iter().zip(&p).enumerate() {
+            for (u, v) in a.iter().zip(b) {
+                assert!((u - v).abs() <= 2e-4 * (1.0 + v.abs()), "{dims:?} output/grad {i}: {u} vs {v}");
+            }
+        }
+        let (_, mean, var) = x.try_batch_norm(None, None, 1e-5).unwrap();
+        let red: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
+        assert!(mean.sub(&x.mean(&red, false)).abs().max_all().item() < 1e-5);
+        assert!(var.sub(&x.var(&red, 0, false)).abs().max_all().item() < 1e-4);
+    }
+    let e = Tensor::zeros([2, 3, 4]).try_batch_norm(Some(&Tensor::ones([4])), None, 1e-5).unwrap_err();
+    assert!(e.to_string().contains("batch_norm") && e.to_string().contains("(3,)"), "{e}");
+}

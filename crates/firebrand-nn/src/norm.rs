@@ -186,9 +186,6 @@ impl Module for BatchNorm {
                 if self.ranks == [4] { ", H, W" } else { "[, L]" },
                 x.dims()
             );
-            let mut bshape = vec![1; x.rank()]; // (1, C, 1, …)
-            bshape[1] = c;
-            let dims: Vec<isize> = std::iter::once(0).chain(2..x.rank() as isize).collect();
             if !self.training {
                 // Evaluation: one per-channel scale and shift, `x·scale + shift`
                 // in one pass (γ and β still get their gradients).
@@ -202,17 +199,12 @@ impl Module for BatchNorm {
                 self.name,
                 x.dims()
             );
-            let mean = x.mean(&dims, true);
-            let var = x.var(&dims, 0, true);
+            // One fused op: the batch statistics, the normalization and its backward.
+            let (y, mean, var) =
+                x.try_batch_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps).unwrap_or_else(|e| {
+                    panic!("{}: {e}", self.name);
+                });
             with_no_grad(|| self.update_running(&mean, &var, count));
-            let inv_std = var.affine(1.0, self.eps).rsqrt();
-            let mut y = x.sub(&mean).mul(&inv_std);
-            if let Some(w) = &self.weight {
-                y = y.mul(&w.reshape(bshape.clone()));
-            }
-            if let Some(b) = &self.bias {
-                y = y.add(&b.reshape(bshape));
-            }
             y
         })
     }

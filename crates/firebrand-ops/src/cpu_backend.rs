@@ -590,6 +590,34 @@ impl Backend for CpuBackend {
         Ok((f(dx), f(ds), f(dt)))
     }
 
+    fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage> {
+        let op = "batch_norm";
+        if let Some(v) = f64s(x, op)? {
+            return Ok(Box::new(CpuStorage::F64(crate::batch_norm::batch_norm_stats(v, dims))));
+        }
+        Ok(float_out(crate::batch_norm::batch_norm_stats(&f32s(x, op)?, dims), x.dtype()))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        stats: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+    ) -> Result<(Storage, Storage)> {
+        let op = "batch_norm backward";
+        if let Some(gv) = f64s(g, op)? {
+            let w = weight.map(|w| slice_of::<f64>(w, op)).transpose()?;
+            let (dx, da) = crate::batch_norm::batch_norm_backward(gv, slice_of(x, op)?, slice_of(stats, op)?, w, dims);
+            return Ok((Box::new(CpuStorage::F64(dx)), Box::new(CpuStorage::F64(da))));
+        }
+        let w = weight.map(|w| f32s(w, op)).transpose()?;
+        let (dx, da) =
+            crate::batch_norm::batch_norm_backward(&f32s(g, op)?, &f32s(x, op)?, &f32s(stats, op)?, w.as_deref(), dims);
+        Ok((float_out(dx, x.dtype()), float_out(da, x.dtype())))
+    }
+
     fn layer_norm(
         &self,
         x: &dyn BackendStorage,

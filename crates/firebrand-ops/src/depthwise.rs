@@ -14,7 +14,7 @@
 //! of the same code when the CPU has it; f64 (gradient checks) runs it
 //! portably. The im2col + batched-matmul form stays as the reference.
 
-use crate::elem::KernelElem;
+use crate::elem::{KernelElem, is_f32_with_avx512};
 use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut};
 use firebrand_tensor::op::{UnaryOp, Window2d};
 
@@ -123,14 +123,6 @@ impl DwGeom {
             }
         }
     }
-}
-
-/// True when `T` is `f32` and this CPU runs the AVX-512 + FMA build.
-#[cfg(target_arch = "x86_64")]
-fn is_f32_with_avx512<T: 'static>() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && *FLAG.get_or_init(|| crate::simd512::available() && std::arch::is_x86_feature_detected!("fma"))
 }
 
 /// Runs `task(first_plane, planes)` over runs of `per_task` consecutive

@@ -18,6 +18,10 @@ pub trait KernelElem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Ou
     /// `g · op'(x)` where the output `y = op(x)` determines the derivative
     /// (see [`output_determines_grad`]).
     fn act_backward(op: UnaryOp, y: &[Self], g: &[Self]) -> Vec<Self>;
+    /// Widened for accumulation.
+    fn to_f64(self) -> f64;
+    /// Narrowed back.
+    fn from_f64(v: f64) -> Self;
     /// `dst[i] = src[i]·s + t` (a multiply and an add).
     fn affine_row(src: &[Self], s: Self, t: Self, dst: &mut [Self]) {
         dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * s + t);
@@ -48,6 +52,12 @@ impl KernelElem for f32 {
     fn act_backward(op: UnaryOp, y: &[f32], g: &[f32]) -> Vec<f32> {
         crate::unary::unary_backward(op, y, y, g)
     }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
     fn affine_row(src: &[f32], s: f32, t: f32, dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if crate::simd512::available() {
@@ -74,4 +84,18 @@ impl KernelElem for f64 {
     fn act_backward(op: UnaryOp, y: &[f64], g: &[f64]) -> Vec<f64> {
         crate::generic::unary_backward_f64(op, y, y, g)
     }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+}
+
+/// True when `T` is `f32` and this CPU runs the AVX-512 + FMA build.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn is_f32_with_avx512<T: 'static>() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && *FLAG.get_or_init(|| crate::simd512::available() && std::arch::is_x86_feature_detected!("fma"))
 }

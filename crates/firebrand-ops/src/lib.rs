@@ -15,6 +15,8 @@
 //! * [`attention`] — fused scaled-dot-product attention (masks computed in
 //!   place, log-sum-exp kept for the backward pass).
 //! * [`norm`] — fused layer normalization and its backward pass.
+//! * [`batch_norm`] — training-mode batch normalization's statistics and
+//!   backward pass, fused.
 //! * [`conv`] — im2col/col2im (convolution is im2col + one gemm), max and
 //!   average pooling with their backward passes, the fused convolution
 //!   epilogue (bias + activation + layout).
@@ -46,6 +48,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod batch_norm;
 pub mod binary;
 pub mod conv;
 mod cpu_backend;

@@ -420,6 +420,26 @@ pub trait Backend: Send + Sync {
         rows: usize,
         cols: usize,
     ) -> Result<(Storage, Storage)>;
+    /// Training-mode batch statistics of `x` `(N, C, L)` (`dims`): per
+    /// channel the mean and the biased variance, `[mean | var]` `(2, C)`.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`/`f64`.
+    fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage>;
+    /// Backward of training-mode batch norm `y = (x − mean)·invstd·γ + β`
+    /// from `g`, `x`, `stats` = `[mean | invstd]` `(2, C)` and γ (none: 1):
+    /// the input's gradient and `[dγ | dβ]` `(2, C)`.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`/`f64`.
+    fn batch_norm_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        stats: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+    ) -> Result<(Storage, Storage)>;
     /// Fused scaled-dot-product attention: `softmax(scale·q·kᵀ + mask)·v`
     /// with the causal and padding masks applied as it goes (never stored).
     /// Returns the output `(B, T, heads, d)` contiguous (so `(B, T, E)`

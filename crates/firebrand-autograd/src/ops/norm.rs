@@ -104,3 +104,96 @@ impl Tensor {
         layer_norm => try_layer_norm(weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Tensor
     );
 }
+
+impl Tensor {
+    /// Batch normalization with the batch's own statistics (training mode,
+    /// PyTorch's `F.batch_norm(x, None, None, weight, bias, training=True)`)
+    /// over dim 1 of `(N, C, *)`: `(x − mean)/√(var + eps)·weight + bias`
+    /// with the biased variance. Returns the output and the batch's `(C,)`
+    /// mean and biased variance (for running statistics; not differentiable).
+    /// One fused pass for the statistics, one for the output and two for the
+    /// backward (`Backend::batch_norm_stats`/`batch_norm_backward`).
+    ///
+    /// # Errors
+    /// When `x` has fewer than 2 dims, `weight`/`bias` are not `(C,)`, the
+    /// dtypes differ or the devices differ.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![1.0f32, 3.0, 10.0, 30.0], [2, 2, 1]);
+    /// let (y, mean, var) = x.try_batch_norm(None, None, 0.0).unwrap();
+    /// let want = [-1.0f32, -1.0, 1.0, 1.0];
+    /// assert!(y.to_vec::<f32>().iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6));
+    /// assert_eq!((mean.to_vec::<f32>(), var.to_vec::<f32>()), (vec![5.5, 16.5], vec![20.25, 182.25]));
+    /// ```
+    pub fn try_batch_norm(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let op = "batch_norm";
+        let d = self.dims();
+        if d.len() < 2 {
+            return Err(Error::InvalidShape { op, shape: self.shape().clone(), msg: "expected (N, C, *)".into() });
+        }
+        let (n, c) = (d[0], d[1]);
+        let dims = [n, c, self.elem_count() / (n * c).max(1)];
+        let affine: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
+        if let Some(t) = affine.iter().find(|t| t.dims() != [c]) {
+            return Err(Error::msg(
+                op,
+                format!("weight and bias must be ({c},) for input {:?}, got {:?}", d, t.dims()),
+            ));
+        }
+        if let Some(t) = affine.iter().find(|t| t.dtype() != self.dtype()) {
+            return Err(Error::msg(op, format!("input {} but weight or bias {}", self.dtype(), t.dtype())));
+        }
+        let mut inputs = vec![self];
+        inputs.extend(&affine);
+        let backend = same_backend(op, &inputs)?;
+        let x = self.dense(op)?;
+        let stats = Tensor::from_backend(backend.batch_norm_stats(&**x.storage(), dims)?, [2, c]);
+        let (mean, var) = (stats.narrow(0, 0, 1).reshape([c]), stats.narrow(0, 1, 1).reshape([c]));
+        let (y, saved) = crate::with_no_grad(|| -> Result<(Tensor, Tensor)> {
+            let invstd = var.affine(1.0, eps).rsqrt();
+            let scale = match weight {
+                Some(w) => invstd.try_mul(w)?,
+                None => invstd.clone(),
+            };
+            let shift = mean.try_mul(&scale)?.neg();
+            let shift = match bias {
+                Some(b) => shift.try_add(b)?,
+                None => shift,
+            };
+            let y = x.try_channel_affine(Some(&scale), Some(&shift), None)?;
+            Ok((y, Tensor::cat(&[&mean, &invstd], 0).contiguous()))
+        })?;
+        let wd = weight.map(|w| w.dense(op)).transpose()?.map(|w| w.detach());
+        let (has_w, has_b) = (weight.is_some(), bias.is_some());
+        let xs = x.detach();
+        let y = record(y, op, &inputs, move |_, g| {
+            let gd = g.dense(op).expect("dense");
+            let ws = wd.as_ref().map(|w| w.storage());
+            let (dx, da) = backend
+                .batch_norm_backward(
+                    &**gd.storage(),
+                    &**xs.storage(),
+                    &**saved.storage(),
+                    ws.as_deref().map(|s| &**s),
+                    dims,
+                )
+                .expect("batch_norm backward: float tensors on one device");
+            let da = Tensor::from_backend(da, [2, dims[1]]);
+            let mut grads = vec![Some(Tensor::from_backend(dx, xs.shape().clone()))];
+            if has_w {
+                grads.push(Some(da.narrow(0, 0, 1).reshape([dims[1]]).contiguous()));
+            }
+            if has_b {
+                grads.push(Some(da.narrow(0, 1, 1).reshape([dims[1]]).contiguous()));
+            }
+            grads
+        });
+        Ok((y, mean.contiguous(), var.contiguous()))
+    }
+}
