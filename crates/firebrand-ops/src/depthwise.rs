@@ -69,14 +69,6 @@ impl DwGeom {
             .collect()
     }
 
-    /// Padded column `xx` of the scratch: its phase-major index within a row
-    /// block (`phase·hp·wq + j`, the row added by the caller).
-    #[inline]
-    fn col_index(&self, xx: usize) -> usize {
-        let sx = self.win.stride.1;
-        (xx % sx) * self.hp * self.wq + xx / sx
-    }
-
     /// Copies plane `src` (`H·W`) into the zero-padded, phase-split scratch.
     fn pad_plane<T: KernelElem>(&self, src: &[T], dst: &mut [T]) {
         let (py, px) = self.win.padding;
@@ -108,18 +100,31 @@ impl DwGeom {
     }
 
     /// The adjoint of [`DwGeom::pad_plane`]: the gradient of the plane from
-    /// the gradient of its padded scratch (padding dropped).
+    /// the gradient of its padded scratch (padding dropped), row by row and
+    /// phase by phase.
     fn unpad_plane<T: KernelElem>(&self, src: &[T], dst: &mut [T]) {
         let (py, px) = self.win.padding;
+        let sx = self.win.stride.1;
         for (y, drow) in dst.chunks_exact_mut(self.w.max(1)).enumerate() {
             let yy = y + py;
             if yy >= self.hp {
                 drow.fill(T::default());
                 continue;
             }
-            for (x, d) in drow.iter_mut().enumerate() {
-                let xx = x + px;
-                *d = if xx < self.wp { src[yy * self.wq + self.col_index(xx)] } else { T::default() };
+            // Columns x with x + px < wp were read; the rest got no gradient.
+            let valid = self.wp.saturating_sub(px).min(self.w);
+            drow[valid..].fill(T::default());
+            for ph in 0..sx {
+                // x with (x + px) % sx == ph, starting at the first such x >= 0.
+                let x0 = (ph + sx - px % sx) % sx;
+                if x0 >= valid {
+                    continue;
+                }
+                let j0 = (x0 + px) / sx;
+                let srow = &src[(ph * self.hp + yy) * self.wq + j0..];
+                for (d, s) in drow[x0..valid].iter_mut().step_by(sx).zip(srow) {
+                    *d = *s;
+                }
             }
         }
     }
@@ -239,6 +244,18 @@ fn forward_plane_generic<T: KernelElem, const FMA: bool>(
 /// `(N, C·M, Ho, Wo)` and the weight `(C·M, 1, kh, kw)`.
 pub fn depthwise_conv2d_backward_input<T: KernelElem>(gy: &[T], weight: &[T], g: &DwGeom) -> Vec<T> {
     let (kk, plane_out, plane_in) = (g.taps(), g.ho * g.wo, g.h * g.w);
+    let ((kh, kw), (py, px), (dy, dx)) = (g.win.kernel, g.win.padding, g.win.dilation);
+    let (qy, qx) = (((kh - 1) * dy).wrapping_sub(py), ((kw - 1) * dx).wrapping_sub(px));
+    if g.win.stride == (1, 1) && g.m == 1 && (kh - 1) * dy >= py && (kw - 1) * dx >= px {
+        // At stride 1 the input gradient is the forward kernel again: the
+        // output gradient, padded by (k − 1)·d − p, correlated with each
+        // filter flipped (16 outputs kept in registers across the taps).
+        let flipped: Vec<T> = (0..g.c * kk).map(|i| weight[i / kk * kk + kk - 1 - i % kk]).collect();
+        let win = Window2d { kernel: (kh, kw), stride: (1, 1), padding: (qy, qx), dilation: (dy, dx) };
+        let back = DwGeom::new([g.n, g.c, g.ho, g.wo], 1, win);
+        debug_assert_eq!((back.ho, back.wo), (g.h, g.w));
+        return depthwise_conv2d(gy, &flipped, None, &back, None);
+    }
     let mut dx = T::buffer(g.n * g.c * plane_in);
     let offsets = g.tap_offsets();
     for_plane_runs(&mut dx, plane_in, gy.len() * kk, |first, chunk| {
@@ -339,7 +356,9 @@ unsafe fn correlate_plane_avx512<T: KernelElem>(g: &DwGeom, gp: &[T], pad: &[T],
     correlate_plane_generic::<T, true>(g, gp, pad, offsets, dw)
 }
 
-/// `dw[t] += Σ_oy Σ_ox gp[oy, ox] · pad[tap_t(oy) + ox]`, 16 partial sums per tap.
+/// `dw[t] += Σ_oy Σ_ox gp[oy, ox] · pad[tap_t(oy) + ox]`, 16 partial sums per
+/// tap: a 3x3 filter keeps all nine tap sums in registers (each gradient
+/// chunk read once), other sizes take one tap at a time.
 #[inline(always)]
 fn correlate_plane_generic<T: KernelElem, const FMA: bool>(
     g: &DwGeom,
@@ -348,25 +367,49 @@ fn correlate_plane_generic<T: KernelElem, const FMA: bool>(
     offsets: &[usize],
     dw: &mut [T],
 ) {
+    if offsets.len() == 9 {
+        correlate_taps::<T, 9, FMA>(g, gp, pad, offsets.try_into().expect("9 taps"), dw);
+        return;
+    }
+    for (off, d) in offsets.iter().zip(dw.iter_mut()) {
+        correlate_taps::<T, 1, FMA>(g, gp, pad, &[*off], std::slice::from_mut(d));
+    }
+}
+
+#[inline(always)]
+fn correlate_taps<T: KernelElem, const K: usize, const FMA: bool>(
+    g: &DwGeom,
+    gp: &[T],
+    pad: &[T],
+    offsets: &[usize; K],
+    dw: &mut [T],
+) {
     let sy = g.win.stride.0;
     let wo = g.wo.max(1);
-    for (&off, d) in offsets.iter().zip(dw.iter_mut()) {
-        let mut acc = [T::default(); 16];
-        let mut tail = T::default();
-        for (oy, grow) in gp.chunks_exact(wo).enumerate() {
-            let at = oy * sy * g.wq + off;
-            let prow = &pad[at..at + g.wo];
-            let (gc, pc) = (grow.chunks_exact(16), prow.chunks_exact(16));
-            for (&gv, &pv) in gc.remainder().iter().zip(pc.remainder()) {
-                tail = T::madd::<FMA>(gv, pv, tail);
-            }
-            for (gv, pv) in gc.zip(pc) {
+    let mut acc = [[T::default(); 16]; K];
+    let mut tail = [T::default(); K];
+    for (oy, grow) in gp.chunks_exact(wo).enumerate() {
+        let base = oy * sy * g.wq;
+        let mut ox = 0;
+        while ox + 16 <= g.wo {
+            let gv: &[T; 16] = grow[ox..ox + 16].try_into().expect("16");
+            for t in 0..K {
+                let at = base + offsets[t] + ox;
+                let pv: &[T; 16] = pad[at..at + 16].try_into().expect("16");
                 for i in 0..16 {
-                    acc[i] = T::madd::<FMA>(gv[i], pv[i], acc[i]);
+                    acc[t][i] = T::madd::<FMA>(gv[i], pv[i], acc[t][i]);
                 }
             }
+            ox += 16;
         }
-        *d = acc.iter().fold(*d + tail, |s, &v| s + v);
+        for x in ox..g.wo {
+            for t in 0..K {
+                tail[t] = T::madd::<FMA>(grow[x], pad[base + offsets[t] + x], tail[t]);
+            }
+        }
+    }
+    for t in 0..K {
+        dw[t] = acc[t].iter().fold(dw[t] + tail[t], |s, &v| s + v);
     }
 }
 
