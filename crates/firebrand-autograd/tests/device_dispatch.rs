@@ -289,6 +289,17 @@ impl Backend for ProxyBackend {
         let (a, b) = CPU.depthwise_conv2d_backward(inner(g), inner(x), inner(weight), dims, m, win, need)?;
         Ok((a.map(|a| wrap(Ok(a))).transpose()?, b.map(|b| wrap(Ok(b))).transpose()?))
     }
+    fn pointwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        w: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        wrap(CPU.pointwise_conv2d(inner(x), inner(w), scale.map(inner), shift.map(inner), dims, act))
+    }
     fn channel_affine(
         &self,
         x: &dyn BackendStorage,

@@ -206,6 +206,33 @@ fn conv_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &ConvConf
     }
 }
 
+/// [`conv_forward_op`] followed by a per-channel scale and shift and an
+/// activation, all in the convolution's kernels where it can
+/// ([`Tensor::try_conv2d_affine`]): an inference BatchNorm fused in.
+pub(crate) fn conv_forward_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    c: &ConvConfig,
+    scale: &Tensor,
+    shift: &Tensor,
+    act: Option<UnaryOp>,
+) -> Tensor {
+    let (h, w) = match x.dims() {
+        &[_, _, h, w] => (h, w),
+        d => panic!("Conv2d: expected input (N, C, H, W), got {d:?}"),
+    };
+    let k = weight.dims();
+    let [top, bottom, left, right] = resolve_padding(c, (k[2], k[3]), (h, w));
+    if top != bottom || left != right {
+        // Uneven padding: the plain convolution, then the affine pass.
+        return conv_forward_op(x, weight, None, c, None)
+            .try_channel_affine(Some(scale), Some(shift), act)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let opts = ConvOptions { stride: c.stride, padding: (top, left), dilation: c.dilation, groups: c.groups };
+    x.try_conv2d_affine(weight, opts, Some(scale), Some(shift), act).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// [`conv_forward`] with an elementwise activation fused into the kernel.
 pub(crate) fn conv_forward_op(
     x: &Tensor,

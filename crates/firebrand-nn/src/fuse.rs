@@ -156,14 +156,6 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
         Some(b) => b.mul(&scale).add(&shift),
         None => shift,
     };
-    let config = conv.config();
-    let y = if config.groups > 1 && conv.weight.dims()[1] == 1 {
-        let w = conv.weight.mul(&scale.reshape([cout, 1, 1, 1]));
-        crate::conv::conv_forward_op(x, &w, Some(&shift), config, act)
-    } else {
-        crate::conv::conv_forward_op(x, &conv.weight, None, config, None)
-            .try_channel_affine(Some(&scale), Some(&shift), act)
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let y = crate::conv::conv_forward_affine(x, &conv.weight, conv.config(), &scale, &shift, act);
     Some((y, if act.is_some() { 3 } else { 2 }))
 }

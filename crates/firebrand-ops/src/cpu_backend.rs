@@ -546,6 +546,27 @@ impl Backend for CpuBackend {
         Ok((dx, dw))
     }
 
+    fn pointwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        w: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        [n, c, cout, l]: [usize; 4],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        let op = "conv2d (pointwise)";
+        let (xv, wv) = (f32s(x, op)?, f32s(w, op)?);
+        let (s, t) = (scale.map(|s| f32s(s, op)).transpose()?, shift.map(|t| f32s(t, op)).transpose()?);
+        let epi = crate::gemm::Epilogue { row_scale: s.as_deref(), row_shift: t.as_deref(), act };
+        let mut out = take_f32(n * cout * l);
+        for (b, o) in out.chunks_mut((cout * l).max(1)).enumerate() {
+            let xb = MatRef { data: &xv, offset: b * c * l, rs: l, cs: 1 };
+            crate::gemm::gemm_fused(cout, c, l, MatRef::row_major(&wv, c), xb, o, l, &epi);
+        }
+        Ok(float_out(out, x.dtype()))
+    }
+
     fn channel_affine(
         &self,
         x: &dyn BackendStorage,

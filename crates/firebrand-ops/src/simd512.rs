@@ -180,8 +180,9 @@ pub unsafe fn backward(op: UnaryOp, x: &[f32], g: &[f32], dst: &mut [f32]) {
     }
 }
 
+/// `op` on one vector (an op [`supports`] lists).
 #[inline(always)]
-unsafe fn apply512(op: UnaryOp, x: __m512) -> __m512 {
+pub(crate) unsafe fn apply512(op: UnaryOp, x: __m512) -> __m512 {
     unsafe {
         match op {
             UnaryOp::Exp => exp512(x),

@@ -321,6 +321,23 @@ pub trait Backend: Send + Sync {
         win: &Window2d,
         need: [bool; 2],
     ) -> Result<(Option<Storage>, Option<Storage>)>;
+    /// A 1x1 convolution for inference, with its epilogue fused into the
+    /// gemm: `act(scale[o]·Σ_c w[o, c]·x[n, c, l] + shift[o])` for `x`
+    /// `(N, C, L)` and `w` `(Cout, C)` (`dims = [N, C, Cout, L]`): `(N, Cout, L)`.
+    /// Forward only (no gradient rule).
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`.
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        w: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage>;
     /// `act(x·scale[c] + shift[c])` over `(N, C, L)` (`dims`; a missing
     /// scale is 1, a missing shift 0): a bias and activation on NCHW data,
     /// evaluation-mode BatchNorm.

@@ -223,6 +223,10 @@ impl Tensor {
         if g == 1 && (kh, kw) == (1, 1) && win.stride == (1, 1) && win.padding == (0, 0) {
             // A pointwise convolution is W (Cout, C) · X_n (C, H·W) per image:
             // no im2col copy, and the gemm writes NCHW directly.
+            if !records && self.dtype() == firebrand_tensor::DType::F32 {
+                // Inference: the bias and activation in the gemm's store.
+                return rest(self.pointwise_inference(weight, None, bias, act)?);
+            }
             let y = weight.try_reshape([cout, c])?.try_matmul(&self.try_reshape([n, c, h * w])?)?;
             let y = if bias.is_some() || fused.is_some() { y.try_channel_affine(None, bias, fused)? } else { y };
             return rest(y.try_reshape([n, cout, ho, wo])?);
@@ -252,6 +256,96 @@ impl Tensor {
             Some(op) => y.try_unary(op),
             None => Ok(y),
         }
+    }
+
+    /// `act(conv2d(x, weight)·scale[o] + shift[o])` per output channel `o`:
+    /// a convolution followed by an inference-mode BatchNorm (its scale and
+    /// shift) and an activation, which `Sequential` runs this way in
+    /// evaluation mode. A depthwise convolution folds the scale into its
+    /// filters and applies shift and activation as it stores; a 1x1
+    /// convolution applies all three in its gemm's store when no graph is
+    /// recorded; the others run the convolution, then one
+    /// [`Tensor::try_channel_affine`] pass. Differentiable (the composite
+    /// path is taken when a graph is recorded).
+    ///
+    /// # Errors
+    /// As [`Tensor::try_conv2d`], and when `scale`/`shift` are not `(Cout,)`.
+    ///
+    /// ```
+    /// use firebrand_autograd::{ConvOptions, Tensor, UnaryOp};
+    /// let x = Tensor::randn([2, 3, 5, 5], 0.0, 1.0);
+    /// let w = Tensor::randn([4, 3, 1, 1], 0.0, 1.0);
+    /// let (s, t) = (Tensor::rand([4], 0.5, 2.0), Tensor::randn([4], 0.0, 1.0));
+    /// let y = x.try_conv2d_affine(&w, ConvOptions::default(), Some(&s), Some(&t), Some(UnaryOp::Relu)).unwrap();
+    /// let want = x.conv2d(&w, None, ConvOptions::default()).mul(&s.reshape([1, 4, 1, 1])).add(&t.reshape([1, 4, 1, 1])).relu();
+    /// assert!(y.sub(&want).abs().max_all().item() < 1e-5);
+    /// ```
+    pub fn try_conv2d_affine(
+        &self,
+        weight: &Tensor,
+        opts: ConvOptions,
+        scale: Option<&Tensor>,
+        shift: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let [_, c, ..] = dims4(self, "conv2d")?;
+        let [cout, cin_g, kh, kw] = dims4(weight, "conv2d")?;
+        for v in scale.iter().chain(shift.iter()) {
+            if v.dims() != [cout] {
+                return Err(Error::ShapeMismatch {
+                    op: "conv2d affine",
+                    lhs: weight.shape().clone(),
+                    rhs: v.shape().clone(),
+                });
+            }
+        }
+        let records =
+            is_grad_enabled() && [Some(self), Some(weight), scale, shift].iter().flatten().any(|t| t.requires_grad());
+        let pointwise = opts.groups == 1 && (kh, kw) == (1, 1) && opts.stride == (1, 1) && opts.padding == (0, 0);
+        if pointwise && cin_g == c && !records && self.dtype() == firebrand_tensor::DType::F32 {
+            return self.pointwise_inference(weight, scale, shift, act);
+        }
+        if opts.groups == c && cin_g == 1 && opts.groups > 1 {
+            let w = match scale {
+                Some(s) => weight.try_mul(&s.try_reshape([cout, 1, 1, 1])?)?,
+                None => weight.clone(),
+            };
+            return self.try_conv2d_act(&w, shift, opts, act);
+        }
+        self.try_conv2d(weight, None, opts)?.try_channel_affine(scale, shift, act)
+    }
+
+    /// The inference form of a 1x1 stride-1 convolution: one gemm per image
+    /// with scale, shift and activation in its store (`Backend::pointwise_conv2d`).
+    fn pointwise_inference(
+        &self,
+        weight: &Tensor,
+        scale: Option<&Tensor>,
+        shift: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let op = "conv2d (pointwise)";
+        let [n, c, h, w] = dims4(self, op)?;
+        let cout = weight.dims()[0];
+        let mut ts = vec![self, weight];
+        ts.extend(scale);
+        ts.extend(shift);
+        let backend = same_backend(op, &ts)?;
+        if let Some(t) = ts.iter().find(|t| t.dtype() != self.dtype()) {
+            return Err(Error::msg(op, format!("input {} but weight, scale or shift {}", self.dtype(), t.dtype())));
+        }
+        let (x, wd) = (self.dense(op)?, weight.dense(op)?);
+        let (sd, td) = (scale.map(|s| s.dense(op)).transpose()?, shift.map(|t| t.dense(op)).transpose()?);
+        let (ss, tt) = (sd.as_ref().map(|s| s.storage()), td.as_ref().map(|t| t.storage()));
+        let out = backend.pointwise_conv2d(
+            &**x.storage(),
+            &**wd.storage(),
+            ss.as_deref().map(|s| &**s),
+            tt.as_deref().map(|t| &**t),
+            [n, c, cout, h * w],
+            act,
+        )?;
+        Ok(Tensor::from_backend(out, [n, cout, h, w]))
     }
 
     /// The depthwise kernel: `(N, C, H, W)` with `(C·M, 1, kh, kw)` filters,

@@ -65,7 +65,15 @@ pub(super) unsafe fn gemm(
     ldc: usize,
     accumulate: bool,
     parallel: bool,
+    epi: Option<&super::Epilogue>,
 ) {
+    // The epilogue's row vectors as pointers (null: none); its activation only
+    // when it has an AVX-512 form (the caller applies the others afterwards).
+    let (scale, shift) = epi.map_or((std::ptr::null(), std::ptr::null()), |e| {
+        (e.row_scale.map_or(std::ptr::null(), |s| s.as_ptr()), e.row_shift.map_or(std::ptr::null(), |s| s.as_ptr()))
+    });
+    let act = epi.and_then(|e| e.act).filter(|&op| crate::simd512::supports(op));
+    let (scale, shift) = (SendPtr(scale as *mut f32), SendPtr(shift as *mut f32));
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { crate::parallel::num_threads() } else { 1 };
     let cptr = SendPtr(c.as_mut_ptr());
     let n_panels = n.div_ceil(NR);
@@ -105,6 +113,7 @@ pub(super) unsafe fn gemm(
                     (bpack.as_ptr(), NR, NR * kc)
                 };
                 let acc = accumulate || pc > 0;
+                let last = pc + kc == k;
                 for ip in p0..p1 {
                     let i = ip * MR;
                     let mr = MR.min(m - i);
@@ -118,10 +127,17 @@ pub(super) unsafe fn gemm(
                         unsafe {
                             let cp = cptr.get().add(i * ldc + j0 + j);
                             let bp = bptr.add(jp * panel_stride);
-                            if nr == NR {
-                                kernel::<false>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr)
+                            let e = if last && epi.is_some() {
+                                let at =
+                                    |p: *mut f32| if p.is_null() { p as *const f32 } else { p.add(i) as *const f32 };
+                                Some((at(scale.get()), at(shift.get()), act))
                             } else {
-                                kernel::<true>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr)
+                                None
+                            };
+                            if nr == NR {
+                                kernel::<false>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr, e)
+                            } else {
+                                kernel::<true>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr, e)
                             }
                         };
                     }
@@ -231,7 +247,9 @@ pub(crate) unsafe fn transpose16_into(src: *const f32, lds: usize, dst: *mut f32
 /// A is read in place with strides `(rsa, csa)` (rows at or past `mr` alias row
 /// `mr - 1` and are not stored); B rows are `rsb` apart with unit column
 /// stride (a packed panel has `rsb = NR`); columns past `nr` are masked off, so
-/// edge tiles need no scratch copy.
+/// edge tiles need no scratch copy. `epi` (the last depth block only): row
+/// `i`'s values become `act(v·scale[i] + shift[i])` before the store (null
+/// pointers: no scale, no shift).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const MASKED: bool>(
@@ -246,6 +264,7 @@ unsafe fn kernel<const MASKED: bool>(
     acc: bool,
     mr: usize,
     nr: usize,
+    epi: Option<(*const f32, *const f32, Option<firebrand_tensor::op::UnaryOp>)>,
 ) {
     unsafe {
         let m0: __mmask16 = if nr >= 16 { 0xffff } else { ((1u32 << nr) - 1) as u16 };
@@ -283,6 +302,19 @@ unsafe fn kernel<const MASKED: bool>(
             if acc {
                 v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
                 v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
+            }
+            if let Some((scale, shift, act)) = epi {
+                if !scale.is_null() {
+                    let s = _mm512_set1_ps(*scale.add(i));
+                    (v0, v1) = (_mm512_mul_ps(v0, s), _mm512_mul_ps(v1, s));
+                }
+                if !shift.is_null() {
+                    let t = _mm512_set1_ps(*shift.add(i));
+                    (v0, v1) = (_mm512_add_ps(v0, t), _mm512_add_ps(v1, t));
+                }
+                if let Some(op) = act {
+                    (v0, v1) = (crate::simd512::apply512(op, v0), crate::simd512::apply512(op, v1));
+                }
             }
             _mm512_mask_storeu_ps(row, m0, v0);
             _mm512_mask_storeu_ps(row.add(16), m1, v1);

@@ -52,6 +52,58 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// What [`gemm_fused`] applies to each row `i` of the product as it stores
+/// it: `act(v·row_scale[i] + row_shift[i])` (a missing scale is 1, a missing
+/// shift 0) — a pointwise convolution's bias, an inference BatchNorm and the
+/// activation, without another pass over the output.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Per-row factor (`m` values).
+    pub row_scale: Option<&'a [f32]>,
+    /// Per-row offset (`m` values).
+    pub row_shift: Option<&'a [f32]>,
+    /// An elementwise activation applied last.
+    pub act: Option<firebrand_tensor::op::UnaryOp>,
+}
+
+/// `C = epi(A·B)`: [`gemm`] (not accumulating) with the [`Epilogue`]
+/// applied in the micro-kernel's store on the AVX-512 path (for activations
+/// with an AVX-512 form), in one pass over `C` afterwards otherwise. Same
+/// results either way.
+///
+/// # Panics
+/// As [`gemm`], and when a row vector is shorter than `m`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    assert!(
+        epi.row_scale.is_none_or(|s| s.len() >= m) && epi.row_shift.is_none_or(|s| s.len() >= m),
+        "gemm_fused: row vectors shorter than m = {m}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512() && m > 0 && n > 0 && k > 0 {
+        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_fused: output too small");
+        a.check(m, k, "A");
+        b.check(k, n, "B");
+        // SAFETY: avx512f was detected at run time; bounds were checked above.
+        unsafe { avx512::gemm(m, k, n, a, b, c, ldc, false, true, Some(epi)) };
+        if let Some(op) = epi.act.filter(|&op| !crate::simd512::supports(op)) {
+            (0..m).for_each(|i| crate::unary::map_in_place(op, &mut c[i * ldc..i * ldc + n]));
+        }
+        return;
+    }
+    gemm(m, k, n, a, b, c, ldc, false);
+    for i in 0..m {
+        let row = &mut c[i * ldc..i * ldc + n];
+        let (s, t) = (epi.row_scale.map_or(1.0, |s| s[i]), epi.row_shift.map_or(0.0, |t| t[i]));
+        if epi.row_scale.is_some() || epi.row_shift.is_some() {
+            row.iter_mut().for_each(|v| *v = *v * s + t);
+        }
+        if let Some(op) = epi.act {
+            crate::unary::map_in_place(op, row);
+        }
+    }
+}
+
 /// Which gemm implementation this CPU uses.
 pub fn gemm_backend() -> &'static str {
     if use_avx512() { "firebrand-avx512" } else { "matrixmultiply" }
@@ -130,7 +182,7 @@ fn gemm_with_threads(
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
         // SAFETY: avx512f was detected at run time; bounds were checked above.
-        unsafe { avx512::gemm(m, k, n, a, b, c, ldc, accumulate, parallel) };
+        unsafe { avx512::gemm(m, k, n, a, b, c, ldc, accumulate, parallel, None) };
         return;
     }
     let _ = parallel;
@@ -176,6 +228,36 @@ pub fn gemm_reference(m: usize, k: usize, n: usize, a: MatRef, b: MatRef) -> Vec
 mod tests {
     use super::*;
     use crate::test_data::uniform as data;
+
+    /// The fused epilogue equals the product followed by the row affine map
+    /// and the activation, on edge tiles (m, n not multiples of 12 and 32),
+    /// with more than one depth block (k > 1024: only the last applies it),
+    /// and for an activation without an AVX-512 form (softplus).
+    #[test]
+    fn fused_epilogue_equals_the_plain_product_then_the_epilogue() {
+        use firebrand_tensor::op::UnaryOp;
+        for (m, k, n) in [(1, 1, 1), (13, 7, 33), (37, 1100, 45), (24, 64, 200)] {
+            let (av, bv) = (data(m * k, 3), data(k * n, 4));
+            let (s, t) = (data(m, 5), data(m, 6));
+            let (a, b) = (MatRef::row_major(&av, k), MatRef::row_major(&bv, n));
+            for act in [None, Some(UnaryOp::Hardtanh(-0.2, 0.3)), Some(UnaryOp::Silu), Some(UnaryOp::Softplus)] {
+                for (rs, rt) in [(Some(&s[..]), Some(&t[..])), (None, Some(&t[..])), (None, None)] {
+                    let epi = Epilogue { row_scale: rs, row_shift: rt, act };
+                    let mut got = vec![f32::NAN; m * n];
+                    gemm_fused(m, k, n, a, b, &mut got, n, &epi);
+                    let mut want = vec![0.0; m * n];
+                    gemm(m, k, n, a, b, &mut want, n, false);
+                    for (i, v) in want.iter_mut().enumerate() {
+                        let z = *v * rs.map_or(1.0, |s| s[i / n]) + rt.map_or(0.0, |t| t[i / n]);
+                        *v = act.map_or(z, |op| op.apply(z));
+                    }
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{m}x{k}x{n} {act:?}: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
 
     fn check(m: usize, k: usize, n: usize, ta: bool, tb: bool, acc: bool) {
         let av = data(m * k + 3, 1);
