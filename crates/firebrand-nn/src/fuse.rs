@@ -8,6 +8,17 @@ use crate::sequential::AnyModule;
 use crate::{BatchNorm, BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential};
 use firebrand_autograd::{Error, Result, Tensor, is_grad_enabled, with_no_grad};
 
+/// The per-channel scale and shift of `bn` (evaluation mode) applied after
+/// a layer with `bias`: `(z + b)·scale + shift = z·scale + (b·scale + shift)`.
+fn folded_scale_shift(bn: &BatchNorm, bias: Option<&Tensor>) -> (Tensor, Tensor) {
+    let (scale, shift) = bn.eval_scale_shift(); // (C,)
+    let shift = match bias {
+        Some(b) => b.mul(&scale).add(&shift),
+        None => shift,
+    };
+    (scale, shift)
+}
+
 /// `bn` folded into a layer's `weight` `(C, …)` and `bias` `(C,)`: each
 /// output channel's row scaled, its bias moved; detached copies that train if
 /// asked to. `layer` and `units` (`"Conv2d"`, `"output channels"`) name the
@@ -28,15 +39,11 @@ fn fold(
         return Err(Error::msg(op, format!("{layer} has a fused {} before the BatchNorm", a.name())));
     }
     with_no_grad(|| {
-        let (scale, shift) = bn.eval_scale_shift(); // (C,)
+        let (scale, shift) = folded_scale_shift(bn, bias); // (C,)
         let mut dims = vec![1; weight.rank()];
         dims[0] = c;
         let w = weight.mul(&scale.reshape(dims));
-        let b = match bias {
-            Some(b) => b.mul(&scale).add(&shift),
-            None => shift,
-        };
-        Ok((w.detach_copy().requires_grad_(true), b.detach_copy().requires_grad_(true)))
+        Ok((w.detach_copy().requires_grad_(true), shift.detach_copy().requires_grad_(true)))
     })
 }
 
@@ -151,11 +158,7 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
         }
     }
     let act = layers.get(2).and_then(|l| l.elementwise_op());
-    let (scale, shift) = bn.eval_scale_shift(); // (Cout,)
-    let shift = match &conv.bias {
-        Some(b) => b.mul(&scale).add(&shift),
-        None => shift,
-    };
+    let (scale, shift) = folded_scale_shift(bn, conv.bias.as_ref()); // (Cout,)
     let y = crate::conv::conv_forward_affine(x, &conv.weight, conv.config(), &scale, &shift, act);
     Some((y, if act.is_some() { 3 } else { 2 }))
 }

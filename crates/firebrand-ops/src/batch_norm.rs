@@ -9,7 +9,7 @@
 //! in `f64`, around a per-channel pivot (the variance) or the mean (the
 //! backward's `Σ g·(x − mean)`), so large means do not cancel the variance.
 
-use crate::elem::{KernelElem, is_f32_with_avx512};
+use crate::elem::{KernelElem, fma_dispatch};
 use crate::parallel::{PAR_MIN_ELEMS, for_rows, par_chunks_mut};
 
 /// Per-row sums `(Σ (a + sa), Σ (a + sa)·(b + sb))`, in blocks of 16 lanes
@@ -40,24 +40,13 @@ fn row_sums2<T: KernelElem, const FMA: bool>(a: &[T], b: &[T], [sa, sb]: [T; 2])
     (s1, s2)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn row_sums2_avx512<T: KernelElem>(a: &[T], b: &[T], s: [T; 2]) -> (f64, f64) {
-    row_sums2::<T, true>(a, b, s)
-}
-
-fn sums2<T: KernelElem>(a: &[T], b: &[T], s: [T; 2]) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32_with_avx512::<T>() {
-        // SAFETY: AVX-512F and FMA were detected at run time.
-        return unsafe { row_sums2_avx512(a, b, s) };
-    }
-    row_sums2::<T, false>(a, b, s)
-}
+fma_dispatch!(fn sums2(a: &[T], b: &[T], s: [T; 2]) -> (f64, f64) => row_sums2);
 
 /// For every `(n, c)` row: `(Σ (a − pa[c]), Σ (a − pa[c])·(b − pb[c]))`
-/// (a missing pivot is 0), then summed per channel.
-fn channel_sums2<T: KernelElem>(
+/// (a missing pivot is 0), then summed per channel: the per-channel
+/// reductions of batch norm, and of any per-channel scale and shift
+/// ([`crate::conv::channel_affine_backward`]).
+pub(crate) fn channel_sums2<T: KernelElem>(
     a: &[T],
     b: &[T],
     (pa, pb): (Option<&[T]>, &[T]),
@@ -82,6 +71,12 @@ fn channel_sums2<T: KernelElem>(
         out[row % c].1 += s2;
     }
     out
+}
+
+/// Per-channel sums `Σ a` of `(N, C, L)` (a per-channel shift's gradient).
+pub(crate) fn channel_sums<T: KernelElem>(a: &[T], dims: [usize; 3]) -> Vec<T> {
+    let zeros = vec![T::default(); dims[1]];
+    channel_sums2(a, a, (None, &zeros), dims).into_iter().map(|(s, _)| T::from_f64(s)).collect()
 }
 
 /// The batch statistics of `x` `(N, C, L)`: per channel the mean and the
@@ -152,21 +147,7 @@ fn dx_row_generic<T: KernelElem, const FMA: bool>(d: &mut [T], g: &[T], x: &[T],
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn dx_row_avx512<T: KernelElem>(d: &mut [T], g: &[T], x: &[T], a: T, b: T, c: T, m: T) {
-    dx_row_generic::<T, true>(d, g, x, a, b, c, m)
-}
-
-fn dx_row<T: KernelElem>(d: &mut [T], g: &[T], x: &[T], a: T, b: T, c: T, m: T) {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32_with_avx512::<T>() {
-        // SAFETY: AVX-512F and FMA were detected at run time.
-        unsafe { dx_row_avx512(d, g, x, a, b, c, m) };
-        return;
-    }
-    dx_row_generic::<T, false>(d, g, x, a, b, c, m)
-}
+fma_dispatch!(fn dx_row(d: &mut [T], g: &[T], x: &[T], a: T, b: T, c: T, m: T) => dx_row_generic);
 
 #[cfg(test)]
 mod tests {

@@ -233,7 +233,7 @@ pub fn bias_act_to_nchw_backward(
         }
         None => g,
     };
-    let dbias = channel_sums(gm, c, l, |row, i| gm[row * l + i]);
+    let dbias = crate::batch_norm::channel_sums(gm, [n, c, l]);
     let mut dyt = take_f32(n * l * c);
     // dyt[b][j][i] = gm[b][i][j]: a transpose of each (C, L) block.
     let bases: Vec<usize> = (0..n).map(|b| b * c * l).collect();
@@ -520,35 +520,6 @@ pub fn channel_affine<T: KernelElem>(
     out
 }
 
-/// Per-row sums of `(rows, l)`, then summed per channel (`row % c`): the
-/// gradient of a per-channel shift.
-fn channel_sums<T: KernelElem>(v: &[T], c: usize, l: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
-    let rows = v.len().checked_div(l).unwrap_or(0);
-    let mut row_sums = vec![T::default(); rows];
-    let sum_row = |row: usize, s: &mut T| {
-        let mut acc = [T::default(); 8];
-        let mut i = 0;
-        while i + 8 <= l {
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = *a + f(row, i + j);
-            }
-            i += 8;
-        }
-        let tail = (i..l).fold(T::default(), |s, i| s + f(row, i));
-        *s = acc.iter().fold(tail, |s, &a| s + a);
-    };
-    if v.len() >= PAR_MIN_ELEMS {
-        par_chunks_mut(&mut row_sums, 1, |row, s| sum_row(row, &mut s[0]));
-    } else {
-        row_sums.iter_mut().enumerate().for_each(|(row, s)| sum_row(row, s));
-    }
-    let mut out = vec![T::default(); c];
-    for (row, s) in row_sums.into_iter().enumerate() {
-        out[row % c] = out[row % c] + s;
-    }
-    out
-}
-
 /// The gradients of [`channel_affine`] from the output gradient `g` and the
 /// output `y`: `(dx, dscale, dshift)`, each computed only when asked for
 /// (`need = [x, scale, shift]`; `dscale` needs `x`). `act` must be one whose
@@ -559,7 +530,7 @@ pub fn channel_affine_backward<T: KernelElem>(
     x: &[T],
     y: &[T],
     scale: Option<&[T]>,
-    [_, c, l]: [usize; 3],
+    [n, c, l]: [usize; 3],
     act: Option<UnaryOp>,
     need: [bool; 3],
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
@@ -585,9 +556,15 @@ pub fn channel_affine_backward<T: KernelElem>(
         }
         None => gm.to_vec(),
     });
-    let dscale =
-        (need[1] && scale.is_some()).then(|| channel_sums(gm, c, l, |row, i| gm[row * l + i] * x[row * l + i]));
-    let dshift = need[2].then(|| channel_sums(gm, c, l, |row, i| gm[row * l + i]));
+    let (need_scale, need_shift) = (need[1] && scale.is_some(), need[2]);
+    if !(need_scale || need_shift) {
+        return (dx, None, None);
+    }
+    // Σ g and Σ g·x per channel, in one pass.
+    let zeros = vec![T::default(); c];
+    let sums = crate::batch_norm::channel_sums2(gm, x, (None, &zeros), [n, c, l]);
+    let dscale = need_scale.then(|| sums.iter().map(|s| T::from_f64(s.1)).collect());
+    let dshift = need_shift.then(|| sums.iter().map(|s| T::from_f64(s.0)).collect());
     (dx, dscale, dshift)
 }
 

@@ -14,7 +14,7 @@
 //! of the same code when the CPU has it; f64 (gradient checks) runs it
 //! portably. The im2col + batched-matmul form stays as the reference.
 
-use crate::elem::{KernelElem, is_f32_with_avx512};
+use crate::elem::{KernelElem, fma_dispatch};
 use crate::parallel::{PAR_MIN_ELEMS, num_threads, par_chunks_mut};
 use firebrand_tensor::op::{UnaryOp, Window2d};
 
@@ -176,21 +176,7 @@ pub fn depthwise_conv2d<T: KernelElem>(
     out
 }
 
-fn forward_plane<T: KernelElem>(g: &DwGeom, pad: &[T], w: &[T], offsets: &[usize], b: T, out: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32_with_avx512::<T>() {
-        // SAFETY: AVX-512F and FMA were detected at run time.
-        unsafe { forward_plane_avx512(g, pad, w, offsets, b, out) };
-        return;
-    }
-    forward_plane_generic::<T, false>(g, pad, w, offsets, b, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn forward_plane_avx512<T: KernelElem>(g: &DwGeom, pad: &[T], w: &[T], offsets: &[usize], b: T, out: &mut [T]) {
-    forward_plane_generic::<T, true>(g, pad, w, offsets, b, out)
-}
+fma_dispatch!(fn forward_plane(g: &DwGeom, pad: &[T], w: &[T], offsets: &[usize], b: T, out: &mut [T]) => forward_plane_generic);
 
 /// One output plane: blocks of 16, then 4, then single outputs per row, each
 /// block accumulated over every tap before it is stored.
@@ -276,21 +262,7 @@ pub fn depthwise_conv2d_backward_input<T: KernelElem>(gy: &[T], weight: &[T], g:
     dx
 }
 
-fn scatter_plane<T: KernelElem>(g: &DwGeom, gp: &[T], w: &[T], offsets: &[usize], dpad: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32_with_avx512::<T>() {
-        // SAFETY: AVX-512F and FMA were detected at run time.
-        unsafe { scatter_plane_avx512(g, gp, w, offsets, dpad) };
-        return;
-    }
-    scatter_plane_generic::<T, false>(g, gp, w, offsets, dpad)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn scatter_plane_avx512<T: KernelElem>(g: &DwGeom, gp: &[T], w: &[T], offsets: &[usize], dpad: &mut [T]) {
-    scatter_plane_generic::<T, true>(g, gp, w, offsets, dpad)
-}
+fma_dispatch!(fn scatter_plane(g: &DwGeom, gp: &[T], w: &[T], offsets: &[usize], dpad: &mut [T]) => scatter_plane_generic);
 
 /// `dpad[tap(oy, ki, kj) + ox] += w[ki, kj] · gp[oy, ox]`: one contiguous axpy
 /// per output row and tap.
@@ -340,21 +312,7 @@ pub fn depthwise_conv2d_backward_weight<T: KernelElem>(gy: &[T], x: &[T], g: &Dw
     dw
 }
 
-fn correlate_plane<T: KernelElem>(g: &DwGeom, gp: &[T], pad: &[T], offsets: &[usize], dw: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_f32_with_avx512::<T>() {
-        // SAFETY: AVX-512F and FMA were detected at run time.
-        unsafe { correlate_plane_avx512(g, gp, pad, offsets, dw) };
-        return;
-    }
-    correlate_plane_generic::<T, false>(g, gp, pad, offsets, dw)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn correlate_plane_avx512<T: KernelElem>(g: &DwGeom, gp: &[T], pad: &[T], offsets: &[usize], dw: &mut [T]) {
-    correlate_plane_generic::<T, true>(g, gp, pad, offsets, dw)
-}
+fma_dispatch!(fn correlate_plane(g: &DwGeom, gp: &[T], pad: &[T], offsets: &[usize], dw: &mut [T]) => correlate_plane_generic);
 
 /// `dw[t] += Σ_oy Σ_ox gp[oy, ox] · pad[tap_t(oy) + ox]`, 16 partial sums per
 /// tap: a 3x3 filter keeps all nine tap sums in registers (each gradient

@@ -99,3 +99,28 @@ pub(crate) fn is_f32_with_avx512<T: 'static>() -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && *FLAG.get_or_init(|| crate::simd512::available() && std::arch::is_x86_feature_detected!("fma"))
 }
+
+/// Defines `fn $name<T: KernelElem>(…)` that runs `$generic::<T, true>`
+/// compiled with AVX-512 and FMA when `T` is `f32` and this CPU has them, and
+/// `$generic::<T, false>` (portable, no fused multiply-add) otherwise: one
+/// generic kernel body, two builds, chosen at run time.
+macro_rules! fma_dispatch {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $generic:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: $crate::elem::KernelElem>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::elem::is_f32_with_avx512::<T>() {
+                #[target_feature(enable = "avx512f,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast<T: $crate::elem::KernelElem>($($arg: $ty),*) $(-> $ret)? {
+                    $generic::<T, true>($($arg),*)
+                }
+                // SAFETY: AVX-512F and FMA were detected at run time.
+                return unsafe { fast::<T>($($arg),*) };
+            }
+            $generic::<T, false>($($arg),*)
+        }
+    };
+}
+pub(crate) use fma_dispatch;

@@ -4,10 +4,8 @@
 //! so its gradients come from those rules and both are single large gemms;
 //! pooling ops are primitives with their own backward kernels.
 
-use super::record;
-use crate::grad_mode::is_grad_enabled;
+use super::{activate_rest, fusable_act, record, records_graph};
 use crate::tensor::{Tensor, same_backend};
-use firebrand_ops::elem::output_determines_grad;
 use firebrand_ops::unary::UnaryOp;
 use firebrand_tensor::op::Window2d;
 use firebrand_tensor::{Error, Result, Shape};
@@ -46,6 +44,63 @@ fn out_hw(op: &'static str, x: &Tensor, win: &Window2d, h: usize, w: usize) -> R
         shape: x.shape().clone(),
         msg: format!("window {win:?} does not fit (or has a zero stride)"),
     })
+}
+
+/// Which kernel a convolution's shape picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvPath {
+    /// `groups == C > 1`, one input channel per group: the direct kernel.
+    Depthwise,
+    /// Ungrouped 1x1, stride 1, no padding: one gemm per image.
+    Pointwise,
+    /// Any other ungrouped convolution: im2col + one gemm.
+    Dense,
+    /// Any other grouped convolution: a batched gemm over groups.
+    Grouped,
+}
+
+/// A convolution's checked geometry and the kernel its shape picks.
+struct ConvShape {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    cin_g: usize,
+    kh: usize,
+    kw: usize,
+    win: Window2d,
+    ho: usize,
+    wo: usize,
+    path: ConvPath,
+}
+
+/// Checks `x` `(N, C, H, W)`, `weight` `(Cout, C/groups, kh, kw)` and `bias`
+/// `(Cout,)` against each other and the window; the errors name the shapes.
+fn conv_shape(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOptions) -> Result<ConvShape> {
+    let [n, c, h, w] = dims4(x, "conv2d")?;
+    let [cout, cin_g, kh, kw] = dims4(weight, "conv2d")?;
+    let g = opts.groups;
+    if g == 0 || c % g != 0 || cout % g != 0 || cin_g != c / g {
+        return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.shape().clone(), rhs: weight.shape().clone() });
+    }
+    if let Some(b) = bias
+        && b.dims() != [cout]
+    {
+        return Err(Error::ShapeMismatch { op: "conv2d bias", lhs: weight.shape().clone(), rhs: b.shape().clone() });
+    }
+    let win = Window2d { kernel: (kh, kw), stride: opts.stride, padding: opts.padding, dilation: opts.dilation };
+    let (ho, wo) = out_hw("conv2d", x, &win, h, w)?;
+    let path = if g == c && cin_g == 1 && g > 1 {
+        ConvPath::Depthwise
+    } else if g == 1 && (kh, kw) == (1, 1) && win.stride == (1, 1) && win.padding == (0, 0) {
+        ConvPath::Pointwise
+    } else if g == 1 {
+        ConvPath::Dense
+    } else {
+        ConvPath::Grouped
+    };
+    Ok(ConvShape { n, c, h, w, cout, cin_g, kh, kw, win, ho, wo, path })
 }
 
 /// `act(transpose(yt) + bias)`: `(N·L, Cout)` to `(N, Cout, Ho, Wo)` in one
@@ -190,37 +245,19 @@ impl Tensor {
         opts: ConvOptions,
         act: Option<UnaryOp>,
     ) -> Result<Tensor> {
-        let [n, c, h, w] = dims4(self, "conv2d")?;
-        let [cout, cin_g, kh, kw] = dims4(weight, "conv2d")?;
+        let ConvShape { n, c, h, w, cout, cin_g, kh, kw, win, ho, wo, path } = conv_shape(self, weight, bias, opts)?;
         let g = opts.groups;
-        let mismatch = || Error::ShapeMismatch { op: "conv2d", lhs: self.shape().clone(), rhs: weight.shape().clone() };
-        if g == 0 || c % g != 0 || cout % g != 0 || cin_g != c / g {
-            return Err(mismatch());
-        }
-        if let Some(b) = bias
-            && b.dims() != [cout]
-        {
-            return Err(Error::ShapeMismatch {
-                op: "conv2d bias",
-                lhs: weight.shape().clone(),
-                rhs: b.shape().clone(),
-            });
-        }
-        let win = Window2d { kernel: (kh, kw), stride: opts.stride, padding: opts.padding, dilation: opts.dilation };
-        let (ho, wo) = out_hw("conv2d", self, &win, h, w)?;
-        let records = is_grad_enabled()
-            && (self.requires_grad() || weight.requires_grad() || bias.is_some_and(|b| b.requires_grad()));
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        let records = records_graph(&inputs);
         // The activation the kernel applies; any other runs after it.
-        let fused = act.filter(|&op| !records || output_determines_grad(op));
-        let rest = |y: Tensor| match (act, fused) {
-            (Some(op), None) => y.try_unary(op),
-            _ => Ok(y),
-        };
-        if g == c && cin_g == 1 && g > 1 {
+        let fused = fusable_act(act, records);
+        let rest = |y: Tensor| activate_rest(y, act, fused);
+        if path == ConvPath::Depthwise {
             return rest(self.depthwise_conv2d(weight, bias, win, cout / c, fused)?);
         }
         let (k, nl) = (cin_g * kh * kw, n * ho * wo);
-        if g == 1 && (kh, kw) == (1, 1) && win.stride == (1, 1) && win.padding == (0, 0) {
+        if path == ConvPath::Pointwise {
             // A pointwise convolution is W (Cout, C) · X_n (C, H·W) per image:
             // no im2col copy, and the gemm writes NCHW directly.
             if !records && self.dtype() == firebrand_tensor::DType::F32 {
@@ -232,7 +269,7 @@ impl Tensor {
             return rest(y.try_reshape([n, cout, ho, wo])?);
         }
         let cols = self.im2col_batch_columns(win)?; // (C·kh·kw, N·L)
-        if g == 1 {
+        if path == ConvPath::Dense {
             // Computed transposed, Yᵀ = colsᵀ · Wᵀ (N·L, Cout): our gemm is fastest
             // with many rows and few columns, and in this orientation the
             // gradients are its fast shapes too: the weight's (cols · dYᵀ,
@@ -288,8 +325,7 @@ impl Tensor {
         shift: Option<&Tensor>,
         act: Option<UnaryOp>,
     ) -> Result<Tensor> {
-        let [_, c, ..] = dims4(self, "conv2d")?;
-        let [cout, cin_g, kh, kw] = dims4(weight, "conv2d")?;
+        let ConvShape { cout, path, .. } = conv_shape(self, weight, None, opts)?;
         for v in scale.iter().chain(shift.iter()) {
             if v.dims() != [cout] {
                 return Err(Error::ShapeMismatch {
@@ -299,13 +335,13 @@ impl Tensor {
                 });
             }
         }
-        let records =
-            is_grad_enabled() && [Some(self), Some(weight), scale, shift].iter().flatten().any(|t| t.requires_grad());
-        let pointwise = opts.groups == 1 && (kh, kw) == (1, 1) && opts.stride == (1, 1) && opts.padding == (0, 0);
-        if pointwise && cin_g == c && !records && self.dtype() == firebrand_tensor::DType::F32 {
+        let mut inputs = vec![self, weight];
+        inputs.extend(scale);
+        inputs.extend(shift);
+        if path == ConvPath::Pointwise && !records_graph(&inputs) && self.dtype() == firebrand_tensor::DType::F32 {
             return self.pointwise_inference(weight, scale, shift, act);
         }
-        if opts.groups == c && cin_g == 1 && opts.groups > 1 {
+        if path == ConvPath::Depthwise {
             let w = match scale {
                 Some(s) => weight.try_mul(&s.try_reshape([cout, 1, 1, 1])?)?,
                 None => weight.clone(),
@@ -448,15 +484,11 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: v.shape().clone() });
             }
         }
-        let records = is_grad_enabled()
-            && (self.requires_grad()
-                || scale.is_some_and(|s| s.requires_grad())
-                || shift.is_some_and(|s| s.requires_grad()));
-        let fused = act.filter(|&a| !records || output_determines_grad(a));
         let dims = [n, c, self.elem_count() / (n * c).max(1)];
         let mut ts = vec![self];
         ts.extend(scale);
         ts.extend(shift);
+        let fused = fusable_act(act, records_graph(&ts));
         let backend = same_backend(op, &ts)?;
         if ts.iter().any(|t| t.dtype() != self.dtype()) {
             return Err(Error::msg(op, format!("the input is {} but a scale or shift differs", self.dtype())));
@@ -501,10 +533,7 @@ impl Tensor {
             }
             grads
         });
-        match (act, fused) {
-            (Some(a), None) => y.try_unary(a),
-            _ => Ok(y),
-        }
+        activate_rest(y, act, fused)
     }
 
     /// See [`Tensor::try_conv2d`].

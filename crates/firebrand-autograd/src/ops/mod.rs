@@ -25,7 +25,30 @@ pub use shape::{IndexExpr, PadMode, TensorIndex};
 
 use crate::grad_mode::is_grad_enabled;
 use crate::tensor::{GradFn, Tensor};
+use firebrand_ops::unary::UnaryOp;
 use firebrand_tensor::{Error, Result, Shape, normalize_dim};
+
+/// True when an op on `inputs` would be recorded: recording is on and an
+/// input requires grad. Fused kernels ask it to pick a form whose backward
+/// rule they have.
+pub(crate) fn records_graph(inputs: &[&Tensor]) -> bool {
+    is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+}
+
+/// The part of `act` a fused kernel applies: all of it when no graph is
+/// recorded, else only an activation whose output gives its derivative
+/// (ReLU, hardtanh); [`activate_rest`] applies what is left.
+pub(crate) fn fusable_act(act: Option<UnaryOp>, records: bool) -> Option<UnaryOp> {
+    act.filter(|&op| !records || firebrand_ops::elem::output_determines_grad(op))
+}
+
+/// `act` applied to `y` as its own op when the kernel did not fuse it.
+pub(crate) fn activate_rest(y: Tensor, act: Option<UnaryOp>, fused: Option<UnaryOp>) -> Result<Tensor> {
+    match (act, fused) {
+        (Some(op), None) => y.try_unary(op),
+        _ => Ok(y),
+    }
+}
 
 /// Records `out` as produced by `name` from `inputs` when any input requires
 /// grad and recording is on; `backward(out, grad_out)` returns one optional
@@ -36,7 +59,7 @@ pub(crate) fn record(
     inputs: &[&Tensor],
     backward: impl Fn(&Tensor, &Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
 ) -> Tensor {
-    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+    if !records_graph(inputs) {
         return out;
     }
     let versions = inputs.iter().chain([&&out]).map(|t| t.version()).collect();
