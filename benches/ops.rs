@@ -117,5 +117,63 @@ fn overhead(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead);
+/// The char_lstm workload's recurrence, `B = 128, T = 40, H = 128` over an
+/// 84-symbol one-hot input: the whole layer forward (no graph), forward +
+/// backward through the layer, and the scan op alone.
+fn lstm(c: &mut Criterion) {
+    use firebrand::nn::LSTM;
+    let mut g = config(c, "lstm");
+    g.measurement_time(Duration::from_secs(3));
+    let (b, t, v, h) = (128, 40, 84, 128);
+    manual_seed(0);
+    let net = LSTM::new(v, h).return_sequences(false);
+    let idx: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 11) % v) as i64).collect();
+    let x = Tensor::from_vec(idx, [b, t]).one_hot(v).to_dtype(DType::F32); // (B, T, V)
+    let id = format!("b{b}_t{t}_h{h}");
+    g.bench_function(BenchmarkId::new("layer_forward_no_grad", &id), |q| q.iter(|| with_no_grad(|| net.forward(&x))));
+    g.bench_function(BenchmarkId::new("layer_forward_backward", &id), |q| {
+        q.iter(|| {
+            net.forward(&x).square().sum_all().backward();
+            for p in net.parameters() {
+                p.zero_grad();
+            }
+        })
+    });
+    let xw = Tensor::randn([t, b, 4 * h], 0.0, 1.0).requires_grad_(true);
+    let w_hh = Tensor::randn([4 * h, h], 0.0, 0.1).requires_grad_(true);
+    let (h0, c0) = (Tensor::zeros([b, h]), Tensor::zeros([b, h]));
+    g.bench_function(BenchmarkId::new("scan_last_forward", &id), |q| {
+        q.iter(|| with_no_grad(|| xw.try_lstm_scan_last(&w_hh, &h0, &c0, false).unwrap()))
+    });
+    g.bench_function(BenchmarkId::new("scan_last_forward_backward", &id), |q| {
+        q.iter(|| {
+            xw.try_lstm_scan_last(&w_hh, &h0, &c0, false).unwrap().sum_all().backward();
+            xw.zero_grad();
+            w_hh.zero_grad();
+        })
+    });
+    // The step's products alone, and the weight gradients in both orientations
+    // (`_t`: computed transposed and copied back), the figures behind
+    // autograd's `weight_grad` choice.
+    let hp = Tensor::randn([b, h], 0.0, 1.0);
+    let w_ih = Tensor::randn([4 * h, v], 0.0, 0.1);
+    let w_ih_t = w_ih.t();
+    let w = Tensor::randn([4 * h, h], 0.0, 0.1);
+    let back = Tensor::randn([b, 5 * h], 0.0, 1.0);
+    let dxw = Tensor::randn([t * b, 4 * h], 0.0, 1.0);
+    let hps = Tensor::randn([t * b, h], 0.0, 1.0);
+    g.bench_function("mm_fwd_h_wt", |q| q.iter(|| hp.matmul(&w.t())));
+    g.bench_function("mm_bwd_dg_w", |q| q.iter(|| back.narrow(1, 0, 4 * h).matmul(&w).contiguous()));
+    g.bench_function("mm_bwd_dw", |q| q.iter(|| dxw.t().matmul(&hps)));
+    g.bench_function("mm_bwd_dw_t", |q| q.iter(|| hps.t().matmul(&dxw).t().contiguous()));
+    let xs = Tensor::randn([t * b, v], 0.0, 1.0);
+    g.bench_function("mm_bwd_dwih", |q| q.iter(|| dxw.t().matmul(&xs)));
+    g.bench_function("mm_bwd_dwih_t", |q| q.iter(|| xs.t().matmul(&dxw).t().contiguous()));
+    let xh = Tensor::randn([t * b, v + h], 0.0, 1.0);
+    g.bench_function("mm_bwd_dw_both_t", |q| q.iter(|| xh.t().matmul(&dxw)));
+    g.bench_function("mm_fwd_proj", |q| q.iter(|| xs.matmul(&w_ih_t)));
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead, lstm);
 criterion_main!(benches);

@@ -5,8 +5,8 @@
 //! figures beside PyTorch's.
 //!
 //! Workloads:
-//! * `gemm [--sizes 64,128,...] [--threads N]` — fp32 GFLOP/s of `C = A·B` for
-//!   square sizes and the training shapes.
+//! * `gemm [--sizes 64,128x128x512,...] [--threads N]` — fp32 GFLOP/s of `C = A·B`
+//!   for square sizes and the training shapes, or the given sizes (N or MxKxN).
 //! * `peak [--threads N]` — the machine's fp32 FMA peak (an FMA-throughput
 //!   microbenchmark), to judge gemm against.
 //! * `mlp [--epochs N] [--data DIR]` — Fashion-MNIST, 784 → Linear 128 + ReLU →
@@ -130,11 +130,26 @@ fn time_gemm(m: usize, k: usize, n: usize) -> f64 {
 }
 
 fn workload_gemm(sizes: Option<String>) {
-    let mut shapes: Vec<(usize, usize, usize)> = match sizes {
-        Some(s) => s.split(',').map(|x| x.parse().expect("--sizes a,b,c")).map(|s| (s, s, s)).collect(),
-        None => [64, 128, 256, 512, 1024, 2048].iter().map(|&s| (s, s, s)).collect(),
+    let shapes: Vec<(usize, usize, usize)> = match sizes {
+        // `--sizes 256,128x128x512`: a square size or an m x k x n shape each.
+        Some(s) => s
+            .split(',')
+            .map(|x| {
+                let d: Vec<usize> =
+                    x.split('x').map(|v| v.parse().expect("--sizes N or MxKxN, comma-separated")).collect();
+                match d[..] {
+                    [s] => (s, s, s),
+                    [m, k, n] => (m, k, n),
+                    _ => panic!("--sizes N or MxKxN, comma-separated; got {x}"),
+                }
+            })
+            .collect(),
+        None => {
+            let mut v: Vec<_> = [64, 128, 256, 512, 1024, 2048].iter().map(|&s| (s, s, s)).collect();
+            v.extend([(32, 784, 128), (128, 784, 128), (1024, 128, 512)]);
+            v
+        }
     };
-    shapes.extend([(32, 784, 128), (128, 784, 128), (1024, 128, 512)]);
     for (m, k, n) in shapes {
         let gflops = time_gemm(m, k, n);
         println!(

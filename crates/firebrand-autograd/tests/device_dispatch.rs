@@ -148,8 +148,8 @@ impl Backend for ProxyBackend {
     ) -> Result<Storage> {
         wrap(CPU.scatter_add(inner(src), o, n, i, inner(index)))
     }
-    fn concat(&self, parts: &[&dyn BackendStorage], o: usize, sizes: &[usize], i: usize) -> Result<Storage> {
-        let parts: Vec<&dyn BackendStorage> = parts.iter().map(|p| inner(*p)).collect();
+    fn concat(&self, parts: &[(&dyn BackendStorage, &Layout)], o: usize, sizes: &[usize], i: usize) -> Result<Storage> {
+        let parts: Vec<(&dyn BackendStorage, &Layout)> = parts.iter().map(|&(p, l)| (inner(p), l)).collect();
         wrap(CPU.concat(&parts, o, sizes, i))
     }
     fn where_select(&self, c: &dyn BackendStorage, a: &dyn BackendStorage, b: &dyn BackendStorage) -> Result<Storage> {

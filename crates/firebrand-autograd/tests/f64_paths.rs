@@ -128,23 +128,26 @@ fn pooling() {
 #[test]
 fn lstm_scan_both_ways() {
     manual_seed(5);
-    let (t, b, h) = (4, 3, 5);
-    let inputs = [
-        Tensor::randn([t, b, 4 * h], 0.0, 1.0),
-        Tensor::randn([4 * h, h], 0.0, 0.4),
-        Tensor::randn([b, h], 0.0, 1.0),
-        Tensor::randn([b, h], 0.0, 1.0),
-    ];
-    for reverse in [false, true] {
-        compare(
-            &inputs,
-            |x| x[0].try_lstm_scan(&x[1], &x[2], &x[3], reverse).unwrap(),
-            &format!("lstm_scan reverse={reverse}"),
-        );
-        compare(
-            &inputs,
-            |x| x[0].try_lstm_scan_last(&x[1], &x[2], &x[3], reverse).unwrap(),
-            &format!("lstm_scan_last reverse={reverse}"),
-        );
+    // 37 rows: on a multi-threaded CPU the f32 scan splits the batch into
+    // per-thread chunks of uneven size (18 and 19 on two threads).
+    for (t, b, h) in [(4, 3, 5), (3, 37, 6)] {
+        let inputs = [
+            Tensor::randn([t, b, 4 * h], 0.0, 1.0),
+            Tensor::randn([4 * h, h], 0.0, 0.4),
+            Tensor::randn([b, h], 0.0, 1.0),
+            Tensor::randn([b, h], 0.0, 1.0),
+        ];
+        for reverse in [false, true] {
+            compare(
+                &inputs,
+                |x| x[0].try_lstm_scan(&x[1], &x[2], &x[3], reverse).unwrap(),
+                &format!("lstm_scan b={b} reverse={reverse}"),
+            );
+            compare(
+                &inputs,
+                |x| x[0].try_lstm_scan_last(&x[1], &x[2], &x[3], reverse).unwrap(),
+                &format!("lstm_scan_last b={b} reverse={reverse}"),
+            );
+        }
     }
 }

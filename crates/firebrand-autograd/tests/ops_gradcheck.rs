@@ -127,12 +127,18 @@ fn matmul_shapes() {
         (&[2, 3, 4], &[4, 2]),
         (&[2, 1, 3, 4], &[3, 4, 2]),
         (&[5, 13], &[13, 33]),
+        // A right operand with 2x more rows than columns: its gradient is
+        // computed transposed and copied back (both orientations are checked).
+        (&[2, 12], &[12, 3]),
     ];
     for &(sa, sb) in cases {
         check("matmul", &[leaf(sa, 1.0, 0.0), leaf(sb, 0.7, 0.1)], |t| t[0].matmul(&t[1]));
     }
     // Transposed operands go to the gemm as strided views.
     check("matmul-transposed", &[leaf(&[4, 3], 1.0, 0.0), leaf(&[5, 4], 1.0, 0.0)], |t| t[0].t().matmul(&t[1].t()));
+    // A Linear-style weight `W.t()` with 4x more outputs than inputs: its
+    // gradient comes out of the other orientation, then in W's layout.
+    check("matmul-wide-weight", &[leaf(&[2, 3], 1.0, 0.0), leaf(&[12, 3], 1.0, 0.0)], |t| t[0].matmul(&t[1].t()));
 }
 
 #[test]
@@ -171,4 +177,22 @@ fn gradcheck_catches_a_wrong_gradient() {
     let x = leaf(&[4], 1.0, 0.5);
     let err = gradcheck(|t| t[0].mul(&t[0].detach()), &[x], GradcheckOptions::default()).unwrap_err();
     assert!(err.to_string().contains("gradcheck: input 0"), "{err}");
+}
+
+/// Whichever orientation computes a weight's gradient, it arrives in the
+/// weight's own layout (the optimizers read it as one contiguous run).
+#[test]
+fn weight_gradients_come_back_in_the_weights_layout() {
+    for (out, inp) in [(12, 3), (3, 12), (5, 5)] {
+        let w = Tensor::randn([out, inp], 0.0, 1.0).requires_grad_(true); // (out, in), used as w.t()
+        let x = Tensor::randn([7, inp], 0.0, 1.0);
+        x.matmul(&w.t()).sum_all().backward();
+        let g = w.grad().unwrap();
+        assert!(g.is_contiguous(), "{out}x{inp}: grad layout");
+        let want = Tensor::ones([7, out]).t().matmul(&x); // (out, in)
+        assert_eq!(g.dims(), want.dims());
+        for (a, b) in g.to_vec::<f32>().iter().zip(want.to_vec::<f32>()) {
+            assert!((a - b).abs() < 1e-5, "{out}x{inp}: {a} vs {b}");
+        }
+    }
 }

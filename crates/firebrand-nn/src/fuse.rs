@@ -1,11 +1,13 @@
-//! Inference fusion: an eval-mode BatchNorm folded into the convolution or
+//! Layer fusion: an eval-mode BatchNorm folded into the convolution or
 //! linear layer before it (PyTorch's `fuse_conv_bn_eval` /
 //! `torch.ao.quantization.fuse_modules`), so inference skips the
-//! normalization pass entirely.
+//! normalization pass entirely; and the run-time fusions `Sequential` makes
+//! as it runs (conv → BatchNorm → activation in inference, one-hot ids into
+//! a recurrent layer always).
 
 use crate::Module;
 use crate::sequential::AnyModule;
-use crate::{BatchNorm, BatchNorm1d, BatchNorm2d, Conv2d, Linear, Sequential};
+use crate::{BatchNorm, BatchNorm1d, BatchNorm2d, Conv2d, GRU, LSTM, Linear, OneHot, RNN, Recurrent, Sequential};
 use firebrand_autograd::{Error, Result, Tensor, is_grad_enabled, with_no_grad};
 
 /// The per-channel scale and shift of `bn` (evaluation mode) applied after
@@ -161,4 +163,24 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
     let (scale, shift) = folded_scale_shift(bn, conv.bias.as_ref()); // (Cout,)
     let y = crate::conv::conv_forward_affine(x, &conv.weight, conv.config(), &scale, &shift, act);
     Some((y, if act.is_some() { 3 } else { 2 }))
+}
+
+/// `OneHot(n)` followed by an LSTM, GRU or RNN, run as
+/// [`Recurrent::forward_one_hot`]: the recurrent layer's input projection
+/// becomes a row gather (the same outputs, bit for bit, in training too).
+/// Not while module outputs are being recorded (`summary`), which lists the
+/// one-hot tensor. Returns the output and the two layers it covered.
+pub(crate) fn one_hot_recurrent(layers: &[Box<dyn AnyModule>], ids: &Tensor) -> Option<(Tensor, usize)> {
+    let classes = (**layers.first()?).as_any().downcast_ref::<OneHot>()?.0;
+    let next = (**layers.get(1)?).as_any();
+    let rnn: &Recurrent = match (next.downcast_ref::<LSTM>(), next.downcast_ref::<GRU>(), next.downcast_ref::<RNN>()) {
+        (Some(l), _, _) => l,
+        (_, Some(g), _) => g,
+        (_, _, Some(r)) => r,
+        _ => return None,
+    };
+    if crate::module::recording_active() || ids.dtype().is_float() || ids.rank() != 2 {
+        return None; // the layers one by one (and their errors for a wrong input)
+    }
+    Some((rnn.forward_one_hot(ids, classes), 2))
 }

@@ -59,6 +59,31 @@ pub struct RnnState {
     pub c: Option<Tensor>,
 }
 
+/// A recurrent layer's input: dense `(B, T, I)`, or class ids `(B, T)` that
+/// stand for their one-hot rows (`OneHot(I)` followed by the layer).
+#[derive(Clone, Copy)]
+enum SeqInput<'a> {
+    Dense(&'a Tensor),
+    OneHot(&'a Tensor, usize),
+}
+
+impl SeqInput<'_> {
+    /// `(B, T, I)`, or `None` for a tensor of the wrong rank.
+    fn dims(&self) -> Option<(usize, usize, usize)> {
+        match (*self, self.tensor().dims()) {
+            (SeqInput::Dense(_), &[b, t, i]) => Some((b, t, i)),
+            (SeqInput::OneHot(_, classes), &[b, t]) => Some((b, t, classes)),
+            _ => None,
+        }
+    }
+
+    fn tensor(&self) -> &Tensor {
+        match self {
+            SeqInput::Dense(x) | SeqInput::OneHot(x, _) => x,
+        }
+    }
+}
+
 /// The state and forward pass shared by [`LSTM`], [`GRU`] and [`RNN`]
 /// (reachable through their `Deref`).
 pub struct Recurrent {
@@ -115,22 +140,64 @@ impl Recurrent {
     /// # Panics
     /// On an input or state of the wrong shape, naming the layer and the shapes.
     pub fn forward_with_state(&self, x: &Tensor, state: Option<&RnnState>) -> (Tensor, RnnState) {
-        self.run(x, state, true)
+        self.run(SeqInput::Dense(x), state, true)
+    }
+
+    /// The layer's `forward` on the one-hot rows of `ids` `(B, T)` over
+    /// `classes` (the layer's input size): the same as
+    /// `forward(&ids.one_hot(classes))` without building the one-hot tensor.
+    /// The first layer's input projection `onehot·W_ihᵀ + b` is then a row
+    /// gather from `W_ihᵀ + b` `(classes, G·H)`, and its weight gradient an
+    /// index-add: no `(B·T, classes)·(classes, G·H)` products either way (the
+    /// rewrite XLA's algebraic simplifier makes of a dot with a one-hot). The
+    /// outputs are the same bits as the dense path's; a non-finite weight
+    /// takes the dense path, so that NaN and inf spread as they would there.
+    /// `Sequential` uses this for `OneHot(n)` followed by a recurrent layer.
+    ///
+    /// # Panics
+    /// On `ids` that are not `(B, T)` integers below `classes`, or `classes`
+    /// other than the input size.
+    ///
+    /// ```
+    /// use firebrand_nn::{LSTM, Module};
+    /// use firebrand_autograd::Tensor;
+    /// let lstm = LSTM::new(5, 8);
+    /// let ids = Tensor::from_vec(vec![0i64, 4, 2, 1, 3, 0], [2, 3]); // (B, T)
+    /// let fused = lstm.forward_one_hot(&ids, 5);
+    /// assert_eq!(fused.to_vec::<f32>(), lstm.forward(&ids.one_hot(5)).to_vec::<f32>());
+    /// ```
+    pub fn forward_one_hot(&self, ids: &Tensor, classes: usize) -> Tensor {
+        self.forward_input(SeqInput::OneHot(ids, classes))
+    }
+
+    /// `forward`: every step's output, or the final hidden state.
+    fn forward_input(&self, x: SeqInput) -> Tensor {
+        crate::module::traced(self, || {
+            let (out, state) = self.run(x, None, self.return_sequences);
+            if self.return_sequences {
+                return out; // (B, T, D·H)
+            }
+            // The final hidden state of the last layer, both directions: (B, D·H).
+            let dirs = self.num_directions();
+            let last = state.h.narrow(0, state.h.dims()[0] - dirs, dirs); // (D, B, H)
+            let b = last.dims()[1];
+            last.permute(&[1, 0, 2]).reshape([b, dirs * self.hidden])
+        })
     }
 
     /// `forward_with_state`; with `sequence` false the last layer's outputs
     /// are not computed (an empty `(B, 0, D·H)` comes back) — only its state.
-    fn run(&self, x: &Tensor, state: Option<&RnnState>, sequence: bool) -> (Tensor, RnnState) {
+    fn run(&self, x: SeqInput, state: Option<&RnnState>, sequence: bool) -> (Tensor, RnnState) {
         let name = self.kind.name();
-        let (b, t, input) = match *x.dims() {
-            [b, t, i] => (b, t, i),
-            _ => panic!("{name}: expected input (B, T, I), got {:?}", x.dims()),
-        };
         let expect_in = self.layers[0][0].w_ih.dims()[1];
+        let (b, t, input) = x.dims().unwrap_or_else(|| match x {
+            SeqInput::Dense(x) => panic!("{name}: expected input (B, T, I), got {:?}", x.dims()),
+            SeqInput::OneHot(ids, _) => panic!("{name}: expected one-hot ids (B, T), got {:?}", ids.dims()),
+        });
         assert!(
             input == expect_in && t > 0,
             "{name}: expected input (B, T, {expect_in}) with T > 0, got {:?}",
-            x.dims()
+            x.tensor().dims()
         );
         let (h_dim, dirs) = (self.hidden, self.num_directions());
         let n_states = self.layers.len() * dirs;
@@ -143,18 +210,22 @@ impl Recurrent {
         }
         let zeros = || Tensor::zeros([b, h_dim]);
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
-        let mut layer_in = x.clone();
+        let mut layer_in = x.tensor().clone();
         for (l, cells) in self.layers.iter().enumerate() {
             if l > 0 && self.training && self.dropout > 0.0 {
                 layer_in = crate::dropout::dropout(&layer_in, self.dropout);
             }
+            let input = match x {
+                SeqInput::OneHot(ids, classes) if l == 0 => SeqInput::OneHot(ids, classes),
+                _ => SeqInput::Dense(&layer_in),
+            };
             let mut outs = Vec::with_capacity(dirs);
             for (d, cell) in cells.iter().enumerate() {
                 let k = l * dirs + d;
                 let h0 = state.map_or_else(zeros, |s| s.h.select(0, k));
                 let c0 = state.and_then(|s| s.c.as_ref()).map_or_else(zeros, |c| c.select(0, k));
                 let need_sequence = sequence || l + 1 < self.layers.len();
-                let (out, h, c) = self.run_direction(cell, &layer_in, h0, c0, d == 1, need_sequence);
+                let (out, h, c) = self.run_direction(cell, input, h0, c0, d == 1, need_sequence);
                 outs.push(out);
                 h_n.push(h);
                 c_n.push(c);
@@ -171,13 +242,13 @@ impl Recurrent {
     fn run_direction(
         &self,
         cell: &Cell,
-        x: &Tensor,
+        x: SeqInput,
         h0: Tensor,
         c0: Tensor,
         reverse: bool,
         need_sequence: bool,
     ) -> (Tensor, Tensor, Tensor) {
-        let (b, t) = (x.dims()[0], x.dims()[1]);
+        let (b, t, _) = x.dims().expect("checked by run");
         let hd = self.hidden;
         let b_hh_in_x = self.kind != RnnKind::Gru; // GRU keeps b_hn inside r ⊙ (·)
         // Both biases folded into one before touching the (·, ·, G·H) projection.
@@ -191,11 +262,7 @@ impl Recurrent {
             // Time-major: every step's slice of the projection and of the output
             // gradient is one contiguous block. The whole recurrence is one op
             // (forward unrecorded, hand-written BPTT, fused cells).
-            let x_tm = x.permute(&[1, 0, 2]).contiguous(); // (T, B, I)
-            let mut xw = x_tm.matmul(&cell.w_ih.t()); // (T, B, 4H), one gemm
-            if let Some(bias) = &bias {
-                xw = xw.add(bias);
-            }
+            let xw = input_projection(cell, x, bias.as_ref(), true); // (T, B, 4H)
             if !need_sequence {
                 // Only the final state is used: the op returns just that.
                 let last = xw.try_lstm_scan_last(&cell.w_hh, &h0, &c0, reverse).unwrap_or_else(|e| panic!("{e}")); // (B, 2H)
@@ -206,11 +273,7 @@ impl Recurrent {
             let out = y.narrow(2, hd, hd).permute(&[1, 0, 2]); // (B, T, H)
             return (out, last.narrow(1, hd, hd), last.narrow(1, 0, hd));
         }
-        // Input contributions of every step in one gemm: (B, T, G·H).
-        let mut xw = x.matmul(&cell.w_ih.t());
-        if let Some(bias) = &bias {
-            xw = xw.add(bias);
-        }
+        let xw = input_projection(cell, x, bias.as_ref(), false); // (B, T, G·H)
         let w_hh_t = cell.w_hh.t(); // (H, G·H)
         let (mut h, mut c) = (h0, c0);
         let mut outs: Vec<Tensor> = vec![Tensor::zeros([0]); t];
@@ -266,19 +329,36 @@ impl Recurrent {
     }
 }
 
+/// Every step's input contribution `x·W_ihᵀ + bias`, `(T, B, G·H)` when
+/// `time_major`, else `(B, T, G·H)`: one gemm over all steps, or for one-hot
+/// ids a row gather from `W_ihᵀ + bias` (see [`Recurrent::forward_one_hot`]).
+fn input_projection(cell: &Cell, x: SeqInput, bias: Option<&Tensor>, time_major: bool) -> Tensor {
+    if let SeqInput::OneHot(ids, classes) = x {
+        let table = match bias {
+            Some(b) => cell.w_ih.t().add(b),
+            None => cell.w_ih.t().contiguous(),
+        }; // (classes, G·H)
+        if table.isfinite().all(&[0, 1], false).item() != 0.0 {
+            let ids = if time_major { ids.t() } else { ids.clone() };
+            let (d0, d1) = (ids.dims()[0], ids.dims()[1]);
+            let flat = ids.contiguous().reshape([d0 * d1]);
+            return table.index_select(0, &flat).reshape([d0, d1, table.dims()[1]]);
+        }
+        // A non-finite weight: the dense product, so that it spreads as there.
+        return input_projection(cell, SeqInput::Dense(&ids.one_hot(classes)), bias, time_major);
+    }
+    let SeqInput::Dense(x) = x else { unreachable!() };
+    let x = if time_major { x.permute(&[1, 0, 2]).contiguous() } else { x.clone() }; // (T, B, I) or (B, T, I)
+    let xw = x.matmul(&cell.w_ih.t()); // one gemm
+    match bias {
+        Some(b) => xw.add(b),
+        None => xw,
+    }
+}
+
 impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Tensor {
-        crate::module::traced(self, || {
-            let (out, state) = self.run(x, None, self.return_sequences);
-            if self.return_sequences {
-                return out; // (B, T, D·H)
-            }
-            // The final hidden state of the last layer, both directions: (B, D·H).
-            let dirs = self.num_directions();
-            let last = state.h.narrow(0, state.h.dims()[0] - dirs, dirs); // (D, B, H)
-            let b = last.dims()[1];
-            last.permute(&[1, 0, 2]).reshape([b, dirs * self.hidden])
-        })
+        self.forward_input(SeqInput::Dense(x))
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

@@ -134,6 +134,11 @@ impl Module for Sequential {
                 (y, i) = (out, i + used);
                 continue;
             }
+            // One-hot ids into a recurrent layer: its input projection as a row gather.
+            if let Some((out, used)) = crate::fuse::one_hot_recurrent(&self.layers[i..], &y) {
+                (y, i) = (out, i + used);
+                continue;
+            }
             y = self.layers[i].forward(&y);
             i += 1;
         }

@@ -165,6 +165,58 @@ fn final_state_only_matches_the_full_sequence_path() {
     }
 }
 
+/// `OneHot(V)` into a recurrent layer: `Sequential` runs the layer's input
+/// projection as a row gather (`forward_one_hot`). Outputs are the same bits
+/// as the dense one-hot product, gradients agree to rounding, for every
+/// kind, stacked and bidirectional, full sequence or final state, on a batch
+/// big enough for the per-thread chunks of the LSTM scan; a non-finite weight
+/// spreads NaN through every output as the dense product does.
+#[test]
+fn one_hot_ids_into_a_recurrent_layer_match_the_dense_one_hot_input() {
+    use firebrand_nn::{OneHot, Sequential};
+    let (b, t, v) = (40, 5, 7);
+    let ids = Tensor::from_vec((0..b * t).map(|i| ((i * 5 + i / 3) % v) as i64).collect::<Vec<_>>(), [b, t]);
+    fn check<M: Module + 'static>(what: &str, ids: &Tensor, v: usize, make: impl Fn() -> M) {
+        manual_seed(3);
+        let fused = Sequential::new().add(OneHot(v)).add(make());
+        manual_seed(3);
+        let layer = make(); // the same weights, run on the dense one-hot tensor
+        let (y_fused, y_dense) = (fused.forward(ids), layer.forward(&ids.one_hot(v)));
+        assert_eq!(y_fused.to_vec::<f32>(), y_dense.to_vec::<f32>(), "{what}: outputs");
+        let w = Tensor::randn(y_dense.shape().clone(), 0.0, 1.0);
+        y_fused.mul(&w).sum_all().backward();
+        y_dense.mul(&w).sum_all().backward();
+        let pairs = fused.named_parameters().into_iter().zip(layer.named_parameters());
+        for ((n, a), (_, c)) in pairs {
+            let (ga, gc) = (a.grad().unwrap().to_vec::<f32>(), c.grad().unwrap().to_vec::<f32>());
+            close_within(&ga, &gc, &format!("{what}: grad of {n}"), 1e-5);
+        }
+    }
+    check("lstm", &ids, v, || LSTM::new(v, 6));
+    check("lstm, final state", &ids, v, || LSTM::new(v, 6).return_sequences(false));
+    check("lstm, 2 layers, bidirectional", &ids, v, || LSTM::with_layers(v, 4, 2, true, true));
+    check("gru, final state", &ids, v, || GRU::with_layers(v, 5, 1, false, true).return_sequences(false));
+    check("rnn without bias", &ids, v, || RNN::with_layers(v, 5, 1, false, false));
+    // A NaN weight of one input symbol: the dense product (0·NaN) spreads it
+    // to every row, not only those of that symbol; the fused layer does the same.
+    manual_seed(3);
+    let fused = Sequential::new().add(OneHot(v)).add(LSTM::new(v, 3));
+    let dense = LSTM::new(v, 3);
+    for ((_, a), (n, c)) in fused.named_parameters().into_iter().zip(dense.named_parameters()) {
+        let mut vals = a.to_vec::<f32>();
+        if n == "weight_ih_l0" {
+            vals[0] = f32::NAN; // unit 0 of the input gate, symbol 0
+        }
+        let vals = Tensor::from_vec(vals, a.shape().clone());
+        a.copy_(&vals).unwrap();
+        c.copy_(&vals).unwrap();
+    }
+    let nan_mask = |y: Tensor| y.to_vec::<f32>().iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+    let (got, want) = (nan_mask(fused.forward(&ids)), nan_mask(dense.forward(&ids.one_hot(v))));
+    assert!(want.iter().filter(|&&n| n).count() > b * t, "the dense path spreads NaN past symbol 0's rows");
+    assert_eq!(got, want, "NaN where the dense product has it");
+}
+
 #[test]
 fn embedding_matches_pytorch_and_skips_the_padding_row() {
     let c = &cases()["embedding"];

@@ -309,6 +309,12 @@ impl Backend for CpuBackend {
         let idx = i64s(idx, "index_select")?;
         // A contiguous source is read in place: a batch gathered from a large
         // id table must not copy the whole table first.
+        if let CpuStorage::F32(v) = cpu(x, "index_select")? {
+            return Ok(Box::new(CpuStorage::F32(match l.contiguous_range() {
+                Some(r) => index::index_select_f32(&v[r], o, n, i, idx)?,
+                None => index::index_select_f32(&crate::strided::contiguous_f32(v, l), o, n, i, idx)?,
+            })));
+        }
         Ok(Box::new(with_cpu!(cpu(x, "index_select")?, v => CpuStorage::from_vec(match l.contiguous_range() {
             Some(r) => index::index_select(&v[r], o, n, i, idx)?,
             None => index::index_select(&contiguous(v, l), o, n, i, idx)?,
@@ -363,20 +369,28 @@ impl Backend for CpuBackend {
         ))
     }
 
-    fn concat(&self, parts: &[&dyn BackendStorage], outer: usize, sizes: &[usize], inner: usize) -> Result<Storage> {
-        let dt = parts.first().map(|p| p.dtype()).unwrap_or(DType::F32);
-        if let Some(p) = parts.iter().find(|p| p.dtype() != dt) {
+    fn concat(
+        &self,
+        parts: &[(&dyn BackendStorage, &Layout)],
+        outer: usize,
+        sizes: &[usize],
+        inner: usize,
+    ) -> Result<Storage> {
+        let dt = parts.first().map(|p| p.0.dtype()).unwrap_or(DType::F32);
+        if let Some((p, _)) = parts.iter().find(|p| p.0.dtype() != dt) {
             return Err(Error::msg(
                 "cat",
                 format!("parts of dtypes {dt} and {} (promote them to one first)", p.dtype()),
             ));
         }
         if dt == DType::F32 {
-            let v: Vec<&[f32]> = parts.iter().map(|p| slice_of::<f32>(*p, "cat")).collect::<Result<_>>()?;
+            let v: Vec<(&[f32], &Layout)> =
+                parts.iter().map(|&(p, l)| Ok((slice_of::<f32>(p, "cat")?, l))).collect::<Result<_>>()?;
             return Ok(Box::new(CpuStorage::F32(index::concat_f32(&v, outer, sizes, inner))));
         }
         Ok(Box::new(cpu_of_dtype!(dt, T => {
-            let v: Vec<&[T]> = parts.iter().map(|p| slice_of::<T>(*p, "cat")).collect::<Result<_>>()?;
+            let v: Vec<(&[T], &Layout)> =
+                parts.iter().map(|&(p, l)| Ok((slice_of::<T>(p, "cat")?, l))).collect::<Result<_>>()?;
             index::concat(&v, outer, sizes, inner)
         })))
     }

@@ -124,3 +124,32 @@ macro_rules! fma_dispatch {
     };
 }
 pub(crate) use fma_dispatch;
+
+/// Defines an `f32` kernel `fn $name(…) $body` whose body runs compiled with
+/// AVX-512 and FMA when this CPU has them, portable otherwise: for plain
+/// elementwise loops the compiler vectorizes (built for the baseline target
+/// they get SSE2 only). Rust does not contract `a * b + c` into an FMA on its
+/// own, so both builds give the same bits.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if crate::elem::is_f32_with_avx512::<f32>() {
+                #[target_feature(enable = "avx512f,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: AVX-512F and FMA were detected at run time.
+                return unsafe { fast($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_fn;

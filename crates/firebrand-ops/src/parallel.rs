@@ -81,6 +81,9 @@ struct Helpers {
 
 thread_local! {
     static IS_HELPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while the calling thread runs a loop's tasks: a loop inside a task
+    /// runs serially (the other threads are busy with the outer loop already).
+    static IN_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn helpers() -> &'static Helpers {
@@ -167,8 +170,8 @@ pub fn par_for(ntasks: usize, f: impl Fn(usize) + Sync) {
         (0..ntasks).into_par_iter().for_each(&f);
         return;
     }
-    if IS_HELPER.with(|c| c.get()) {
-        // A loop inside a helper's task: the other threads are busy already.
+    if IS_HELPER.with(|c| c.get()) || IN_LOOP.with(|c| c.get()) {
+        // A loop inside a task: the other threads are busy already.
         (0..ntasks).for_each(f);
         return;
     }
@@ -199,7 +202,9 @@ pub fn par_for(ntasks: usize, f: impl Fn(usize) + Sync) {
     if *h.sleeping.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
         h.wake.notify_all();
     }
+    IN_LOOP.with(|c| c.set(true));
     run_tasks(&shared, f_ref);
+    IN_LOOP.with(|c| c.set(false));
     wait_until(|| shared.done.load(SeqCst) >= ntasks);
     shared.closed.store(true, SeqCst);
     wait_until(|| shared.active.load(SeqCst) == 0);
@@ -292,6 +297,23 @@ mod tests {
         let mut v = vec![0usize; 100_003];
         par_chunks_mut(&mut v, 1000, |c, chunk| chunk.iter_mut().enumerate().for_each(|(i, x)| *x = c * 1000 + i));
         assert!(v.iter().enumerate().all(|(i, &x)| x == i));
+    }
+
+    #[test]
+    fn a_loop_inside_a_task_runs_every_inner_task_once() {
+        let hits: Vec<AtomicUsize> = (0..4 * 50).map(|_| AtomicUsize::new(0)).collect();
+        par_for(4, |o| {
+            par_for(50, |i| {
+                hits[o * 50 + i].fetch_add(1, SeqCst);
+            })
+        });
+        assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
+        // The flag is cleared afterwards: a later top-level loop still runs.
+        let n = AtomicUsize::new(0);
+        par_for(10, |_| {
+            n.fetch_add(1, SeqCst);
+        });
+        assert_eq!(n.load(SeqCst), 10);
     }
 
     #[test]

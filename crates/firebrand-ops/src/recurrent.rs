@@ -2,6 +2,7 @@
 //! backward instead of a dozen elementwise ops each.
 
 use crate::conv::for_planes as rows; // per row, in parallel when large
+use crate::elem::simd_fn;
 use crate::unary::map_slice;
 use firebrand_tensor::backend::Rows;
 use firebrand_tensor::op::UnaryOp;
@@ -20,22 +21,46 @@ pub fn lstm_cell(xw: &[f32], xw_at: Rows, hw: &[f32], c_prev: &[f32], c_at: Rows
     rows(&mut out, 6 * h, |r, row| {
         let (acts, rest) = row.split_at_mut(4 * h);
         let x = &xw[xw_at.offset + r * xw_at.stride..][..4 * h];
-        for ((a, xv), hv) in acts.iter_mut().zip(x).zip(&hw[r * 4 * h..(r + 1) * 4 * h]) {
-            *a = xv + hv;
-        }
+        add_rows(acts, x, &hw[r * 4 * h..(r + 1) * 4 * h]);
         activate_in_place(acts, h);
         let (c, hn) = rest.split_at_mut(h);
         let cp = &c_prev[c_at.offset + r * c_at.stride..][..h];
-        for j in 0..h {
-            c[j] = acts[h + j] * cp[j] + acts[j] * acts[2 * h + j];
-        }
+        cell_state(c, acts, cp, h);
         map_slice(UnaryOp::Tanh, c, hn);
-        for j in 0..h {
-            hn[j] *= acts[3 * h + j];
-        }
+        mul_in_place(hn, &acts[3 * h..]);
     });
     out
 }
+
+simd_fn!(
+    /// `out = x + y`.
+    fn add_rows(out: &mut [f32], x: &[f32], y: &[f32]) {
+        for ((o, a), b) in out.iter_mut().zip(x).zip(y) {
+            *o = a + b;
+        }
+    }
+);
+
+simd_fn!(
+    /// `c = σ(f)·c_prev + σ(i)·tanh(g)` from a row's activations `[i | f | g | o]`.
+    fn cell_state(c: &mut [f32], acts: &[f32], cp: &[f32], h: usize) {
+        let (i, rest) = acts[..4 * h].split_at(h);
+        let (f, rest) = rest.split_at(h);
+        let g = &rest[..h];
+        for j in 0..h {
+            c[j] = f[j] * cp[j] + i[j] * g[j];
+        }
+    }
+);
+
+simd_fn!(
+    /// `out *= y` over `out`'s length.
+    fn mul_in_place(out: &mut [f32], y: &[f32]) {
+        for (o, v) in out.iter_mut().zip(y) {
+            *o *= v;
+        }
+    }
+);
 
 /// σ on the i, f, o blocks and tanh on the g block of a `4H` row, in place.
 fn activate_in_place(acts: &mut [f32], h: usize) {
@@ -83,20 +108,45 @@ pub fn lstm_cell_backward(
         let (dg, dcp) = row.split_at_mut(4 * h);
         // tanh(c) into the dc_prev slot first (it is overwritten below).
         map_slice(UnaryOp::Tanh, c, dcp);
-        for j in 0..h {
-            let (i, f, gg, o) = (acts[j], acts[h + j], acts[2 * h + j], acts[3 * h + j]);
-            let tc = dcp[j];
-            let dh = g[h + j] + dhn[j];
-            let dct = g[j] + dcn[j] + dh * o * (1.0 - tc * tc);
-            dg[j] = dct * gg * i * (1.0 - i);
-            dg[h + j] = dct * cp[j] * f * (1.0 - f);
-            dg[2 * h + j] = dct * i * (1.0 - gg * gg);
-            dg[3 * h + j] = dh * tc * o * (1.0 - o);
-            dcp[j] = dct * f;
-        }
+        cell_backward_row(dg, dcp, acts, cp, g, dhn, dcn, h);
     });
     out
 }
+
+simd_fn!(
+    /// One row of [`lstm_cell_backward`]: `dcp` holds `tanh(c)` on entry and
+    /// `dc_prev` on return; `g = [dc | dh]` of the step's outputs.
+    fn cell_backward_row(
+        dg: &mut [f32],
+        dcp: &mut [f32],
+        acts: &[f32],
+        cp: &[f32],
+        g: &[f32],
+        dhn: &[f32],
+        dcn: &[f32],
+        h: usize,
+    ) {
+        let (ai, rest) = acts[..4 * h].split_at(h);
+        let (af, rest) = rest.split_at(h);
+        let (ag, ao) = rest.split_at(h);
+        let (gc, gh) = g[..2 * h].split_at(h);
+        let (di, rest) = dg[..4 * h].split_at_mut(h);
+        let (df, rest) = rest.split_at_mut(h);
+        let (dgg, do_) = rest.split_at_mut(h);
+        let (cp, dhn, dcn, dcp) = (&cp[..h], &dhn[..h], &dcn[..h], &mut dcp[..h]);
+        for j in 0..h {
+            let (i, f, gg, o) = (ai[j], af[j], ag[j], ao[j]);
+            let tc = dcp[j];
+            let dh = gh[j] + dhn[j];
+            let dct = gc[j] + dcn[j] + dh * o * (1.0 - tc * tc);
+            di[j] = dct * gg * i * (1.0 - i);
+            df[j] = dct * cp[j] * f * (1.0 - f);
+            dgg[j] = dct * i * (1.0 - gg * gg);
+            do_[j] = dh * tc * o * (1.0 - o);
+            dcp[j] = dct * f;
+        }
+    }
+);
 
 #[cfg(test)]
 mod tests {

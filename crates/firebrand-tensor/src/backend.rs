@@ -230,11 +230,19 @@ pub trait Backend: Send + Sync {
         inner: usize,
         index: &dyn BackendStorage,
     ) -> Result<Storage>;
-    /// Concatenates contiguous `(outer, sizes[j], inner)` parts along the middle dim.
+    /// Concatenates `(outer, sizes[j], inner)` parts along the middle dim. Each
+    /// part is read through its layout (any strides), so a view is copied
+    /// once, into the output.
     ///
     /// # Errors
     /// On mixed dtypes.
-    fn concat(&self, parts: &[&dyn BackendStorage], outer: usize, sizes: &[usize], inner: usize) -> Result<Storage>;
+    fn concat(
+        &self,
+        parts: &[(&dyn BackendStorage, &Layout)],
+        outer: usize,
+        sizes: &[usize],
+        inner: usize,
+    ) -> Result<Storage>;
     /// `cond != 0 ? a : b` over three contiguous buffers of equal length.
     ///
     /// # Errors

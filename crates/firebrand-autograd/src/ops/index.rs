@@ -183,9 +183,10 @@ impl Tensor {
         let (o, _, i) = split3(first.dims(), d);
         let mut out_dims = first.dims().to_vec();
         out_dims[d] = sizes.iter().sum();
-        let dense: Vec<Tensor> = tensors.iter().map(|t| t.dense("cat")).collect::<Result<_>>()?;
-        let guards: Vec<_> = dense.iter().map(|t| t.storage()).collect();
-        let parts: Vec<&dyn firebrand_tensor::backend::BackendStorage> = guards.iter().map(|g| &***g).collect();
+        // Parts are read through their layouts: a view is copied once, into the output.
+        let guards: Vec<_> = tensors.iter().map(|t| t.storage()).collect();
+        let parts: Vec<(&dyn firebrand_tensor::backend::BackendStorage, &firebrand_tensor::Layout)> =
+            guards.iter().zip(tensors).map(|(g, t)| (&***g, t.layout())).collect();
         let out = Tensor::from_backend(backend.concat(&parts, o, &sizes, i)?, out_dims);
         drop(guards);
         if !dtype.is_float() {

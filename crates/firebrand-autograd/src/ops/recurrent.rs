@@ -105,90 +105,146 @@ impl Tensor {
         let dense = |x: &Tensor| x.dense("lstm_scan");
         let rows = |offset: usize, stride: usize| Rows { offset, stride };
         let xw_t = dense(self)?; // (T, B, 4H): each step's (B, 4H) is one block
+        let (c0_d, h0_d, w_d) = (dense(&c0.detach())?, h0.detach(), w_hh.detach());
+        // On the CPU the batch is split across the threads, each running the
+        // whole recurrence on its rows with serial kernels: no hand-off between
+        // threads at every step (two per step each way), and the cells of a
+        // chunk stay in its core's cache. A chunk is a range of rows `(b0, bc)`.
+        let chunks = row_chunks(b, self.device() == firebrand_tensor::Device::Cpu);
         // Forward, unrecorded: per step one gemm and the fused cell (which adds
-        // the input projection); each step's [acts | c | h] (B, 6H) is kept.
-        let mut states: Vec<Option<Tensor>> = vec![None; t];
-        let c0_d = dense(&c0.detach())?;
-        let out = with_no_grad(|| -> Result<Tensor> {
-            let w_t = w_hh.t();
-            let mut hp = h0.detach();
-            let mut prev: Option<Tensor> = None; // the previous step's state
-            for &ti in &order {
-                let hw = dense(&hp.try_matmul(&w_t)?)?; // (B, 4H)
-                let (c_src, c_at) = match &prev {
-                    Some(p) => (p.clone(), rows(4 * h, 6 * h)),
-                    None => (c0_d.clone(), rows(0, h)),
-                };
-                let st = backend.lstm_cell(
-                    &**xw_t.storage(),
-                    rows(ti * b * g4, g4),
-                    &**hw.storage(),
-                    &**c_src.storage(),
-                    c_at,
-                    b,
-                    h,
-                )?;
-                let st = Tensor::from_backend(st, [b, 6 * h]);
-                hp = st.try_narrow(1, 5 * h, h)?;
-                states[ti] = Some(st.clone());
-                prev = Some(st);
-            }
-            let steps: Vec<Tensor> = states.iter().map(|s| s.as_ref().expect("ran").narrow(1, 4 * h, 2 * h)).collect();
-            if !all {
-                return Ok(steps[*order.last().expect("t > 0")].contiguous()); // (B, 2H)
-            }
-            Tensor::try_stack(&steps.iter().collect::<Vec<_>>(), 0) // (T, B, 2H): c_t then h_t
-        })?;
-        let states: Vec<Tensor> = states.into_iter().map(|s| s.expect("ran")).collect();
-        let (w_hh_d, h0_d) = (w_hh.detach(), h0.detach());
+        // the input projection); each step's [acts | c | h] (bc, 6H) is kept.
+        // W_hhᵀ (H, 4H) laid out once, so each step's gemm reads it in place.
+        let w_t = w_d.t().contiguous();
+        let forward_chunk = |(b0, bc): (usize, usize)| -> Result<Vec<Tensor>> {
+            with_no_grad(|| {
+                let mut hp = h0_d.narrow(0, b0, bc);
+                let mut states: Vec<Option<Tensor>> = vec![None; t];
+                let mut prev: Option<Tensor> = None; // the previous step's state
+                for &ti in &order {
+                    let hw = dense(&hp.try_matmul(&w_t)?)?; // (bc, 4H)
+                    let (c_src, c_at) = match &prev {
+                        Some(p) => (p.clone(), rows(4 * h, 6 * h)),
+                        None => (c0_d.clone(), rows(b0 * h, h)),
+                    };
+                    let st = backend.lstm_cell(
+                        &**xw_t.storage(),
+                        rows((ti * b + b0) * g4, g4),
+                        &**hw.storage(),
+                        &**c_src.storage(),
+                        c_at,
+                        bc,
+                        h,
+                    )?;
+                    let st = Tensor::from_backend(st, [bc, 6 * h]);
+                    hp = st.try_narrow(1, 5 * h, h)?;
+                    states[ti] = Some(st.clone());
+                    prev = Some(st);
+                }
+                Ok(states.into_iter().map(|s| s.expect("every step ran")).collect())
+            })
+        };
+        let states: Vec<Vec<Tensor>> = per_chunk(&chunks, forward_chunk)?; // [chunk][step]
+        let last = *order.last().expect("t > 0");
+        // Every chunk's rows of step `ti`'s [c | h], in batch order.
+        let step_out = |ti: usize| -> Vec<Tensor> { states.iter().map(|s| s[ti].narrow(1, 4 * h, 2 * h)).collect() };
+        let out = if all {
+            // (T, B, 2H): c_t then h_t, step-major, each step's chunks in order.
+            let parts: Vec<Tensor> = (0..t).flat_map(step_out).collect();
+            Tensor::try_cat(&parts.iter().collect::<Vec<_>>(), 0)?.try_reshape([t, b, 2 * h])?
+        } else {
+            Tensor::try_cat(&step_out(last).iter().collect::<Vec<_>>(), 0)? // (B, 2H)
+        };
         Ok(record(out, "lstm_scan", &[self, w_hh, h0, c0], move |_, gy| {
             with_no_grad(|| {
-                // gy: (T, B, 2H) = gradients of every c_t and h_t.
-                // (T, B, 2H), or (B, 2H) for the final step alone with zeros elsewhere.
+                // gy: (T, B, 2H) = gradients of every c_t and h_t, or (B, 2H)
+                // for the final step alone with zeros elsewhere.
                 let gy_t = gy.dense("lstm_scan backward").expect("f32");
-                let zeros = (!all).then(|| Tensor::zeros([b, 2 * h]));
-                let last = *order.last().expect("t > 0");
-                let mut dh_next = Tensor::zeros([b, h]);
-                let mut dc_next: (Tensor, Rows) = (Tensor::zeros([b, h]), rows(0, h));
-                let mut dgates: Vec<Option<Tensor>> = vec![None; t];
-                let mut h_prev: Vec<Option<Tensor>> = vec![None; t];
-                for (k, &ti) in order.iter().enumerate().rev() {
-                    let (prev_h, c_src, c_at) = if k == 0 {
-                        (h0_d.clone(), c0_d.clone(), rows(0, h))
-                    } else {
-                        let s = &states[order[k - 1]];
-                        (s.narrow(1, 5 * h, h), s.clone(), rows(4 * h, 6 * h))
+                // Per chunk, backpropagation through time: each step's
+                // [dgates | dc_prev] (bc, 5H), and dh0, dc0 (bc, H).
+                let backward_chunk =
+                    |(ci, (b0, bc)): (usize, (usize, usize))| -> Result<(Vec<Tensor>, Tensor, Tensor)> {
+                        with_no_grad(|| {
+                            let st = &states[ci];
+                            let zeros = (!all).then(|| Tensor::zeros([bc, 2 * h]));
+                            let mut dh_next = Tensor::zeros([bc, h]);
+                            let mut dc_next: (Tensor, Rows) = (Tensor::zeros([bc, h]), rows(0, h));
+                            let mut back_steps: Vec<Option<Tensor>> = vec![None; t];
+                            for (k, &ti) in order.iter().enumerate().rev() {
+                                let (c_src, c_at) = if k == 0 {
+                                    (c0_d.clone(), rows(b0 * h, h))
+                                } else {
+                                    (st[order[k - 1]].clone(), rows(4 * h, 6 * h))
+                                };
+                                let (g_src, g_at) = match (all, ti == last) {
+                                    (true, _) => (&gy_t, rows((ti * b + b0) * 2 * h, 2 * h)),
+                                    (false, true) => (&gy_t, rows(b0 * 2 * h, 2 * h)),
+                                    (false, false) => (zeros.as_ref().expect("set"), rows(0, 2 * h)),
+                                };
+                                let back = backend.lstm_cell_backward(
+                                    &**st[ti].storage(),
+                                    &**c_src.storage(),
+                                    c_at,
+                                    &**g_src.storage(),
+                                    g_at,
+                                    &**dh_next.storage(),
+                                    &**dc_next.0.storage(),
+                                    dc_next.1,
+                                    bc,
+                                    h,
+                                )?;
+                                let back = Tensor::from_backend(back, [bc, 5 * h]);
+                                // (bc, 4H) pre-activation gradients, then dh_{t-1} = dgates·W_hh.
+                                dh_next = dense(&back.try_narrow(1, 0, 4 * h)?.try_matmul(&w_d)?)?;
+                                dc_next = (back.clone(), rows(4 * h, 5 * h));
+                                back_steps[ti] = Some(back);
+                            }
+                            let dc0 = dc_next.0.narrow(1, dc_next.1.offset, h);
+                            Ok((back_steps.into_iter().map(|s| s.expect("ran")).collect(), dh_next, dc0))
+                        })
                     };
-                    let back = backend
-                        .lstm_cell_backward(
-                            &**states[ti].storage(),
-                            &**c_src.storage(),
-                            c_at,
-                            &**(if all || ti == last { &gy_t } else { zeros.as_ref().expect("set") }).storage(),
-                            rows(if all { ti * b * 2 * h } else { 0 }, 2 * h),
-                            &**dh_next.storage(),
-                            &**dc_next.0.storage(),
-                            dc_next.1,
-                            b,
-                            h,
-                        )
-                        .expect("f32");
-                    let back = Tensor::from_backend(back, [b, 5 * h]);
-                    let dgs = back.narrow(1, 0, 4 * h); // (B, 4H), pre-activation
-                    dh_next = dgs.matmul(&w_hh_d).contiguous(); // (B, H)
-                    dc_next = (back.clone(), rows(4 * h, 5 * h));
-                    dgates[ti] = Some(dgs);
-                    h_prev[ti] = Some(prev_h);
-                }
-                let dg: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("ran")).collect();
-                let dxw = Tensor::stack(&dg.iter().collect::<Vec<_>>(), 0); // (T, B, 4H)
-                let hp: Vec<Tensor> = h_prev.into_iter().map(|d| d.expect("ran")).collect();
-                let hp = Tensor::stack(&hp.iter().collect::<Vec<_>>(), 0).reshape([t * b, h]); // (T·B, H)
-                // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one (4H, T·B)·(T·B, H) product.
-                let dw = dxw.reshape([t * b, g4]).t().matmul(&hp);
-                let dc0 = dc_next.0.narrow(1, dc_next.1.offset, h).contiguous();
-                vec![Some(dxw), Some(dw), Some(dh_next), Some(dc0)]
+                let indexed: Vec<(usize, (usize, usize))> = chunks.iter().copied().enumerate().collect();
+                let backs = per_chunk(&indexed, backward_chunk).expect("lstm_scan backward");
+                let cat0 = |parts: Vec<Tensor>| Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0);
+                // (T, B, 4H) gate gradients, step-major, chunks in batch order: one copy.
+                let dxw = cat0((0..t).flat_map(|ti| backs.iter().map(move |c| c.0[ti].narrow(1, 0, 4 * h))).collect())
+                    .reshape([t, b, g4]);
+                // Every step's h_{t−1} (T·B, H) in the same order, for dW_hh.
+                let h_prev = |ci: usize, ti: usize| -> Tensor {
+                    let k = order.iter().position(|&x| x == ti).expect("a step");
+                    if k == 0 {
+                        h0_d.narrow(0, chunks[ci].0, chunks[ci].1)
+                    } else {
+                        states[ci][order[k - 1]].narrow(1, 5 * h, h)
+                    }
+                };
+                let hp = cat0((0..t).flat_map(|ti| (0..chunks.len()).map(move |ci| h_prev(ci, ti))).collect());
+                // dW_hh = Σ_t dgates_tᵀ · h_{t−1}: one product over all T·B rows.
+                let dw = super::matmul::weight_grad(&dxw.reshape([t * b, g4]), &hp, &w_d);
+                let dh0 = cat0(backs.iter().map(|c| c.1.clone()).collect());
+                let dc0 = cat0(backs.iter().map(|c| c.2.clone()).collect());
+                vec![Some(dxw), Some(dw), Some(dh0), Some(dc0)]
             })
         }))
     }
+}
+
+/// The batch rows `(first, count)` each thread runs the recurrence on: one
+/// chunk per thread when `split` and every chunk keeps at least 16 rows (the
+/// gemm's row blocks stay full), else the whole batch as one.
+fn row_chunks(b: usize, split: bool) -> Vec<(usize, usize)> {
+    let n = if split { firebrand_ops::parallel::num_threads().min(b / 16).max(1) } else { 1 };
+    (0..n).map(|i| (i * b / n, (i + 1) * b / n - i * b / n)).collect()
+}
+
+/// `f` over every chunk, in parallel when there are several (the kernels
+/// inside a chunk then run serially), results in chunk order.
+fn per_chunk<C: Copy + Sync, R: Send>(chunks: &[C], f: impl Fn(C) -> Result<R> + Sync) -> Result<Vec<R>> {
+    if chunks.len() == 1 {
+        return Ok(vec![f(chunks[0])?]);
+    }
+    let out: Vec<std::sync::Mutex<Option<Result<R>>>> = chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    firebrand_ops::parallel::par_for(chunks.len(), |i| {
+        *out[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(chunks[i]));
+    });
+    out.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every chunk ran")).collect()
 }
