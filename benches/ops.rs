@@ -175,5 +175,22 @@ fn lstm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead, lstm);
+/// A product whose left operand is a transposed view (`gᵀ·x`, a weight
+/// gradient) read in place, copied to row-major first, and the same product
+/// with a row-major left operand: what the gemm's transposed-A path buys.
+fn transposed_a(c: &mut Criterion) {
+    let mut g = config(c, "transposed_a");
+    for (m, k, n) in [(2048, 1024, 512), (512, 1024, 2048), (1536, 1024, 512)] {
+        let gr = Tensor::randn([k, m], 0.0, 1.0);
+        let x = Tensor::randn([k, n], 0.0, 1.0);
+        let id = format!("{m}x{k}x{n}");
+        g.bench_function(BenchmarkId::new("in_place", &id), |q| q.iter(|| gr.t().matmul(&x)));
+        g.bench_function(BenchmarkId::new("copied", &id), |q| q.iter(|| gr.t().contiguous().matmul(&x)));
+        let a = Tensor::randn([m, k], 0.0, 1.0);
+        g.bench_function(BenchmarkId::new("row_major", &id), |q| q.iter(|| a.matmul(&x)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead, lstm, transposed_a);
 criterion_main!(benches);

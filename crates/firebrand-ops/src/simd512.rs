@@ -62,7 +62,12 @@ unsafe fn exp512(x: __m512) -> __m512 {
         }
         let r2 = _mm512_mul_ps(r, r);
         let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
-        let y = _mm512_scalef_ps(e, n);
+        // Below about −103.97 the result rounds to 0: those lanes are not
+        // scaled at all (masked off, so no underflow assist: a causal mask's
+        // −∞ scores are half of an attention's row, and scaling them into
+        // 0 cost 25 ns per vector in a profile of the GPT's attention).
+        let live = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(-103.97));
+        let y = _mm512_maskz_scalef_ps(live, e, n);
         // NaN in, NaN out (the clamps above would have hidden it).
         let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
         _mm512_mask_blend_ps(nan, y, x)
@@ -236,6 +241,28 @@ pub unsafe fn affine(src: &[f32], s: f32, t: f32, dst: &mut [f32]) {
             let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
             let v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, src.as_ptr().add(i)), sv), tv);
             _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), m, v);
+        }
+    }
+}
+
+/// Copies `src` to `dst` in 16-lane moves (masked tail): for short rows,
+/// where a call to `memcpy` per row costs more than the copy.
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]); `dst` must be valid for
+/// `src.len()` writes that overlap nothing `src` covers.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn copy(src: &[f32], dst: *mut f32) {
+    let n = src.len();
+    let mut i = 0;
+    unsafe {
+        while i + 16 <= n {
+            _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.as_ptr().add(i)));
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.as_ptr().add(i)));
         }
     }
 }

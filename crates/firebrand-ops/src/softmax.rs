@@ -5,12 +5,12 @@ use crate::parallel::for_rows;
 use firebrand_tensor::pool::take_f32;
 use wide::f32x8;
 
-fn row_max(x: &[f32]) -> f32 {
+pub(crate) fn row_max(x: &[f32]) -> f32 {
     x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Writes `exp(x - shift)` into `dst` and returns its sum.
-fn exp_shifted(x: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
+pub(crate) fn exp_shifted(x: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if crate::simd512::available() {
         // SAFETY: AVX-512F detected at run time.

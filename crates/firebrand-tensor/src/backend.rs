@@ -468,13 +468,15 @@ pub trait Backend: Send + Sync {
     /// Fused scaled-dot-product attention: `softmax(scale·q·kᵀ + mask)·v`
     /// with the causal and padding masks applied as it goes (never stored).
     /// Returns the output `(B, T, heads, d)` contiguous (so `(B, T, E)`
-    /// without a copy) and each row's log-sum-exp `(B, heads, T)` for the
-    /// backward pass. A query that sees no key gets zeros.
+    /// without a copy) and the statistics for the backward pass, which it
+    /// passes back unread: each row's log-sum-exp `(B, heads, T)`, which a
+    /// backend may follow with whatever else its backward wants (the CPU keeps
+    /// small heads' weights). A query that sees no key gets zeros.
     ///
     /// # Errors
     /// On a non-`f32` input.
     fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)>;
-    /// Backward of [`Backend::attention`]: from its inputs, output, log-sum-exp
+    /// Backward of [`Backend::attention`]: from its inputs, output, statistics
     /// and the output's gradient `g` (`(B, T, heads, d)` contiguous), the
     /// gradients of `q` `(B, T, heads, d)`, `k` and `v` `(B, S, heads, d)`, contiguous.
     ///

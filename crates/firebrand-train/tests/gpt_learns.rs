@@ -19,7 +19,8 @@ fn gpt_learns_a_repeating_sequence_and_continues_it() {
     let params = gpt.parameters();
     let mut first = None;
     let mut last = 0.0;
-    for step in 0..250 {
+    let mut tail = Vec::new(); // the last 25 steps' losses
+    for step in 0..400 {
         let (x, y) = data.batch(8, 0, step);
         let loss = gpt.loss(&x, &y);
         opt.zero_grad();
@@ -28,12 +29,19 @@ fn gpt_learns_a_repeating_sequence_and_continues_it() {
         opt.step();
         last = loss.item();
         first.get_or_insert(last);
+        if step >= 375 {
+            tail.push(last);
+        }
     }
     let first = first.unwrap();
     assert!(first > 1.5, "starts near ln 9 = 2.2, got {first}");
     // Only a window's first prediction is ambiguous (after 2 or 8 alone), so
-    // the loss cannot go below about (4/7 · ln 2) / 16 = 0.025.
-    assert!(last < 0.06, "the sequence is learned: loss {first} -> {last}");
+    // the loss cannot go below about (4/7 · ln 2) / 16 = 0.025. One batch's
+    // loss moves with rounding (0.055 and 0.069 at step 250 for two summation
+    // orders in the attention's softmax), so the run is longer and the last
+    // 25 steps are averaged (0.0447 and 0.0446 at step 400 for the same two).
+    let mean = tail.iter().sum::<f32>() / tail.len() as f32;
+    assert!(mean < 0.06, "the sequence is learned: loss {first} -> {mean} (mean of the last 25 steps; last {last})");
     gpt.eval();
     // The pattern is ambiguous after "8" (then 2 or 1): a prompt of two tokens fixes the phase.
     let out = gpt.generate(&[1, 8], 30, &mut Sampler::new(Sampling::Greedy, 0));

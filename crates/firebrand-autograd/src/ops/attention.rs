@@ -157,7 +157,10 @@ impl Tensor {
         let (q, k, v) = (head_view(self), head_view(k), head_view(v));
         let (out, lse) = with_inputs(&q, &k, &v, &masks, |x| backend.attention(x, &spec))?;
         let out = Tensor::from_backend(out, [b, t, h, d]); // (B, T, heads, d)
-        let lse = Tensor::from_backend(lse, [b, h, t]);
+        // The backward's statistics: the log-sum-exp (B, heads, T), and for
+        // small heads the weights too (the backend's choice).
+        let stats_len = lse.len();
+        let lse = Tensor::from_backend(lse, [stats_len]);
         let y = out.permute(&[0, 2, 1, 3]); // (B, heads, T, d)
         let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
         Ok(record(y, op, &[&q, &k, &v], move |_, gy| {
