@@ -130,63 +130,59 @@ pub fn unary_backward(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> 
     let mut out = take_f32(g.len());
     for_rows(&mut out, 1, |start, chunk| {
         let n = chunk.len();
+        backward_rows(op, &x[start..start + n], &y[start..start + n], &g[start..start + n], chunk);
+    });
+    out
+}
+
+crate::elem::simd_fn!(
+    /// `d = g · op'(x)` over one chunk (`y = op(x)` for the rules that read
+    /// the output). Plain loops built for AVX-512 where present: the
+    /// piecewise rules (ReLU6's in a MobileNetV2 step) were SSE2 code.
+    fn backward_rows(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32], d: &mut [f32]) {
         match op {
-            UnaryOp::Relu => chunk
+            UnaryOp::Relu => d
                 .iter_mut()
-                .zip(&x[start..start + n])
-                .zip(&g[start..start + n])
+                .zip(x)
+                .zip(g)
                 // A bit mask, not a branch: which units are active is random, and
                 // the branch LLVM emits for `if` mispredicts half the time.
                 .for_each(|((d, &x), &g)| *d = f32::from_bits(g.to_bits() & ((x > 0.0) as u32).wrapping_neg())),
-            UnaryOp::Clamp(lo, hi) => chunk
-                .iter_mut()
-                .zip(&x[start..start + n])
-                .zip(&g[start..start + n])
-                .for_each(|((d, &x), &g)| *d = masked(g, (x >= lo) & (x <= hi))),
+            UnaryOp::Clamp(lo, hi) => {
+                d.iter_mut().zip(x).zip(g).for_each(|((d, &x), &g)| *d = masked(g, (x >= lo) & (x <= hi)))
+            }
             // PyTorch's rule: zero at or beyond a bound, so a NaN passes.
-            UnaryOp::Hardtanh(lo, hi) => chunk
+            UnaryOp::Hardtanh(lo, hi) => {
+                d.iter_mut().zip(x).zip(g).for_each(|((d, &x), &g)| *d = masked(g, !((x <= lo) | (x >= hi))))
+            }
+            UnaryOp::Hardsigmoid => d
                 .iter_mut()
-                .zip(&x[start..start + n])
-                .zip(&g[start..start + n])
-                .for_each(|((d, &x), &g)| *d = masked(g, !((x <= lo) | (x >= hi)))),
-            UnaryOp::Hardsigmoid => chunk
-                .iter_mut()
-                .zip(&x[start..start + n])
-                .zip(&g[start..start + n])
+                .zip(x)
+                .zip(g)
                 .for_each(|((d, &x), &g)| *d = masked(g * (1.0 / 6.0), (x > -3.0) & (x < 3.0))),
             UnaryOp::Hardswish => {
-                chunk.iter_mut().zip(&x[start..start + n]).zip(&g[start..start + n]).for_each(|((d, &x), &g)| {
+                d.iter_mut().zip(x).zip(g).for_each(|((d, &x), &g)| {
                     let slope = if x < 3.0 { x / 3.0 + 0.5 } else { 1.0 };
                     // Zero up to -3 inclusive; a NaN passes (PyTorch's rule).
                     let dead = x <= -3.0;
                     *d = masked(g * slope, !dead);
                 })
             }
-            UnaryOp::Tanh => chunk
-                .iter_mut()
-                .zip(&y[start..start + n])
-                .zip(&g[start..start + n])
-                .for_each(|((d, &y), &g)| *d = g * (1.0 - y * y)),
-            UnaryOp::Sigmoid => chunk
-                .iter_mut()
-                .zip(&y[start..start + n])
-                .zip(&g[start..start + n])
-                .for_each(|((d, &y), &g)| *d = g * y * (1.0 - y)),
+            UnaryOp::Tanh => d.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g * (1.0 - y * y)),
+            UnaryOp::Sigmoid => d.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g * y * (1.0 - y)),
             #[cfg(target_arch = "x86_64")]
             _ if crate::simd512::supports_backward(op) && crate::simd512::available() => {
                 // SAFETY: AVX-512F detected at run time; the op is supported.
-                unsafe { crate::simd512::backward(op, &x[start..start + n], &g[start..start + n], chunk) }
+                unsafe { crate::simd512::backward(op, x, g, d) }
             }
             _ => {
-                for (i, d) in chunk.iter_mut().enumerate() {
-                    let j = start + i;
+                for (j, d) in d.iter_mut().enumerate() {
                     *d = g[j] * op.derivative(x[j], y[j]);
                 }
             }
         }
-    });
-    out
-}
+    }
+);
 
 #[cfg(test)]
 mod tests {
