@@ -159,7 +159,7 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
             return None; // training through an eval-mode BatchNorm: layer by layer
         }
     }
-    let act = layers.get(2).and_then(|l| l.elementwise_op());
+    let act = layers.get(2).and_then(|l| (**l).elementwise_op());
     let (scale, shift) = folded_scale_shift(bn, conv.bias.as_ref()); // (Cout,)
     let y = crate::conv::conv_forward_affine(x, &conv.weight, conv.config(), &scale, &shift, act);
     Some((y, if act.is_some() { 3 } else { 2 }))
@@ -183,4 +183,38 @@ pub(crate) fn one_hot_recurrent(layers: &[Box<dyn AnyModule>], ids: &Tensor) -> 
         return None; // the layers one by one (and their errors for a wrong input)
     }
     Some((rnn.forward_one_hot(ids, classes), 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ReLU6, SiLU};
+
+    fn boxed(layers: Vec<Box<dyn AnyModule>>) -> Vec<Box<dyn AnyModule>> {
+        layers
+    }
+
+    /// The run-time fusions cover the layers they should: the activation
+    /// after a BatchNorm is read through the `Box` (a box is a module too, and
+    /// once answered for itself that it had no elementwise op, so the
+    /// activation ran as a pass of its own while the outputs still matched).
+    #[test]
+    fn run_time_fusions_take_the_layers_they_cover() {
+        let mut bn = BatchNorm2d::new(4);
+        bn.set_training(false);
+        for act in [Box::new(ReLU6) as Box<dyn AnyModule>, Box::new(SiLU)] {
+            let mut bn2 = BatchNorm2d::new(4);
+            bn2.set_training(false);
+            let layers = boxed(vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn2), act]);
+            let x = Tensor::randn([1, 3, 6, 6], 0.0, 1.0);
+            let (_, used) = with_no_grad(|| conv_bn_act_eval(&layers, &x)).expect("fused");
+            assert_eq!(used, 3, "conv, batch norm and activation in one");
+        }
+        let layers = boxed(vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn)]);
+        let (_, used) = with_no_grad(|| conv_bn_act_eval(&layers, &Tensor::randn([1, 3, 6, 6], 0.0, 1.0))).unwrap();
+        assert_eq!(used, 2);
+        let layers = boxed(vec![Box::new(OneHot(5)), Box::new(LSTM::new(5, 3))]);
+        let ids = Tensor::from_vec(vec![0i64, 4, 2, 1], [2, 2]);
+        assert_eq!(one_hot_recurrent(&layers, &ids).expect("fused").1, 2);
+    }
 }

@@ -399,6 +399,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
     fn type_name(&self) -> &'static str {
         (**self).type_name()
     }
+    fn elementwise_op(&self) -> Option<firebrand_autograd::UnaryOp> {
+        (**self).elementwise_op()
+    }
 }
 
 /// For a newtype layer `$name($inner)` (`BatchNorm2d(BatchNorm)`, `LSTM(Recurrent)`):
@@ -432,6 +435,9 @@ macro_rules! delegate_module {
             }
             fn describe(&self) -> String {
                 self.0.describe()
+            }
+            fn elementwise_op(&self) -> Option<firebrand_autograd::UnaryOp> {
+                self.0.elementwise_op()
             }
         }
     };
