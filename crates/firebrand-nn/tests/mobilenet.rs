@@ -61,6 +61,11 @@ fn names_and_logits_match_torchvision() {
     for (i, (a, b)) in logits.iter().zip(&want).enumerate() {
         assert!((*a as f64 - b).abs() <= 1e-4 * scale, "logit {i}: {a} vs torchvision {b}");
     }
+    // Inference (evaluation, no graph) runs the batch one image at a time: the same logits.
+    let split = firebrand_autograd::with_no_grad(|| net.forward(&x)).to_vec::<f32>();
+    for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+        assert!((*a as f64 - b).abs() <= 1e-4 * scale, "inference logit {i}: {a} vs torchvision {b}");
+    }
     let features = net.features.forward(&x).sum_all().item() as f64;
     let fs = r["features_sum"].as_f64().unwrap();
     assert!((features - fs).abs() <= 1e-4 * fs.abs().max(1.0), "features sum {features} vs {fs}");
