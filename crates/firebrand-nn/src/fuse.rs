@@ -173,12 +173,9 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
 pub(crate) fn one_hot_recurrent(layers: &[Box<dyn AnyModule>], ids: &Tensor) -> Option<(Tensor, usize)> {
     let classes = (**layers.first()?).as_any().downcast_ref::<OneHot>()?.0;
     let next = (**layers.get(1)?).as_any();
-    let rnn: &Recurrent = match (next.downcast_ref::<LSTM>(), next.downcast_ref::<GRU>(), next.downcast_ref::<RNN>()) {
-        (Some(l), _, _) => l,
-        (_, Some(g), _) => g,
-        (_, _, Some(r)) => r,
-        _ => return None,
-    };
+    let rnn: &Recurrent = (next.downcast_ref::<LSTM>().map(|l| &**l))
+        .or_else(|| next.downcast_ref::<GRU>().map(|g| &**g))
+        .or_else(|| next.downcast_ref::<RNN>().map(|r| &**r))?;
     if crate::module::recording_active() || ids.dtype().is_float() || ids.rank() != 2 {
         return None; // the layers one by one (and their errors for a wrong input)
     }
@@ -189,10 +186,6 @@ pub(crate) fn one_hot_recurrent(layers: &[Box<dyn AnyModule>], ids: &Tensor) -> 
 mod tests {
     use super::*;
     use crate::{ReLU6, SiLU};
-
-    fn boxed(layers: Vec<Box<dyn AnyModule>>) -> Vec<Box<dyn AnyModule>> {
-        layers
-    }
 
     /// The run-time fusions cover the layers they should: the activation
     /// after a BatchNorm is read through the `Box` (a box is a module too, and
@@ -205,15 +198,15 @@ mod tests {
         for act in [Box::new(ReLU6) as Box<dyn AnyModule>, Box::new(SiLU)] {
             let mut bn2 = BatchNorm2d::new(4);
             bn2.set_training(false);
-            let layers = boxed(vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn2), act]);
+            let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn2), act];
             let x = Tensor::randn([1, 3, 6, 6], 0.0, 1.0);
             let (_, used) = with_no_grad(|| conv_bn_act_eval(&layers, &x)).expect("fused");
             assert_eq!(used, 3, "conv, batch norm and activation in one");
         }
-        let layers = boxed(vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn)]);
+        let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn)];
         let (_, used) = with_no_grad(|| conv_bn_act_eval(&layers, &Tensor::randn([1, 3, 6, 6], 0.0, 1.0))).unwrap();
         assert_eq!(used, 2);
-        let layers = boxed(vec![Box::new(OneHot(5)), Box::new(LSTM::new(5, 3))]);
+        let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(OneHot(5)), Box::new(LSTM::new(5, 3))];
         let ids = Tensor::from_vec(vec![0i64, 4, 2, 1], [2, 2]);
         assert_eq!(one_hot_recurrent(&layers, &ids).expect("fused").1, 2);
     }

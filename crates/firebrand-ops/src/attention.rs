@@ -276,12 +276,12 @@ pub fn attention_backward(
         gemm_serial(t, d, sl, go, head(x.v, &x.v_at, b, h).t(), &mut s, sl, false);
         // With dropout the gradient of the weights before it is dP'·factor;
         // rowsum(dO∘O) = Σ P·dP either way.
+        let p: &[f32] = if p_own.is_empty() { &lse[kept_at..kept_at + t * sl] } else { &p_own };
         for i in 0..t {
             let (gr, or) = (&g[go.offset + i * go.rs..][..d], &out[o.offset + i * o.rs..][..d]);
             let di: f32 = gr.iter().zip(or).map(|(a, b)| a * b).sum();
             let row = &mut s[i * sl..(i + 1) * sl];
             drop_row(spec, b, h, i, row);
-            let p: &[f32] = if p_own.is_empty() { &lse[kept_at..kept_at + t * sl] } else { &p_own };
             for (ds, &pv) in row.iter_mut().zip(&p[i * sl..(i + 1) * sl]) {
                 *ds = pv * (*ds - di) * spec.scale;
             }

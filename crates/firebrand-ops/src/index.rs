@@ -75,16 +75,16 @@ pub fn index_add(src: &[f32], outer: usize, dim: usize, inner: usize, idx: &[i64
     let blocks = if outer * n * inner >= crate::parallel::PAR_MIN_ELEMS { threads.min(inner.div_ceil(16)) } else { 1 };
     let width = inner.div_ceil(blocks.max(1)).next_multiple_of(16).min(inner.max(1));
     let dst = crate::parallel::SendPtr(out.as_mut_ptr());
-    let len = out.len();
     crate::parallel::par_for(inner.div_ceil(width), |blk| {
         let (c0, c1) = (blk * width, ((blk + 1) * width).min(inner));
-        // SAFETY: each task writes only columns c0..c1 of every row; the blocks are disjoint.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.get(), len) };
         for o in 0..outer {
             for (k, &d) in idx.iter().enumerate() {
                 let s = (o * n + k) * inner;
                 let t = (o * dim + d) * inner;
-                add_assign(&mut out[t + c0..t + c1], &src[s + c0..s + c1]);
+                // SAFETY: columns c0..c1 of output row (o, d), inside `out`; only
+                // this task writes those columns, and no other slice of them is live.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(t + c0), c1 - c0) };
+                add_assign(row, &src[s + c0..s + c1]);
             }
         }
     });
@@ -162,7 +162,7 @@ pub fn concat_f32(parts: &[(&[f32], &Layout)], outer: usize, dims: &[usize], inn
     concat_into(take_f32(outer * total * inner), parts, outer, dims, inner)
 }
 
-fn concat_into<T: Copy + Send + Sync>(
+fn concat_into<T: Copy + Default + Send + Sync>(
     mut out: Vec<T>,
     parts: &[(&[T], &Layout)],
     outer: usize,
@@ -195,8 +195,8 @@ fn concat_into<T: Copy + Send + Sync>(
         .map(|&(src, l)| match l.contiguous_range() {
             Some(r) => std::borrow::Cow::Borrowed(&src[r]),
             None => {
-                let mut v = Vec::with_capacity(l.elem_count());
-                v.extend(l.strided_index().map(|i| src[i]));
+                let mut v = vec![T::default(); l.elem_count()];
+                contiguous_into(src, l, &mut v);
                 std::borrow::Cow::Owned(v)
             }
         })

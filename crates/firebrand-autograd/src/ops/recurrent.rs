@@ -115,7 +115,7 @@ impl Tensor {
         // the input projection); each step's [acts | c | h] (bc, 6H) is kept.
         // W_hhᵀ (H, 4H) laid out once, so each step's gemm reads it in place.
         let w_t = w_d.t().contiguous();
-        let forward_chunk = |(b0, bc): (usize, usize)| -> Result<Vec<Tensor>> {
+        let forward_chunk = |_, (b0, bc): (usize, usize)| -> Result<Vec<Tensor>> {
             with_no_grad(|| {
                 let mut hp = h0_d.narrow(0, b0, bc);
                 let mut states: Vec<Option<Tensor>> = vec![None; t];
@@ -145,6 +145,8 @@ impl Tensor {
         };
         let states: Vec<Vec<Tensor>> = per_chunk(&chunks, forward_chunk)?; // [chunk][step]
         let last = *order.last().expect("t > 0");
+        // The step before `ti` in the order run (None for the first).
+        let prev_of = move |ti: usize| if reverse { (ti + 1 < t).then_some(ti + 1) } else { ti.checked_sub(1) };
         // Every chunk's rows of step `ti`'s [c | h], in batch order.
         let step_out = |ti: usize| -> Vec<Tensor> { states.iter().map(|s| s[ti].narrow(1, 4 * h, 2 * h)).collect() };
         let out = if all {
@@ -161,60 +163,55 @@ impl Tensor {
                 let gy_t = gy.dense("lstm_scan backward").expect("f32");
                 // Per chunk, backpropagation through time: each step's
                 // [dgates | dc_prev] (bc, 5H), and dh0, dc0 (bc, H).
-                let backward_chunk =
-                    |(ci, (b0, bc)): (usize, (usize, usize))| -> Result<(Vec<Tensor>, Tensor, Tensor)> {
-                        with_no_grad(|| {
-                            let st = &states[ci];
-                            let zeros = (!all).then(|| Tensor::zeros([bc, 2 * h]));
-                            let mut dh_next = Tensor::zeros([bc, h]);
-                            let mut dc_next: (Tensor, Rows) = (Tensor::zeros([bc, h]), rows(0, h));
-                            let mut back_steps: Vec<Option<Tensor>> = vec![None; t];
-                            for (k, &ti) in order.iter().enumerate().rev() {
-                                let (c_src, c_at) = if k == 0 {
-                                    (c0_d.clone(), rows(b0 * h, h))
-                                } else {
-                                    (st[order[k - 1]].clone(), rows(4 * h, 6 * h))
-                                };
-                                let (g_src, g_at) = match (all, ti == last) {
-                                    (true, _) => (&gy_t, rows((ti * b + b0) * 2 * h, 2 * h)),
-                                    (false, true) => (&gy_t, rows(b0 * 2 * h, 2 * h)),
-                                    (false, false) => (zeros.as_ref().expect("set"), rows(0, 2 * h)),
-                                };
-                                let back = backend.lstm_cell_backward(
-                                    &**st[ti].storage(),
-                                    &**c_src.storage(),
-                                    c_at,
-                                    &**g_src.storage(),
-                                    g_at,
-                                    &**dh_next.storage(),
-                                    &**dc_next.0.storage(),
-                                    dc_next.1,
-                                    bc,
-                                    h,
-                                )?;
-                                let back = Tensor::from_backend(back, [bc, 5 * h]);
-                                // (bc, 4H) pre-activation gradients, then dh_{t-1} = dgates·W_hh.
-                                dh_next = dense(&back.try_narrow(1, 0, 4 * h)?.try_matmul(&w_d)?)?;
-                                dc_next = (back.clone(), rows(4 * h, 5 * h));
-                                back_steps[ti] = Some(back);
-                            }
-                            let dc0 = dc_next.0.narrow(1, dc_next.1.offset, h);
-                            Ok((back_steps.into_iter().map(|s| s.expect("ran")).collect(), dh_next, dc0))
-                        })
-                    };
-                let indexed: Vec<(usize, (usize, usize))> = chunks.iter().copied().enumerate().collect();
-                let backs = per_chunk(&indexed, backward_chunk).expect("lstm_scan backward");
+                let backward_chunk = |ci: usize, (b0, bc): (usize, usize)| -> Result<(Vec<Tensor>, Tensor, Tensor)> {
+                    with_no_grad(|| {
+                        let st = &states[ci];
+                        let zeros = (!all).then(|| Tensor::zeros([bc, 2 * h]));
+                        let mut dh_next = Tensor::zeros([bc, h]);
+                        let mut dc_next: (Tensor, Rows) = (Tensor::zeros([bc, h]), rows(0, h));
+                        let mut back_steps: Vec<Option<Tensor>> = vec![None; t];
+                        for &ti in order.iter().rev() {
+                            let (c_src, c_at) = match prev_of(ti) {
+                                None => (c0_d.clone(), rows(b0 * h, h)),
+                                Some(p) => (st[p].clone(), rows(4 * h, 6 * h)),
+                            };
+                            let (g_src, g_at) = match (all, ti == last) {
+                                (true, _) => (&gy_t, rows((ti * b + b0) * 2 * h, 2 * h)),
+                                (false, true) => (&gy_t, rows(b0 * 2 * h, 2 * h)),
+                                (false, false) => (zeros.as_ref().expect("set"), rows(0, 2 * h)),
+                            };
+                            let back = backend.lstm_cell_backward(
+                                &**st[ti].storage(),
+                                &**c_src.storage(),
+                                c_at,
+                                &**g_src.storage(),
+                                g_at,
+                                &**dh_next.storage(),
+                                &**dc_next.0.storage(),
+                                dc_next.1,
+                                bc,
+                                h,
+                            )?;
+                            let back = Tensor::from_backend(back, [bc, 5 * h]);
+                            // (bc, 4H) pre-activation gradients, then dh_{t-1} = dgates·W_hh.
+                            dh_next = dense(&back.try_narrow(1, 0, 4 * h)?.try_matmul(&w_d)?)?;
+                            dc_next = (back.clone(), rows(4 * h, 5 * h));
+                            back_steps[ti] = Some(back);
+                        }
+                        let dc0 = dc_next.0.narrow(1, dc_next.1.offset, h);
+                        Ok((back_steps.into_iter().map(|s| s.expect("ran")).collect(), dh_next, dc0))
+                    })
+                };
+                let backs = per_chunk(&chunks, backward_chunk).expect("lstm_scan backward");
                 let cat0 = |parts: Vec<Tensor>| Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0);
                 // (T, B, 4H) gate gradients, step-major, chunks in batch order: one copy.
                 let dxw = cat0((0..t).flat_map(|ti| backs.iter().map(move |c| c.0[ti].narrow(1, 0, 4 * h))).collect())
                     .reshape([t, b, g4]);
                 // Every step's h_{t−1} (T·B, H) in the same order, for dW_hh.
                 let h_prev = |ci: usize, ti: usize| -> Tensor {
-                    let k = order.iter().position(|&x| x == ti).expect("a step");
-                    if k == 0 {
-                        h0_d.narrow(0, chunks[ci].0, chunks[ci].1)
-                    } else {
-                        states[ci][order[k - 1]].narrow(1, 5 * h, h)
+                    match prev_of(ti) {
+                        None => h0_d.narrow(0, chunks[ci].0, chunks[ci].1),
+                        Some(p) => states[ci][p].narrow(1, 5 * h, h),
                     }
                 };
                 let hp = cat0((0..t).flat_map(|ti| (0..chunks.len()).map(move |ci| h_prev(ci, ti))).collect());
@@ -236,15 +233,13 @@ fn row_chunks(b: usize, split: bool) -> Vec<(usize, usize)> {
     (0..n).map(|i| (i * b / n, (i + 1) * b / n - i * b / n)).collect()
 }
 
-/// `f` over every chunk, in parallel when there are several (the kernels
-/// inside a chunk then run serially), results in chunk order.
-fn per_chunk<C: Copy + Sync, R: Send>(chunks: &[C], f: impl Fn(C) -> Result<R> + Sync) -> Result<Vec<R>> {
+/// `f(i, chunk)` over every chunk, in parallel when there are several (the
+/// kernels inside a chunk then run serially), results in chunk order.
+fn per_chunk<C: Copy + Sync, R: Send>(chunks: &[C], f: impl Fn(usize, C) -> Result<R> + Sync) -> Result<Vec<R>> {
     if chunks.len() == 1 {
-        return Ok(vec![f(chunks[0])?]);
+        return Ok(vec![f(0, chunks[0])?]);
     }
-    let out: Vec<std::sync::Mutex<Option<Result<R>>>> = chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    firebrand_ops::parallel::par_for(chunks.len(), |i| {
-        *out[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(chunks[i]));
-    });
-    out.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every chunk ran")).collect()
+    let mut out: Vec<Option<Result<R>>> = chunks.iter().map(|_| None).collect();
+    firebrand_ops::parallel::par_chunks_mut(&mut out, 1, |i, slot| slot[0] = Some(f(i, chunks[i])));
+    out.into_iter().map(|r| r.expect("every chunk ran")).collect()
 }
