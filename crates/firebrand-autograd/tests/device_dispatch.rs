@@ -6,7 +6,7 @@
 use firebrand_autograd::{Device, Error, Tensor};
 use firebrand_ops::CPU;
 use firebrand_tensor::backend::{
-    AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage, register_backend,
+    AttentionInputs, AttentionSpec, Backend, BackendStorage, HeadOrder, Rows, Storage, register_backend,
 };
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Layout, Result};
@@ -196,8 +196,9 @@ impl Backend for ProxyBackend {
         out: &dyn BackendStorage,
         lse: &dyn BackendStorage,
         g: &dyn BackendStorage,
+        orders: [HeadOrder; 3],
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dq, dk, dv) = CPU.attention_backward(&unwrap_inputs(x), spec, inner(out), inner(lse), inner(g))?;
+        let (dq, dk, dv) = CPU.attention_backward(&unwrap_inputs(x), spec, inner(out), inner(lse), inner(g), orders)?;
         Ok((wrap(Ok(dq))?, wrap(Ok(dk))?, wrap(Ok(dv))?))
     }
     fn max_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<(Storage, Storage)> {

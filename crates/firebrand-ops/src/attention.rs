@@ -11,8 +11,8 @@
 
 use crate::gemm::{MatRef, gemm_serial};
 use crate::parallel::{SendPtr, par_for};
-use firebrand_tensor::backend::{AttentionSpec, HeadLayout};
-use firebrand_tensor::pool::{recycle_f32, take_f32, zeros_f32};
+use firebrand_tensor::backend::{AttentionSpec, HeadLayout, HeadOrder};
+use firebrand_tensor::pool::{recycle_f32, take_f32};
 
 /// The operands of one call as CPU slices (see
 /// [`AttentionInputs`](firebrand_tensor::backend::AttentionInputs)).
@@ -171,6 +171,39 @@ unsafe fn scatter_head(src: &[f32], dst: SendPtr<f32>, spec: &AttentionSpec, len
     }
 }
 
+/// Computes head `(b, h)`'s `(len, d)` gradient with `f` (which overwrites
+/// the row-major slice it is given) into the contiguous buffer at `dst` in
+/// `order`: straight into the head's own block when heads-major, else into
+/// `scratch` and then scattered ([`scatter_head`]).
+///
+/// # Safety
+/// As for [`scatter_head`], with a `(B, len, heads, d)` or `(B, heads, len, d)` buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_head(
+    dst: SendPtr<f32>,
+    order: HeadOrder,
+    spec: &AttentionSpec,
+    len: usize,
+    b: usize,
+    h: usize,
+    scratch: &mut [f32],
+    f: impl FnOnce(&mut [f32]),
+) {
+    let n = len * spec.head_dim;
+    match order {
+        HeadOrder::HeadsMajor => {
+            // SAFETY: head (b, h)'s block, disjoint from every other task's.
+            let block = unsafe { std::slice::from_raw_parts_mut(dst.get().add((b * spec.heads + h) * n), n) };
+            f(block);
+        }
+        HeadOrder::PositionsMajor => {
+            f(&mut scratch[..n]);
+            // SAFETY: the caller's contract.
+            unsafe { scatter_head(&scratch[..n], dst, spec, len, b, h) };
+        }
+    }
+}
+
 /// Forward pass: the output `(B, T, heads, d)` and the statistics the
 /// backward pass needs: each query row's log-sum-exp `(B, heads, T)` (−∞ for
 /// a row that sees no key; its output is 0), followed, for small heads
@@ -178,7 +211,7 @@ unsafe fn scatter_head(src: &[f32], dst: SendPtr<f32>, spec: &AttentionSpec, len
 ///
 /// ```
 /// use firebrand_ops::attention::{attention, Operands};
-/// use firebrand_tensor::backend::{AttentionSpec, HeadLayout};
+/// use firebrand_tensor::backend::{AttentionSpec, HeadLayout, HeadOrder};
 /// // One head, two positions, d = 1, causal: the first query sees only the first value.
 /// let (q, k, v) = ([1.0, 1.0], [0.0, 0.0], [2.0, 4.0]);
 /// let at = HeadLayout { offset: 0, batch: 2, head: 2, row: 1 };
@@ -228,7 +261,8 @@ pub fn attention(x: &Operands, spec: &AttentionSpec) -> (Vec<f32>, Vec<f32>) {
 
 /// Backward pass: from the forward's inputs, output `out` and `lse`, and the
 /// output's gradient `g` (both `(B, T, heads, d)` contiguous), the gradients
-/// of `q` `(B, T, heads, d)`, `k` and `v` `(B, S, heads, d)`.
+/// of `q` (`T` positions), `k` and `v` (`S`), contiguous in the order
+/// `orders` gives for each (`[q, k, v]`).
 ///
 /// Per head, with `P` recomputed from the scores and `lse`:
 /// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(dO ∘ O))`,
@@ -239,6 +273,7 @@ pub fn attention_backward(
     out: &[f32],
     lse: &[f32],
     g: &[f32],
+    orders: [HeadOrder; 3],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     check(x, spec);
     let (nb, nh, t, sl, d) = (spec.batch, spec.heads, spec.q_len, spec.kv_len, spec.head_dim);
@@ -246,9 +281,10 @@ pub fn attention_backward(
     // The statistics: the log-sum-exp, and the weights when the forward kept them.
     let kept = lse.len() == nb * nh * t * (1 + sl) && sl > 0;
     assert!(kept || lse.len() == nb * nh * t, "attention_backward: statistics length");
-    let mut dq = zeros_f32(nb * t * nh * d);
-    let mut dk = zeros_f32(nb * sl * nh * d);
-    let mut dv = zeros_f32(nb * sl * nh * d);
+    // Every element is written: each task writes all rows of its head.
+    let mut dq = take_f32(nb * t * nh * d);
+    let mut dk = take_f32(nb * sl * nh * d);
+    let mut dv = take_f32(nb * sl * nh * d);
     let ptrs = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
     let out_at = HeadLayout { offset: 0, batch: t * nh * d, head: d, row: nh * d };
     par_for(nb * nh, |task| {
@@ -295,13 +331,15 @@ pub fn attention_backward(
             }
         }
         let p: &[f32] = if p_own.is_empty() { &lse[kept_at..kept_at + t * sl] } else { &p_own };
-        gemm_serial(sl, t, d, MatRef::row_major(p, sl).t(), go, &mut buf[..sl * d], d, false);
+        let pt = MatRef::row_major(p, sl).t();
         // SAFETY (all three): head (b, h) of each gradient is this task's.
-        unsafe { scatter_head(&buf[..sl * d], ptrs.2, spec, sl, b, h) };
-        gemm_serial(t, sl, d, ds, head(x.k, &x.k_at, b, h), &mut buf[..t * d], d, false);
-        unsafe { scatter_head(&buf[..t * d], ptrs.0, spec, t, b, h) };
-        gemm_serial(sl, t, d, ds.t(), head(x.q, &x.q_at, b, h), &mut buf[..sl * d], d, false);
-        unsafe { scatter_head(&buf[..sl * d], ptrs.1, spec, sl, b, h) };
+        unsafe {
+            write_head(ptrs.2, orders[2], spec, sl, b, h, &mut buf, |c| gemm_serial(sl, t, d, pt, go, c, d, false));
+            let k = head(x.k, &x.k_at, b, h);
+            write_head(ptrs.0, orders[0], spec, t, b, h, &mut buf, |c| gemm_serial(t, sl, d, ds, k, c, d, false));
+            let q = head(x.q, &x.q_at, b, h);
+            write_head(ptrs.1, orders[1], spec, sl, b, h, &mut buf, |c| gemm_serial(sl, t, d, ds.t(), q, c, d, false));
+        }
         [s, p_own, buf].into_iter().for_each(recycle_f32);
     });
     (dq, dk, dv)
@@ -456,7 +494,7 @@ mod tests {
         assert!(lse[..2].iter().all(|l| *l == f32::NEG_INFINITY));
         assert!(lse[2..].iter().all(|p| *p == 0.0));
         for stats in [&lse[..], &lse[..2]] {
-            let (dq, dk, dv) = attention_backward(&x, &spec, &out, stats, &[1.0; 4]);
+            let (dq, dk, dv) = attention_backward(&x, &spec, &out, stats, &[1.0; 4], Default::default());
             assert!(dq.iter().chain(&dk).chain(&dv).all(|g| *g == 0.0));
         }
     }
@@ -509,12 +547,20 @@ mod tests {
             };
             let (out, stats) = attention(&x, &spec);
             assert!(keeps_weights(&spec) && stats.len() == nb * nh * t * (1 + t), "small heads keep their weights");
-            let (dq, dk, dv) = attention_backward(&x, &spec, &out, &stats, &gout);
+            let (dq, dk, dv) = attention_backward(&x, &spec, &out, &stats, &gout, Default::default());
             // With the log-sum-exp alone the backward recomputes the weights: the same gradients.
-            let recomputed = attention_backward(&x, &spec, &out, &stats[..nb * nh * t], &gout);
+            let recomputed = attention_backward(&x, &spec, &out, &stats[..nb * nh * t], &gout, Default::default());
             for (kept, again) in [(&dq, &recomputed.0), (&dk, &recomputed.1), (&dv, &recomputed.2)] {
                 for (a, b) in kept.iter().zip(again.iter()) {
                     assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "kept {a} vs recomputed {b}");
+                }
+            }
+            // Heads-major gradients are the same numbers in (B, heads, T, d) order.
+            let heads = attention_backward(&x, &spec, &out, &stats, &gout, [HeadOrder::HeadsMajor; 3]);
+            for (pm, hm) in [(&dq, &heads.0), (&dk, &heads.1), (&dv, &heads.2)] {
+                for (at, g) in pm.iter().enumerate() {
+                    let (c, hh, i, bi) = (at % d, at / d % nh, at / (d * nh) % t, at / (d * nh * t));
+                    assert_eq!(*g, hm[((bi * nh + hh) * t + i) * d + c], "heads-major gradient at {at}");
                 }
             }
             // Gather the analytic gradient back into the fused (B, T, 3E) layout.

@@ -6,7 +6,7 @@ use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
 use crate::{conv, depthwise, generic, index, softmax, unary};
-use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, Rows, Storage};
+use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, HeadOrder, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result, bf16, cpu_of_dtype, f16, with_cpu};
@@ -698,6 +698,7 @@ impl Backend for CpuBackend {
         out: &dyn BackendStorage,
         lse: &dyn BackendStorage,
         g: &dyn BackendStorage,
+        orders: [HeadOrder; 3],
     ) -> Result<(Storage, Storage, Storage)> {
         let op = "attention_backward";
         let bufs = AttentionBuffers::new(x)?;
@@ -707,6 +708,7 @@ impl Backend for CpuBackend {
             &f32s(out, op)?,
             &f32s(lse, op)?,
             &f32s(g, op)?,
+            orders,
         );
         Ok((float_out(dq, x.q.dtype()), float_out(dk, x.k.dtype()), float_out(dv, x.v.dtype())))
     }

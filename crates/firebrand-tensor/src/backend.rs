@@ -65,6 +65,19 @@ pub struct HeadLayout {
     pub row: usize,
 }
 
+/// The order of a contiguous `(heads, L)` attention gradient within each
+/// batch entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadOrder {
+    /// `(B, L, heads, d)`: the order of a `(B, L, E)` projection's output,
+    /// whose views the operands usually are.
+    #[default]
+    PositionsMajor,
+    /// `(B, heads, L, d)`: the order of an operand that is itself a
+    /// contiguous `(B, heads, L, d)` tensor.
+    HeadsMajor,
+}
+
 /// Sizes and masking of one scaled-dot-product attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionSpec {
@@ -478,7 +491,9 @@ pub trait Backend: Send + Sync {
     fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)>;
     /// Backward of [`Backend::attention`]: from its inputs, output, statistics
     /// and the output's gradient `g` (`(B, T, heads, d)` contiguous), the
-    /// gradients of `q` `(B, T, heads, d)`, `k` and `v` `(B, S, heads, d)`, contiguous.
+    /// gradients of `q` (`T` positions), `k` and `v` (`S`), each contiguous
+    /// in the order `orders` gives for it (`[q, k, v]`), so that a gradient
+    /// matches its operand's layout and accumulates without a copy.
     ///
     /// # Errors
     /// On a non-`f32` input.
@@ -489,6 +504,7 @@ pub trait Backend: Send + Sync {
         out: &dyn BackendStorage,
         lse: &dyn BackendStorage,
         g: &dyn BackendStorage,
+        orders: [HeadOrder; 3],
     ) -> Result<(Storage, Storage, Storage)>;
     /// Max pooling of a contiguous `(N, C, H, W)` input: values and `i64`
     /// indices of the maxima within each `H·W` plane.

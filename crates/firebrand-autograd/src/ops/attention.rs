@@ -9,7 +9,7 @@
 use super::{check_f32, panicking, record};
 use crate::grad_mode::with_no_grad;
 use crate::tensor::{Tensor, same_backend};
-use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, HeadLayout};
+use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, HeadLayout, HeadOrder};
 use firebrand_tensor::{DType, Error, Result};
 
 /// Masking and scaling for [`Tensor::try_scaled_dot_product_attention`].
@@ -163,15 +163,25 @@ impl Tensor {
         let lse = Tensor::from_backend(lse, [stats_len]);
         let y = out.permute(&[0, 2, 1, 3]); // (B, heads, T, d)
         let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+        // Each gradient in its operand's order: heads-major for a contiguous
+        // (B, heads, L, d) tensor, else (B, L, heads, d), the order of a
+        // (B, L, E) projection whose view the operand usually is.
+        let order = |x: &Tensor| if x.is_contiguous() { HeadOrder::HeadsMajor } else { HeadOrder::PositionsMajor };
+        let orders = [order(&q), order(&k), order(&v)];
         Ok(record(y, op, &[&q, &k, &v], move |_, gy| {
             // gy: (B, heads, T, d); as (B, T, heads, d) it is usually contiguous already.
             let g = gy.permute(&[0, 2, 1, 3]).dense(op).expect("f32");
             let (dq, dk, dv) = with_inputs(&qd, &kd, &vd, &masks, |x| {
-                backend.attention_backward(x, &spec, &**out.storage(), &**lse.storage(), &**g.storage())
+                backend.attention_backward(x, &spec, &**out.storage(), &**lse.storage(), &**g.storage(), orders)
             })
             .expect("attention backward: f32");
-            let back = |st, len| Some(Tensor::from_backend(st, [b, len, h, d]).permute(&[0, 2, 1, 3]));
-            vec![back(dq, t), back(dk, s), back(dv, s)]
+            let back = |st, len, order| {
+                Some(match order {
+                    HeadOrder::HeadsMajor => Tensor::from_backend(st, [b, h, len, d]),
+                    HeadOrder::PositionsMajor => Tensor::from_backend(st, [b, len, h, d]).permute(&[0, 2, 1, 3]),
+                })
+            };
+            vec![back(dq, t, orders[0]), back(dk, s, orders[1]), back(dv, s, orders[2])]
         }))
     }
 
