@@ -192,5 +192,23 @@ fn transposed_a(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead, lstm, transposed_a);
+/// The products of MobileNetV2's 1x1 convolutions at batch 16 (112x112 and
+/// 56x56 planes): the forward `W·X_n`, the input gradient `Wᵀ·dY_n` and the
+/// weight gradient `X_n·dY_nᵀ`, few rows against many columns; PyTorch's
+/// counterparts in `benches/pytorch/gemm.py --pointwise`.
+fn pointwise(c: &mut Criterion) {
+    let mut g = config(c, "pointwise");
+    for (cin, cout, hw) in [(16, 96, 12544), (32, 16, 12544), (24, 144, 3136), (144, 24, 3136)] {
+        let w = Tensor::randn([cout, cin], 0.0, 1.0);
+        let x = Tensor::randn([16, cin, hw], 0.0, 1.0);
+        let gy = Tensor::randn([16, cout, hw], 0.0, 1.0);
+        let id = format!("{cin}to{cout}x{hw}");
+        g.bench_function(BenchmarkId::new("forward", &id), |q| q.iter(|| w.matmul(&x)));
+        g.bench_function(BenchmarkId::new("input_grad", &id), |q| q.iter(|| w.t().matmul(&gy)));
+        g.bench_function(BenchmarkId::new("weight_grad", &id), |q| q.iter(|| x.matmul(&gy.transpose(1, 2))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, hard_activations, reductions, softmax, overhead, lstm, transposed_a, pointwise);
 criterion_main!(benches);

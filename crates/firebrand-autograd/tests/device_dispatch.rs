@@ -335,8 +335,10 @@ impl Backend for ProxyBackend {
         stats: &dyn BackendStorage,
         weight: Option<&dyn BackendStorage>,
         dims: [usize; 3],
+        act: Option<(UnaryOp, &dyn BackendStorage)>,
     ) -> Result<(Storage, Storage)> {
-        let (a, b) = CPU.batch_norm_backward(inner(g), inner(x), inner(stats), weight.map(inner), dims)?;
+        let act = act.map(|(op, y)| (op, inner(y)));
+        let (a, b) = CPU.batch_norm_backward(inner(g), inner(x), inner(stats), weight.map(inner), dims, act)?;
         Ok((wrap(Ok(a))?, wrap(Ok(b))?))
     }
     fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {

@@ -139,3 +139,69 @@ fn batch_norm_gradcheck_and_composite() {
     let e = Tensor::zeros([2, 3, 4]).try_batch_norm(Some(&Tensor::ones([4])), None, 1e-5).unwrap_err();
     assert!(e.to_string().contains("batch_norm") && e.to_string().contains("(3,)"), "{e}");
 }
+
+/// Batch norm with a fused activation: ReLU and ReLU6 (derivative applied
+/// inside the backward passes, rows shorter and longer than its 1024-element
+/// blocks) and SiLU (run after it as its own op): gradcheck, and values and
+/// gradients equal to the batch norm followed by the activation op, in f32
+/// and f64.
+#[test]
+fn batch_norm_with_a_fused_activation_equals_the_two_ops() {
+    use firebrand_autograd::{DType, UnaryOp};
+    manual_seed(9);
+    let opts = GradcheckOptions { atol: 2e-2, rtol: 2e-2, ..Default::default() };
+    for act in [UnaryOp::Relu, UnaryOp::Hardtanh(0.0, 6.0), UnaryOp::Silu] {
+        for dims in [vec![3, 2], vec![2, 3, 1, 5], vec![2, 2, 40, 30]] {
+            let c = dims[1];
+            let x = Tensor::randn(dims.clone(), 3.0, 2.0).requires_grad_(true);
+            let w = Tensor::randn([c], 1.0, 0.3).requires_grad_(true);
+            // A shift that puts values on both sides of ReLU6's bounds.
+            let b = Tensor::randn([c], 2.0, 1.0).requires_grad_(true);
+            let wout = Tensor::randn(dims.clone(), 0.0, 1.0);
+            for dtype in [DType::F32, DType::F64] {
+                let [x, w, b] = [&x, &w, &b].map(|t| t.detach().to_dtype(dtype).requires_grad_(true));
+                let run = |fused: bool| {
+                    [&x, &w, &b].iter().for_each(|t| t.zero_grad());
+                    let y = if fused {
+                        x.try_batch_norm_act(Some(&w), Some(&b), 1e-5, Some(act)).unwrap().0
+                    } else {
+                        x.try_batch_norm(Some(&w), Some(&b), 1e-5).unwrap().0.unary(act)
+                    };
+                    y.mul(&wout.to_dtype(dtype)).sum_all().backward();
+                    [y, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap()].map(|t| t.to_vec::<f64>())
+                };
+                let (f, p) = (run(true), run(false));
+                for (i, (a, b)) in f.iter().zip(&p).enumerate() {
+                    for (u, v) in a.iter().zip(b) {
+                        assert!(
+                            (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                            "{} {dtype} {dims:?} output/grad {i}: {u} vs {v}",
+                            act.name()
+                        );
+                    }
+                }
+            }
+            if dims.len() < 4 || dims[2] < 10 {
+                // Finite differences need every pre-activation away from a kink
+                // (0, and 6 for ReLU6): redraw x until that holds.
+                let mut x = x.detach();
+                while x
+                    .try_batch_norm(Some(&w), Some(&b), 1e-5)
+                    .unwrap()
+                    .0
+                    .to_vec::<f32>()
+                    .iter()
+                    .any(|z| z.abs() < 0.05 || (z - 6.0).abs() < 0.05)
+                {
+                    x = Tensor::randn(dims.clone(), 3.0, 2.0);
+                }
+                let r = gradcheck(
+                    |t| t[0].try_batch_norm_act(Some(&t[1]), Some(&t[2]), 1e-5, Some(act)).unwrap().0,
+                    &[x.requires_grad_(true), w.clone(), b.clone()],
+                    opts,
+                );
+                r.unwrap_or_else(|e| panic!("batch_norm + {} {dims:?}: {e}", act.name()));
+            }
+        }
+    }
+}

@@ -165,6 +165,25 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
     Some((y, if act.is_some() { 3 } else { 2 }))
 }
 
+/// Run-time training fusion, used by `Sequential::forward`: a
+/// `BatchNorm1d`/`BatchNorm2d` in training mode followed by an elementwise
+/// activation runs as [`BatchNorm::forward_activated`]: for ReLU and
+/// hardtanh (ReLU6) the activation rides in the normalization's output pass
+/// and its derivative inside the normalization's backward passes (two fewer
+/// passes over the activations each step); others run as their own op after
+/// it while a graph is recorded. Not while module outputs are being recorded
+/// (`summary`). Returns the output and the two layers it covered.
+pub(crate) fn bn_act_train(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Option<(Tensor, usize)> {
+    let first = (**layers.first()?).as_any();
+    let bn: &BatchNorm = (first.downcast_ref::<BatchNorm2d>().map(|b| &**b))
+        .or_else(|| first.downcast_ref::<BatchNorm1d>().map(|b| &**b))?;
+    let act = (**layers.get(1)?).elementwise_op()?;
+    if !bn.is_training() || crate::module::recording_active() {
+        return None;
+    }
+    Some((bn.forward_activated(x, Some(act)), 2))
+}
+
 /// `OneHot(n)` followed by an LSTM, GRU or RNN, run as
 /// [`Recurrent::forward_one_hot`]: the recurrent layer's input projection
 /// becomes a row gather (the same outputs, bit for bit, in training too).
@@ -206,6 +225,14 @@ mod tests {
         let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(Conv2d::new(3, 4, 3)), Box::new(bn)];
         let (_, used) = with_no_grad(|| conv_bn_act_eval(&layers, &Tensor::randn([1, 3, 6, 6], 0.0, 1.0))).unwrap();
         assert_eq!(used, 2);
+        for act in [Box::new(ReLU6) as Box<dyn AnyModule>, Box::new(crate::ReLU), Box::new(SiLU)] {
+            let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(BatchNorm2d::new(3)), act];
+            assert_eq!(bn_act_train(&layers, &Tensor::randn([2, 3, 4, 4], 0.0, 1.0)).expect("fused").1, 2);
+        }
+        let mut eval_bn = BatchNorm2d::new(3);
+        eval_bn.set_training(false);
+        let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(eval_bn), Box::new(ReLU6)];
+        assert!(bn_act_train(&layers, &Tensor::randn([2, 3, 4, 4], 0.0, 1.0)).is_none(), "training mode only");
         let layers: Vec<Box<dyn AnyModule>> = vec![Box::new(OneHot(5)), Box::new(LSTM::new(5, 3))];
         let ids = Tensor::from_vec(vec![0i64, 4, 2, 1], [2, 2]);
         assert_eq!(one_hot_recurrent(&layers, &ids).expect("fused").1, 2);

@@ -1,7 +1,7 @@
 //! Batch normalization (`nn.BatchNorm1d`, `nn.BatchNorm2d`).
 
 use crate::Module;
-use firebrand_autograd::{Tensor, with_no_grad};
+use firebrand_autograd::{Tensor, UnaryOp, with_no_grad};
 
 /// The state and forward pass behind [`BatchNorm1d`] and [`BatchNorm2d`]
 /// (reachable through their `Deref`): normalizes each channel (dim 1) over the batch and every other dim:
@@ -174,8 +174,13 @@ impl BatchNorm {
     }
 }
 
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor) -> Tensor {
+impl BatchNorm {
+    /// The forward pass followed by the elementwise `act`, fused in training
+    /// mode ([`Tensor::try_batch_norm_act`]: the activation and its
+    /// derivative ride on the normalization's passes); `Sequential` runs
+    /// `BatchNorm → ReLU6` (or ReLU, hardtanh) this way. The same values as
+    /// the layer and then the activation.
+    pub fn forward_activated(&self, x: &Tensor, act: Option<UnaryOp>) -> Tensor {
         crate::module::traced(self, || {
             // x: (N, C, *)
             let c = self.num_features();
@@ -190,7 +195,7 @@ impl Module for BatchNorm {
                 // Evaluation: one per-channel scale and shift, `x·scale + shift`
                 // in one pass (γ and β still get their gradients).
                 let (scale, shift) = self.eval_scale_shift_graph();
-                return x.try_channel_affine(Some(&scale), Some(&shift), None).unwrap_or_else(|e| panic!("{e}"));
+                return x.try_channel_affine(Some(&scale), Some(&shift), act).unwrap_or_else(|e| panic!("{e}"));
             }
             let count = x.elem_count() / c;
             assert!(
@@ -201,12 +206,18 @@ impl Module for BatchNorm {
             );
             // One fused op: the batch statistics, the normalization and its backward.
             let (y, mean, var) =
-                x.try_batch_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps).unwrap_or_else(|e| {
+                x.try_batch_norm_act(self.weight.as_ref(), self.bias.as_ref(), self.eps, act).unwrap_or_else(|e| {
                     panic!("{}: {e}", self.name);
                 });
             with_no_grad(|| self.update_running(&mean, &var, count));
             y
         })
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_activated(x, None)
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

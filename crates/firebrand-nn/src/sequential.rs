@@ -134,6 +134,11 @@ impl Module for Sequential {
                 (y, i) = (out, i + used);
                 continue;
             }
+            // Training: BatchNorm → ReLU/ReLU6 with the activation inside the normalization.
+            if let Some((out, used)) = crate::fuse::bn_act_train(&self.layers[i..], &y) {
+                (y, i) = (out, i + used);
+                continue;
+            }
             // One-hot ids into a recurrent layer: its input projection as a row gather.
             if let Some((out, used)) = crate::fuse::one_hot_recurrent(&self.layers[i..], &y) {
                 (y, i) = (out, i + used);

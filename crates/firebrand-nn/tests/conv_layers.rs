@@ -375,3 +375,41 @@ fn eval_sequential_fuses_conv_batch_norm_and_activation_at_run_time() {
         assert!(p.grad().is_some(), "{name} has a gradient");
     }
 }
+
+/// A training-mode `Sequential` runs `BatchNorm2d → ReLU6/ReLU/SiLU` as one
+/// op with the activation inside: the same outputs, running statistics and
+/// gradients as the layers one by one.
+#[test]
+fn training_sequential_fuses_batch_norm_and_activation() {
+    use firebrand_nn::{ReLU, ReLU6, SiLU};
+    let build = || {
+        manual_seed(22);
+        Sequential::new()
+            .add(Conv2d::new(3, 6, 3))
+            .add(BatchNorm2d::new(6))
+            .add(ReLU6)
+            .add(Conv2d::new(6, 5, 3))
+            .add(BatchNorm2d::new(5))
+            .add(ReLU)
+            .add(Conv2d::new(5, 4, 1))
+            .add(BatchNorm2d::new(4))
+            .add(SiLU)
+    };
+    let (fused_net, layered_net) = (build(), build());
+    let x = Tensor::randn([3, 3, 11, 10], 0.5, 2.0);
+    let w = Tensor::randn([3, 4, 7, 6], 0.0, 1.0);
+    let fused = fused_net.forward(&x);
+    let layered = layered_net.layers().fold(x.clone(), |y, l| l.forward(&y));
+    assert!(fused.sub(&layered).abs().max_all().item() < 1e-5);
+    fused.mul(&w).sum_all().backward();
+    layered.mul(&w).sum_all().backward();
+    let other: std::collections::HashMap<String, Tensor> = layered_net.named_parameters().into_iter().collect();
+    for (name, p) in fused_net.named_parameters() {
+        let (a, b) = (p.grad().expect("gradient"), other[&name].grad().expect("gradient"));
+        let diff = a.sub(&b).abs().max_all().item();
+        assert!(diff < 1e-4 * (1.0 + b.abs().max_all().item()), "{name}: gradients differ by {diff}");
+    }
+    for ((name, a), (_, b)) in fused_net.named_buffers().into_iter().zip(layered_net.named_buffers()) {
+        assert_eq!(a.to_vec::<f64>(), b.to_vec::<f64>(), "{name}");
+    }
+}

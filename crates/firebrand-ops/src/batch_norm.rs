@@ -11,6 +11,47 @@
 
 use crate::elem::{KernelElem, fma_dispatch};
 use crate::parallel::{PAR_MIN_ELEMS, for_rows, par_chunks_mut};
+use firebrand_tensor::op::UnaryOp;
+
+/// An activation applied after the normalization, `(op, y)` with its output
+/// `y` (same length as the gradient), whose derivative the backward pass
+/// applies to the incoming gradient block by block as it reads it
+/// (`op` one whose output determines its derivative).
+pub type Activated<'a, T> = Option<(UnaryOp, &'a [T])>;
+
+/// Rows are walked in blocks of this many elements when an activation's
+/// derivative is applied on the way (the masked block stays in L1).
+const ACT_BLOCK: usize = 1024;
+
+/// Calls `f(g_block, range)` over the range `r` of `g` in blocks, with `g`
+/// masked by the activation's derivative when there is one (into `tmp`, a
+/// scratch block the caller keeps across rows).
+#[inline(always)]
+fn masked_blocks<T: KernelElem>(
+    g: &[T],
+    act: Activated<'_, T>,
+    r: std::ops::Range<usize>,
+    tmp: &mut Vec<T>,
+    mut f: impl FnMut(&[T], std::ops::Range<usize>),
+) {
+    match act {
+        None => f(&g[r.clone()], r),
+        Some((op, y)) => {
+            let want = r.len().min(ACT_BLOCK);
+            if tmp.len() < want {
+                tmp.resize(want, T::default());
+            }
+            let mut at = r.start;
+            while at < r.end {
+                let end = (at + ACT_BLOCK).min(r.end);
+                let m = &mut tmp[..end - at];
+                T::act_backward_row(op, &y[at..end], &g[at..end], m);
+                f(m, at..end);
+                at = end;
+            }
+        }
+    }
+}
 
 /// Per-row sums `(Σ (a + sa), Σ (a + sa)·(b + sb))`, in blocks of 16 lanes
 /// whose totals are added in `f64`.
@@ -50,20 +91,43 @@ pub(crate) fn channel_sums2<T: KernelElem>(
     a: &[T],
     b: &[T],
     (pa, pb): (Option<&[T]>, &[T]),
+    dims: [usize; 3],
+) -> Vec<(f64, f64)> {
+    channel_sums2_act(a, None, b, (pa, pb), dims)
+}
+
+/// [`channel_sums2`] with `a` first multiplied by an activation's derivative.
+fn channel_sums2_act<T: KernelElem>(
+    a: &[T],
+    act: Activated<'_, T>,
+    b: &[T],
+    (pa, pb): (Option<&[T]>, &[T]),
     [_, c, l]: [usize; 3],
 ) -> Vec<(f64, f64)> {
     let rows = a.len().checked_div(l).unwrap_or(0);
     let mut per_row = vec![(0.0f64, 0.0f64); rows];
-    let one = |row: usize, out: &mut (f64, f64)| {
-        let r = row * l..(row + 1) * l;
-        let neg = |v: T| T::from_f64(-v.to_f64());
-        let sa = pa.map_or(T::default(), |p| neg(p[row % c]));
-        *out = sums2(&a[r.clone()], &b[r], [sa, neg(pb[row % c])]);
+    // Rows `first..` into `sums`, with one scratch block for all of them.
+    let some_rows = |first: usize, sums: &mut [(f64, f64)]| {
+        let mut tmp = Vec::new();
+        for (i, out) in sums.iter_mut().enumerate() {
+            let row = first + i;
+            let neg = |v: T| T::from_f64(-v.to_f64());
+            let sa = pa.map_or(T::default(), |p| neg(p[row % c]));
+            let pivots = [sa, neg(pb[row % c])];
+            *out = (0.0, 0.0);
+            masked_blocks(a, act, row * l..(row + 1) * l, &mut tmp, |ab, r| {
+                let (s1, s2) = sums2(ab, &b[r], pivots);
+                out.0 += s1;
+                out.1 += s2;
+            });
+        }
     };
     if a.len() >= PAR_MIN_ELEMS {
-        par_chunks_mut(&mut per_row, 1, |row, s| one(row, &mut s[0]));
+        // Tasks of at least 16 Ki elements (one row when rows are long).
+        let per_task = (16384 / l.max(1)).max(1);
+        par_chunks_mut(&mut per_row, per_task, |task, s| some_rows(task * per_task, s));
     } else {
-        per_row.iter_mut().enumerate().for_each(|(row, s)| one(row, s));
+        some_rows(0, &mut per_row);
     }
     let mut out = vec![(0.0, 0.0); c];
     for (row, (s1, s2)) in per_row.into_iter().enumerate() {
@@ -103,16 +167,25 @@ pub fn batch_norm_stats<T: KernelElem>(x: &[T], dims: [usize; 3]) -> Vec<T> {
 /// (`stats` = `[mean | invstd]` `(2, C)`, `weight` γ or none) from `g`:
 /// `dx` and `[dγ | dβ]` `(2, C)`. `dx = a·g + b·(x − mean) + c` per channel
 /// with `a = γ·invstd`, `b = −γ·invstd³·Σg(x − mean)/M`, `c = −γ·invstd·Σg/M`.
+///
+/// With `act = Some((op, y))` the normalization was followed by `op` with
+/// output `y`, and `g` is that output's gradient: both passes apply `op`'s
+/// derivative to `g` as they read it (no masked copy of `g` is made).
 pub fn batch_norm_backward<T: KernelElem>(
     g: &[T],
     x: &[T],
     stats: &[T],
     weight: Option<&[T]>,
     dims: [usize; 3],
+    act: Activated<'_, T>,
 ) -> (Vec<T>, Vec<T>) {
     let [n, c, l] = dims;
+    if let Some((op, y)) = act {
+        assert!(y.len() == g.len(), "batch_norm backward: {} outputs for {} gradients", y.len(), g.len());
+        assert!(crate::elem::output_determines_grad(op), "batch_norm backward: {} needs its input", op.name());
+    }
     let (mean, invstd) = stats.split_at(c);
-    let sums = channel_sums2(g, x, (None, mean), dims);
+    let sums = channel_sums2_act(g, act, x, (None, mean), dims);
     let count = (n * l) as f64;
     let mut daffine = vec![T::default(); 2 * c];
     let mut coef = vec![(T::default(), T::default(), T::default()); c];
@@ -127,13 +200,15 @@ pub fn batch_norm_backward<T: KernelElem>(
     }
     let mut dx = T::buffer(g.len());
     for_rows(&mut dx, l.max(1), |first, chunk| {
+        let mut tmp = Vec::new();
         for (i, d) in chunk.chunks_mut(l.max(1)).enumerate() {
             let row = first + i;
             let ch = row % c;
             let (a, b, cc) = coef[ch];
-            let m = mean[ch];
-            let (gs, xs) = (&g[row * l..(row + 1) * l], &x[row * l..(row + 1) * l]);
-            dx_row(d, gs, xs, a, b, cc, m);
+            let (m, start) = (mean[ch], row * l);
+            masked_blocks(g, act, start..start + l, &mut tmp, |gs, r| {
+                dx_row(&mut d[r.start - start..r.end - start], gs, &x[r], a, b, cc, m)
+            });
         }
     });
     (dx, daffine)
@@ -175,7 +250,7 @@ mod tests {
                 inv[ch] = 1.0 / (var + 1e-5).sqrt();
             }
             let stats: Vec<f64> = st[..c].iter().copied().chain(inv.iter().copied()).collect();
-            let (dx, da) = batch_norm_backward(&g, &x, &stats, Some(&w), [n, c, l]);
+            let (dx, da) = batch_norm_backward(&g, &x, &stats, Some(&w), [n, c, l], None);
             for ch in 0..c {
                 let idx: Vec<usize> = (0..n).flat_map(|b| (0..l).map(move |j| at(b, ch, j))).collect();
                 let xhat: Vec<f64> = idx.iter().map(|&i| (x[i] - st[ch]) * inv[ch]).collect();
@@ -199,10 +274,36 @@ mod tests {
                     st[c + ch]
                 );
             }
-            let (dx32, _) = batch_norm_backward(&f(&g), &f(&x), &f(&stats), Some(&f(&w)), [n, c, l]);
+            let (dx32, _) = batch_norm_backward(&f(&g), &f(&x), &f(&stats), Some(&f(&w)), [n, c, l], None);
             for (a, b) in dx32.iter().zip(&dx) {
                 assert!((*a as f64 - b).abs() < 1e-2 * (1.0 + b.abs()), "dx f32 {a} vs {b}");
             }
         }
+    }
+
+    /// With an activation the gradient is masked block by block as it is
+    /// read: the same numbers as masking it first, on rows of 1, of 37, and
+    /// longer than a block (1100), in f32 and f64.
+    #[test]
+    fn an_activation_is_applied_as_the_gradient_is_read() {
+        fn check<T: KernelElem + std::fmt::Debug + PartialEq>(f: impl Fn(f64) -> T) {
+            for [n, c, l] in [[5, 2, 1], [3, 2, 37], [2, 3, 1100]] {
+                let x: Vec<T> = (0..n * c * l).map(|i| f(((i * 37) % 23) as f64 * 0.5 - 4.0)).collect();
+                let g: Vec<T> = (0..n * c * l).map(|i| f(((i * 11) % 7) as f64 - 3.0)).collect();
+                let w: Vec<T> = (0..c).map(|i| f(0.5 + i as f64)).collect();
+                let st = batch_norm_stats(&x, [n, c, l]);
+                let stats: Vec<T> = (0..2 * c).map(|i| if i < c { st[i] } else { f(0.4) }).collect();
+                for op in [UnaryOp::Relu, UnaryOp::Hardtanh(0.0, 6.0)] {
+                    // Any output with the activation's range works for the mask.
+                    let y: Vec<T> = x.iter().map(|v| f(op.eval(v.to_f64() * 2.0))).collect();
+                    let gm = T::act_backward(op, &y, &g);
+                    let want = batch_norm_backward(&gm, &x, &stats, Some(&w), [n, c, l], None);
+                    let got = batch_norm_backward(&g, &x, &stats, Some(&w), [n, c, l], Some((op, &y)));
+                    assert_eq!(got, want, "{op:?} {n}x{c}x{l}");
+                }
+            }
+        }
+        check(|v| v as f32);
+        check(|v| v);
     }
 }

@@ -18,6 +18,8 @@ pub trait KernelElem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Ou
     /// `g · op'(x)` where the output `y = op(x)` determines the derivative
     /// (see [`output_determines_grad`]).
     fn act_backward(op: UnaryOp, y: &[Self], g: &[Self]) -> Vec<Self>;
+    /// [`KernelElem::act_backward`] over one row into `d` (all of one length).
+    fn act_backward_row(op: UnaryOp, y: &[Self], g: &[Self], d: &mut [Self]);
     /// Widened for accumulation.
     fn to_f64(self) -> f64;
     /// Narrowed back.
@@ -52,6 +54,9 @@ impl KernelElem for f32 {
     fn act_backward(op: UnaryOp, y: &[f32], g: &[f32]) -> Vec<f32> {
         crate::unary::unary_backward(op, y, y, g)
     }
+    fn act_backward_row(op: UnaryOp, y: &[f32], g: &[f32], d: &mut [f32]) {
+        crate::unary::backward_rows(op, y, y, g, d)
+    }
     fn to_f64(self) -> f64 {
         self as f64
     }
@@ -83,6 +88,9 @@ impl KernelElem for f64 {
     }
     fn act_backward(op: UnaryOp, y: &[f64], g: &[f64]) -> Vec<f64> {
         crate::generic::unary_backward_f64(op, y, y, g)
+    }
+    fn act_backward_row(op: UnaryOp, y: &[f64], g: &[f64], d: &mut [f64]) {
+        d.iter_mut().zip(y).zip(g).for_each(|((d, &y), &g)| *d = g * op.derivative_of(y, y));
     }
     fn to_f64(self) -> f64 {
         self
@@ -131,10 +139,10 @@ pub(crate) use fma_dispatch;
 /// they get SSE2 only). Rust does not contract `a * b + c` into an FMA on its
 /// own, so both builds give the same bits.
 macro_rules! simd_fn {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body

@@ -139,7 +139,7 @@ crate::elem::simd_fn!(
     /// `d = g · op'(x)` over one chunk (`y = op(x)` for the rules that read
     /// the output). Plain loops built for AVX-512 where present: the
     /// piecewise rules (ReLU6's in a MobileNetV2 step) were SSE2 code.
-    fn backward_rows(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32], d: &mut [f32]) {
+    pub(crate) fn backward_rows(op: UnaryOp, x: &[f32], y: &[f32], g: &[f32], d: &mut [f32]) {
         match op {
             UnaryOp::Relu => d
                 .iter_mut()

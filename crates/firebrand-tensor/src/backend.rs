@@ -466,10 +466,13 @@ pub trait Backend: Send + Sync {
     fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage>;
     /// Backward of training-mode batch norm `y = (x − mean)·invstd·γ + β`
     /// from `g`, `x`, `stats` = `[mean | invstd]` `(2, C)` and γ (none: 1):
-    /// the input's gradient and `[dγ | dβ]` `(2, C)`.
+    /// the input's gradient and `[dγ | dβ]` `(2, C)`. With `act = Some((op,
+    /// out))` the normalization was followed by `op` (ReLU or hardtanh, whose
+    /// output `out` determines the derivative) and `g` is the gradient of
+    /// `out`; the derivative is applied as `g` is read.
     ///
     /// # Errors
-    /// On a dtype other than `f32`/`f64`.
+    /// On a dtype other than `f32`/`f64`, or an `op` that needs its input.
     fn batch_norm_backward(
         &self,
         g: &dyn BackendStorage,
@@ -477,6 +480,7 @@ pub trait Backend: Send + Sync {
         stats: &dyn BackendStorage,
         weight: Option<&dyn BackendStorage>,
         dims: [usize; 3],
+        act: Option<(UnaryOp, &dyn BackendStorage)>,
     ) -> Result<(Storage, Storage)>;
     /// Fused scaled-dot-product attention: `softmax(scale·q·kᵀ + mask)·v`
     /// with the causal and padding masks applied as it goes (never stored).

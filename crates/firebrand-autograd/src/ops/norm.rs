@@ -4,8 +4,9 @@
 //! scale, shift) and their backward rules. The composite form is the
 //! reference in the tests.
 
-use super::{check_f32, panicking, record};
+use super::{activate_rest, check_f32, fusable_act, panicking, record, records_graph};
 use crate::tensor::{Tensor, same_backend};
+use firebrand_tensor::op::UnaryOp;
 use firebrand_tensor::{DType, Error, Result};
 
 impl Tensor {
@@ -132,6 +133,33 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.try_batch_norm_act(weight, bias, eps, None)
+    }
+
+    /// [`Tensor::try_batch_norm`] followed by the activation `act`, fused:
+    /// the activation is applied in the normalization's output pass and, for
+    /// ReLU and hardtanh (ReLU6), its derivative is applied inside the
+    /// normalization's two backward passes, so neither pass over the
+    /// activations exists on its own. Other activations run as their own op
+    /// after it when a graph is recorded. The same values as the two ops.
+    ///
+    /// # Errors
+    /// As [`Tensor::try_batch_norm`].
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// use firebrand_tensor::op::UnaryOp;
+    /// let x = Tensor::from_vec(vec![1.0f32, 3.0, 10.0, 30.0], [2, 2, 1]);
+    /// let (y, _, _) = x.try_batch_norm_act(None, None, 0.0, Some(UnaryOp::Relu)).unwrap();
+    /// assert!(y.to_vec::<f32>().iter().zip([0.0, 0.0, 1.0, 1.0]).all(|(a, b)| (a - b).abs() < 1e-6));
+    /// ```
+    pub fn try_batch_norm_act(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+        act: Option<UnaryOp>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let op = "batch_norm";
         let d = self.dims();
         if d.len() < 2 {
@@ -151,6 +179,7 @@ impl Tensor {
         }
         let mut inputs = vec![self];
         inputs.extend(&affine);
+        let fused = fusable_act(act, records_graph(&inputs));
         let backend = same_backend(op, &inputs)?;
         let x = self.dense(op)?;
         let stats = Tensor::from_backend(backend.batch_norm_stats(&**x.storage(), dims)?, [2, c]);
@@ -166,15 +195,17 @@ impl Tensor {
                 Some(b) => shift.try_add(b)?,
                 None => shift,
             };
-            let y = x.try_channel_affine(Some(&scale), Some(&shift), None)?;
+            let y = x.try_channel_affine(Some(&scale), Some(&shift), fused)?;
             Ok((y, Tensor::cat(&[&mean, &invstd], 0).contiguous()))
         })?;
         let wd = weight.map(|w| w.dense(op)).transpose()?.map(|w| w.detach());
         let (has_w, has_b) = (weight.is_some(), bias.is_some());
         let xs = x.detach();
-        let y = record(y, op, &inputs, move |_, g| {
+        let y = record(y, op, &inputs, move |y, g| {
             let gd = g.dense(op).expect("dense");
             let ws = wd.as_ref().map(|w| w.storage());
+            // The activation's output (the recorded output) for its derivative.
+            let ys = fused.map(|_| y.storage());
             let (dx, da) = backend
                 .batch_norm_backward(
                     &**gd.storage(),
@@ -182,6 +213,7 @@ impl Tensor {
                     &**saved.storage(),
                     ws.as_deref().map(|s| &**s),
                     dims,
+                    fused.zip(ys.as_deref().map(|s| &**s)),
                 )
                 .expect("batch_norm backward: float tensors on one device");
             let da = Tensor::from_backend(da, [2, dims[1]]);
@@ -194,6 +226,6 @@ impl Tensor {
             }
             grads
         });
-        Ok((y, mean.contiguous(), var.contiguous()))
+        Ok((activate_rest(y, act, fused)?, mean.contiguous(), var.contiguous()))
     }
 }

@@ -21,6 +21,8 @@ const NCB_MAX: usize = 128;
 /// (6: a 64-row product such as one thread's half of an LSTM step, 64x128x512,
 /// ran at 142 GFLOP/s with B packed and 152-159 in place on one thread).
 const DIRECT_B_MAX_STRIPS: usize = 6;
+/// ... and when B spans at most this many floats (1 MiB: half the core's L2).
+const DIRECT_B_MAX_SPAN: usize = 1 << 18;
 /// Up to this many multiply-adds the calling thread computes tasks too (the
 /// wake-up of a blocked caller would cost 20-35% of the product); above it the
 /// pool's workers split the work statically.
@@ -96,12 +98,17 @@ pub(super) unsafe fn gemm(
     // A few column blocks are rounded up to a multiple of the threads: 3 blocks
     // on 2 threads leave one idle for a third of the product (measured on
     // 64x6272x288, a convolution's weight gradient: 268 -> 332 GFLOP/s, same run).
-    let mut n_blocks = n.div_ceil(NCB_MAX).max(threads);
+    // A shallow product keeps the same L2 footprint with wider blocks: each
+    // task then sweeps every strip of A across its whole width, so C's rows
+    // are written in long runs (a 144x24x3136 product, a 1x1 convolution's
+    // forward pass, stored 12 rows of 512 bytes per block before).
+    let m_panels = m.div_ceil(MR);
+    let ncb_max = (KC * NCB_MAX / k.clamp(1, KC)).next_multiple_of(NR);
+    let mut n_blocks = n.div_ceil(ncb_max).max(threads);
     if n_blocks < 8 * threads {
         n_blocks = n_blocks.div_ceil(threads) * threads;
     }
     let n_blocks = n_blocks.min(n_panels);
-    let m_panels = m.div_ceil(MR);
     let row_splits = if n_blocks < threads { threads.div_ceil(n_blocks).min(m_panels) } else { 1 };
     let task = |t: usize| {
         let (blk, rs) = (t / row_splits, t % row_splits);
@@ -112,8 +119,13 @@ pub(super) unsafe fn gemm(
         }
         let j0 = q0 * NR;
         let ncb = (q1 * NR).min(n) - j0;
-        // A B block used by only a few A strips is cheaper to read in place than to pack.
-        let direct_b = b.cs == 1 && p1 - p0 <= DIRECT_B_MAX_STRIPS;
+        // A B block used by only a few A strips is cheaper to read in place than
+        // to pack, when B is small enough to stay in L2 from call to call (an
+        // LSTM's recurrent weight). A large B read in place is `k` streams of 128
+        // bytes a panel, which the prefetchers do not follow: a 1x1
+        // convolution's input gradient, 16x96x12544, took 14.4 ms that way and
+        // 7.3 packed (a wide block's rows are packed in long runs).
+        let direct_b = b.cs == 1 && p1 - p0 <= DIRECT_B_MAX_STRIPS && k * b.rs <= DIRECT_B_MAX_SPAN;
         B_PACK.with(|bp| {
             let mut bp = bp.borrow_mut();
             for pc in (0..k).step_by(KC) {
@@ -150,10 +162,16 @@ pub(super) unsafe fn gemm(
                             } else {
                                 None
                             };
-                            if nr == NR {
-                                kernel::<false>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr, e)
-                            } else {
-                                kernel::<true>(kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr, e)
+                            // A short last strip runs a kernel of fewer rows (16 rows: 12 + 4,
+                            // not 12 + 12 with 8 of them wasted).
+                            let args = (kc, ap, a.rs, a.cs, bp, rsb, cp, ldc, acc, mr, nr, e);
+                            match (nr == NR, mr) {
+                                (true, 9..) => kernel::<false, MR>(args),
+                                (true, 5..=8) => kernel::<false, 8>(args),
+                                (true, _) => kernel::<false, 4>(args),
+                                (false, 9..) => kernel::<true, MR>(args),
+                                (false, 5..=8) => kernel::<true, 8>(args),
+                                (false, _) => kernel::<true, 4>(args),
                             }
                         };
                     }
@@ -258,7 +276,24 @@ pub(crate) unsafe fn transpose16_into(src: *const f32, lds: usize, dst: *mut f32
     }
 }
 
-/// `C[0..mr, 0..nr] (+)= A[0..mr, 0..kc] · B[0..kc, 0..nr]`.
+/// The arguments of [`kernel`]: `(kc, a, rsa, csa, b, rsb, c, ldc, acc, mr, nr, epi)`.
+type KernelArgs = (
+    usize,
+    *const f32,
+    usize,
+    usize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+    usize,
+    usize,
+    Option<(*const f32, *const f32, Option<firebrand_tensor::op::UnaryOp>)>,
+);
+
+/// `C[0..mr, 0..nr] (+)= A[0..mr, 0..kc] · B[0..kc, 0..nr]` with `ROWS ≥ mr`
+/// rows of accumulators.
 ///
 /// A is read in place with strides `(rsa, csa)` (rows at or past `mr` alias row
 /// `mr - 1` and are not stored); B rows are `rsb` apart with unit column
@@ -266,21 +301,9 @@ pub(crate) unsafe fn transpose16_into(src: *const f32, lds: usize, dst: *mut f32
 /// edge tiles need no scratch copy. `epi` (the last depth block only): row
 /// `i`'s values become `act(v·scale[i] + shift[i])` before the store (null
 /// pointers: no scale, no shift).
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const MASKED: bool>(
-    kc: usize,
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
-    b: *const f32,
-    rsb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-    mr: usize,
-    nr: usize,
-    epi: Option<(*const f32, *const f32, Option<firebrand_tensor::op::UnaryOp>)>,
+unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
+    (kc, a, rsa, csa, b, rsb, c, ldc, acc, mr, nr, epi): KernelArgs,
 ) {
     unsafe {
         let m0: __mmask16 = if nr >= 16 { 0xffff } else { ((1u32 << nr) - 1) as u16 };
@@ -291,9 +314,9 @@ unsafe fn kernel<const MASKED: bool>(
         } else {
             0
         };
-        let mut c0 = [_mm512_setzero_ps(); MR];
-        let mut c1 = [_mm512_setzero_ps(); MR];
-        let mut rows = [0usize; MR];
+        let mut c0 = [_mm512_setzero_ps(); ROWS];
+        let mut c1 = [_mm512_setzero_ps(); ROWS];
+        let mut rows = [0usize; ROWS];
         for (i, r) in rows.iter_mut().enumerate() {
             *r = i.min(mr - 1) * rsa;
         }
@@ -304,7 +327,7 @@ unsafe fn kernel<const MASKED: bool>(
             } else {
                 (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
             };
-            for i in 0..MR {
+            for i in 0..ROWS {
                 let ai = _mm512_set1_ps(*a.add(rows[i]));
                 c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
                 c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
@@ -312,7 +335,12 @@ unsafe fn kernel<const MASKED: bool>(
             a = a.add(csa);
             b = b.add(rsb);
         }
-        for i in 0..mr.min(MR) {
+        // A loop of constant length (unrolled, the accumulators stay in
+        // registers) that stops at `mr`.
+        for i in 0..ROWS {
+            if i >= mr {
+                break;
+            }
             let row = c.add(i * ldc);
             let (mut v0, mut v1) = (c0[i], c1[i]);
             if acc {
