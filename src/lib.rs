@@ -54,6 +54,10 @@ pub use firebrand_optim as optim;
 pub use firebrand_tensor as tensor;
 #[doc(inline)]
 pub use firebrand_train as train;
+/// The GPU device (facade feature `wgpu`): [`wgpu::adapters`] lists the
+/// adapters; `Device::Wgpu(n)` uses the n-th.
+#[cfg(feature = "wgpu")]
+pub use firebrand_wgpu as wgpu;
 
 pub use firebrand_autograd::{
     ConvOptions, DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, Window2d, gradcheck,

@@ -778,6 +778,12 @@ impl Tensor {
 pub(crate) fn backend_of(device: Device, op: &'static str) -> Result<&'static dyn Backend> {
     match device {
         Device::Cpu => Ok(&firebrand_ops::CPU),
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu(n) => registered_backend(device, op).or_else(|_| {
+            // The first use of an adapter opens it.
+            firebrand_wgpu::init(n)?;
+            registered_backend(device, op)
+        }),
         other => registered_backend(other, op),
     }
 }

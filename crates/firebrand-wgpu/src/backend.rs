@@ -1,0 +1,556 @@
+//! `WgpuBackend`: the [`Backend`] primitives on one adapter, and its storage.
+
+use crate::gpu::Gpu;
+use crate::kernels;
+use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, HeadOrder, Rows, Storage};
+use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
+use firebrand_tensor::{CpuStorage, DType, Device, Error, Layout, Result};
+use std::any::Any;
+use std::sync::Arc;
+
+/// A tensor's buffer on an adapter: `len` elements of `dtype`, one 32-bit
+/// word each (`bool` as 0/1, `i32`, `f32`), or two for `i64` (low word first).
+pub struct WgpuStorage {
+    pub(crate) buf: wgpu::Buffer,
+    pub(crate) len: usize,
+    pub(crate) dtype: DType,
+    pub(crate) gpu: Arc<Gpu>,
+}
+
+impl std::fmt::Debug for WgpuStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgpuStorage({} x {} on {:?})", self.len, self.dtype, self.gpu)
+    }
+}
+
+/// Words per element of the dtypes a device holds; `None` for the others.
+fn words_of(dtype: DType) -> Option<u32> {
+    match dtype {
+        DType::F32 | DType::Bool | DType::I32 => Some(1),
+        DType::I64 => Some(2),
+        _ => None,
+    }
+}
+
+/// The kernel-source name of a device dtype.
+fn kind_of(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::Bool => "bool",
+        DType::I32 => "i32",
+        _ => "i64",
+    }
+}
+
+impl BackendStorage for WgpuStorage {
+    fn device(&self) -> Device {
+        self.gpu.id()
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn to_cpu(&self) -> CpuStorage {
+        let w = words_of(self.dtype).expect("device dtype") as usize;
+        let words = self.gpu.read_words(&self.buf, self.len * w);
+        match self.dtype {
+            DType::F32 => CpuStorage::F32(words.iter().map(|&b| f32::from_bits(b)).collect()),
+            DType::Bool => CpuStorage::Bool(words.iter().map(|&b| b != 0).collect()),
+            DType::I32 => CpuStorage::I32(words.iter().map(|&b| b as i32).collect()),
+            _ => CpuStorage::I64(words.chunks_exact(2).map(|p| (p[0] as u64 | (p[1] as u64) << 32) as i64).collect()),
+        }
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The backend of one adapter (`Device::Wgpu(n)`).
+pub struct WgpuBackend {
+    pub(crate) gpu: Arc<Gpu>,
+}
+
+/// Layout words for a kernel's `params`: `[rank, offset, dims…, strides…]`.
+fn layout_words(l: &Layout, op: &'static str) -> Result<Vec<u32>> {
+    let mut w = vec![u32_of(l.dims().len(), op)?, u32_of(l.offset(), op)?];
+    for &d in l.dims() {
+        w.push(u32_of(d, op)?);
+    }
+    for &s in l.strides() {
+        w.push(u32_of(s, op)?);
+    }
+    Ok(w)
+}
+
+fn u32_of(v: usize, op: &'static str) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| Error::msg(op, format!("wgpu: {v} is beyond the 32-bit indices of the device kernels")))
+}
+
+impl WgpuBackend {
+    fn storage<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
+        match s.as_any().downcast_ref::<WgpuStorage>() {
+            Some(w) if w.gpu.index == self.gpu.index => Ok(w),
+            _ => Err(Error::DeviceMismatch { op, lhs: self.gpu.id(), rhs: s.device() }),
+        }
+    }
+
+    fn f32s<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
+        let w = self.storage(s, op)?;
+        if w.dtype != DType::F32 {
+            return Err(Error::DType { op, got: w.dtype, expected: "f32 (on wgpu)" });
+        }
+        Ok(w)
+    }
+
+    fn new_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
+        let w = words_of(dtype).expect("device dtype") as u64;
+        Ok(WgpuStorage { buf: self.gpu.alloc(len as u64 * w * 4, op)?, len, dtype, gpu: self.gpu.clone() })
+    }
+
+    fn params(&self, words: &[u32], op: &'static str) -> Result<wgpu::Buffer> {
+        self.gpu.upload_words(words, op)
+    }
+
+    /// The error for a primitive this device has no kernel for yet.
+    fn missing(&self, op: &'static str) -> Error {
+        Error::msg(op, format!("no kernel for this primitive on {} ({}) yet", self.gpu.id(), self.gpu.info.name))
+    }
+
+    /// `x` through `l` as a new contiguous storage of its own dtype.
+    fn copy(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
+        let n = l.elem_count();
+        let out = self.new_storage(n, x.dtype, op)?;
+        let mut p = vec![u32_of(n, op)?];
+        p.extend(layout_words(l, op)?);
+        let pb = self.params(&p, op)?;
+        let words = words_of(x.dtype).expect("device dtype");
+        self.gpu.dispatch(&kernels::copy(words), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n));
+        Ok(out)
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn device(&self) -> Device {
+        self.gpu.id()
+    }
+
+    fn upload(&self, data: CpuStorage) -> Result<Storage> {
+        let op = "to_device";
+        let (dtype, words): (DType, Vec<u32>) = match &data {
+            CpuStorage::F32(v) => (DType::F32, v.iter().map(|x| x.to_bits()).collect()),
+            CpuStorage::Bool(v) => (DType::Bool, v.iter().map(|&b| b as u32).collect()),
+            CpuStorage::I32(v) => (DType::I32, v.iter().map(|&x| x as u32).collect()),
+            CpuStorage::I64(v) => (DType::I64, v.iter().flat_map(|&x| [x as u32, (x >> 32) as u32]).collect()),
+            other => {
+                return Err(Error::DType { op, got: other.dtype(), expected: "f32, i64, i32 or bool (on wgpu)" });
+            }
+        };
+        let len = words.len() / words_of(dtype).expect("device dtype") as usize;
+        Ok(Box::new(WgpuStorage { buf: self.gpu.upload_words(&words, op)?, len, dtype, gpu: self.gpu.clone() }))
+    }
+
+    fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
+        let x = self.storage(x, "contiguous")?;
+        Ok(Box::new(self.copy(x, l, "contiguous")?))
+    }
+
+    fn to_dtype(&self, x: &dyn BackendStorage, l: &Layout, dtype: DType) -> Result<Storage> {
+        let op = "to_dtype";
+        let x = self.storage(x, op)?;
+        if words_of(dtype).is_none() {
+            return Err(Error::DType { op, got: dtype, expected: "f32, i64, i32 or bool (on wgpu)" });
+        }
+        let dense = self.copy(x, l, op)?;
+        if dtype == x.dtype {
+            return Ok(Box::new(dense));
+        }
+        let n = dense.len;
+        let out = self.new_storage(n, dtype, op)?;
+        let pb = self.params(&[u32_of(n, op)?], op)?;
+        let src = kernels::convert(kind_of(x.dtype), kind_of(dtype));
+        self.gpu.dispatch(&src, &[&dense.buf, &out.buf, &pb], Gpu::groups_1d(n));
+        Ok(Box::new(out))
+    }
+
+    fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
+        let name = "unary";
+        let x = self.f32s(x, name)?;
+        let n = l.elem_count();
+        let out = self.new_storage(n, DType::F32, name)?;
+        let mut p = vec![u32_of(n, name)?];
+        p.extend(layout_words(l, name)?);
+        let pb = self.params(&p, name)?;
+        self.gpu.dispatch(&kernels::unary(op), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n));
+        Ok(Box::new(out))
+    }
+
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        let name = "unary_backward";
+        let (x, y, g) = (self.f32s(x, name)?, self.f32s(y, name)?, self.f32s(g, name)?);
+        if x.len != y.len || y.len != g.len {
+            return Err(Error::msg(name, format!("lengths {}, {} and {} differ", x.len, y.len, g.len)));
+        }
+        let out = self.new_storage(g.len, DType::F32, name)?;
+        let pb = self.params(&[u32_of(g.len, name)?], name)?;
+        self.gpu.dispatch(
+            &kernels::unary_backward(op),
+            &[&x.buf, &y.buf, &g.buf, &out.buf, &pb],
+            Gpu::groups_1d(g.len),
+        );
+        Ok(Box::new(out))
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &dyn BackendStorage,
+        la: &Layout,
+        b: &dyn BackendStorage,
+        lb: &Layout,
+    ) -> Result<Storage> {
+        let name = op.name();
+        let (a, b) = (self.f32s(a, name)?, self.f32s(b, name)?);
+        if la.dims() != lb.dims() {
+            return Err(Error::msg(name, format!("operands {:?} and {:?} are not broadcast", la.dims(), lb.dims())));
+        }
+        let n = la.elem_count();
+        let out = self.new_storage(n, if op.is_comparison() { DType::Bool } else { DType::F32 }, name)?;
+        let wa = layout_words(la, name)?;
+        let at_b = 1 + wa.len() as u32;
+        let mut p = vec![u32_of(n, name)?];
+        p.extend(wa);
+        p.extend(layout_words(lb, name)?);
+        let pb = self.params(&p, name)?;
+        self.gpu.dispatch(&kernels::binary(op, at_b), &[&a.buf, &b.buf, &out.buf, &pb], Gpu::groups_1d(n));
+        Ok(Box::new(out))
+    }
+
+    fn reduce(&self, op: ReduceOp, x: &dyn BackendStorage, l: &Layout, axes: &[bool]) -> Result<Storage> {
+        let name = op.name();
+        let x = self.f32s(x, name)?;
+        let (dims, strides) = (l.dims(), l.strides());
+        if axes.len() != dims.len() {
+            return Err(Error::msg(name, format!("{} axis flags for rank {}", axes.len(), dims.len())));
+        }
+        let pick = |red: bool| -> (Vec<usize>, Vec<usize>) {
+            (0..dims.len()).filter(|&d| axes[d] == red).map(|d| (dims[d], strides[d])).unzip()
+        };
+        let ((kd, ks), (rd, rs)) = (pick(false), pick(true));
+        let (n_out, n_red): (usize, usize) = (kd.iter().product(), rd.iter().product());
+        let words = |d: &[usize], s: &[usize], offset: usize| -> Result<Vec<u32>> {
+            let mut w = vec![u32_of(d.len(), name)?, u32_of(offset, name)?];
+            for &v in d.iter().chain(s) {
+                w.push(u32_of(v, name)?);
+            }
+            Ok(w)
+        };
+        let kept = words(&kd, &ks, l.offset())?;
+        let at_r = 2 + kept.len() as u32;
+        let mut p = vec![u32_of(n_out, name)?, u32_of(n_red, name)?];
+        p.extend(kept);
+        p.extend(words(&rd, &rs, 0)?);
+        let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
+        let out = self.new_storage(n_out, if arg { DType::I64 } else { DType::F32 }, name)?;
+        if n_red == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
+            return Err(Error::msg(name, "reducing an empty dimension".to_string()));
+        }
+        let pb = self.params(&p, name)?;
+        self.gpu.dispatch(&kernels::reduce(op, at_r), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n_out));
+        Ok(Box::new(out))
+    }
+
+    fn matmul(&self, a: &dyn BackendStorage, la: &Layout, b: &dyn BackendStorage, lb: &Layout) -> Result<Storage> {
+        let name = "matmul";
+        let (a, b) = (self.f32s(a, name)?, self.f32s(b, name)?);
+        let r = la.dims().len();
+        let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
+        let batch: usize = la.dims()[..r - 2].iter().product();
+        let out = self.new_storage(batch * m * n, DType::F32, name)?;
+        if batch * m * n == 0 {
+            return Ok(Box::new(out));
+        }
+        if batch > 65_535 {
+            return Err(Error::msg(name, format!("wgpu: a batch of {batch} matrices is beyond one dispatch")));
+        }
+        let batch_words = |l: &Layout| -> Result<Vec<u32>> {
+            let d = &l.dims()[..r - 2];
+            let s = &l.strides()[..r - 2];
+            let mut w = vec![u32_of(d.len(), name)?, 0];
+            for &v in d.iter().chain(s) {
+                w.push(u32_of(v, name)?);
+            }
+            Ok(w)
+        };
+        let (sa, sb) = (la.strides(), lb.strides());
+        let mut p: Vec<u32> = [m, k, n, la.offset(), sa[r - 2], sa[r - 1], lb.offset(), sb[r - 2], sb[r - 1]]
+            .iter()
+            .map(|&v| u32_of(v, name))
+            .collect::<Result<_>>()?;
+        p.extend(batch_words(la)?);
+        let at_bb = p.len() as u32;
+        p.extend(batch_words(lb)?);
+        let pb = self.params(&p, name)?;
+        let groups = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, batch as u32];
+        self.gpu.dispatch(&kernels::matmul(at_bb), &[&a.buf, &b.buf, &out.buf, &pb], groups);
+        Ok(Box::new(out))
+    }
+
+    fn softmax(&self, x: &dyn BackendStorage, l: &Layout, log: bool) -> Result<Storage> {
+        let name = "softmax";
+        let x = self.f32s(x, name)?;
+        let dense = self.copy(x, l, name)?;
+        let cols = l.dims().last().copied().unwrap_or(1);
+        let rows = dense.len.checked_div(cols).unwrap_or(0);
+        let out = self.new_storage(dense.len, DType::F32, name)?;
+        let pb = self.params(&[u32_of(rows, name)?, u32_of(cols, name)?], name)?;
+        self.gpu.dispatch(&kernels::softmax(log), &[&dense.buf, &out.buf, &pb], rows_groups(rows));
+        Ok(Box::new(out))
+    }
+
+    fn softmax_backward(
+        &self,
+        y: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        cols: usize,
+        log: bool,
+    ) -> Result<Storage> {
+        let name = "softmax_backward";
+        let (y, g) = (self.f32s(y, name)?, self.f32s(g, name)?);
+        let rows = y.len.checked_div(cols).unwrap_or(0);
+        let out = self.new_storage(y.len, DType::F32, name)?;
+        let pb = self.params(&[u32_of(rows, name)?, u32_of(cols, name)?], name)?;
+        self.gpu.dispatch(&kernels::softmax_backward(log), &[&y.buf, &g.buf, &out.buf, &pb], rows_groups(rows));
+        Ok(Box::new(out))
+    }
+
+    fn index_select(&self, _: &dyn BackendStorage, _: &Layout, _: usize, _: &dyn BackendStorage) -> Result<Storage> {
+        Err(self.missing("index_select"))
+    }
+    fn index_add(
+        &self,
+        _: &dyn BackendStorage,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        Err(self.missing("index_add"))
+    }
+    fn gather(&self, _: &dyn BackendStorage, _: usize, _: usize, _: usize, _: &dyn BackendStorage) -> Result<Storage> {
+        Err(self.missing("gather"))
+    }
+    fn scatter_add(
+        &self,
+        _: &dyn BackendStorage,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        Err(self.missing("scatter_add"))
+    }
+    fn concat(&self, _: &[(&dyn BackendStorage, &Layout)], _: usize, _: &[usize], _: usize) -> Result<Storage> {
+        Err(self.missing("concat"))
+    }
+    fn where_select(&self, _: &dyn BackendStorage, _: &dyn BackendStorage, _: &dyn BackendStorage) -> Result<Storage> {
+        Err(self.missing("where_select"))
+    }
+    fn im2col(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d) -> Result<Storage> {
+        Err(self.missing("im2col"))
+    }
+    fn col2im(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d) -> Result<Storage> {
+        Err(self.missing("col2im"))
+    }
+    fn bias_act_to_nchw(
+        &self,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Err(self.missing("bias_act_to_nchw"))
+    }
+    fn bias_act_to_nchw_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: Option<UnaryOp>,
+    ) -> Result<(Storage, Storage)> {
+        Err(self.missing("bias_act_to_nchw_backward"))
+    }
+    fn depthwise_conv2d(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: [usize; 4],
+        _: usize,
+        _: &Window2d,
+        _: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Err(self.missing("depthwise_conv2d"))
+    }
+    fn depthwise_conv2d_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: [usize; 4],
+        _: usize,
+        _: &Window2d,
+        _: [bool; 2],
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        Err(self.missing("depthwise_conv2d_backward"))
+    }
+    fn pointwise_conv2d(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: Option<&dyn BackendStorage>,
+        _: [usize; 4],
+        _: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Err(self.missing("pointwise_conv2d"))
+    }
+    fn channel_affine(
+        &self,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: Option<&dyn BackendStorage>,
+        _: [usize; 3],
+        _: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Err(self.missing("channel_affine"))
+    }
+    fn channel_affine_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: [usize; 3],
+        _: Option<UnaryOp>,
+        _: [bool; 3],
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
+        Err(self.missing("channel_affine_backward"))
+    }
+    fn lstm_cell(
+        &self,
+        _: &dyn BackendStorage,
+        _: Rows,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Rows,
+        _: usize,
+        _: usize,
+    ) -> Result<Storage> {
+        Err(self.missing("lstm_cell"))
+    }
+    fn lstm_cell_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Rows,
+        _: &dyn BackendStorage,
+        _: Rows,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Rows,
+        _: usize,
+        _: usize,
+    ) -> Result<Storage> {
+        Err(self.missing("lstm_cell_backward"))
+    }
+    fn layer_norm(
+        &self,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: Option<&dyn BackendStorage>,
+        _: usize,
+        _: usize,
+        _: f32,
+    ) -> Result<(Storage, Storage)> {
+        Err(self.missing("layer_norm"))
+    }
+    fn layer_norm_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: usize,
+        _: usize,
+    ) -> Result<(Storage, Storage)> {
+        Err(self.missing("layer_norm_backward"))
+    }
+    fn batch_norm_stats(&self, _: &dyn BackendStorage, _: [usize; 3]) -> Result<Storage> {
+        Err(self.missing("batch_norm_stats"))
+    }
+    fn batch_norm_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: Option<&dyn BackendStorage>,
+        _: [usize; 3],
+        _: Option<(UnaryOp, &dyn BackendStorage)>,
+    ) -> Result<(Storage, Storage)> {
+        Err(self.missing("batch_norm_backward"))
+    }
+    fn attention(&self, _: &AttentionInputs<'_>, _: &AttentionSpec) -> Result<(Storage, Storage)> {
+        Err(self.missing("attention"))
+    }
+    fn attention_backward(
+        &self,
+        _: &AttentionInputs<'_>,
+        _: &AttentionSpec,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: [HeadOrder; 3],
+    ) -> Result<(Storage, Storage, Storage)> {
+        Err(self.missing("attention_backward"))
+    }
+    fn max_pool2d(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d) -> Result<(Storage, Storage)> {
+        Err(self.missing("max_pool2d"))
+    }
+    fn max_pool2d_backward(
+        &self,
+        _: &dyn BackendStorage,
+        _: &dyn BackendStorage,
+        _: [usize; 4],
+        _: &Window2d,
+    ) -> Result<Storage> {
+        Err(self.missing("max_pool2d_backward"))
+    }
+    fn avg_pool2d(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d, _: bool) -> Result<Storage> {
+        Err(self.missing("avg_pool2d"))
+    }
+    fn avg_pool2d_backward(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d, _: bool) -> Result<Storage> {
+        Err(self.missing("avg_pool2d_backward"))
+    }
+}
+
+/// Workgroups for one per row, spread over x and y.
+fn rows_groups(rows: usize) -> [u32; 3] {
+    let rows = rows as u32;
+    if rows <= 65_535 { [rows, 1, 1] } else { [65_535, rows.div_ceil(65_535), 1] }
+}

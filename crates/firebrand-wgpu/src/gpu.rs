@@ -1,0 +1,223 @@
+//! One opened adapter: its device and queue, the compiled pipelines, and
+//! buffer allocation, upload, dispatch and readback.
+
+use firebrand_tensor::{Device, Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use wgpu::util::DeviceExt;
+
+/// Threads per workgroup of the one-dimensional kernels.
+pub(crate) const WG: u32 = 256;
+/// Most workgroups along one dispatch dimension (WebGPU's guaranteed limit).
+const MAX_GROUPS: u32 = 65_535;
+
+/// The process's wgpu instance (Vulkan and GL backends).
+pub(crate) fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN | wgpu::Backends::GL,
+            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+        })
+    })
+}
+
+/// The adapters in the order `Device::Wgpu(n)` numbers them.
+pub(crate) fn adapter_list() -> &'static [wgpu::Adapter] {
+    static ADAPTERS: OnceLock<Vec<wgpu::Adapter>> = OnceLock::new();
+    ADAPTERS.get_or_init(|| {
+        let mut all = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::VULKAN | wgpu::Backends::GL));
+        // Vulkan before GL, discrete GPUs first: the fastest adapter is wgpu:0.
+        let rank = |a: &wgpu::Adapter| {
+            let i = a.get_info();
+            let kind = match i.device_type {
+                wgpu::DeviceType::DiscreteGpu => 0,
+                wgpu::DeviceType::IntegratedGpu => 1,
+                wgpu::DeviceType::VirtualGpu => 2,
+                wgpu::DeviceType::Cpu => 3,
+                wgpu::DeviceType::Other => 4,
+            };
+            (i.backend != wgpu::Backend::Vulkan, kind)
+        };
+        all.sort_by_key(rank);
+        all
+    })
+}
+
+/// An opened adapter.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) index: usize,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wgpu:{} ({})", self.index, self.info.name)
+    }
+}
+
+impl Gpu {
+    /// Opens adapter `index`.
+    pub(crate) fn open(index: usize) -> Result<Arc<Gpu>> {
+        let device = Device::Wgpu(index);
+        let adapters = adapter_list();
+        let Some(adapter) = adapters.get(index) else {
+            return Err(Error::DeviceUnavailable {
+                op: "wgpu",
+                device,
+                msg: format!(
+                    "{} wgpu adapter(s) found (Vulkan and GL were tried); install a Vulkan driver \
+                     (Debian: `apt-get install mesa-vulkan-drivers` gives lavapipe, a CPU one)",
+                    adapters.len()
+                ),
+            });
+        };
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("firebrand"),
+            required_limits: wgpu::Limits {
+                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+                max_buffer_size: limits.max_buffer_size,
+                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage.min(8),
+                ..wgpu::Limits::downlevel_defaults()
+            },
+            ..Default::default()
+        };
+        let (dev, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::DeviceUnavailable {
+            op: "wgpu",
+            device,
+            msg: format!("request_device: {e}"),
+        })?;
+        Ok(Arc::new(Gpu { device: dev, queue, info: adapter.get_info(), index, pipelines: Mutex::default() }))
+    }
+
+    /// The device this adapter is.
+    pub(crate) fn id(&self) -> Device {
+        Device::Wgpu(self.index)
+    }
+
+    /// A new storage buffer of `bytes` (at least 4), or a typed error when
+    /// the device is out of memory.
+    pub(crate) fn alloc(&self, bytes: u64, op: &'static str) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).next_multiple_of(4);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::msg(op, format!("{}: out of device memory allocating {size} bytes: {e}", self.id())));
+        }
+        Ok(buf)
+    }
+
+    /// A storage buffer holding `words`.
+    pub(crate) fn upload_words(&self, words: &[u32], op: &'static str) -> Result<wgpu::Buffer> {
+        if words.is_empty() {
+            return self.alloc(4, op);
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::msg(
+                op,
+                format!("{}: out of device memory uploading {} words: {e}", self.id(), words.len()),
+            ));
+        }
+        Ok(buf)
+    }
+
+    /// The first `words` 32-bit words of `buf`, read back (waits for the queue).
+    pub(crate) fn read_words(&self, buf: &wgpu::Buffer, words: usize) -> Vec<u32> {
+        if words == 0 {
+            return Vec::new();
+        }
+        let bytes = (words * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("wgpu: device lost while reading back");
+        rx.recv().expect("wgpu: map callback").expect("wgpu: mapping the readback buffer");
+        let out = bytemuck::cast_slice::<u8, u32>(&slice.get_mapped_range().expect("wgpu: the mapped readback range"))
+            .to_vec();
+        staging.unmap();
+        out
+    }
+
+    /// The pipeline of the WGSL `source` (entry point `main`), compiled once.
+    fn pipeline(&self, source: &str) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(source) {
+            return p.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: None,
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        }));
+        cache.insert(source.to_string(), p.clone());
+        p
+    }
+
+    /// Runs `source` over `groups` workgroups (`[x, y, z]`) with `buffers`
+    /// bound at 0, 1, … of group 0, submitted without waiting.
+    pub(crate) fn dispatch(&self, source: &str, buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
+        if groups.contains(&0) {
+            return;
+        }
+        let pipeline = self.pipeline(source);
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        self.queue.submit([enc.finish()]);
+    }
+
+    /// Workgroups for `n` threads of [`WG`] each, spread over x and y so that
+    /// neither passes the limit; kernels index `gid.x + gid.y · nwg.x · WG`.
+    pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
+        let groups = n.div_ceil(WG as usize) as u32;
+        if groups <= MAX_GROUPS { [groups, 1, 1] } else { [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1] }
+    }
+}

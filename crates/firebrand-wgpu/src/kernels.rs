@@ -1,0 +1,373 @@
+//! The WGSL sources of the kernels, generated per op: each table entry's
+//! expression sits here beside the scalar definition it implements
+//! (`firebrand_tensor::op`), and constants are spliced in as exact bit
+//! patterns. Every kernel reads its sizes, layouts and constants from a
+//! `params: array<u32>` storage buffer.
+
+use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
+
+/// An `f32` literal with exactly `v`'s bits.
+fn lit(v: f32) -> String {
+    format!("bitcast<f32>({}u)", v.to_bits())
+}
+
+/// Helpers every kernel includes: the linear thread index, a strided
+/// offset from a layout in `params`, NaN, `erf`, and NaN-keeping clamp,
+/// tanh and sigmoid that do not overflow.
+const PRELUDE: &str = r#"
+fn linear(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.x + gid.y * nwg.x * 256u; }
+// Layout at params[at]: rank, offset, dims[rank], strides[rank].
+fn strided(i: u32, at: u32) -> u32 {
+    let rank = p[at];
+    var off = p[at + 1u];
+    var rem = i;
+    for (var d = i32(rank) - 1; d >= 0; d = d - 1) {
+        let dim = p[at + 2u + u32(d)];
+        off = off + (rem % dim) * p[at + 2u + rank + u32(d)];
+        rem = rem / dim;
+    }
+    return off;
+}
+fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+// By the bits: shader compilers may assume `x != x` is false.
+fn isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn clampk(x: f32, lo: f32, hi: f32) -> f32 { return select(select(x, hi, x > hi), lo, x < lo); }
+fn tanh_s(x: f32) -> f32 { let e = exp(-2.0 * abs(x)); let t = (1.0 - e) / (1.0 + e); return select(t, -t, x < 0.0); }
+fn sigm(x: f32) -> f32 { let e = exp(-abs(x)); return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0); }
+fn log1p_s(z: f32) -> f32 { let u = 1.0 + z; return select(log(u) * z / (u - 1.0), z, u == 1.0); }
+fn erf_s(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 0.5) {
+        let x2 = x * x;
+        var term = x; var sum = x;
+        for (var n = 1; n < 12; n = n + 1) { term = term * -x2 / f32(n); sum = sum + term / f32(2 * n + 1); }
+        return sum * 1.1283791670955126;
+    }
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let r = 1.0 - poly * exp(-a * a);
+    return select(r, -r, x < 0.0);
+}
+// x^q with PyTorch's real results for a negative base and an integer q.
+fn powr(x: f32, q: f32) -> f32 {
+    if (q == 0.0) { return 1.0; }
+    if (isnan(x) || isnan(q)) { return nan(); }
+    let m = pow(abs(x), q);
+    if (x >= 0.0 || fract(q) != 0.0) { return select(pow(x, q), m, x == 0.0); }
+    let odd = fract(q * 0.5) != 0.0;
+    return select(m, -m, odd);
+}
+"#;
+
+/// The WGSL expression of `op` applied to `x` ([`UnaryOp::eval`]).
+pub(crate) fn unary_expr(op: UnaryOp) -> String {
+    match op {
+        UnaryOp::Neg => "-x".into(),
+        UnaryOp::Abs => "abs(x)".into(),
+        UnaryOp::Exp => "exp(x)".into(),
+        UnaryOp::Log => "log(x)".into(),
+        UnaryOp::Sqrt => "sqrt(x)".into(),
+        UnaryOp::Rsqrt => "1.0 / sqrt(x)".into(),
+        UnaryOp::Recip => "1.0 / x".into(),
+        UnaryOp::Square => "x * x".into(),
+        UnaryOp::Tanh => "tanh_s(x)".into(),
+        UnaryOp::Sigmoid => "sigm(x)".into(),
+        UnaryOp::Relu => "select(x, 0.0, x < 0.0)".into(),
+        UnaryOp::Gelu => "0.5 * x * (1.0 + erf_s(x * 0.70710678118654752))".into(),
+        UnaryOp::GeluTanh => format!(
+            "0.5 * x * (1.0 + tanh_s({} * (x + {} * x * x * x)))",
+            lit(firebrand_tensor::op::SQRT_2_OVER_PI),
+            lit(firebrand_tensor::op::GELU_C)
+        ),
+        UnaryOp::Silu => "x * sigm(x)".into(),
+        UnaryOp::Softplus => "select(x, 0.0, x < 0.0) + log1p_s(exp(-abs(x)))".into(),
+        UnaryOp::Sin => "sin(x)".into(),
+        UnaryOp::Cos => "cos(x)".into(),
+        UnaryOp::Powf(q) => format!("powr(x, {})", lit(q)),
+        UnaryOp::LeakyRelu(s) => format!("select({} * x, x, x > 0.0)", lit(s)),
+        UnaryOp::Clamp(lo, hi) | UnaryOp::Hardtanh(lo, hi) => format!("clampk(x, {}, {})", lit(lo), lit(hi)),
+        UnaryOp::Hardswish => "x * clampk(x + 3.0, 0.0, 6.0) / 6.0".into(),
+        UnaryOp::Hardsigmoid => "clampk(x + 3.0, 0.0, 6.0) / 6.0".into(),
+        UnaryOp::Affine(m, a) => format!("{} * x + {}", lit(m), lit(a)),
+    }
+}
+
+/// The WGSL expression of `op`'s derivative at input `x`, output `y`
+/// ([`UnaryOp::derivative_of`]).
+pub(crate) fn derivative_expr(op: UnaryOp) -> String {
+    match op {
+        UnaryOp::Neg => "-1.0".into(),
+        UnaryOp::Abs => "select(select(select(0.0, -1.0, x < 0.0), 1.0, x > 0.0), x, isnan(x))".into(),
+        UnaryOp::Exp => "y".into(),
+        UnaryOp::Log => "1.0 / x".into(),
+        UnaryOp::Sqrt => "0.5 / y".into(),
+        UnaryOp::Rsqrt => "-0.5 * y / x".into(),
+        UnaryOp::Recip => "-y * y".into(),
+        UnaryOp::Square => "2.0 * x".into(),
+        UnaryOp::Tanh => "1.0 - y * y".into(),
+        UnaryOp::Sigmoid => "y * (1.0 - y)".into(),
+        UnaryOp::Relu => "select(0.0, 1.0, x > 0.0)".into(),
+        UnaryOp::Gelu => {
+            "0.5 * (1.0 + erf_s(x * 0.70710678118654752)) + x * exp(-0.5 * x * x) * 0.3989422804014327".into()
+        }
+        UnaryOp::GeluTanh => {
+            let (k, c) = (lit(firebrand_tensor::op::SQRT_2_OVER_PI), lit(firebrand_tensor::op::GELU_C));
+            format!(
+                "0.5 * (1.0 + tanh_s({k} * (x + {c} * x * x * x))) + 0.5 * x * (1.0 - tanh_s({k} * (x + {c} * x * x * x)) \
+                 * tanh_s({k} * (x + {c} * x * x * x))) * {k} * (1.0 + 3.0 * {c} * x * x)"
+            )
+        }
+        UnaryOp::Silu => "sigm(x) * (1.0 + x * (1.0 - sigm(x)))".into(),
+        UnaryOp::Softplus => "sigm(x)".into(),
+        UnaryOp::Sin => "cos(x)".into(),
+        UnaryOp::Cos => "-sin(x)".into(),
+        UnaryOp::Powf(q) => format!("{} * powr(x, {})", lit(q), lit(q - 1.0)),
+        UnaryOp::LeakyRelu(s) => format!("select({}, 1.0, x > 0.0)", lit(s)),
+        UnaryOp::Clamp(lo, hi) => format!("select(0.0, 1.0, x >= {} && x <= {})", lit(lo), lit(hi)),
+        UnaryOp::Hardtanh(lo, hi) => format!("select(1.0, 0.0, x <= {} || x >= {})", lit(lo), lit(hi)),
+        UnaryOp::Hardswish => "select(select(x / 3.0 + 0.5, 1.0, x >= 3.0), 0.0, x <= -3.0)".into(),
+        UnaryOp::Hardsigmoid => "select(0.0, 1.0 / 6.0, x > -3.0 && x < 3.0)".into(),
+        UnaryOp::Affine(m, _) => lit(m),
+    }
+}
+
+/// The WGSL expression of `op` on `a`, `b` ([`BinaryOp::apply`]; a
+/// comparison gives 1.0 or 0.0).
+fn binary_expr(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "a + b",
+        BinaryOp::Sub => "a - b",
+        BinaryOp::Mul => "a * b",
+        BinaryOp::Div => "a / b",
+        BinaryOp::Pow => "powr(a, b)",
+        BinaryOp::Maximum => "select(max(a, b), nan(), isnan(a) || isnan(b))",
+        BinaryOp::Minimum => "select(min(a, b), nan(), isnan(a) || isnan(b))",
+        // NaN compares unequal to everything, spelled out: the compiler may
+        // assume there are no NaNs.
+        BinaryOp::Eq => "select(0.0, 1.0, a == b && !isnan(a) && !isnan(b))",
+        BinaryOp::Ne => "select(0.0, 1.0, a != b || isnan(a) || isnan(b))",
+        BinaryOp::Lt => "select(0.0, 1.0, a < b && !isnan(a) && !isnan(b))",
+        BinaryOp::Le => "select(0.0, 1.0, a <= b && !isnan(a) && !isnan(b))",
+        BinaryOp::Gt => "select(0.0, 1.0, a > b && !isnan(a) && !isnan(b))",
+        BinaryOp::Ge => "select(0.0, 1.0, a >= b && !isnan(a) && !isnan(b))",
+    }
+}
+
+/// A kernel over `n = params[0]` outputs: `body` computes output `i`.
+fn elementwise(bindings: &str, body: &str) -> String {
+    format!(
+        "{bindings}\n{PRELUDE}\n@compute @workgroup_size(256)\nfn main(@builtin(global_invocation_id) gid: vec3<u32>, \
+         @builtin(num_workgroups) nwg: vec3<u32>) {{\n  let i = linear(gid, nwg);\n  if (i >= p[0]) {{ return; }}\n{body}\n}}\n"
+    )
+}
+
+/// Strided copy of `words`-word elements: `out[i] = x[layout(i)]` (layout at params[1]).
+pub(crate) fn copy(words: u32) -> String {
+    elementwise(
+        "@group(0) @binding(0) var<storage, read> x: array<u32>;\n@group(0) @binding(1) var<storage, read_write> out: array<u32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &format!(
+            "  let s = strided(i, 1u);\n  for (var w = 0u; w < {words}u; w = w + 1u) {{ out[i * {words}u + w] = x[s * {words}u + w]; }}"
+        ),
+    )
+}
+
+/// `out[i] = op(x[layout(i)])` (layout at params[1]).
+pub(crate) fn unary(op: UnaryOp) -> String {
+    elementwise(
+        "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &format!("  let x = xs[strided(i, 1u)];\n  out[i] = {};", unary_expr(op)),
+    )
+}
+
+/// `out[i] = g[i] · op'(x[i], y[i])`.
+pub(crate) fn unary_backward(op: UnaryOp) -> String {
+    elementwise(
+        "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read> ys: array<f32>;\n@group(0) @binding(2) var<storage, read> gs: array<f32>;\n@group(0) @binding(3) var<storage, read_write> out: array<f32>;\n@group(0) @binding(4) var<storage, read> p: array<u32>;",
+        &format!("  let x = xs[i];\n  let y = ys[i];\n  out[i] = gs[i] * ({});", derivative_expr(op)),
+    )
+}
+
+/// `out[i] = op(a[la(i)], b[lb(i)])`, layouts at params[1] and params[at_b];
+/// a comparison stores 0/1 words (a `bool` tensor).
+pub(crate) fn binary(op: BinaryOp, at_b: u32) -> String {
+    let (ty, store) = if op.is_comparison() { ("u32", "u32(v)") } else { ("f32", "v") };
+    elementwise(
+        &format!(
+            "@group(0) @binding(0) var<storage, read> xa: array<f32>;\n@group(0) @binding(1) var<storage, read> xb: array<f32>;\n@group(0) @binding(2) var<storage, read_write> out: array<{ty}>;\n@group(0) @binding(3) var<storage, read> p: array<u32>;"
+        ),
+        &format!(
+            "  let a = xa[strided(i, 1u)];\n  let b = xb[strided(i, {at_b}u)];\n  let v = {};\n  out[i] = {store};",
+            binary_expr(op)
+        ),
+    )
+}
+
+/// A reduction: output `o` folds the `params[1]` elements at
+/// `kept(o) + reduced(r)` (kept layout at params[2], reduced at params[at_r]).
+/// The arg ops store the winning `r` as an `i64` (two words).
+pub(crate) fn reduce(op: ReduceOp, at_r: u32) -> String {
+    let (init, step, store, out_ty) = match op {
+        ReduceOp::Sum => ("0.0", "acc = acc + v;", "out[i] = acc;", "f32"),
+        ReduceOp::Prod => ("1.0", "acc = acc * v;", "out[i] = acc;", "f32"),
+        ReduceOp::Max => (
+            "-bitcast<f32>(0x7f800000u)",
+            "if (isnan(v) || v > acc) { acc = v; } if (isnan(acc)) { break; }",
+            "out[i] = acc;",
+            "f32",
+        ),
+        ReduceOp::Min => (
+            "bitcast<f32>(0x7f800000u)",
+            "if (isnan(v) || v < acc) { acc = v; } if (isnan(acc)) { break; }",
+            "out[i] = acc;",
+            "f32",
+        ),
+        ReduceOp::ArgMax => (
+            "-bitcast<f32>(0x7f800000u)",
+            "if (r == 0u || (!isnan(acc) && (isnan(v) || v > acc))) { acc = v; best = r; }",
+            "out[2u * i] = best; out[2u * i + 1u] = 0u;",
+            "u32",
+        ),
+        ReduceOp::ArgMin => (
+            "bitcast<f32>(0x7f800000u)",
+            "if (r == 0u || (!isnan(acc) && (isnan(v) || v < acc))) { acc = v; best = r; }",
+            "out[2u * i] = best; out[2u * i + 1u] = 0u;",
+            "u32",
+        ),
+    };
+    elementwise(
+        &format!(
+            "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read_write> out: array<{out_ty}>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;"
+        ),
+        &format!(
+            "  let base = strided(i, 2u);\n  var acc: f32 = {init};\n  var best = 0u;\n  for (var r = 0u; r < p[1]; r = r + 1u) {{\n    let v = xs[base + strided(r, {at_r}u)];\n    {step}\n  }}\n  {store}"
+        ),
+    )
+}
+
+/// Batched `C = A·B` on strided operands, 16x16 tiles in workgroup memory:
+/// params `[m, k, n, a_offset, a_rs, a_cs, b_offset, b_rs, b_cs, batch layouts…]`
+/// (the batch offsets of A and B from layouts at params[9] and params[at_bb]);
+/// workgroup `(x, y, z)` computes tile `(y, x)` of batch entry `z`.
+pub(crate) fn matmul(at_bb: u32) -> String {
+    format!(
+        r#"@group(0) @binding(0) var<storage, read> xa: array<f32>;
+@group(0) @binding(1) var<storage, read> xb: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> p: array<u32>;
+{PRELUDE}
+var<workgroup> ta: array<array<f32, 16>, 16>;
+var<workgroup> tb: array<array<f32, 16>, 16>;
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
+  let m = p[0]; let k = p[1]; let n = p[2];
+  let z = wid.z;
+  let a0 = p[3] + strided(z, 9u);
+  let b0 = p[6] + strided(z, {at_bb}u);
+  let row = wid.y * 16u + lid.y;
+  let col = wid.x * 16u + lid.x;
+  var acc = 0.0;
+  for (var t = 0u; t < k; t = t + 16u) {{
+    let ka = t + lid.x;
+    ta[lid.y][lid.x] = select(0.0, xa[a0 + row * p[4] + ka * p[5]], row < m && ka < k);
+    let kb = t + lid.y;
+    tb[lid.y][lid.x] = select(0.0, xb[b0 + kb * p[7] + col * p[8]], kb < k && col < n);
+    workgroupBarrier();
+    for (var q = 0u; q < 16u; q = q + 1u) {{ acc = acc + ta[lid.y][q] * tb[q][lid.x]; }}
+    workgroupBarrier();
+  }}
+  if (row < m && col < n) {{ out[(z * m + row) * n + col] = acc; }}
+}}
+"#
+    )
+}
+
+/// Softmax (or log-softmax) of each contiguous row of `params[1]` columns,
+/// one workgroup per row (rows `wid.x + wid.y · 65535`, `params[0]` of them).
+pub(crate) fn softmax(log: bool) -> String {
+    let write =
+        if log { "out[base + c] = xs[base + c] - mx - log(s);" } else { "out[base + c] = exp(xs[base + c] - mx) / s;" };
+    rows_kernel(
+        "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &format!(
+            r#"  var v = -bitcast<f32>(0x7f800000u);
+  for (var c = lid.x; c < cols; c = c + 256u) {{ let x = xs[base + c]; if (isnan(x) || x > v) {{ v = x; }} }}
+  let mx = reduce_max(v, lid.x);
+  var e = 0.0;
+  for (var c = lid.x; c < cols; c = c + 256u) {{ e = e + select(exp(xs[base + c] - mx), 0.0, mx == -bitcast<f32>(0x7f800000u)); }}
+  let s = reduce_sum(e, lid.x);
+  for (var c = lid.x; c < cols; c = c + 256u) {{ {write} }}"#
+        ),
+    )
+}
+
+/// The backward of [`softmax`] from its output `y` and gradient `g`:
+/// `y·(g − Σ g·y)`, or for log-softmax `g − exp(y)·Σ g`.
+pub(crate) fn softmax_backward(log: bool) -> String {
+    let (acc, write) = if log {
+        ("gs[base + c]", "out[base + c] = gs[base + c] - exp(ys[base + c]) * s;")
+    } else {
+        ("gs[base + c] * ys[base + c]", "out[base + c] = ys[base + c] * (gs[base + c] - s);")
+    };
+    rows_kernel(
+        "@group(0) @binding(0) var<storage, read> ys: array<f32>;\n@group(0) @binding(1) var<storage, read> gs: array<f32>;\n@group(0) @binding(2) var<storage, read_write> out: array<f32>;\n@group(0) @binding(3) var<storage, read> p: array<u32>;",
+        &format!(
+            "  var e = 0.0;\n  for (var c = lid.x; c < cols; c = c + 256u) {{ e = e + {acc}; }}\n  let s = reduce_sum(e, lid.x);\n  for (var c = lid.x; c < cols; c = c + 256u) {{ {write} }}"
+        ),
+    )
+}
+
+/// A kernel with one 256-thread workgroup per row and workgroup reductions.
+fn rows_kernel(bindings: &str, body: &str) -> String {
+    format!(
+        r#"{bindings}
+{PRELUDE}
+var<workgroup> red: array<f32, 256>;
+fn reduce_sum(v: f32, t: u32) -> f32 {{
+  red[t] = v; workgroupBarrier();
+  for (var s = 128u; s > 0u; s = s >> 1u) {{ if (t < s) {{ red[t] = red[t] + red[t + s]; }} workgroupBarrier(); }}
+  let r = red[0]; workgroupBarrier(); return r;
+}}
+fn reduce_max(v: f32, t: u32) -> f32 {{
+  red[t] = v; workgroupBarrier();
+  for (var s = 128u; s > 0u; s = s >> 1u) {{
+    if (t < s) {{ let o = red[t + s]; if (isnan(o) || o > red[t]) {{ red[t] = o; }} }}
+    workgroupBarrier();
+  }}
+  let r = red[0]; workgroupBarrier(); return r;
+}}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
+  let row = wid.x + wid.y * 65535u;
+  if (row >= p[0]) {{ return; }}
+  let cols = p[1];
+  let base = row * cols;
+{body}
+}}
+"#
+    )
+}
+
+/// Converts between the device dtypes: `kind` names the source and target
+/// (`f32`, `u32` for bool, `i32`, `i64` as two words) per element.
+pub(crate) fn convert(src: &str, dst: &str) -> String {
+    let read = match src {
+        "f32" => "let v = bitcast<f32>(x[i]);",
+        "bool" => "let v = f32(x[i] != 0u);",
+        "i32" => "let v = f32(bitcast<i32>(x[i]));",
+        _ => "let v = f32(bitcast<i32>(x[2u * i + 1u])) * 4294967296.0 + f32(x[2u * i]);",
+    };
+    let write = match dst {
+        "f32" => "out[i] = bitcast<u32>(v);",
+        "bool" => "out[i] = u32(v != 0.0);",
+        "i32" => "out[i] = bitcast<u32>(i32(trunc(v)));",
+        // Exact through i32 below 2^31; above, t and the remainder are
+        // multiples of 256 below 2^32, which f32 holds exactly.
+        _ => {
+            "let t = trunc(v); if (abs(t) < 2147483648.0) { let k = i32(t); out[2u * i] = bitcast<u32>(k); out[2u * i + 1u] = select(0u, 0xffffffffu, k < 0); } else { let hi = floor(t / 4294967296.0); out[2u * i] = u32(t - hi * 4294967296.0); out[2u * i + 1u] = bitcast<u32>(i32(hi)); }"
+        }
+    };
+    elementwise(
+        "@group(0) @binding(0) var<storage, read> x: array<u32>;\n@group(0) @binding(1) var<storage, read_write> out: array<u32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &format!("  {read}\n  {write}"),
+    )
+}
