@@ -48,12 +48,13 @@ fn erf_s(x: f32) -> f32 {
     let r = 1.0 - poly * exp(-a * a);
     return select(r, -r, x < 0.0);
 }
-// x^q with PyTorch's real results for a negative base and an integer q.
+// x^q as `f32::powf`: real results for a negative base and an integer q,
+// NaN for a negative base and any other q (WGSL's pow leaves x < 0 undefined).
 fn powr(x: f32, q: f32) -> f32 {
     if (q == 0.0) { return 1.0; }
-    if (isnan(x) || isnan(q)) { return nan(); }
+    if (isnan(x) || isnan(q) || (x < 0.0 && fract(q) != 0.0)) { return nan(); }
     let m = pow(abs(x), q);
-    if (x >= 0.0 || fract(q) != 0.0) { return select(pow(x, q), m, x == 0.0); }
+    if (x >= 0.0) { return select(pow(x, q), m, x == 0.0); }
     let odd = fract(q * 0.5) != 0.0;
     return select(m, -m, odd);
 }
