@@ -75,16 +75,19 @@ pub struct WgpuBackend {
     pub(crate) gpu: Arc<Gpu>,
 }
 
-/// Layout words for a kernel's `params`: `[rank, offset, dims…, strides…]`.
-fn layout_words(l: &Layout, op: &'static str) -> Result<Vec<u32>> {
-    let mut w = vec![u32_of(l.dims().len(), op)?, u32_of(l.offset(), op)?];
-    for &d in l.dims() {
-        w.push(u32_of(d, op)?);
-    }
-    for &s in l.strides() {
-        w.push(u32_of(s, op)?);
+/// Layout words for a kernel's `params` (the kernels' `strided`):
+/// `[rank, offset, dims…, strides…]`.
+fn strided_words(dims: &[usize], strides: &[usize], offset: usize, op: &'static str) -> Result<Vec<u32>> {
+    let mut w = vec![u32_of(dims.len(), op)?, u32_of(offset, op)?];
+    for &v in dims.iter().chain(strides) {
+        w.push(u32_of(v, op)?);
     }
     Ok(w)
+}
+
+/// [`strided_words`] of a whole layout.
+fn layout_words(l: &Layout, op: &'static str) -> Result<Vec<u32>> {
+    strided_words(l.dims(), l.strides(), l.offset(), op)
 }
 
 fn u32_of(v: usize, op: &'static str) -> Result<u32> {
@@ -113,25 +116,34 @@ impl WgpuBackend {
         Ok(WgpuStorage { buf: self.gpu.alloc(len as u64 * w * 4, op)?, len, dtype, gpu: self.gpu.clone() })
     }
 
-    fn params(&self, words: &[u32], op: &'static str) -> Result<wgpu::Buffer> {
-        self.gpu.upload_words(words, op)
-    }
-
     /// The error for a primitive this device has no kernel for yet.
     fn missing(&self, op: &'static str) -> Error {
         Error::msg(op, format!("no kernel for this primitive on {} ({}) yet", self.gpu.id(), self.gpu.info.name))
     }
 
-    /// `x` through `l` as a new contiguous storage of its own dtype.
-    fn copy(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
+    /// Runs `source`, a kernel reading `x` through `l`, into a new contiguous
+    /// storage of `dtype` (params `[n, layout…]`).
+    fn map_layout(
+        &self,
+        source: &str,
+        x: &WgpuStorage,
+        l: &Layout,
+        dtype: DType,
+        op: &'static str,
+    ) -> Result<WgpuStorage> {
         let n = l.elem_count();
-        let out = self.new_storage(n, x.dtype, op)?;
+        let out = self.new_storage(n, dtype, op)?;
         let mut p = vec![u32_of(n, op)?];
         p.extend(layout_words(l, op)?);
-        let pb = self.params(&p, op)?;
-        let words = words_of(x.dtype).expect("device dtype");
-        self.gpu.dispatch(&kernels::copy(words), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n));
+        let pb = self.gpu.upload_words(&p, op)?;
+        self.gpu.dispatch(source, &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n));
         Ok(out)
+    }
+
+    /// `x` through `l` as a new contiguous storage of its own dtype.
+    fn copy(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
+        let words = words_of(x.dtype).expect("device dtype");
+        self.map_layout(&kernels::copy(words), x, l, x.dtype, op)
     }
 }
 
@@ -172,7 +184,7 @@ impl Backend for WgpuBackend {
         }
         let n = dense.len;
         let out = self.new_storage(n, dtype, op)?;
-        let pb = self.params(&[u32_of(n, op)?], op)?;
+        let pb = self.gpu.upload_words(&[u32_of(n, op)?], op)?;
         let src = kernels::convert(kind_of(x.dtype), kind_of(dtype));
         self.gpu.dispatch(&src, &[&dense.buf, &out.buf, &pb], Gpu::groups_1d(n));
         Ok(Box::new(out))
@@ -181,13 +193,7 @@ impl Backend for WgpuBackend {
     fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
         let name = "unary";
         let x = self.f32s(x, name)?;
-        let n = l.elem_count();
-        let out = self.new_storage(n, DType::F32, name)?;
-        let mut p = vec![u32_of(n, name)?];
-        p.extend(layout_words(l, name)?);
-        let pb = self.params(&p, name)?;
-        self.gpu.dispatch(&kernels::unary(op), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n));
-        Ok(Box::new(out))
+        Ok(Box::new(self.map_layout(&kernels::unary(op), x, l, DType::F32, name)?))
     }
 
     fn unary_backward(
@@ -203,7 +209,7 @@ impl Backend for WgpuBackend {
             return Err(Error::msg(name, format!("lengths {}, {} and {} differ", x.len, y.len, g.len)));
         }
         let out = self.new_storage(g.len, DType::F32, name)?;
-        let pb = self.params(&[u32_of(g.len, name)?], name)?;
+        let pb = self.gpu.upload_words(&[u32_of(g.len, name)?], name)?;
         self.gpu.dispatch(
             &kernels::unary_backward(op),
             &[&x.buf, &y.buf, &g.buf, &out.buf, &pb],
@@ -232,7 +238,7 @@ impl Backend for WgpuBackend {
         let mut p = vec![u32_of(n, name)?];
         p.extend(wa);
         p.extend(layout_words(lb, name)?);
-        let pb = self.params(&p, name)?;
+        let pb = self.gpu.upload_words(&p, name)?;
         self.gpu.dispatch(&kernels::binary(op, at_b), &[&a.buf, &b.buf, &out.buf, &pb], Gpu::groups_1d(n));
         Ok(Box::new(out))
     }
@@ -249,24 +255,17 @@ impl Backend for WgpuBackend {
         };
         let ((kd, ks), (rd, rs)) = (pick(false), pick(true));
         let (n_out, n_red): (usize, usize) = (kd.iter().product(), rd.iter().product());
-        let words = |d: &[usize], s: &[usize], offset: usize| -> Result<Vec<u32>> {
-            let mut w = vec![u32_of(d.len(), name)?, u32_of(offset, name)?];
-            for &v in d.iter().chain(s) {
-                w.push(u32_of(v, name)?);
-            }
-            Ok(w)
-        };
-        let kept = words(&kd, &ks, l.offset())?;
-        let at_r = 2 + kept.len() as u32;
-        let mut p = vec![u32_of(n_out, name)?, u32_of(n_red, name)?];
-        p.extend(kept);
-        p.extend(words(&rd, &rs, 0)?);
-        let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
-        let out = self.new_storage(n_out, if arg { DType::I64 } else { DType::F32 }, name)?;
         if n_red == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
             return Err(Error::msg(name, "reducing an empty dimension".to_string()));
         }
-        let pb = self.params(&p, name)?;
+        let kept = strided_words(&kd, &ks, l.offset(), name)?;
+        let at_r = 2 + kept.len() as u32;
+        let mut p = vec![u32_of(n_out, name)?, u32_of(n_red, name)?];
+        p.extend(kept);
+        p.extend(strided_words(&rd, &rs, 0, name)?);
+        let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
+        let out = self.new_storage(n_out, if arg { DType::I64 } else { DType::F32 }, name)?;
+        let pb = self.gpu.upload_words(&p, name)?;
         self.gpu.dispatch(&kernels::reduce(op, at_r), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n_out));
         Ok(Box::new(out))
     }
@@ -284,15 +283,8 @@ impl Backend for WgpuBackend {
         if batch > 65_535 {
             return Err(Error::msg(name, format!("wgpu: a batch of {batch} matrices is beyond one dispatch")));
         }
-        let batch_words = |l: &Layout| -> Result<Vec<u32>> {
-            let d = &l.dims()[..r - 2];
-            let s = &l.strides()[..r - 2];
-            let mut w = vec![u32_of(d.len(), name)?, 0];
-            for &v in d.iter().chain(s) {
-                w.push(u32_of(v, name)?);
-            }
-            Ok(w)
-        };
+        // The batch dims alone (offset 0: the matrix offsets come first).
+        let batch_words = |l: &Layout| strided_words(&l.dims()[..r - 2], &l.strides()[..r - 2], 0, name);
         let (sa, sb) = (la.strides(), lb.strides());
         let mut p: Vec<u32> = [m, k, n, la.offset(), sa[r - 2], sa[r - 1], lb.offset(), sb[r - 2], sb[r - 1]]
             .iter()
@@ -301,7 +293,7 @@ impl Backend for WgpuBackend {
         p.extend(batch_words(la)?);
         let at_bb = p.len() as u32;
         p.extend(batch_words(lb)?);
-        let pb = self.params(&p, name)?;
+        let pb = self.gpu.upload_words(&p, name)?;
         let groups = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, batch as u32];
         self.gpu.dispatch(&kernels::matmul(at_bb), &[&a.buf, &b.buf, &out.buf, &pb], groups);
         Ok(Box::new(out))
@@ -314,8 +306,8 @@ impl Backend for WgpuBackend {
         let cols = l.dims().last().copied().unwrap_or(1);
         let rows = dense.len.checked_div(cols).unwrap_or(0);
         let out = self.new_storage(dense.len, DType::F32, name)?;
-        let pb = self.params(&[u32_of(rows, name)?, u32_of(cols, name)?], name)?;
-        self.gpu.dispatch(&kernels::softmax(log), &[&dense.buf, &out.buf, &pb], rows_groups(rows));
+        let pb = self.gpu.upload_words(&[u32_of(rows, name)?, u32_of(cols, name)?], name)?;
+        self.gpu.dispatch(&kernels::softmax(log), &[&dense.buf, &out.buf, &pb], Gpu::spread(rows as u32));
         Ok(Box::new(out))
     }
 
@@ -330,8 +322,8 @@ impl Backend for WgpuBackend {
         let (y, g) = (self.f32s(y, name)?, self.f32s(g, name)?);
         let rows = y.len.checked_div(cols).unwrap_or(0);
         let out = self.new_storage(y.len, DType::F32, name)?;
-        let pb = self.params(&[u32_of(rows, name)?, u32_of(cols, name)?], name)?;
-        self.gpu.dispatch(&kernels::softmax_backward(log), &[&y.buf, &g.buf, &out.buf, &pb], rows_groups(rows));
+        let pb = self.gpu.upload_words(&[u32_of(rows, name)?, u32_of(cols, name)?], name)?;
+        self.gpu.dispatch(&kernels::softmax_backward(log), &[&y.buf, &g.buf, &out.buf, &pb], Gpu::spread(rows as u32));
         Ok(Box::new(out))
     }
 
@@ -547,10 +539,4 @@ impl Backend for WgpuBackend {
     fn avg_pool2d_backward(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d, _: bool) -> Result<Storage> {
         Err(self.missing("avg_pool2d_backward"))
     }
-}
-
-/// Workgroups for one per row, spread over x and y.
-fn rows_groups(rows: usize) -> [u32; 3] {
-    let rows = rows as u32;
-    if rows <= 65_535 { [rows, 1, 1] } else { [65_535, rows.div_ceil(65_535), 1] }
 }

@@ -8,8 +8,12 @@ use wgpu::util::DeviceExt;
 
 /// Threads per workgroup of the one-dimensional kernels.
 pub(crate) const WG: u32 = 256;
-/// Most workgroups along one dispatch dimension (WebGPU's guaranteed limit).
+/// Most workgroups along one dispatch dimension (WebGPU's guaranteed limit;
+/// the kernels index rows by `wid.x + wid.y · 65535`).
 const MAX_GROUPS: u32 = 65_535;
+/// How every tensor buffer may be used.
+const STORAGE_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// The process's wgpu instance (Vulkan and GL backends).
 pub(crate) fn instance() -> &'static wgpu::Instance {
@@ -99,21 +103,38 @@ impl Gpu {
         Device::Wgpu(self.index)
     }
 
+    /// `make()`'s buffer, or a typed error naming `what` and the device when
+    /// the device ran out of memory making it.
+    fn out_of_memory_checked(
+        &self,
+        op: &'static str,
+        what: impl FnOnce() -> String,
+        make: impl FnOnce() -> wgpu::Buffer,
+    ) -> Result<wgpu::Buffer> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = make();
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(Error::msg(op, format!("{}: out of device memory {}: {e}", self.id(), what()))),
+            None => Ok(buf),
+        }
+    }
+
     /// A new storage buffer of `bytes` (at least 4), or a typed error when
     /// the device is out of memory.
     pub(crate) fn alloc(&self, bytes: u64, op: &'static str) -> Result<wgpu::Buffer> {
         let size = bytes.max(4).next_multiple_of(4);
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::msg(op, format!("{}: out of device memory allocating {size} bytes: {e}", self.id())));
-        }
-        Ok(buf)
+        self.out_of_memory_checked(
+            op,
+            || format!("allocating {size} bytes"),
+            || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                })
+            },
+        )
     }
 
     /// A storage buffer holding `words`.
@@ -121,19 +142,17 @@ impl Gpu {
         if words.is_empty() {
             return self.alloc(4, op);
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(words),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::msg(
-                op,
-                format!("{}: out of device memory uploading {} words: {e}", self.id(), words.len()),
-            ));
-        }
-        Ok(buf)
+        self.out_of_memory_checked(
+            op,
+            || format!("uploading {} words", words.len()),
+            || {
+                self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: bytemuck::cast_slice(words),
+                    usage: STORAGE_USAGE,
+                })
+            },
+        )
     }
 
     /// The first `words` 32-bit words of `buf`, read back (waits for the queue).
@@ -217,7 +236,11 @@ impl Gpu {
     /// Workgroups for `n` threads of [`WG`] each, spread over x and y so that
     /// neither passes the limit; kernels index `gid.x + gid.y · nwg.x · WG`.
     pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
-        let groups = n.div_ceil(WG as usize) as u32;
+        Gpu::spread(n.div_ceil(WG as usize) as u32)
+    }
+
+    /// `groups` workgroups spread over x and y so that neither passes the limit.
+    pub(crate) fn spread(groups: u32) -> [u32; 3] {
         if groups <= MAX_GROUPS { [groups, 1, 1] } else { [MAX_GROUPS, groups.div_ceil(MAX_GROUPS), 1] }
     }
 }
