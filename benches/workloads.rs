@@ -37,11 +37,49 @@
 //!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
 //!   each the median of N rounds (5) after one warm-up. `--modes inference`
 //!   or `--modes train` runs one half.
+//!
+//! Every workload takes `--device cpu|wgpu|wgpu:N` (default cpu; wgpu needs
+//! `--features wgpu`): the model, its optimizer state and every batch live
+//! there, timings wait for the device (`synchronize`), and each JSON object
+//! carries `device` and, on a device, `peak_device_mb` (the most memory its
+//! tensors held at once).
 
 mod common;
 
 use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
+use firebrand::{Device, Tensor};
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// The device of this run (`--device`).
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+fn dev() -> Device {
+    *DEVICE.get().unwrap_or(&Device::Cpu)
+}
+
+/// `t` on the run's device.
+fn on(t: &Tensor) -> Tensor {
+    t.to_device(dev()).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    })
+}
+
+/// The JSON fields naming the device and, on one, its peak tensor memory.
+fn dev_json() -> String {
+    match firebrand::memory_stats(dev()) {
+        Ok(Some(m)) => {
+            format!(",\"device\":\"{}\",\"peak_device_mb\":{:.1}", dev(), m.peak_bytes as f64 / (1 << 20) as f64)
+        }
+        _ => format!(",\"device\":\"{}\"", dev()),
+    }
+}
+
+/// Waits for the run's device (timings cover the work, not its queueing).
+fn sync() {
+    firebrand::synchronize(dev()).expect("the device");
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -50,6 +88,14 @@ fn main() {
         std::process::exit(2);
     };
     let opt = |key: &str| args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).cloned();
+    if let Some(d) = opt("--device") {
+        let d: Device = d.parse().unwrap_or_else(|e| {
+            eprintln!("error: --device: {e}");
+            std::process::exit(2)
+        });
+        DEVICE.set(d).expect("set once");
+        on(&Tensor::zeros([1])); // opens the device, or exits saying why
+    }
     if let Some(t) = opt("--threads") {
         rayon::ThreadPoolBuilder::new().num_threads(t.parse().expect("--threads N")).build_global().unwrap();
     }
@@ -129,6 +175,32 @@ fn time_gemm(m: usize, k: usize, n: usize) -> f64 {
     flops / samples[samples.len() / 2] / 1e9
 }
 
+/// GFLOP/s of `Tensor::matmul` on the run's device: the median of 5 timed
+/// batches of repeats (each batch waits for the device), after a warm-up.
+fn time_device_gemm(m: usize, k: usize, n: usize) -> f64 {
+    let a = on(&Tensor::from_vec(fill(m * k, 1), [m, k]));
+    let b = on(&Tensor::from_vec(fill(k * n, 2), [k, n]));
+    let flops = 2.0 * (m * k * n) as f64;
+    let run = || drop(a.matmul(&b));
+    run();
+    sync();
+    let t = Instant::now();
+    run();
+    sync();
+    let once = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((0.1 / once).ceil() as usize).clamp(1, 1000);
+    let mut samples: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            (0..reps).for_each(|_| run());
+            sync();
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    flops / samples[2] / 1e9
+}
+
 fn workload_gemm(sizes: Option<String>) {
     let shapes: Vec<(usize, usize, usize)> = match sizes {
         // `--sizes 256,128x128x512`: a square size or an m x k x n shape each.
@@ -151,11 +223,17 @@ fn workload_gemm(sizes: Option<String>) {
         }
     };
     for (m, k, n) in shapes {
+        if !dev().is_cpu() {
+            let gflops = time_device_gemm(m, k, n);
+            println!("{{\"workload\":\"gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"gflops\":{gflops:.1}{}}}", dev_json());
+            continue;
+        }
         let gflops = time_gemm(m, k, n);
         println!(
-            "{{\"workload\":\"gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"gflops\":{gflops:.1},\"threads\":{},\"backend\":\"{}\"}}",
+            "{{\"workload\":\"gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"gflops\":{gflops:.1},\"threads\":{},\"backend\":\"{}\"{}}}",
             rayon::current_num_threads(),
-            gemm_backend()
+            gemm_backend(),
+            dev_json()
         );
     }
 }
@@ -278,6 +356,7 @@ fn train_classifier(
     use firebrand::prelude::*;
     let adam = Adam::new(net.named_parameters(), 1e-3);
     let mut model = Model::new(net, adam, Loss::CROSS_ENTROPY);
+    model.to_device(dev()).expect("the device");
     let opts = FitOptions { epochs, batch_size: 32, verbose: false, prefetch: 2, ..Default::default() };
     for epoch in 0..epochs {
         // One epoch at a time so each line prints as soon as it is known; the
@@ -288,11 +367,12 @@ fn train_classifier(
         let acc = model.evaluate(test, 1000).metrics.expect("classifier").accuracy;
         let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
         println!(
-            "{{\"workload\":\"{name}\",\"lib\":\"firebrand\",\"epoch\":{},\"train_seconds\":{:.3},\"train_loss\":{:.4},\"test_accuracy\":{:.4},\"peak_rss_mb\":{mem}}}",
+            "{{\"workload\":\"{name}\",\"lib\":\"firebrand\",\"epoch\":{},\"train_seconds\":{:.3},\"train_loss\":{:.4},\"test_accuracy\":{:.4},\"peak_rss_mb\":{mem}{}}}",
             epoch + 1,
             h.epochs[0].train_seconds,
             h.epochs[0].loss,
-            acc
+            acc,
+            dev_json()
         );
     }
 }
@@ -324,29 +404,34 @@ fn workload_char_lstm(text: Option<String>, chars: usize, seed: u64) {
         .add(LSTM::new(v, 128).return_sequences(false)) // (B, 128)
         .add(Linear::new(128, v)); // (B, V)
     let mut adam = Adam::new(net.named_parameters(), 1e-3);
+    net.to_device(dev()).expect("the device");
     let loader = DataLoader::new(train.clone(), 128).shuffle(seed).prefetch(2);
     let t0 = Instant::now();
     for (x, y) in loader.epoch(0) {
+        let (x, y) = (on(&x), on(&y));
         let loss = cross_entropy(&net.forward(&x), Target::Indices(&y), 0.0, Reduction::Mean).expect("shapes");
         adam.zero_grad();
         loss.backward();
         adam.step();
     }
+    sync();
     let secs = t0.elapsed().as_secs_f64();
     net.eval();
     let (mut total, mut n) = (0.0f64, 0usize);
     with_no_grad(|| {
         for (x, y) in DataLoader::new(val, 1024).epoch(0) {
+            let (x, y) = (on(&x), on(&y));
             let l = cross_entropy(&net.forward(&x), Target::Indices(&y), 0.0, Reduction::Sum).expect("shapes");
             total += l.item() as f64;
             n += y.elem_count();
         }
     });
     println!(
-        "{{\"workload\":\"char_lstm\",\"lib\":\"firebrand\",\"epoch\":1,\"samples_per_second\":{:.1},\"val_loss\":{:.4},\"train_seconds\":{:.2},\"vocab\":{v}}}",
+        "{{\"workload\":\"char_lstm\",\"lib\":\"firebrand\",\"epoch\":1,\"samples_per_second\":{:.1},\"val_loss\":{:.4},\"train_seconds\":{:.2},\"vocab\":{v}{}}}",
         train.len() as f64 / secs,
         total / n as f64,
-        secs
+        secs,
+        dev_json()
     );
 }
 
@@ -373,9 +458,11 @@ fn workload_gpt(text: Option<String>, iters: usize, seed: u64) {
     let tokens = vocab.encode(&text).expect("the vocabulary covers the text");
     let n_train = (0.9 * tokens.len() as f64) as usize;
     let (vx, vy) = even_windows(&tokens[n_train..], 64, 1200);
+    let (vx, vy) = (on(&vx), on(&vy));
     let (train, _) = TokenBatches::split(tokens, 0.1, 64);
     manual_seed(seed);
     let gpt = Gpt::new(GptConfig::char_level(vocab.len()));
+    gpt.to_device(dev()).expect("the device");
     let mut opt = AdamW::with_options(gpt.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.1, &decay_matrices);
     let schedule = CosineWithWarmup { base: 1e-3, warmup: 100, total: 2000, min_lr: 1e-4 };
     let params = gpt.parameters();
@@ -384,7 +471,7 @@ fn workload_gpt(text: Option<String>, iters: usize, seed: u64) {
         let t0 = Instant::now();
         opt.set_lr(schedule.lr_at(it));
         let (x, y) = train.batch(12, seed, it as u64);
-        let loss = gpt.loss(&x, &y);
+        let loss = gpt.loss(&on(&x), &on(&y));
         opt.zero_grad();
         loss.backward();
         clip_grad_norm(&params, 1.0);
@@ -403,10 +490,11 @@ fn workload_gpt(text: Option<String>, iters: usize, seed: u64) {
                     / 100.0
             });
             println!(
-                "{{\"workload\":\"gpt\",\"lib\":\"firebrand\",\"iter\":{},\"val_loss\":{val:.4},\"train_loss\":{:.4},\"ms_per_iter\":{:.2}}}",
+                "{{\"workload\":\"gpt\",\"lib\":\"firebrand\",\"iter\":{},\"val_loss\":{val:.4},\"train_loss\":{:.4},\"ms_per_iter\":{:.2}{}}}",
                 it + 1,
                 recent.iter().sum::<f32>() / recent.len() as f32,
-                1000.0 * train_secs / (it + 1) as f64
+                1000.0 * train_secs / (it + 1) as f64,
+                dev_json()
             );
         }
     }
@@ -416,7 +504,8 @@ fn workload_transformer_block(rounds: usize, seed: u64) {
     use firebrand::prelude::*;
     manual_seed(seed);
     let enc = TransformerEncoder::new((0..2).map(|_| TransformerEncoderLayer::new(512, 8, 2048)).collect());
-    let x = Tensor::randn([8, 128, 512], 0.0, 1.0); // (B, T, E)
+    enc.to_device(dev()).expect("the device");
+    let x = on(&Tensor::randn([8, 128, 512], 0.0, 1.0)); // (B, T, E)
     let forward_ms = median_ms(rounds, &mut || {
         with_no_grad(|| enc.forward(&x));
     });
@@ -425,17 +514,21 @@ fn workload_transformer_block(rounds: usize, seed: u64) {
         enc.forward(&x).square().mean_all().backward();
     });
     println!(
-        "{{\"workload\":\"transformer_block\",\"lib\":\"firebrand\",\"forward_ms\":{forward_ms:.2},\"forward_backward_ms\":{forward_backward_ms:.2}}}"
+        "{{\"workload\":\"transformer_block\",\"lib\":\"firebrand\",\"forward_ms\":{forward_ms:.2},\"forward_backward_ms\":{forward_backward_ms:.2}{}}}",
+        dev_json()
     );
 }
 
-/// The median of `rounds` timings of `f` (ms), after one warm-up run.
+/// The median of `rounds` timings of `f` (ms), after one warm-up run; each
+/// waits for the device.
 fn median_ms(rounds: usize, f: &mut dyn FnMut()) -> f64 {
     f();
+    sync();
     let mut runs: Vec<f64> = (0..rounds.max(1))
         .map(|_| {
             let t0 = Instant::now();
             f();
+            sync();
             1000.0 * t0.elapsed().as_secs_f64()
         })
         .collect();
@@ -448,17 +541,19 @@ fn workload_mobilenet_v2(rounds: usize, size: usize, modes: String) {
     use firebrand::prelude::*;
     manual_seed(0);
     let mut net = MobileNetV2::new(1000);
+    net.to_device(dev()).expect("the device");
     net.eval();
     let batches: &[usize] = if modes.contains("inference") { &[1, 16] } else { &[] };
     for &batch in batches {
-        let x = Tensor::randn([batch, 3, size, size], 0.0, 1.0);
+        let x = on(&Tensor::randn([batch, 3, size, size], 0.0, 1.0));
         let ms = median_ms(rounds, &mut || {
             with_no_grad(|| net.forward(&x));
         });
         let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
         println!(
-            "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"inference\",\"batch\":{batch},\"size\":{size},\"ms\":{ms:.2},\"images_per_second\":{:.2},\"peak_rss_mb\":{mem}}}",
-            1000.0 * batch as f64 / ms
+            "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"inference\",\"batch\":{batch},\"size\":{size},\"ms\":{ms:.2},\"images_per_second\":{:.2},\"peak_rss_mb\":{mem}{}}}",
+            1000.0 * batch as f64 / ms,
+            dev_json()
         );
     }
     if !modes.contains("train") {
@@ -466,8 +561,8 @@ fn workload_mobilenet_v2(rounds: usize, size: usize, modes: String) {
     }
     net.train();
     let mut sgd = Sgd::with_options(net.named_parameters(), 0.01, 0.9, 0.0, false, 0.0);
-    let x = Tensor::randn([16, 3, size, size], 0.0, 1.0);
-    let y = Tensor::from_vec((0..16).map(|i| (i * 37) % 1000).collect::<Vec<i64>>(), [16]);
+    let x = on(&Tensor::randn([16, 3, size, size], 0.0, 1.0));
+    let y = on(&Tensor::from_vec((0..16).map(|i| (i * 37) % 1000).collect::<Vec<i64>>(), [16]));
     let ms = median_ms(rounds, &mut || {
         let loss = Loss::CROSS_ENTROPY.compute(&net.forward(&x), &y);
         sgd.zero_grad();
@@ -476,6 +571,7 @@ fn workload_mobilenet_v2(rounds: usize, size: usize, modes: String) {
     });
     let mem = peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.0}"));
     println!(
-        "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"train\",\"batch\":16,\"size\":{size},\"train_step_ms\":{ms:.2},\"peak_rss_mb\":{mem}}}"
+        "{{\"workload\":\"mobilenet_v2\",\"lib\":\"firebrand\",\"mode\":\"train\",\"batch\":16,\"size\":{size},\"train_step_ms\":{ms:.2},\"peak_rss_mb\":{mem}{}}}",
+        dev_json()
     );
 }

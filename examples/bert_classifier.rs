@@ -78,6 +78,8 @@ struct Args {
     /// Where the pre-trained model and plots go [default: runs/bert_classifier].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    device: common::DeviceArg,
 }
 
 /// The corpus's works as (title line, text): each starts at a "by William
@@ -208,8 +210,11 @@ fn mask_batch(windows: &Tensor, chars: usize, rng: &mut impl rand::Rng) -> (Tens
     (Tensor::from_vec(ids, [b, T]), Tensor::from_vec(at, [n]), Tensor::from_vec(want, [n]))
 }
 
-/// Cross-entropy of the masked positions only.
-fn mlm_loss(net: &Bert, (ids, at, want): &(Tensor, Tensor, Tensor), chars: usize) -> Tensor {
+/// Cross-entropy of the masked positions only (the batch moved to the model's device).
+fn mlm_loss(net: &Bert, batch: &(Tensor, Tensor, Tensor), chars: usize) -> Tensor {
+    let dev = net.device();
+    let on = |t: &Tensor| t.to_device(dev).unwrap_or_else(|e| fail(e));
+    let (ids, at, want) = (&on(&batch.0), &on(&batch.1), &on(&batch.2));
     let logits = net.forward(ids).reshape([ids.elem_count(), chars]); // (B·T, chars)
     cross_entropy(&logits.index_select(0, at), Target::Indices(want), 0.0, Reduction::Mean).expect("shapes")
 }
@@ -291,6 +296,7 @@ fn main() {
             net.train();
             l
         };
+        args.device.place(&mlm);
         let mut opt = AdamW::with_options(mlm.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.01, &decay_matrices);
         let schedule = CosineWithWarmup { base: 1e-3, warmup: 50, total: steps, min_lr: 1e-4 };
         println!(
@@ -331,6 +337,7 @@ fn main() {
             report.missing, report.unexpected
         );
     }
+    args.device.place(&clf);
     let opt = AdamW::with_options(clf.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.01, &decay_matrices);
     let mut model = Model::new(clf, opt, Loss::CROSS_ENTROPY);
     let fit = |model: &mut Model<Bert>, epochs: usize, seed: u64| {

@@ -68,6 +68,8 @@ struct Args {
     /// Where the model, vocabulary and plot go [default: runs/char_lstm].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    device: common::DeviceArg,
 }
 
 fn net(vocab: usize) -> Sequential {
@@ -98,6 +100,7 @@ fn main() {
     let model_net = net(vocab.len());
     println!("{}", model_net.summary_for(&Tensor::from_vec(vec![0i64; 40], [1, 40])));
     let adam = Adam::new(model_net.named_parameters(), 1e-3);
+    let device = args.device.place(&model_net);
     let mut model = Model::new(model_net, adam, Loss::CROSS_ENTROPY);
     let options = FitOptions {
         epochs,
@@ -117,6 +120,7 @@ fn main() {
     let vocab = CharVocab::load(&vocab_path).unwrap_or_else(|e| fail(e));
     let mut gen_net = net(vocab.len());
     load_weights(&gen_net, &weights, true).unwrap_or_else(|e| fail(e));
+    args.device.place(&gen_net);
     gen_net.eval();
     println!("saved and reloaded {} and {}", weights.display(), vocab_path.display());
 
@@ -127,7 +131,8 @@ fn main() {
         for _ in 0..len {
             let window: Vec<i64> = ids[ids.len().saturating_sub(40)..].to_vec();
             let n = window.len();
-            let logits = gen_net.forward(&Tensor::from_vec(window, [1, n])).to_vec::<f32>();
+            let window = Tensor::from_vec(window, [1, n]).to_device(device).unwrap_or_else(|e| fail(e));
+            let logits = gen_net.forward(&window).to_vec::<f32>();
             ids.push(sampler.sample(&logits) as i64);
         }
     });

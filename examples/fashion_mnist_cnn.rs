@@ -47,6 +47,7 @@ fn main() {
     let args = Args::parse();
     let (epochs, augment) = (args.fashion.epochs, args.augment);
     let (dir, train, test) = load_fashion_mnist(args.fashion.data.as_deref()).unwrap_or_else(|e| common::fail(e));
+    let train = common::limited(train, args.fashion.limit);
     println!("Fashion-MNIST from {}: {} training, {} test images", dir.display(), train.len(), test.len());
 
     manual_seed(0);
@@ -59,6 +60,7 @@ fn main() {
         .add(Linear::new(3136, 10));
     println!("{}", net.summary(&[1, 28, 28]));
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
+    args.fashion.device.place(&net);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
     let transform: Option<Arc<dyn firebrand::data::Transform>> = augment
         .then(|| Arc::new(Compose(vec![Box::new(RandomCrop::new(2)), Box::new(RandomHorizontalFlip::default())])) as _);

@@ -34,7 +34,7 @@ fn main() {
     let (dir, train, test) = load_fashion_mnist(args.fashion.data.as_deref()).unwrap_or_else(|e| common::fail(e));
     // (N, 1, 28, 28) -> (N, 784)
     let flatten = |d: TensorDataset| TensorDataset { x: d.x.reshape([d.len(), 784]), y: d.y };
-    let (train, test) = (flatten(train), flatten(test));
+    let (train, test) = (common::limited(flatten(train), args.fashion.limit), flatten(test));
     println!("Fashion-MNIST from {}: {} training, {} test images", dir.display(), train.len(), test.len());
 
     manual_seed(0);
@@ -44,6 +44,7 @@ fn main() {
         .add(Linear::new(128, 10));
     println!("{}", net.summary(&[784]));
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
+    args.fashion.device.place(&net);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
     let options =
         FitOptions { epochs, batch_size: 32, validation: Validation::data(test.clone()), ..Default::default() };

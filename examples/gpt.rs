@@ -85,15 +85,22 @@ struct Args {
     /// Where the checkpoint, vocabulary and plot go [default: runs/gpt].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    device: common::DeviceArg,
 }
 
 /// Mean loss over `batches` fixed validation batches.
-fn evaluate(gpt: &Gpt, val: &TokenBatches, batches: u64) -> f32 {
+fn evaluate(gpt: &Gpt, val: &TokenBatches, batches: u64, device: Device) -> f32 {
     let loss = |i| {
         let (x, y) = val.batch(12, 9_999, i);
-        gpt.loss(&x, &y).item()
+        gpt.loss(&on(&x, device), &on(&y, device)).item()
     };
     with_no_grad(|| (0..batches).map(loss).sum::<f32>() / batches as f32)
+}
+
+/// `t` on `device`, or exit with the reason.
+fn on(t: &Tensor, device: Device) -> Tensor {
+    t.to_device(device).unwrap_or_else(|e| fail(e))
 }
 
 fn main() {
@@ -126,6 +133,7 @@ fn main() {
     manual_seed(seed);
     let gpt = Gpt::new(GptConfig::char_level(vocab.len()));
     println!("{} — {} parameters", gpt.describe(), gpt.num_parameters());
+    let device = args.device.place(&gpt);
     let mut opt = AdamW::with_options(gpt.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.1, &decay_matrices);
     let schedule = CosineWithWarmup { base: 1e-3, warmup: 100, total: 2000, min_lr: 1e-4 };
     let mut step = 0;
@@ -144,7 +152,7 @@ fn main() {
     while step < iters {
         opt.set_lr(schedule.lr_at(step as usize));
         let (x, y) = train.batch(12, seed, step);
-        let loss = gpt.loss(&x, &y);
+        let loss = gpt.loss(&on(&x, device), &on(&y, device));
         opt.zero_grad();
         loss.backward();
         clip_grad_norm(&params, 1.0);
@@ -153,7 +161,7 @@ fn main() {
         step += 1;
         if step % eval_every == 0 || step == iters {
             let ms = 1000.0 * t0.elapsed().as_secs_f64() / count as f64;
-            let val_loss = evaluate(&gpt, &val, 50);
+            let val_loss = evaluate(&gpt, &val, 50, device);
             println!(
                 "step {step:>5}: train loss {:.4}, val loss {val_loss:.4}, lr {:.2e}, {ms:.1} ms/step",
                 sum / count as f32,

@@ -5,7 +5,7 @@
 //! accuracy, per-class precision/recall/F1 and the confusion matrix. The
 //! loss and accuracy curves go to `runs/quickstart/quickstart_history.png`.
 //!
-//! Run: `cargo run --release --example quickstart -- [--epochs 40] [--seed 42] [--out DIR]`
+//! Run: `cargo run --release --example quickstart -- [--epochs 40] [--seed 42] [--out DIR] [--device cpu|wgpu]`
 
 use clap::Parser;
 use firebrand::data::digits;
@@ -27,6 +27,8 @@ struct Args {
     /// Where the plots go [default: runs/quickstart].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    device: common::DeviceArg,
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
     println!("{}", net.summary(&[64]));
 
     let optimizer = Adam::new(net.named_parameters(), 1e-3);
+    args.device.place(&net);
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
     let options = FitOptions {
         epochs: args.epochs,

@@ -60,8 +60,8 @@ pub use firebrand_train as train;
 pub use firebrand_wgpu as wgpu;
 
 pub use firebrand_autograd::{
-    ConvOptions, DType, Device, Error, GradcheckOptions, Result, Shape, Tensor, UnaryOp, Window2d, gradcheck,
-    manual_seed, no_grad, with_no_grad,
+    ConvOptions, DType, Device, Error, GradcheckOptions, MemoryStats, Result, Shape, Tensor, UnaryOp, Window2d,
+    gradcheck, manual_seed, memory_stats, no_grad, reset_peak_memory, synchronize, with_no_grad,
 };
 
 /// The names most programs need: `use firebrand::prelude::*;`.

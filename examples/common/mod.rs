@@ -13,6 +13,41 @@ pub struct FashionArgs {
     /// Training epochs.
     #[arg(long, default_value_t = 5)]
     pub epochs: usize,
+    /// Train on the first N training images only (a short run, e.g. on a
+    /// CPU Vulkan driver) [default: all 60,000].
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+/// `--device`, which every example takes (`#[command(flatten)]`).
+#[derive(clap::Args)]
+pub struct DeviceArg {
+    /// Where to train and run: cpu, wgpu or wgpu:N (wgpu needs the `wgpu` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: firebrand::Device,
+}
+
+impl DeviceArg {
+    /// Moves `module` to the chosen device, or exits with the reason.
+    pub fn place(&self, module: &impl firebrand::nn::ModuleExt) -> firebrand::Device {
+        module.to_device(self.device).unwrap_or_else(|e| fail(e));
+        if !self.device.is_cpu() {
+            println!("running on {}", self.device);
+        }
+        self.device
+    }
+}
+
+/// The first `limit` examples of `d` (all without a limit).
+pub fn limited(d: firebrand::data::TensorDataset, limit: Option<usize>) -> firebrand::data::TensorDataset {
+    match limit {
+        Some(n) if n < d.x.dims()[0] => {
+            firebrand::data::TensorDataset { x: d.x.narrow(0, 0, n), y: d.y.narrow(0, 0, n) }
+        }
+        _ => d,
+    }
 }
 
 /// Prints `error: msg` and exits with status 2 (clap's status for bad usage).

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod backward;
+mod device;
 mod display;
 mod grad_mode;
 mod gradcheck;
@@ -39,7 +40,9 @@ mod ops;
 mod random;
 mod tensor;
 
+pub use device::{memory_stats, reset_peak_memory, synchronize};
 pub use firebrand_ops::unary::UnaryOp;
+pub use firebrand_tensor::backend::MemoryStats;
 pub use firebrand_tensor::op::Window2d;
 pub use firebrand_tensor::{DType, Device, Element, Error, Layout, Result, Shape, bf16, f16};
 pub use grad_mode::{NoGradGuard, is_grad_enabled, no_grad, with_no_grad};

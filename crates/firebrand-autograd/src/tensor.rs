@@ -60,7 +60,6 @@ pub(crate) struct TensorImpl {
     pub(crate) id: TensorId,
     pub(crate) storage: Arc<StorageCell>,
     pub(crate) layout: Layout,
-    pub(crate) device: Device,
     pub(crate) requires_grad: AtomicBool,
     pub(crate) grad_fn: Option<GradFn>,
     pub(crate) grad: Mutex<Option<Tensor>>,
@@ -144,12 +143,10 @@ impl Tensor {
 
     pub(crate) fn from_parts(storage: Arc<StorageCell>, layout: Layout, grad_fn: Option<GradFn>) -> Tensor {
         let requires_grad = grad_fn.is_some();
-        let device = storage.read().unwrap().device();
         Tensor(Arc::new(TensorImpl {
             id: TensorId::new(),
             storage,
             layout,
-            device,
             requires_grad: AtomicBool::new(requires_grad),
             grad_fn,
             grad: Mutex::new(None),
@@ -448,7 +445,7 @@ impl Tensor {
 
     /// The device holding the storage.
     pub fn device(&self) -> Device {
-        self.0.device
+        self.0.storage.read().unwrap().device()
     }
 
     /// The strided layout.
@@ -466,8 +463,15 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
-    /// A copy of the tensor on `device` (this tensor itself when already there).
-    /// Not recorded by autograd.
+    /// A copy of the tensor on `device` (this tensor itself when already
+    /// there), PyTorch's `x.to(device)`. Differentiable: the gradient goes
+    /// back to the source device.
+    ///
+    /// ```
+    /// use firebrand_autograd::{Device, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0], [2]);
+    /// assert_eq!(x.to_device(Device::Cpu).unwrap().to_vec::<f32>(), [1.0, 2.0]);
+    /// ```
     ///
     /// # Errors
     /// [`Error::DeviceUnavailable`] for a device with no registered backend.
@@ -477,7 +481,11 @@ impl Tensor {
         }
         let host = self.contiguous().storage().to_cpu();
         let storage = backend_of(device, "to_device")?.upload(host)?;
-        Ok(Tensor::from_backend(storage, self.shape().clone()))
+        let from = self.device();
+        let out = Tensor::from_backend(storage, self.shape().clone());
+        Ok(crate::ops::record(out, "to_device", &[self], move |_, g| {
+            vec![Some(g.to_device(from).expect("the source device served this tensor"))]
+        }))
     }
 
     /// The elements in row-major order as `T` (copied to the host first
@@ -699,12 +707,19 @@ impl Tensor {
     /// ```
     ///
     /// # Errors
-    /// When `src` does not broadcast to this shape, or this tensor is not on the CPU.
+    /// When `src` does not broadcast to this shape, or this tensor is on a
+    /// device and is a view that does not span its whole storage.
     pub fn copy_(&self, src: &Tensor) -> Result<()> {
         if src.shape() != self.shape()
             && src.shape().broadcast_with(self.shape(), "copy_").ok().as_ref() != Some(self.shape())
         {
             return Err(Error::ShapeMismatch { op: "copy_", lhs: self.shape().clone(), rhs: src.shape().clone() });
+        }
+        if !self.device().is_cpu() {
+            // On a device: the converted values replace the storage (a whole
+            // tensor only; a device has no in-place strided writes yet).
+            let src = src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?;
+            return self.set_data_(&src.to_device(self.device())?);
         }
         let src =
             src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?.to_device(Device::Cpu)?;
@@ -729,6 +744,45 @@ impl Tensor {
                 None => layout.strided_index().zip(vals).for_each(|(i, &x)| v[i] = x),
             }
         });
+        Ok(())
+    }
+
+    /// Replaces this tensor's data with a copy of `src`'s, in place, PyTorch's
+    /// `p.data = src`: every clone of this tensor (a module's parameter, an
+    /// optimizer's handle on it) and every view of its storage then sees the
+    /// new values, dtype and device. A gradient follows to the new device.
+    /// Not recorded by autograd.
+    ///
+    /// ```
+    /// use firebrand_autograd::{Device, Tensor};
+    /// let p = Tensor::zeros([2]);
+    /// let alias = p.clone();
+    /// p.set_data_(&Tensor::from_vec(vec![1.0f32, 2.0], [2]).to_device(Device::Cpu).unwrap()).unwrap();
+    /// assert_eq!(alias.to_vec::<f32>(), [1.0, 2.0]);
+    /// ```
+    ///
+    /// # Errors
+    /// When the shapes differ, or this tensor is a view that does not span
+    /// its whole storage (only such a tensor can be replaced safely).
+    pub fn set_data_(&self, src: &Tensor) -> Result<()> {
+        let op = "set_data_";
+        if src.shape() != self.shape() {
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: src.shape().clone() });
+        }
+        let whole = self.is_contiguous()
+            && self.0.layout.offset() == 0
+            && self.0.storage.read().unwrap().len() == self.elem_count();
+        if !whole {
+            return Err(Error::msg(op, "only a tensor spanning its whole storage can take new data".to_string()));
+        }
+        let fresh = backend_of(src.device(), op)?.contiguous(&**src.storage(), src.layout())?;
+        let device = fresh.device();
+        *self.0.storage.write().unwrap() = fresh;
+        if let Some(g) = self.grad()
+            && g.device() != device
+        {
+            self.set_grad(Some(g.to_device(device)?.detach()));
+        }
         Ok(())
     }
 

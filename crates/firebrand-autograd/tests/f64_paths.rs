@@ -72,8 +72,14 @@ fn attention_with_every_mask() {
     let additive = AttentionOptions { attn_mask: Some(&bias), scale: Some(0.3), ..Default::default() };
     compare(&qkv, |t| t[0].scaled_dot_product_attention(&t[1], &t[2], &additive), "additive mask and scale");
     let q64 = qkv[0].to_dtype(DType::F64);
-    let dropout = AttentionOptions { dropout: 0.1, ..Default::default() };
-    let e = q64.try_scaled_dot_product_attention(&q64, &q64, &dropout).unwrap_err();
+    // Dropout on the composite's weights: some weights dropped, the rest scaled.
+    let dropout = AttentionOptions { dropout: 0.5, ..Default::default() };
+    let kept = q64.try_scaled_dot_product_attention(&q64, &q64, &AttentionOptions::default()).unwrap();
+    let dropped = q64.try_scaled_dot_product_attention(&q64, &q64, &dropout).unwrap();
+    assert_eq!(dropped.dims(), kept.dims());
+    assert!(dropped.sub(&kept).abs().max_all().item() > 1e-3, "dropout changed nothing");
+    let bad = AttentionOptions { dropout: 1.0, ..Default::default() };
+    let e = q64.try_scaled_dot_product_attention(&q64, &q64, &bad).unwrap_err();
     assert!(e.to_string().contains("dropout"), "{e}");
 }
 

@@ -75,7 +75,9 @@ impl Module for Embedding {
                 Some(p) => {
                     let keep: Vec<f32> =
                         flat.to_vec::<i64>().iter().map(|&i| if i as usize == p { 0.0 } else { 1.0 }).collect();
-                    let mask = Tensor::from_vec(keep, [flat.elem_count(), 1]);
+                    let mask = Tensor::from_vec(keep, [flat.elem_count(), 1])
+                        .to_device(ids.device())
+                        .expect("the ids' device");
                     self.weight.index_select(0, &flat).mul(&mask)
                 }
                 None => self.weight.index_select(0, &flat),

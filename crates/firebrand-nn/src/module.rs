@@ -314,6 +314,37 @@ pub trait ModuleExt: Module {
         out
     }
 
+    /// Moves every parameter and buffer to `device` in place (PyTorch's
+    /// `module.to(device)`): the module and every handle on its tensors (an
+    /// optimizer built before the move) then compute there. Tied weights
+    /// stay tied. Inputs must be moved by the caller.
+    ///
+    /// ```
+    /// use firebrand_nn::{Linear, ModuleExt};
+    /// use firebrand_autograd::Device;
+    /// let layer = Linear::new(4, 3);
+    /// layer.to_device(Device::Cpu).unwrap();
+    /// assert!(layer.parameters().iter().all(|p| p.device() == Device::Cpu));
+    /// ```
+    ///
+    /// # Errors
+    /// When the device is unavailable or out of memory; tensors moved
+    /// before the failure stay moved.
+    fn to_device(&self, device: firebrand_autograd::Device) -> firebrand_autograd::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (_, t) in self.state_dict() {
+            if seen.insert(t.id()) && t.device() != device {
+                t.set_data_(&t.detach().to_device(device)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The device of the first parameter (the CPU for a module without any).
+    fn device(&self) -> firebrand_autograd::Device {
+        self.parameters().first().map(|p| p.device()).unwrap_or_default()
+    }
+
     /// The parameters, in definition order.
     fn parameters(&self) -> Vec<Tensor> {
         self.named_parameters().into_iter().map(|(_, t)| t).collect()

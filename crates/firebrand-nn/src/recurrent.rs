@@ -208,7 +208,8 @@ impl Recurrent {
                 assert_eq!(c.dims(), [n_states, b, h_dim], "{name}: c0 must be (L·D, B, H)");
             }
         }
-        let zeros = || Tensor::zeros([b, h_dim]);
+        let dev = x.tensor().device();
+        let zeros = || Tensor::zeros([b, h_dim]).to_device(dev).expect("the input's device");
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         let mut layer_in = x.tensor().clone();
         for (l, cells) in self.layers.iter().enumerate() {

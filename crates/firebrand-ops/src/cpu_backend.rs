@@ -6,7 +6,9 @@ use crate::gemm::{MatRef, gemm, gemm_serial};
 use crate::reduce::{Reduced, reduce};
 use crate::strided::{contiguous, contiguous_f32};
 use crate::{conv, depthwise, generic, index, softmax, unary};
-use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, HeadOrder, Rows, Storage};
+use firebrand_tensor::backend::{
+    AttentionInputs, AttentionSpec, Backend, BackendStorage, Fused, HeadOrder, Rows, Storage,
+};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::pool::take_f32;
 use firebrand_tensor::{CpuStorage, DType, Device, Element, Error, Layout, Result, bf16, cpu_of_dtype, f16, with_cpu};
@@ -193,6 +195,9 @@ fn same_dtype(op: &'static str, a: &dyn BackendStorage, b: &dyn BackendStorage) 
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
         Device::Cpu
+    }
+    fn has_fused(&self, _: Fused) -> bool {
+        true
     }
 
     fn upload(&self, data: CpuStorage) -> Result<Storage> {

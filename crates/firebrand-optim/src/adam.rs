@@ -148,12 +148,27 @@ impl Optimizer for Adam {
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let step_size = lr / bc1;
-        self.params.for_each(|p, g, wd, bufs| {
-            let (m_buf, rest) = bufs.split_at_mut(1);
-            let (decay, l2) = if decoupled { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
-            let k = AdamConsts { b1, b2, eps, step_size, bc2_sqrt, decay, l2 };
-            adam_update(p, g, &mut m_buf[0].1, &mut rest[0].1, k);
-        });
+        self.params.for_each(
+            |p, g, wd, bufs| {
+                let (m_buf, rest) = bufs.split_at_mut(1);
+                let (decay, l2) = if decoupled { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+                let k = AdamConsts { b1, b2, eps, step_size, bc2_sqrt, decay, l2 };
+                adam_update(p, g, &mut m_buf[0].1, &mut rest[0].1, k);
+            },
+            // The same rule in tensor ops, for a parameter on a device.
+            |p, g, wd, st| {
+                let (decay, l2) = if decoupled { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+                let g = if l2 != 0.0 { g + &(p * l2) } else { g.clone() };
+                let pd = if decay != 1.0 { p * decay } else { p.clone() };
+                let m = &(&st[0] * b1) + &(&g * (1.0 - b1));
+                let v = &(&st[1] * b2) + &(g.square() * (1.0 - b2));
+                let denom = v.sqrt() * (1.0 / bc2_sqrt) + eps;
+                let new = pd - &(&(&m * step_size) / &denom);
+                st[0] = m;
+                st[1] = v;
+                new
+            },
+        );
     }
 
     shared_optimizer_methods!();

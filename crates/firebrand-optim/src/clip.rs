@@ -1,6 +1,6 @@
 //! Gradient clipping, in place on the parameters' gradients.
 
-use firebrand_autograd::Tensor;
+use firebrand_autograd::{DType, Tensor, with_no_grad};
 
 /// Scales all gradients together so their global L2 norm is at most
 /// `max_norm` (`torch.nn.utils.clip_grad_norm_`); returns the norm before
@@ -8,7 +8,7 @@ use firebrand_autograd::Tensor;
 ///
 /// ```
 /// use firebrand_optim::clip_grad_norm;
-/// use firebrand_autograd::Tensor;
+/// use firebrand_autograd::{DType, Tensor, with_no_grad};
 /// let w = Tensor::from_vec(vec![3.0f32, 4.0], [2]).requires_grad_(true);
 /// w.square().sum_all().affine(0.5, 0.0).backward(); // gradient (3, 4), norm 5
 /// assert_eq!(clip_grad_norm(&[w.clone()], 1.0), 5.0);
@@ -17,6 +17,9 @@ use firebrand_autograd::Tensor;
 /// ```
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
     let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
+    if !grads.iter().all(on_host) {
+        return clip_grad_norm_tensors(&grads, max_norm);
+    }
     let sq: f64 = grads
         .iter()
         .map(|g| g.with_f32_slice(|v| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).expect("f32 gradients"))
@@ -32,9 +35,37 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
     norm
 }
 
+/// A gradient the host loops can change in place.
+fn on_host(g: &Tensor) -> bool {
+    g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous()
+}
+
+/// [`clip_grad_norm`] in tensor ops, for gradients on a device (or not
+/// `f32`): the squares summed where each gradient lives, and the norm read
+/// back once (the one wait this costs).
+fn clip_grad_norm_tensors(grads: &[Tensor], max_norm: f32) -> f32 {
+    with_no_grad(|| {
+        let Some(dev) = grads.first().map(|g| g.device()) else { return 0.0 };
+        let sums = grads.iter().map(|g| g.to_dtype(DType::F32).square().sum_all().to_device(dev).expect("a device"));
+        let norm = sums.reduce(|a, b| a + b).expect("one gradient at least").sqrt().item();
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in grads {
+                g.set_data_(&(g * coef)).expect("a gradient spans its storage");
+            }
+        }
+        norm
+    })
+}
+
 /// Clamps every gradient element into `[-value, value]` (`clip_grad_value_`).
 pub fn clip_grad_value(params: &[Tensor], value: f32) {
     for g in params.iter().filter_map(|p| p.grad()) {
+        if !on_host(&g) {
+            let clamped = with_no_grad(|| g.clamp(-value, value));
+            g.set_data_(&clamped).expect("a gradient spans its storage");
+            continue;
+        }
         g.update_f32("clip_grad_value", |v| v.iter_mut().for_each(|x| *x = x.clamp(-value, value)))
             .expect("contiguous f32 gradients");
     }

@@ -56,12 +56,56 @@ pub(crate) struct Slot {
     pub weight_decay: f32,
     /// Named buffers of the parameter's length (created zeroed on first use).
     pub buffers: Vec<(&'static str, Vec<f32>)>,
+    /// The same buffers as tensors beside the parameter, for a parameter
+    /// updated by tensor ops (on a device, or not `f32`); while non-empty
+    /// they, not `buffers`, hold the state.
+    pub tensors: Vec<Tensor>,
 }
 
 impl Slot {
     pub fn new(name: String, param: Tensor, weight_decay: f32, buffers: &[&'static str]) -> Self {
         let n = param.elem_count();
-        Slot { name, param, weight_decay, buffers: buffers.iter().map(|&b| (b, vec![0.0; n])).collect() }
+        let buffers = buffers.iter().map(|&b| (b, vec![0.0; n])).collect();
+        Slot { name, param, weight_decay, buffers, tensors: Vec::new() }
+    }
+
+    /// Whether the host loop can update the parameter in place: a contiguous
+    /// `f32` CPU tensor.
+    fn on_host(&self) -> bool {
+        let p = &self.param;
+        p.device().is_cpu() && p.dtype() == DType::F32 && p.is_contiguous()
+    }
+
+    /// Brings the state to where the parameter is updated: the host buffers
+    /// back from tensors, or tensors made from the host buffers beside the
+    /// parameter (its device and dtype). The state follows a parameter that
+    /// moved.
+    fn place_state(&mut self) {
+        let host = self.on_host();
+        if host && !self.tensors.is_empty() {
+            for ((_, b), t) in self.buffers.iter_mut().zip(std::mem::take(&mut self.tensors)) {
+                *b = t.to_dtype(DType::F32).to_vec::<f32>();
+            }
+        }
+        let (dev, dt) = (self.param.device(), self.param.dtype());
+        if !host && self.tensors.first().is_none_or(|t| t.device() != dev || t.dtype() != dt) {
+            let shape = self.param.shape().clone();
+            self.tensors = self
+                .host_buffers()
+                .into_iter()
+                .map(|b| {
+                    Tensor::from_vec(b, shape.clone()).to_dtype(dt).to_device(dev).expect("the parameter's device")
+                })
+                .collect();
+        }
+    }
+
+    /// The buffers' current values on the host.
+    fn host_buffers(&self) -> Vec<Vec<f32>> {
+        match self.tensors.is_empty() {
+            true => self.buffers.iter().map(|(_, b)| b.clone()).collect(),
+            false => self.tensors.iter().map(|t| t.to_dtype(DType::F32).to_vec::<f32>()).collect(),
+        }
     }
 }
 
@@ -92,25 +136,45 @@ impl Params {
         self.slots.iter().for_each(|s| s.param.zero_grad());
     }
 
-    /// Runs `update(param, grad, weight_decay, buffers)` for every parameter with a gradient.
-    pub fn for_each(&mut self, mut update: impl FnMut(&mut [f32], &[f32], f32, &mut [(&'static str, Vec<f32>)])) {
+    /// Updates every parameter with a gradient: a contiguous `f32` CPU
+    /// parameter in place by `host(param, grad, weight_decay, buffers)`,
+    /// any other (on a device, or another dtype) by the same rule written
+    /// in tensor ops, `tensor(param, grad, weight_decay, state)`, which
+    /// returns the new parameter and updates `state` (run without
+    /// recording; the parameter then takes the new values in place).
+    pub fn for_each(
+        &mut self,
+        mut host: impl FnMut(&mut [f32], &[f32], f32, &mut [(&'static str, Vec<f32>)]),
+        mut tensor: impl FnMut(&Tensor, &Tensor, f32, &mut [Tensor]) -> Tensor,
+    ) {
         for slot in &mut self.slots {
             let Some(g) = slot.param.grad() else { continue };
-            let (wd, bufs) = (slot.weight_decay, &mut slot.buffers);
-            g.with_f32_slice(|g| {
-                slot.param
-                    .update_f32("optimizer step", |p| update(p, g, wd, bufs))
-                    .expect("parameters are contiguous f32 CPU tensors")
-            })
-            .expect("gradients are f32");
+            slot.place_state();
+            let wd = slot.weight_decay;
+            if slot.on_host() {
+                let bufs = &mut slot.buffers;
+                g.with_f32_slice(|g| {
+                    slot.param
+                        .update_f32("optimizer step", |p| host(p, g, wd, bufs))
+                        .expect("parameters are contiguous f32 CPU tensors")
+                })
+                .expect("gradients are f32");
+                continue;
+            }
+            let p = slot.param.detach();
+            let new = firebrand_autograd::with_no_grad(|| {
+                let g = g.detach().to_dtype(p.dtype()).to_device(p.device()).expect("the parameter's device");
+                tensor(&p, &g, wd, &mut slot.tensors)
+            });
+            slot.param.set_data_(&new).expect("the update has the parameter's shape");
         }
     }
 
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from_vec(vec![self.step as i64], [1]))];
         for s in &self.slots {
-            for (b, v) in &s.buffers {
-                out.push((format!("{}.{b}", s.name), Tensor::from_vec(v.clone(), s.param.shape().clone())));
+            for ((b, _), v) in s.buffers.iter().zip(s.host_buffers()) {
+                out.push((format!("{}.{b}", s.name), Tensor::from_vec(v, s.param.shape().clone())));
             }
         }
         out
@@ -148,6 +212,8 @@ impl Params {
             for (_, v) in &mut s.buffers {
                 *v = it.next().expect("one per buffer");
             }
+            // Made again from the loaded buffers at the next step.
+            s.tensors.clear();
         }
         self.step = step.to_vec::<i64>()[0] as u64;
         Ok(())

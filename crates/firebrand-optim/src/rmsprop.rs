@@ -57,36 +57,56 @@ impl RmsProp {
 impl Optimizer for RmsProp {
     fn step(&mut self) {
         let (lr, alpha, eps, mom, centered) = (self.lr, self.alpha, self.eps, self.momentum, self.centered);
-        self.params.for_each(|p, g, wd, bufs| {
-            let n = p.len();
-            let mut sq = std::mem::take(&mut bufs[0].1);
-            let mut mb = if mom > 0.0 { std::mem::take(&mut bufs[1].1) } else { Vec::new() };
-            let gi = if mom > 0.0 { 2 } else { 1 };
-            let mut ga = if centered { std::mem::take(&mut bufs[gi].1) } else { Vec::new() };
-            for i in 0..n {
-                let g = g[i] + wd * p[i];
-                sq[i] = alpha * sq[i] + (1.0 - alpha) * g * g;
+        self.params.for_each(
+            |p, g, wd, bufs| {
+                let n = p.len();
+                let mut sq = std::mem::take(&mut bufs[0].1);
+                let mut mb = if mom > 0.0 { std::mem::take(&mut bufs[1].1) } else { Vec::new() };
+                let gi = if mom > 0.0 { 2 } else { 1 };
+                let mut ga = if centered { std::mem::take(&mut bufs[gi].1) } else { Vec::new() };
+                for i in 0..n {
+                    let g = g[i] + wd * p[i];
+                    sq[i] = alpha * sq[i] + (1.0 - alpha) * g * g;
+                    let avg = if centered {
+                        ga[i] = alpha * ga[i] + (1.0 - alpha) * g;
+                        (sq[i] - ga[i] * ga[i]).sqrt() + eps
+                    } else {
+                        sq[i].sqrt() + eps
+                    };
+                    if mom > 0.0 {
+                        mb[i] = mom * mb[i] + g / avg;
+                        p[i] -= lr * mb[i];
+                    } else {
+                        p[i] -= lr * g / avg;
+                    }
+                }
+                bufs[0].1 = sq;
+                if mom > 0.0 {
+                    bufs[1].1 = mb;
+                }
+                if centered {
+                    bufs[gi].1 = ga;
+                }
+            },
+            // The same rule in tensor ops, for a parameter on a device.
+            |p, g, wd, st| {
+                let g = if wd != 0.0 { g + &(p * wd) } else { g.clone() };
+                st[0] = &(&st[0] * alpha) + &(g.square() * (1.0 - alpha));
+                let gi = if mom > 0.0 { 2 } else { 1 };
                 let avg = if centered {
-                    ga[i] = alpha * ga[i] + (1.0 - alpha) * g;
-                    (sq[i] - ga[i] * ga[i]).sqrt() + eps
+                    st[gi] = &(&st[gi] * alpha) + &(&g * (1.0 - alpha));
+                    (&st[0] - &st[gi].square()).sqrt() + eps
                 } else {
-                    sq[i].sqrt() + eps
+                    st[0].sqrt() + eps
                 };
                 if mom > 0.0 {
-                    mb[i] = mom * mb[i] + g / avg;
-                    p[i] -= lr * mb[i];
+                    st[1] = &(&st[1] * mom) + &(&g / &avg);
+                    p - &(&st[1] * lr)
                 } else {
-                    p[i] -= lr * g / avg;
+                    p - &(&(&g * lr) / &avg)
                 }
-            }
-            bufs[0].1 = sq;
-            if mom > 0.0 {
-                bufs[1].1 = mb;
-            }
-            if centered {
-                bufs[gi].1 = ga;
-            }
-        });
+            },
+        );
         self.params.step += 1;
     }
 

@@ -56,19 +56,32 @@ impl Optimizer for Sgd {
     fn step(&mut self) {
         let (lr, mom, damp, nesterov) = (self.lr, self.momentum, self.dampening, self.nesterov);
         let first = self.params.step == 0;
-        self.params.for_each(|p, g, wd, bufs| {
-            if mom == 0.0 {
-                p.iter_mut().zip(g).for_each(|(p, &g)| *p -= lr * (g + wd * *p));
-                return;
-            }
-            let buf = &mut bufs[0].1;
-            for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-                let g = g + wd * *p;
-                *b = if first { g } else { mom * *b + (1.0 - damp) * g };
-                let d = if nesterov { g + mom * *b } else { *b };
-                *p -= lr * d;
-            }
-        });
+        self.params.for_each(
+            |p, g, wd, bufs| {
+                if mom == 0.0 {
+                    p.iter_mut().zip(g).for_each(|(p, &g)| *p -= lr * (g + wd * *p));
+                    return;
+                }
+                let buf = &mut bufs[0].1;
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                    let g = g + wd * *p;
+                    *b = if first { g } else { mom * *b + (1.0 - damp) * g };
+                    let d = if nesterov { g + mom * *b } else { *b };
+                    *p -= lr * d;
+                }
+            },
+            // The same rule in tensor ops, for a parameter on a device.
+            |p, g, wd, st| {
+                let g = if wd != 0.0 { g + &(p * wd) } else { g.clone() };
+                if mom == 0.0 {
+                    return p - &(&g * lr);
+                }
+                let b = if first { g.clone() } else { &(&st[0] * mom) + &(&g * (1.0 - damp)) };
+                let d = if nesterov { &g + &(&b * mom) } else { b.clone() };
+                st[0] = b;
+                p - &(&d * lr)
+            },
+        );
         self.params.step += 1;
     }
 

@@ -126,12 +126,93 @@ pub struct AttentionInputs<'a> {
     pub attn_mask: Option<&'a dyn BackendStorage>,
 }
 
-/// The primitive op set every device implements. Composite ops (softmax's
-/// reference form, GELU, layer norm, losses) are written from these in the
-/// autograd crate and need no backend code.
+/// The fused primitives: kernels that do in one pass what a composite of
+/// core primitives does in several. A device implements any subset of them
+/// ([`Backend::has_fused`]); for the others the autograd crate runs the
+/// composite form, which is also the test reference of each fused kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fused {
+    /// [`Backend::bias_act_to_nchw`] and its backward: a convolution's epilogue.
+    ConvEpilogue,
+    /// [`Backend::channel_affine`] and its backward: per-channel scale, shift and activation.
+    ChannelAffine,
+    /// [`Backend::depthwise_conv2d`] and its backward (composite: grouped im2col and gemm).
+    DepthwiseConv,
+    /// [`Backend::pointwise_conv2d`]: a 1x1 convolution with its epilogue in the gemm (inference).
+    PointwiseConv,
+    /// [`Backend::lstm_cell`] and its backward.
+    LstmCell,
+    /// [`Backend::layer_norm`] and its backward.
+    LayerNorm,
+    /// [`Backend::batch_norm_stats`] and [`Backend::batch_norm_backward`].
+    BatchNorm,
+    /// [`Backend::attention`] and its backward.
+    Attention,
+}
+
+/// A device's memory in use by tensors, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryStats {
+    /// Bytes held by live tensors now.
+    pub live_bytes: u64,
+    /// The most bytes held at once since the device opened or the peak was reset.
+    pub peak_bytes: u64,
+}
+
+/// Every fused primitive, in declaration order.
+pub const ALL_FUSED: [Fused; 8] = [
+    Fused::ConvEpilogue,
+    Fused::ChannelAffine,
+    Fused::DepthwiseConv,
+    Fused::PointwiseConv,
+    Fused::LstmCell,
+    Fused::LayerNorm,
+    Fused::BatchNorm,
+    Fused::Attention,
+];
+
+/// The error of a fused primitive a device does not implement (callers check
+/// [`Backend::has_fused`] first and run the composite form instead).
+fn unfused(device: Device, op: &'static str) -> Error {
+    Error::msg(op, format!("{device} has no fused kernel for this primitive; run its composite form"))
+}
+
+/// The primitive op set of a device. The core primitives (the methods
+/// without a default body) are what a new device must implement; the fused
+/// ones ([`Fused`]) are optional, and the autograd crate dispatches to their
+/// composite forms where [`Backend::has_fused`] says a device lacks them.
+/// Composite ops (GELU, losses, optimizers' updates) are written from these
+/// in the autograd crate and need no backend code.
 pub trait Backend: Send + Sync {
     /// The device this backend serves.
     fn device(&self) -> Device;
+    /// Waits until every op submitted so far has finished (PyTorch's
+    /// `torch.cuda.synchronize()`; for timing). The CPU computes eagerly.
+    ///
+    /// # Errors
+    /// When the device was lost.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The memory tensors hold on this device (`None` where it is not tracked).
+    fn memory(&self) -> Option<MemoryStats> {
+        None
+    }
+    /// Starts [`MemoryStats::peak_bytes`] again from the live bytes.
+    fn reset_peak_memory(&self) {}
+    /// The largest buffer one kernel can read or write, in bytes (ops that
+    /// would make a larger intermediate, such as a convolution's columns,
+    /// split their work to stay under it).
+    fn max_buffer_bytes(&self) -> u64 {
+        u64::MAX
+    }
+    /// Whether this device runs the fused primitive `op` (otherwise its
+    /// methods return an error and callers use the composite form).
+    fn has_fused(&self, op: Fused) -> bool {
+        let _ = op;
+        false
+    }
     /// Copies host data onto the device.
     ///
     /// # Errors
@@ -284,6 +365,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a non-`f32` input.
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn bias_act_to_nchw(
         &self,
         yt: &dyn BackendStorage,
@@ -292,7 +374,9 @@ pub trait Backend: Send + Sync {
         l: usize,
         c: usize,
         act: Option<UnaryOp>,
-    ) -> Result<Storage>;
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "bias_act_to_nchw"))
+    }
     /// Backward of [`Backend::bias_act_to_nchw`] from the gradient `g` and the
     /// output `y` (`(N, C, L)`): the gradients of `yt` and of the bias. `act`
     /// is one whose derivative its output determines (ReLU, hardtanh).
@@ -300,6 +384,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a non-`f32` input.
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn bias_act_to_nchw_backward(
         &self,
         g: &dyn BackendStorage,
@@ -308,7 +393,9 @@ pub trait Backend: Send + Sync {
         l: usize,
         c: usize,
         act: Option<UnaryOp>,
-    ) -> Result<(Storage, Storage)>;
+    ) -> Result<(Storage, Storage)> {
+        Err(unfused(self.device(), "bias_act_to_nchw_backward"))
+    }
     /// Depthwise convolution, computed directly: `x` `(N, C, H, W)` (`dims`),
     /// `weight` `(C·M, 1, kh, kw)` for a channel multiplier `M`, optional
     /// `bias` `(C·M,)`, then `act`, all in one pass: `(N, C·M, Ho, Wo)`.
@@ -316,6 +403,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a dtype other than `f32`/`f64` (half precision widens).
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn depthwise_conv2d(
         &self,
         x: &dyn BackendStorage,
@@ -325,13 +413,16 @@ pub trait Backend: Send + Sync {
         multiplier: usize,
         win: &Window2d,
         act: Option<UnaryOp>,
-    ) -> Result<Storage>;
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "depthwise_conv2d"))
+    }
     /// The gradients of [`Backend::depthwise_conv2d`]'s input and weight from
     /// the output gradient `g` (before the activation), each when `need`s it.
     ///
     /// # Errors
     /// On a dtype other than `f32`/`f64`.
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn depthwise_conv2d_backward(
         &self,
         g: &dyn BackendStorage,
@@ -341,7 +432,9 @@ pub trait Backend: Send + Sync {
         multiplier: usize,
         win: &Window2d,
         need: [bool; 2],
-    ) -> Result<(Option<Storage>, Option<Storage>)>;
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        Err(unfused(self.device(), "depthwise_conv2d_backward"))
+    }
     /// A 1x1 convolution for inference, with its epilogue fused into the
     /// gemm: `act(scale[o]·Σ_c w[o, c]·x[n, c, l] + shift[o])` for `x`
     /// `(N, C, L)` and `w` `(Cout, C)` (`dims = [N, C, Cout, L]`): `(N, Cout, L)`.
@@ -350,6 +443,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a dtype other than `f32`.
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn pointwise_conv2d(
         &self,
         x: &dyn BackendStorage,
@@ -358,13 +452,16 @@ pub trait Backend: Send + Sync {
         shift: Option<&dyn BackendStorage>,
         dims: [usize; 4],
         act: Option<UnaryOp>,
-    ) -> Result<Storage>;
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "pointwise_conv2d"))
+    }
     /// `act(x·scale[c] + shift[c])` over `(N, C, L)` (`dims`; a missing
     /// scale is 1, a missing shift 0): a bias and activation on NCHW data,
     /// evaluation-mode BatchNorm.
     ///
     /// # Errors
     /// On a dtype other than `f32`/`f64`.
+    #[allow(unused_variables)]
     fn channel_affine(
         &self,
         x: &dyn BackendStorage,
@@ -372,7 +469,9 @@ pub trait Backend: Send + Sync {
         shift: Option<&dyn BackendStorage>,
         dims: [usize; 3],
         act: Option<UnaryOp>,
-    ) -> Result<Storage>;
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "channel_affine"))
+    }
     /// The gradients of [`Backend::channel_affine`] (`x`, `scale`, `shift`,
     /// each when `need`s it) from the output gradient `g`, the input `x` and
     /// the output `y`; `act` is one whose derivative its output determines.
@@ -380,6 +479,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a dtype other than `f32`/`f64`.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(unused_variables)]
     fn channel_affine_backward(
         &self,
         g: &dyn BackendStorage,
@@ -389,7 +489,9 @@ pub trait Backend: Send + Sync {
         dims: [usize; 3],
         act: Option<UnaryOp>,
         need: [bool; 3],
-    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)>;
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
+        Err(unfused(self.device(), "channel_affine_backward"))
+    }
     /// One LSTM step's elementwise math: the pre-activation gates are
     /// `xw + hw` (`(B, 4H)` each, gates `i, f, g, o`; `xw` read at `xw_at`),
     /// `c_prev` `(B, H)` is read at `c_at`. Returns `[acts | c | h]` `(B, 6H)`.
@@ -397,6 +499,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a non-`f32` input.
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn lstm_cell(
         &self,
         xw: &dyn BackendStorage,
@@ -406,7 +509,9 @@ pub trait Backend: Send + Sync {
         c_at: Rows,
         b: usize,
         h: usize,
-    ) -> Result<Storage>;
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "lstm_cell"))
+    }
     /// Backward of [`Backend::lstm_cell`]: `[dgates | dc_prev]` `(B, 5H)` from
     /// the step's `[acts | c | h]`, `c_prev` (at `c_at`), the gradients of the
     /// step's outputs `g_out = [dc | dh]` `(B, 2H)` (at `g_at`), and those
@@ -415,6 +520,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// On a non-`f32` input.
     #[allow(clippy::too_many_arguments)]
+    #[allow(unused_variables)]
     fn lstm_cell_backward(
         &self,
         state: &dyn BackendStorage,
@@ -427,13 +533,16 @@ pub trait Backend: Send + Sync {
         dc_at: Rows,
         b: usize,
         h: usize,
-    ) -> Result<Storage>;
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "lstm_cell_backward"))
+    }
     /// Layer normalization over the last dim of a contiguous `(rows, cols)`
     /// input, with optional scale and shift `(cols,)`: the output and the
     /// rows' `[mean | 1/√(var + eps)]` `(2, rows)`.
     ///
     /// # Errors
     /// On a non-`f32` input.
+    #[allow(unused_variables)]
     fn layer_norm(
         &self,
         x: &dyn BackendStorage,
@@ -442,13 +551,16 @@ pub trait Backend: Send + Sync {
         rows: usize,
         cols: usize,
         eps: f32,
-    ) -> Result<(Storage, Storage)>;
+    ) -> Result<(Storage, Storage)> {
+        Err(unfused(self.device(), "layer_norm"))
+    }
     /// Backward of [`Backend::layer_norm`]: from `x`, `weight`, the
     /// statistics and the output's gradient `g` (contiguous `(rows, cols)`),
     /// the input's gradient and `[dweight | dbias]` `(2, cols)`.
     ///
     /// # Errors
     /// On a non-`f32` input.
+    #[allow(unused_variables)]
     fn layer_norm_backward(
         &self,
         x: &dyn BackendStorage,
@@ -457,13 +569,18 @@ pub trait Backend: Send + Sync {
         g: &dyn BackendStorage,
         rows: usize,
         cols: usize,
-    ) -> Result<(Storage, Storage)>;
+    ) -> Result<(Storage, Storage)> {
+        Err(unfused(self.device(), "layer_norm_backward"))
+    }
     /// Training-mode batch statistics of `x` `(N, C, L)` (`dims`): per
     /// channel the mean and the biased variance, `[mean | var]` `(2, C)`.
     ///
     /// # Errors
     /// On a dtype other than `f32`/`f64`.
-    fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage>;
+    #[allow(unused_variables)]
+    fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage> {
+        Err(unfused(self.device(), "batch_norm_stats"))
+    }
     /// Backward of training-mode batch norm `y = (x − mean)·invstd·γ + β`
     /// from `g`, `x`, `stats` = `[mean | invstd]` `(2, C)` and γ (none: 1):
     /// the input's gradient and `[dγ | dβ]` `(2, C)`. With `act = Some((op,
@@ -473,6 +590,7 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// On a dtype other than `f32`/`f64`, or an `op` that needs its input.
+    #[allow(unused_variables)]
     fn batch_norm_backward(
         &self,
         g: &dyn BackendStorage,
@@ -481,7 +599,9 @@ pub trait Backend: Send + Sync {
         weight: Option<&dyn BackendStorage>,
         dims: [usize; 3],
         act: Option<(UnaryOp, &dyn BackendStorage)>,
-    ) -> Result<(Storage, Storage)>;
+    ) -> Result<(Storage, Storage)> {
+        Err(unfused(self.device(), "batch_norm_backward"))
+    }
     /// Fused scaled-dot-product attention: `softmax(scale·q·kᵀ + mask)·v`
     /// with the causal and padding masks applied as it goes (never stored).
     /// Returns the output `(B, T, heads, d)` contiguous (so `(B, T, E)`
@@ -492,7 +612,10 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// On a non-`f32` input.
-    fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)>;
+    #[allow(unused_variables)]
+    fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
+        Err(unfused(self.device(), "attention"))
+    }
     /// Backward of [`Backend::attention`]: from its inputs, output, statistics
     /// and the output's gradient `g` (`(B, T, heads, d)` contiguous), the
     /// gradients of `q` (`T` positions), `k` and `v` (`S`), each contiguous
@@ -501,6 +624,7 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// On a non-`f32` input.
+    #[allow(unused_variables)]
     fn attention_backward(
         &self,
         x: &AttentionInputs<'_>,
@@ -509,7 +633,9 @@ pub trait Backend: Send + Sync {
         lse: &dyn BackendStorage,
         g: &dyn BackendStorage,
         orders: [HeadOrder; 3],
-    ) -> Result<(Storage, Storage, Storage)>;
+    ) -> Result<(Storage, Storage, Storage)> {
+        Err(unfused(self.device(), "attention_backward"))
+    }
     /// Max pooling of a contiguous `(N, C, H, W)` input: values and `i64`
     /// indices of the maxima within each `H·W` plane.
     ///

@@ -39,3 +39,29 @@ impl std::fmt::Display for Device {
         }
     }
 }
+
+/// Parses `cpu`, `wgpu` (adapter 0) or `wgpu:N`, the names
+/// [`Device`]'s `Display` writes (so `--device wgpu:1` on a command line).
+///
+/// ```
+/// use firebrand_tensor::Device;
+/// assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+/// assert_eq!("wgpu".parse::<Device>(), Ok(Device::Wgpu(0)));
+/// assert_eq!("wgpu:2".parse::<Device>(), Ok(Device::Wgpu(2)));
+/// assert!("cuda".parse::<Device>().unwrap_err().contains("cpu, wgpu or wgpu:N"));
+/// ```
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "wgpu" | "gpu" => Ok(Device::Wgpu(0)),
+            other => other
+                .strip_prefix("wgpu:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Wgpu)
+                .ok_or_else(|| format!("unknown device {s:?}: expected cpu, wgpu or wgpu:N")),
+        }
+    }
+}

@@ -31,6 +31,10 @@ pub enum FitError {
     /// A checkpoint or log could not be written or read.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The model's device failed: unavailable, out of memory, or a batch
+    /// that could not be moved there.
+    #[error("Model::fit: {0}")]
+    Device(#[from] firebrand_autograd::Error),
     /// A callback failed.
     #[error("callback {callback}: {problem}")]
     Callback {

@@ -368,6 +368,8 @@ impl<M: Module> Model<M> {
         let steps_per_epoch = n_batches.div_ceil(accum);
         let Model { net, optimizer, loss: objective } = self;
         let opt = optimizer.as_deref_mut().expect("checked above");
+        // Training runs where the network's parameters are (Model::to_device).
+        let device = net.device();
         let (mut step, mut stop, mut epoch) = (start * steps_per_epoch, false, start);
         // Calls one hook on every callback with a fresh view of the state.
         macro_rules! hook {
@@ -404,6 +406,8 @@ impl<M: Module> Model<M> {
             let (mut loss_sum, mut seen, mut correct, mut classify) = (0.0f64, 0usize, 0usize, false);
             for (i, (x, y)) in train.epoch(epoch).enumerate() {
                 hook!(on_batch_begin(i));
+                // Batches come from the host; the model's device gets them.
+                let (x, y) = (x.to_device(device)?, y.to_device(device)?);
                 let out = net.forward(&x);
                 let loss = objective.compute(&out, &y);
                 if i % accum == 0 {
@@ -512,15 +516,27 @@ impl<M: Module> Model<M> {
     pub fn predict(&mut self, x: &Tensor, batch_size: usize) -> Tensor {
         assert!(batch_size > 0, "Model::predict: batch_size must be positive");
         self.net.eval();
+        let device = self.net.device();
         let out = with_no_grad(|| {
             let n = x.dims()[0];
-            let parts: Vec<Tensor> =
-                (0..n).step_by(batch_size).map(|s| self.net.forward(&x.narrow(0, s, batch_size.min(n - s)))).collect();
+            let batch = |s: usize| x.narrow(0, s, batch_size.min(n - s)).to_device(device).expect("the model's device");
+            let parts: Vec<Tensor> = (0..n).step_by(batch_size).map(|s| self.net.forward(&batch(s))).collect();
             let refs: Vec<&Tensor> = parts.iter().collect();
             Tensor::cat(&refs, 0)
         });
         self.net.train();
         out
+    }
+
+    /// Moves the network's parameters and buffers to `device` (PyTorch's
+    /// `model.to(device)`): `fit`, `evaluate` and `predict` then move each
+    /// batch there, and the optimizer's state follows the parameters at its
+    /// next step. `predict` returns its output on the device.
+    ///
+    /// # Errors
+    /// When the device is unavailable or out of memory.
+    pub fn to_device(&mut self, device: firebrand_autograd::Device) -> Result<(), FitError> {
+        Ok(self.net.to_device(device)?)
     }
 
     /// Writes weights (`model.*`), optimizer state (`optim.*`) and the history
@@ -550,11 +566,14 @@ impl<M: Module> Model<M> {
 /// Mean loss and metrics of `net` over `loader`, in evaluation mode.
 fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &DataLoader) -> Evaluation {
     net.set_training(false);
+    let device = net.device();
     let (mut loss_sum, mut seen, mut classify) = (0.0f64, 0usize, false);
     let (mut preds, mut truth) = (Vec::new(), Vec::new());
     let mut classes = 0;
     with_no_grad(|| {
         for (x, y) in loader.epoch(0) {
+            let (x, y) =
+                (x.to_device(device).expect("the model's device"), y.to_device(device).expect("the model's device"));
             let out = net.forward(&x);
             let n = x.dims()[0];
             loss_sum += objective.compute(&out, &y).item() as f64 * n as f64;

@@ -2,7 +2,7 @@
 
 use crate::gpu::Gpu;
 use crate::kernels;
-use firebrand_tensor::backend::{AttentionInputs, AttentionSpec, Backend, BackendStorage, HeadOrder, Rows, Storage};
+use firebrand_tensor::backend::{Backend, BackendStorage, MemoryStats, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Device, Error, Layout, Result};
 use std::any::Any;
@@ -17,6 +17,20 @@ pub struct WgpuStorage {
     pub(crate) gpu: Arc<Gpu>,
 }
 
+impl WgpuStorage {
+    /// A tensor's storage of `buf`, counted in the device's memory.
+    pub(crate) fn new(buf: wgpu::Buffer, len: usize, dtype: DType, gpu: Arc<Gpu>) -> WgpuStorage {
+        gpu.hold(buf.size());
+        WgpuStorage { buf, len, dtype, gpu }
+    }
+}
+
+impl Drop for WgpuStorage {
+    fn drop(&mut self) {
+        self.gpu.release(self.buf.size());
+    }
+}
+
 impl std::fmt::Debug for WgpuStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "WgpuStorage({} x {} on {:?})", self.len, self.dtype, self.gpu)
@@ -24,7 +38,7 @@ impl std::fmt::Debug for WgpuStorage {
 }
 
 /// Words per element of the dtypes a device holds; `None` for the others.
-fn words_of(dtype: DType) -> Option<u32> {
+pub(crate) fn words_of(dtype: DType) -> Option<u32> {
     match dtype {
         DType::F32 | DType::Bool | DType::I32 => Some(1),
         DType::I64 => Some(2),
@@ -33,7 +47,7 @@ fn words_of(dtype: DType) -> Option<u32> {
 }
 
 /// The kernel-source name of a device dtype.
-fn kind_of(dtype: DType) -> &'static str {
+pub(crate) fn kind_of(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",
         DType::Bool => "bool",
@@ -86,24 +100,56 @@ fn strided_words(dims: &[usize], strides: &[usize], offset: usize, op: &'static 
 }
 
 /// [`strided_words`] of a whole layout.
-fn layout_words(l: &Layout, op: &'static str) -> Result<Vec<u32>> {
+pub(crate) fn layout_words(l: &Layout, op: &'static str) -> Result<Vec<u32>> {
     strided_words(l.dims(), l.strides(), l.offset(), op)
 }
 
-fn u32_of(v: usize, op: &'static str) -> Result<u32> {
+pub(crate) fn u32_of(v: usize, op: &'static str) -> Result<u32> {
     u32::try_from(v)
         .map_err(|_| Error::msg(op, format!("wgpu: {v} is beyond the 32-bit indices of the device kernels")))
 }
 
 impl WgpuBackend {
-    fn storage<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
+    /// A reduction of `f32` or (`int`) `i64` elements.
+    fn reduce_(&self, op: ReduceOp, x: &WgpuStorage, l: &Layout, axes: &[bool], int: bool) -> Result<WgpuStorage> {
+        let name = op.name();
+        let (dims, strides) = (l.dims(), l.strides());
+        if axes.len() != dims.len() {
+            return Err(Error::msg(name, format!("{} axis flags for rank {}", axes.len(), dims.len())));
+        }
+        if int && op == ReduceOp::Prod {
+            return Err(Error::DType { op: name, got: x.dtype, expected: "f32 (no integer product on wgpu)" });
+        }
+        let pick = |red: bool| -> (Vec<usize>, Vec<usize>) {
+            (0..dims.len()).filter(|&d| axes[d] == red).map(|d| (dims[d], strides[d])).unzip()
+        };
+        let ((kd, ks), (rd, rs)) = (pick(false), pick(true));
+        let (n_out, n_red): (usize, usize) = (kd.iter().product(), rd.iter().product());
+        if n_red == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
+            return Err(Error::msg(name, "reducing an empty dimension".to_string()));
+        }
+        let kept = strided_words(&kd, &ks, l.offset(), name)?;
+        let at_r = 2 + kept.len() as u32;
+        let mut p = vec![u32_of(n_out, name)?, u32_of(n_red, name)?];
+        p.extend(kept);
+        p.extend(strided_words(&rd, &rs, 0, name)?);
+        let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
+        let out_dt = if arg || int { DType::I64 } else { DType::F32 };
+        let out = self.new_storage(n_out, out_dt, name)?;
+        let pb = self.gpu.upload_words(&p, name)?;
+        let src = if int { kernels::reduce_i64(op, at_r) } else { kernels::reduce(op, at_r) };
+        self.gpu.dispatch(&src, &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n_out));
+        Ok(out)
+    }
+
+    pub(crate) fn storage<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
         match s.as_any().downcast_ref::<WgpuStorage>() {
             Some(w) if w.gpu.index == self.gpu.index => Ok(w),
             _ => Err(Error::DeviceMismatch { op, lhs: self.gpu.id(), rhs: s.device() }),
         }
     }
 
-    fn f32s<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
+    pub(crate) fn f32s<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
         let w = self.storage(s, op)?;
         if w.dtype != DType::F32 {
             return Err(Error::DType { op, got: w.dtype, expected: "f32 (on wgpu)" });
@@ -111,14 +157,9 @@ impl WgpuBackend {
         Ok(w)
     }
 
-    fn new_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
+    pub(crate) fn new_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
         let w = words_of(dtype).expect("device dtype") as u64;
-        Ok(WgpuStorage { buf: self.gpu.alloc(len as u64 * w * 4, op)?, len, dtype, gpu: self.gpu.clone() })
-    }
-
-    /// The error for a primitive this device has no kernel for yet.
-    fn missing(&self, op: &'static str) -> Error {
-        Error::msg(op, format!("no kernel for this primitive on {} ({}) yet", self.gpu.id(), self.gpu.info.name))
+        Ok(WgpuStorage::new(self.gpu.alloc(len as u64 * w * 4, op)?, len, dtype, self.gpu.clone()))
     }
 
     /// Runs `source`, a kernel reading `x` through `l`, into a new contiguous
@@ -152,6 +193,23 @@ impl Backend for WgpuBackend {
         self.gpu.id()
     }
 
+    fn max_buffer_bytes(&self) -> u64 {
+        self.gpu.max_buffer_bytes()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.wait()
+    }
+
+    fn memory(&self) -> Option<MemoryStats> {
+        let (live_bytes, peak_bytes) = self.gpu.memory();
+        Some(MemoryStats { live_bytes, peak_bytes })
+    }
+
+    fn reset_peak_memory(&self) {
+        self.gpu.reset_peak();
+    }
+
     fn upload(&self, data: CpuStorage) -> Result<Storage> {
         let op = "to_device";
         let (dtype, words): (DType, Vec<u32>) = match &data {
@@ -164,7 +222,7 @@ impl Backend for WgpuBackend {
             }
         };
         let len = words.len() / words_of(dtype).expect("device dtype") as usize;
-        Ok(Box::new(WgpuStorage { buf: self.gpu.upload_words(&words, op)?, len, dtype, gpu: self.gpu.clone() }))
+        Ok(Box::new(WgpuStorage::new(self.gpu.upload_words(&words, op)?, len, dtype, self.gpu.clone())))
     }
 
     fn contiguous(&self, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
@@ -245,29 +303,19 @@ impl Backend for WgpuBackend {
 
     fn reduce(&self, op: ReduceOp, x: &dyn BackendStorage, l: &Layout, axes: &[bool]) -> Result<Storage> {
         let name = op.name();
-        let x = self.f32s(x, name)?;
-        let (dims, strides) = (l.dims(), l.strides());
-        if axes.len() != dims.len() {
-            return Err(Error::msg(name, format!("{} axis flags for rank {}", axes.len(), dims.len())));
-        }
-        let pick = |red: bool| -> (Vec<usize>, Vec<usize>) {
-            (0..dims.len()).filter(|&d| axes[d] == red).map(|d| (dims[d], strides[d])).unzip()
-        };
-        let ((kd, ks), (rd, rs)) = (pick(false), pick(true));
-        let (n_out, n_red): (usize, usize) = (kd.iter().product(), rd.iter().product());
-        if n_red == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
-            return Err(Error::msg(name, "reducing an empty dimension".to_string()));
-        }
-        let kept = strided_words(&kd, &ks, l.offset(), name)?;
-        let at_r = 2 + kept.len() as u32;
-        let mut p = vec![u32_of(n_out, name)?, u32_of(n_red, name)?];
-        p.extend(kept);
-        p.extend(strided_words(&rd, &rs, 0, name)?);
+        let x = self.storage(x, name)?;
         let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
-        let out = self.new_storage(n_out, if arg { DType::I64 } else { DType::F32 }, name)?;
-        let pb = self.gpu.upload_words(&p, name)?;
-        self.gpu.dispatch(&kernels::reduce(op, at_r), &[&x.buf, &out.buf, &pb], Gpu::groups_1d(n_out));
-        Ok(Box::new(out))
+        match x.dtype {
+            DType::F32 => Ok(Box::new(self.reduce_(op, x, l, axes, false)?)),
+            DType::I64 => Ok(Box::new(self.reduce_(op, x, l, axes, true)?)),
+            // Bool and i32: exactly through i64, back to the input's dtype.
+            dt => {
+                let wide = self.to_dtype(x, l, DType::I64)?;
+                let dense = Layout::contiguous(l.shape().clone());
+                let r = self.reduce(op, &*wide, &dense, axes)?;
+                if arg { Ok(r) } else { self.to_dtype(&*r, &Layout::contiguous([r.len()]), dt) }
+            }
+        }
     }
 
     fn matmul(&self, a: &dyn BackendStorage, la: &Layout, b: &dyn BackendStorage, lb: &Layout) -> Result<Storage> {
@@ -294,8 +342,14 @@ impl Backend for WgpuBackend {
         let at_bb = p.len() as u32;
         p.extend(batch_words(lb)?);
         let pb = self.gpu.upload_words(&p, name)?;
-        let groups = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, batch as u32];
-        self.gpu.dispatch(&kernels::matmul(at_bb), &[&a.buf, &b.buf, &out.buf, &pb], groups);
+        // Register blocking pays once the product fills 64x64 tiles.
+        let (src, tile) = if m >= kernels::BLOCK / 2 && n >= kernels::BLOCK / 2 && k >= 16 {
+            (kernels::matmul_blocked(at_bb), kernels::BLOCK)
+        } else {
+            (kernels::matmul(at_bb), 16)
+        };
+        let groups = [n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, batch as u32];
+        self.gpu.dispatch(&src, &[&a.buf, &b.buf, &out.buf, &pb], groups);
         Ok(Box::new(out))
     }
 
@@ -327,216 +381,85 @@ impl Backend for WgpuBackend {
         Ok(Box::new(out))
     }
 
-    fn index_select(&self, _: &dyn BackendStorage, _: &Layout, _: usize, _: &dyn BackendStorage) -> Result<Storage> {
-        Err(self.missing("index_select"))
+    fn index_select(&self, x: &dyn BackendStorage, l: &Layout, d: usize, idx: &dyn BackendStorage) -> Result<Storage> {
+        Ok(Box::new(self.index_select_(x, l, d, idx)?))
     }
     fn index_add(
         &self,
-        _: &dyn BackendStorage,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &dyn BackendStorage,
+        src: &dyn BackendStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        idx: &dyn BackendStorage,
     ) -> Result<Storage> {
-        Err(self.missing("index_add"))
+        Ok(Box::new(self.scatter_add_(src, [outer, size, inner], idx, true, "index_add")?))
     }
-    fn gather(&self, _: &dyn BackendStorage, _: usize, _: usize, _: usize, _: &dyn BackendStorage) -> Result<Storage> {
-        Err(self.missing("gather"))
+    fn gather(
+        &self,
+        x: &dyn BackendStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        index: &dyn BackendStorage,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.gather_(x, [outer, size, inner], index)?))
     }
     fn scatter_add(
         &self,
-        _: &dyn BackendStorage,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &dyn BackendStorage,
+        src: &dyn BackendStorage,
+        outer: usize,
+        size: usize,
+        inner: usize,
+        index: &dyn BackendStorage,
     ) -> Result<Storage> {
-        Err(self.missing("scatter_add"))
+        Ok(Box::new(self.scatter_add_(src, [outer, size, inner], index, false, "scatter_add")?))
     }
-    fn concat(&self, _: &[(&dyn BackendStorage, &Layout)], _: usize, _: &[usize], _: usize) -> Result<Storage> {
-        Err(self.missing("concat"))
-    }
-    fn where_select(&self, _: &dyn BackendStorage, _: &dyn BackendStorage, _: &dyn BackendStorage) -> Result<Storage> {
-        Err(self.missing("where_select"))
-    }
-    fn im2col(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d) -> Result<Storage> {
-        Err(self.missing("im2col"))
-    }
-    fn col2im(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d) -> Result<Storage> {
-        Err(self.missing("col2im"))
-    }
-    fn bias_act_to_nchw(
+    fn concat(
         &self,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: Option<UnaryOp>,
+        parts: &[(&dyn BackendStorage, &Layout)],
+        outer: usize,
+        sizes: &[usize],
+        inner: usize,
     ) -> Result<Storage> {
-        Err(self.missing("bias_act_to_nchw"))
+        Ok(Box::new(self.concat_(parts, outer, sizes, inner)?))
     }
-    fn bias_act_to_nchw_backward(
+    fn where_select(
         &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: Option<UnaryOp>,
-    ) -> Result<(Storage, Storage)> {
-        Err(self.missing("bias_act_to_nchw_backward"))
-    }
-    fn depthwise_conv2d(
-        &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: [usize; 4],
-        _: usize,
-        _: &Window2d,
-        _: Option<UnaryOp>,
+        cond: &dyn BackendStorage,
+        a: &dyn BackendStorage,
+        b: &dyn BackendStorage,
     ) -> Result<Storage> {
-        Err(self.missing("depthwise_conv2d"))
+        Ok(Box::new(self.where_select_(cond, a, b)?))
     }
-    fn depthwise_conv2d_backward(
-        &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: [usize; 4],
-        _: usize,
-        _: &Window2d,
-        _: [bool; 2],
-    ) -> Result<(Option<Storage>, Option<Storage>)> {
-        Err(self.missing("depthwise_conv2d_backward"))
+    fn im2col(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage> {
+        Ok(Box::new(self.im2col_(x, dims, win)?))
     }
-    fn pointwise_conv2d(
-        &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: Option<&dyn BackendStorage>,
-        _: [usize; 4],
-        _: Option<UnaryOp>,
-    ) -> Result<Storage> {
-        Err(self.missing("pointwise_conv2d"))
+    fn col2im(&self, cols: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<Storage> {
+        Ok(Box::new(self.col2im_(cols, dims, win)?))
     }
-    fn channel_affine(
-        &self,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: Option<&dyn BackendStorage>,
-        _: [usize; 3],
-        _: Option<UnaryOp>,
-    ) -> Result<Storage> {
-        Err(self.missing("channel_affine"))
-    }
-    fn channel_affine_backward(
-        &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: [usize; 3],
-        _: Option<UnaryOp>,
-        _: [bool; 3],
-    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
-        Err(self.missing("channel_affine_backward"))
-    }
-    fn lstm_cell(
-        &self,
-        _: &dyn BackendStorage,
-        _: Rows,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Rows,
-        _: usize,
-        _: usize,
-    ) -> Result<Storage> {
-        Err(self.missing("lstm_cell"))
-    }
-    fn lstm_cell_backward(
-        &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Rows,
-        _: &dyn BackendStorage,
-        _: Rows,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Rows,
-        _: usize,
-        _: usize,
-    ) -> Result<Storage> {
-        Err(self.missing("lstm_cell_backward"))
-    }
-    fn layer_norm(
-        &self,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: Option<&dyn BackendStorage>,
-        _: usize,
-        _: usize,
-        _: f32,
-    ) -> Result<(Storage, Storage)> {
-        Err(self.missing("layer_norm"))
-    }
-    fn layer_norm_backward(
-        &self,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: usize,
-        _: usize,
-    ) -> Result<(Storage, Storage)> {
-        Err(self.missing("layer_norm_backward"))
-    }
-    fn batch_norm_stats(&self, _: &dyn BackendStorage, _: [usize; 3]) -> Result<Storage> {
-        Err(self.missing("batch_norm_stats"))
-    }
-    fn batch_norm_backward(
-        &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: Option<&dyn BackendStorage>,
-        _: [usize; 3],
-        _: Option<(UnaryOp, &dyn BackendStorage)>,
-    ) -> Result<(Storage, Storage)> {
-        Err(self.missing("batch_norm_backward"))
-    }
-    fn attention(&self, _: &AttentionInputs<'_>, _: &AttentionSpec) -> Result<(Storage, Storage)> {
-        Err(self.missing("attention"))
-    }
-    fn attention_backward(
-        &self,
-        _: &AttentionInputs<'_>,
-        _: &AttentionSpec,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: [HeadOrder; 3],
-    ) -> Result<(Storage, Storage, Storage)> {
-        Err(self.missing("attention_backward"))
-    }
-    fn max_pool2d(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d) -> Result<(Storage, Storage)> {
-        Err(self.missing("max_pool2d"))
+    fn max_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d) -> Result<(Storage, Storage)> {
+        let (v, i) = self.max_pool2d_(x, dims, win)?;
+        Ok((Box::new(v), Box::new(i)))
     }
     fn max_pool2d_backward(
         &self,
-        _: &dyn BackendStorage,
-        _: &dyn BackendStorage,
-        _: [usize; 4],
-        _: &Window2d,
+        g: &dyn BackendStorage,
+        idx: &dyn BackendStorage,
+        dims: [usize; 4],
+        win: &Window2d,
     ) -> Result<Storage> {
-        Err(self.missing("max_pool2d_backward"))
+        Ok(Box::new(self.max_pool2d_backward_(g, idx, dims, win)?))
     }
-    fn avg_pool2d(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d, _: bool) -> Result<Storage> {
-        Err(self.missing("avg_pool2d"))
+    fn avg_pool2d(&self, x: &dyn BackendStorage, dims: [usize; 4], win: &Window2d, cip: bool) -> Result<Storage> {
+        Ok(Box::new(self.avg_pool2d_(x, dims, win, cip)?))
     }
-    fn avg_pool2d_backward(&self, _: &dyn BackendStorage, _: [usize; 4], _: &Window2d, _: bool) -> Result<Storage> {
-        Err(self.missing("avg_pool2d_backward"))
+    fn avg_pool2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        dims: [usize; 4],
+        win: &Window2d,
+        cip: bool,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.avg_pool2d_backward_(g, dims, win, cip)?))
     }
 }

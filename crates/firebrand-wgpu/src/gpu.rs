@@ -3,6 +3,7 @@
 
 use firebrand_tensor::{Device, Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use wgpu::util::DeviceExt;
 
@@ -55,6 +56,9 @@ pub struct Gpu {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) index: usize,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Bytes in tensors' buffers now, and the most at once.
+    live: AtomicU64,
+    peak: AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -95,7 +99,15 @@ impl Gpu {
             device,
             msg: format!("request_device: {e}"),
         })?;
-        Ok(Arc::new(Gpu { device: dev, queue, info: adapter.get_info(), index, pipelines: Mutex::default() }))
+        Ok(Arc::new(Gpu {
+            device: dev,
+            queue,
+            info: adapter.get_info(),
+            index,
+            pipelines: Mutex::default(),
+            live: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        }))
     }
 
     /// The device this adapter is.
@@ -119,10 +131,46 @@ impl Gpu {
         }
     }
 
+    /// Counts `bytes` of a tensor's buffer as held (until [`Gpu::release`]).
+    pub(crate) fn hold(&self, bytes: u64) {
+        let now = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// A tensor's buffer of `bytes` was dropped.
+    pub(crate) fn release(&self, bytes: u64) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Live and peak bytes of tensors.
+    pub(crate) fn memory(&self) -> (u64, u64) {
+        (self.live.load(Ordering::Relaxed), self.peak.load(Ordering::Relaxed))
+    }
+
+    /// The peak starts again from the live bytes.
+    pub(crate) fn reset_peak(&self) {
+        self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Waits for the queue.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::msg("synchronize", format!("{}: {e}", self.id())))
+    }
+
+    /// The largest buffer a kernel can bind, in bytes.
+    pub(crate) fn max_buffer_bytes(&self) -> u64 {
+        let l = self.device.limits();
+        l.max_buffer_size.min(l.max_storage_buffer_binding_size)
+    }
+
     /// A new storage buffer of `bytes` (at least 4), or a typed error when
-    /// the device is out of memory.
+    /// it is larger than a kernel can bind or the device is out of memory.
     pub(crate) fn alloc(&self, bytes: u64, op: &'static str) -> Result<wgpu::Buffer> {
         let size = bytes.max(4).next_multiple_of(4);
+        self.check_size(size, op)?;
         self.out_of_memory_checked(
             op,
             || format!("allocating {size} bytes"),
@@ -137,11 +185,23 @@ impl Gpu {
         )
     }
 
+    fn check_size(&self, size: u64, op: &'static str) -> Result<()> {
+        let max = self.max_buffer_bytes();
+        if size > max {
+            return Err(Error::msg(
+                op,
+                format!("{}: a buffer of {size} bytes is larger than the {max} bytes a kernel can bind", self.id()),
+            ));
+        }
+        Ok(())
+    }
+
     /// A storage buffer holding `words`.
     pub(crate) fn upload_words(&self, words: &[u32], op: &'static str) -> Result<wgpu::Buffer> {
         if words.is_empty() {
             return self.alloc(4, op);
         }
+        self.check_size(words.len() as u64 * 4, op)?;
         self.out_of_memory_checked(
             op,
             || format!("uploading {} words", words.len()),

@@ -22,7 +22,9 @@
 
 mod backend;
 mod gpu;
+mod index_ops;
 mod kernels;
+mod window_ops;
 
 pub use backend::{WgpuBackend, WgpuStorage};
 use firebrand_tensor::{Device, Result};

@@ -7,8 +7,8 @@
 //! where a missing adapter fails (CI installs Mesa's lavapipe).
 
 use firebrand_ops::CPU;
-use firebrand_tensor::backend::{Backend, Storage};
-use firebrand_tensor::op::{ALL_UNARY_OPS, BinaryOp, ReduceOp, UnaryOp};
+use firebrand_tensor::backend::{Backend, Fused, Storage};
+use firebrand_tensor::op::{ALL_UNARY_OPS, BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Layout, Shape};
 
 /// The backend of `wgpu:0`, or `None` (after saying why) when there is none.
@@ -214,9 +214,39 @@ fn reductions_over_any_axes() {
 }
 
 #[test]
+fn integer_and_bool_reductions_are_exact() {
+    let Some(dev) = device() else { return };
+    // i64 values around the 32-bit carry and the sign, over 300 rows.
+    let v: Vec<i64> = (0..600).map(|i| (i as i64 - 300) * 4_000_000_017 + (i % 7) as i64).collect();
+    let (c, g) = (CPU.upload(i64s(&v)).unwrap(), dev.upload(i64s(&v)).unwrap());
+    let l = Layout::contiguous(Shape::from(vec![300, 2]));
+    for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::ArgMax, ReduceOp::ArgMin] {
+        for axes in [[true, false], [false, true], [true, true]] {
+            let what = format!("{op:?} {axes:?}");
+            same(&what, &dev.reduce(op, &*g, &l, &axes).unwrap(), &CPU.reduce(op, &*c, &l, &axes).unwrap());
+        }
+    }
+    assert!(dev.reduce(ReduceOp::Prod, &*g, &l, &[true, false]).is_err());
+    let bools: Vec<bool> = (0..600).map(|i| i % 5 != 0 || i > 590).collect();
+    let (c, g) = (CPU.upload(CpuStorage::Bool(bools.clone())).unwrap(), dev.upload(CpuStorage::Bool(bools)).unwrap());
+    let l = Layout::contiguous(Shape::from(vec![2, 300])).transpose(0, 1).unwrap();
+    for op in [ReduceOp::Max, ReduceOp::Min, ReduceOp::Sum, ReduceOp::ArgMax] {
+        same(
+            &format!("bool {op:?}"),
+            &dev.reduce(op, &*g, &l, &[true, false]).unwrap(),
+            &CPU.reduce(op, &*c, &l, &[true, false]).unwrap(),
+        );
+    }
+}
+
+#[test]
 fn batched_matmul_on_strided_operands() {
     let Some(dev) = device() else { return };
-    for (batch, m, k, n) in [(1, 1, 1, 1), (1, 17, 33, 19), (3, 5, 40, 2), (2, 64, 16, 48)] {
+    // Small products (one output per thread) and register-blocked ones with
+    // edges that do not fill a 64x64 tile or a 16-deep step.
+    for (batch, m, k, n) in
+        [(1, 1, 1, 1), (1, 17, 33, 19), (3, 5, 40, 2), (2, 64, 16, 48), (2, 70, 37, 65), (1, 130, 129, 33)]
+    {
         let a = data(batch * m * k, 8);
         let b = data(batch * k * n, 9);
         let (ca, ga) = both(dev, &a);
@@ -233,6 +263,11 @@ fn batched_matmul_on_strided_operands() {
         let want = f32s(&CPU.matmul(&*ca, &la, &*cb, &lb).unwrap());
         let got = f32s(&dev.matmul(&*ga, &la, &*gb, &lb).unwrap());
         close(&format!("broadcast matmul {batch}x{m}x{k}x{n}"), &got, &want, 1e-5 * (k as f32).sqrt());
+        // A as the transpose of a (batch, k, m) buffer: m is its contiguous dim.
+        let la = Layout::contiguous(Shape::from(vec![batch, k, m])).transpose(1, 2).unwrap();
+        let want = f32s(&CPU.matmul(&*ca, &la, &*cb, &lb).unwrap());
+        let got = f32s(&dev.matmul(&*ga, &la, &*gb, &lb).unwrap());
+        close(&format!("transposed-A matmul {batch}x{m}x{k}x{n}"), &got, &want, 1e-5 * (k as f32).sqrt());
     }
 }
 
@@ -256,12 +291,182 @@ fn softmax_and_its_backward() {
     }
 }
 
+fn i64s(v: &[i64]) -> CpuStorage {
+    CpuStorage::I64(v.to_vec())
+}
+
+/// Exactly equal storages (the same dtype and bits; NaN equals NaN).
+fn same(what: &str, got: &Storage, want: &Storage) {
+    let (g, w) = (got.to_cpu(), want.to_cpu());
+    assert_eq!(g.dtype(), w.dtype(), "{what}: dtypes");
+    match (&g, &w) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            assert_eq!(a.len(), b.len(), "{what}: lengths");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan(), "{what}[{i}]: wgpu {x} vs cpu {y}");
+            }
+        }
+        _ => assert_eq!(format!("{g:?}"), format!("{w:?}"), "{what}"),
+    }
+}
+
 #[test]
-fn a_primitive_without_a_kernel_is_an_error_naming_it_and_the_device() {
+fn index_select_gather_and_their_scatter_adds() {
     let Some(dev) = device() else { return };
+    let v = data(3 * 5 * 7, 11);
+    let (c, g) = both(dev, &v);
+    let idx = [4i64, 0, 4, 2, 1, 3];
+    let (ci, gi) = (CPU.upload(i64s(&idx)).unwrap(), dev.upload(i64s(&idx)).unwrap());
+    for l in [
+        Layout::contiguous(Shape::from(vec![3, 5, 7])),
+        Layout::contiguous(Shape::from(vec![7, 5, 3])).transpose(0, 2).unwrap(),
+    ] {
+        let want = CPU.index_select(&*c, &l, 1, &*ci).unwrap();
+        same(&format!("index_select {l:?}"), &dev.index_select(&*g, &l, 1, &*gi).unwrap(), &want);
+    }
+    // Integer elements (two words) and the first and last dims.
+    let ints: Vec<i64> = (0..15).map(|i| i * 1_000_000_007 - 5).collect();
+    let (cn, gn) = (CPU.upload(i64s(&ints)).unwrap(), dev.upload(i64s(&ints)).unwrap());
+    let l = Layout::contiguous(Shape::from(vec![5, 3]));
+    let (i3, g3) = (CPU.upload(i64s(&[2, 0, 2])).unwrap(), dev.upload(i64s(&[2, 0, 2])).unwrap());
+    same(
+        "index_select i64 dim 1",
+        &dev.index_select(&*gn, &l, 1, &*g3).unwrap(),
+        &CPU.index_select(&*cn, &l, 1, &*i3).unwrap(),
+    );
+    let (i0, g0) = (CPU.upload(i64s(&idx[..5])).unwrap(), dev.upload(i64s(&idx[..5])).unwrap());
+    same(
+        "index_select i64 dim 0",
+        &dev.index_select(&*gn, &l, 0, &*g0).unwrap(),
+        &CPU.index_select(&*cn, &l, 0, &*i0).unwrap(),
+    );
+    // An index out of range is an error naming it, negative ones too.
+    for bad in [5i64, -1, 1 << 40] {
+        let b = dev.upload(i64s(&[0, bad, 1])).unwrap();
+        let l = Layout::contiguous(Shape::from(vec![3, 5, 7]));
+        match dev.index_select(&*g, &l, 1, &*b) {
+            Err(firebrand_tensor::Error::IndexOutOfRange { op: "index_select", index, size: 5 }) => {
+                assert_eq!(index, bad)
+            }
+            other => panic!("index {bad}: {other:?}"),
+        }
+        assert!(dev.index_add(&*g, 3, 5, 7, &*dev.upload(i64s(&[bad, 0, 1, 2, 3])).unwrap()).is_err());
+    }
+    // index_add: rows of (3, 6, 7) added at idx into (3, 5, 7), repeats summed.
+    let src = data(3 * 6 * 7, 12);
+    let (cs, gs) = both(dev, &src);
+    close(
+        "index_add",
+        &f32s(&dev.index_add(&*gs, 3, 5, 7, &*gi).unwrap()),
+        &f32s(&CPU.index_add(&*cs, 3, 5, 7, &*ci).unwrap()),
+        1e-6,
+    );
+    // gather / scatter_add with a full index (outer 3, 4 rows, inner 7) into size 5,
+    // and a large one (more threads than one workgroup, many collisions).
+    for (outer, len, size, inner) in [(3usize, 4usize, 5usize, 7usize), (2, 300, 3, 5), (1, 1, 1, 1)] {
+        let n = outer * len * inner;
+        let index: Vec<i64> = (0..n).map(|i| ((i * 7 + i / 3) % size) as i64).collect();
+        let (ci, gi) = (CPU.upload(i64s(&index)).unwrap(), dev.upload(i64s(&index)).unwrap());
+        let x = data(outer * size * inner, 13);
+        let (cx, gx) = both(dev, &x);
+        same(
+            "gather",
+            &dev.gather(&*gx, outer, size, inner, &*gi).unwrap(),
+            &CPU.gather(&*cx, outer, size, inner, &*ci).unwrap(),
+        );
+        let src = data(n, 14);
+        let (cs, gs) = both(dev, &src);
+        let want = f32s(&CPU.scatter_add(&*cs, outer, size, inner, &*ci).unwrap());
+        close("scatter_add", &f32s(&dev.scatter_add(&*gs, outer, size, inner, &*gi).unwrap()), &want, 1e-6);
+    }
+}
+
+#[test]
+fn concat_of_views_and_where() {
+    let Some(dev) = device() else { return };
+    let (a, b) = (data(2 * 3 * 4, 21), data(2 * 5 * 4, 22));
+    let ((ca, ga), (cb, gb)) = (both(dev, &a), both(dev, &b));
+    let la = Layout::contiguous(Shape::from(vec![2, 3, 4]));
+    // A transposed view as the second part: (2, 5, 4) read from a (4, 5, 2) buffer.
+    let lb = Layout::contiguous(Shape::from(vec![4, 5, 2])).transpose(0, 2).unwrap();
+    let want = CPU.concat(&[(&*ca, &la), (&*cb, &lb), (&*ca, &la)], 2, &[3, 5, 3], 4).unwrap();
+    same("concat", &dev.concat(&[(&*ga, &la), (&*gb, &lb), (&*ga, &la)], 2, &[3, 5, 3], 4).unwrap(), &want);
+    // where: an f32 condition with −0.0 and NaN, a bool one, over 300 elements.
+    let n = 300;
+    let cond: Vec<f32> = (0..n).map(|i| [0.0, -0.0, f32::NAN, 1.0, -2.0][i % 5]).collect();
+    let (x, y) = (data(n, 23), data(n, 24));
+    let ((cc, gc), (cx, gx), (cy, gy)) = (both(dev, &cond), both(dev, &x), both(dev, &y));
+    same("where f32", &dev.where_select(&*gc, &*gx, &*gy).unwrap(), &CPU.where_select(&*cc, &*cx, &*cy).unwrap());
+    let bools: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+    let (cb, gb) = (CPU.upload(CpuStorage::Bool(bools.clone())).unwrap(), dev.upload(CpuStorage::Bool(bools)).unwrap());
+    same("where bool", &dev.where_select(&*gb, &*gx, &*gy).unwrap(), &CPU.where_select(&*cb, &*cx, &*cy).unwrap());
+}
+
+/// Windows with padding, strides, dilation, and a 1x1.
+fn windows() -> Vec<Window2d> {
+    vec![
+        Window2d::new((3, 3), (1, 1), (1, 1)),
+        Window2d::new((2, 2), (2, 2), (0, 0)),
+        Window2d { kernel: (3, 2), stride: (2, 1), padding: (1, 0), dilation: (2, 1) },
+        Window2d::new((1, 1), (1, 1), (0, 0)),
+    ]
+}
+
+#[test]
+fn im2col_col2im_and_pooling() {
+    let Some(dev) = device() else { return };
+    let dims = [2, 3, 7, 6];
+    let mut x = data(dims.iter().product(), 31);
+    x[5] = f32::NAN;
+    x[40] = 7.0;
+    x[41] = 7.0; // a tie: the first maximum wins
+    let (cx, gx) = both(dev, &x);
+    for win in windows() {
+        let what = format!("{win:?}");
+        let cols = CPU.im2col(&*cx, dims, &win).unwrap();
+        same(&format!("im2col {what}"), &dev.im2col(&*gx, dims, &win).unwrap(), &cols);
+        let cv = f32s(&cols);
+        let (ccols, gcols) = both(dev, &cv.iter().map(|v| if v.is_nan() { 0.5 } else { *v }).collect::<Vec<_>>());
+        same(
+            &format!("col2im {what}"),
+            &dev.col2im(&*gcols, dims, &win).unwrap(),
+            &CPU.col2im(&*ccols, dims, &win).unwrap(),
+        );
+        if win.padding.0 * 2 > win.kernel.0 || win.padding.1 * 2 > win.kernel.1 {
+            continue;
+        }
+        let (cv, ci) = CPU.max_pool2d(&*cx, dims, &win).unwrap();
+        let (gv, gi) = dev.max_pool2d(&*gx, dims, &win).unwrap();
+        same(&format!("max_pool2d {what}"), &gv, &cv);
+        same(&format!("max_pool2d indices {what}"), &gi, &ci);
+        let gout = data(cv.len(), 32);
+        let (cg, gg) = both(dev, &gout);
+        let want = CPU.max_pool2d_backward(&*cg, &*ci, dims, &win).unwrap();
+        same(&format!("max_pool2d_backward {what}"), &dev.max_pool2d_backward(&*gg, &*gi, dims, &win).unwrap(), &want);
+        for cip in [true, false] {
+            let want = CPU.avg_pool2d(&*cx, dims, &win, cip).unwrap();
+            close(
+                &format!("avg_pool2d {what} {cip}"),
+                &f32s(&dev.avg_pool2d(&*gx, dims, &win, cip).unwrap()),
+                &f32s(&want),
+                1e-6,
+            );
+            let want = CPU.avg_pool2d_backward(&*cg, dims, &win, cip).unwrap();
+            let got = dev.avg_pool2d_backward(&*gg, dims, &win, cip).unwrap();
+            close(&format!("avg_pool2d_backward {what} {cip}"), &f32s(&got), &f32s(&want), 1e-6);
+        }
+    }
+}
+
+#[test]
+fn fused_primitives_are_optional_and_name_themselves_when_absent() {
+    let Some(dev) = device() else { return };
+    assert!(firebrand_tensor::backend::ALL_FUSED.iter().all(|&f| CPU.has_fused(f)));
     let (_, g) = both(dev, &[1.0, 2.0]);
-    let e = dev.where_select(&*g, &*g, &*g).unwrap_err().to_string();
-    assert!(e.contains("where_select") && e.contains("wgpu:0"), "{e}");
+    if !dev.has_fused(Fused::LayerNorm) {
+        let e = dev.layer_norm(&*g, None, None, 1, 2, 1e-5).unwrap_err().to_string();
+        assert!(e.contains("layer_norm") && e.contains("wgpu:0"), "{e}");
+    }
     // A CPU storage handed to the device backend is a device mismatch.
     let c = CPU.upload(CpuStorage::F32(vec![1.0])).unwrap();
     let l = Layout::contiguous(Shape::from(vec![1]));

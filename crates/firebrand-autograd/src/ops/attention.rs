@@ -114,7 +114,9 @@ impl Tensor {
                 format!("q {:?} needs k and v ({b}, {h}, S, {d}); got {:?} and {:?}", self.dims(), k.dims(), v.dims()),
             ));
         }
-        if [self, k, v].iter().all(|t| t.dtype() == DType::F64) {
+        if [self, k, v].iter().all(|t| t.dtype() == DType::F64)
+            || !self.backend(op)?.has_fused(firebrand_tensor::backend::Fused::Attention)
+        {
             return self.attention_composite(k, v, opts);
         }
         check_f32(op, &[self, k, v])?;
@@ -185,41 +187,44 @@ impl Tensor {
         }))
     }
 
-    /// `softmax(q·kᵀ·scale + mask)·v` from primitive ops, for `f64`
-    /// operands (shapes already checked): the same masks, and zeros for a
-    /// query whose keys are all masked. Dropout is not offered here.
+    /// `softmax(q·kᵀ·scale + mask)·v` from primitive ops (shapes already
+    /// checked): the `f64` path, and any device without the fused kernel.
+    /// The same masks, zeros for a query whose keys are all masked, and
+    /// dropout on the weights (a mask drawn on the host, so not the fused
+    /// kernel's stream).
     fn attention_composite(&self, k: &Tensor, v: &Tensor, opts: &AttentionOptions<'_>) -> Result<Tensor> {
         let op = "scaled_dot_product_attention";
-        if opts.dropout > 0.0 {
-            return Err(Error::msg(op, "dropout on f64 attention is not supported; use f32".to_string()));
+        if !(0.0..1.0).contains(&opts.dropout) {
+            return Err(Error::msg(op, format!("dropout must be in [0, 1), got {}", opts.dropout)));
         }
         let (b, t, d, s) = (self.dims()[0], self.dims()[2], self.dims()[3], k.dims()[2]);
+        let dev = self.device();
         let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
         let mut scores = self.try_matmul(&k.transpose(-2, -1))?.affine(scale, 0.0); // (B, heads, T, S)
         if let Some(m) = opts.attn_mask {
             if m.dims() != [t, s] {
                 return Err(Error::msg(op, format!("attn_mask must be ({t}, {s}), got {:?}", m.dims())));
             }
-            scores = scores.try_add(&m.detach().to_dtype(DType::F64))?;
+            scores = scores.try_add(&m.detach().to_dtype(self.dtype()).to_device(dev)?)?;
         }
         // true where a (query, key) pair is blocked: (B or 1, 1, T, S)
         let mut blocked: Option<Tensor> = None;
         if let Some(offset) = opts.causal {
             let row = Tensor::arange(0.0, t as f32, 1.0).reshape([t, 1]);
             let col = Tensor::arange(0.0, s as f32, 1.0).reshape([1, s]);
-            blocked = Some(col.gt(&row.affine(1.0, offset as f32)).reshape([1, 1, t, s]));
+            blocked = Some(col.gt(&row.affine(1.0, offset as f32)).reshape([1, 1, t, s]).to_device(dev)?);
         }
         if let Some(m) = opts.key_padding_mask {
             if m.dims() != [b, s] {
                 return Err(Error::msg(op, format!("key padding mask must be ({b}, {s}), got {:?}", m.dims())));
             }
-            let pad = m.detach().ne(&Tensor::scalar(0.0)).reshape([b, 1, 1, s]);
+            let pad = m.detach().to_device(dev)?.ne(&Tensor::scalar(0.0)).reshape([b, 1, 1, s]);
             blocked = Some(match blocked {
                 Some(c) => c.logical_or(&pad),
                 None => pad,
             });
         }
-        let weights = match &blocked {
+        let mut weights = match &blocked {
             Some(mask) => {
                 let w = scores.try_masked_fill(mask, f32::NEG_INFINITY)?.softmax_composite(false);
                 // A fully blocked row is all −∞ (NaN after softmax): zeros instead.
@@ -228,6 +233,11 @@ impl Tensor {
             }
             None => scores.softmax_composite(false),
         };
+        if opts.dropout > 0.0 {
+            let p = opts.dropout;
+            let keep = Tensor::rand(weights.shape().clone(), 0.0, 1.0).ge(&Tensor::scalar(p)).to_device(dev)?;
+            weights = weights.try_mul(&keep.to_dtype(weights.dtype()))?.affine(1.0 / (1.0 - p), 0.0);
+        }
         weights.try_matmul(v)
     }
 

@@ -31,6 +31,20 @@ pub fn result_type(a: &Tensor, b: &Tensor) -> DType {
     if zero.category() > dim.category() { zero } else { dim }
 }
 
+/// `a` and `b` on one device when they differ only by a 0-dimensional CPU
+/// operand, which moves to the other's device (PyTorch lets a CPU scalar
+/// tensor meet a GPU tensor the same way); `None` when nothing moves.
+pub(crate) fn co_located(a: &Tensor, b: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    use firebrand_tensor::Device;
+    let (da, db) = (a.device(), b.device());
+    Ok(match (da, db) {
+        _ if da == db => None,
+        (Device::Cpu, _) if a.rank() == 0 => Some((a.to_device(db)?, b.clone())),
+        (_, Device::Cpu) if b.rank() == 0 => Some((a.clone(), b.to_device(da)?)),
+        _ => None,
+    })
+}
+
 impl Tensor {
     /// True when `op` cannot run on the operands' dtypes as they are.
     fn needs_promotion(&self, rhs: &Tensor, op: BinaryOp) -> bool {
@@ -50,6 +64,9 @@ impl Tensor {
     /// Applies `op` after promoting both operands to one dtype and
     /// broadcasting them to a common shape (no autograd record).
     pub(crate) fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if let Some((a, b)) = co_located(self, rhs)? {
+            return a.binary_forward(&b, op);
+        }
         if self.needs_promotion(rhs, op) {
             let (a, b) = self.promoted(rhs, op)?;
             return a.binary_forward(&b, op);
@@ -77,6 +94,9 @@ impl Tensor {
     }
 
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if let Some((a, b)) = co_located(self, rhs)? {
+            return a.binary_op(&b, op);
+        }
         if self.needs_promotion(rhs, op) {
             // The conversions are recorded, so each gradient returns in its input's dtype.
             let (a, b) = self.promoted(rhs, op)?;
@@ -115,6 +135,14 @@ impl Tensor {
         if a.dtype() != b.dtype() {
             let dt = result_type(a, b);
             return self.try_where_cond(&a.try_to_dtype(dt)?, &b.try_to_dtype(dt)?);
+        }
+        // 0-dimensional CPU operands join the others' device.
+        let ts = [self, a, b];
+        if let Some(d) = ts.iter().map(|t| t.device()).find(|d| *d != firebrand_tensor::Device::Cpu)
+            && ts.iter().any(|t| t.device() != d && t.rank() == 0)
+        {
+            let mv = |t: &Tensor| if t.rank() == 0 { t.to_device(d) } else { Ok(t.clone()) };
+            return mv(self)?.try_where_cond(&mv(a)?, &mv(b)?);
         }
         let backend = same_backend("where", &[self, a, b])?;
         let shape = self.shape().broadcast_with(a.shape(), "where")?.broadcast_with(b.shape(), "where")?;

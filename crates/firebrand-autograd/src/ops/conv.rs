@@ -7,6 +7,7 @@
 use super::{activate_rest, fusable_act, record, records_graph};
 use crate::tensor::{Tensor, same_backend};
 use firebrand_ops::unary::UnaryOp;
+use firebrand_tensor::backend::Fused;
 use firebrand_tensor::op::Window2d;
 use firebrand_tensor::{Error, Result, Shape};
 
@@ -109,7 +110,7 @@ fn conv_shape(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: ConvOpti
 fn epilogue(yt: &Tensor, bias: Option<&Tensor>, dims: [usize; 4], act: Option<UnaryOp>) -> Result<Tensor> {
     let [n, cout, ho, wo] = dims;
     let l = ho * wo;
-    if yt.dtype() == firebrand_tensor::DType::F64 {
+    if yt.dtype() == firebrand_tensor::DType::F64 || !yt.backend("conv2d")?.has_fused(Fused::ConvEpilogue) {
         // The composite form: lay out, add the bias, activate.
         let y = yt.try_reshape([n, l, cout])?.try_permute(&[0, 2, 1])?.contiguous().try_reshape(dims)?;
         let y = match bias {
@@ -253,14 +254,32 @@ impl Tensor {
         // The activation the kernel applies; any other runs after it.
         let fused = fusable_act(act, records);
         let rest = |y: Tensor| activate_rest(y, act, fused);
+        let backend = same_backend("conv2d", &inputs)?;
+        // Without the device's fused kernel, a depthwise convolution runs
+        // as a grouped one (im2col and a batched gemm).
+        let path = match path {
+            ConvPath::Depthwise if !backend.has_fused(Fused::DepthwiseConv) => ConvPath::Grouped,
+            p => p,
+        };
         if path == ConvPath::Depthwise {
             return rest(self.depthwise_conv2d(weight, bias, win, cout / c, fused)?);
         }
         let (k, nl) = (cin_g * kh * kw, n * ho * wo);
+        // Columns (C·kh·kw, N·Ho·Wo) larger than the device's largest buffer:
+        // the batch in chunks that fit, joined again.
+        let cols_bytes = (c * kh * kw * nl * self.dtype().size_in_bytes()) as u64;
+        if path != ConvPath::Pointwise && n > 1 && cols_bytes > backend.max_buffer_bytes() {
+            let per = (backend.max_buffer_bytes() / (cols_bytes / n as u64).max(1)).max(1) as usize;
+            let parts: Vec<Tensor> = (0..n)
+                .step_by(per)
+                .map(|s| self.narrow(0, s, per.min(n - s)).try_conv2d_act(weight, bias, opts, act))
+                .collect::<Result<_>>()?;
+            return Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0));
+        }
         if path == ConvPath::Pointwise {
             // A pointwise convolution is W (Cout, C) · X_n (C, H·W) per image:
             // no im2col copy, and the gemm writes NCHW directly.
-            if !records && self.dtype() == firebrand_tensor::DType::F32 {
+            if !records && self.dtype() == firebrand_tensor::DType::F32 && backend.has_fused(Fused::PointwiseConv) {
                 // Inference: the bias and activation in the gemm's store.
                 return rest(self.pointwise_inference(weight, None, bias, act)?);
             }
@@ -338,7 +357,12 @@ impl Tensor {
         let mut inputs = vec![self, weight];
         inputs.extend(scale);
         inputs.extend(shift);
-        if path == ConvPath::Pointwise && !records_graph(&inputs) && self.dtype() == firebrand_tensor::DType::F32 {
+        let backend = same_backend("conv2d", &inputs)?;
+        if path == ConvPath::Pointwise
+            && !records_graph(&inputs)
+            && self.dtype() == firebrand_tensor::DType::F32
+            && backend.has_fused(Fused::PointwiseConv)
+        {
             return self.pointwise_inference(weight, scale, shift, act);
         }
         if path == ConvPath::Depthwise {
@@ -493,6 +517,9 @@ impl Tensor {
         if ts.iter().any(|t| t.dtype() != self.dtype()) {
             return Err(Error::msg(op, format!("the input is {} but a scale or shift differs", self.dtype())));
         }
+        if !backend.has_fused(Fused::ChannelAffine) {
+            return self.channel_affine_composite(scale, shift, act);
+        }
         let (x, sd, td) =
             (self.dense(op)?, scale.map(|s| s.dense(op)).transpose()?, shift.map(|t| t.dense(op)).transpose()?);
         let out = {
@@ -534,6 +561,30 @@ impl Tensor {
             grads
         });
         activate_rest(y, act, fused)
+    }
+
+    /// [`Tensor::try_channel_affine`] from primitive ops (shapes already
+    /// checked): `(1, C, 1, …)` views of the vectors broadcast over `(N, C, …)`,
+    /// then the activation.
+    pub(crate) fn channel_affine_composite(
+        &self,
+        scale: Option<&Tensor>,
+        shift: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let mut col = vec![1; self.rank()];
+        col[1] = self.dims()[1];
+        let mut y = self.clone();
+        if let Some(s) = scale {
+            y = y.try_mul(&s.try_reshape(col.clone())?)?;
+        }
+        if let Some(t) = shift {
+            y = y.try_add(&t.try_reshape(col)?)?;
+        }
+        match act {
+            Some(a) => y.try_unary(a),
+            None => Ok(y),
+        }
     }
 
     /// See [`Tensor::try_conv2d`].

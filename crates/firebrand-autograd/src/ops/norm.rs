@@ -6,6 +6,7 @@
 
 use super::{activate_rest, check_f32, fusable_act, panicking, record, records_graph};
 use crate::tensor::{Tensor, same_backend};
+use firebrand_tensor::backend::Fused;
 use firebrand_tensor::op::UnaryOp;
 use firebrand_tensor::{DType, Error, Result};
 
@@ -47,7 +48,9 @@ impl Tensor {
         let affine: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
         let mut inputs = vec![self];
         inputs.extend(&affine);
-        if self.dtype() == DType::F64 && affine.iter().all(|t| t.dtype() == DType::F64) {
+        if self.dtype() == DType::F64 && affine.iter().all(|t| t.dtype() == DType::F64)
+            || !self.backend(op)?.has_fused(Fused::LayerNorm)
+        {
             return self.layer_norm_composite(weight, bias, eps);
         }
         check_f32(op, &inputs)?;
@@ -107,6 +110,26 @@ impl Tensor {
 }
 
 impl Tensor {
+    /// Training-mode batch norm from primitive ops (for a device without the
+    /// fused kernels): the batch mean and biased variance over every dim but
+    /// 1, the affine map, then `act`; autograd differentiates each op.
+    fn batch_norm_composite(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+        act: Option<UnaryOp>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let d = self.dims();
+        let axes: Vec<isize> = (0..d.len() as isize).filter(|&a| a != 1).collect();
+        let mean = self.mean(&axes, true);
+        let centred = self.try_sub(&mean)?;
+        let var = centred.square().mean(&axes, true);
+        let y = centred.try_mul(&var.affine(1.0, eps).rsqrt())?.channel_affine_composite(weight, bias, act)?;
+        let c = d[1];
+        Ok((y, mean.detach().reshape([c]), var.detach().reshape([c])))
+    }
+
     /// Batch normalization with the batch's own statistics (training mode,
     /// PyTorch's `F.batch_norm(x, None, None, weight, bias, training=True)`)
     /// over dim 1 of `(N, C, *)`: `(x − mean)/√(var + eps)·weight + bias`
@@ -181,6 +204,9 @@ impl Tensor {
         inputs.extend(&affine);
         let fused = fusable_act(act, records_graph(&inputs));
         let backend = same_backend(op, &inputs)?;
+        if !backend.has_fused(Fused::BatchNorm) {
+            return self.batch_norm_composite(weight, bias, eps, act);
+        }
         let x = self.dense(op)?;
         let stats = Tensor::from_backend(backend.batch_norm_stats(&**x.storage(), dims)?, [2, c]);
         let (mean, var) = (stats.narrow(0, 0, 1).reshape([c]), stats.narrow(0, 1, 1).reshape([c]));

@@ -98,7 +98,9 @@ impl Tensor {
             ));
         }
         let order: Vec<usize> = if reverse { (0..t).rev().collect() } else { (0..t).collect() };
-        if [self, w_hh, h0, c0].iter().all(|x| x.dtype() == firebrand_tensor::DType::F64) {
+        if [self, w_hh, h0, c0].iter().all(|x| x.dtype() == firebrand_tensor::DType::F64)
+            || !self.backend("lstm_scan")?.has_fused(firebrand_tensor::backend::Fused::LstmCell)
+        {
             return lstm_scan_composite(self, w_hh, h0, c0, &order, all);
         }
         let backend = self.backend("lstm_scan")?;

@@ -255,7 +255,7 @@ impl MultiHeadAttention {
                         }
                     }
                 }
-                Tensor::from_vec(m, [b, 1, t, s])
+                Tensor::from_vec(m, [b, 1, t, s]).to_device(scores.device()).expect("the scores' device")
             });
             scores = scores.add(&mask);
         }

@@ -209,14 +209,16 @@ impl Gpt {
         assert!(!prompt.is_empty(), "Gpt::generate: empty prompt");
         let ctx = self.config.context;
         let mut out = prompt.to_vec();
+        let dev = crate::ModuleExt::device(self);
+        let on_device = |t: Tensor| t.to_device(dev).expect("the model's device");
         with_no_grad(|| {
             let mut cache = GptCache::default();
             for _ in 0..steps {
                 let logits = if out.len() <= ctx {
                     let fresh = &out[cache.len()..]; // the tokens not yet in the cache
-                    self.forward_cached(&Tensor::from_vec(fresh.to_vec(), [1, fresh.len()]), &mut cache)
+                    self.forward_cached(&on_device(Tensor::from_vec(fresh.to_vec(), [1, fresh.len()])), &mut cache)
                 } else {
-                    self.forward(&Tensor::from_vec(out[out.len() - ctx..].to_vec(), [1, ctx]))
+                    self.forward(&on_device(Tensor::from_vec(out[out.len() - ctx..].to_vec(), [1, ctx])))
                 };
                 let t = logits.dims()[1];
                 let last = logits.narrow(1, t - 1, 1).to_vec::<f32>();

@@ -28,7 +28,7 @@ impl Module for SinusoidalPositionalEncoding {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
             let (t, e) = (x.dims()[x.rank() - 2], x.dims()[x.rank() - 1]);
-            x.add(&SinusoidalPositionalEncoding::table(t, e))
+            x.add(&SinusoidalPositionalEncoding::table(t, e).to_device(x.device()).expect("the input's device"))
         })
     }
 

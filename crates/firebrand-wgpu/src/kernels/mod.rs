@@ -6,6 +6,19 @@
 
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
 
+mod index;
+mod window;
+pub(crate) use index::{concat_part, gather, index_select, scatter_add, where_select};
+pub(crate) use window::{avg_pool2d, avg_pool2d_backward, col2im, im2col, max_pool2d, max_pool2d_backward};
+
+/// Storage bindings `@group(0) @binding(i)` in order: `(name, access, type)`.
+fn binds(list: &[(&str, &str, &str)]) -> String {
+    list.iter()
+        .enumerate()
+        .map(|(i, (name, access, ty))| format!("@group(0) @binding({i}) var<storage, {access}> {name}: {ty};\n"))
+        .collect()
+}
+
 /// An `f32` literal with exactly `v`'s bits.
 fn lit(v: f32) -> String {
     format!("bitcast<f32>({}u)", v.to_bits())
@@ -245,16 +258,65 @@ pub(crate) fn reduce(op: ReduceOp, at_r: u32) -> String {
     )
 }
 
-/// Batched `C = A·B` on strided operands, 16x16 tiles in workgroup memory:
-/// params `[m, k, n, a_offset, a_rs, a_cs, b_offset, b_rs, b_cs, batch layouts…]`
-/// (the batch offsets of A and B from layouts at params[9] and params[at_bb]);
-/// workgroup `(x, y, z)` computes tile `(y, x)` of batch entry `z`.
-pub(crate) fn matmul(at_bb: u32) -> String {
-    format!(
-        r#"@group(0) @binding(0) var<storage, read> xa: array<f32>;
+/// A reduction of `i64` elements (two words each), exact: sums with carry,
+/// comparisons on the signed high word then the low word; layouts as in
+/// [`reduce`]. The arg ops store the winning `r`. (No product: 64-bit
+/// multiplication is not offered.)
+pub(crate) fn reduce_i64(op: ReduceOp, at_r: u32) -> String {
+    let (step, store) = match op {
+        ReduceOp::Sum => ("acc = add64(acc, v);", "out[2u * i] = acc.x; out[2u * i + 1u] = acc.y;"),
+        ReduceOp::Max => {
+            ("if (r == 0u || lt64(acc, v)) { acc = v; }", "out[2u * i] = acc.x; out[2u * i + 1u] = acc.y;")
+        }
+        ReduceOp::Min => {
+            ("if (r == 0u || lt64(v, acc)) { acc = v; }", "out[2u * i] = acc.x; out[2u * i + 1u] = acc.y;")
+        }
+        ReduceOp::ArgMax => {
+            ("if (r == 0u || lt64(acc, v)) { acc = v; best = r; }", "out[2u * i] = best; out[2u * i + 1u] = 0u;")
+        }
+        ReduceOp::ArgMin => {
+            ("if (r == 0u || lt64(v, acc)) { acc = v; best = r; }", "out[2u * i] = best; out[2u * i + 1u] = 0u;")
+        }
+        ReduceOp::Prod => unreachable!("refused by the backend"),
+    };
+    let helpers = r#"
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> { let lo = a.x + b.x; return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x)); }
+fn lt64(a: vec2<u32>, b: vec2<u32>) -> bool {
+  let ah = bitcast<i32>(a.y); let bh = bitcast<i32>(b.y);
+  return ah < bh || (ah == bh && a.x < b.x);
+}
+"#;
+    elementwise(
+        &(binds(&[("xs", "read", "array<u32>"), ("out", "read_write", "array<u32>"), ("p", "read", "array<u32>")])
+            + helpers),
+        &format!(
+            r#"  let base = strided(i, 2u);
+  var acc = vec2<u32>(0u, 0u);
+  var best = 0u;
+  for (var r = 0u; r < p[1]; r = r + 1u) {{
+    let e = base + strided(r, {at_r}u);
+    let v = vec2<u32>(xs[2u * e], xs[2u * e + 1u]);
+    {step}
+  }}
+  {store}"#
+        ),
+    )
+}
+
+/// The matmul kernels' bindings: A, B, C and the params.
+const MATMUL_BINDINGS: &str = "@group(0) @binding(0) var<storage, read> xa: array<f32>;
 @group(0) @binding(1) var<storage, read> xb: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> p: array<u32>;
+@group(0) @binding(3) var<storage, read> p: array<u32>;";
+
+/// Batched `C = A·B` on strided operands, 16x16 tiles in workgroup memory,
+/// one output per thread (for small products): params `[m, k, n, a_offset,
+/// a_rs, a_cs, b_offset, b_rs, b_cs, batch layouts…]` (the batch offsets of
+/// A and B from layouts at params[9] and params[at_bb]); workgroup `(x, y,
+/// z)` computes tile `(y, x)` of batch entry `z`.
+pub(crate) fn matmul(at_bb: u32) -> String {
+    format!(
+        r#"{MATMUL_BINDINGS}
 {PRELUDE}
 var<workgroup> ta: array<array<f32, 16>, 16>;
 var<workgroup> tb: array<array<f32, 16>, 16>;
@@ -277,6 +339,72 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
   }}
   if (row < m && col < n) {{ out[(z * m + row) * n + col] = acc; }}
+}}
+"#
+    )
+}
+
+/// Side of the output tile of [`matmul_blocked`]: 64x64 per workgroup of
+/// 16x16 threads, each thread a 4x4 block of outputs kept in registers.
+pub(crate) const BLOCK: usize = 64;
+
+/// The register-blocked matmul for larger products (same params and batch
+/// handling as [`matmul`]): per step a 64x16 slice of A and a 16x64 slice of
+/// B go to workgroup memory (four elements per thread each, the loads along
+/// each operand's contiguous dim where it has one), then every thread
+/// accumulates its 4x4 block from 4 + 4 loads per k.
+pub(crate) fn matmul_blocked(at_bb: u32) -> String {
+    format!(
+        r#"{MATMUL_BINDINGS}
+{PRELUDE}
+var<workgroup> ta: array<f32, 1024>; // [k][m], 16 x 64
+var<workgroup> tb: array<f32, 1024>; // [k][n], 16 x 64
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
+  let m = p[0]; let k = p[1]; let n = p[2];
+  let a_rs = p[4]; let a_cs = p[5]; let b_rs = p[7]; let b_cs = p[8];
+  let z = wid.z;
+  let a0 = p[3] + strided(z, 9u);
+  let b0 = p[6] + strided(z, {at_bb}u);
+  let row0 = wid.y * 64u; let col0 = wid.x * 64u;
+  let tid = lid.y * 16u + lid.x;
+  // A row-major along k (a_cs == 1) loads k fastest, else m fastest; B likewise.
+  let a_k_fast = a_cs == 1u; let b_n_fast = b_cs == 1u;
+  var acc: array<f32, 16>;
+  for (var i = 0u; i < 16u; i = i + 1u) {{ acc[i] = 0.0; }}
+  for (var t = 0u; t < k; t = t + 16u) {{
+    for (var i = 0u; i < 4u; i = i + 1u) {{
+      let e = tid + i * 256u;
+      var r = e / 16u; var kk = e % 16u;
+      if (!a_k_fast) {{ r = e % 64u; kk = e / 64u; }}
+      let gr = row0 + r; let gk = t + kk;
+      ta[kk * 64u + r] = select(0.0, xa[a0 + gr * a_rs + gk * a_cs], gr < m && gk < k);
+      var c = e % 64u; var kb = e / 64u;
+      if (!b_n_fast) {{ c = e / 16u; kb = e % 16u; }}
+      let gc = col0 + c; let gkb = t + kb;
+      tb[kb * 64u + c] = select(0.0, xb[b0 + gkb * b_rs + gc * b_cs], gc < n && gkb < k);
+    }}
+    workgroupBarrier();
+    for (var q = 0u; q < 16u; q = q + 1u) {{
+      let a = vec4<f32>(ta[q * 64u + lid.y * 4u], ta[q * 64u + lid.y * 4u + 1u], ta[q * 64u + lid.y * 4u + 2u], ta[q * 64u + lid.y * 4u + 3u]);
+      let b = vec4<f32>(tb[q * 64u + lid.x * 4u], tb[q * 64u + lid.x * 4u + 1u], tb[q * 64u + lid.x * 4u + 2u], tb[q * 64u + lid.x * 4u + 3u]);
+      for (var i = 0u; i < 4u; i = i + 1u) {{
+        acc[i * 4u] = acc[i * 4u] + a[i] * b.x;
+        acc[i * 4u + 1u] = acc[i * 4u + 1u] + a[i] * b.y;
+        acc[i * 4u + 2u] = acc[i * 4u + 2u] + a[i] * b.z;
+        acc[i * 4u + 3u] = acc[i * 4u + 3u] + a[i] * b.w;
+      }}
+    }}
+    workgroupBarrier();
+  }}
+  for (var i = 0u; i < 4u; i = i + 1u) {{
+    let r = row0 + lid.y * 4u + i;
+    if (r >= m) {{ continue; }}
+    for (var j = 0u; j < 4u; j = j + 1u) {{
+      let c = col0 + lid.x * 4u + j;
+      if (c < n) {{ out[(z * m + r) * n + c] = acc[i * 4u + j]; }}
+    }}
+  }}
 }}
 "#
     )

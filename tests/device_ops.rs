@@ -1,0 +1,188 @@
+//! The same op tests on every device (candle's `test_device!` pattern):
+//! `device_test!(name, body)` makes `name_cpu` and, with the `wgpu` feature,
+//! `name_wgpu`, each running `body` on its device. A body computes ops in
+//! `f32` on its device, forward and backward, and checks outputs and every
+//! input's gradient against the same ops in `f64` on the CPU (whose fused
+//! kernels are gradchecked; in `f64` the fused ops run their composite
+//! forms, so the reference is independent of the kernels under test).
+//! Tolerances are scaled by the largest reference magnitude. Shapes are
+//! awkward on purpose: size 1, odd sizes, views, broadcasts, more elements
+//! than one workgroup. Without an adapter the wgpu tests say so and pass,
+//! except under `CI=true`.
+
+use firebrand::nn::loss::{Reduction, Target, cross_entropy};
+use firebrand::prelude::*;
+use firebrand::{ConvOptions, Window2d};
+
+/// The device to test on, or `None` (after saying why) when it is absent.
+fn open(dev: Device) -> Option<Device> {
+    match Tensor::zeros([1]).to_device(dev) {
+        Ok(_) => Some(dev),
+        Err(e) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {dev} is unavailable: {e}");
+            eprintln!("SKIPPED on {dev}: {e}");
+            None
+        }
+    }
+}
+
+macro_rules! device_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn cpu() {
+                ($body)(Device::Cpu);
+            }
+            #[cfg(feature = "wgpu")]
+            #[test]
+            fn wgpu() {
+                if let Some(d) = open(Device::Wgpu(0)) {
+                    ($body)(d);
+                }
+            }
+        }
+    };
+}
+
+/// Runs `f` on `inputs` (f32 CPU tensors) moved to `dev` and, as the
+/// reference, on their `f64` copies on the CPU; compares the outputs and
+/// the gradients of `Σ out · w` (a fixed random `w`) for each input.
+fn check(what: &str, dev: Device, inputs: &[Tensor], tol: f64, f: impl Fn(Device, &[Tensor]) -> Tensor) {
+    let run = |d: Device, dt: DType| {
+        let xs: Vec<Tensor> =
+            inputs.iter().map(|t| t.to_dtype(dt).to_device(d).unwrap().detach().requires_grad_(true)).collect();
+        let out = f(d, &xs);
+        assert_eq!(out.device(), d, "{what}: output device");
+        manual_seed(99);
+        let w = Tensor::randn(out.shape().clone(), 0.0, 1.0).to_dtype(dt).to_device(d).unwrap();
+        out.mul(&w).sum_all().backward();
+        let mut v = vec![out.to_vec::<f64>()];
+        v.extend(xs.iter().map(|x| x.grad().map(|g| g.to_vec::<f64>()).unwrap_or_default()));
+        v
+    };
+    let (want, got) = (run(Device::Cpu, DType::F64), run(dev, DType::F32));
+    for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+        let which = if k == 0 { "output".to_string() } else { format!("gradient of input {}", k - 1) };
+        assert_eq!(w.len(), g.len(), "{what} on {dev}: {which} lengths");
+        let scale = w.iter().filter(|v| v.is_finite()).fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in w.iter().zip(g).enumerate() {
+            let ok = if a.is_finite() { (a - b).abs() <= tol * scale } else { a.is_nan() == b.is_nan() };
+            assert!(ok, "{what} on {dev}: {which}[{i}] reference {a} vs {b} (scale {scale})");
+        }
+    }
+}
+
+fn randn(dims: &[usize], seed: u64) -> Tensor {
+    manual_seed(seed);
+    Tensor::randn(Shape::from(dims.to_vec()), 0.0, 1.0)
+}
+
+fn ids(v: &[i64], dims: &[usize], dev: Device) -> Tensor {
+    Tensor::from_vec(v.to_vec(), Shape::from(dims.to_vec())).to_device(dev).unwrap()
+}
+
+device_test!(elementwise_broadcasts_and_views, |dev| {
+    let (a, b) = (randn(&[3, 1, 5], 1), randn(&[4, 1], 2));
+    check("binary broadcast", dev, &[a.clone(), b.clone()], 1e-5, |_, x| {
+        x[0].mul(&x[1]).add(&x[0].tanh()).sub(&x[1].exp()).div(&x[0].square().affine(1.0, 1.0)).maximum(&x[1])
+    });
+    check("unary chain on a transposed view", dev, &[randn(&[7, 300], 3)], 1e-5, |_, x| {
+        x[0].t().gelu().silu().sigmoid().add(&x[0].t().abs().sqrt()).softplus()
+    });
+    check("scalar operands from the host", dev, &[randn(&[5], 4)], 1e-6, |_, x| {
+        x[0].mul(&Tensor::scalar(3.0)).where_cond(&x[0], &Tensor::scalar(-1.0)).add(&Tensor::scalar(0.5))
+    });
+});
+
+device_test!(reductions_and_softmax, |dev| {
+    let x = randn(&[3, 257, 5], 5);
+    check("sum, mean, max over dims", dev, std::slice::from_ref(&x), 1e-5, |_, x| {
+        x[0].sum(&[1], true).add(&x[0].mean(&[0, 2], true)).mul(&x[0].max(&[2], true)).sum(&[0], false)
+    });
+    check("softmax and log_softmax", dev, std::slice::from_ref(&x), 1e-5, |_, x| {
+        x[0].softmax(-1).add(&x[0].transpose(1, 2).log_softmax(-1).transpose(1, 2))
+    });
+    check("matmul of views, batch broadcast", dev, &[randn(&[2, 3, 19, 17], 6), randn(&[17, 23], 7)], 1e-5, |_, x| {
+        x[0].transpose(2, 3)
+            .transpose(2, 3)
+            .matmul(&x[1])
+            .add(&x[0].narrow(3, 1, 16).matmul(&x[0].narrow(3, 0, 16).transpose(2, 3)).sum(&[3], true))
+    });
+});
+
+device_test!(index_ops_concat_and_losses, |dev| {
+    let table = randn(&[11, 6], 8);
+    let idx = [3i64, 0, 10, 3, 3, 7];
+    check("index_select (embedding) and its index_add backward", dev, std::slice::from_ref(&table), 1e-5, |d, x| {
+        x[0].index_select(0, &ids(&idx, &[6], d)).tanh()
+    });
+    check("gather and scatter_add", dev, &[randn(&[4, 9], 9), randn(&[4, 3], 10)], 1e-5, |d, x| {
+        let index = ids(&[0, 8, 8, 1, 2, 3, 4, 5, 6, 7, 7, 7], &[4, 3], d);
+        x[0].gather(1, &index).add(&x[0].zeros_like().scatter_add(1, &index, &x[1]).narrow(1, 0, 3))
+    });
+    check("cat of views", dev, &[randn(&[2, 3, 4], 11), randn(&[4, 5, 2], 12)], 1e-6, |_, x| {
+        Tensor::cat(&[&x[0], &x[1].permute(&[2, 1, 0]), &x[0].exp()], 1)
+    });
+    check("masked_fill and where", dev, &[randn(&[6, 7], 13)], 1e-6, |_, x| {
+        let mask = x[0].gt(&Tensor::scalar(0.3));
+        x[0].masked_fill(&mask, -2.0).add(&mask.where_cond(&x[0].square(), &x[0]))
+    });
+    check("cross-entropy", dev, &[randn(&[5, 7], 14)], 1e-5, |d, x| {
+        let t = ids(&[0, 6, 3, 3, 1], &[5], d);
+        cross_entropy(&x[0], Target::Indices(&t), 0.1, Reduction::Mean).unwrap()
+    });
+});
+
+device_test!(normalization, |dev| {
+    let (x, w, b) = (randn(&[3, 7, 33], 15), randn(&[33], 16), randn(&[33], 17));
+    check("layer_norm", dev, &[x.clone(), w, b], 1e-4, |_, x| x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5));
+    let (x, w, b) = (randn(&[4, 5, 3, 3], 18), randn(&[5], 19), randn(&[5], 20));
+    check("batch_norm (training)", dev, &[x, w, b], 1e-4, |_, x| {
+        x[0].try_batch_norm(Some(&x[1]), Some(&x[2]), 1e-5).unwrap().0.relu()
+    });
+});
+
+device_test!(convolutions_and_pooling, |dev| {
+    let x = randn(&[2, 4, 9, 8], 21);
+    let cases = [
+        ("dense 3x3 padded", vec![6, 4, 3, 3], ConvOptions { padding: (1, 1), ..Default::default() }),
+        ("strided dilated", vec![5, 4, 3, 2], ConvOptions { stride: (2, 1), dilation: (2, 1), ..Default::default() }),
+        ("grouped", vec![6, 2, 3, 3], ConvOptions { groups: 2, padding: (1, 0), ..Default::default() }),
+        ("depthwise", vec![8, 1, 3, 3], ConvOptions { groups: 4, padding: (1, 1), ..Default::default() }),
+        ("pointwise", vec![3, 4, 1, 1], ConvOptions::default()),
+    ];
+    for (name, wd, opts) in cases {
+        let (w, b) = (randn(&wd, 22), randn(&[wd[0]], 23));
+        check(&format!("conv2d {name}"), dev, &[x.clone(), w, b], 1e-4, |_, x| {
+            x[0].conv2d(&x[1], Some(&x[2]), opts).relu()
+        });
+    }
+    check("max and average pooling", dev, std::slice::from_ref(&x), 1e-5, |_, x| {
+        let m = x[0].max_pool2d(Window2d::new((3, 3), (2, 2), (1, 1)));
+        let a = x[0].avg_pool2d(Window2d::new((3, 3), (2, 2), (1, 1)), false);
+        m.add(&a).add(&x[0].avg_pool2d(Window2d::new((2, 2), (2, 2), (0, 0)), true).sum_all())
+    });
+});
+
+device_test!(attention_and_recurrence, |dev| {
+    let (q, k, v) = (randn(&[2, 3, 5, 8], 24), randn(&[2, 3, 7, 8], 25), randn(&[2, 3, 7, 8], 26));
+    check("attention, causal", dev, &[q.clone(), k.clone(), v.clone()], 1e-4, |_, x| {
+        x[0].scaled_dot_product_attention(&x[1], &x[2], &AttentionOptions { causal: Some(2), ..Default::default() })
+    });
+    check("attention, key padding", dev, &[q, k, v], 1e-4, |d, x| {
+        let pad =
+            Tensor::from_vec(vec![0.0f32, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [2, 7]);
+        let pad = pad.to_device(d).unwrap();
+        let opts = AttentionOptions { key_padding_mask: Some(&pad), ..Default::default() };
+        x[0].scaled_dot_product_attention(&x[1], &x[2], &opts)
+    });
+    let (t, b, h) = (4, 3, 5);
+    check(
+        "lstm_scan",
+        dev,
+        &[randn(&[t, b, 4 * h], 27), randn(&[4 * h, h], 28).affine(0.3, 0.0), randn(&[b, h], 29), randn(&[b, h], 30)],
+        1e-4,
+        |_, x| x[0].try_lstm_scan(&x[1], &x[2], &x[3], false).unwrap(),
+    );
+});
