@@ -2,16 +2,18 @@
 
 use crate::gpu::Gpu;
 use crate::kernels;
-use firebrand_tensor::backend::{Backend, BackendStorage, MemoryStats, Storage};
+use firebrand_tensor::backend::{Backend, BackendStorage, Fused, MemoryStats, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Device, Error, Layout, Result};
 use std::any::Any;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 /// A tensor's buffer on an adapter: `len` elements of `dtype`, one 32-bit
 /// word each (`bool` as 0/1, `i32`, `f32`), or two for `i64` (low word first).
 pub struct WgpuStorage {
-    pub(crate) buf: wgpu::Buffer,
+    /// Returned to the device's pool when the storage drops.
+    pub(crate) buf: ManuallyDrop<wgpu::Buffer>,
     pub(crate) len: usize,
     pub(crate) dtype: DType,
     pub(crate) gpu: Arc<Gpu>,
@@ -21,13 +23,16 @@ impl WgpuStorage {
     /// A tensor's storage of `buf`, counted in the device's memory.
     pub(crate) fn new(buf: wgpu::Buffer, len: usize, dtype: DType, gpu: Arc<Gpu>) -> WgpuStorage {
         gpu.hold(buf.size());
-        WgpuStorage { buf, len, dtype, gpu }
+        WgpuStorage { buf: ManuallyDrop::new(buf), len, dtype, gpu }
     }
 }
 
 impl Drop for WgpuStorage {
     fn drop(&mut self) {
         self.gpu.release(self.buf.size());
+        // SAFETY: `buf` is taken once, here, and never used again.
+        let buf = unsafe { ManuallyDrop::take(&mut self.buf) };
+        self.gpu.recycle(buf);
     }
 }
 
@@ -157,9 +162,15 @@ impl WgpuBackend {
         Ok(w)
     }
 
+    /// [`WgpuBackend::new_storage`] of zeros.
+    pub(crate) fn zeros_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
+        let w = words_of(dtype).expect("device dtype") as u64;
+        Ok(WgpuStorage::new(self.gpu.take_buffer(len as u64 * w * 4, true, op)?, len, dtype, self.gpu.clone()))
+    }
+
     pub(crate) fn new_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
         let w = words_of(dtype).expect("device dtype") as u64;
-        Ok(WgpuStorage::new(self.gpu.alloc(len as u64 * w * 4, op)?, len, dtype, self.gpu.clone()))
+        Ok(WgpuStorage::new(self.gpu.take_buffer(len as u64 * w * 4, false, op)?, len, dtype, self.gpu.clone()))
     }
 
     /// Runs `source`, a kernel reading `x` through `l`, into a new contiguous
@@ -195,6 +206,36 @@ impl Backend for WgpuBackend {
 
     fn max_buffer_bytes(&self) -> u64 {
         self.gpu.max_buffer_bytes()
+    }
+
+    fn has_fused(&self, op: Fused) -> bool {
+        op == Fused::LayerNorm
+    }
+
+    fn layer_norm(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        bias: Option<&dyn BackendStorage>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Storage, Storage)> {
+        let (y, stats) = self.layer_norm_(x, weight, bias, [rows, cols], eps)?;
+        Ok((Box::new(y), Box::new(stats)))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        stats: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        let (dx, dwb) = self.layer_norm_backward_(x, weight, stats, g, [rows, cols])?;
+        Ok((Box::new(dx), Box::new(dwb)))
     }
 
     fn synchronize(&self) -> Result<()> {

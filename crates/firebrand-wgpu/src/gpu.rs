@@ -9,9 +9,16 @@ use wgpu::util::DeviceExt;
 
 /// Threads per workgroup of the one-dimensional kernels.
 pub(crate) const WG: u32 = 256;
+/// Outputs per thread of the elementwise kernels.
+pub(crate) const PER_THREAD: u32 = 4;
 /// Most workgroups along one dispatch dimension (WebGPU's guaranteed limit;
 /// the kernels index rows by `wid.x + wid.y · 65535`).
 const MAX_GROUPS: u32 = 65_535;
+/// Bytes of freed tensor buffers the pool keeps for reuse, at most.
+const POOL_MAX_BYTES: u64 = 512 << 20;
+/// Dispatches recorded into one command buffer before it is submitted
+/// (readbacks and `synchronize` submit what is pending first).
+const FLUSH_EVERY: usize = 64;
 /// How every tensor buffer may be used.
 const STORAGE_USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
@@ -59,6 +66,12 @@ pub struct Gpu {
     /// Bytes in tensors' buffers now, and the most at once.
     live: AtomicU64,
     peak: AtomicU64,
+    /// Freed tensor buffers by size class, and their bytes.
+    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    pooled: AtomicU64,
+    /// Dispatches recorded but not yet submitted, with the bind groups (and
+    /// so the buffers) they use, kept alive until the submission.
+    pending: Mutex<Option<(wgpu::CommandEncoder, Vec<wgpu::BindGroup>)>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -107,6 +120,9 @@ impl Gpu {
             pipelines: Mutex::default(),
             live: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            pool: Mutex::default(),
+            pooled: AtomicU64::new(0),
+            pending: Mutex::default(),
         }))
     }
 
@@ -152,8 +168,63 @@ impl Gpu {
         self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// Waits for the queue.
+    /// The size class of a request: rounded up to an eighth of its power of
+    /// two (at least 256 bytes), so a reused buffer wastes at most 12.5%.
+    fn class_of(bytes: u64) -> u64 {
+        let step = (bytes.max(4).next_power_of_two() / 8).max(256);
+        bytes.max(4).next_multiple_of(step)
+    }
+
+    /// A tensor's buffer of at least `bytes`: a freed one of its size class
+    /// from the pool, or a new one. With `zeroed`, a reused buffer is
+    /// cleared first (in order with the recorded work; new ones start at
+    /// zero). Buffers freed while recorded work still reads them are safe
+    /// to reuse: the device runs work in the order it was recorded.
+    pub(crate) fn take_buffer(&self, bytes: u64, zeroed: bool, op: &'static str) -> Result<wgpu::Buffer> {
+        let class = Gpu::class_of(bytes);
+        let reused = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&class).and_then(Vec::pop);
+        let Some(buf) = reused else {
+            return self.alloc(class, op).or_else(|e| {
+                // Out of memory: give the pool's buffers back and try once more.
+                self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.pooled.store(0, Ordering::Relaxed);
+                self.alloc(class, op).map_err(|_| e)
+            });
+        };
+        self.pooled.fetch_sub(class, Ordering::Relaxed);
+        if zeroed {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let (enc, _) =
+                pending.get_or_insert_with(|| (self.device.create_command_encoder(&Default::default()), Vec::new()));
+            enc.clear_buffer(&buf, 0, None);
+        }
+        Ok(buf)
+    }
+
+    /// A freed tensor buffer: kept for reuse if it is of a size class and
+    /// the pool has room, else released.
+    pub(crate) fn recycle(&self, buf: wgpu::Buffer) {
+        let size = buf.size();
+        if Gpu::class_of(size) != size || self.pooled.load(Ordering::Relaxed) + size > POOL_MAX_BYTES {
+            return;
+        }
+        self.pooled.fetch_add(size, Ordering::Relaxed);
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).entry(size).or_default().push(buf);
+    }
+
+    /// Submits the recorded dispatches. The lock is held through the
+    /// submission, so that submissions keep the order of recording across
+    /// threads.
+    pub(crate) fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((enc, _)) = pending.take() {
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Waits for the queue (after submitting what is recorded).
     pub(crate) fn wait(&self) -> Result<()> {
+        self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
@@ -227,9 +298,14 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
+        {
+            // The copy goes after everything recorded, in the same submission.
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut enc, _) =
+                pending.take().unwrap_or_else(|| (self.device.create_command_encoder(&Default::default()), Vec::new()));
+            enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+            self.queue.submit([enc.finish()]);
+        }
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -266,7 +342,9 @@ impl Gpu {
     }
 
     /// Runs `source` over `groups` workgroups (`[x, y, z]`) with `buffers`
-    /// bound at 0, 1, … of group 0, submitted without waiting.
+    /// bound at 0, 1, … of group 0: recorded into the pending command
+    /// buffer, which is submitted every [`FLUSH_EVERY`] dispatches (or at a
+    /// readback), never waited for here.
     pub(crate) fn dispatch(&self, source: &str, buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
         if groups.contains(&0) {
             return;
@@ -283,20 +361,27 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
-        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (enc, binds) =
+            pending.get_or_insert_with(|| (self.device.create_command_encoder(&Default::default()), Vec::new()));
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        self.queue.submit([enc.finish()]);
+        binds.push(bind);
+        if binds.len() >= FLUSH_EVERY
+            && let Some((enc, _)) = pending.take()
+        {
+            self.queue.submit([enc.finish()]);
+        }
     }
 
     /// Workgroups for `n` threads of [`WG`] each, spread over x and y so that
     /// neither passes the limit; kernels index `gid.x + gid.y · nwg.x · WG`.
     pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
-        Gpu::spread(n.div_ceil(WG as usize) as u32)
+        Gpu::spread(n.div_ceil((WG * PER_THREAD) as usize) as u32)
     }
 
     /// `groups` workgroups spread over x and y so that neither passes the limit.

@@ -99,7 +99,7 @@ impl WgpuBackend {
         op: &'static str,
     ) -> Result<WgpuStorage> {
         let (src, idx) = (self.f32s(src, op)?, self.indices(idx, op)?);
-        let out = self.new_storage(outer * size * inner, DType::F32, op)?;
+        let out = self.zeros_storage(outer * size * inner, DType::F32, op)?;
         let n = src.len;
         if n == 0 {
             return Ok(out);

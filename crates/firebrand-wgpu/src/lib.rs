@@ -21,6 +21,7 @@
 //! ```
 
 mod backend;
+mod fused_ops;
 mod gpu;
 mod index_ops;
 mod kernels;

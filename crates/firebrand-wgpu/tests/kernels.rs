@@ -463,12 +463,61 @@ fn fused_primitives_are_optional_and_name_themselves_when_absent() {
     let Some(dev) = device() else { return };
     assert!(firebrand_tensor::backend::ALL_FUSED.iter().all(|&f| CPU.has_fused(f)));
     let (_, g) = both(dev, &[1.0, 2.0]);
-    if !dev.has_fused(Fused::LayerNorm) {
-        let e = dev.layer_norm(&*g, None, None, 1, 2, 1e-5).unwrap_err().to_string();
-        assert!(e.contains("layer_norm") && e.contains("wgpu:0"), "{e}");
+    if !dev.has_fused(Fused::BatchNorm) {
+        let e = dev.batch_norm_stats(&*g, [1, 2, 1]).unwrap_err().to_string();
+        assert!(e.contains("batch_norm_stats") && e.contains("wgpu:0"), "{e}");
     }
     // A CPU storage handed to the device backend is a device mismatch.
     let c = CPU.upload(CpuStorage::F32(vec![1.0])).unwrap();
     let l = Layout::contiguous(Shape::from(vec![1]));
     assert!(matches!(dev.unary(UnaryOp::Neg, &*c, &l), Err(firebrand_tensor::Error::DeviceMismatch { .. })));
+}
+
+#[test]
+fn pooled_buffers_are_cleared_where_it_matters() {
+    let Some(dev) = device() else { return };
+    let (_, g) = both(dev, &vec![7.0; 1000]);
+    let l = Layout::contiguous(Shape::from(vec![1000]));
+    let src = data(10, 41);
+    let (_, gs) = both(dev, &src);
+    let index: Vec<i64> = (0..10).map(|i| (i * 37 % 100) as i64).collect();
+    let gi = dev.upload(i64s(&index)).unwrap();
+    let mut want = vec![0.0; 1000];
+    for (j, &i) in index.iter().enumerate() {
+        want[i as usize] += src[j];
+    }
+    for round in 0..20 {
+        // A kernel's output of 7s (a pooled size class), freed, and a
+        // scatter-add of the same size, which must start from zeros whether
+        // or not it gets that buffer.
+        drop(dev.unary(UnaryOp::Abs, &*g, &l).unwrap());
+        let got = f32s(&dev.scatter_add(&*gs, 1, 1000, 1, &*gi).unwrap());
+        close(&format!("scatter_add after a freed buffer, round {round}"), &got, &want, 1e-6);
+    }
+    dev.synchronize().unwrap();
+    let stats = dev.memory().expect("tracked");
+    assert!(stats.peak_bytes >= stats.live_bytes && stats.peak_bytes > 0);
+}
+
+#[test]
+fn fused_layer_norm_and_its_backward() {
+    let Some(dev) = device() else { return };
+    assert!(dev.has_fused(Fused::LayerNorm));
+    for (rows, cols) in [(1, 1), (3, 7), (5, 300), (70, 1000)] {
+        let (x, w, b, g) = (data(rows * cols, 51), data(cols, 52), data(cols, 53), data(rows * cols, 54));
+        let ((cx, gx), (cw, gw), (cb, gb), (cg, gg)) = (both(dev, &x), both(dev, &w), both(dev, &b), both(dev, &g));
+        for affine in [false, true] {
+            let what = format!("layer_norm {rows}x{cols} affine {affine}");
+            let (wc, bc) = if affine { (Some(&*cw), Some(&*cb)) } else { (None, None) };
+            let (wg, bg) = if affine { (Some(&*gw), Some(&*gb)) } else { (None, None) };
+            let (y, st) = CPU.layer_norm(&*cx, wc, bc, rows, cols, 1e-5).unwrap();
+            let (yg, stg) = dev.layer_norm(&*gx, wg, bg, rows, cols, 1e-5).unwrap();
+            close(&what, &f32s(&yg), &f32s(&y), 1e-5);
+            close(&format!("{what} stats"), &f32s(&stg), &f32s(&st), 1e-5);
+            let (dx, dwb) = CPU.layer_norm_backward(&*cx, wc, &*st, &*cg, rows, cols).unwrap();
+            let (dxg, dwbg) = dev.layer_norm_backward(&*gx, wg, &*stg, &*gg, rows, cols).unwrap();
+            close(&format!("{what} dx"), &f32s(&dxg), &f32s(&dx), 1e-4);
+            close(&format!("{what} dweight, dbias"), &f32s(&dwbg), &f32s(&dwb), 1e-4);
+        }
+    }
 }

@@ -7,8 +7,10 @@
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
 
 mod index;
+mod norm;
 mod window;
 pub(crate) use index::{concat_part, gather, index_select, scatter_add, where_select};
+pub(crate) use norm::{layer_norm, layer_norm_affine_backward, layer_norm_backward};
 pub(crate) use window::{avg_pool2d, avg_pool2d_backward, col2im, im2col, max_pool2d, max_pool2d_backward};
 
 /// Storage bindings `@group(0) @binding(i)` in order: `(name, access, type)`.
@@ -168,10 +170,21 @@ fn binary_expr(op: BinaryOp) -> &'static str {
 }
 
 /// A kernel over `n = params[0]` outputs: `body` computes output `i`.
+/// Each thread computes [`crate::gpu::PER_THREAD`] outputs, `t`, `t + T`,
+/// `t + 2T`, … for `T` threads in all (neighbouring threads on neighbouring
+/// elements); `body` is the function of one output `i`, in which `return`
+/// skips the rest of that output.
 fn elementwise(bindings: &str, body: &str) -> String {
+    elementwise_n(bindings, "p[0]", body)
+}
+
+/// [`elementwise`] over `count` outputs (a WGSL expression).
+fn elementwise_n(bindings: &str, count: &str, body: &str) -> String {
+    let per = crate::gpu::PER_THREAD;
     format!(
-        "{bindings}\n{PRELUDE}\n@compute @workgroup_size(256)\nfn main(@builtin(global_invocation_id) gid: vec3<u32>, \
-         @builtin(num_workgroups) nwg: vec3<u32>) {{\n  let i = linear(gid, nwg);\n  if (i >= p[0]) {{ return; }}\n{body}\n}}\n"
+        "{bindings}\n{PRELUDE}\nfn item(i: u32) {{\n{body}\n}}\n@compute @workgroup_size(256)\nfn main(@builtin(global_invocation_id) gid: vec3<u32>, \
+         @builtin(num_workgroups) nwg: vec3<u32>) {{\n  let t = linear(gid, nwg);\n  let threads = nwg.x * nwg.y * 256u;\n  \
+         for (var e = 0u; e < {per}u; e = e + 1u) {{\n    let i = t + e * threads;\n    if (i >= {count}) {{ return; }}\n    item(i);\n  }}\n}}\n"
     )
 }
 
