@@ -121,6 +121,15 @@ fn device_errors_are_typed() {
     let e = Tensor::zeros([1]).to_device(Device::Wgpu(64)).unwrap_err();
     assert!(matches!(e, Error::DeviceUnavailable { .. }) && e.to_string().contains("mesa-vulkan-drivers"), "{e}");
     assert!(!firebrand::wgpu::adapters().is_empty());
+    // A tensor larger than a kernel can bind (lavapipe: under 160 MB) is a
+    // typed error naming the size and the device, not a validation abort.
+    match Tensor::zeros([40_000_000]).to_device(dev) {
+        Ok(t) => assert_eq!(t.elem_count(), 40_000_000),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("wgpu:0") && m.contains("160000000 bytes"), "{m}");
+        }
+    }
 }
 
 #[test]

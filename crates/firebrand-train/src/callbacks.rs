@@ -70,14 +70,22 @@ pub struct TrainContext<'a> {
 }
 
 /// One batch's figures, for [`Callback::on_batch_end`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BatchLogs {
     /// Batch index within the epoch.
     pub batch: usize,
     /// Examples in the batch.
     pub size: usize,
-    /// The batch's mean loss.
-    pub loss: f32,
+    /// The batch's mean loss, a 0-d tensor on the model's device.
+    pub(crate) loss: firebrand_autograd::Tensor,
+}
+
+impl BatchLogs {
+    /// The batch's mean loss. On a device this waits for the batch's work
+    /// to finish (`fit` itself reads losses only when it reports them).
+    pub fn loss(&self) -> f32 {
+        self.loss.item()
+    }
 }
 
 /// Hooks into [`Model::fit`](crate::Model::fit); every method has a default

@@ -403,7 +403,7 @@ impl<M: Module> Model<M> {
             hook!(on_epoch_begin());
             let pb = bar(n_batches, opts.verbose, epoch, opts.epochs);
             let t0 = Instant::now();
-            let (mut loss_sum, mut seen, mut correct, mut classify) = (0.0f64, 0usize, 0usize, false);
+            let (mut totals, mut seen, mut classify) = (Totals::new(device), 0usize, false);
             for (i, (x, y)) in train.epoch(epoch).enumerate() {
                 hook!(on_batch_begin(i));
                 // Batches come from the host; the model's device gets them.
@@ -426,25 +426,23 @@ impl<M: Module> Model<M> {
                     step += 1;
                 }
                 let n = x.dims()[0];
-                let batch_loss = loss.item();
-                loss_sum += batch_loss as f64 * n as f64;
+                let loss = loss.detach();
                 seen += n;
-                if objective.is_classification() && y.dtype() == DType::I64 {
-                    classify = true;
-                    correct += count_correct(&out, &y);
-                }
-                hook!(on_batch_end(&BatchLogs { batch: i, size: n, loss: batch_loss }));
+                let labels = objective.is_classification() && y.dtype() == DType::I64;
+                classify |= labels;
+                totals.add(&loss, n, labels.then_some((&out, &y)));
+                hook!(on_batch_end(&BatchLogs { batch: i, size: n, loss: loss.clone() }));
                 pb.inc(1);
-                if pb.position().is_multiple_of(20) {
-                    pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+                if opts.verbose && pb.position().is_multiple_of(20) {
+                    pb.set_message(format!("loss {:.4}", totals.loss_sum() / seen as f64));
                 }
             }
             let train_seconds = t0.elapsed().as_secs_f64();
             pb.finish_and_clear();
             let mut record = EpochRecord {
                 epoch,
-                loss: (loss_sum / seen.max(1) as f64) as f32,
-                accuracy: classify.then(|| correct as f32 / seen.max(1) as f32),
+                loss: (totals.loss_sum() / seen.max(1) as f64) as f32,
+                accuracy: classify.then(|| totals.correct() as f32 / seen.max(1) as f32),
                 val_loss: None,
                 val_accuracy: None,
                 train_seconds,
@@ -609,6 +607,60 @@ fn history_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".history.json");
     PathBuf::from(s)
+}
+
+/// An epoch's loss and correct-prediction totals: added up on the host for
+/// a CPU model, and on the device for a model there, so that nothing is read
+/// back until it is reported (the progress bar, the epoch's record).
+enum Totals {
+    Host { loss: f64, correct: usize },
+    Device { loss: Option<Tensor>, correct: Option<Tensor> },
+}
+
+impl Totals {
+    fn new(device: firebrand_autograd::Device) -> Totals {
+        if device.is_cpu() {
+            Totals::Host { loss: 0.0, correct: 0 }
+        } else {
+            Totals::Device { loss: None, correct: None }
+        }
+    }
+
+    /// Adds a batch of `n` with mean `loss`, and its hits when `labels` are given.
+    fn add(&mut self, loss: &Tensor, n: usize, labels: Option<(&Tensor, &Tensor)>) {
+        match self {
+            Totals::Host { loss: l, correct } => {
+                *l += loss.item() as f64 * n as f64;
+                if let Some((out, y)) = labels {
+                    *correct += count_correct(out, y);
+                }
+            }
+            Totals::Device { loss: l, correct } => {
+                let add =
+                    |acc: &mut Option<Tensor>, v: Tensor| *acc = Some(acc.take().map_or(v.clone(), |a| a.add(&v)));
+                add(l, loss.to_dtype(DType::F32).affine(n as f32, 0.0));
+                if let Some((out, y)) = labels {
+                    // Compared as f32 (exact below 2^24 classes): device kernels compare floats.
+                    let hits = out.detach().argmax(-1, false).to_dtype(DType::F32).eq(&y.to_dtype(DType::F32));
+                    add(correct, hits.to_dtype(DType::F32).sum_all());
+                }
+            }
+        }
+    }
+
+    fn loss_sum(&self) -> f64 {
+        match self {
+            Totals::Host { loss, .. } => *loss,
+            Totals::Device { loss, .. } => loss.as_ref().map_or(0.0, |t| t.item() as f64),
+        }
+    }
+
+    fn correct(&self) -> usize {
+        match self {
+            Totals::Host { correct, .. } => *correct,
+            Totals::Device { correct, .. } => correct.as_ref().map_or(0, |t| t.item() as usize),
+        }
+    }
 }
 
 fn count_correct(out: &Tensor, y: &Tensor) -> usize {
