@@ -10,11 +10,11 @@ random windows of 64. Every 500 iterations and at the end prints
     {"workload": "gpt", "lib": "torch", "iter": ..., "val_loss": ..., "train_loss": ..., "ms_per_iter": ...}
 val_loss: mean over the same 1,200 evenly spaced validation windows as the Rust side;
 train_loss: mean of the last 100 iterations; ms_per_iter: training only, mean so far.
-Usage: python3 benches/pytorch/gpt.py [--text FILE] [--iters 2000] [--threads 2] [--seed 0]
+Usage: python3 benches/pytorch/gpt.py [--text FILE] [--iters 2000] [--threads 2] [--seed 0] [--device cpu|cuda]
 """
 import json, math, time
 
-from setup import shakespeare, start
+from setup import shakespeare, start, sync
 
 
 def args(p):
@@ -36,7 +36,7 @@ V, T, B, C, L, H = len(vocab), 64, 12, 128, 4, 4
 span = len(val) - T - 1
 starts = torch.tensor([i * span // 1200 for i in range(1200)])
 offsets = torch.arange(T)
-vx, vy = val[starts[:, None] + offsets], val[starts[:, None] + offsets + 1]
+vx, vy = val[starts[:, None] + offsets].to(a.device), val[starts[:, None] + offsets + 1].to(a.device)
 
 
 class Gpt(nn.Module):
@@ -69,7 +69,7 @@ class Gpt(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-model = Gpt()
+model = Gpt().to(a.device)
 decay = [p for p in model.parameters() if p.dim() >= 2]
 no_decay = [p for p in model.parameters() if p.dim() < 2]
 opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -96,13 +96,14 @@ for it in range(a.iters):
     for g in opt.param_groups:
         g["lr"] = lr_at(it)
     ix = torch.randint(len(train) - T, (B,), generator=gen)
-    x, y = train[ix[:, None] + offsets], train[ix[:, None] + offsets + 1]
+    x, y = train[ix[:, None] + offsets].to(a.device), train[ix[:, None] + offsets + 1].to(a.device)
     loss = loss_of(x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     l = loss.item()
+    sync()
     train_secs += time.perf_counter() - t0
     recent = (recent + [l])[-100:]
     if (it + 1) % 500 == 0 or it + 1 == a.iters:
@@ -112,4 +113,4 @@ for it in range(a.iters):
         model.train()
         print(json.dumps({"workload": "gpt", "lib": "torch", "iter": it + 1, "val_loss": round(val_loss, 4),
                           "train_loss": round(sum(recent) / len(recent), 4),
-                          "ms_per_iter": round(1000 * train_secs / (it + 1), 2)}), flush=True)
+                          "ms_per_iter": round(1000 * train_secs / (it + 1), 2), "device": a.device}), flush=True)

@@ -5,7 +5,7 @@ ReLU, PyTorch's defaults) on a (8, 128, 512) input. Prints
 each the median of --rounds runs after one warm-up. The forward pass runs in eval mode under
 no_grad, so PyTorch may take its fused inference fast path (its best figure); forward + backward
 runs in training mode, loss = mean of squares.
-Usage: python3 benches/pytorch/transformer_block.py [--rounds 10] [--threads 2] [--seed 0]
+Usage: python3 benches/pytorch/transformer_block.py [--rounds 10] [--threads 2] [--seed 0] [--device cpu|cuda]
 """
 import json
 
@@ -14,8 +14,8 @@ from setup import start, timed
 a, torch = start(lambda p: p.add_argument("--rounds", type=int, default=10))
 nn = torch.nn
 layer = lambda: nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
-enc = nn.Sequential(layer(), layer())
-x = torch.randn(8, 128, 512)
+enc = nn.Sequential(layer(), layer()).to(a.device)
+x = torch.randn(8, 128, 512).to(a.device)
 
 
 def fwd():
@@ -31,4 +31,4 @@ def fwd_bwd():
 
 
 print(json.dumps({"workload": "transformer_block", "lib": "torch", "forward_ms": round(timed(fwd, a.rounds), 2),
-                  "forward_backward_ms": round(timed(fwd_bwd, a.rounds), 2)}), flush=True)
+                  "forward_backward_ms": round(timed(fwd_bwd, a.rounds), 2), "device": a.device}), flush=True)
