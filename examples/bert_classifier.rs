@@ -75,6 +75,10 @@ struct Args {
     /// Skip pre-training (for comparison).
     #[arg(long)]
     from_scratch: bool,
+    /// Training passages per play, at most (a short run, e.g. on a CPU
+    /// Vulkan driver) [default: as many as the shortest play gives].
+    #[arg(long)]
+    limit: Option<usize>,
     /// Where the pre-trained model and plots go [default: runs/bert_classifier].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -247,6 +251,7 @@ fn main() {
     let cut = |ids: &Vec<i64>| ids.len() * 4 / 5;
     let n_test = per_class.iter().map(|ids| (ids.len() - cut(ids)) / w).min().expect("five plays");
     let n_train = per_class.iter().map(|ids| (cut(ids) - w) / STRIDE + 1).min().expect("five plays");
+    let n_train = args.limit.map_or(n_train, |l| l.min(n_train));
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (c, ids) in per_class.iter().enumerate() {

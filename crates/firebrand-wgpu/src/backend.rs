@@ -193,7 +193,7 @@ impl WgpuBackend {
     }
 
     /// `x` through `l` as a new contiguous storage of its own dtype.
-    fn copy(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
+    pub(crate) fn copy(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
         let words = words_of(x.dtype).expect("device dtype");
         self.map_layout(&kernels::copy(words), x, l, x.dtype, op)
     }
@@ -209,7 +209,58 @@ impl Backend for WgpuBackend {
     }
 
     fn has_fused(&self, op: Fused) -> bool {
-        op == Fused::LayerNorm
+        matches!(op, Fused::LayerNorm | Fused::ConvEpilogue | Fused::ChannelAffine)
+    }
+
+    fn bias_act_to_nchw(
+        &self,
+        yt: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        n: usize,
+        l: usize,
+        c: usize,
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.bias_act_to_nchw_(yt, bias, [n, l, c], act)?))
+    }
+
+    fn bias_act_to_nchw_backward(
+        &self,
+        g: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        n: usize,
+        l: usize,
+        c: usize,
+        act: Option<UnaryOp>,
+    ) -> Result<(Storage, Storage)> {
+        let (dyt, db) = self.bias_act_to_nchw_backward_(g, y, [n, l, c], act)?;
+        Ok((Box::new(dyt), Box::new(db)))
+    }
+
+    fn channel_affine(
+        &self,
+        x: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.channel_affine_(x, scale, shift, dims, act)?))
+    }
+
+    fn channel_affine_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+        need: [bool; 3],
+    ) -> Result<(Option<Storage>, Option<Storage>, Option<Storage>)> {
+        let (dx, ds, dt) = self.channel_affine_backward_(g, x, y, scale, dims, act, need)?;
+        let boxed = |s: Option<WgpuStorage>| s.map(|s| Box::new(s) as Storage);
+        Ok((boxed(dx), boxed(ds), boxed(dt)))
     }
 
     fn layer_norm(

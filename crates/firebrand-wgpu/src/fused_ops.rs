@@ -1,10 +1,12 @@
-//! The fused primitives this device has (`Backend::has_fused`): layer norm.
-//! The others run as their composites.
+//! The fused primitives this device has (`Backend::has_fused`): layer norm,
+//! the convolution epilogue and the per-channel affine map. The others run
+//! as their composites.
 
 use crate::backend::{WgpuBackend, WgpuStorage, u32_of};
 use crate::gpu::Gpu;
 use crate::kernels;
 use firebrand_tensor::backend::BackendStorage;
+use firebrand_tensor::op::UnaryOp;
 use firebrand_tensor::{DType, Error, Result};
 
 impl WgpuBackend {
@@ -73,5 +75,142 @@ impl WgpuBackend {
         let bufs: [&wgpu::Buffer; 5] = [&x.buf, &stats.buf, &g.buf, &dwb.buf, &pb];
         self.gpu.dispatch(&kernels::layer_norm_affine_backward(), &bufs, Gpu::groups_1d(cols));
         Ok((dx, dwb))
+    }
+
+    /// `[threads, N, C, L, has_a, has_b]` for the epilogue kernels.
+    fn affine_params(
+        &self,
+        threads: usize,
+        [n, c, l]: [usize; 3],
+        has: [bool; 2],
+        op: &'static str,
+    ) -> Result<wgpu::Buffer> {
+        let p = [u32_of(threads, op)?, u32_of(n, op)?, u32_of(c, op)?, u32_of(l, op)?, has[0] as u32, has[1] as u32];
+        self.gpu.upload_words(&p, op)
+    }
+
+    /// `[Σ d·x | Σ d]` per channel of `(N, C, L)` with `d = g·act'(y)`
+    /// (`x` absent: `g` stands in and the first half is not wanted).
+    fn channel_sums(
+        &self,
+        g: &WgpuStorage,
+        y: &WgpuStorage,
+        x: Option<&WgpuStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+        op: &'static str,
+    ) -> Result<WgpuStorage> {
+        let c = dims[1];
+        let out = self.new_storage(2 * c, DType::F32, op)?;
+        let pb = self.affine_params(c, dims, [false, false], op)?;
+        let bufs: [&wgpu::Buffer; 5] = [&g.buf, &y.buf, &x.unwrap_or(g).buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::channel_sums(act), &bufs, Gpu::spread(c as u32));
+        Ok(out)
+    }
+
+    /// The second half (`Σ d`) or the first (`Σ d·x`) of [`Self::channel_sums`] as its own storage.
+    fn half(&self, sums: &WgpuStorage, c: usize, second: bool, op: &'static str) -> Result<WgpuStorage> {
+        let l = firebrand_tensor::Layout::contiguous([2, c]).narrow(0, second as usize, 1)?;
+        self.copy(sums, &l, op)
+    }
+
+    pub(crate) fn bias_act_to_nchw_(
+        &self,
+        yt: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        [n, l, c]: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<WgpuStorage> {
+        let op = "conv2d epilogue";
+        let yt = self.f32s(yt, op)?;
+        if yt.len != n * l * c {
+            return Err(Error::msg(op, format!("{} elements for ({n}·{l}, {c})", yt.len)));
+        }
+        let (b, has_b) = self.affine_or(bias, yt, c, op)?;
+        let out = self.new_storage(n * c * l, DType::F32, op)?;
+        let pb = self.affine_params(out.len, [n, c, l], [false, has_b], op)?;
+        let bufs: [&wgpu::Buffer; 4] = [&yt.buf, &b.buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::bias_act_to_nchw(act), &bufs, Gpu::groups_1d(out.len));
+        Ok(out)
+    }
+
+    pub(crate) fn bias_act_to_nchw_backward_(
+        &self,
+        g: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        [n, l, c]: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<(WgpuStorage, WgpuStorage)> {
+        let op = "conv2d epilogue backward";
+        let (g, y) = (self.f32s(g, op)?, self.f32s(y, op)?);
+        if g.len != n * c * l || y.len != g.len {
+            return Err(Error::msg(op, format!("g {} and y {} for ({n}, {c}, {l})", g.len, y.len)));
+        }
+        let dyt = self.new_storage(g.len, DType::F32, op)?;
+        let pb = self.affine_params(g.len, [n, c, l], [false, false], op)?;
+        let bufs: [&wgpu::Buffer; 4] = [&g.buf, &y.buf, &dyt.buf, &pb];
+        self.gpu.dispatch(&kernels::bias_act_to_nchw_backward(act), &bufs, Gpu::groups_1d(g.len));
+        let sums = self.channel_sums(g, y, None, [n, c, l], act, op)?;
+        Ok((dyt, self.half(&sums, c, true, op)?))
+    }
+
+    pub(crate) fn channel_affine_(
+        &self,
+        x: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        shift: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<WgpuStorage> {
+        let op = "channel_affine";
+        let x = self.f32s(x, op)?;
+        let c = dims[1];
+        if x.len != dims.iter().product::<usize>() {
+            return Err(Error::msg(op, format!("{} elements for {dims:?}", x.len)));
+        }
+        let ((s, has_s), (t, has_t)) = (self.affine_or(scale, x, c, op)?, self.affine_or(shift, x, c, op)?);
+        let out = self.new_storage(x.len, DType::F32, op)?;
+        let pb = self.affine_params(x.len, dims, [has_s, has_t], op)?;
+        let bufs: [&wgpu::Buffer; 5] = [&x.buf, &s.buf, &t.buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::channel_affine(act), &bufs, Gpu::groups_1d(x.len));
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub(crate) fn channel_affine_backward_(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        y: &dyn BackendStorage,
+        scale: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+        need: [bool; 3],
+    ) -> Result<(Option<WgpuStorage>, Option<WgpuStorage>, Option<WgpuStorage>)> {
+        let op = "channel_affine backward";
+        let (g, x, y) = (self.f32s(g, op)?, self.f32s(x, op)?, self.f32s(y, op)?);
+        let c = dims[1];
+        if g.len != x.len || y.len != x.len || x.len != dims.iter().product::<usize>() {
+            return Err(Error::msg(op, format!("g {}, x {}, y {} for {dims:?}", g.len, x.len, y.len)));
+        }
+        let dx = if need[0] {
+            let (s, has_s) = self.affine_or(scale, x, c, op)?;
+            let dx = self.new_storage(x.len, DType::F32, op)?;
+            let pb = self.affine_params(x.len, dims, [has_s, false], op)?;
+            let bufs: [&wgpu::Buffer; 5] = [&g.buf, &y.buf, &s.buf, &dx.buf, &pb];
+            self.gpu.dispatch(&kernels::channel_affine_backward(act), &bufs, Gpu::groups_1d(x.len));
+            Some(dx)
+        } else {
+            None
+        };
+        let (ds, dt) = if need[1] || need[2] {
+            let sums = self.channel_sums(g, y, Some(x), dims, act, op)?;
+            let ds = need[1].then(|| self.half(&sums, c, false, op)).transpose()?;
+            let dt = need[2].then(|| self.half(&sums, c, true, op)).transpose()?;
+            (ds, dt)
+        } else {
+            (None, None)
+        };
+        Ok((dx, ds, dt))
     }
 }

@@ -521,3 +521,54 @@ fn fused_layer_norm_and_its_backward() {
         }
     }
 }
+
+#[test]
+fn fused_epilogues_and_their_backwards() {
+    let Some(dev) = device() else { return };
+    assert!(dev.has_fused(Fused::ConvEpilogue) && dev.has_fused(Fused::ChannelAffine));
+    let acts = [None, Some(UnaryOp::Relu), Some(UnaryOp::Hardtanh(0.0, 6.0))];
+    for (n, l, c) in [(1, 1, 1), (2, 37, 5), (3, 300, 7)] {
+        let (yt, bias, g) = (data(n * l * c, 61), data(c, 62), data(n * l * c, 63));
+        let ((cy, gy), (cb, gb), (cg, gg)) = (both(dev, &yt), both(dev, &bias), both(dev, &g));
+        for act in acts {
+            let what = format!("epilogue ({n}, {l}, {c}) {act:?}");
+            for with_bias in [false, true] {
+                let (bc, bg) = if with_bias { (Some(&*cb), Some(&*gb)) } else { (None, None) };
+                let want = CPU.bias_act_to_nchw(&*cy, bc, n, l, c, act).unwrap();
+                same(
+                    &format!("{what} bias {with_bias}"),
+                    &dev.bias_act_to_nchw(&*gy, bg, n, l, c, act).unwrap(),
+                    &want,
+                );
+            }
+            let y = CPU.bias_act_to_nchw(&*cy, Some(&*cb), n, l, c, act).unwrap();
+            let (_, yd) = both(dev, &f32s(&y));
+            let (dyt, db) = CPU.bias_act_to_nchw_backward(&*cg, &*y, n, l, c, act).unwrap();
+            let (dyt_g, db_g) = dev.bias_act_to_nchw_backward(&*gg, &*yd, n, l, c, act).unwrap();
+            same(&format!("{what} backward dyt"), &dyt_g, &dyt);
+            close(&format!("{what} backward dbias"), &f32s(&db_g), &f32s(&db), 1e-5);
+            // channel_affine on the same (N, C, L) data, every combination of vectors.
+            let dims = [n, c, l];
+            let (sc, sg) = both(dev, &data(c, 64));
+            for (has_s, has_t) in [(false, false), (true, false), (false, true), (true, true)] {
+                let s = (has_s.then_some(&*sc), has_s.then_some(&*sg));
+                let t = (has_t.then_some(&*cb), has_t.then_some(&*gb));
+                let what = format!("channel_affine {dims:?} {act:?} scale {has_s} shift {has_t}");
+                let want = CPU.channel_affine(&*cy, s.0, t.0, dims, act).unwrap();
+                let got = dev.channel_affine(&*gy, s.1, t.1, dims, act).unwrap();
+                close(&what, &f32s(&got), &f32s(&want), 1e-6);
+                let (_, yd) = both(dev, &f32s(&want));
+                let need = [true, has_s, has_t];
+                let (wx, ws, wt) = CPU.channel_affine_backward(&*cg, &*cy, &*want, s.0, dims, act, need).unwrap();
+                let (gx, gs, gt) = dev.channel_affine_backward(&*gg, &*gy, &*yd, s.1, dims, act, need).unwrap();
+                close(&format!("{what} dx"), &f32s(&gx.unwrap()), &f32s(&wx.unwrap()), 1e-6);
+                if has_s {
+                    close(&format!("{what} dscale"), &f32s(&gs.unwrap()), &f32s(&ws.unwrap()), 1e-5);
+                }
+                if has_t {
+                    close(&format!("{what} dshift"), &f32s(&gt.unwrap()), &f32s(&wt.unwrap()), 1e-5);
+                }
+            }
+        }
+    }
+}
