@@ -2,7 +2,7 @@
 
 use crate::gpu::Gpu;
 use crate::kernels;
-use firebrand_tensor::backend::{Backend, BackendStorage, Fused, MemoryStats, Storage};
+use firebrand_tensor::backend::{Backend, BackendStorage, Fused, MemoryStats, Rows, Storage};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Device, Error, Layout, Result};
 use std::any::Any;
@@ -209,7 +209,36 @@ impl Backend for WgpuBackend {
     }
 
     fn has_fused(&self, op: Fused) -> bool {
-        matches!(op, Fused::LayerNorm | Fused::ConvEpilogue | Fused::ChannelAffine)
+        matches!(op, Fused::LayerNorm | Fused::ConvEpilogue | Fused::ChannelAffine | Fused::LstmCell)
+    }
+
+    fn lstm_cell(
+        &self,
+        xw: &dyn BackendStorage,
+        xw_at: Rows,
+        hw: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        c_at: Rows,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.lstm_cell_(xw, xw_at, hw, c_prev, c_at, b, h)?))
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        state: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        c_at: Rows,
+        g_out: &dyn BackendStorage,
+        g_at: Rows,
+        dh_next: &dyn BackendStorage,
+        dc_next: &dyn BackendStorage,
+        dc_at: Rows,
+        b: usize,
+        h: usize,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.lstm_cell_backward_(state, c_prev, c_at, g_out, g_at, dh_next, dc_next, dc_at, b, h)?))
     }
 
     fn bias_act_to_nchw(

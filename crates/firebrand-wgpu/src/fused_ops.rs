@@ -1,11 +1,11 @@
 //! The fused primitives this device has (`Backend::has_fused`): layer norm,
-//! the convolution epilogue and the per-channel affine map. The others run
-//! as their composites.
+//! the convolution epilogue, the per-channel affine map and the LSTM cell.
+//! The others run as their composites.
 
 use crate::backend::{WgpuBackend, WgpuStorage, u32_of};
 use crate::gpu::Gpu;
 use crate::kernels;
-use firebrand_tensor::backend::BackendStorage;
+use firebrand_tensor::backend::{BackendStorage, Rows};
 use firebrand_tensor::op::UnaryOp;
 use firebrand_tensor::{DType, Error, Result};
 
@@ -212,5 +212,64 @@ impl WgpuBackend {
             (None, None)
         };
         Ok((dx, ds, dt))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lstm_cell_(
+        &self,
+        xw: &dyn BackendStorage,
+        xw_at: Rows,
+        hw: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        c_at: Rows,
+        b: usize,
+        h: usize,
+    ) -> Result<WgpuStorage> {
+        let op = "lstm_cell";
+        let (xw, hw, cp) = (self.f32s(xw, op)?, self.f32s(hw, op)?, self.f32s(c_prev, op)?);
+        let fits = |v: &WgpuStorage, at: Rows, w: usize| b == 0 || at.offset + (b - 1) * at.stride + w <= v.len;
+        if hw.len != b * 4 * h || !fits(xw, xw_at, 4 * h) || !fits(cp, c_at, h) {
+            return Err(Error::msg(op, format!("views do not fit (B, H) = ({b}, {h})")));
+        }
+        let out = self.new_storage(b * 6 * h, DType::F32, op)?;
+        let p = [b * h, h, xw_at.offset, xw_at.stride, c_at.offset, c_at.stride];
+        let pb = self.gpu.upload_words(&p.iter().map(|&v| u32_of(v, op)).collect::<Result<Vec<_>>>()?, op)?;
+        let bufs: [&wgpu::Buffer; 5] = [&xw.buf, &hw.buf, &cp.buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::lstm_cell(), &bufs, Gpu::groups_1d(b * h));
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lstm_cell_backward_(
+        &self,
+        state: &dyn BackendStorage,
+        c_prev: &dyn BackendStorage,
+        c_at: Rows,
+        g_out: &dyn BackendStorage,
+        g_at: Rows,
+        dh_next: &dyn BackendStorage,
+        dc_next: &dyn BackendStorage,
+        dc_at: Rows,
+        b: usize,
+        h: usize,
+    ) -> Result<WgpuStorage> {
+        let op = "lstm_cell_backward";
+        let (st, cp, go) = (self.f32s(state, op)?, self.f32s(c_prev, op)?, self.f32s(g_out, op)?);
+        let (dhn, dcn) = (self.f32s(dh_next, op)?, self.f32s(dc_next, op)?);
+        let fits = |v: &WgpuStorage, at: Rows, w: usize| b == 0 || at.offset + (b - 1) * at.stride + w <= v.len;
+        if st.len != b * 6 * h
+            || dhn.len != b * h
+            || !fits(cp, c_at, h)
+            || !fits(go, g_at, 2 * h)
+            || !fits(dcn, dc_at, h)
+        {
+            return Err(Error::msg(op, format!("views do not fit (B, H) = ({b}, {h})")));
+        }
+        let out = self.new_storage(b * 5 * h, DType::F32, op)?;
+        let p = [b * h, h, c_at.offset, c_at.stride, g_at.offset, g_at.stride, dc_at.offset, dc_at.stride];
+        let pb = self.gpu.upload_words(&p.iter().map(|&v| u32_of(v, op)).collect::<Result<Vec<_>>>()?, op)?;
+        let bufs: [&wgpu::Buffer; 7] = [&st.buf, &cp.buf, &go.buf, &dhn.buf, &dcn.buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::lstm_cell_backward(), &bufs, Gpu::groups_1d(b * h));
+        Ok(out)
     }
 }

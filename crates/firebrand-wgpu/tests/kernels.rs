@@ -572,3 +572,28 @@ fn fused_epilogues_and_their_backwards() {
         }
     }
 }
+
+#[test]
+fn fused_lstm_cell_and_its_backward() {
+    use firebrand_tensor::backend::Rows;
+    let Some(dev) = device() else { return };
+    assert!(dev.has_fused(Fused::LstmCell));
+    for (b, h) in [(1, 1), (3, 5), (2, 300)] {
+        // xw: step 1 of a (2, B, 4H) projection; c_prev: the c block of a (B, 6H) state.
+        let (xw, hw, st0) = (data(2 * b * 4 * h, 71), data(b * 4 * h, 72), data(b * 6 * h, 73));
+        let ((cx, gx), (ch, gh), (cs, gs)) = (both(dev, &xw), both(dev, &hw), both(dev, &st0));
+        let (xw_at, c_at) = (Rows { offset: b * 4 * h, stride: 4 * h }, Rows { offset: 4 * h, stride: 6 * h });
+        let what = format!("lstm_cell B {b} H {h}");
+        let want = CPU.lstm_cell(&*cx, xw_at, &*ch, &*cs, c_at, b, h).unwrap();
+        let got = dev.lstm_cell(&*gx, xw_at, &*gh, &*gs, c_at, b, h).unwrap();
+        close(&what, &f32s(&got), &f32s(&want), 1e-6);
+        // Backward: g_out rows of a (B, 2H) gradient, dc_next the dc_prev block of a (B, 5H) one.
+        let (g, dhn, dcn) = (data(b * 2 * h, 74), data(b * h, 75), data(b * 5 * h, 76));
+        let ((cg, gg), (cdh, gdh), (cdc, gdc)) = (both(dev, &g), both(dev, &dhn), both(dev, &dcn));
+        let (g_at, dc_at) = (Rows { offset: 0, stride: 2 * h }, Rows { offset: 4 * h, stride: 5 * h });
+        let (_, st) = both(dev, &f32s(&want));
+        let want_b = CPU.lstm_cell_backward(&*want, &*cs, c_at, &*cg, g_at, &*cdh, &*cdc, dc_at, b, h).unwrap();
+        let got_b = dev.lstm_cell_backward(&*st, &*gs, c_at, &*gg, g_at, &*gdh, &*gdc, dc_at, b, h).unwrap();
+        close(&format!("{what} backward"), &f32s(&got_b), &f32s(&want_b), 1e-5);
+    }
+}

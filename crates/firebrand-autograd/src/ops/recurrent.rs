@@ -168,9 +168,10 @@ impl Tensor {
                 let backward_chunk = |ci: usize, (b0, bc): (usize, usize)| -> Result<(Vec<Tensor>, Tensor, Tensor)> {
                     with_no_grad(|| {
                         let st = &states[ci];
-                        let zeros = (!all).then(|| Tensor::zeros([bc, 2 * h]));
-                        let mut dh_next = Tensor::zeros([bc, h]);
-                        let mut dc_next: (Tensor, Rows) = (Tensor::zeros([bc, h]), rows(0, h));
+                        let zeros = |dims: [usize; 2]| Tensor::zeros(dims).to_device(gy_t.device());
+                        let zeros2 = (!all).then(|| zeros([bc, 2 * h])).transpose()?;
+                        let mut dh_next = zeros([bc, h])?;
+                        let mut dc_next: (Tensor, Rows) = (zeros([bc, h])?, rows(0, h));
                         let mut back_steps: Vec<Option<Tensor>> = vec![None; t];
                         for &ti in order.iter().rev() {
                             let (c_src, c_at) = match prev_of(ti) {
@@ -180,7 +181,7 @@ impl Tensor {
                             let (g_src, g_at) = match (all, ti == last) {
                                 (true, _) => (&gy_t, rows((ti * b + b0) * 2 * h, 2 * h)),
                                 (false, true) => (&gy_t, rows(b0 * 2 * h, 2 * h)),
-                                (false, false) => (zeros.as_ref().expect("set"), rows(0, 2 * h)),
+                                (false, false) => (zeros2.as_ref().expect("set"), rows(0, 2 * h)),
                             };
                             let back = backend.lstm_cell_backward(
                                 &**st[ti].storage(),

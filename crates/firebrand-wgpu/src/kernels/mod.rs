@@ -9,12 +9,14 @@ use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
 mod affine;
 mod index;
 mod norm;
+mod recurrent;
 mod window;
 pub(crate) use affine::{
     bias_act_to_nchw, bias_act_to_nchw_backward, channel_affine, channel_affine_backward, channel_sums,
 };
 pub(crate) use index::{concat_part, gather, index_select, scatter_add, where_select};
 pub(crate) use norm::{layer_norm, layer_norm_affine_backward, layer_norm_backward};
+pub(crate) use recurrent::{lstm_cell, lstm_cell_backward};
 pub(crate) use window::{avg_pool2d, avg_pool2d_backward, col2im, im2col, max_pool2d, max_pool2d_backward};
 
 /// Storage bindings `@group(0) @binding(i)` in order: `(name, access, type)`.
