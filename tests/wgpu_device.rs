@@ -81,7 +81,9 @@ fn mlp_and_cnn_train_on_the_device_as_on_the_cpu() {
 
     let cnn = || {
         Sequential::new()
-            .add(Conv2d::new(1, 4, 3).padding(Padding::Same).with_activation(Activation::Relu))
+            .add(Conv2d::new(1, 4, 3).padding(Padding::Same))
+            .add(BatchNorm2d::new(4)) // fused with the ReLU in training; running statistics updated on the device
+            .add(ReLU)
             .add(MaxPool2d::new(2))
             .add(Conv2d::new(4, 6, 3).with_activation(Activation::Relu))
             .add(Flatten)

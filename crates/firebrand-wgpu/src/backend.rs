@@ -209,7 +209,24 @@ impl Backend for WgpuBackend {
     }
 
     fn has_fused(&self, op: Fused) -> bool {
-        matches!(op, Fused::LayerNorm | Fused::ConvEpilogue | Fused::ChannelAffine | Fused::LstmCell)
+        matches!(op, Fused::LayerNorm | Fused::ConvEpilogue | Fused::ChannelAffine | Fused::LstmCell | Fused::BatchNorm)
+    }
+
+    fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage> {
+        Ok(Box::new(self.batch_norm_stats_(x, dims)?))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        stats: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<(UnaryOp, &dyn BackendStorage)>,
+    ) -> Result<(Storage, Storage)> {
+        let (dx, daff) = self.batch_norm_backward_(g, x, stats, weight, dims, act)?;
+        Ok((Box::new(dx), Box::new(daff)))
     }
 
     fn lstm_cell(

@@ -272,4 +272,56 @@ impl WgpuBackend {
         self.gpu.dispatch(&kernels::lstm_cell_backward(), &bufs, Gpu::groups_1d(b * h));
         Ok(out)
     }
+
+    pub(crate) fn batch_norm_stats_(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<WgpuStorage> {
+        let op = "batch_norm_stats";
+        let x = self.f32s(x, op)?;
+        if x.len != dims.iter().product::<usize>() {
+            return Err(Error::msg(op, format!("{} elements for {dims:?}", x.len)));
+        }
+        let c = dims[1];
+        let out = self.new_storage(2 * c, DType::F32, op)?;
+        let pb = self.affine_params(c, dims, [false, false], op)?;
+        let bufs: [&wgpu::Buffer; 3] = [&x.buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::batch_norm_stats(), &bufs, Gpu::spread(c as u32));
+        Ok(out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn batch_norm_backward_(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        stats: &dyn BackendStorage,
+        weight: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<(UnaryOp, &dyn BackendStorage)>,
+    ) -> Result<(WgpuStorage, WgpuStorage)> {
+        let op = "batch_norm backward";
+        let (g, x, stats) = (self.f32s(g, op)?, self.f32s(x, op)?, self.f32s(stats, op)?);
+        let c = dims[1];
+        if g.len != x.len || x.len != dims.iter().product::<usize>() || stats.len != 2 * c {
+            return Err(Error::msg(op, format!("g {}, x {}, stats {} for {dims:?}", g.len, x.len, stats.len)));
+        }
+        let (op_act, y) = match act {
+            Some((a, y)) => {
+                let y = self.f32s(y, op)?;
+                if y.len != g.len {
+                    return Err(Error::msg(op, format!("{} outputs for {} gradients", y.len, g.len)));
+                }
+                (Some(a), y)
+            }
+            None => (None, g),
+        };
+        let (w, has_w) = self.affine_or(weight, x, c, op)?;
+        let daff = self.new_storage(2 * c, DType::F32, op)?;
+        let pb = self.affine_params(c, dims, [has_w, false], op)?;
+        let bufs: [&wgpu::Buffer; 6] = [&g.buf, &y.buf, &x.buf, &stats.buf, &daff.buf, &pb];
+        self.gpu.dispatch(&kernels::batch_norm_affine_backward(op_act), &bufs, Gpu::spread(c as u32));
+        let dx = self.new_storage(x.len, DType::F32, op)?;
+        let pb = self.affine_params(x.len, dims, [has_w, false], op)?;
+        let bufs: [&wgpu::Buffer; 8] = [&g.buf, &y.buf, &x.buf, &stats.buf, &w.buf, &daff.buf, &dx.buf, &pb];
+        self.gpu.dispatch(&kernels::batch_norm_backward(op_act), &bufs, Gpu::groups_1d(x.len));
+        Ok((dx, daff))
+    }
 }

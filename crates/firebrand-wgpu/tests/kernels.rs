@@ -463,9 +463,10 @@ fn fused_primitives_are_optional_and_name_themselves_when_absent() {
     let Some(dev) = device() else { return };
     assert!(firebrand_tensor::backend::ALL_FUSED.iter().all(|&f| CPU.has_fused(f)));
     let (_, g) = both(dev, &[1.0, 2.0]);
-    if !dev.has_fused(Fused::BatchNorm) {
-        let e = dev.batch_norm_stats(&*g, [1, 2, 1]).unwrap_err().to_string();
-        assert!(e.contains("batch_norm_stats") && e.contains("wgpu:0"), "{e}");
+    if !dev.has_fused(Fused::DepthwiseConv) {
+        let win = Window2d::new((1, 1), (1, 1), (0, 0));
+        let e = dev.depthwise_conv2d(&*g, &*g, None, [1, 1, 1, 2], 1, &win, None).unwrap_err().to_string();
+        assert!(e.contains("depthwise_conv2d") && e.contains("wgpu:0"), "{e}");
     }
     // A CPU storage handed to the device backend is a device mismatch.
     let c = CPU.upload(CpuStorage::F32(vec![1.0])).unwrap();
@@ -595,5 +596,43 @@ fn fused_lstm_cell_and_its_backward() {
         let want_b = CPU.lstm_cell_backward(&*want, &*cs, c_at, &*cg, g_at, &*cdh, &*cdc, dc_at, b, h).unwrap();
         let got_b = dev.lstm_cell_backward(&*st, &*gs, c_at, &*gg, g_at, &*gdh, &*gdc, dc_at, b, h).unwrap();
         close(&format!("{what} backward"), &f32s(&got_b), &f32s(&want_b), 1e-5);
+    }
+}
+
+#[test]
+fn fused_batch_norm_statistics_and_backward() {
+    let Some(dev) = device() else { return };
+    assert!(dev.has_fused(Fused::BatchNorm));
+    for dims in [[1, 1, 1], [2, 3, 5], [4, 7, 300]] {
+        let len = dims.iter().product();
+        // A mean far from zero: the variance must not come from E[x²] − mean².
+        let x: Vec<f32> = data(len, 81).iter().map(|v| v + 50.0).collect();
+        let ((cx, gx), (cg, gg), (cw, gw)) = (both(dev, &x), both(dev, &data(len, 82)), both(dev, &data(dims[1], 83)));
+        let st = CPU.batch_norm_stats(&*cx, dims).unwrap();
+        close(
+            &format!("batch_norm_stats {dims:?}"),
+            &f32s(&dev.batch_norm_stats(&*gx, dims).unwrap()),
+            &f32s(&st),
+            1e-5,
+        );
+        // [mean | invstd] for the backward.
+        let s = f32s(&st);
+        let c = dims[1];
+        let inv: Vec<f32> = (0..2 * c).map(|i| if i < c { s[i] } else { 1.0 / (s[i] + 1e-5).sqrt() }).collect();
+        let (cs, gs) = both(dev, &inv);
+        for act in [None, Some(UnaryOp::Relu), Some(UnaryOp::Hardtanh(0.0, 6.0))] {
+            for weighted in [false, true] {
+                let what = format!("batch_norm backward {dims:?} {act:?} weight {weighted}");
+                let (wc, wg) = if weighted { (Some(&*cw), Some(&*gw)) } else { (None, None) };
+                // The activation's output: anything in its range serves the test.
+                let y: Vec<f32> = data(len, 84).iter().map(|v| act.map_or(*v, |a| a.eval(*v * 4.0))).collect();
+                let (cy, gy) = both(dev, &y);
+                let (ca, ga) = (act.map(|a| (a, &*cy)), act.map(|a| (a, &*gy)));
+                let (dx, da) = CPU.batch_norm_backward(&*cg, &*cx, &*cs, wc, dims, ca).unwrap();
+                let (dxg, dag) = dev.batch_norm_backward(&*gg, &*gx, &*gs, wg, dims, ga).unwrap();
+                close(&format!("{what} dx"), &f32s(&dxg), &f32s(&dx), 1e-4);
+                close(&format!("{what} dweight, dbias"), &f32s(&dag), &f32s(&da), 1e-4);
+            }
+        }
     }
 }

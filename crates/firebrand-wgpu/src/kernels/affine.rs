@@ -125,3 +125,76 @@ pub(crate) fn channel_sums(act: Option<UnaryOp>) -> String {
         ),
     )
 }
+
+/// Training-mode batch statistics per channel (one workgroup each, two
+/// passes): `[mean | biased variance]` `(2, C)`; params `[C, N, C, L]`.
+pub(crate) fn batch_norm_stats() -> String {
+    rows_kernel(
+        &binds(&[("xs", "read", "array<f32>"), ("out", "read_write", "array<f32>"), ("p", "read", "array<u32>")]),
+        r#"  let N = p[1]; let C = p[2]; let L = p[3];
+  let m = f32(N * L);
+  var s = 0.0;
+  for (var e = lid.x; e < N * L; e = e + 256u) { s = s + xs[((e / L) * C + row) * L + e % L]; }
+  let mean = reduce_sum(s, lid.x) / m;
+  var q = 0.0;
+  for (var e = lid.x; e < N * L; e = e + 256u) { let d = xs[((e / L) * C + row) * L + e % L] - mean; q = q + d * d; }
+  let var_ = reduce_sum(q, lid.x) / m;
+  if (lid.x == 0u) { out[row] = mean; out[C + row] = var_; }"#,
+    )
+}
+
+/// The affine gradients of training-mode batch norm per channel:
+/// `[dγ | dβ]` `(2, C)` = `[invstd·Σ d·(x − mean) | Σ d]`, `d = g·act'(y)`;
+/// `stats` = `[mean | invstd]`; params `[C, N, C, L]`.
+pub(crate) fn batch_norm_affine_backward(act: Option<UnaryOp>) -> String {
+    rows_kernel(
+        &binds(&[
+            ("gs", "read", "array<f32>"),
+            ("ys", "read", "array<f32>"),
+            ("xs", "read", "array<f32>"),
+            ("stats", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
+        &format!(
+            r#"  let N = p[1]; let C = p[2]; let L = p[3];
+  let mean = stats[row];
+  var sx = 0.0; var s = 0.0;
+  for (var e = lid.x; e < N * L; e = e + 256u) {{
+    let k = ((e / L) * C + row) * L + e % L;
+    let gv = gs[k]; let yv = ys[k];
+    {}
+    s = s + d;
+    sx = sx + d * (xs[k] - mean);
+  }}
+  let tx = reduce_sum(sx, lid.x);
+  let t = reduce_sum(s, lid.x);
+  if (lid.x == 0u) {{ out[row] = stats[C + row] * tx; out[C + row] = t; }}"#,
+            masked(act)
+        ),
+    )
+}
+
+/// The input's gradient of training-mode batch norm from the affine
+/// gradients `[dγ | dβ]`: `a·d + b·(x − mean) + c` with `a = γ·invstd`,
+/// `b = −a·invstd·dγ/M`, `c = −a·dβ/M`; params `[n, N, C, L, has_w]`.
+pub(crate) fn batch_norm_backward(act: Option<UnaryOp>) -> String {
+    elementwise(
+        &binds(&[
+            ("gs", "read", "array<f32>"),
+            ("ys", "read", "array<f32>"),
+            ("xs", "read", "array<f32>"),
+            ("stats", "read", "array<f32>"),
+            ("w", "read", "array<f32>"),
+            ("daff", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
+        &format!(
+            "{SIZES}  let cc = (i / L) % C; let m = f32(N * L);\n  let gv = gs[i]; let yv = ys[i];\n  {}\n  \
+             let r = stats[C + cc];\n  let a = select(1.0, w[cc], p[4] != 0u) * r;\n  \
+             out[i] = a * d - a * r * daff[cc] / m * (xs[i] - stats[cc]) - a * daff[C + cc] / m;",
+            masked(act)
+        ),
+    )
+}

@@ -12,7 +12,8 @@ mod norm;
 mod recurrent;
 mod window;
 pub(crate) use affine::{
-    bias_act_to_nchw, bias_act_to_nchw_backward, channel_affine, channel_affine_backward, channel_sums,
+    batch_norm_affine_backward, batch_norm_backward, batch_norm_stats, bias_act_to_nchw, bias_act_to_nchw_backward,
+    channel_affine, channel_affine_backward, channel_sums,
 };
 pub(crate) use index::{concat_part, gather, index_select, scatter_add, where_select};
 pub(crate) use norm::{layer_norm, layer_norm_affine_backward, layer_norm_backward};
