@@ -209,7 +209,43 @@ impl Backend for WgpuBackend {
     }
 
     fn has_fused(&self, op: Fused) -> bool {
-        matches!(op, Fused::LayerNorm | Fused::ConvEpilogue | Fused::ChannelAffine | Fused::LstmCell | Fused::BatchNorm)
+        matches!(
+            op,
+            Fused::LayerNorm
+                | Fused::ConvEpilogue
+                | Fused::ChannelAffine
+                | Fused::LstmCell
+                | Fused::BatchNorm
+                | Fused::DepthwiseConv
+        )
+    }
+
+    fn depthwise_conv2d(
+        &self,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        multiplier: usize,
+        win: &Window2d,
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Ok(Box::new(self.depthwise_conv2d_(x, weight, bias, dims, multiplier, win, act)?))
+    }
+
+    fn depthwise_conv2d_backward(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        dims: [usize; 4],
+        multiplier: usize,
+        win: &Window2d,
+        need: [bool; 2],
+    ) -> Result<(Option<Storage>, Option<Storage>)> {
+        let (dx, dw) = self.depthwise_conv2d_backward_(g, x, weight, dims, multiplier, win, need)?;
+        let boxed = |s: Option<WgpuStorage>| s.map(|s| Box::new(s) as Storage);
+        Ok((boxed(dx), boxed(dw)))
     }
 
     fn batch_norm_stats(&self, x: &dyn BackendStorage, dims: [usize; 3]) -> Result<Storage> {

@@ -138,4 +138,84 @@ impl WgpuBackend {
         let p = self.window_params(threads, dims, win, op)?;
         self.window_map(&kernels::avg_pool2d_backward(include_pad), g, threads, &p, op)
     }
+
+    /// The window params with `[M, has_bias]` after them.
+    fn depthwise_params(
+        &self,
+        threads: usize,
+        dims: [usize; 4],
+        win: &Window2d,
+        m: usize,
+        has_bias: bool,
+        op: &'static str,
+    ) -> Result<Vec<u32>> {
+        let mut p = self.window_params(threads, dims, win, op)?;
+        p.extend([u32_of(m, op)?, has_bias as u32]);
+        Ok(p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn depthwise_conv2d_(
+        &self,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        dims: [usize; 4],
+        m: usize,
+        win: &Window2d,
+        act: Option<firebrand_tensor::op::UnaryOp>,
+    ) -> Result<WgpuStorage> {
+        let op = "conv2d (depthwise)";
+        let (x, w) = (self.f32s(x, op)?, self.f32s(weight, op)?);
+        let [n, c, h, wd] = dims;
+        let (ho, wo) = win.output_size(h, wd).unwrap_or((0, 0));
+        if x.len != n * c * h * wd || w.len != c * m * win.kernel.0 * win.kernel.1 {
+            return Err(Error::msg(op, format!("x {} and weight {} for {dims:?}, multiplier {m}", x.len, w.len)));
+        }
+        let b = bias.map(|b| self.f32s(b, op)).transpose()?;
+        let threads = n * c * m * ho * wo;
+        let p = self.depthwise_params(threads, dims, win, m, b.is_some(), op)?;
+        let out = self.new_storage(threads, DType::F32, op)?;
+        let pb = self.gpu.upload_words(&p, op)?;
+        let bufs: [&wgpu::Buffer; 5] = [&x.buf, &w.buf, &b.unwrap_or(w).buf, &out.buf, &pb];
+        self.gpu.dispatch(&kernels::depthwise_conv2d(act), &bufs, Gpu::groups_1d(threads));
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn depthwise_conv2d_backward_(
+        &self,
+        g: &dyn BackendStorage,
+        x: &dyn BackendStorage,
+        weight: &dyn BackendStorage,
+        dims: [usize; 4],
+        m: usize,
+        win: &Window2d,
+        [need_x, need_w]: [bool; 2],
+    ) -> Result<(Option<WgpuStorage>, Option<WgpuStorage>)> {
+        let op = "conv2d (depthwise) backward";
+        let (g, x, w) = (self.f32s(g, op)?, self.f32s(x, op)?, self.f32s(weight, op)?);
+        let dx = if need_x {
+            let threads = dims.iter().product();
+            let p = self.depthwise_params(threads, dims, win, m, false, op)?;
+            let dx = self.new_storage(threads, DType::F32, op)?;
+            let pb = self.gpu.upload_words(&p, op)?;
+            let bufs: [&wgpu::Buffer; 4] = [&g.buf, &w.buf, &dx.buf, &pb];
+            self.gpu.dispatch(&kernels::depthwise_conv2d_backward_input(), &bufs, Gpu::groups_1d(threads));
+            Some(dx)
+        } else {
+            None
+        };
+        let dw = if need_w {
+            let p = self.depthwise_params(w.len, dims, win, m, false, op)?;
+            let dw = self.new_storage(w.len, DType::F32, op)?;
+            let pb = self.gpu.upload_words(&p, op)?;
+            let bufs: [&wgpu::Buffer; 4] = [&g.buf, &x.buf, &dw.buf, &pb];
+            self.gpu.dispatch(&kernels::depthwise_conv2d_backward_weight(), &bufs, Gpu::spread(w.len as u32));
+            Some(dw)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
 }

@@ -636,3 +636,47 @@ fn fused_batch_norm_statistics_and_backward() {
         }
     }
 }
+
+#[test]
+fn fused_depthwise_convolution_and_its_backward() {
+    let Some(dev) = device() else { return };
+    assert!(dev.has_fused(Fused::DepthwiseConv));
+    let dims = [2, 3, 7, 6];
+    let x = data(dims.iter().product(), 91);
+    let (cx, gx) = both(dev, &x);
+    let wins = [
+        Window2d::new((3, 3), (1, 1), (1, 1)),
+        Window2d::new((3, 3), (2, 2), (1, 1)),
+        Window2d { kernel: (3, 2), stride: (1, 2), padding: (2, 0), dilation: (2, 1) },
+    ];
+    for win in wins {
+        for m in [1, 2] {
+            let (w, b) = (data(3 * m * win.kernel.0 * win.kernel.1, 92), data(3 * m, 93));
+            let ((cw, gw), (cb, gb)) = (both(dev, &w), both(dev, &b));
+            for act in [None, Some(UnaryOp::Hardtanh(0.0, 6.0))] {
+                let what = format!("depthwise {win:?} M {m} {act:?}");
+                let want = CPU.depthwise_conv2d(&*cx, &*cw, Some(&*cb), dims, m, &win, act).unwrap();
+                let got = dev.depthwise_conv2d(&*gx, &*gw, Some(&*gb), dims, m, &win, act).unwrap();
+                close(&what, &f32s(&got), &f32s(&want), 1e-5);
+                let nobias = CPU.depthwise_conv2d(&*cx, &*cw, None, dims, m, &win, act).unwrap();
+                close(
+                    &format!("{what} no bias"),
+                    &f32s(&dev.depthwise_conv2d(&*gx, &*gw, None, dims, m, &win, act).unwrap()),
+                    &f32s(&nobias),
+                    1e-5,
+                );
+            }
+            let gout = data(want_len(&win, dims, m), 94);
+            let (cg, gg) = both(dev, &gout);
+            let (dx, dw) = CPU.depthwise_conv2d_backward(&*cg, &*cx, &*cw, dims, m, &win, [true, true]).unwrap();
+            let (dxg, dwg) = dev.depthwise_conv2d_backward(&*gg, &*gx, &*gw, dims, m, &win, [true, true]).unwrap();
+            close(&format!("depthwise {win:?} M {m} dx"), &f32s(&dxg.unwrap()), &f32s(&dx.unwrap()), 1e-5);
+            close(&format!("depthwise {win:?} M {m} dw"), &f32s(&dwg.unwrap()), &f32s(&dw.unwrap()), 1e-5);
+        }
+    }
+}
+
+fn want_len(win: &Window2d, [n, c, h, w]: [usize; 4], m: usize) -> usize {
+    let (ho, wo) = win.output_size(h, w).unwrap();
+    n * c * m * ho * wo
+}

@@ -18,7 +18,10 @@ pub(crate) use affine::{
 pub(crate) use index::{concat_part, gather, index_select, scatter_add, where_select};
 pub(crate) use norm::{layer_norm, layer_norm_affine_backward, layer_norm_backward};
 pub(crate) use recurrent::{lstm_cell, lstm_cell_backward};
-pub(crate) use window::{avg_pool2d, avg_pool2d_backward, col2im, im2col, max_pool2d, max_pool2d_backward};
+pub(crate) use window::{
+    avg_pool2d, avg_pool2d_backward, col2im, depthwise_conv2d, depthwise_conv2d_backward_input,
+    depthwise_conv2d_backward_weight, im2col, max_pool2d, max_pool2d_backward,
+};
 
 /// Storage bindings `@group(0) @binding(i)` in order: `(name, access, type)`.
 fn binds(list: &[(&str, &str, &str)]) -> String {

@@ -187,3 +187,87 @@ pub(crate) fn avg_pool2d_backward(include_pad: bool) -> String {
         ),
     )
 }
+
+/// The depthwise convolution, direct: output `(n, oc, oy, ox)` of `C·M`
+/// channels sums its window of input channel `oc / M` times `w[oc]`, plus
+/// the bias, then `act`; params: the window's, then `[M, has_bias]`.
+pub(crate) fn depthwise_conv2d(act: Option<firebrand_tensor::op::UnaryOp>) -> String {
+    elementwise(
+        &binds(&[
+            ("xs", "read", "array<f32>"),
+            ("wt", "read", "array<f32>"),
+            ("bias", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
+        &format!(
+            r#"{WINDOW}  let M = p[15];
+  let ox = i % Wo; let oy = (i / Wo) % Ho; let oc = (i / (Wo * Ho)) % (C * M); let n = i / (Wo * Ho * C * M);
+  let base = (n * C + oc / M) * u32(H * W);
+  var acc = select(0.0, bias[oc], p[16] != 0u);
+  for (var ki = 0; ki < i32(kh); ki = ki + 1) {{
+    let y = i32(oy) * sh + ki * dh - ph;
+    if (y < 0 || y >= H) {{ continue; }}
+    for (var kj = 0; kj < i32(kw); kj = kj + 1) {{
+      let x = i32(ox) * sw + kj * dw - pw;
+      if (x >= 0 && x < W) {{ acc = acc + xs[base + u32(y * W + x)] * wt[(oc * kh + u32(ki)) * kw + u32(kj)]; }}
+    }}
+  }}
+  let x = acc;
+  out[i] = {};"#,
+            act.map_or("x".to_string(), super::unary_expr)
+        ),
+    )
+}
+
+/// The input's gradient of [`depthwise_conv2d`] (before its activation):
+/// one thread per input pixel gathers its `M` output channels' taps.
+pub(crate) fn depthwise_conv2d_backward_input() -> String {
+    elementwise(
+        &binds(&[
+            ("gs", "read", "array<f32>"),
+            ("wt", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
+        &format!(
+            r#"{WINDOW}  let M = p[15];
+  let x = i32(i % u32(W)); let y = i32((i / u32(W)) % u32(H)); let c = (i / u32(W * H)) % C; let n = i / (u32(W * H) * C);
+  var acc = 0.0;
+  for (var m = 0u; m < M; m = m + 1u) {{
+    let oc = c * M + m;
+    let gb = (n * C * M + oc) * Ho * Wo;
+{}
+  }}
+  out[i] = acc;"#,
+            for_outputs_of_pixel("      acc = acc + gs[gb + oy * Wo + ox] * wt[(oc * kh + u32(ki)) * kw + u32(kj)];")
+        ),
+    )
+}
+
+/// The weight's gradient of [`depthwise_conv2d`]: one workgroup per weight
+/// `(oc, ki, kj)` sums `g · x` over the batch and the output plane.
+pub(crate) fn depthwise_conv2d_backward_weight() -> String {
+    super::rows_kernel(
+        &binds(&[
+            ("gs", "read", "array<f32>"),
+            ("xs", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
+        &format!(
+            r#"{WINDOW}  let M = p[15];
+  let kj = i32(row % kw); let ki = i32((row / kw) % kh); let oc = row / (kw * kh); let c = oc / M;
+  var acc = 0.0;
+  for (var e = lid.x; e < N * Ho * Wo; e = e + 256u) {{
+    let n = e / (Ho * Wo); let oy = (e / Wo) % Ho; let ox = e % Wo;
+    let y = i32(oy) * sh + ki * dh - ph; let x = i32(ox) * sw + kj * dw - pw;
+    if (y >= 0 && y < H && x >= 0 && x < W) {{
+      acc = acc + gs[((n * C * M + oc) * Ho + oy) * Wo + ox] * xs[((n * C + c) * u32(H) + u32(y)) * u32(W) + u32(x)];
+    }}
+  }}
+  let t = reduce_sum(acc, lid.x);
+  if (lid.x == 0u) {{ out[row] = t; }}"#
+        ),
+    )
+}
