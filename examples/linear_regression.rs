@@ -46,7 +46,7 @@ fn main() {
         for p in params {
             // PyTorch's `with torch.no_grad(): p -= lr * p.grad`, on any device.
             let g = p.grad().expect("every parameter gets a gradient");
-            with_no_grad(|| p.set_data_(&(p - &(&g * args.lr)))).unwrap();
+            with_no_grad(|| p.set_data_(p - &(&g * args.lr))).unwrap();
             p.zero_grad();
         }
         if step % 400 == 0 {

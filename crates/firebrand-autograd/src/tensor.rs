@@ -719,7 +719,7 @@ impl Tensor {
             // On a device: the converted values replace the storage (a whole
             // tensor only; a device has no in-place strided writes yet).
             let src = src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?;
-            return self.set_data_(&src.to_device(self.device())?);
+            return self.set_data_(src.to_device(self.device())?);
         }
         let src =
             src.detach().try_broadcast_to(self.shape().clone())?.try_to_dtype(self.dtype())?.to_device(Device::Cpu)?;
@@ -747,35 +747,37 @@ impl Tensor {
         Ok(())
     }
 
-    /// Replaces this tensor's data with a copy of `src`'s, in place, PyTorch's
+    /// Replaces this tensor's data with `src`'s, in place, PyTorch's
     /// `p.data = src`: every clone of this tensor (a module's parameter, an
     /// optimizer's handle on it) and every view of its storage then sees the
     /// new values, dtype and device. A gradient follows to the new device.
-    /// Not recorded by autograd.
+    /// Not recorded by autograd. `src`'s buffer is taken as it is when
+    /// nothing else holds it (a fresh result: no copy); otherwise it is
+    /// copied, so `src`'s other holders keep their data.
     ///
     /// ```
     /// use firebrand_autograd::{Device, Tensor};
     /// let p = Tensor::zeros([2]);
     /// let alias = p.clone();
-    /// p.set_data_(&Tensor::from_vec(vec![1.0f32, 2.0], [2]).to_device(Device::Cpu).unwrap()).unwrap();
+    /// p.set_data_(Tensor::from_vec(vec![1.0f32, 2.0], [2]).to_device(Device::Cpu).unwrap()).unwrap();
     /// assert_eq!(alias.to_vec::<f32>(), [1.0, 2.0]);
     /// ```
     ///
     /// # Errors
     /// When the shapes differ, or this tensor is a view that does not span
     /// its whole storage (only such a tensor can be replaced safely).
-    pub fn set_data_(&self, src: &Tensor) -> Result<()> {
+    pub fn set_data_(&self, src: Tensor) -> Result<()> {
         let op = "set_data_";
         if src.shape() != self.shape() {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
-        let whole = self.is_contiguous()
-            && self.0.layout.offset() == 0
-            && self.0.storage.read().unwrap().len() == self.elem_count();
-        if !whole {
+        if !self.spans_storage() {
             return Err(Error::msg(op, "only a tensor spanning its whole storage can take new data".to_string()));
         }
-        let fresh = backend_of(src.device(), op)?.contiguous(&**src.storage(), src.layout())?;
+        let fresh = match src.into_sole_storage() {
+            Ok(s) => s,
+            Err(src) => backend_of(src.device(), op)?.contiguous(&**src.storage(), src.layout())?,
+        };
         let device = fresh.device();
         *self.0.storage.write().unwrap() = fresh;
         if let Some(g) = self.grad()
@@ -784,6 +786,22 @@ impl Tensor {
             self.set_grad(Some(g.to_device(device)?.detach()));
         }
         Ok(())
+    }
+
+    /// True when this tensor is its storage, contiguous from element 0 to the end.
+    fn spans_storage(&self) -> bool {
+        self.is_contiguous() && self.0.layout.offset() == 0 && self.0.storage.read().unwrap().len() == self.elem_count()
+    }
+
+    /// This tensor's buffer, when the tensor spans it and nothing else (no
+    /// clone, no view) holds it; else the tensor back.
+    fn into_sole_storage(self) -> std::result::Result<Storage, Tensor> {
+        if !(self.spans_storage() && Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.0.storage) == 1) {
+            return Err(self);
+        }
+        // The tensor is dropped with an empty buffer in its place.
+        let empty: Storage = Box::new(CpuStorage::F32(Vec::new()));
+        Ok(std::mem::replace(&mut *self.0.storage.write().unwrap(), empty))
     }
 
     /// Runs `f` on this tensor's `f32` elements in row-major order, borrowing

@@ -207,3 +207,24 @@ fn in_place_updates_are_seen_by_views() {
     assert_eq!(w.to_vec::<f32>(), vec![2.0, 4.0, 6.0, 8.0]);
     assert!(view.update_f32("test", |_| {}).is_err(), "non-contiguous in-place update is refused");
 }
+
+#[test]
+fn set_data_takes_a_sole_buffer_and_copies_a_shared_one() {
+    let p = Tensor::zeros([2]);
+    let alias = p.clone();
+    // A fresh result: its buffer is taken.
+    p.set_data_(Tensor::from_vec(vec![1.0f32, 2.0], [2]).affine(2.0, 0.0)).unwrap();
+    assert_eq!(alias.to_vec::<f32>(), [2.0, 4.0]);
+    // A tensor with another holder, and a view: copied, the holders keep their data.
+    let src = Tensor::from_vec(vec![5.0f32, 6.0], [2]);
+    let keep = src.clone();
+    p.set_data_(src).unwrap();
+    p.add_(&Tensor::scalar(1.0)).unwrap();
+    assert_eq!((p.to_vec::<f32>(), keep.to_vec::<f32>()), (vec![6.0, 7.0], vec![5.0, 6.0]));
+    let base = Tensor::arange(0.0, 4.0, 1.0);
+    p.set_data_(base.narrow(0, 1, 2)).unwrap();
+    assert_eq!((p.to_vec::<f32>(), base.to_vec::<f32>()), (vec![1.0, 2.0], vec![0.0, 1.0, 2.0, 3.0]));
+    // Shapes must match, and only a whole tensor takes new data.
+    assert!(matches!(p.set_data_(Tensor::zeros([3])), Err(Error::ShapeMismatch { .. })));
+    assert!(base.narrow(0, 0, 2).set_data_(Tensor::zeros([2])).is_err());
+}

@@ -334,7 +334,7 @@ pub trait ModuleExt: Module {
         let mut seen = std::collections::HashSet::new();
         for (_, t) in self.state_dict() {
             if seen.insert(t.id()) && t.device() != device {
-                t.set_data_(&t.detach().to_device(device)?)?;
+                t.set_data_(t.detach().to_device(device)?)?;
             }
         }
         Ok(())

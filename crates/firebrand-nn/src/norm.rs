@@ -166,11 +166,11 @@ impl BatchNorm {
             // On a device: the same update in tensor ops, taken in place.
             with_no_grad(|| {
                 let (rm, rv) = (&self.running_mean, &self.running_var);
-                rm.set_data_(&(rm + &(&(&mean.detach() - rm) * m))).expect("a whole buffer");
-                rv.set_data_(&(rv + &(&(&(&var.detach() * unbias) - rv) * m))).expect("a whole buffer");
+                rm.set_data_(rm + &(&(&mean.detach() - rm) * m)).expect("a whole buffer");
+                rv.set_data_(rv + &(&(&(&var.detach() * unbias) - rv) * m)).expect("a whole buffer");
                 let dev = self.num_batches_tracked.device();
                 self.num_batches_tracked
-                    .set_data_(&tracked.to_device(dev).expect("its device"))
+                    .set_data_(tracked.to_device(dev).expect("its device"))
                     .expect("a whole buffer");
             });
             return;

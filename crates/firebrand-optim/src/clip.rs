@@ -1,5 +1,6 @@
 //! Gradient clipping, in place on the parameters' gradients.
 
+use crate::optimizer::on_host;
 use firebrand_autograd::{DType, Tensor, with_no_grad};
 
 /// Scales all gradients together so their global L2 norm is at most
@@ -35,11 +36,6 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
     norm
 }
 
-/// A gradient the host loops can change in place.
-fn on_host(g: &Tensor) -> bool {
-    g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous()
-}
-
 /// [`clip_grad_norm`] in tensor ops, for gradients on a device (or not
 /// `f32`): the squares summed where each gradient lives, and the norm read
 /// back once (the one wait this costs).
@@ -51,7 +47,7 @@ fn clip_grad_norm_tensors(grads: &[Tensor], max_norm: f32) -> f32 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             for g in grads {
-                g.set_data_(&(g * coef)).expect("a gradient spans its storage");
+                g.set_data_(g * coef).expect("a gradient spans its storage");
             }
         }
         norm
@@ -63,7 +59,7 @@ pub fn clip_grad_value(params: &[Tensor], value: f32) {
     for g in params.iter().filter_map(|p| p.grad()) {
         if !on_host(&g) {
             let clamped = with_no_grad(|| g.clamp(-value, value));
-            g.set_data_(&clamped).expect("a gradient spans its storage");
+            g.set_data_(clamped).expect("a gradient spans its storage");
             continue;
         }
         g.update_f32("clip_grad_value", |v| v.iter_mut().for_each(|x| *x = x.clamp(-value, value)))

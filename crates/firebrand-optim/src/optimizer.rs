@@ -48,6 +48,12 @@ pub trait Optimizer {
     fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), OptimError>;
 }
 
+/// Whether the host loops (`Tensor::update_f32`) can change `t` in place: a
+/// contiguous `f32` CPU tensor. Any other runs its update in tensor ops.
+pub(crate) fn on_host(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
 /// A parameter with its per-parameter state buffers.
 pub(crate) struct Slot {
     pub name: String,
@@ -69,11 +75,9 @@ impl Slot {
         Slot { name, param, weight_decay, buffers, tensors: Vec::new() }
     }
 
-    /// Whether the host loop can update the parameter in place: a contiguous
-    /// `f32` CPU tensor.
+    /// Whether the host loop can update the parameter in place.
     fn on_host(&self) -> bool {
-        let p = &self.param;
-        p.device().is_cpu() && p.dtype() == DType::F32 && p.is_contiguous()
+        on_host(&self.param)
     }
 
     /// Brings the state to where the parameter is updated: the host buffers
@@ -166,7 +170,7 @@ impl Params {
                 let g = g.detach().to_dtype(p.dtype()).to_device(p.device()).expect("the parameter's device");
                 tensor(&p, &g, wd, &mut slot.tensors)
             });
-            slot.param.set_data_(&new).expect("the update has the parameter's shape");
+            slot.param.set_data_(new).expect("the update has the parameter's shape");
         }
     }
 

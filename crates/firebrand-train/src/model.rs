@@ -636,8 +636,12 @@ impl Totals {
                 }
             }
             Totals::Device { loss: l, correct } => {
-                let add =
-                    |acc: &mut Option<Tensor>, v: Tensor| *acc = Some(acc.take().map_or(v.clone(), |a| a.add(&v)));
+                let add = |acc: &mut Option<Tensor>, v: Tensor| {
+                    *acc = Some(match acc.take() {
+                        Some(a) => a.add(&v),
+                        None => v,
+                    })
+                };
                 add(l, loss.to_dtype(DType::F32).affine(n as f32, 0.0));
                 if let Some((out, y)) = labels {
                     // Compared as f32 (exact below 2^24 classes): device kernels compare floats.

@@ -201,7 +201,7 @@ fn elementwise_n(bindings: &str, count: &str, body: &str) -> String {
 /// Strided copy of `words`-word elements: `out[i] = x[layout(i)]` (layout at params[1]).
 pub(crate) fn copy(words: u32) -> String {
     elementwise(
-        "@group(0) @binding(0) var<storage, read> x: array<u32>;\n@group(0) @binding(1) var<storage, read_write> out: array<u32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &binds(&[("x", "read", "array<u32>"), ("out", "read_write", "array<u32>"), ("p", "read", "array<u32>")]),
         &format!(
             "  let s = strided(i, 1u);\n  for (var w = 0u; w < {words}u; w = w + 1u) {{ out[i * {words}u + w] = x[s * {words}u + w]; }}"
         ),
@@ -211,7 +211,7 @@ pub(crate) fn copy(words: u32) -> String {
 /// `out[i] = op(x[layout(i)])` (layout at params[1]).
 pub(crate) fn unary(op: UnaryOp) -> String {
     elementwise(
-        "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &binds(&[("xs", "read", "array<f32>"), ("out", "read_write", "array<f32>"), ("p", "read", "array<u32>")]),
         &format!("  let x = xs[strided(i, 1u)];\n  out[i] = {};", unary_expr(op)),
     )
 }
@@ -219,7 +219,13 @@ pub(crate) fn unary(op: UnaryOp) -> String {
 /// `out[i] = g[i] · op'(x[i], y[i])`.
 pub(crate) fn unary_backward(op: UnaryOp) -> String {
     elementwise(
-        "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read> ys: array<f32>;\n@group(0) @binding(2) var<storage, read> gs: array<f32>;\n@group(0) @binding(3) var<storage, read_write> out: array<f32>;\n@group(0) @binding(4) var<storage, read> p: array<u32>;",
+        &binds(&[
+            ("xs", "read", "array<f32>"),
+            ("ys", "read", "array<f32>"),
+            ("gs", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
         &format!("  let x = xs[i];\n  let y = ys[i];\n  out[i] = gs[i] * ({});", derivative_expr(op)),
     )
 }
@@ -229,9 +235,12 @@ pub(crate) fn unary_backward(op: UnaryOp) -> String {
 pub(crate) fn binary(op: BinaryOp, at_b: u32) -> String {
     let (ty, store) = if op.is_comparison() { ("u32", "u32(v)") } else { ("f32", "v") };
     elementwise(
-        &format!(
-            "@group(0) @binding(0) var<storage, read> xa: array<f32>;\n@group(0) @binding(1) var<storage, read> xb: array<f32>;\n@group(0) @binding(2) var<storage, read_write> out: array<{ty}>;\n@group(0) @binding(3) var<storage, read> p: array<u32>;"
-        ),
+        &binds(&[
+            ("xa", "read", "array<f32>"),
+            ("xb", "read", "array<f32>"),
+            ("out", "read_write", &format!("array<{ty}>")),
+            ("p", "read", "array<u32>"),
+        ]),
         &format!(
             "  let a = xa[strided(i, 1u)];\n  let b = xb[strided(i, {at_b}u)];\n  let v = {};\n  out[i] = {store};",
             binary_expr(op)
@@ -272,9 +281,11 @@ pub(crate) fn reduce(op: ReduceOp, at_r: u32) -> String {
         ),
     };
     elementwise(
-        &format!(
-            "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read_write> out: array<{out_ty}>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;"
-        ),
+        &binds(&[
+            ("xs", "read", "array<f32>"),
+            ("out", "read_write", &format!("array<{out_ty}>")),
+            ("p", "read", "array<u32>"),
+        ]),
         &format!(
             "  let base = strided(i, 2u);\n  var acc: f32 = {init};\n  var best = 0u;\n  for (var r = 0u; r < p[1]; r = r + 1u) {{\n    let v = xs[base + strided(r, {at_r}u)];\n    {step}\n  }}\n  {store}"
         ),
@@ -327,10 +338,14 @@ fn lt64(a: vec2<u32>, b: vec2<u32>) -> bool {
 }
 
 /// The matmul kernels' bindings: A, B, C and the params.
-const MATMUL_BINDINGS: &str = "@group(0) @binding(0) var<storage, read> xa: array<f32>;
-@group(0) @binding(1) var<storage, read> xb: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> p: array<u32>;";
+fn matmul_bindings() -> String {
+    binds(&[
+        ("xa", "read", "array<f32>"),
+        ("xb", "read", "array<f32>"),
+        ("out", "read_write", "array<f32>"),
+        ("p", "read", "array<u32>"),
+    ])
+}
 
 /// Batched `C = A·B` on strided operands, 16x16 tiles in workgroup memory,
 /// one output per thread (for small products): params `[m, k, n, a_offset,
@@ -338,8 +353,9 @@ const MATMUL_BINDINGS: &str = "@group(0) @binding(0) var<storage, read> xa: arra
 /// A and B from layouts at params[9] and params[at_bb]); workgroup `(x, y,
 /// z)` computes tile `(y, x)` of batch entry `z`.
 pub(crate) fn matmul(at_bb: u32) -> String {
+    let bindings = matmul_bindings();
     format!(
-        r#"{MATMUL_BINDINGS}
+        r#"{bindings}
 {PRELUDE}
 var<workgroup> ta: array<array<f32, 16>, 16>;
 var<workgroup> tb: array<array<f32, 16>, 16>;
@@ -377,8 +393,9 @@ pub(crate) const BLOCK: usize = 64;
 /// each operand's contiguous dim where it has one), then every thread
 /// accumulates its 4x4 block from 4 + 4 loads per k.
 pub(crate) fn matmul_blocked(at_bb: u32) -> String {
+    let bindings = matmul_bindings();
     format!(
-        r#"{MATMUL_BINDINGS}
+        r#"{bindings}
 {PRELUDE}
 var<workgroup> ta: array<f32, 1024>; // [k][m], 16 x 64
 var<workgroup> tb: array<f32, 1024>; // [k][n], 16 x 64
@@ -439,7 +456,7 @@ pub(crate) fn softmax(log: bool) -> String {
     let write =
         if log { "out[base + c] = xs[base + c] - mx - log(s);" } else { "out[base + c] = exp(xs[base + c] - mx) / s;" };
     rows_kernel(
-        "@group(0) @binding(0) var<storage, read> xs: array<f32>;\n@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &binds(&[("xs", "read", "array<f32>"), ("out", "read_write", "array<f32>"), ("p", "read", "array<u32>")]),
         &format!(
             r#"  var v = -bitcast<f32>(0x7f800000u);
   for (var c = lid.x; c < cols; c = c + 256u) {{ let x = xs[base + c]; if (isnan(x) || x > v) {{ v = x; }} }}
@@ -461,7 +478,12 @@ pub(crate) fn softmax_backward(log: bool) -> String {
         ("gs[base + c] * ys[base + c]", "out[base + c] = ys[base + c] * (gs[base + c] - s);")
     };
     rows_kernel(
-        "@group(0) @binding(0) var<storage, read> ys: array<f32>;\n@group(0) @binding(1) var<storage, read> gs: array<f32>;\n@group(0) @binding(2) var<storage, read_write> out: array<f32>;\n@group(0) @binding(3) var<storage, read> p: array<u32>;",
+        &binds(&[
+            ("ys", "read", "array<f32>"),
+            ("gs", "read", "array<f32>"),
+            ("out", "read_write", "array<f32>"),
+            ("p", "read", "array<u32>"),
+        ]),
         &format!(
             "  var e = 0.0;\n  for (var c = lid.x; c < cols; c = c + 256u) {{ e = e + {acc}; }}\n  let s = reduce_sum(e, lid.x);\n  for (var c = lid.x; c < cols; c = c + 256u) {{ {write} }}"
         ),
@@ -519,7 +541,7 @@ pub(crate) fn convert(src: &str, dst: &str) -> String {
         }
     };
     elementwise(
-        "@group(0) @binding(0) var<storage, read> x: array<u32>;\n@group(0) @binding(1) var<storage, read_write> out: array<u32>;\n@group(0) @binding(2) var<storage, read> p: array<u32>;",
+        &binds(&[("x", "read", "array<u32>"), ("out", "read_write", "array<u32>"), ("p", "read", "array<u32>")]),
         &format!("  {read}\n  {write}"),
     )
 }
