@@ -176,3 +176,27 @@ fn fit_on_the_device_and_checkpoints_across_devices() {
     assert!(again.net.parameters().iter().all(|p| p.device() == dev));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn to_device_is_differentiable_both_ways() {
+    let Some(dev) = device() else { return };
+    // A CPU leaf through the device and back: the gradient returns to the CPU.
+    let x = Tensor::from_vec(vec![1.0f32, -2.0, 3.0], [3]).requires_grad_(true);
+    let y = x
+        .to_device(dev)
+        .unwrap()
+        .square()
+        .to_device(Device::Cpu)
+        .unwrap()
+        .mul(&Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]));
+    y.sum_all().backward();
+    let g = x.grad().expect("gradient");
+    assert_eq!(g.device(), Device::Cpu);
+    assert_eq!(g.to_vec::<f32>(), [2.0, -8.0, 18.0]);
+    // A device leaf used on the CPU: its gradient stays on the device.
+    let w = Tensor::from_vec(vec![0.5f32, 4.0], [2]).to_device(dev).unwrap().requires_grad_(true);
+    w.to_device(Device::Cpu).unwrap().mul(&Tensor::from_vec(vec![3.0f32, -1.0], [2])).sum_all().backward();
+    let gw = w.grad().expect("gradient");
+    assert_eq!(gw.device(), dev);
+    assert_eq!(gw.to_vec::<f32>(), [3.0, -1.0]);
+}

@@ -4,21 +4,26 @@
 //! Users do not name this crate: with the facade's `wgpu` feature,
 //! `Device::Wgpu(n)` is the n-th adapter of [`adapters`], opened and
 //! registered the first time a tensor goes there (`Tensor::to_device`).
-//! Each storage is a wgpu buffer; each op records one compute dispatch and
-//! submits it without waiting; only a readback (`to_vec`, `item`) waits.
+//! Each storage is a wgpu buffer from a pool by size class; each op records
+//! one or a few compute dispatches into a pending command buffer, submitted
+//! every 64 dispatches or when something is read back (`to_vec`, `item`,
+//! `firebrand::synchronize`), never waited for per op.
 //!
-//! This is the device's first part: strided copies, dtype conversion
-//! (`f32`, `i64`, `i32`, `bool`), the whole unary table and its backward,
-//! broadcasting binary ops and comparisons, reductions (sum, prod, max,
-//! min, argmax, argmin), batched matmul on strided operands, and softmax
-//! with its backward. Every other primitive returns an error naming the
-//! primitive and the device; nothing falls back to the CPU.
+//! Every core primitive of the trait has a kernel here (strided copies,
+//! dtype conversion, the unary table and its backward, broadcasting binary
+//! ops, reductions, batched matmul, softmax, the index ops with a range
+//! check, concat, where, im2col/col2im, pooling), and of the fused ones
+//! layer norm, batch norm, the LSTM cell, the direct depthwise convolution,
+//! the convolution epilogue and `channel_affine`. Attention and the
+//! inference 1x1 convolution run as their composites (`Backend::has_fused`).
+//! Nothing falls back to the CPU.
 //!
 //! ```no_run
 //! for a in firebrand_wgpu::adapters() {
 //!     println!("{}: {} ({}, {})", a.device, a.name, a.backend, a.device_type);
 //! }
 //! ```
+#![warn(missing_docs)]
 
 mod backend;
 mod fused_ops;
