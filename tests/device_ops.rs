@@ -186,3 +186,96 @@ device_test!(attention_and_recurrence, |dev| {
         |_, x| x[0].try_lstm_scan(&x[1], &x[2], &x[3], false).unwrap(),
     );
 });
+
+device_test!(attention_fused_awkward_shapes, |dev| {
+    // Heads split from a fused (B, L, 3E) projection, read in place: more
+    // queries and keys than one tile, causal.
+    let (b, l, nh, d) = (2, 70, 2, 16);
+    check("attention over a fused projection's views", dev, &[randn(&[b, l, 3 * nh * d], 31)], 1e-4, |_, x| {
+        let e = nh * d;
+        let heads = |i: usize| x[0].narrow(2, i * e, e).reshape([b, l, nh, d]).permute(&[0, 2, 1, 3]);
+        heads(0).scaled_dot_product_attention(&heads(1), &heads(2), &AttentionOptions::causal())
+    });
+    check(
+        "attention of size 1",
+        dev,
+        &[randn(&[1, 1, 1, 1], 32), randn(&[1, 1, 1, 1], 33), randn(&[1, 1, 1, 1], 34)],
+        1e-5,
+        |_, x| x[0].scaled_dot_product_attention(&x[1], &x[2], &AttentionOptions::default()),
+    );
+    // An odd head dim, 65 keys, an additive mask with −∞ entries and a
+    // padding mask that blocks every key of the second batch entry.
+    let (t, s, d) = (3, 65, 5);
+    let (q, k, v) = (randn(&[2, 3, t, d], 35), randn(&[2, 3, s, d], 36), randn(&[2, 3, s, d], 37));
+    check("attention with both masks", dev, &[q, k, v], 1e-4, |dev, x| {
+        let pad: Vec<f32> = (0..2 * s).map(|i| (i >= s || i % 7 == 3) as u8 as f32).collect();
+        let pad = Tensor::from_vec(pad, [2, s]).to_device(dev).unwrap();
+        let mask: Vec<f32> =
+            (0..t * s).map(|i| if i % 11 == 5 { f32::NEG_INFINITY } else { (i % 5) as f32 * -0.3 }).collect();
+        let mask = Tensor::from_vec(mask, [t, s]).to_device(dev).unwrap();
+        let opts = AttentionOptions {
+            key_padding_mask: Some(&pad),
+            attn_mask: Some(&mask),
+            scale: Some(0.6),
+            ..Default::default()
+        };
+        x[0].scaled_dot_product_attention(&x[1], &x[2], &opts)
+    });
+    // d = 64 (tiles of 16 keys), 67 queries over 67 keys with a cache-like
+    // causal offset, keys and values broadcast over the heads.
+    let (t, d) = (67, 64);
+    check(
+        "attention, d = 64, causal offset, broadcast keys",
+        dev,
+        &[randn(&[1, 3, t, d], 38), randn(&[1, 1, t, d], 39), randn(&[1, 1, t, d], 40)],
+        1e-4,
+        |_, x| {
+            let (k, v) = (x[1].broadcast_to([1, 3, t, d]), x[2].broadcast_to([1, 3, t, d]));
+            x[0].scaled_dot_product_attention(&k, &v, &AttentionOptions { causal: Some(5), ..Default::default() })
+        },
+    );
+});
+
+device_test!(attention_dropout_matches_the_cpu_kernel, |dev| {
+    // The dropout mask is a hash of the seed and each weight's index, so the
+    // device drops exactly the CPU kernel's weights (the f64 composite draws
+    // its own mask, so the reference here is the CPU's f32 fused kernel).
+    let (q, k, v) = (randn(&[2, 3, 9, 8], 41), randn(&[2, 3, 33, 8], 42), randn(&[2, 3, 33, 8], 43));
+    let run = |d: Device| {
+        let xs: Vec<Tensor> =
+            [&q, &k, &v].iter().map(|t| t.to_device(d).unwrap().detach().requires_grad_(true)).collect();
+        let opts = AttentionOptions { dropout: 0.3, dropout_seed: Some(0x5eed_1234_abcd), ..Default::default() };
+        let y = xs[0].scaled_dot_product_attention(&xs[1], &xs[2], &opts);
+        manual_seed(7);
+        let w = Tensor::randn(y.shape().clone(), 0.0, 1.0).to_device(d).unwrap();
+        y.mul(&w).sum_all().backward();
+        let mut out = vec![y.to_vec::<f32>()];
+        out.extend(xs.iter().map(|x| x.grad().unwrap().to_vec::<f32>()));
+        out
+    };
+    let (want, got) = (run(Device::Cpu), run(dev));
+    let plain = q.scaled_dot_product_attention(&k, &v, &AttentionOptions::default()).to_vec::<f32>();
+    let changed = want[0].iter().zip(&plain).filter(|(a, b)| (*a - *b).abs() > 1e-3).count();
+    assert!(changed > want[0].len() / 2, "dropout changed only {changed} of {} outputs", plain.len());
+    for (n, (a, b)) in want.iter().zip(&got).enumerate() {
+        let scale = a.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * scale, "dropout attention on {dev}: tensor {n}[{i}] cpu {x} vs {y}");
+        }
+    }
+});
+
+device_test!(half_precision_tensors_are_stored_on_every_device, |dev| {
+    // f16 and bf16 live on each device at 2 bytes an element and convert
+    // there; the values equal the CPU's conversions bit for bit.
+    let x = randn(&[7, 9], 44).affine(300.0, 0.0);
+    for dt in [DType::F16, DType::BF16] {
+        let want = x.to_dtype(dt);
+        let got = x.to_device(dev).unwrap().to_dtype(dt);
+        assert_eq!((got.dtype(), got.device()), (dt, dev));
+        let (w, g) = (want.t().contiguous().to_vec::<f32>(), got.t().contiguous().to_vec::<f32>());
+        assert!(w.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{dt} on {dev}");
+        let back = want.to_device(dev).unwrap().to_dtype(DType::F32).to_vec::<f32>();
+        assert_eq!(back, want.to_dtype(DType::F32).to_vec::<f32>(), "{dt} widened on {dev}");
+    }
+});

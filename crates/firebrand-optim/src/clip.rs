@@ -19,7 +19,7 @@ use firebrand_autograd::{DType, Tensor, with_no_grad};
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
     let grads: Vec<Tensor> = params.iter().filter_map(|p| p.grad()).collect();
     if !grads.iter().all(on_host) {
-        return clip_grad_norm_tensors(&grads, max_norm);
+        return clip_grad_norm_tensors(params, &grads, max_norm);
     }
     let sq: f64 = grads
         .iter()
@@ -38,16 +38,20 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> f32 {
 
 /// [`clip_grad_norm`] in tensor ops, for gradients on a device (or not
 /// `f32`): the squares summed where each gradient lives, and the norm read
-/// back once (the one wait this costs).
-fn clip_grad_norm_tensors(grads: &[Tensor], max_norm: f32) -> f32 {
+/// back once (the one wait this costs). Each clipped gradient is a new
+/// tensor set as its parameter's gradient (a device gradient may be a view,
+/// e.g. the transpose of a tied weight's, which cannot take new data in place).
+fn clip_grad_norm_tensors(params: &[Tensor], grads: &[Tensor], max_norm: f32) -> f32 {
     with_no_grad(|| {
         let Some(dev) = grads.first().map(|g| g.device()) else { return 0.0 };
         let sums = grads.iter().map(|g| g.to_dtype(DType::F32).square().sum_all().to_device(dev).expect("a device"));
         let norm = sums.reduce(|a, b| a + b).expect("one gradient at least").sqrt().item();
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            for g in grads {
-                g.set_data_(g * coef).expect("a gradient spans its storage");
+            for p in params {
+                if let Some(g) = p.grad() {
+                    p.set_grad(Some(&g * coef));
+                }
             }
         }
         norm
@@ -56,10 +60,9 @@ fn clip_grad_norm_tensors(grads: &[Tensor], max_norm: f32) -> f32 {
 
 /// Clamps every gradient element into `[-value, value]` (`clip_grad_value_`).
 pub fn clip_grad_value(params: &[Tensor], value: f32) {
-    for g in params.iter().filter_map(|p| p.grad()) {
+    for (p, g) in params.iter().filter_map(|p| p.grad().map(|g| (p, g))) {
         if !on_host(&g) {
-            let clamped = with_no_grad(|| g.clamp(-value, value));
-            g.set_data_(clamped).expect("a gradient spans its storage");
+            p.set_grad(Some(with_no_grad(|| g.clamp(-value, value))));
             continue;
         }
         g.update_f32("clip_grad_value", |v| v.iter_mut().for_each(|x| *x = x.clamp(-value, value)))

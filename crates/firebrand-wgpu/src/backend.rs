@@ -2,7 +2,9 @@
 
 use crate::gpu::Gpu;
 use crate::kernels;
-use firebrand_tensor::backend::{Backend, BackendStorage, Fused, MemoryStats, Rows, Storage};
+use firebrand_tensor::backend::{
+    AttentionInputs, AttentionSpec, Backend, BackendStorage, Fused, HeadOrder, MemoryStats, Rows, Storage,
+};
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use firebrand_tensor::{CpuStorage, DType, Device, Error, Layout, Result};
 use std::any::Any;
@@ -51,6 +53,30 @@ pub(crate) fn words_of(dtype: DType) -> Option<u32> {
     }
 }
 
+/// True for the dtypes stored two to a word (`f16`, `bf16`): storage only
+/// on this device (upload, readback, copies, `to_dtype`).
+pub(crate) fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
+
+/// The words per element of a dtype the kernels compute on, or a typed
+/// error (half-precision tensors must be converted first).
+pub(crate) fn element_words(dtype: DType, op: &'static str) -> Result<u32> {
+    words_of(dtype).ok_or(Error::DType { op, got: dtype, expected: COMPUTE_DTYPES })
+}
+
+/// What the kernels compute on, for the errors.
+pub(crate) const COMPUTE_DTYPES: &str =
+    "f32, i64, i32 or bool (on wgpu; f16 and bf16 tensors are stored there: `to_dtype(F32)` to compute)";
+
+/// Bytes of `len` elements of a device dtype.
+fn bytes_of(len: usize, dtype: DType) -> u64 {
+    match words_of(dtype) {
+        Some(w) => len as u64 * w as u64 * 4,
+        None => (len as u64 * 2).next_multiple_of(4),
+    }
+}
+
 /// The kernel-source name of a device dtype.
 pub(crate) fn kind_of(dtype: DType) -> &'static str {
     match dtype {
@@ -72,6 +98,14 @@ impl BackendStorage for WgpuStorage {
         self.len
     }
     fn to_cpu(&self) -> CpuStorage {
+        if is_half(self.dtype) {
+            let words = self.gpu.read_words(&self.buf, self.len.div_ceil(2));
+            let bits = words.iter().flat_map(|&w| [w as u16, (w >> 16) as u16]).take(self.len);
+            return match self.dtype {
+                DType::F16 => CpuStorage::F16(bits.map(half::f16::from_bits).collect()),
+                _ => CpuStorage::BF16(bits.map(half::bf16::from_bits).collect()),
+            };
+        }
         let w = words_of(self.dtype).expect("device dtype") as usize;
         let words = self.gpu.read_words(&self.buf, self.len * w);
         match self.dtype {
@@ -112,6 +146,30 @@ pub(crate) fn layout_words(l: &Layout, op: &'static str) -> Result<Vec<u32>> {
 pub(crate) fn u32_of(v: usize, op: &'static str) -> Result<u32> {
     u32::try_from(v)
         .map_err(|_| Error::msg(op, format!("wgpu: {v} is beyond the 32-bit indices of the device kernels")))
+}
+
+/// How the blocked matmul loads each operand: `vec4`s along a contiguous
+/// dim when every address of a vector is a multiple of 4 (the offset, the
+/// batch strides, the other dim's stride and the vector dim's size), else scalars.
+fn tile_loads(la: &Layout, lb: &Layout) -> (kernels::TileLoad, kernels::TileLoad) {
+    use kernels::TileLoad::{Scalar, Vec4AlongK, Vec4AlongOut};
+    let r = la.dims().len();
+    let aligned = |l: &Layout| l.offset().is_multiple_of(4) && l.strides()[..r - 2].iter().all(|s| s.is_multiple_of(4));
+    // (rows, cols) of a matrix operand and the load along its cols, then its rows.
+    let pick = |l: &Layout, along_cols, along_rows| {
+        let (d, s) = (&l.dims()[r - 2..], &l.strides()[r - 2..]);
+        if !aligned(l) {
+            Scalar
+        } else if s[1] == 1 && s[0].is_multiple_of(4) && d[1].is_multiple_of(4) {
+            along_cols
+        } else if s[0] == 1 && s[1].is_multiple_of(4) && d[0].is_multiple_of(4) {
+            along_rows
+        } else {
+            Scalar
+        }
+    };
+    // A is (m, k): its cols are k. B is (k, n): its cols are n.
+    (pick(la, Vec4AlongK, Vec4AlongOut), pick(lb, Vec4AlongOut, Vec4AlongK))
 }
 
 impl WgpuBackend {
@@ -157,20 +215,22 @@ impl WgpuBackend {
     pub(crate) fn f32s<'a>(&self, s: &'a dyn BackendStorage, op: &'static str) -> Result<&'a WgpuStorage> {
         let w = self.storage(s, op)?;
         if w.dtype != DType::F32 {
-            return Err(Error::DType { op, got: w.dtype, expected: "f32 (on wgpu)" });
+            return Err(Error::DType {
+                op,
+                got: w.dtype,
+                expected: "f32 (on wgpu; f16 and bf16 tensors are stored there: `to_dtype(F32)` to compute)",
+            });
         }
         Ok(w)
     }
 
     /// [`WgpuBackend::new_storage`] of zeros.
     pub(crate) fn zeros_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
-        let w = words_of(dtype).expect("device dtype") as u64;
-        Ok(WgpuStorage::new(self.gpu.take_buffer(len as u64 * w * 4, true, op)?, len, dtype, self.gpu.clone()))
+        Ok(WgpuStorage::new(self.gpu.take_buffer(bytes_of(len, dtype), true, op)?, len, dtype, self.gpu.clone()))
     }
 
     pub(crate) fn new_storage(&self, len: usize, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
-        let w = words_of(dtype).expect("device dtype") as u64;
-        Ok(WgpuStorage::new(self.gpu.take_buffer(len as u64 * w * 4, false, op)?, len, dtype, self.gpu.clone()))
+        Ok(WgpuStorage::new(self.gpu.take_buffer(bytes_of(len, dtype), false, op)?, len, dtype, self.gpu.clone()))
     }
 
     /// Runs `source`, a kernel reading `x` through `l`, into a new contiguous
@@ -194,8 +254,37 @@ impl WgpuBackend {
 
     /// `x` through `l` as a new contiguous storage of its own dtype.
     pub(crate) fn copy(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
-        let words = words_of(x.dtype).expect("device dtype");
-        self.map_layout(&kernels::copy(words), x, l, x.dtype, op)
+        match words_of(x.dtype) {
+            Some(words) => self.map_layout(&kernels::copy(words), x, l, x.dtype, op),
+            None => self.map_layout(&kernels::copy_half(), x, l, x.dtype, op),
+        }
+    }
+
+    /// `x` through `l` as contiguous `f32`s (a copy for `f32`, widened for
+    /// halves, converted for the others).
+    fn to_f32(&self, x: &WgpuStorage, l: &Layout, op: &'static str) -> Result<WgpuStorage> {
+        if is_half(x.dtype) {
+            return self.map_layout(&kernels::half_to_f32(x.dtype == DType::BF16), x, l, DType::F32, op);
+        }
+        let dense = self.copy(x, l, op)?;
+        if x.dtype == DType::F32 {
+            return Ok(dense);
+        }
+        self.convert(&dense, DType::F32, op)
+    }
+
+    /// A contiguous storage of a computing dtype converted to `dtype` (any device dtype).
+    fn convert(&self, dense: &WgpuStorage, dtype: DType, op: &'static str) -> Result<WgpuStorage> {
+        let n = dense.len;
+        let out = self.new_storage(n, dtype, op)?;
+        let pb = self.gpu.upload_words(&[u32_of(n, op)?], op)?;
+        let (src, threads) = if is_half(dtype) {
+            (kernels::f32_to_half(dtype == DType::BF16), n.div_ceil(2))
+        } else {
+            (kernels::convert(kind_of(dense.dtype), kind_of(dtype)), n)
+        };
+        self.gpu.dispatch(&src, &[&dense.buf, &out.buf, &pb], Gpu::groups_1d(threads));
+        Ok(out)
     }
 }
 
@@ -217,6 +306,7 @@ impl Backend for WgpuBackend {
                 | Fused::LstmCell
                 | Fused::BatchNorm
                 | Fused::DepthwiseConv
+                | Fused::Attention
         )
     }
 
@@ -371,6 +461,24 @@ impl Backend for WgpuBackend {
         Ok((Box::new(dx), Box::new(dwb)))
     }
 
+    fn attention(&self, x: &AttentionInputs<'_>, spec: &AttentionSpec) -> Result<(Storage, Storage)> {
+        let (out, lse) = self.attention_(x, spec)?;
+        Ok((Box::new(out), Box::new(lse)))
+    }
+
+    fn attention_backward(
+        &self,
+        x: &AttentionInputs<'_>,
+        spec: &AttentionSpec,
+        out: &dyn BackendStorage,
+        lse: &dyn BackendStorage,
+        g: &dyn BackendStorage,
+        orders: [HeadOrder; 3],
+    ) -> Result<(Storage, Storage, Storage)> {
+        let (dq, dk, dv) = self.attention_backward_(x, spec, out, lse, g, orders)?;
+        Ok((Box::new(dq), Box::new(dk), Box::new(dv)))
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.gpu.wait()
     }
@@ -386,16 +494,24 @@ impl Backend for WgpuBackend {
 
     fn upload(&self, data: CpuStorage) -> Result<Storage> {
         let op = "to_device";
+        let halves =
+            |bits: Vec<u16>| bits.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16).collect();
         let (dtype, words): (DType, Vec<u32>) = match &data {
             CpuStorage::F32(v) => (DType::F32, v.iter().map(|x| x.to_bits()).collect()),
+            CpuStorage::F16(v) => (DType::F16, halves(v.iter().map(|x| x.to_bits()).collect())),
+            CpuStorage::BF16(v) => (DType::BF16, halves(v.iter().map(|x| x.to_bits()).collect())),
             CpuStorage::Bool(v) => (DType::Bool, v.iter().map(|&b| b as u32).collect()),
             CpuStorage::I32(v) => (DType::I32, v.iter().map(|&x| x as u32).collect()),
             CpuStorage::I64(v) => (DType::I64, v.iter().flat_map(|&x| [x as u32, (x >> 32) as u32]).collect()),
             other => {
-                return Err(Error::DType { op, got: other.dtype(), expected: "f32, i64, i32 or bool (on wgpu)" });
+                return Err(Error::DType {
+                    op,
+                    got: other.dtype(),
+                    expected: "f32, f16, bf16, i64, i32 or bool (on wgpu)",
+                });
             }
         };
-        let len = words.len() / words_of(dtype).expect("device dtype") as usize;
+        let len = data.len();
         Ok(Box::new(WgpuStorage::new(self.gpu.upload_words(&words, op)?, len, dtype, self.gpu.clone())))
     }
 
@@ -407,19 +523,18 @@ impl Backend for WgpuBackend {
     fn to_dtype(&self, x: &dyn BackendStorage, l: &Layout, dtype: DType) -> Result<Storage> {
         let op = "to_dtype";
         let x = self.storage(x, op)?;
-        if words_of(dtype).is_none() {
-            return Err(Error::DType { op, got: dtype, expected: "f32, i64, i32 or bool (on wgpu)" });
+        if words_of(dtype).is_none() && !is_half(dtype) {
+            return Err(Error::DType { op, got: dtype, expected: "f32, f16, bf16, i64, i32 or bool (on wgpu)" });
         }
-        let dense = self.copy(x, l, op)?;
         if dtype == x.dtype {
+            return Ok(Box::new(self.copy(x, l, op)?));
+        }
+        // Halves go through f32 either way; the other dtypes convert directly.
+        let dense = if is_half(x.dtype) || is_half(dtype) { self.to_f32(x, l, op)? } else { self.copy(x, l, op)? };
+        if dense.dtype == dtype {
             return Ok(Box::new(dense));
         }
-        let n = dense.len;
-        let out = self.new_storage(n, dtype, op)?;
-        let pb = self.gpu.upload_words(&[u32_of(n, op)?], op)?;
-        let src = kernels::convert(kind_of(x.dtype), kind_of(dtype));
-        self.gpu.dispatch(&src, &[&dense.buf, &out.buf, &pb], Gpu::groups_1d(n));
-        Ok(Box::new(out))
+        Ok(Box::new(self.convert(&dense, dtype, op)?))
     }
 
     fn unary(&self, op: UnaryOp, x: &dyn BackendStorage, l: &Layout) -> Result<Storage> {
@@ -482,6 +597,7 @@ impl Backend for WgpuBackend {
         match x.dtype {
             DType::F32 => Ok(Box::new(self.reduce_(op, x, l, axes, false)?)),
             DType::I64 => Ok(Box::new(self.reduce_(op, x, l, axes, true)?)),
+            dt if is_half(dt) => Err(Error::DType { op: name, got: dt, expected: COMPUTE_DTYPES }),
             // Bool and i32: exactly through i64, back to the input's dtype.
             dt => {
                 let wide = self.to_dtype(x, l, DType::I64)?;
@@ -518,7 +634,8 @@ impl Backend for WgpuBackend {
         let pb = self.gpu.upload_words(&p, name)?;
         // Register blocking pays once the product fills 64x64 tiles.
         let (src, tile) = if m >= kernels::BLOCK / 2 && n >= kernels::BLOCK / 2 && k >= 16 {
-            (kernels::matmul_blocked(at_bb), kernels::BLOCK)
+            let (load_a, load_b) = tile_loads(la, lb);
+            (kernels::matmul_blocked(at_bb, load_a, load_b), kernels::BLOCK)
         } else {
             (kernels::matmul(at_bb), 16)
         };

@@ -1,7 +1,7 @@
 //! The index primitives on the device: selection, gathering, their
 //! scatter-adds, concatenation and `where`.
 
-use crate::backend::{WgpuBackend, WgpuStorage, kind_of, layout_words, u32_of, words_of};
+use crate::backend::{WgpuBackend, WgpuStorage, element_words, kind_of, layout_words, u32_of};
 use crate::gpu::Gpu;
 use crate::kernels;
 use firebrand_tensor::backend::BackendStorage;
@@ -62,7 +62,7 @@ impl WgpuBackend {
         }
         let mut p = vec![u32_of(n, op)?, u32_of(size, op)?, u32_of(inner, op)?, u32_of(idx.len, op)?];
         p.extend(layout_words(l, op)?);
-        let src = kernels::index_select(words_of(x.dtype).expect("device dtype"));
+        let src = kernels::index_select(element_words(x.dtype, op)?);
         self.run_indexed(&src, x, idx, &out, &p, n, size, op)?;
         Ok(out)
     }
@@ -82,7 +82,7 @@ impl WgpuBackend {
         }
         let len = n / (outer * inner).max(1);
         let p = [n, size, inner, len].iter().map(|&v| u32_of(v, op)).collect::<Result<Vec<_>>>()?;
-        let src = kernels::gather(words_of(x.dtype).expect("device dtype"));
+        let src = kernels::gather(element_words(x.dtype, op)?);
         self.run_indexed(&src, x, idx, &out, &p, n, size, op)?;
         Ok(out)
     }
@@ -132,7 +132,7 @@ impl WgpuBackend {
         }
         let total: usize = sizes.iter().sum();
         let out = self.new_storage(outer * total * inner, dt, op)?;
-        let src = kernels::concat_part(words_of(dt).expect("device dtype"));
+        let src = kernels::concat_part(element_words(dt, op)?);
         let mut offset = 0;
         for (&(part, l), &size) in parts.iter().zip(sizes) {
             let n = outer * size * inner;
@@ -162,9 +162,10 @@ impl WgpuBackend {
         if c.len != a.len || a.len != b.len {
             return Err(Error::msg(op, format!("lengths {}, {} and {} differ", c.len, a.len, b.len)));
         }
+        element_words(c.dtype, op)?;
         let out = self.new_storage(a.len, a.dtype, op)?;
         let pb = self.gpu.upload_words(&[u32_of(a.len, op)?], op)?;
-        let src = kernels::where_select(kind_of(c.dtype), words_of(a.dtype).expect("device dtype"));
+        let src = kernels::where_select(kind_of(c.dtype), element_words(a.dtype, op)?);
         self.gpu.dispatch(&src, &[&c.buf, &a.buf, &b.buf, &out.buf, &pb], Gpu::groups_1d(a.len));
         Ok(out)
     }

@@ -14,9 +14,14 @@
 //! ops, reductions, batched matmul, softmax, the index ops with a range
 //! check, concat, where, im2col/col2im, pooling), and of the fused ones
 //! layer norm, batch norm, the LSTM cell, the direct depthwise convolution,
-//! the convolution epilogue and `channel_affine`. Attention and the
-//! inference 1x1 convolution run as their composites (`Backend::has_fused`).
-//! Nothing falls back to the CPU.
+//! the convolution epilogue, `channel_affine` and attention
+//! (FlashAttention-2's tiling, forward and backward). The inference 1x1
+//! convolution runs as its composite (`Backend::has_fused`). Nothing falls
+//! back to the CPU.
+//!
+//! Storages hold `f32`, `i64`, `i32` and `bool`, on which the kernels
+//! compute, and `f16`/`bf16` two to a word: stored, copied and converted on
+//! the device (`to_dtype`), computed on after conversion to `f32`.
 //!
 //! ```no_run
 //! for a in firebrand_wgpu::adapters() {
@@ -25,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attention_ops;
 mod backend;
 mod fused_ops;
 mod gpu;

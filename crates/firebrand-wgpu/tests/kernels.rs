@@ -107,6 +107,70 @@ fn strided_copies_and_dtype_conversions() {
 }
 
 #[test]
+fn half_precision_storage_and_conversions() {
+    let Some(dev) = device() else { return };
+    // Ties, overflow, subnormals of each format, underflow, NaN, infinities,
+    // and random values; an odd count, so the last word holds one half.
+    let mut v = vec![
+        0.0,
+        -0.0,
+        1.0,
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        65504.0,
+        65519.0,
+        65520.0,
+        -1e6,
+        1e-5,
+        6e-8,
+        2e-8,
+        1e-40,
+        3e38,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1.0 / 3.0,
+        -2.5e-6,
+    ];
+    v.extend(data(1001, 12));
+    let n = v.len();
+    let (c, g) = both(dev, &v);
+    let flat = Layout::contiguous(Shape::from(vec![n]));
+    for dt in [DType::F16, DType::BF16] {
+        let (ch, gh) = (CPU.to_dtype(&*c, &flat, dt).unwrap(), dev.to_dtype(&*g, &flat, dt).unwrap());
+        same(&format!("f32 -> {dt}"), &gh, &ch);
+        // Upload and readback keep the bits; widening is exact.
+        same(&format!("{dt} round trip"), &dev.upload(ch.to_cpu()).unwrap(), &ch);
+        same(
+            &format!("{dt} -> f32"),
+            &dev.to_dtype(&*gh, &flat, DType::F32).unwrap(),
+            &CPU.to_dtype(&*ch, &flat, DType::F32).unwrap(),
+        );
+        for to in [DType::I64, DType::Bool, DType::I32] {
+            // NaN and the infinities have no integer value; compare the finite rest.
+            let l = Layout::contiguous(Shape::from(vec![n])).narrow(0, 17, n - 17).unwrap();
+            same(&format!("{dt} -> {to}"), &dev.to_dtype(&*gh, &l, to).unwrap(), &CPU.to_dtype(&*ch, &l, to).unwrap());
+        }
+        let other = if dt == DType::F16 { DType::BF16 } else { DType::F16 };
+        same(
+            &format!("{dt} -> {other}"),
+            &dev.to_dtype(&*gh, &flat, other).unwrap(),
+            &CPU.to_dtype(&*ch, &flat, other).unwrap(),
+        );
+        // Strided copies: a transposed view with odd sides, and an offset one.
+        let t = Layout::contiguous(Shape::from(vec![5, 7])).transpose(0, 1).unwrap();
+        let o = Layout::contiguous(Shape::from(vec![n])).narrow(0, 3, 30).unwrap();
+        for l in [t, o] {
+            same(&format!("{dt} copy {l:?}"), &dev.contiguous(&*gh, &l).unwrap(), &CPU.contiguous(&*ch, &l).unwrap());
+        }
+        // Storage only: computing on halves is a typed error naming the op.
+        let Err(err) = dev.unary(UnaryOp::Relu, &*gh, &flat) else { panic!("f16 compute refused") };
+        assert!(err.to_string().contains("to_dtype(F32)"), "{err}");
+        assert!(dev.reduce(ReduceOp::Sum, &*gh, &flat, &[true]).is_err());
+    }
+}
+
+#[test]
 fn the_unary_table_and_its_backward() {
     let Some(dev) = device() else { return };
     let mut v = data(1000, 2);
@@ -244,9 +308,15 @@ fn batched_matmul_on_strided_operands() {
     let Some(dev) = device() else { return };
     // Small products (one output per thread) and register-blocked ones with
     // edges that do not fill a 64x64 tile or a 16-deep step.
-    for (batch, m, k, n) in
-        [(1, 1, 1, 1), (1, 17, 33, 19), (3, 5, 40, 2), (2, 64, 16, 48), (2, 70, 37, 65), (1, 130, 129, 33)]
-    {
+    for (batch, m, k, n) in [
+        (1, 1, 1, 1),
+        (1, 17, 33, 19),
+        (3, 5, 40, 2),
+        (2, 64, 16, 48),
+        (2, 70, 37, 65),
+        (1, 130, 129, 33),
+        (2, 68, 36, 132),
+    ] {
         let a = data(batch * m * k, 8);
         let b = data(batch * k * n, 9);
         let (ca, ga) = both(dev, &a);

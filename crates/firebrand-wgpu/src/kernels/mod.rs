@@ -7,6 +7,8 @@
 use firebrand_tensor::op::{BinaryOp, ReduceOp, UnaryOp};
 
 mod affine;
+mod attention;
+mod half;
 mod index;
 mod norm;
 mod recurrent;
@@ -15,6 +17,10 @@ pub(crate) use affine::{
     batch_norm_affine_backward, batch_norm_backward, batch_norm_stats, bias_act_to_nchw, bias_act_to_nchw_backward,
     channel_affine, channel_affine_backward, channel_sums,
 };
+pub(crate) use attention::{
+    ROWS as ATTENTION_ROWS, attention, attention_backward_kv, attention_backward_q, attention_rows,
+};
+pub(crate) use half::{copy_half, f32_to_half, half_to_f32};
 pub(crate) use index::{concat_part, gather, index_select, scatter_add, where_select};
 pub(crate) use norm::{layer_norm, layer_norm_affine_backward, layer_norm_backward};
 pub(crate) use recurrent::{lstm_cell, lstm_cell_backward};
@@ -387,13 +393,92 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 /// 16x16 threads, each thread a 4x4 block of outputs kept in registers.
 pub(crate) const BLOCK: usize = 64;
 
+/// How [`matmul_blocked`] loads an operand's tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TileLoad {
+    /// Four scalar loads per thread, along the contiguous dim where there is one.
+    Scalar,
+    /// One `vec4` load per thread along the reduction dim `k` (contiguous,
+    /// with the other stride, the offsets and `k` multiples of 4).
+    Vec4AlongK,
+    /// One `vec4` load per thread along the output dim (m for A, n for B).
+    Vec4AlongOut,
+}
+
 /// The register-blocked matmul for larger products (same params and batch
 /// handling as [`matmul`]): per step a 64x16 slice of A and a 16x64 slice of
-/// B go to workgroup memory (four elements per thread each, the loads along
-/// each operand's contiguous dim where it has one), then every thread
-/// accumulates its 4x4 block from 4 + 4 loads per k.
-pub(crate) fn matmul_blocked(at_bb: u32) -> String {
-    let bindings = matmul_bindings();
+/// B go to workgroup memory (four elements per thread each: one `vec4` load
+/// where the operand's layout allows it, else four scalar loads along its
+/// contiguous dim), then every thread accumulates its 4x4 block from 4 + 4
+/// loads per k.
+pub(crate) fn matmul_blocked(at_bb: u32, load_a: TileLoad, load_b: TileLoad) -> String {
+    // A and B as scalars or as vec4s, as they load.
+    let ty = |load| if load == TileLoad::Scalar { ("", "array<f32>") } else { ("4", "array<vec4<f32>>") };
+    let ((sa, ta), (sb, tb)) = (ty(load_a), ty(load_b));
+    let bindings = binds(&[
+        (&format!("xa{sa}"), "read", ta),
+        (&format!("xb{sb}"), "read", tb),
+        ("out", "read_write", "array<f32>"),
+        ("p", "read", "array<u32>"),
+    ]);
+    let a = match load_a {
+        TileLoad::Scalar => {
+            r#"    for (var i = 0u; i < 4u; i = i + 1u) {
+      let e = tid + i * 256u;
+      var r = e / 16u; var kk = e % 16u;
+      if (!a_k_fast) { r = e % 64u; kk = e / 64u; }
+      let gr = row0 + r; let gk = t + kk;
+      ta[kk * 64u + r] = select(0.0, xa[a0 + gr * a_rs + gk * a_cs], gr < m && gk < k);
+    }"#
+        }
+        TileLoad::Vec4AlongK => {
+            r#"    {
+      let r = tid / 4u; let kq = (tid % 4u) * 4u;
+      let gr = row0 + r; let gk = t + kq;
+      var v = vec4<f32>(0.0);
+      if (gr < m && gk < k) { v = xa4[(a0 + gr * a_rs + gk) / 4u]; }
+      for (var u = 0u; u < 4u; u = u + 1u) { ta[(kq + u) * 64u + r] = v[u]; }
+    }"#
+        }
+        TileLoad::Vec4AlongOut => {
+            r#"    {
+      let rq = (tid % 16u) * 4u; let kk = tid / 16u;
+      let gr = row0 + rq; let gk = t + kk;
+      var v = vec4<f32>(0.0);
+      if (gr < m && gk < k) { v = xa4[(a0 + gr + gk * a_cs) / 4u]; }
+      for (var u = 0u; u < 4u; u = u + 1u) { ta[kk * 64u + rq + u] = v[u]; }
+    }"#
+        }
+    };
+    let b = match load_b {
+        TileLoad::Scalar => {
+            r#"    for (var i = 0u; i < 4u; i = i + 1u) {
+      let e = tid + i * 256u;
+      var c = e % 64u; var kb = e / 64u;
+      if (!b_n_fast) { c = e / 16u; kb = e % 16u; }
+      let gc = col0 + c; let gkb = t + kb;
+      tb[kb * 64u + c] = select(0.0, xb[b0 + gkb * b_rs + gc * b_cs], gc < n && gkb < k);
+    }"#
+        }
+        TileLoad::Vec4AlongK => {
+            r#"    {
+      let c = tid / 4u; let kq = (tid % 4u) * 4u;
+      let gc = col0 + c; let gk = t + kq;
+      var v = vec4<f32>(0.0);
+      if (gc < n && gk < k) { v = xb4[(b0 + gk + gc * b_cs) / 4u]; }
+      for (var u = 0u; u < 4u; u = u + 1u) { tb[(kq + u) * 64u + c] = v[u]; }
+    }"#
+        }
+        TileLoad::Vec4AlongOut => {
+            r#"    {
+      let cq = (tid % 16u) * 4u; let kb = tid / 16u;
+      let gc = col0 + cq; let gk = t + kb;
+      var v = vec4<f32>(0.0);
+      if (gc < n && gk < k) { v = xb4[(b0 + gk * b_rs + gc) / 4u]; }
+      for (var u = 0u; u < 4u; u = u + 1u) { tb[kb * 64u + cq + u] = v[u]; }
+    }"#
+        }
+    };
     format!(
         r#"{bindings}
 {PRELUDE}
@@ -413,17 +498,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   var acc: array<f32, 16>;
   for (var i = 0u; i < 16u; i = i + 1u) {{ acc[i] = 0.0; }}
   for (var t = 0u; t < k; t = t + 16u) {{
-    for (var i = 0u; i < 4u; i = i + 1u) {{
-      let e = tid + i * 256u;
-      var r = e / 16u; var kk = e % 16u;
-      if (!a_k_fast) {{ r = e % 64u; kk = e / 64u; }}
-      let gr = row0 + r; let gk = t + kk;
-      ta[kk * 64u + r] = select(0.0, xa[a0 + gr * a_rs + gk * a_cs], gr < m && gk < k);
-      var c = e % 64u; var kb = e / 64u;
-      if (!b_n_fast) {{ c = e / 16u; kb = e % 16u; }}
-      let gc = col0 + c; let gkb = t + kb;
-      tb[kb * 64u + c] = select(0.0, xb[b0 + gkb * b_rs + gc * b_cs], gc < n && gkb < k);
-    }}
+{a}
+{b}
     workgroupBarrier();
     for (var q = 0u; q < 16u; q = q + 1u) {{
       let a = vec4<f32>(ta[q * 64u + lid.y * 4u], ta[q * 64u + lid.y * 4u + 1u], ta[q * 64u + lid.y * 4u + 2u], ta[q * 64u + lid.y * 4u + 3u]);
