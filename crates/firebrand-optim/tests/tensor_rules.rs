@@ -64,27 +64,3 @@ fn clip_grad_norm_in_tensor_ops_matches_the_host() {
     let g = w.grad().unwrap().to_vec::<f64>();
     assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5, "{g:?}");
 }
-
-#[test]
-fn clipping_in_tensor_ops_takes_gradients_that_are_views() {
-    // Used through its transpose (a tied head's weight), a parameter's
-    // gradient is a transposed view; clipping replaces it.
-    let w = Tensor::from_vec(vec![3.0f64, 0.0, 0.0, 4.0, 0.0, 0.0], [2, 3]).requires_grad_(true);
-    let x = Tensor::from_vec(vec![1.0f64, 0.0], [1, 2]);
-    let fwd = || x.matmul(&w).square().sum_all().affine(0.5, 0.0);
-    fwd().backward();
-    let before = w.grad().unwrap();
-    assert!(!before.is_contiguous() || before.dims() == [2, 3]);
-    let norm = clip_grad_norm(std::slice::from_ref(&w), 1.0);
-    assert!((norm - 3.0).abs() < 1e-9, "norm {norm}");
-    let g = w.grad().unwrap().to_vec::<f64>();
-    assert!((g[0] - 1.0).abs() < 1e-5 && g[1..].iter().all(|v| v.abs() < 1e-9), "{g:?}");
-    let wt = w.detach_copy().t().contiguous().requires_grad_(true); // (3, 2)
-    x.matmul(&wt.t()).square().sum_all().backward();
-    let gt = wt.grad().unwrap();
-    clip_grad_norm(std::slice::from_ref(&wt), 1.0);
-    clip_grad_value(std::slice::from_ref(&wt), 0.5);
-    let got = wt.grad().unwrap().to_vec::<f64>();
-    assert_eq!(got.len(), gt.elem_count());
-    assert!(got.iter().all(|v| v.abs() <= 0.5 + 1e-12), "{got:?}");
-}
