@@ -279,3 +279,23 @@ device_test!(half_precision_tensors_are_stored_on_every_device, |dev| {
         assert_eq!(back, want.to_dtype(DType::F32).to_vec::<f32>(), "{dt} widened on {dev}");
     }
 });
+
+device_test!(batch_norm_running_statistics_stay_on_the_device, |dev| {
+    // Three training passes update the running statistics and the batch
+    // count where they live (nothing read back), as on the CPU.
+    let run = |d: Device| {
+        manual_seed(3);
+        let bn = firebrand::nn::BatchNorm2d::new(3);
+        bn.to_device(d).unwrap();
+        for s in 0..3 {
+            let x = randn(&[4, 3, 5, 5], 50 + s).affine(2.0, 1.0).to_device(d).unwrap();
+            let _ = bn.forward(&x);
+        }
+        (bn.running_mean.to_vec::<f32>(), bn.running_var.to_vec::<f32>(), bn.num_batches_tracked.to_vec::<i64>())
+    };
+    let (want, got) = (run(Device::Cpu), run(dev));
+    assert_eq!(got.2, vec![3], "num_batches_tracked on {dev}");
+    for (a, b) in want.0.iter().chain(&want.1).zip(got.0.iter().chain(&got.1)) {
+        assert!((a - b).abs() < 1e-5, "running statistics on {dev}: {a} vs {b}");
+    }
+});

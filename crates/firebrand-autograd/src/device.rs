@@ -14,8 +14,14 @@ use firebrand_tensor::{Device, Result};
 /// synchronize(Device::Cpu).unwrap(); // the CPU computes eagerly
 /// ```
 ///
+/// A device checks indices as its kernels run, so an index op's
+/// `IndexOutOfRange` reaches the host at the next synchronization: here as
+/// an error, or at a readback as a panic naming it (as CUDA's device-side
+/// asserts do in PyTorch).
+///
 /// # Errors
-/// When the device is unavailable or was lost.
+/// When the device is unavailable or was lost, or an index op since the
+/// last synchronization met an index out of range (`IndexOutOfRange`).
 pub fn synchronize(device: Device) -> Result<()> {
     backend_of(device, "synchronize")?.synchronize()
 }

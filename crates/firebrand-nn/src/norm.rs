@@ -160,21 +160,21 @@ impl BatchNorm {
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) {
         let m = self.momentum;
         let unbias = count as f32 / (count.max(2) - 1) as f32;
-        let n = self.num_batches_tracked.to_vec::<i64>()[0] + 1;
-        let tracked = Tensor::from_vec(vec![n], Vec::<usize>::new());
         if !self.running_mean.device().is_cpu() {
-            // On a device: the same update in tensor ops, taken in place.
+            // On a device: the same update in tensor ops, taken in place,
+            // with nothing read back (the count is added to where it lives).
             with_no_grad(|| {
                 let (rm, rv) = (&self.running_mean, &self.running_var);
                 rm.set_data_(rm + &(&(&mean.detach() - rm) * m)).expect("a whole buffer");
                 rv.set_data_(rv + &(&(&(&var.detach() * unbias) - rv) * m)).expect("a whole buffer");
-                let dev = self.num_batches_tracked.device();
-                self.num_batches_tracked
-                    .set_data_(tracked.to_device(dev).expect("its device"))
-                    .expect("a whole buffer");
+                let one = Tensor::from_vec(vec![1i64], Vec::<usize>::new());
+                let nbt = &self.num_batches_tracked;
+                nbt.set_data_(nbt.add(&one)).expect("a whole buffer");
             });
             return;
         }
+        let n = self.num_batches_tracked.to_vec::<i64>()[0] + 1;
+        let tracked = Tensor::from_vec(vec![n], Vec::<usize>::new());
         let (mean, var) = (mean.to_vec::<f32>(), var.to_vec::<f32>());
         self.running_mean
             .update_f32("BatchNorm running_mean", |r| r.iter_mut().zip(&mean).for_each(|(r, b)| *r += m * (b - *r)))

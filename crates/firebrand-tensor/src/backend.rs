@@ -191,7 +191,8 @@ pub trait Backend: Send + Sync {
     /// `torch.cuda.synchronize()`; for timing). The CPU computes eagerly.
     ///
     /// # Errors
-    /// When the device was lost.
+    /// When the device was lost, or (a device that checks indices as it
+    /// runs) an index op since the last synchronization met a bad index.
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }

@@ -568,20 +568,42 @@ fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &Da
     let (mut loss_sum, mut seen, mut classify) = (0.0f64, 0usize, false);
     let (mut preds, mut truth) = (Vec::new(), Vec::new());
     let mut classes = 0;
+    // On a device the per-batch losses and predictions stay there and are
+    // read back once, at the end.
+    let on_device = !device.is_cpu();
+    let (mut dev_loss, mut dev_preds): (Option<Tensor>, Vec<Tensor>) = (None, Vec::new());
     with_no_grad(|| {
         for (x, y) in loader.epoch(0) {
+            let n = x.dims()[0];
+            let labels = (objective.is_classification() && y.dtype() == DType::I64).then(|| y.to_vec::<i64>());
             let (x, y) =
                 (x.to_device(device).expect("the model's device"), y.to_device(device).expect("the model's device"));
             let out = net.forward(&x);
-            let n = x.dims()[0];
-            loss_sum += objective.compute(&out, &y).item() as f64 * n as f64;
+            let loss = objective.compute(&out, &y);
+            if on_device {
+                let weighted = loss.to_dtype(DType::F32).affine(n as f32, 0.0);
+                dev_loss = Some(dev_loss.take().map_or(weighted.clone(), |t| t.add(&weighted)));
+            } else {
+                loss_sum += loss.item() as f64 * n as f64;
+            }
             seen += n;
-            if objective.is_classification() && y.dtype() == DType::I64 {
+            if let Some(labels) = labels {
                 classify = true;
                 classes = out.size(-1);
-                preds.extend(out.argmax(-1, false).to_vec::<i64>());
-                truth.extend(y.to_vec::<i64>());
+                let pred = out.argmax(-1, false);
+                if on_device {
+                    dev_preds.push(pred)
+                } else {
+                    preds.extend(pred.to_vec::<i64>())
+                }
+                truth.extend(labels);
             }
+        }
+        if let Some(l) = dev_loss {
+            loss_sum = l.item() as f64;
+        }
+        if !dev_preds.is_empty() {
+            preds = Tensor::cat(&dev_preds.iter().collect::<Vec<_>>(), 0).to_vec::<i64>();
         }
     });
     net.set_training(true);

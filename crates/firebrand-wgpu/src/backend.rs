@@ -574,19 +574,52 @@ impl Backend for WgpuBackend {
         lb: &Layout,
     ) -> Result<Storage> {
         let name = op.name();
-        let (a, b) = (self.f32s(a, name)?, self.f32s(b, name)?);
+        let (a, b) = (self.storage(a, name)?, self.storage(b, name)?);
         if la.dims() != lb.dims() {
             return Err(Error::msg(name, format!("operands {:?} and {:?} are not broadcast", la.dims(), lb.dims())));
         }
+        if a.dtype != b.dtype {
+            return Err(Error::msg(
+                name,
+                format!("operands of dtypes {} and {} (promote them first)", a.dtype, b.dtype),
+            ));
+        }
+        let dt = a.dtype;
+        match dt {
+            DType::F32 => {}
+            DType::I64 if !matches!(op, BinaryOp::Div | BinaryOp::Pow) => {}
+            DType::Bool if op == BinaryOp::Sub => {
+                return Err(Error::msg(name, "subtracting bool tensors is not supported; use logical_xor or ne"));
+            }
+            // Bool and i32: exactly through i64 (wrapping like the CPU), back to their dtype.
+            DType::Bool | DType::I32 if !matches!(op, BinaryOp::Div | BinaryOp::Pow) => {
+                let (wa, wb) = (self.to_dtype(a, la, DType::I64)?, self.to_dtype(b, lb, DType::I64)?);
+                let dense = Layout::contiguous(la.shape().clone());
+                let r = self.binary(op, &*wa, &dense, &*wb, &dense)?;
+                if op.is_comparison() {
+                    return Ok(r);
+                }
+                return self.to_dtype(&*r, &dense, dt);
+            }
+            _ => {
+                return Err(Error::DType {
+                    op: name,
+                    got: dt,
+                    expected: "f32, or for all but div and pow i64, i32 or bool (on wgpu)",
+                });
+            }
+        }
         let n = la.elem_count();
-        let out = self.new_storage(n, if op.is_comparison() { DType::Bool } else { DType::F32 }, name)?;
+        let out_dt = if op.is_comparison() { DType::Bool } else { dt };
+        let out = self.new_storage(n, out_dt, name)?;
         let wa = layout_words(la, name)?;
         let at_b = 1 + wa.len() as u32;
         let mut p = vec![u32_of(n, name)?];
         p.extend(wa);
         p.extend(layout_words(lb, name)?);
         let pb = self.gpu.upload_words(&p, name)?;
-        self.gpu.dispatch(&kernels::binary(op, at_b), &[&a.buf, &b.buf, &out.buf, &pb], Gpu::groups_1d(n));
+        let src = if dt == DType::I64 { kernels::binary_i64(op, at_b) } else { kernels::binary(op, at_b) };
+        self.gpu.dispatch(&src, &[&a.buf, &b.buf, &out.buf, &pb], Gpu::groups_1d(n));
         Ok(Box::new(out))
     }
 

@@ -3,7 +3,7 @@
 
 use firebrand_tensor::{Device, Error, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use wgpu::util::DeviceExt;
 
@@ -72,7 +72,16 @@ pub struct Gpu {
     /// Dispatches recorded but not yet submitted, with the bind groups (and
     /// so the buffers) they use, kept alive until the submission.
     pending: Mutex<Option<(wgpu::CommandEncoder, Vec<wgpu::BindGroup>)>>,
+    /// The index kernels' range check, shared by all of them: `[set, low,
+    /// high, size, op]` of the first bad index since the last readback.
+    index_flag: wgpu::Buffer,
+    /// Whether an index kernel was recorded since the flag was last read.
+    index_recorded: AtomicBool,
 }
+
+/// The ops of the index kernels by the code they record in the range
+/// check's flag (the last word of their params).
+pub(crate) const INDEX_OPS: [&str; 5] = ["an index op", "index_select", "gather", "index_add", "scatter_add"];
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +121,12 @@ impl Gpu {
             device,
             msg: format!("request_device: {e}"),
         })?;
+        let index_flag = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("index range check"),
+            size: 20,
+            usage: STORAGE_USAGE,
+            mapped_at_creation: false,
+        });
         Ok(Arc::new(Gpu {
             device: dev,
             queue,
@@ -123,6 +138,8 @@ impl Gpu {
             pool: Mutex::default(),
             pooled: AtomicU64::new(0),
             pending: Mutex::default(),
+            index_flag,
+            index_recorded: AtomicBool::new(false),
         }))
     }
 
@@ -222,13 +239,44 @@ impl Gpu {
         }
     }
 
-    /// Waits for the queue (after submitting what is recorded).
+    /// Waits for the queue (after submitting what is recorded), then
+    /// returns the first index error an index kernel recorded since the last
+    /// readback, if any.
     pub(crate) fn wait(&self) -> Result<()> {
         self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::msg("synchronize", format!("{}: {e}", self.id())))
+            .map_err(|e| Error::msg("synchronize", format!("{}: {e}", self.id())))?;
+        if self.index_recorded.swap(false, Ordering::AcqRel) {
+            let flag = self.read_raw(&[(&self.index_flag, 5)]).pop().expect("one buffer read");
+            if let Some(e) = self.index_error(&flag) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The range check's buffer, for an index kernel about to be recorded.
+    pub(crate) fn index_flag(&self) -> &wgpu::Buffer {
+        self.index_recorded.store(true, Ordering::Release);
+        &self.index_flag
+    }
+
+    /// The error in a read range-check flag, if it is set; the flag is
+    /// cleared (recorded, in order) for the kernels after.
+    fn index_error(&self, flag: &[u32]) -> Option<Error> {
+        if flag[0] == 0 {
+            return None;
+        }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let (enc, _) =
+                pending.get_or_insert_with(|| (self.device.create_command_encoder(&Default::default()), Vec::new()));
+            enc.clear_buffer(&self.index_flag, 0, None);
+        }
+        let index = (flag[1] as u64 | (flag[2] as u64) << 32) as i64;
+        let op = INDEX_OPS.get(flag[4] as usize).copied().unwrap_or(INDEX_OPS[0]);
+        Some(Error::IndexOutOfRange { op, index, size: flag[3] as usize })
     }
 
     /// The largest buffer a kernel can bind, in bytes.
@@ -286,24 +334,54 @@ impl Gpu {
         )
     }
 
-    /// The first `words` 32-bit words of `buf`, read back (waits for the queue).
+    /// The first `words` 32-bit words of `buf`, read back (waits for the
+    /// queue). An index error recorded since the last readback is reported
+    /// here, as a panic naming it: the device checks indices as it runs, so
+    /// an index op's error reaches the host at the next readback (as with
+    /// CUDA's device-side asserts); `firebrand::synchronize` returns it as
+    /// an error instead.
     pub(crate) fn read_words(&self, buf: &wgpu::Buffer, words: usize) -> Vec<u32> {
-        if words == 0 {
-            return Vec::new();
+        if !self.index_recorded.swap(false, Ordering::AcqRel) {
+            return self.read_raw(&[(buf, words)]).pop().expect("one buffer read");
         }
-        let bytes = (words * 4) as u64;
+        // The flag comes back in the same submission.
+        let mut both = self.read_raw(&[(buf, words), (&self.index_flag, 5)]);
+        let flag = both.pop().expect("two buffers read");
+        if let Some(e) = self.index_error(&flag) {
+            panic!(
+                "{e} (recorded on {} by an earlier op: the device reports index errors at the next \
+                 readback; `firebrand::synchronize()` returns them as errors)",
+                self.id()
+            );
+        }
+        both.pop().expect("two buffers read")
+    }
+
+    /// The first words of each buffer, read back in one submission after
+    /// everything recorded (waits for the queue).
+    fn read_raw(&self, reads: &[(&wgpu::Buffer, usize)]) -> Vec<Vec<u32>> {
+        let total: usize = reads.iter().map(|r| r.1).sum();
+        if total == 0 {
+            return reads.iter().map(|_| Vec::new()).collect();
+        }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: bytes,
+            size: (total * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         {
-            // The copy goes after everything recorded, in the same submission.
+            // The copies go after everything recorded, in the same submission.
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let (mut enc, _) =
                 pending.take().unwrap_or_else(|| (self.device.create_command_encoder(&Default::default()), Vec::new()));
-            enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+            let mut at = 0;
+            for &(buf, words) in reads {
+                if words > 0 {
+                    enc.copy_buffer_to_buffer(buf, 0, &staging, at, (words * 4) as u64);
+                }
+                at += (words * 4) as u64;
+            }
             self.queue.submit([enc.finish()]);
         }
         let slice = staging.slice(..);
@@ -313,10 +391,17 @@ impl Gpu {
         });
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("wgpu: device lost while reading back");
         rx.recv().expect("wgpu: map callback").expect("wgpu: mapping the readback buffer");
-        let out = bytemuck::cast_slice::<u8, u32>(&slice.get_mapped_range().expect("wgpu: the mapped readback range"))
+        let all = bytemuck::cast_slice::<u8, u32>(&slice.get_mapped_range().expect("wgpu: the mapped readback range"))
             .to_vec();
         staging.unmap();
-        out
+        let mut at = 0;
+        reads
+            .iter()
+            .map(|&(_, words)| {
+                at += words;
+                all[at - words..at].to_vec()
+            })
+            .collect()
     }
 
     /// The pipeline of the WGSL `source` (entry point `main`), compiled once.

@@ -2,7 +2,7 @@
 //! scatter-adds, concatenation and `where`.
 
 use crate::backend::{WgpuBackend, WgpuStorage, element_words, kind_of, layout_words, u32_of};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, INDEX_OPS};
 use crate::kernels;
 use firebrand_tensor::backend::BackendStorage;
 use firebrand_tensor::{DType, Error, Layout, Result};
@@ -17,30 +17,23 @@ impl WgpuBackend {
         Ok(w)
     }
 
-    /// Runs an index kernel (bindings `x, ix, out, params, flag`) and waits
-    /// for its range check: `IndexOutOfRange` naming the first bad index the
-    /// device recorded. This reads 12 bytes back, so an index op waits for
-    /// the queue.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs an index kernel (bindings `x, ix, out, params, flag`) without
+    /// waiting: the kernel checks each index against `size` and records the
+    /// first bad one in the device's shared flag, with the op's code (the
+    /// params' last word), which the next readback or `synchronize` reports
+    /// as `IndexOutOfRange` (`Gpu::read_words`).
     fn run_indexed(
         &self,
         source: &str,
-        x: &WgpuStorage,
-        ix: &WgpuStorage,
-        out: &WgpuStorage,
+        [x, ix, out]: [&WgpuStorage; 3],
         params: &[u32],
         threads: usize,
-        size: usize,
         op: &'static str,
     ) -> Result<()> {
-        let pb = self.gpu.upload_words(params, op)?;
-        let flag = self.gpu.alloc(12, op)?;
-        self.gpu.dispatch(source, &[&x.buf, &ix.buf, &out.buf, &pb, &flag], Gpu::groups_1d(threads));
-        let f = self.gpu.read_words(&flag, 3);
-        if f[0] != 0 {
-            let index = (f[1] as u64 | (f[2] as u64) << 32) as i64;
-            return Err(Error::IndexOutOfRange { op, index, size });
-        }
+        let code = INDEX_OPS.iter().position(|&o| o == op).unwrap_or(0) as u32;
+        let pb = self.gpu.upload_words(&[params, &[code]].concat(), op)?;
+        let flag = self.gpu.index_flag();
+        self.gpu.dispatch(source, &[&x.buf, &ix.buf, &out.buf, &pb, flag], Gpu::groups_1d(threads));
         Ok(())
     }
 
@@ -63,7 +56,7 @@ impl WgpuBackend {
         let mut p = vec![u32_of(n, op)?, u32_of(size, op)?, u32_of(inner, op)?, u32_of(idx.len, op)?];
         p.extend(layout_words(l, op)?);
         let src = kernels::index_select(element_words(x.dtype, op)?);
-        self.run_indexed(&src, x, idx, &out, &p, n, size, op)?;
+        self.run_indexed(&src, [x, idx, &out], &p, n, op)?;
         Ok(out)
     }
 
@@ -83,7 +76,7 @@ impl WgpuBackend {
         let len = n / (outer * inner).max(1);
         let p = [n, size, inner, len].iter().map(|&v| u32_of(v, op)).collect::<Result<Vec<_>>>()?;
         let src = kernels::gather(element_words(x.dtype, op)?);
-        self.run_indexed(&src, x, idx, &out, &p, n, size, op)?;
+        self.run_indexed(&src, [x, idx, &out], &p, n, op)?;
         Ok(out)
     }
 
@@ -110,7 +103,7 @@ impl WgpuBackend {
             return Err(Error::msg(op, format!("{} indices for a source of {:?}", idx.len, [outer, len, inner])));
         }
         let p = [n, size, inner, len].iter().map(|&v| u32_of(v, op)).collect::<Result<Vec<_>>>()?;
-        self.run_indexed(&kernels::scatter_add(per_row), src, idx, &out, &p, n, size, op)?;
+        self.run_indexed(&kernels::scatter_add(per_row), [src, idx, &out], &p, n, op)?;
         Ok(out)
     }
 

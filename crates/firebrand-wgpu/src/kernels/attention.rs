@@ -22,7 +22,7 @@
 //! `(B, S)` and the additive mask `(T, S)` share one `aux` buffer at
 //! `pad_at` and `mask_at`.
 
-use super::{PRELUDE, binds};
+use super::{I64, PRELUDE, binds};
 
 /// Rows per workgroup (one per thread).
 pub(crate) const ROWS: usize = 64;
@@ -42,18 +42,6 @@ fn common(d: usize) -> String {
 const BC: u32 = {bc}u;
 const BR: u32 = {ROWS}u;
 fn neg_inf() -> f32 {{ return -bitcast<f32>(0x7f800000u); }}
-// The full 64-bit product of two words: (lo, hi).
-fn mul32(a: u32, b: u32) -> vec2<u32> {{
-  let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = b & 0xffffu; let b1 = b >> 16u;
-  let p00 = a0 * b0; let p01 = a0 * b1; let p10 = a1 * b0; let p11 = a1 * b1;
-  let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
-  return vec2<u32>((p00 & 0xffffu) | (mid << 16u), p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u));
-}}
-// a·b mod 2^64 on (lo, hi) pairs.
-fn mul64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {{
-  let lo = mul32(a.x, b.x);
-  return vec2<u32>(lo.x, lo.y + a.x * b.y + a.y * b.x);
-}}
 // z ^ (z >> n) for 0 < n < 32.
 fn xshr(z: vec2<u32>, n: u32) -> vec2<u32> {{
   return z ^ vec2<u32>((z.x >> n) | (z.y << (32u - n)), z.y >> n);
@@ -104,7 +92,7 @@ fn task(wid: vec3<u32>, len: u32) -> vec3<u32> {{
 fn kernel(bindings: &[(&str, &str, &str)], d: usize, shared: &str, body: &str) -> String {
     let (b, c) = (binds(bindings), common(d));
     format!(
-        "{b}\n{PRELUDE}\n{c}\n{shared}\n@compute @workgroup_size({ROWS})\n\
+        "{b}\n{PRELUDE}\n{I64}\n{c}\n{shared}\n@compute @workgroup_size({ROWS})\n\
          fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{\n{body}\n}}\n"
     )
 }

@@ -1,7 +1,8 @@
 //! Index kernels: selection, gathering and their scatter-adds, concatenation
 //! and `where`. Indices are `i64` (two words, low first); a kernel that meets
-//! one outside `0..size` records it in a three-word `flag` buffer (set, low,
-//! high) that the backend reads to return `IndexOutOfRange`.
+//! one outside `0..size` records it in the device's five-word `flag` buffer
+//! (set, low, high, size, the op's code from the params' last word), which
+//! the next readback reports as `IndexOutOfRange`.
 
 use super::{binds, elementwise};
 
@@ -12,7 +13,10 @@ fn index_of(j: u32, size: u32) -> u32 {
   let lo = ix[2u * j];
   let hi = ix[2u * j + 1u];
   if (hi != 0u || lo >= size) {
-    if (atomicExchange(&flag[0], 1u) == 0u) { atomicStore(&flag[1], lo); atomicStore(&flag[2], hi); }
+    if (atomicExchange(&flag[0], 1u) == 0u) {
+      atomicStore(&flag[1], lo); atomicStore(&flag[2], hi);
+      atomicStore(&flag[3], size); atomicStore(&flag[4], p[arrayLength(&p) - 1u]);
+    }
     return 0xffffffffu;
   }
   return lo;

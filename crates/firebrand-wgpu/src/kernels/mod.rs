@@ -319,16 +319,9 @@ pub(crate) fn reduce_i64(op: ReduceOp, at_r: u32) -> String {
         }
         ReduceOp::Prod => unreachable!("refused by the backend"),
     };
-    let helpers = r#"
-fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> { let lo = a.x + b.x; return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x)); }
-fn lt64(a: vec2<u32>, b: vec2<u32>) -> bool {
-  let ah = bitcast<i32>(a.y); let bh = bitcast<i32>(b.y);
-  return ah < bh || (ah == bh && a.x < b.x);
-}
-"#;
     elementwise(
         &(binds(&[("xs", "read", "array<u32>"), ("out", "read_write", "array<u32>"), ("p", "read", "array<u32>")])
-            + helpers),
+            + I64),
         &format!(
             r#"  let base = strided(i, 2u);
   var acc = vec2<u32>(0u, 0u);
@@ -339,6 +332,63 @@ fn lt64(a: vec2<u32>, b: vec2<u32>) -> bool {
     {step}
   }}
   {store}"#
+        ),
+    )
+}
+
+/// `i64` arithmetic on `(low, high)` word pairs, wrapping like Rust's
+/// `wrapping_*`: sums, differences, products and signed comparison.
+pub(crate) const I64: &str = r#"
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> { let lo = a.x + b.x; return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x)); }
+fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> { return vec2<u32>(a.x - b.x, a.y - b.y - select(0u, 1u, a.x < b.x)); }
+// The full 64-bit product of two words: (lo, hi).
+fn mul32(a: u32, b: u32) -> vec2<u32> {
+  let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = b & 0xffffu; let b1 = b >> 16u;
+  let p00 = a0 * b0; let p01 = a0 * b1; let p10 = a1 * b0; let p11 = a1 * b1;
+  let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+  return vec2<u32>((p00 & 0xffffu) | (mid << 16u), p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u));
+}
+// a·b mod 2^64.
+fn mul64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+  let lo = mul32(a.x, b.x);
+  return vec2<u32>(lo.x, lo.y + a.x * b.y + a.y * b.x);
+}
+fn lt64(a: vec2<u32>, b: vec2<u32>) -> bool {
+  let ah = bitcast<i32>(a.y); let bh = bitcast<i32>(b.y);
+  return ah < bh || (ah == bh && a.x < b.x);
+}
+"#;
+
+/// A broadcasting binary op on `i64` elements (two words each; layouts as
+/// in [`binary`]): the wrapping arithmetic of the CPU's integer kernels,
+/// maximum, minimum and the comparisons (into `bool` words). Division and
+/// powers are refused by the backend.
+pub(crate) fn binary_i64(op: BinaryOp, at_b: u32) -> String {
+    let expr = match op {
+        BinaryOp::Add => "add64(a, b)",
+        BinaryOp::Sub => "sub64(a, b)",
+        BinaryOp::Mul => "mul64(a, b)",
+        BinaryOp::Maximum => "select(a, b, lt64(a, b))",
+        BinaryOp::Minimum => "select(a, b, lt64(b, a))",
+        BinaryOp::Eq => "all(a == b)",
+        BinaryOp::Ne => "any(a != b)",
+        BinaryOp::Lt => "lt64(a, b)",
+        BinaryOp::Le => "!lt64(b, a)",
+        BinaryOp::Gt => "lt64(b, a)",
+        BinaryOp::Ge => "!lt64(a, b)",
+        BinaryOp::Div | BinaryOp::Pow => unreachable!("refused by the backend"),
+    };
+    let store = if op.is_comparison() { "out[i] = u32(v);" } else { "out[2u * i] = v.x; out[2u * i + 1u] = v.y;" };
+    elementwise(
+        &(binds(&[
+            ("xa", "read", "array<u32>"),
+            ("xb", "read", "array<u32>"),
+            ("out", "read_write", "array<u32>"),
+            ("p", "read", "array<u32>"),
+        ]) + I64),
+        &format!(
+            "  let sa = strided(i, 1u); let sb = strided(i, {at_b}u);\n  let a = vec2<u32>(xa[2u * sa], xa[2u * sa + 1u]);\n  \
+             let b = vec2<u32>(xb[2u * sb], xb[2u * sb + 1u]);\n  let v = {expr};\n  {store}"
         ),
     )
 }
@@ -600,6 +650,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 /// Converts between the device dtypes: `kind` names the source and target
 /// (`f32`, `u32` for bool, `i32`, `i64` as two words) per element.
 pub(crate) fn convert(src: &str, dst: &str) -> String {
+    let ints = ["bool", "i32", "i64"];
+    if ints.contains(&src) && ints.contains(&dst) {
+        return convert_int(src, dst);
+    }
     let read = match src {
         "f32" => "let v = bitcast<f32>(x[i]);",
         "bool" => "let v = f32(x[i] != 0u);",
@@ -615,6 +669,26 @@ pub(crate) fn convert(src: &str, dst: &str) -> String {
         _ => {
             "let t = trunc(v); if (abs(t) < 2147483648.0) { let k = i32(t); out[2u * i] = bitcast<u32>(k); out[2u * i + 1u] = select(0u, 0xffffffffu, k < 0); } else { let hi = floor(t / 4294967296.0); out[2u * i] = u32(t - hi * 4294967296.0); out[2u * i + 1u] = bitcast<u32>(i32(hi)); }"
         }
+    };
+    elementwise(
+        &binds(&[("x", "read", "array<u32>"), ("out", "read_write", "array<u32>"), ("p", "read", "array<u32>")]),
+        &format!("  {read}\n  {write}"),
+    )
+}
+
+/// Between the integer dtypes exactly (not through `f32`): `i64` to `i32`
+/// keeps the low word (Rust's `as`), `i32` to `i64` extends the sign, and
+/// `bool` is whether the value is non-zero.
+fn convert_int(src: &str, dst: &str) -> String {
+    let read = match src {
+        "bool" => "let v = vec2<u32>(u32(x[i] != 0u), 0u);",
+        "i32" => "let v = vec2<u32>(x[i], select(0u, 0xffffffffu, bitcast<i32>(x[i]) < 0));",
+        _ => "let v = vec2<u32>(x[2u * i], x[2u * i + 1u]);",
+    };
+    let write = match dst {
+        "bool" => "out[i] = u32(any(v != vec2<u32>(0u)));",
+        "i32" => "out[i] = v.x;",
+        _ => "out[2u * i] = v.x; out[2u * i + 1u] = v.y;",
     };
     elementwise(
         &binds(&[("x", "read", "array<u32>"), ("out", "read_write", "array<u32>"), ("p", "read", "array<u32>")]),
