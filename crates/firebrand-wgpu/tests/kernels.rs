@@ -221,8 +221,9 @@ fn the_unary_table_and_its_backward() {
 fn integer_binary_ops_and_conversions_are_exact() {
     let Some(dev) = device() else { return };
     // Values past 2^24 and 2^32, negatives, and products that wrap.
-    let a: Vec<i64> =
-        (0..3 * 5 * 7).map(|i: i64| (i - 50) * 123_456_789_013 + if i % 3 == 0 { i64::MIN + i } else { i }).collect();
+    let a: Vec<i64> = (0..3 * 5 * 7)
+        .map(|i: i64| ((i - 50) * 123_456_789_013).wrapping_add(if i % 3 == 0 { i64::MIN + i } else { i }))
+        .collect();
     let b: Vec<i64> = vec![-7, 0, 1 << 40, 99_999_999_999, i64::MAX];
     let shape = Shape::from(vec![3, 5, 7]);
     let la = Layout::contiguous(shape.clone()).transpose(0, 2).unwrap().transpose(0, 2).unwrap();
