@@ -51,6 +51,8 @@ pub use firebrand_ops as ops;
 #[doc(inline)]
 pub use firebrand_optim as optim;
 #[doc(inline)]
+pub use firebrand_pretrained as pretrained;
+#[doc(inline)]
 pub use firebrand_tensor as tensor;
 #[doc(inline)]
 pub use firebrand_train as train;

@@ -26,7 +26,9 @@ use syn::{Data, DeriveInput, Fields, Ident, LitStr, Path, parse_macro_input, spa
 ///   settings and hold nothing; any other type needs `#[module(skip)]`.
 ///   Tuple structs name fields by position (`0.weight`).
 /// * **Field attributes.** `#[module(skip)]` leaves a field out;
-///   `#[module(buffer)]` makes a tensor a buffer (saved, not trained).
+///   `#[module(buffer)]` makes a tensor a buffer (saved, not trained);
+///   `#[module(rename = "LayerNorm")]` visits it under another name (e.g. a
+///   checkpoint's, as Hugging Face's BERT names its norms `LayerNorm`).
 /// * **Generated:** `visit_parameters`, `visit_buffers`, `set_training`
 ///   (`train()`/`eval()` reach every layer, BatchNorm and Dropout included),
 ///   `visit_children` (for `summary()` and `named_modules()`), `describe`,
@@ -118,21 +120,26 @@ fn struct_attrs(input: &DeriveInput) -> syn::Result<StructAttrs> {
     Ok(out)
 }
 
-fn field_role(field: &syn::Field) -> syn::Result<Role> {
-    let mut role = Role::Default;
+/// A field's role and, with `rename = "name"`, its name in the state dict.
+fn field_role(field: &syn::Field) -> syn::Result<(Role, Option<String>)> {
+    let (mut role, mut rename) = (Role::Default, None);
     for attr in field.attrs.iter().filter(|a| a.path().is_ident("module")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("skip") {
                 role = Role::Skip;
             } else if meta.path.is_ident("buffer") {
                 role = Role::Buffer;
+            } else if meta.path.is_ident("rename") {
+                rename = Some(meta.value()?.parse::<LitStr>()?.value());
             } else {
-                return Err(meta.error("derive(Module): unknown field attribute; expected `skip` or `buffer`"));
+                return Err(meta.error(
+                    "derive(Module): unknown field attribute; expected `skip`, `buffer` or `rename = \"name\"`",
+                ));
             }
             Ok(())
         })?;
     }
-    Ok(role)
+    Ok((role, rename))
 }
 
 /// The path of `firebrand_nn` as the deriving crate sees it: the crate
@@ -179,8 +186,9 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             .map(|field| {
                 let id = field.ident.as_ref().expect("named");
                 let key = id.to_string();
-                let key = key.strip_prefix("r#").unwrap_or(&key).to_string();
-                Ok((quote!(#id), key, field_role(field)?))
+                let (role, rename) = field_role(field)?;
+                let key = rename.unwrap_or_else(|| key.strip_prefix("r#").unwrap_or(&key).to_string());
+                Ok((quote!(#id), key, role))
             })
             .collect::<syn::Result<_>>()?,
         Fields::Unnamed(f) => f
@@ -189,7 +197,8 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             .enumerate()
             .map(|(i, field)| {
                 let idx = syn::Index::from(i);
-                Ok((quote!(#idx), i.to_string(), field_role(field)?))
+                let (role, rename) = field_role(field)?;
+                Ok((quote!(#idx), rename.unwrap_or_else(|| i.to_string()), role))
             })
             .collect::<syn::Result<_>>()?,
         Fields::Unit => Vec::new(),

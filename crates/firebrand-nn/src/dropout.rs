@@ -21,6 +21,18 @@ impl Dropout {
         assert!((0.0..1.0).contains(&p), "Dropout: p must be in [0, 1), got {p}");
         Dropout { p, training: true }
     }
+
+    /// The drop probability.
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+
+    /// The drop probability in the current mode: `p` in training, 0 in
+    /// evaluation (for a layer that applies dropout inside a fused op, such
+    /// as attention's weights, and holds a `Dropout` for its train/eval mode).
+    pub fn active_p(&self) -> f32 {
+        if self.training { self.p } else { 0.0 }
+    }
 }
 
 impl Module for Dropout {

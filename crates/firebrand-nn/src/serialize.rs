@@ -52,7 +52,7 @@ pub enum WeightsError {
         expected: Vec<usize>,
     },
     /// A tensor's dtype is not one this build reads.
-    #[error("{path}: tensor {name:?} has dtype {found}, expected F32 (or I64 for index tensors)")]
+    #[error("{path}: tensor {name:?} has dtype {found}, expected F32, F16 or BF16 (or I64 for index tensors)")]
     DType {
         /// The file.
         path: PathBuf,
@@ -129,7 +129,9 @@ pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Res
     write_atomic(path, &bytes)
 }
 
-/// Loads every tensor of a safetensors file (`F32` and `I64`), by name.
+/// Loads every tensor of a safetensors file by name: `F32` and `I64` as
+/// they are, `F16` and `BF16` widened to `f32` (how most published
+/// checkpoints are stored).
 ///
 /// # Errors
 /// On I/O failure, a corrupt or truncated file, or another dtype.
@@ -144,6 +146,21 @@ pub fn load_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>, 
         let t = match view.dtype() {
             Dtype::F32 => Tensor::from_vec(
                 view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>(),
+                shape,
+            ),
+            // Half precision (most published checkpoints): widened to f32 on load.
+            Dtype::F16 => Tensor::from_vec(
+                view.data()
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect::<Vec<f32>>(),
+                shape,
+            ),
+            Dtype::BF16 => Tensor::from_vec(
+                view.data()
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect::<Vec<f32>>(),
                 shape,
             ),
             Dtype::I64 => Tensor::from_vec(
@@ -200,6 +217,12 @@ pub struct LoadPlan {
 }
 
 impl LoadPlan {
+    /// What the plan leaves out: the model's parameters without a tensor,
+    /// and the tensors without a parameter.
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
     /// Copies every matched tensor into its parameter (in place) and returns
     /// what was missing or unexpected.
     pub fn apply(self) -> LoadReport {

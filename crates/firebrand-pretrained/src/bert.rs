@@ -1,0 +1,476 @@
+//! Hugging Face's `BertModel`, from Firebrand's layers, under its tensor
+//! names (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.0.attention.self.query.weight`, …) so that a checkpoint
+//! loads by name.
+//!
+//! Post-norm blocks: `x = LayerNorm(x + Dropout(Attention(x)))`, then
+//! `x = LayerNorm(x + Dropout(W₂·act(W₁·x)))`, with the config's activation
+//! (erf GELU for BERT) and LayerNorm eps. The attention mask `(B, T)` (1 for
+//! a token, 0 for padding) keeps padded keys out of every query's softmax.
+
+use crate::hub::{Config, load_checkpoint, normalize_names};
+use crate::tokenizer::Batch;
+use crate::{PretrainedError, Result};
+use firebrand_autograd::{AttentionOptions, DType, Tensor};
+use firebrand_nn::serialize::{LoadReport, plan_load};
+use firebrand_nn::{Activation, Dropout, Embedding, Init, LayerNorm, Linear, Module, ModuleExt};
+use std::path::Path;
+
+/// The sizes and settings of a BERT checkpoint (`config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    /// Token embeddings.
+    pub vocab_size: usize,
+    /// Width `H`.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads (`H` divisible by it).
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// The feed-forward activation (`gelu`: erf GELU; `gelu_new`/`gelu_pytorch_tanh`: tanh GELU; `relu`).
+    pub hidden_act: Activation,
+    /// Learned positions.
+    pub max_position_embeddings: usize,
+    /// Segment embeddings.
+    pub type_vocab_size: usize,
+    /// LayerNorm's epsilon.
+    pub layer_norm_eps: f32,
+    /// Dropout on the embeddings and each block's outputs.
+    pub hidden_dropout_prob: f32,
+    /// Dropout on the attention weights.
+    pub attention_probs_dropout_prob: f32,
+    /// Standard deviation of the initialization of new weights (a head).
+    pub initializer_range: f32,
+}
+
+impl BertConfig {
+    /// Reads the fields of a `config.json` (Hugging Face's defaults where a
+    /// field is optional).
+    ///
+    /// # Errors
+    /// A missing or mistyped required field, an unknown activation, a width
+    /// that the heads do not divide, or another `model_type`: each names the
+    /// file and field.
+    pub fn from_config(c: &Config) -> Result<BertConfig> {
+        c.expect_model_type(&["bert"], "a BERT (model_type \"bert\")")?;
+        let act = match c.str_or("hidden_act", "gelu")? {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(PretrainedError::Config {
+                    path: c.path.clone(),
+                    field: "hidden_act".into(),
+                    msg: format!("{other:?} is not one of gelu, gelu_new, gelu_pytorch_tanh, relu"),
+                });
+            }
+        };
+        let cfg = BertConfig {
+            vocab_size: c.usize("vocab_size")?,
+            hidden_size: c.usize("hidden_size")?,
+            num_hidden_layers: c.usize("num_hidden_layers")?,
+            num_attention_heads: c.usize("num_attention_heads")?,
+            intermediate_size: c.usize("intermediate_size")?,
+            hidden_act: act,
+            max_position_embeddings: c.usize_or("max_position_embeddings", 512)?,
+            type_vocab_size: c.usize_or("type_vocab_size", 2)?,
+            layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)? as f32,
+            hidden_dropout_prob: c.f64_or("hidden_dropout_prob", 0.1)? as f32,
+            attention_probs_dropout_prob: c.f64_or("attention_probs_dropout_prob", 0.1)? as f32,
+            initializer_range: c.f64_or("initializer_range", 0.02)? as f32,
+        };
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            return Err(PretrainedError::Config {
+                path: c.path.clone(),
+                field: "num_attention_heads".into(),
+                msg: format!("{} does not divide hidden_size {}", cfg.num_attention_heads, cfg.hidden_size),
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn init(&self) -> Init {
+        Init::Normal(0.0, self.initializer_range)
+    }
+
+    fn linear(&self, i: usize, o: usize) -> Linear {
+        Linear::with_init(i, o, self.init(), Some(Init::Zeros))
+    }
+
+    fn norm(&self) -> LayerNorm {
+        LayerNorm::new(self.hidden_size).eps(self.layer_norm_eps)
+    }
+}
+
+/// Token, position and segment embeddings, summed and normalized.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_ids)]
+pub struct BertEmbeddings {
+    /// `(vocab, H)`.
+    pub word_embeddings: Embedding,
+    /// `(max_positions, H)`.
+    pub position_embeddings: Embedding,
+    /// `(type_vocab, H)`.
+    pub token_type_embeddings: Embedding,
+    /// The norm after the sum.
+    #[module(rename = "LayerNorm")]
+    pub layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertEmbeddings {
+    fn new(c: &BertConfig) -> Self {
+        let e = |n| Embedding::with_init(n, c.hidden_size, c.init());
+        BertEmbeddings {
+            word_embeddings: e(c.vocab_size),
+            position_embeddings: e(c.max_position_embeddings),
+            token_type_embeddings: e(c.type_vocab_size),
+            layer_norm: c.norm(),
+            dropout: Dropout::new(c.hidden_dropout_prob),
+        }
+    }
+
+    fn forward_ids(&self, ids: &Tensor) -> Tensor {
+        self.embed(ids, None)
+    }
+
+    /// `(B, T, H)` from ids `(B, T)` and segment ids (zeros when `None`).
+    ///
+    /// # Panics
+    /// When `T` exceeds the learned positions.
+    pub fn embed(&self, ids: &Tensor, token_type_ids: Option<&Tensor>) -> Tensor {
+        let (b, t) = (ids.dims()[0], ids.dims()[1]);
+        let max = self.position_embeddings.num_embeddings();
+        assert!(t <= max, "BertEmbeddings: {t} tokens but {max} learned positions (ids {:?})", ids.dims());
+        let dev = ids.device();
+        let positions = Tensor::from_vec((0..t as i64).collect::<Vec<_>>(), [1, t]).to_device(dev).expect("a device");
+        let mut x = self.word_embeddings.forward(ids).add(&self.position_embeddings.forward(&positions));
+        x = match token_type_ids {
+            Some(tt) => x.add(&self.token_type_embeddings.forward(tt)),
+            // Segment 0 for every token: its one row, broadcast.
+            None => {
+                let zero = Tensor::from_vec(vec![0i64], [1, 1]).to_device(dev).expect("a device");
+                x.add(&self.token_type_embeddings.forward(&zero))
+            }
+        };
+        debug_assert_eq!(x.dims(), [b, t, self.word_embeddings.embedding_dim()]);
+        self.dropout.forward(&self.layer_norm.forward(&x))
+    }
+}
+
+/// Multi-head self-attention with separate query, key and value projections.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_unmasked)]
+pub struct BertSelfAttention {
+    /// `(H, H)`.
+    pub query: Linear,
+    /// `(H, H)`.
+    pub key: Linear,
+    /// `(H, H)`.
+    pub value: Linear,
+    heads: usize,
+    /// On the attention weights (applied inside the fused attention).
+    dropout: Dropout,
+}
+
+impl BertSelfAttention {
+    fn forward_unmasked(&self, x: &Tensor) -> Tensor {
+        self.attend(x, None)
+    }
+
+    /// `(B, T, H)` from `x` `(B, T, H)`; `key_padding` `(B, T)` is non-zero
+    /// where a key is padding.
+    pub fn attend(&self, x: &Tensor, key_padding: Option<&Tensor>) -> Tensor {
+        let (b, t, h) = (x.dims()[0], x.dims()[1], x.dims()[2]);
+        let d = h / self.heads;
+        let split = |y: Tensor| y.reshape([b, t, self.heads, d]).permute(&[0, 2, 1, 3]); // (B, heads, T, d)
+        let (q, k, v) = (split(self.query.forward(x)), split(self.key.forward(x)), split(self.value.forward(x)));
+        let opts =
+            AttentionOptions { key_padding_mask: key_padding, dropout: self.dropout.active_p(), ..Default::default() };
+        q.scaled_dot_product_attention(&k, &v, &opts).permute(&[0, 2, 1, 3]).reshape([b, t, h])
+    }
+}
+
+/// A projection, dropout, residual and LayerNorm (`BertSelfOutput`, `BertOutput`).
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_self)]
+pub struct BertResidual {
+    /// The projection back to `H`.
+    pub dense: Linear,
+    /// The norm after the residual.
+    #[module(rename = "LayerNorm")]
+    pub layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertResidual {
+    fn forward_self(&self, x: &Tensor) -> Tensor {
+        self.residual(x, x)
+    }
+
+    /// `LayerNorm(input + Dropout(dense(x)))`.
+    pub fn residual(&self, x: &Tensor, input: &Tensor) -> Tensor {
+        self.layer_norm.forward(&self.dropout.forward(&self.dense.forward(x)).add(input))
+    }
+}
+
+/// Self-attention and its output block.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_unmasked)]
+pub struct BertAttention {
+    /// Query, key and value (`attention.self`).
+    #[module(rename = "self")]
+    pub self_attention: BertSelfAttention,
+    /// Output projection, residual and norm.
+    pub output: BertResidual,
+}
+
+impl BertAttention {
+    fn forward_unmasked(&self, x: &Tensor) -> Tensor {
+        self.attend(x, None)
+    }
+
+    fn attend(&self, x: &Tensor, key_padding: Option<&Tensor>) -> Tensor {
+        self.output.residual(&self.self_attention.attend(x, key_padding), x)
+    }
+}
+
+/// The feed-forward layer's first half: `act(W₁·x)`.
+#[derive(Module)]
+#[module(crate = firebrand_nn)]
+pub struct BertIntermediate {
+    /// `(intermediate, H)`, the activation fused.
+    pub dense: Linear,
+}
+
+impl BertIntermediate {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.dense.forward(x)
+    }
+}
+
+/// One encoder layer.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_unmasked)]
+pub struct BertLayer {
+    /// Attention block.
+    pub attention: BertAttention,
+    /// Feed-forward first half.
+    pub intermediate: BertIntermediate,
+    /// Feed-forward second half, residual and norm.
+    pub output: BertResidual,
+}
+
+impl BertLayer {
+    fn new(c: &BertConfig) -> Self {
+        let h = c.hidden_size;
+        let residual = |i| BertResidual {
+            dense: c.linear(i, h),
+            layer_norm: c.norm(),
+            dropout: Dropout::new(c.hidden_dropout_prob),
+        };
+        BertLayer {
+            attention: BertAttention {
+                self_attention: BertSelfAttention {
+                    query: c.linear(h, h),
+                    key: c.linear(h, h),
+                    value: c.linear(h, h),
+                    heads: c.num_attention_heads,
+                    dropout: Dropout::new(c.attention_probs_dropout_prob),
+                },
+                output: residual(h),
+            },
+            intermediate: BertIntermediate { dense: c.linear(h, c.intermediate_size).with_activation(c.hidden_act) },
+            output: residual(c.intermediate_size),
+        }
+    }
+
+    fn forward_unmasked(&self, x: &Tensor) -> Tensor {
+        self.layer(x, None)
+    }
+
+    /// `(B, T, H)` through the layer.
+    pub fn layer(&self, x: &Tensor, key_padding: Option<&Tensor>) -> Tensor {
+        let a = self.attention.attend(x, key_padding);
+        self.output.residual(&self.intermediate.forward(&a), &a)
+    }
+}
+
+/// The layers in order.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_unmasked)]
+pub struct BertEncoder {
+    /// `encoder.layer.N`.
+    pub layer: Vec<BertLayer>,
+}
+
+impl BertEncoder {
+    fn forward_unmasked(&self, x: &Tensor) -> Tensor {
+        self.layer.iter().fold(x.clone(), |x, l| l.layer(&x, None))
+    }
+}
+
+/// `tanh(W·h₀)` on the first (`[CLS]`) token.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = pool)]
+pub struct BertPooler {
+    /// `(H, H)`, tanh fused.
+    pub dense: Linear,
+}
+
+impl BertPooler {
+    /// `(B, H)` from hidden states `(B, T, H)`.
+    pub fn pool(&self, hidden: &Tensor) -> Tensor {
+        self.dense.forward(&hidden.select(1, 0))
+    }
+}
+
+/// What [`BertModel::run`] returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// The last layer's hidden states, `(B, T, H)`.
+    pub last_hidden_state: Tensor,
+    /// The pooler's output `(B, H)` when the model has a pooler.
+    pub pooler_output: Option<Tensor>,
+}
+
+/// Hugging Face's `BertModel`: embeddings, encoder and (optional) pooler.
+///
+/// ```
+/// use firebrand_pretrained::bert::{BertConfig, BertModel};
+/// use firebrand_autograd::Tensor;
+/// let cfg = BertConfig {
+///     vocab_size: 50, hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 4,
+///     intermediate_size: 32, hidden_act: firebrand_nn::Activation::Gelu, max_position_embeddings: 32,
+///     type_vocab_size: 2, layer_norm_eps: 1e-12, hidden_dropout_prob: 0.0,
+///     attention_probs_dropout_prob: 0.0, initializer_range: 0.02,
+/// };
+/// let model = BertModel::new(&cfg, true);
+/// let ids = Tensor::from_vec(vec![1i64, 5, 7, 2, 1, 9, 0, 0], [2, 4]); // (B, T)
+/// let mask = Tensor::from_vec(vec![1i64, 1, 1, 1, 1, 1, 0, 0], [2, 4]); // second text padded
+/// let out = model.run(&ids, Some(&mask), None);
+/// assert_eq!(out.last_hidden_state.dims(), &[2, 4, 16]);
+/// assert_eq!(out.pooler_output.unwrap().dims(), &[2, 16]);
+/// ```
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_ids, describe = describe_bert)]
+pub struct BertModel {
+    /// Token, position and segment embeddings.
+    pub embeddings: BertEmbeddings,
+    /// The encoder layers.
+    pub encoder: BertEncoder,
+    /// The `[CLS]` pooler, if the checkpoint has one.
+    pub pooler: Option<BertPooler>,
+    #[module(skip)]
+    config: BertConfig,
+}
+
+impl BertModel {
+    /// A randomly initialized model (`N(0, initializer_range)` weights, zero
+    /// biases, unit norms), with a pooler when `pooler`.
+    pub fn new(config: &BertConfig, pooler: bool) -> Self {
+        let h = config.hidden_size;
+        BertModel {
+            embeddings: BertEmbeddings::new(config),
+            encoder: BertEncoder { layer: (0..config.num_hidden_layers).map(|_| BertLayer::new(config)).collect() },
+            pooler: pooler.then(|| BertPooler { dense: config.linear(h, h).with_activation(Activation::Tanh) }),
+            config: config.clone(),
+        }
+    }
+
+    /// Loads a checkpoint folder (see [`crate::hub::resolve`]): its config,
+    /// then its weights by name (a `bert.` prefix removed, `gamma`/`beta`
+    /// read as `weight`/`bias`). A checkpoint without pooler weights gets a
+    /// model without a pooler. Tensors the model does not use (a masked-LM or
+    /// classification head) are listed in the report as unexpected. The
+    /// model is in evaluation mode.
+    ///
+    /// # Errors
+    /// A bad config (named field), missing or corrupt weights, a missing
+    /// tensor or a shape mismatch (named tensor and file).
+    pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<(BertModel, LoadReport)> {
+        let dir = dir.as_ref();
+        let config = BertConfig::from_config(&Config::read(dir)?)?;
+        let mut tensors = normalize_names(load_checkpoint(dir)?, &["bert."]);
+        // A buffer of position indices older checkpoints save; positions are computed.
+        tensors.remove("embeddings.position_ids");
+        let has_pooler = tensors.contains_key("pooler.dense.weight");
+        let mut model = BertModel::new(&config, has_pooler);
+        let plan = plan_load(&model.state_dict(), tensors, &dir.join("model.safetensors"), false)?;
+        if let Some(name) = plan.report().missing.first() {
+            let shape = model.state_dict().into_iter().find(|(n, _)| n == name).map(|(_, t)| t.dims().to_vec());
+            return Err(firebrand_nn::WeightsError::Missing {
+                path: dir.join("model.safetensors"),
+                name: name.clone(),
+                shape: shape.unwrap_or_default(),
+            }
+            .into());
+        }
+        let report = plan.apply();
+        model.set_training(false);
+        Ok((model, report))
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    fn forward_ids(&self, ids: &Tensor) -> Tensor {
+        self.run(ids, None, None).last_hidden_state
+    }
+
+    fn describe_bert(&self) -> String {
+        let c = &self.config;
+        format!("BertModel({} layers, {} wide, {} heads)", c.num_hidden_layers, c.hidden_size, c.num_attention_heads)
+    }
+
+    /// Runs the model on ids `(B, T)` with Hugging Face's `attention_mask`
+    /// `(B, T)` (1 for a token, 0 for padding; `None`: all tokens) and
+    /// segment ids (`None`: all 0).
+    ///
+    /// # Panics
+    /// On ids that are not `(B, T)` `i64`, a mask of another shape, or more
+    /// tokens than learned positions.
+    pub fn run(&self, ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>) -> BertOutput {
+        assert_eq!(ids.dims().len(), 2, "BertModel: ids must be (B, T), got {:?}", ids.dims());
+        if let Some(m) = attention_mask {
+            assert_eq!(m.dims(), ids.dims(), "BertModel: attention_mask {:?} for ids {:?}", m.dims(), ids.dims());
+        }
+        // Hugging Face's mask marks tokens; the attention op's marks padding.
+        let padding = attention_mask.map(|m| m.to_dtype(DType::F32).affine(-1.0, 1.0));
+        let mut x = self.embeddings.embed(ids, token_type_ids);
+        for layer in &self.encoder.layer {
+            x = layer.layer(&x, padding.as_ref());
+        }
+        let pooler_output = self.pooler.as_ref().map(|p| p.pool(&x));
+        BertOutput { last_hidden_state: x, pooler_output }
+    }
+
+    /// Sentence embeddings as sentence-transformers makes them for
+    /// all-MiniLM-L6-v2: the last hidden states mean-pooled over the
+    /// attention mask, then L2-normalized; `(B, H)`.
+    pub fn embed(&self, batch: &Batch) -> Tensor {
+        let dev = self.embeddings.word_embeddings.weight.device();
+        let on = |t: &Tensor| t.to_device(dev).expect("the model's device");
+        let (ids, mask, tt) = (on(&batch.input_ids), on(&batch.attention_mask), on(&batch.token_type_ids));
+        let hidden = self.run(&ids, Some(&mask), Some(&tt)).last_hidden_state;
+        l2_normalize(&mean_pool(&hidden, &mask))
+    }
+}
+
+/// Mean of `hidden` `(B, T, H)` over the tokens where `mask` `(B, T)` is
+/// non-zero (sentence-transformers' mean pooling; the count clamped at 1e-9).
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Tensor {
+    let (b, t) = (mask.dims()[0], mask.dims()[1]);
+    let m = mask.to_dtype(hidden.dtype()).reshape([b, t, 1]);
+    let count = m.sum(&[1], false).clamp(1e-9, f32::INFINITY); // (B, 1)
+    hidden.mul(&m).sum(&[1], false).div(&count)
+}
+
+/// Each row `(B, H)` divided by its L2 norm (at least 1e-12, as `F.normalize`).
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    x.div(&x.square().sum(&[-1], true).sqrt().clamp(1e-12, f32::INFINITY))
+}

@@ -1,0 +1,150 @@
+//! Hugging Face tokenizers (`tokenizer.json`, offline, pure Rust through the
+//! `tokenizers` crate), with batch encoding into the tensors a model takes.
+
+use crate::{PretrainedError, Result};
+use firebrand_autograd::Tensor;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, TruncationParams};
+
+/// A `tokenizer.json` loaded for encoding and decoding.
+pub struct Tokenizer {
+    inner: Mutex<tokenizers::Tokenizer>,
+    path: PathBuf,
+    pad_id: u32,
+    pad_token: String,
+}
+
+/// A batch of encoded texts, each `(B, T)` `i64`: padded on the right to the
+/// longest text (or to a fixed length), truncated to the limit.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids, `(B, T)`.
+    pub input_ids: Tensor,
+    /// 1 for a real token, 0 for padding, `(B, T)`.
+    pub attention_mask: Tensor,
+    /// Segment ids (0 for a single text), `(B, T)`.
+    pub token_type_ids: Tensor,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({}, {} tokens)", self.path.display(), self.vocab_size())
+    }
+}
+
+impl Tokenizer {
+    /// Loads a `tokenizer.json`. Its padding token is the one the file
+    /// configures, else `[PAD]`, `<pad>` or id 0.
+    ///
+    /// # Errors
+    /// [`PretrainedError::Tokenizer`] naming the file when it is missing or
+    /// does not parse.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref().to_path_buf();
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| PretrainedError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
+        let (pad_id, pad_token) = match inner.get_padding() {
+            Some(p) => (p.pad_id, p.pad_token.clone()),
+            None => ["[PAD]", "<pad>", "<|endoftext|>"]
+                .iter()
+                .find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string())))
+                .unwrap_or((0, String::new())),
+        };
+        Ok(Tokenizer { inner: Mutex::new(inner), path, pad_id, pad_token })
+    }
+
+    /// The number of ids it can produce (with added tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.lock().get_vocab_size(true)
+    }
+
+    /// The id of a token, if it has one.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.lock().token_to_id(token)
+    }
+
+    /// Checks that every id it produces fits a model's `vocab_size`
+    /// embeddings (a model's tokenizer, not another one's).
+    ///
+    /// # Errors
+    /// [`PretrainedError::Tokenizer`] naming both sizes.
+    pub fn check_fits(&self, vocab_size: usize) -> Result<()> {
+        let n = self.vocab_size();
+        if n > vocab_size {
+            return Err(PretrainedError::Tokenizer {
+                path: self.path.clone(),
+                msg: format!("produces ids up to {} but the model has {vocab_size} embeddings", n - 1),
+            });
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, tokenizers::Tokenizer> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ids of one text, with the special tokens the file's post-processor adds.
+    ///
+    /// # Errors
+    /// When the tokenizer fails on the text.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut t = self.lock();
+        t.with_truncation(None).map_err(|e| self.err(e))?;
+        t.with_padding(None);
+        Ok(t.encode(text, true).map_err(|e| self.err(e))?.get_ids().to_vec())
+    }
+
+    /// Text from ids (special tokens skipped with `skip_special`).
+    ///
+    /// # Errors
+    /// When an id is not in the vocabulary.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.lock().decode(ids, skip_special).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> PretrainedError {
+        PretrainedError::Tokenizer { path: self.path.clone(), msg: e.to_string() }
+    }
+
+    /// Encodes `texts` (with special tokens), each truncated to `max_len`
+    /// tokens and padded on the right to the longest.
+    ///
+    /// # Errors
+    /// When the tokenizer fails on a text.
+    pub fn encode_batch(&self, texts: &[&str], max_len: usize) -> Result<Batch> {
+        self.encode_with(texts, max_len, PaddingStrategy::BatchLongest)
+    }
+
+    /// [`Tokenizer::encode_batch`] padded to exactly `len` tokens.
+    ///
+    /// # Errors
+    /// When the tokenizer fails on a text.
+    pub fn encode_batch_fixed(&self, texts: &[&str], len: usize) -> Result<Batch> {
+        self.encode_with(texts, len, PaddingStrategy::Fixed(len))
+    }
+
+    fn encode_with(&self, texts: &[&str], max_len: usize, strategy: PaddingStrategy) -> Result<Batch> {
+        let mut t = self.lock();
+        t.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .map_err(|e| self.err(e))?;
+        t.with_padding(Some(PaddingParams {
+            strategy,
+            direction: PaddingDirection::Right,
+            pad_id: self.pad_id,
+            pad_token: self.pad_token.clone(),
+            ..Default::default()
+        }));
+        let enc = t.encode_batch(texts.to_vec(), true).map_err(|e| self.err(e))?;
+        let (b, len) = (enc.len(), enc.first().map_or(0, |e| e.len()));
+        let field = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Tensor {
+            let v: Vec<i64> = enc.iter().flat_map(|e| f(e).iter().map(|&x| x as i64)).collect();
+            Tensor::from_vec(v, [b, len])
+        };
+        Ok(Batch {
+            input_ids: field(&|e| e.get_ids()),
+            attention_mask: field(&|e| e.get_attention_mask()),
+            token_type_ids: field(&|e| e.get_type_ids()),
+        })
+    }
+}
