@@ -37,6 +37,11 @@
 //!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
 //!   each the median of N rounds (5) after one warm-up. `--modes inference`
 //!   or `--modes train` runs one half.
+//! * `minilm_embed [--model DIR] [--data DIR] [--rounds N]` — the real
+//!   all-MiniLM-L6-v2 on 256 BBC News articles (every 8th in sorted path
+//!   order), each padded or truncated to 128 tokens, batches of 32: forward
+//!   and mean pooling without gradients, `sentences_per_s` (median of N
+//!   rounds, 5, after a warm-up; tokenizing not timed).
 //!
 //! Every workload takes `--device cpu|wgpu|wgpu:N` (default cpu; wgpu needs
 //! `--features wgpu`): the model, its optimizer state and every batch live
@@ -45,6 +50,7 @@
 //! tensors held at once).
 
 mod common;
+mod pretrained;
 
 use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
 use firebrand::{Device, Tensor};
@@ -130,9 +136,14 @@ fn main() {
             opt("--chars").map(|c| c.parse().expect("--chars N")).unwrap_or(1_000_000),
             opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
         ),
+        "minilm_embed" => pretrained::workload_minilm_embed(
+            opt("--model"),
+            opt("--data"),
+            opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(5),
+        ),
         other => {
             eprintln!(
-                "unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2"
+                "unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed"
             );
             std::process::exit(2);
         }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const EXAMPLES: [&str; 7] = [
+const EXAMPLES: [&str; 8] = [
     "quickstart",
     "linear_regression",
     "fashion_mnist_mlp",
@@ -14,6 +14,7 @@ const EXAMPLES: [&str; 7] = [
     "char_lstm",
     "gpt",
     "bert_classifier",
+    "sentence_embeddings",
 ];
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps` folder.
@@ -82,6 +83,10 @@ fn flag_equals_value_parses_and_missing_data_is_a_clear_error() {
     let err = text(&out.stderr);
     assert!(err.contains("/nonexistent/fashion") && !err.contains("unexpected argument"), "{err}");
     assert!(left.is_empty(), "{left:?}");
+    // A model folder that is not one: the error names it.
+    let (out, _) = run("sentence_embeddings", &["--model=/nonexistent/minilm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/minilm"), "{}", text(&out.stderr));
     for name in ["gpt", "char_lstm", "bert_classifier"] {
         let (out, left) = run(name, &["--text=/nonexistent/corpus.txt"]);
         assert_eq!(out.status.code(), Some(2));

@@ -185,8 +185,15 @@ impl BertSelfAttention {
     pub fn attend(&self, x: &Tensor, key_padding: Option<&Tensor>) -> Tensor {
         let (b, t, h) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let d = h / self.heads;
-        let split = |y: Tensor| y.reshape([b, t, self.heads, d]).permute(&[0, 2, 1, 3]); // (B, heads, T, d)
-        let (q, k, v) = (split(self.query.forward(x)), split(self.key.forward(x)), split(self.value.forward(x)));
+        // One product for the three projections (their weights stacked,
+        // `(3H, H)`): the heads are then views of its `(B, T, 3H)` output.
+        let (wq, wk, wv) = (&self.query.weight, &self.key.weight, &self.value.weight);
+        let mut qkv = x.matmul(&Tensor::cat(&[wq, wk, wv], 0).t()); // (B, T, 3H)
+        if let (Some(bq), Some(bk), Some(bv)) = (&self.query.bias, &self.key.bias, &self.value.bias) {
+            qkv = qkv.add(&Tensor::cat(&[bq, bk, bv], 0));
+        }
+        let split = |i: usize| qkv.narrow(2, i * h, h).reshape([b, t, self.heads, d]).permute(&[0, 2, 1, 3]); // (B, heads, T, d)
+        let (q, k, v) = (split(0), split(1), split(2));
         let opts =
             AttentionOptions { key_padding_mask: key_padding, dropout: self.dropout.active_p(), ..Default::default() };
         q.scaled_dot_product_attention(&k, &v, &opts).permute(&[0, 2, 1, 3]).reshape([b, t, h])
