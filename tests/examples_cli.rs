@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const EXAMPLES: [&str; 8] = [
+const EXAMPLES: [&str; 9] = [
     "quickstart",
     "linear_regression",
     "fashion_mnist_mlp",
@@ -15,6 +15,7 @@ const EXAMPLES: [&str; 8] = [
     "gpt",
     "bert_classifier",
     "sentence_embeddings",
+    "text_classifier",
 ];
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps` folder.
@@ -83,6 +84,9 @@ fn flag_equals_value_parses_and_missing_data_is_a_clear_error() {
     let err = text(&out.stderr);
     assert!(err.contains("/nonexistent/fashion") && !err.contains("unexpected argument"), "{err}");
     assert!(left.is_empty(), "{left:?}");
+    let (out, _) = run("text_classifier", &["--data=/nonexistent/news"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/news"), "{}", text(&out.stderr));
     // A model folder that is not one: the error names it.
     let (out, _) = run("sentence_embeddings", &["--model=/nonexistent/minilm"]);
     assert_eq!(out.status.code(), Some(2));

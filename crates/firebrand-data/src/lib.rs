@@ -43,6 +43,7 @@ mod error;
 mod idx;
 mod loader;
 mod text;
+mod text_folder;
 mod transform;
 
 pub use bpe::BpeTokenizer;
@@ -56,4 +57,5 @@ pub use idx::{
 };
 pub use loader::{Batches, DataLoader};
 pub use text::{CharVocab, TextWindows, TokenBatches};
+pub use text_folder::{TextFolder, text_dataset_from_directory};
 pub use transform::{Compose, Normalize, RandomCrop, RandomHorizontalFlip, Transform};

@@ -481,3 +481,80 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Tensor {
 pub fn l2_normalize(x: &Tensor) -> Tensor {
     x.div(&x.square().sum(&[-1], true).sqrt().clamp(1e-12, f32::INFINITY))
 }
+
+/// Hugging Face's `BertForSequenceClassification`: the model (as `bert.…`),
+/// dropout on the pooler's output and a linear classifier.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_ids, describe = "BertForSequenceClassification")]
+pub struct BertForSequenceClassification {
+    /// The encoder, with a pooler.
+    pub bert: BertModel,
+    dropout: Dropout,
+    /// `(num_labels, H)`.
+    pub classifier: Linear,
+}
+
+impl BertForSequenceClassification {
+    /// A `BertModel` checkpoint with a new head of `num_labels` (weights
+    /// `N(0, initializer_range)`, zero bias, as Hugging Face initializes it),
+    /// or a fine-tuned `BertForSequenceClassification` checkpoint with its
+    /// own head when the head's shape fits. The report lists what is new
+    /// (the head; a pooler, for a checkpoint without one) as missing. The
+    /// model is in training mode.
+    ///
+    /// # Errors
+    /// As [`BertModel::from_pretrained`].
+    pub fn from_pretrained(dir: impl AsRef<Path>, num_labels: usize) -> Result<(Self, LoadReport)> {
+        let dir = dir.as_ref();
+        let (mut bert, mut report) = BertModel::from_pretrained(dir)?;
+        let c = bert.config().clone();
+        if bert.pooler.is_none() {
+            let h = c.hidden_size;
+            bert.pooler = Some(BertPooler { dense: c.linear(h, h).with_activation(Activation::Tanh) });
+            report.missing.extend(["pooler.dense.weight".to_string(), "pooler.dense.bias".to_string()]);
+        }
+        let classifier = c.linear(c.hidden_size, num_labels);
+        let head: Vec<String> = ["classifier.weight", "classifier.bias"].map(String::from).to_vec();
+        let tensors = normalize_names(load_checkpoint(dir)?, &["bert."]);
+        let fits = tensors.get("classifier.weight").is_some_and(|w| w.dims() == [num_labels, c.hidden_size]);
+        if fits && let (Some(w), Some(b)) = (tensors.get("classifier.weight"), tensors.get("classifier.bias")) {
+            firebrand_autograd::with_no_grad(|| {
+                classifier.weight.copy_(w).expect("shape checked");
+                match &classifier.bias {
+                    Some(cb) => cb.copy_(b).map_err(|_| firebrand_nn::WeightsError::Shape {
+                        path: dir.join("model.safetensors"),
+                        name: "classifier.bias".into(),
+                        found: b.dims().to_vec(),
+                        expected: vec![num_labels],
+                    }),
+                    None => Ok(()),
+                }
+            })?;
+            report.unexpected.retain(|n| !head.contains(n));
+        } else {
+            report.missing.extend(head);
+        }
+        let mut model =
+            BertForSequenceClassification { bert, dropout: Dropout::new(c.hidden_dropout_prob), classifier };
+        model.set_training(true);
+        Ok((model, report))
+    }
+
+    fn forward_ids(&self, ids: &Tensor) -> Tensor {
+        self.logits(ids, None, None)
+    }
+
+    /// Class scores `(B, num_labels)` for ids `(B, T)` with the attention mask
+    /// and segment ids as in [`BertModel::run`].
+    pub fn logits(&self, ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>) -> Tensor {
+        let pooled = self.bert.run(ids, attention_mask, token_type_ids).pooler_output.expect("a pooler");
+        self.classifier.forward(&self.dropout.forward(&pooled))
+    }
+
+    /// [`BertForSequenceClassification::logits`] of an encoded batch, moved to the model's device.
+    pub fn logits_of(&self, batch: &Batch) -> Tensor {
+        let dev = self.classifier.weight.device();
+        let on = |t: &Tensor| t.to_device(dev).expect("the model's device");
+        self.logits(&on(&batch.input_ids), Some(&on(&batch.attention_mask)), Some(&on(&batch.token_type_ids)))
+    }
+}

@@ -137,3 +137,38 @@ fn bad_checkpoints_are_typed_errors_naming_the_file_and_field() {
     assert!(matches!(BertModel::from_pretrained(&dir), Err(PretrainedError::NotFound { .. })));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn sequence_classification_gets_a_new_head_and_learns() {
+    use firebrand_nn::loss::{Reduction, Target, cross_entropy};
+    use firebrand_nn::{Module, ModuleExt};
+    use firebrand_optim::{AdamW, Optimizer};
+    use firebrand_pretrained::bert::BertForSequenceClassification;
+    let r = reference();
+    let dir = write_checkpoint(&r, "cls");
+    let (mut model, report) = BertForSequenceClassification::from_pretrained(&dir, 3).unwrap();
+    assert_eq!(report.missing, ["classifier.weight", "classifier.bias"]);
+    assert!(model.named_parameters().iter().any(|(n, _)| n == "bert.encoder.layer.1.attention.self.query.weight"));
+    model.set_training(false);
+    let (x, mask, types) = (ids(&r, "ids"), ids(&r, "mask"), ids(&r, "types"));
+    let y = Tensor::from_vec(vec![2i64, 0], [2]);
+    let mut opt = AdamW::new(model.named_parameters(), 1e-3);
+    let losses: Vec<f32> = (0..8)
+        .map(|_| {
+            opt.zero_grad();
+            let l =
+                cross_entropy(&model.logits(&x, Some(&mask), Some(&types)), Target::Indices(&y), 0.0, Reduction::Mean)
+                    .unwrap();
+            l.backward();
+            opt.step();
+            l.item()
+        })
+        .collect();
+    assert!(losses.windows(2).all(|w| w[1] < w[0]) && losses[7] < losses[0] - 0.05, "{losses:?}");
+    // Saved with its head under Hugging Face's names, it loads back with it.
+    firebrand_nn::save_weights(&model, dir.join("model.safetensors")).unwrap();
+    let (again, report) = BertForSequenceClassification::from_pretrained(&dir, 3).unwrap();
+    assert!(report.missing.is_empty(), "{report:?}");
+    assert_eq!(again.classifier.weight.to_vec::<f32>(), model.classifier.weight.to_vec::<f32>());
+    std::fs::remove_dir_all(dir).unwrap();
+}
