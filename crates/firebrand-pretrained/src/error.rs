@@ -55,6 +55,17 @@ pub enum PretrainedError {
     /// The weights: a corrupt or truncated file, a missing tensor, a shape or dtype mismatch.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// A GGUF file that does not parse: bad magic, truncated, an unknown
+    /// value or tensor type, a tensor that does not fit the file.
+    #[error("{path}: {}{msg}", tensor.as_ref().map(|t| format!("tensor {t:?}: ")).unwrap_or_default())]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// The tensor concerned, if one.
+        tensor: Option<String>,
+        /// What is wrong.
+        msg: String,
+    },
     /// A tokenizer that does not load, or does not fit the model.
     #[error("{path}: {msg}")]
     Tokenizer {

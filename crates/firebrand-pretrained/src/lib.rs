@@ -9,6 +9,10 @@
 //! * [`bert`]: Hugging Face's `BertModel` built from Firebrand's layers, with
 //!   its tensor names, so a checkpoint loads by name; attention masks, token
 //!   types, CLS and mean pooling, a sequence-classification head.
+//! * [`gguf`]: llama.cpp's GGUF v3 files: metadata (sizes, vocabulary,
+//!   chat template) and tensors dequantized to `f32` from `F32`, `F16`,
+//!   `BF16`, `Q8_0`, `Q4_0` and `Q4_1`, with typed errors naming the file
+//!   and tensor.
 //! * [`tokenizer`]: Hugging Face's `tokenizer.json` through the `tokenizers`
 //!   crate (pure Rust), batch encoding with padding, truncation and
 //!   attention masks as tensors.
@@ -30,6 +34,7 @@
 
 pub mod bert;
 mod error;
+pub mod gguf;
 pub mod hub;
 pub mod tokenizer;
 
