@@ -13,6 +13,9 @@
 //!   chat template) and tensors dequantized to `f32` from `F32`, `F16`,
 //!   `BF16`, `Q8_0`, `Q4_0` and `Q4_1`, with typed errors naming the file
 //!   and tensor.
+//! * [`llama`]: the Llama architecture (SmolLM2) from a GGUF file: RMSNorm,
+//!   rotary positions with the file's base, grouped-query attention,
+//!   SwiGLU, a tied head, a KV cache and greedy decoding.
 //! * [`tokenizer`]: Hugging Face's `tokenizer.json` through the `tokenizers`
 //!   crate (pure Rust), batch encoding with padding, truncation and
 //!   attention masks as tensors.
@@ -36,6 +39,7 @@ pub mod bert;
 mod error;
 pub mod gguf;
 pub mod hub;
+pub mod llama;
 pub mod tokenizer;
 
 pub use error::PretrainedError;

@@ -1,0 +1,408 @@
+//! The Llama architecture (SmolLM2, Llama 2/3, …) loaded from a GGUF file:
+//! RMSNorm, rotary position embeddings with the file's base, grouped-query
+//! attention, a SwiGLU feed-forward layer, a tied or separate output head,
+//! and a KV cache for generation.
+//!
+//! Names follow Hugging Face's `LlamaModel` (`layers.0.self_attn.q_proj`, …).
+//! The GGUF tensors load under them (`blk.0.attn_q` → `layers.0.self_attn.q_proj`).
+//! llama.cpp's converter stores each head's query and key rows in the order
+//! of its rotary pairs (dims `2i` and `2i + 1` rotate together), so the
+//! rotation here turns adjacent pairs. Attention scores do not depend on the
+//! order of a head's dims as long as queries and keys share it, so the
+//! logits equal those of Hugging Face's layout.
+
+use crate::gguf::GgufFile;
+use crate::{PretrainedError, Result};
+use firebrand_autograd::{AttentionOptions, Tensor, with_no_grad};
+use firebrand_nn::serialize::plan_load;
+use firebrand_nn::{Embedding, Init, Linear, Module, ModuleExt, RMSNorm};
+use std::collections::BTreeMap;
+
+/// The sizes of a Llama checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Token embeddings.
+    pub vocab_size: usize,
+    /// Width.
+    pub hidden_size: usize,
+    /// Blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention; divides the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of the SwiGLU layer.
+    pub intermediate_size: usize,
+    /// RMSNorm's epsilon.
+    pub rms_norm_eps: f32,
+    /// The rotary embedding's base.
+    pub rope_theta: f32,
+    /// Positions trained for.
+    pub max_position_embeddings: usize,
+}
+
+impl LlamaConfig {
+    /// The `llama.*` metadata of a GGUF file.
+    ///
+    /// # Errors
+    /// Another architecture, or a missing or mistyped key (named).
+    pub fn from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
+        let arch = g.architecture().unwrap_or("");
+        if arch != "llama" {
+            return Err(PretrainedError::Architecture {
+                path: g.path().to_path_buf(),
+                found: arch.into(),
+                expected: "a Llama (general.architecture \"llama\")",
+            });
+        }
+        let f = |k: &str, d: f64| g.get(k).and_then(|v| v.as_f64()).unwrap_or(d) as f32;
+        let heads = g.usize("llama.attention.head_count")?;
+        let cfg = LlamaConfig {
+            vocab_size: match g.usize("llama.vocab_size") {
+                Ok(v) => v,
+                Err(_) => g.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map(|t| t.len()).unwrap_or(0),
+            },
+            hidden_size: g.usize("llama.embedding_length")?,
+            num_hidden_layers: g.usize("llama.block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: g.usize("llama.attention.head_count_kv").unwrap_or(heads),
+            intermediate_size: g.usize("llama.feed_forward_length")?,
+            rms_norm_eps: f("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta: f("llama.rope.freq_base", 10000.0),
+            max_position_embeddings: g.usize("llama.context_length").unwrap_or(2048),
+        };
+        let bad = |m: String| PretrainedError::Gguf { path: g.path().to_path_buf(), tensor: None, msg: m };
+        if heads == 0 || cfg.num_key_value_heads == 0 || !heads.is_multiple_of(cfg.num_key_value_heads) {
+            return Err(bad(format!("{} key/value heads do not divide {heads} heads", cfg.num_key_value_heads)));
+        }
+        if !cfg.hidden_size.is_multiple_of(2 * heads) {
+            return Err(bad(format!("width {} is not an even multiple of {heads} heads", cfg.hidden_size)));
+        }
+        Ok(cfg)
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+fn linear(i: usize, o: usize) -> Linear {
+    Linear::with_init(i, o, Init::Normal(0.0, 0.02), None)
+}
+
+/// Grouped-query self-attention with rotary positions.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_plain)]
+pub struct LlamaAttention {
+    /// `(heads·d, H)`.
+    pub q_proj: Linear,
+    /// `(kv_heads·d, H)`.
+    pub k_proj: Linear,
+    /// `(kv_heads·d, H)`.
+    pub v_proj: Linear,
+    /// `(H, heads·d)`.
+    pub o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    theta: f32,
+}
+
+/// One layer's cached keys and values `(B, kv_heads, S, d)`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// The keys and values of the positions seen so far, per layer, so that a
+/// generation step runs the new token only.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.k.as_ref()).map_or(0, |k| k.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `x` `(B, T, heads, d)` rotated by position (`offset + t`) in adjacent pairs.
+fn rope(x: &Tensor, offset: usize, theta: f32) -> Tensor {
+    let (b, t, h, d) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+    let half = d / 2;
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in offset..offset + t {
+        for i in 0..half {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / d as f64);
+            let a = p as f64 * freq;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    let dev = x.device();
+    let table = |v: Vec<f32>| Tensor::from_vec(v, [1, t, 1, half]).to_device(dev).expect("a device");
+    let (cos, sin) = (table(cos), table(sin));
+    let pairs = x.reshape([b, t, h, half, 2]);
+    let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1)); // (B, T, heads, d/2)
+    let r0 = x0.mul(&cos).sub(&x1.mul(&sin));
+    let r1 = x0.mul(&sin).add(&x1.mul(&cos));
+    Tensor::stack(&[&r0, &r1], -1).reshape([b, t, h, d])
+}
+
+impl LlamaAttention {
+    fn forward_plain(&self, x: &Tensor) -> Tensor {
+        self.attend(x, 0, None)
+    }
+
+    fn attend(&self, x: &Tensor, offset: usize, cache: Option<&mut LayerCache>) -> Tensor {
+        let (b, t, hid) = (x.dims()[0], x.dims()[1], x.dims()[2]);
+        let (h, kv) = (self.heads, self.kv_heads);
+        let d = hid / h;
+        let q = rope(&self.q_proj.forward(x).reshape([b, t, h, d]), offset, self.theta).permute(&[0, 2, 1, 3]);
+        let k = rope(&self.k_proj.forward(x).reshape([b, t, kv, d]), offset, self.theta).permute(&[0, 2, 1, 3]);
+        let v = self.v_proj.forward(x).reshape([b, t, kv, d]).permute(&[0, 2, 1, 3]); // (B, kv, T, d)
+        let (k, v) = match cache {
+            Some(c) => {
+                let k = match &c.k {
+                    Some(pk) => Tensor::cat(&[pk, &k], 2),
+                    None => k.contiguous(),
+                };
+                let v = match &c.v {
+                    Some(pv) => Tensor::cat(&[pv, &v], 2),
+                    None => v.contiguous(),
+                };
+                (c.k, c.v) = (Some(k.clone()), Some(v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        // Each key/value head serves `h / kv` consecutive query heads.
+        let s = k.dims()[2];
+        let group = |y: &Tensor| {
+            if kv == h { y.clone() } else { y.unsqueeze(2).broadcast_to([b, kv, h / kv, s, d]).reshape([b, h, s, d]) }
+        };
+        let opts = AttentionOptions { causal: Some(offset), ..Default::default() };
+        let y = q.scaled_dot_product_attention(&group(&k), &group(&v), &opts); // (B, heads, T, d)
+        self.o_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape([b, t, hid]))
+    }
+}
+
+/// The SwiGLU feed-forward layer: `down(silu(gate(x)) · up(x))`.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = swiglu)]
+pub struct LlamaMlp {
+    /// `(I, H)`.
+    pub gate_proj: Linear,
+    /// `(I, H)`.
+    pub up_proj: Linear,
+    /// `(H, I)`.
+    pub down_proj: Linear,
+}
+
+impl LlamaMlp {
+    fn swiglu(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&self.gate_proj.forward(x).silu().mul(&self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm block.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_plain)]
+pub struct LlamaLayer {
+    /// Before attention.
+    pub input_layernorm: RMSNorm,
+    /// Attention.
+    pub self_attn: LlamaAttention,
+    /// Before the feed-forward layer.
+    pub post_attention_layernorm: RMSNorm,
+    /// Feed-forward layer.
+    pub mlp: LlamaMlp,
+}
+
+impl LlamaLayer {
+    fn forward_plain(&self, x: &Tensor) -> Tensor {
+        self.step(x, 0, None)
+    }
+
+    fn step(&self, x: &Tensor, offset: usize, cache: Option<&mut LayerCache>) -> Tensor {
+        let h = x.add(&self.self_attn.attend(&self.input_layernorm.forward(x), offset, cache));
+        h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)))
+    }
+}
+
+/// A Llama causal language model.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = logits, describe = describe_llama)]
+pub struct Llama {
+    /// `(vocab, H)`.
+    pub embed_tokens: Embedding,
+    /// The blocks.
+    pub layers: Vec<LlamaLayer>,
+    /// The final norm.
+    pub norm: RMSNorm,
+    /// The output head `(vocab, H)`; `None` when tied to the embeddings.
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+/// GGUF's tensor names in Hugging Face's (`blk.3.attn_q.weight` → `layers.3.self_attn.q_proj.weight`).
+fn hf_name(gguf: &str) -> String {
+    let fixed = [
+        ("token_embd.weight", "embed_tokens.weight"),
+        ("output_norm.weight", "norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, hf)) = fixed.iter().find(|(g, _)| *g == gguf) {
+        return hf.to_string();
+    }
+    let Some(rest) = gguf.strip_prefix("blk.") else { return gguf.to_string() };
+    let Some((n, part)) = rest.split_once('.') else { return gguf.to_string() };
+    let parts = [
+        ("attn_norm.", "input_layernorm."),
+        ("attn_q.", "self_attn.q_proj."),
+        ("attn_k.", "self_attn.k_proj."),
+        ("attn_v.", "self_attn.v_proj."),
+        ("attn_output.", "self_attn.o_proj."),
+        ("ffn_norm.", "post_attention_layernorm."),
+        ("ffn_gate.", "mlp.gate_proj."),
+        ("ffn_up.", "mlp.up_proj."),
+        ("ffn_down.", "mlp.down_proj."),
+    ];
+    match parts.iter().find_map(|(g, hf)| part.strip_prefix(g).map(|tail| format!("{hf}{tail}"))) {
+        Some(p) => format!("layers.{n}.{p}"),
+        None => gguf.to_string(),
+    }
+}
+
+impl Llama {
+    /// A randomly initialized model (`N(0, 0.02)` weights, unit norms),
+    /// with an output head of its own unless `tied`.
+    pub fn new(config: &LlamaConfig, tied: bool) -> Llama {
+        let (hid, d) = (config.hidden_size, config.head_dim());
+        let kv = config.num_key_value_heads * d;
+        let norm = || RMSNorm::new(hid).eps(config.rms_norm_eps);
+        let layer = || LlamaLayer {
+            input_layernorm: norm(),
+            self_attn: LlamaAttention {
+                q_proj: linear(hid, hid),
+                k_proj: linear(hid, kv),
+                v_proj: linear(hid, kv),
+                o_proj: linear(hid, hid),
+                heads: config.num_attention_heads,
+                kv_heads: config.num_key_value_heads,
+                theta: config.rope_theta,
+            },
+            post_attention_layernorm: norm(),
+            mlp: LlamaMlp {
+                gate_proj: linear(hid, config.intermediate_size),
+                up_proj: linear(hid, config.intermediate_size),
+                down_proj: linear(config.intermediate_size, hid),
+            },
+        };
+        Llama {
+            embed_tokens: Embedding::with_init(config.vocab_size, hid, Init::Normal(0.0, 0.02)),
+            layers: (0..config.num_hidden_layers).map(|_| layer()).collect(),
+            norm: norm(),
+            lm_head: (!tied).then(|| linear(hid, config.vocab_size)),
+            config: config.clone(),
+        }
+    }
+
+    /// Loads a GGUF Llama: its config from the metadata, its tensors
+    /// dequantized to `f32` under Hugging Face's names (the head tied to the
+    /// embeddings when the file has no `output.weight`). In evaluation mode.
+    ///
+    /// # Errors
+    /// Another architecture, a missing key or tensor, a shape mismatch, a
+    /// tensor type this build does not read: each names the file and the key or tensor.
+    pub fn from_gguf(g: &GgufFile) -> Result<Llama> {
+        let config = LlamaConfig::from_gguf(g)?;
+        let tensors: BTreeMap<String, Tensor> = g.load_all()?.into_iter().map(|(n, t)| (hf_name(&n), t)).collect();
+        let tied = !tensors.contains_key("lm_head.weight");
+        let mut model = Llama::new(&config, tied);
+        let plan = plan_load(&model.state_dict(), tensors, g.path(), true)?;
+        with_no_grad(|| plan.apply());
+        model.set_training(false);
+        Ok(model)
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn describe_llama(&self) -> String {
+        let c = &self.config;
+        format!(
+            "Llama({} blocks, {} wide, {} heads, {} key/value heads)",
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads
+        )
+    }
+
+    /// Logits `(B, T, vocab)` of ids `(B, T)`, all positions, no cache.
+    pub fn logits(&self, ids: &Tensor) -> Tensor {
+        self.run(ids, None)
+    }
+
+    /// Logits `(B, T, vocab)` of ids `(B, T)` that follow the cached
+    /// positions (`cache` grows by `T`; `None`: positions from 0, nothing kept).
+    pub fn run(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
+        let mut x = self.embed_tokens.forward(ids);
+        match cache {
+            Some(c) => {
+                let offset = c.len();
+                c.layers.resize_with(self.layers.len(), LayerCache::default);
+                for (l, lc) in self.layers.iter().zip(c.layers.iter_mut()) {
+                    x = l.step(&x, offset, Some(lc));
+                }
+            }
+            None => {
+                for l in &self.layers {
+                    x = l.step(&x, 0, None);
+                }
+            }
+        }
+        let x = self.norm.forward(&x);
+        match &self.lm_head {
+            Some(h) => h.forward(&x),
+            None => x.matmul(&self.embed_tokens.weight.t()),
+        }
+    }
+
+    /// Greedy decoding: `max_new` tokens after `prompt`, with the KV cache
+    /// (the prompt in one pass, then one token a step), stopping after
+    /// `eos` when given.
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, eos: Option<u32>) -> Vec<u32> {
+        with_no_grad(|| {
+            let mut cache = KvCache::default();
+            let dev = self.embed_tokens.weight.device();
+            let ids = |v: &[u32]| {
+                Tensor::from_vec(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, v.len()])
+                    .to_device(dev)
+                    .expect("a device")
+            };
+            let mut out = Vec::new();
+            let mut next = prompt.to_vec();
+            for _ in 0..max_new {
+                let logits = self.run(&ids(&next), Some(&mut cache));
+                let t = logits.dims()[1];
+                let tok = logits.select(1, t - 1).argmax(-1, false).to_vec::<i64>()[0] as u32;
+                out.push(tok);
+                if Some(tok) == eos {
+                    break;
+                }
+                next = vec![tok];
+            }
+            out
+        })
+    }
+}
