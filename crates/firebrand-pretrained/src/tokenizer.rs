@@ -54,6 +54,66 @@ impl Tokenizer {
         Ok(Tokenizer { inner: Mutex::new(inner), path, pad_id, pad_token })
     }
 
+    /// The tokenizer a GGUF file stores (`tokenizer.ggml.*`): a GPT-2-style
+    /// byte-level BPE from its vocabulary and merges, digits split one by
+    /// one before the byte-level split (as SmolLM's and Llama 3's
+    /// pre-tokenizers do), its control tokens (`<|im_start|>`, …) as
+    /// special tokens matched whole in the text, no BOS added (when the file
+    /// says `add_bos_token` is false).
+    ///
+    /// # Errors
+    /// [`PretrainedError::Tokenizer`] naming the file when it stores another
+    /// kind (`tokenizer.ggml.model` other than `gpt2`), or its vocabulary or
+    /// merges are missing or malformed.
+    pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<Tokenizer> {
+        use crate::gguf::MetaValue;
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence};
+        let path = g.path().to_path_buf();
+        let err = |msg: String| PretrainedError::Tokenizer { path: path.clone(), msg };
+        let kind = g.get("tokenizer.ggml.model").and_then(MetaValue::as_str).unwrap_or("");
+        if kind != "gpt2" {
+            return Err(err(format!("tokenizer.ggml.model is {kind:?}; this reader builds \"gpt2\" (byte-level BPE)")));
+        }
+        let strings = |key: &str| -> Result<Vec<&str>> {
+            let a = g.get(key).and_then(MetaValue::as_array).ok_or_else(|| err(format!("{key} is missing")))?;
+            a.iter().map(|v| v.as_str().ok_or_else(|| err(format!("{key} holds a non-string")))).collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| err(format!("merge {m:?} is not two tokens")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| err(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])));
+        inner.with_decoder(Some(ByteLevel::default()));
+        // Control tokens (type 3) are special: matched whole, never split.
+        let types = g.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array);
+        let special: Vec<tokenizers::AddedToken> = match types {
+            Some(types) => types
+                .iter()
+                .zip(&tokens)
+                .filter(|(t, _)| t.as_u64() == Some(3) || matches!(t, MetaValue::I64(3)))
+                .map(|(_, tok)| tokenizers::AddedToken::from(tok.to_string(), true))
+                .collect(),
+            None => Vec::new(),
+        };
+        let _ = inner.add_special_tokens(special);
+        let pad_id = g.get("tokenizer.ggml.padding_token_id").and_then(MetaValue::as_u64).unwrap_or(0) as u32;
+        let pad_token = tokens.get(pad_id as usize).unwrap_or(&"").to_string();
+        Ok(Tokenizer { inner: Mutex::new(inner), path, pad_id, pad_token })
+    }
+
     /// The number of ids it can produce (with added tokens).
     pub fn vocab_size(&self) -> usize {
         self.lock().get_vocab_size(true)

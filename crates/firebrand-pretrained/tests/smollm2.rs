@@ -9,6 +9,7 @@
 use firebrand_autograd::Tensor;
 use firebrand_pretrained::gguf::GgufFile;
 use firebrand_pretrained::llama::{KvCache, Llama};
+use firebrand_pretrained::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 fn smollm2() -> Option<PathBuf> {
@@ -81,4 +82,26 @@ fn logits_and_greedy_tokens_match_transformers() {
         let diff = cached.iter().zip(full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff <= 1e-4 * full.iter().fold(1.0f32, |m, x| m.max(x.abs())), "cached vs full: {diff}");
     });
+}
+
+#[test]
+fn the_gguf_tokenizer_gives_transformers_ids() {
+    let Some(path) = smollm2() else { return };
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2_reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    assert_eq!(tok.encode(r["prompt"].as_str().unwrap()).unwrap(), ids(&r["ids"]), "the chat prompt");
+    for t in r["tokenized"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text).unwrap(), ids(&t["ids"]), "{text:?}");
+        assert_eq!(tok.decode(&ids(&t["ids"]), false).unwrap(), text, "decoding {text:?}");
+    }
+    assert_eq!(tok.decode(&ids(&r["greedy"]), false).unwrap(), r["greedy_text"].as_str().unwrap());
+    tok.check_fits(49152).unwrap();
 }

@@ -1,7 +1,8 @@
 """Writes smollm2_reference.json: Hugging Face transformers loading SmolLM2-135M-Instruct.Q4_1.gguf
 (dequantized to float32, as transformers reads GGUF) run on a fixed sequence of token ids: for each
 position the largest |logit|, the top-5 ids and their logits, and the logits of 32 fixed ids; and
-the greedy continuation of the ids by 12 tokens. ../smollm2.rs compares Firebrand's Llama.
+the greedy continuation of the ids by 12 tokens; and the ids of a few texts (digits, accents, CJK,
+emoji, whitespace, special tokens) from the tokenizer transformers builds from the file. ../smollm2.rs compares Firebrand's Llama.
 
 Run here:  python3 make_smollm2.py DIR   (DIR holds SmolLM2-135M-Instruct.Q4_1.gguf; pip install torch
 transformers gguf accelerate)."""
@@ -28,6 +29,9 @@ with torch.no_grad():
         rows.append({"max_abs": float(l.abs().max()), "top_ids": top.indices.tolist(), "top": top.values.tolist(),
                      "probe": l[probe].tolist()})
     gen = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+texts = ["Hello, world! 12345 and 3.14159", "naïve café — 東京 🚀 emoji", "  leading spaces\tand\ttabs\n\nnew lines  ",
+         "<|im_start|>system\nYou are helpful.<|im_end|>"]
+tokenized = [{"text": t, "ids": tok(t, add_special_tokens=False).input_ids} for t in texts]
 json.dump({"prompt": prompt, "ids": ids, "probe_ids": probe, "positions": rows, "greedy": gen,
-           "greedy_text": tok.decode(gen)}, open("smollm2_reference.json", "w"))
+           "greedy_text": tok.decode(gen), "tokenized": tokenized}, open("smollm2_reference.json", "w"))
 print("wrote smollm2_reference.json:", len(ids), "ids; greedy:", repr(tok.decode(gen)))
