@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const EXAMPLES: [&str; 9] = [
+const EXAMPLES: [&str; 10] = [
     "quickstart",
     "linear_regression",
     "fashion_mnist_mlp",
@@ -16,6 +16,7 @@ const EXAMPLES: [&str; 9] = [
     "bert_classifier",
     "sentence_embeddings",
     "text_classifier",
+    "generate_llm",
 ];
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps` folder.
@@ -87,6 +88,9 @@ fn flag_equals_value_parses_and_missing_data_is_a_clear_error() {
     let (out, _) = run("text_classifier", &["--data=/nonexistent/news"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/news"), "{}", text(&out.stderr));
+    let (out, _) = run("generate_llm", &["--model=/nonexistent/model.gguf", "--prompt=hi"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/model.gguf"), "{}", text(&out.stderr));
     // A model folder that is not one: the error names it.
     let (out, _) = run("sentence_embeddings", &["--model=/nonexistent/minilm"]);
     assert_eq!(out.status.code(), Some(2));

