@@ -9,6 +9,8 @@
 //! * [`bert`]: Hugging Face's `BertModel` built from Firebrand's layers, with
 //!   its tensor names, so a checkpoint loads by name; attention masks, token
 //!   types, CLS and mean pooling, a sequence-classification head.
+//! * [`gpt2`]: Hugging Face's `GPT2LMHeadModel` (Conv1D weights transposed
+//!   on load, `gelu_new`, the tied head, a KV cache).
 //! * [`gguf`]: llama.cpp's GGUF v3 files: metadata (sizes, vocabulary,
 //!   chat template) and tensors dequantized to `f32` from `F32`, `F16`,
 //!   `BF16`, `Q8_0`, `Q4_0` and `Q4_1`, with typed errors naming the file
@@ -38,6 +40,7 @@
 pub mod bert;
 mod error;
 pub mod gguf;
+pub mod gpt2;
 pub mod hub;
 pub mod llama;
 pub mod tokenizer;
