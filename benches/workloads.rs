@@ -42,6 +42,14 @@
 //!   order), each padded or truncated to 128 tokens, batches of 32: forward
 //!   and mean pooling without gradients, `sentences_per_s` (median of N
 //!   rounds, 5, after a warm-up; tokenizing not timed).
+//! * `minilm_finetune [--model DIR] [--data DIR] [--epochs N]` — the
+//!   `text_classifier` example's recipe on BBC News (80/20 stratified split,
+//!   seq 128, batch 16, AdamW 5e-5, linear decay, clip 1): `epoch_seconds`
+//!   (training only) and `test_accuracy`.
+//! * `llm_generate [--model FILE.gguf] [--text FILE] [--rounds N]` —
+//!   SmolLM2-135M-Instruct on a 128-token prompt (the start of the
+//!   Shakespeare corpus) and 128 new greedy tokens through the KV cache:
+//!   `prompt_tokens_per_s` and `tokens_per_s`, medians of N (3) after a warm-up.
 //!
 //! Every workload takes `--device cpu|wgpu|wgpu:N` (default cpu; wgpu needs
 //! `--features wgpu`): the model, its optimizer state and every batch live
@@ -141,9 +149,20 @@ fn main() {
             opt("--data"),
             opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(5),
         ),
+        "minilm_finetune" => pretrained::workload_minilm_finetune(
+            opt("--model"),
+            opt("--data"),
+            opt("--epochs").map(|c| c.parse().expect("--epochs N")).unwrap_or(1),
+            opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0),
+        ),
+        "llm_generate" => pretrained::workload_llm_generate(
+            opt("--model"),
+            opt("--text"),
+            opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(3),
+        ),
         other => {
             eprintln!(
-                "unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed"
+                "unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
             );
             std::process::exit(2);
         }
