@@ -558,3 +558,110 @@ impl BertForSequenceClassification {
         self.logits(&on(&batch.input_ids), Some(&on(&batch.attention_mask)), Some(&on(&batch.token_type_ids)))
     }
 }
+
+/// The masked-LM head's transform: `LayerNorm(act(W·h))`.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = transform)]
+pub struct BertLmTransform {
+    /// `(H, H)`, the config's activation fused.
+    pub dense: Linear,
+    /// The norm after it.
+    #[module(rename = "LayerNorm")]
+    pub layer_norm: LayerNorm,
+}
+
+impl BertLmTransform {
+    fn transform(&self, h: &Tensor) -> Tensor {
+        self.layer_norm.forward(&self.dense.forward(h))
+    }
+}
+
+/// The masked-LM predictions: the transform, then the word embeddings
+/// (tied) as the decoder, plus a bias per token.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = identity)]
+pub struct BertLmPredictions {
+    /// Transform before the decoder.
+    pub transform: BertLmTransform,
+    /// `(vocab,)`.
+    pub bias: Tensor,
+}
+
+impl BertLmPredictions {
+    fn identity(&self, h: &Tensor) -> Tensor {
+        h.clone()
+    }
+}
+
+/// The `cls` head of `BertForMaskedLM`.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = identity)]
+pub struct BertMlmHead {
+    /// `cls.predictions`.
+    pub predictions: BertLmPredictions,
+}
+
+impl BertMlmHead {
+    fn identity(&self, h: &Tensor) -> Tensor {
+        h.clone()
+    }
+}
+
+/// Hugging Face's `BertForMaskedLM`: the model (as `bert.…`, without a
+/// pooler) and the `cls.predictions` head, its decoder tied to the word
+/// embeddings.
+#[derive(Module)]
+#[module(crate = firebrand_nn, forward = forward_ids, describe = "BertForMaskedLM")]
+pub struct BertForMaskedLM {
+    /// The encoder.
+    pub bert: BertModel,
+    /// The masked-LM head.
+    pub cls: BertMlmHead,
+}
+
+impl BertForMaskedLM {
+    /// A checkpoint with its masked-LM head (`cls.predictions.*`), or a
+    /// `BertModel` checkpoint with a new head (listed as missing). In
+    /// evaluation mode.
+    ///
+    /// # Errors
+    /// As [`BertModel::from_pretrained`], and a head tensor of the wrong shape.
+    pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<(Self, LoadReport)> {
+        let dir = dir.as_ref();
+        let (bert, mut report) = BertModel::from_pretrained(dir)?;
+        let c = bert.config().clone();
+        let mut cls = BertMlmHead {
+            predictions: BertLmPredictions {
+                transform: BertLmTransform {
+                    dense: c.linear(c.hidden_size, c.hidden_size).with_activation(c.hidden_act),
+                    layer_norm: c.norm(),
+                },
+                bias: Tensor::zeros([c.vocab_size]).requires_grad_(true),
+            },
+        };
+        // The head's tensors by the head's own names; the tied decoder is not read.
+        let head: std::collections::BTreeMap<String, Tensor> = normalize_names(load_checkpoint(dir)?, &["bert."])
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix("cls.").map(|s| (s.to_string(), t)))
+            .filter(|(n, _)| !n.starts_with("predictions.decoder."))
+            .collect();
+        let names: Vec<String> = head.keys().map(|n| format!("cls.{n}")).collect();
+        let plan = plan_load(&cls.state_dict(), head, &dir.join("model.safetensors"), false)?;
+        report.unexpected.retain(|n| !names.contains(n) && !n.starts_with("cls.predictions.decoder."));
+        report.missing.extend(plan.report().missing.iter().map(|n| format!("cls.{n}")));
+        firebrand_autograd::with_no_grad(|| plan.apply());
+        cls.set_training(false);
+        Ok((BertForMaskedLM { bert, cls }, report))
+    }
+
+    fn forward_ids(&self, ids: &Tensor) -> Tensor {
+        self.logits(ids, None, None)
+    }
+
+    /// Token scores `(B, T, vocab)` at every position.
+    pub fn logits(&self, ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>) -> Tensor {
+        let h = self.bert.run(ids, attention_mask, token_type_ids).last_hidden_state;
+        let p = &self.cls.predictions;
+        p.transform.transform(&h).matmul(&self.bert.embeddings.word_embeddings.weight.t()).add(&p.bias)
+    }
+}

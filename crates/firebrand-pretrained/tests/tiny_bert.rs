@@ -172,3 +172,29 @@ fn sequence_classification_gets_a_new_head_and_learns() {
     assert_eq!(again.classifier.weight.to_vec::<f32>(), model.classifier.weight.to_vec::<f32>());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn masked_lm_logits_match_transformers() {
+    use firebrand_pretrained::bert::BertForMaskedLM;
+    let r = reference();
+    let m = &r["mlm"];
+    let dir = std::env::temp_dir().join(format!("fb-tiny-bert-mlm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r["config"].to_string()).unwrap();
+    let names: Vec<&str> = m["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    let tensors: Vec<(String, Tensor)> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            let shape: Vec<usize> =
+                m["saved"][n].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            (n.to_string(), formula(k, &shape, n))
+        })
+        .collect();
+    save_tensors(dir.join("model.safetensors"), &tensors).unwrap();
+    let (model, report) = BertForMaskedLM::from_pretrained(&dir).unwrap();
+    assert!(report.missing.is_empty() && report.unexpected.is_empty(), "{report:?}");
+    let out = model.logits(&ids(&r, "ids"), Some(&ids(&r, "mask")), Some(&ids(&r, "types")));
+    close("masked-LM logits", &out, &m["logits"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

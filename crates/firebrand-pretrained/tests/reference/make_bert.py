@@ -3,7 +3,7 @@ weight set by a formula of its name's rank among the sorted state_dict
 names and its element index (no weights are stored), saved with
 save_pretrained to check the names, then run on two texts of ids, one
 padded, with and without the attention mask: the hidden states and the
-pooler output, in float64. ../tiny_bert.rs writes the same weights into a
+pooler output, in float64; and a BertForMaskedLM set the same way, its logits. ../tiny_bert.rs writes the same weights into a
 Hugging Face folder (config.json + model.safetensors), loads it with
 BertModel::from_pretrained and compares.
 
@@ -50,5 +50,20 @@ with torch.no_grad():
     for key, m in [("masked", mask), ("unmasked", None)]:
         o = model(input_ids=ids, attention_mask=m, token_type_ids=types)
         out[key] = {"hidden": o.last_hidden_state.flatten().tolist(), "pooler": o.pooler_output.flatten().tolist()}
+# The masked-LM model: its own names (`bert.` prefix, `cls.predictions.*`, the decoder tied to the
+# word embeddings), the same formula over them; its logits on the masked run.
+from transformers import BertForMaskedLM
+mlm = BertForMaskedLM(BertConfig(**config)).eval()
+with tempfile.TemporaryDirectory() as d:
+    mlm.save_pretrained(d, safe_serialization=True)
+    mlm_saved = {n: list(t.shape) for n, t in load_file(f"{d}/model.safetensors").items()}
+mlm_names = sorted(mlm_saved)
+with torch.no_grad():
+    sd = mlm.state_dict()
+    for k, name in enumerate(mlm_names):
+        sd[name].copy_(formula(k, mlm_saved[name], name))
+    mlm.tie_weights()
+    out["mlm"] = {"names": mlm_names, "saved": mlm_saved,
+                  "logits": mlm(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.flatten().tolist()}
 json.dump(out, open("bert_reference.json", "w"))
 print("wrote bert_reference.json:", len(names), "tensors,", sorted(shapes) == sorted(n for n in names if n in shapes))
