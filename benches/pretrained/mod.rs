@@ -182,13 +182,7 @@ pub fn workload_llm_generate(model: Option<String>, text: Option<String>, rounds
     use firebrand::pretrained::gguf::GgufFile;
     use firebrand::pretrained::llama::{KvCache, Llama};
     let path = model.map(PathBuf::from).unwrap_or_else(|| {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        env("FIREBRAND_MODELS")
-            .into_iter()
-            .chain(env("HOME").map(|h| h.join(".cache/firebrand/models")))
-            .map(|r| r.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-            .find(|p| p.is_file())
-            .expect("SmolLM2-135M-Instruct.Q4_1.gguf under $FIREBRAND_MODELS or ~/.cache/firebrand/models (or --model)")
+        find_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap_or_else(|e| panic!("{e} (or --model)"))
     });
     let g = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let llm = Llama::from_gguf(&g).unwrap_or_else(|e| panic!("{e}"));

@@ -14,6 +14,7 @@ use crate::{PretrainedError, Result};
 use firebrand_autograd::{AttentionOptions, DType, Tensor};
 use firebrand_nn::serialize::{LoadReport, plan_load};
 use firebrand_nn::{Activation, Dropout, Embedding, Init, LayerNorm, Linear, Module, ModuleExt};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The sizes and settings of a BERT checkpoint (`config.json`).
@@ -398,9 +399,25 @@ impl BertModel {
     /// A bad config (named field), missing or corrupt weights, a missing
     /// tensor or a shape mismatch (named tensor and file).
     pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<(BertModel, LoadReport)> {
-        let dir = dir.as_ref();
+        let (model, report, _) = BertModel::load(dir.as_ref(), None)?;
+        Ok((model, report))
+    }
+
+    /// [`BertModel::from_pretrained`] reading the checkpoint once for a model
+    /// with a head: the tensors under `head` (`"cls."`, `"classifier."`) are
+    /// set aside for the caller, by their names without the prefix, instead
+    /// of being reported as unexpected.
+    fn load(dir: &Path, head: Option<&str>) -> Result<(BertModel, LoadReport, BTreeMap<String, Tensor>)> {
         let config = BertConfig::from_config(&Config::read(dir)?)?;
         let mut tensors = normalize_names(load_checkpoint(dir)?, &["bert."]);
+        let mut head_tensors = BTreeMap::new();
+        if let Some(prefix) = head {
+            let names: Vec<String> = tensors.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+            for n in names {
+                let t = tensors.remove(&n).expect("listed");
+                head_tensors.insert(n[prefix.len()..].to_string(), t);
+            }
+        }
         // A buffer of position indices older checkpoints save; positions are computed.
         tensors.remove("embeddings.position_ids");
         let has_pooler = tensors.contains_key("pooler.dense.weight");
@@ -417,7 +434,7 @@ impl BertModel {
         }
         let report = plan.apply();
         model.set_training(false);
-        Ok((model, report))
+        Ok((model, report, head_tensors))
     }
 
     /// The config it was built from.
@@ -506,7 +523,7 @@ impl BertForSequenceClassification {
     /// As [`BertModel::from_pretrained`].
     pub fn from_pretrained(dir: impl AsRef<Path>, num_labels: usize) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
-        let (mut bert, mut report) = BertModel::from_pretrained(dir)?;
+        let (mut bert, mut report, tensors) = BertModel::load(dir, Some("classifier."))?;
         let c = bert.config().clone();
         if bert.pooler.is_none() {
             let h = c.hidden_size;
@@ -515,9 +532,8 @@ impl BertForSequenceClassification {
         }
         let classifier = c.linear(c.hidden_size, num_labels);
         let head: Vec<String> = ["classifier.weight", "classifier.bias"].map(String::from).to_vec();
-        let tensors = normalize_names(load_checkpoint(dir)?, &["bert."]);
-        let fits = tensors.get("classifier.weight").is_some_and(|w| w.dims() == [num_labels, c.hidden_size]);
-        if fits && let (Some(w), Some(b)) = (tensors.get("classifier.weight"), tensors.get("classifier.bias")) {
+        let fits = tensors.get("weight").is_some_and(|w| w.dims() == [num_labels, c.hidden_size]);
+        if fits && let (Some(w), Some(b)) = (tensors.get("weight"), tensors.get("bias")) {
             firebrand_autograd::with_no_grad(|| {
                 classifier.weight.copy_(w).expect("shape checked");
                 match &classifier.bias {
@@ -530,8 +546,9 @@ impl BertForSequenceClassification {
                     None => Ok(()),
                 }
             })?;
-            report.unexpected.retain(|n| !head.contains(n));
         } else {
+            // A head of another shape stays unread: reported, and a new one made.
+            report.unexpected.extend(tensors.keys().map(|n| format!("classifier.{n}")));
             report.missing.extend(head);
         }
         let mut model =
@@ -628,7 +645,7 @@ impl BertForMaskedLM {
     /// As [`BertModel::from_pretrained`], and a head tensor of the wrong shape.
     pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
-        let (bert, mut report) = BertModel::from_pretrained(dir)?;
+        let (bert, mut report, head) = BertModel::load(dir, Some("cls."))?;
         let c = bert.config().clone();
         let mut cls = BertMlmHead {
             predictions: BertLmPredictions {
@@ -640,14 +657,9 @@ impl BertForMaskedLM {
             },
         };
         // The head's tensors by the head's own names; the tied decoder is not read.
-        let head: std::collections::BTreeMap<String, Tensor> = normalize_names(load_checkpoint(dir)?, &["bert."])
-            .into_iter()
-            .filter_map(|(n, t)| n.strip_prefix("cls.").map(|s| (s.to_string(), t)))
-            .filter(|(n, _)| !n.starts_with("predictions.decoder."))
-            .collect();
-        let names: Vec<String> = head.keys().map(|n| format!("cls.{n}")).collect();
+        let head: BTreeMap<String, Tensor> =
+            head.into_iter().filter(|(n, _)| !n.starts_with("predictions.decoder.")).collect();
         let plan = plan_load(&cls.state_dict(), head, &dir.join("model.safetensors"), false)?;
-        report.unexpected.retain(|n| !names.contains(n) && !n.starts_with("cls.predictions.decoder."));
         report.missing.extend(plan.report().missing.iter().map(|n| format!("cls.{n}")));
         firebrand_autograd::with_no_grad(|| plan.apply());
         cls.set_training(false);

@@ -133,9 +133,10 @@ impl KvCache {
     }
 }
 
-/// `x` `(B, T, heads, d)` rotated by position (`offset + t`) in adjacent pairs.
-fn rope(x: &Tensor, offset: usize, theta: f32) -> Tensor {
-    let (b, t, h, d) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+/// The rotary tables `cos`, `sin` `(1, T, 1, d/2)` of positions
+/// `offset..offset + t` for head dim `d`, on `dev` (one pair per forward
+/// pass, shared by every layer's queries and keys).
+fn rope_tables(offset: usize, t: usize, d: usize, theta: f32, dev: firebrand_autograd::Device) -> (Tensor, Tensor) {
     let half = d / 2;
     let mut cos = Vec::with_capacity(t * half);
     let mut sin = Vec::with_capacity(t * half);
@@ -147,27 +148,32 @@ fn rope(x: &Tensor, offset: usize, theta: f32) -> Tensor {
             sin.push(a.sin() as f32);
         }
     }
-    let dev = x.device();
     let table = |v: Vec<f32>| Tensor::from_vec(v, [1, t, 1, half]).to_device(dev).expect("a device");
-    let (cos, sin) = (table(cos), table(sin));
-    let pairs = x.reshape([b, t, h, half, 2]);
+    (table(cos), table(sin))
+}
+
+/// `x` `(B, T, heads, d)` rotated by position in adjacent pairs (`tables` from [`rope_tables`]).
+fn rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
+    let (b, t, h, d) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+    let pairs = x.reshape([b, t, h, d / 2, 2]);
     let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1)); // (B, T, heads, d/2)
-    let r0 = x0.mul(&cos).sub(&x1.mul(&sin));
-    let r1 = x0.mul(&sin).add(&x1.mul(&cos));
+    let r0 = x0.mul(cos).sub(&x1.mul(sin));
+    let r1 = x0.mul(sin).add(&x1.mul(cos));
     Tensor::stack(&[&r0, &r1], -1).reshape([b, t, h, d])
 }
 
 impl LlamaAttention {
     fn forward_plain(&self, x: &Tensor) -> Tensor {
-        self.attend(x, 0, None)
+        let d = x.dims()[2] / self.heads;
+        self.attend(x, 0, &rope_tables(0, x.dims()[1], d, self.theta, x.device()), None)
     }
 
-    fn attend(&self, x: &Tensor, offset: usize, cache: Option<&mut LayerCache>) -> Tensor {
+    fn attend(&self, x: &Tensor, offset: usize, tables: &(Tensor, Tensor), cache: Option<&mut LayerCache>) -> Tensor {
         let (b, t, hid) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let (h, kv) = (self.heads, self.kv_heads);
         let d = hid / h;
-        let q = rope(&self.q_proj.forward(x).reshape([b, t, h, d]), offset, self.theta).permute(&[0, 2, 1, 3]);
-        let k = rope(&self.k_proj.forward(x).reshape([b, t, kv, d]), offset, self.theta).permute(&[0, 2, 1, 3]);
+        let q = rope(&self.q_proj.forward(x).reshape([b, t, h, d]), tables).permute(&[0, 2, 1, 3]);
+        let k = rope(&self.k_proj.forward(x).reshape([b, t, kv, d]), tables).permute(&[0, 2, 1, 3]);
         let v = self.v_proj.forward(x).reshape([b, t, kv, d]).permute(&[0, 2, 1, 3]); // (B, kv, T, d)
         let (k, v) = match cache {
             Some(c) => {
@@ -229,11 +235,12 @@ pub struct LlamaLayer {
 
 impl LlamaLayer {
     fn forward_plain(&self, x: &Tensor) -> Tensor {
-        self.step(x, 0, None)
+        let d = x.dims()[2] / self.self_attn.heads;
+        self.step(x, 0, &rope_tables(0, x.dims()[1], d, self.self_attn.theta, x.device()), None)
     }
 
-    fn step(&self, x: &Tensor, offset: usize, cache: Option<&mut LayerCache>) -> Tensor {
-        let h = x.add(&self.self_attn.attend(&self.input_layernorm.forward(x), offset, cache));
+    fn step(&self, x: &Tensor, offset: usize, tables: &(Tensor, Tensor), cache: Option<&mut LayerCache>) -> Tensor {
+        let h = x.add(&self.self_attn.attend(&self.input_layernorm.forward(x), offset, tables, cache));
         h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)))
     }
 }
@@ -357,17 +364,19 @@ impl Llama {
     /// positions (`cache` grows by `T`; `None`: positions from 0, nothing kept).
     pub fn run(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
         let mut x = self.embed_tokens.forward(ids);
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let c = &self.config;
+        let tables = rope_tables(offset, ids.dims()[1], c.head_dim(), c.rope_theta, x.device());
         match cache {
-            Some(c) => {
-                let offset = c.len();
-                c.layers.resize_with(self.layers.len(), LayerCache::default);
-                for (l, lc) in self.layers.iter().zip(c.layers.iter_mut()) {
-                    x = l.step(&x, offset, Some(lc));
+            Some(cache) => {
+                cache.layers.resize_with(self.layers.len(), LayerCache::default);
+                for (l, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+                    x = l.step(&x, offset, &tables, Some(lc));
                 }
             }
             None => {
                 for l in &self.layers {
-                    x = l.step(&x, 0, None);
+                    x = l.step(&x, 0, &tables, None);
                 }
             }
         }

