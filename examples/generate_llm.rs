@@ -3,11 +3,11 @@
 //! file, dequantized to `f32` on load, with the tokenizer stored in the
 //! file and a KV cache.
 //!
-//! `--chat` wraps the prompt in the file's chat template as a user message
-//! (ChatML templates, `<|im_start|>role\ncontent<|im_end|>`, which
-//! SmolLM2's is; another template is refused, since this example does not
-//! run Jinja) and stops at the end of the answer. Prints the text and the
-//! speed of the prompt pass and of generation, in tokens per second.
+//! `--chat` renders the prompt as a user message (after `--system`'s, if
+//! given) through the file's own Jinja chat template, as `transformers`'
+//! `apply_chat_template` does, and stops at the end of the answer. Prints
+//! the text and the speed of the prompt pass and of generation, in tokens
+//! per second.
 //!
 //! Run: `cargo run --release --example generate_llm -- --chat --prompt "What is the capital of France? Answer in one sentence."`
 //!
@@ -18,6 +18,7 @@
 
 use clap::Parser;
 use firebrand::nn::{Sampler, Sampling};
+use firebrand::pretrained::chat::{ChatMessage, ChatTemplate};
 use firebrand::pretrained::gguf::GgufFile;
 use firebrand::pretrained::hub::find_model;
 use firebrand::pretrained::llama::{KvCache, Llama};
@@ -52,6 +53,9 @@ struct Args {
     /// Wrap the prompt in the model's chat template and stop at the end of the answer.
     #[arg(long)]
     chat: bool,
+    /// With --chat: a system message before the user's (else the template's default, if any).
+    #[arg(long)]
+    system: Option<String>,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -63,15 +67,13 @@ fn model_path(explicit: Option<PathBuf>) -> PathBuf {
     })
 }
 
-/// The prompt as a user turn of a ChatML template, ready for the answer.
-fn chat_prompt(template: Option<&str>, message: &str) -> String {
-    match template {
-        Some(t) if t.contains("<|im_start|>") => {
-            format!("<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n")
-        }
-        Some(_) => fail("this example applies ChatML chat templates only (the file's is another)"),
-        None => fail("--chat: the file has no chat template (tokenizer.chat_template)"),
-    }
+/// The prompt as a user turn through the file's chat template, ready for the answer.
+fn chat_prompt(gguf: &GgufFile, system: Option<&str>, message: &str) -> String {
+    let template = ChatTemplate::from_gguf(gguf)
+        .unwrap_or_else(|| fail("--chat: the file has no chat template (tokenizer.chat_template)"));
+    let mut messages: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
+    messages.push(ChatMessage::user(message));
+    template.apply(&messages, true).unwrap_or_else(|e| fail(e))
 }
 
 fn main() {
@@ -92,12 +94,16 @@ fn main() {
         firebrand::nn::Module::describe(&model),
         start.elapsed().as_secs_f64()
     );
-    let text = if args.chat { chat_prompt(gguf.chat_template(), &args.prompt) } else { args.prompt.clone() };
+    let text = if args.chat { chat_prompt(&gguf, args.system.as_deref(), &args.prompt) } else { args.prompt.clone() };
     let prompt = tok.encode(&text).unwrap_or_else(|e| fail(e));
     if prompt.is_empty() {
         fail("the prompt has no tokens");
     }
-    let stop = args.chat.then(|| tok.token_to_id("<|im_end|>")).flatten();
+    // The end of a chat turn: ChatML's, Llama 3's or Gemma's marker, whichever the vocabulary has.
+    let stop = args
+        .chat
+        .then(|| ["<|im_end|>", "<|eot_id|>", "<end_of_turn>"].iter().find_map(|t| tok.token_to_id(t)))
+        .flatten();
     let eos = gguf.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
     let strategy = if args.temperature == 0.0 { Sampling::Greedy } else { Sampling::Temperature(args.temperature) };
     let mut sampler = Sampler::new(strategy, args.seed);

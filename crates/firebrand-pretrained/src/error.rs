@@ -74,4 +74,13 @@ pub enum PretrainedError {
         /// What is wrong.
         msg: String,
     },
+    /// A chat template that does not parse or render (a syntax error, an
+    /// unknown function, or the template's own `raise_exception`).
+    #[error("chat template of {origin}: {msg}")]
+    Template {
+        /// Where the template came from (a file and its key).
+        origin: String,
+        /// What went wrong.
+        msg: String,
+    },
 }

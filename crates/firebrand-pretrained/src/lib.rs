@@ -15,9 +15,12 @@
 //!   chat template) and tensors dequantized to `f32` from `F32`, `F16`,
 //!   `BF16`, `Q8_0`, `Q4_0` and `Q4_1`, with typed errors naming the file
 //!   and tensor.
-//! * [`llama`]: the Llama architecture (SmolLM2) from a GGUF file: RMSNorm,
-//!   rotary positions with the file's base, grouped-query attention,
-//!   SwiGLU, a tied head, a KV cache and greedy decoding.
+//! * [`llama`]: the Llama architecture (SmolLM2) from a GGUF file or a
+//!   Hugging Face `LlamaForCausalLM` folder: RMSNorm, rotary positions with
+//!   the checkpoint's base, grouped-query attention, SwiGLU, a tied or
+//!   separate head, padding masks, a KV cache and greedy decoding.
+//! * [`chat`]: a checkpoint's own Jinja chat template (GGUF or
+//!   `tokenizer_config.json`) rendered as `transformers` renders it.
 //! * [`tokenizer`]: Hugging Face's `tokenizer.json` through the `tokenizers`
 //!   crate (pure Rust), batch encoding with padding, truncation and
 //!   attention masks as tensors.
@@ -38,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+pub mod chat;
 mod error;
 pub mod gguf;
 pub mod gpt2;

@@ -1,22 +1,28 @@
-//! The Llama architecture (SmolLM2, Llama 2/3, …) loaded from a GGUF file:
-//! RMSNorm, rotary position embeddings with the file's base, grouped-query
-//! attention, a SwiGLU feed-forward layer, a tied or separate output head,
-//! and a KV cache for generation.
+//! The Llama architecture (SmolLM2, Llama 2/3, …) loaded from a GGUF file
+//! or a Hugging Face folder: RMSNorm, rotary position embeddings with the
+//! checkpoint's base, grouped-query attention, a SwiGLU feed-forward layer,
+//! a tied or separate output head, padding masks, and a KV cache for
+//! generation.
 //!
 //! Names follow Hugging Face's `LlamaModel` (`layers.0.self_attn.q_proj`, …).
 //! The GGUF tensors load under them (`blk.0.attn_q` → `layers.0.self_attn.q_proj`).
 //! llama.cpp's converter stores each head's query and key rows in the order
 //! of its rotary pairs (dims `2i` and `2i + 1` rotate together), so the
-//! rotation here turns adjacent pairs. Attention scores do not depend on the
-//! order of a head's dims as long as queries and keys share it, so the
-//! logits equal those of Hugging Face's layout.
+//! rotation here turns adjacent pairs. Hugging Face's checkpoints rotate
+//! dim `i` with dim `i + d/2` instead; [`Llama::from_pretrained`] reorders
+//! their query and key rows into pairs on load, as llama.cpp's converter
+//! does. Attention scores do not depend on the order of a head's dims as
+//! long as queries and keys share it, so the logits equal those of Hugging
+//! Face's layout.
 
 use crate::gguf::GgufFile;
+use crate::hub::{Config, load_checkpoint, normalize_names};
 use crate::{PretrainedError, Result};
 use firebrand_autograd::{AttentionOptions, Tensor, with_no_grad};
 use firebrand_nn::serialize::plan_load;
 use firebrand_nn::{Embedding, Init, Linear, Module, ModuleExt, RMSNorm};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The sizes of a Llama checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +83,73 @@ impl LlamaConfig {
         }
         if !cfg.hidden_size.is_multiple_of(2 * heads) {
             return Err(bad(format!("width {} is not an even multiple of {heads} heads", cfg.hidden_size)));
+        }
+        Ok(cfg)
+    }
+
+    /// A Hugging Face `config.json` with `model_type` `"llama"`. The rotary base is
+    /// `rope_theta` or, in `transformers` 5's layout,
+    /// `rope_parameters.rope_theta`.
+    ///
+    /// # Errors
+    /// Another `model_type`; a missing or mistyped field; a `head_dim` other
+    /// than `hidden_size / num_attention_heads`, a rotary scaling other than
+    /// the default, attention or MLP biases: features this model lacks,
+    /// each named rather than run wrongly.
+    pub fn from_config(c: &Config) -> Result<LlamaConfig> {
+        c.expect_model_type(&["llama"], "a Llama (model_type \"llama\")")?;
+        let bad = |field: &str, msg: String| PretrainedError::Config { path: c.path.clone(), field: field.into(), msg };
+        let heads = c.usize("num_attention_heads")?;
+        let params = c.json.get("rope_parameters").filter(|v| !v.is_null());
+        let scaling = c.json.get("rope_scaling").filter(|v| !v.is_null());
+        for (field, p) in [("rope_parameters", params), ("rope_scaling", scaling)] {
+            let kind = p.and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(|t| t.as_str());
+            if let Some(kind) = kind.filter(|k| *k != "default") {
+                return Err(bad(field, format!("rotary scaling {kind:?} is not supported (only \"default\")")));
+            }
+        }
+        let theta = match params.and_then(|p| p.get("rope_theta")) {
+            Some(v) => {
+                v.as_f64().ok_or_else(|| bad("rope_parameters.rope_theta", format!("must be a number, got {v}")))?
+            }
+            None => c.f64_or("rope_theta", 10000.0)?,
+        };
+        for flag in ["attention_bias", "mlp_bias"] {
+            if c.json.get(flag).and_then(|v| v.as_bool()) == Some(true) {
+                return Err(bad(flag, "biases are not supported".into()));
+            }
+        }
+        let act = c.str_or("hidden_act", "silu")?;
+        if act != "silu" {
+            return Err(bad("hidden_act", format!("{act:?} is not supported (only \"silu\")")));
+        }
+        let cfg = LlamaConfig {
+            vocab_size: c.usize("vocab_size")?,
+            hidden_size: c.usize("hidden_size")?,
+            num_hidden_layers: c.usize("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: c.usize_or("num_key_value_heads", heads)?,
+            intermediate_size: c.usize("intermediate_size")?,
+            rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
+            rope_theta: theta as f32,
+            max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
+        };
+        if heads == 0 || cfg.num_key_value_heads == 0 || !heads.is_multiple_of(cfg.num_key_value_heads) {
+            let msg = format!("{} key/value heads do not divide {heads} heads", cfg.num_key_value_heads);
+            return Err(bad("num_key_value_heads", msg));
+        }
+        if !cfg.hidden_size.is_multiple_of(2 * heads) {
+            return Err(bad(
+                "num_attention_heads",
+                format!("width {} is not an even multiple of {heads} heads", cfg.hidden_size),
+            ));
+        }
+        let hd = c.usize_or("head_dim", cfg.head_dim())?;
+        if hd != cfg.head_dim() {
+            return Err(bad(
+                "head_dim",
+                format!("{hd} differs from hidden_size / num_attention_heads = {}", cfg.head_dim()),
+            ));
         }
         Ok(cfg)
     }
@@ -165,10 +238,18 @@ fn rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
 impl LlamaAttention {
     fn forward_plain(&self, x: &Tensor) -> Tensor {
         let d = x.dims()[2] / self.heads;
-        self.attend(x, 0, &rope_tables(0, x.dims()[1], d, self.theta, x.device()), None)
+        self.attend(x, 0, &rope_tables(0, x.dims()[1], d, self.theta, x.device()), None, None)
     }
 
-    fn attend(&self, x: &Tensor, offset: usize, tables: &(Tensor, Tensor), cache: Option<&mut LayerCache>) -> Tensor {
+    /// `pad` `(B, S)`: non-zero where a key (cached or new) is padding.
+    fn attend(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        tables: &(Tensor, Tensor),
+        pad: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
         let (b, t, hid) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let (h, kv) = (self.heads, self.kv_heads);
         let d = hid / h;
@@ -195,7 +276,7 @@ impl LlamaAttention {
         let group = |y: &Tensor| {
             if kv == h { y.clone() } else { y.unsqueeze(2).broadcast_to([b, kv, h / kv, s, d]).reshape([b, h, s, d]) }
         };
-        let opts = AttentionOptions { causal: Some(offset), ..Default::default() };
+        let opts = AttentionOptions { causal: Some(offset), key_padding_mask: pad, ..Default::default() };
         let y = q.scaled_dot_product_attention(&group(&k), &group(&v), &opts); // (B, heads, T, d)
         self.o_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape([b, t, hid]))
     }
@@ -236,11 +317,18 @@ pub struct LlamaLayer {
 impl LlamaLayer {
     fn forward_plain(&self, x: &Tensor) -> Tensor {
         let d = x.dims()[2] / self.self_attn.heads;
-        self.step(x, 0, &rope_tables(0, x.dims()[1], d, self.self_attn.theta, x.device()), None)
+        self.step(x, 0, &rope_tables(0, x.dims()[1], d, self.self_attn.theta, x.device()), None, None)
     }
 
-    fn step(&self, x: &Tensor, offset: usize, tables: &(Tensor, Tensor), cache: Option<&mut LayerCache>) -> Tensor {
-        let h = x.add(&self.self_attn.attend(&self.input_layernorm.forward(x), offset, tables, cache));
+    fn step(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        tables: &(Tensor, Tensor),
+        pad: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
+        let h = x.add(&self.self_attn.attend(&self.input_layernorm.forward(x), offset, tables, pad, cache));
         h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)))
     }
 }
@@ -259,6 +347,19 @@ pub struct Llama {
     pub lm_head: Option<Linear>,
     #[module(skip)]
     config: LlamaConfig,
+}
+
+/// A projection's rows `(heads·d, H)` from Hugging Face's rotate-half
+/// order (row `i` of a head turns with row `i + d/2`) into rotary pairs
+/// (rows `2i` and `2i + 1`): llama.cpp's `permute`. A weight whose rows are
+/// not a whole number of heads is left for the loader's shape check.
+fn rotate_half_rows_to_pairs(w: &Tensor, d: usize) -> Tensor {
+    let (rows, cols) = (w.dims()[0], w.dims()[1]);
+    if d < 2 || !rows.is_multiple_of(d) {
+        return w.clone();
+    }
+    // (heads, 2, d/2, H) → (heads, d/2, 2, H)
+    w.reshape([rows / d, 2, d / 2, cols]).permute(&[0, 2, 1, 3]).reshape([rows, cols]).contiguous()
 }
 
 /// GGUF's tensor names in Hugging Face's (`blk.3.attn_q.weight` → `layers.3.self_attn.q_proj.weight`).
@@ -342,6 +443,46 @@ impl Llama {
         Ok(model)
     }
 
+    /// Loads a Hugging Face `LlamaForCausalLM` folder (`config.json`, and
+    /// `model.safetensors` or its sharded index; the `model.` prefix
+    /// dropped; the head tied to the embeddings when `tie_word_embeddings`
+    /// is set or the file has no `lm_head.weight`). Query and key rows are
+    /// reordered from Hugging Face's rotate-half layout into rotary pairs.
+    /// In evaluation mode.
+    ///
+    /// # Errors
+    /// A bad config (named field), missing or corrupt weights, a missing or
+    /// unexpected tensor, a shape mismatch.
+    pub fn from_pretrained(dir: impl AsRef<Path>) -> Result<Llama> {
+        let dir = dir.as_ref();
+        let cfg_file = Config::read(dir)?;
+        let config = LlamaConfig::from_config(&cfg_file)?;
+        let mut tensors = normalize_names(load_checkpoint(dir)?, &["model."]);
+        let tied_flag = cfg_file.json.get("tie_word_embeddings").and_then(|v| v.as_bool());
+        if tied_flag == Some(true) {
+            tensors.remove("lm_head.weight");
+        }
+        // Precomputed rotary tables that older checkpoints save.
+        tensors.retain(|n, _| !n.ends_with("rotary_emb.inv_freq"));
+        let d = config.head_dim();
+        for (name, t) in tensors.iter_mut() {
+            if (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) && t.rank() == 2 {
+                *t = rotate_half_rows_to_pairs(t, d);
+            }
+        }
+        let tied = !tensors.contains_key("lm_head.weight");
+        let mut model = Llama::new(&config, tied);
+        let file = if dir.join("model.safetensors").is_file() {
+            dir.join("model.safetensors")
+        } else {
+            dir.join("model.safetensors.index.json")
+        };
+        let plan = plan_load(&model.state_dict(), tensors, &file, true)?;
+        with_no_grad(|| plan.apply());
+        model.set_training(false);
+        Ok(model)
+    }
+
     /// The config it was built from.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -363,20 +504,44 @@ impl Llama {
     /// Logits `(B, T, vocab)` of ids `(B, T)` that follow the cached
     /// positions (`cache` grows by `T`; `None`: positions from 0, nothing kept).
     pub fn run(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
+        self.run_masked(ids, None, cache)
+    }
+
+    /// [`run`](Self::run) with Hugging Face's `attention_mask` `(B, S)`
+    /// over the cached and the new positions: 1 where a token is real, 0
+    /// where it is padding, which no position attends to. Positions still
+    /// count from the start of the cache, as `transformers` does when no
+    /// `position_ids` are given. A query whose keys are all padding (a
+    /// left-padded sequence's first positions) gets zeros from attention;
+    /// its logits are meaningless, as in `transformers`.
+    ///
+    /// # Panics
+    /// When the mask is not `(B, cached + T)`.
+    pub fn run_masked(&self, ids: &Tensor, attention_mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
         let mut x = self.embed_tokens.forward(ids);
         let offset = cache.as_ref().map_or(0, |c| c.len());
+        let pad = attention_mask.map(|m| {
+            let want = [ids.dims()[0], offset + ids.dims()[1]];
+            assert!(
+                m.dims() == want,
+                "Llama::run_masked: attention_mask {:?} does not match (batch, cached + new positions) {want:?}",
+                m.dims()
+            );
+            m.to_dtype(firebrand_autograd::DType::F32).affine(-1.0, 1.0)
+        });
+        let pad = pad.as_ref();
         let c = &self.config;
         let tables = rope_tables(offset, ids.dims()[1], c.head_dim(), c.rope_theta, x.device());
         match cache {
             Some(cache) => {
                 cache.layers.resize_with(self.layers.len(), LayerCache::default);
                 for (l, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = l.step(&x, offset, &tables, Some(lc));
+                    x = l.step(&x, offset, &tables, pad, Some(lc));
                 }
             }
             None => {
                 for l in &self.layers {
-                    x = l.step(&x, 0, &tables, None);
+                    x = l.step(&x, 0, &tables, pad, None);
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! except under `CI=true`.
 
 use firebrand_autograd::Tensor;
+use firebrand_pretrained::chat::{ChatMessage, ChatTemplate};
 use firebrand_pretrained::gguf::GgufFile;
 use firebrand_pretrained::llama::{KvCache, Llama};
 use firebrand_pretrained::tokenizer::Tokenizer;
@@ -101,4 +102,39 @@ fn the_gguf_tokenizer_gives_transformers_ids() {
     }
     assert_eq!(tok.decode(&ids(&r["greedy"]), false).unwrap(), r["greedy_text"].as_str().unwrap());
     tok.check_fits(49152).unwrap();
+}
+
+/// The file's own chat template renders as `transformers`' `apply_chat_template`
+/// (`reference/make_chat.py`), and the model answers the chat prompt as it does.
+#[test]
+fn the_chat_template_renders_as_transformers_and_the_answer_matches() {
+    let Some(path) = smollm2() else { return };
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/chat_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let gguf = GgufFile::open(&path).unwrap();
+    let template = ChatTemplate::from_gguf(&gguf).expect("SmolLM2 ships a chat template");
+    for c in r["conversations"].as_array().unwrap() {
+        let messages: Vec<ChatMessage> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let got = template.apply(&messages, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(got, c["text"].as_str().unwrap(), "{messages:?}");
+    }
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    let text = r["conversations"][0]["text"].as_str().unwrap();
+    let ids = tok.encode(text).unwrap();
+    let want = |k: &str| -> Vec<u32> { r[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    assert_eq!(ids, want("ids"));
+    let model = Llama::from_gguf(&gguf).unwrap();
+    let end = tok.token_to_id("<|im_end|>");
+    let greedy = model.generate_greedy(&ids, 16, end);
+    assert_eq!(greedy, want("greedy"));
+    let answer = tok.decode(&greedy, true).unwrap();
+    assert_eq!(answer, r["greedy_text"].as_str().unwrap());
+    assert_eq!(answer, "The capital of France is Paris.");
 }
