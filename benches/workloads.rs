@@ -60,7 +60,7 @@
 mod common;
 mod pretrained;
 
-use firebrand::ops::gemm::{MatRef, gemm, gemm_backend};
+use firebrand::ops::gemm::{MatRef, MatmulPrecision, gemm, gemm_backend};
 use firebrand::{Device, Tensor};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -82,11 +82,17 @@ fn on(t: &Tensor) -> Tensor {
 
 /// The JSON fields naming the device and, on one, its peak tensor memory.
 fn dev_json() -> String {
+    let precision = firebrand::ops::gemm::float32_matmul_precision();
+    let p = if precision == MatmulPrecision::Highest {
+        String::new()
+    } else {
+        format!(",\"matmul_precision\":\"{}\"", precision.as_str())
+    };
     match firebrand::memory_stats(dev()) {
         Ok(Some(m)) => {
-            format!(",\"device\":\"{}\",\"peak_device_mb\":{:.1}", dev(), m.peak_bytes as f64 / (1 << 20) as f64)
+            format!(",\"device\":\"{}\",\"peak_device_mb\":{:.1}{p}", dev(), m.peak_bytes as f64 / (1 << 20) as f64)
         }
-        _ => format!(",\"device\":\"{}\"", dev()),
+        _ => format!(",\"device\":\"{}\"{p}", dev()),
     }
 }
 
@@ -109,6 +115,13 @@ fn main() {
         });
         DEVICE.set(d).expect("set once");
         on(&Tensor::zeros([1])); // opens the device, or exits saying why
+    }
+    if let Some(p) = opt("--matmul-precision") {
+        let p: MatmulPrecision = p.parse().unwrap_or_else(|e| {
+            eprintln!("error: --matmul-precision: {e}");
+            std::process::exit(2)
+        });
+        firebrand::ops::gemm::set_float32_matmul_precision(p);
     }
     if let Some(t) = opt("--threads") {
         rayon::ThreadPoolBuilder::new().num_threads(t.parse().expect("--threads N")).build_global().unwrap();

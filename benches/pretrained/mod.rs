@@ -96,6 +96,7 @@ pub fn workload_minilm_embed(model: Option<String>, data: Option<String>, rounds
         serde_json::json!({
             "workload": "minilm_embed",
             "lib": "firebrand",
+            "matmul_precision": firebrand::ops::gemm::float32_matmul_precision().as_str(),
             "sentences_per_s": (texts.len() as f64 / median * 10.0).round() / 10.0,
             "documents": texts.len(),
             "seq_len": 128,
@@ -164,6 +165,7 @@ pub fn workload_minilm_finetune(model: Option<String>, data: Option<String>, epo
         serde_json::json!({
             "workload": "minilm_finetune",
             "lib": "firebrand",
+            "matmul_precision": firebrand::ops::gemm::float32_matmul_precision().as_str(),
             "epoch_seconds": (secs.iter().sum::<f64>() / secs.len().max(1) as f64 * 10.0).round() / 10.0,
             "test_accuracy": (correct as f64 / test.len().max(1) as f64 * 1e4).round() / 1e4,
             "train": train.len(),
@@ -221,6 +223,7 @@ pub fn workload_llm_generate(model: Option<String>, text: Option<String>, rounds
         serde_json::json!({
             "workload": "llm_generate",
             "lib": "firebrand",
+            "matmul_precision": firebrand::ops::gemm::float32_matmul_precision().as_str(),
             "prompt_tokens_per_s": (128.0 / p * 10.0).round() / 10.0,
             "tokens_per_s": (128.0 / g * 10.0).round() / 10.0,
             "device": super::dev().to_string(),

@@ -44,5 +44,5 @@ def run():
 run()
 rs = [run() for _ in range(a.rounds)]
 med = lambda v: sorted(v)[len(v) // 2]
-print(json.dumps({"workload": "llm_generate", "lib": "torch", "prompt_tokens_per_s": round(128 / med([r[0] for r in rs]), 1),
+print(json.dumps({"workload": "llm_generate", "lib": "torch", "matmul_precision": a.matmul_precision, "prompt_tokens_per_s": round(128 / med([r[0] for r in rs]), 1),
                   "tokens_per_s": round(128 / med([r[1] for r in rs]), 1)}), flush=True)

@@ -58,5 +58,5 @@ for _ in range(a.rounds):
     run()
     secs.append(time.perf_counter() - t)
 secs.sort()
-print(json.dumps({"workload": "minilm_embed", "lib": "torch",
+print(json.dumps({"workload": "minilm_embed", "lib": "torch", "matmul_precision": a.matmul_precision,
                   "sentences_per_s": round(len(texts) / secs[len(secs) // 2], 1), "documents": len(texts), "seq_len": 128}), flush=True)

@@ -74,5 +74,5 @@ with torch.no_grad():
     for i in range(0, len(test), 32):
         ids, mask, types, y = encode(test[i:i + 32])
         correct += (model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.argmax(-1) == y).sum().item()
-print(json.dumps({"workload": "minilm_finetune", "lib": "torch", "epoch_seconds": round(sum(secs) / len(secs), 1),
+print(json.dumps({"workload": "minilm_finetune", "lib": "torch", "matmul_precision": a.matmul_precision, "epoch_seconds": round(sum(secs) / len(secs), 1),
                   "test_accuracy": round(correct / len(test), 4), "train": len(train), "test": len(test)}), flush=True)

@@ -1,6 +1,7 @@
 """Shared start of the PyTorch counterparts (fashion.py, char_lstm.py, gpt.py, transformer_block.py):
 parses the common arguments (`--threads`, default 2, `--seed`, default 0, and `--device`, default cpu
-(cuda: TF32 off, timings wait for the GPU), plus the script's own), pins the thread count before torch is imported,
+(cuda: TF32 off, timings wait for the GPU), and `--matmul-precision` (default highest; medium lets
+float32 matmuls run in bf16 on AMX, as Firebrand's runner flag of the same name), plus the script's own), pins the thread count before torch is imported,
 seeds torch, and finds shakespeare.txt the way the Rust side does (`--text`, `$FIREBRAND_DATA`,
 ../shared/data, data/)."""
 import argparse, os, statistics, time
@@ -12,6 +13,8 @@ def start(add_args=lambda p: None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (fp32: TF32 off)")
+    p.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"],
+                   help="torch.set_float32_matmul_precision (medium: bf16 matmuls on AMX CPUs)")
     add_args(p)
     a = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -20,6 +23,7 @@ def start(add_args=lambda p: None):
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    torch.set_float32_matmul_precision(a.matmul_precision)
     if a.device.startswith("cuda"):
         # fp32 as fp32: the comparison with Firebrand's f32 kernels.
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -141,6 +141,52 @@ fn matmul_shapes() {
     check("matmul-wide-weight", &[leaf(&[2, 3], 1.0, 0.0), leaf(&[12, 3], 1.0, 0.0)], |t| t[0].matmul(&t[1].t()));
 }
 
+/// `linear` (fused bias on the CPU): with and without a bias, a batched
+/// input, sizes of 1 and odd sizes, a transposed (non-contiguous) input and
+/// weight; and the activation, which runs as its own op when gradients are
+/// recorded.
+#[test]
+fn linear_shapes_and_views() {
+    for (xs, n) in [(&[3usize, 4][..], 5usize), (&[1, 1], 1), (&[2, 3, 7], 33), (&[5], 2)] {
+        let k = *xs.last().unwrap();
+        let (x, w, b) = (leaf(xs, 1.0, 0.0), leaf(&[n, k], 0.7, 0.1), leaf(&[n], 0.5, 0.2));
+        check("linear", &[x.clone(), w.clone(), b.clone()], |t| t[0].linear(&t[1], Some(&t[2]), None));
+        check("linear-no-bias", &[x.clone(), w.clone()], |t| t[0].linear(&t[1], None, None));
+        check("linear-gelu", &[x, w, b], |t| t[0].linear(&t[1], Some(&t[2]), Some(UnaryOp::Gelu)));
+    }
+    check("linear-views", &[leaf(&[4, 3], 1.0, 0.0), leaf(&[4, 5], 1.0, 0.0), leaf(&[5], 1.0, 0.0)], |t| {
+        t[0].t().linear(&t[1].t(), Some(&t[2]), None)
+    });
+}
+
+/// Without gradients the bias and activation are fused into the product:
+/// the same values as the composite `matmul`, `add`, activation, on edge
+/// sizes; bad shapes are errors naming the op and both shapes.
+#[test]
+fn linear_fused_equals_its_composite() {
+    for (rows, k, n) in [(1, 1, 1), (7, 13, 33), (64, 96, 130), (300, 40, 17)] {
+        let x = leaf(&[rows, k], 1.0, 0.0).detach();
+        let w = leaf(&[n, k], 0.3, 0.0).detach();
+        let b = leaf(&[n], 1.0, 0.1).detach();
+        for act in [None, Some(UnaryOp::Gelu), Some(UnaryOp::Tanh), Some(UnaryOp::Relu), Some(UnaryOp::Softplus)] {
+            for bias in [None, Some(&b)] {
+                let got = firebrand_autograd::with_no_grad(|| x.linear(&w, bias, act)).to_vec::<f32>();
+                let y = x.matmul(&w.t());
+                let y = bias.map_or(y.clone(), |b| y.add(b));
+                let want = act.map_or(y.clone(), |a| y.unary(a)).to_vec::<f32>();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{rows}x{k}x{n} {act:?}: {g} vs {w}");
+                }
+            }
+        }
+    }
+    let e = Tensor::zeros([2, 7]).try_linear(&Tensor::zeros([3, 10]), None, None).unwrap_err().to_string();
+    assert!(e.contains("linear") && e.contains("[2, 7]") && e.contains("[3, 10]"), "{e}");
+    let e = Tensor::zeros([2, 10]).try_linear(&Tensor::zeros([3, 10]), Some(&Tensor::zeros([4])), None);
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("linear") && e.contains("bias") && e.contains("[4]"), "{e}");
+}
+
 #[test]
 fn views() {
     let x = leaf(&[2, 3, 4], 1.0, 0.0);

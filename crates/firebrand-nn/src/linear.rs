@@ -79,14 +79,12 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
-            let y = x.matmul(&self.weight.t()); // (…, in) @ (in, out)
-            let y = match &self.bias {
-                Some(b) => y + b,
-                None => y,
-            };
-            match self.activation {
-                Some(a) => a.apply(&y),
-                None => y,
+            // (…, in) → (…, out): the bias, and an elementwise activation when
+            // no gradient is recorded, in the product's store.
+            match self.activation.map(|a| (a, a.as_unary())) {
+                Some((_, Some(op))) => x.linear(&self.weight, self.bias.as_ref(), Some(op)),
+                Some((a, None)) => a.apply(&x.linear(&self.weight, self.bias.as_ref(), None)),
+                None => x.linear(&self.weight, self.bias.as_ref(), None),
             }
         })
     }

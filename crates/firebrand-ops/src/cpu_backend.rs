@@ -579,12 +579,31 @@ impl Backend for CpuBackend {
         let op = "conv2d (pointwise)";
         let (xv, wv) = (f32s(x, op)?, f32s(w, op)?);
         let (s, t) = (scale.map(|s| f32s(s, op)).transpose()?, shift.map(|t| f32s(t, op)).transpose()?);
-        let epi = crate::gemm::Epilogue { row_scale: s.as_deref(), row_shift: t.as_deref(), act };
+        let epi = crate::gemm::Epilogue { row_scale: s.as_deref(), row_shift: t.as_deref(), col_shift: None, act };
         let mut out = take_f32(n * cout * l);
         for (b, o) in out.chunks_mut((cout * l).max(1)).enumerate() {
             let xb = MatRef { data: &xv, offset: b * c * l, rs: l, cs: 1 };
             crate::gemm::gemm_fused(cout, c, l, MatRef::row_major(&wv, c), xb, o, l, &epi);
         }
+        Ok(float_out(out, x.dtype()))
+    }
+
+    fn linear(
+        &self,
+        x: &dyn BackendStorage,
+        w: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        [rows, k, n]: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        let op = "linear";
+        let (xv, wv) = (f32s(x, op)?, f32s(w, op)?);
+        let b = bias.map(|b| f32s(b, op)).transpose()?;
+        let epi = crate::gemm::Epilogue { row_scale: None, row_shift: None, col_shift: b.as_deref(), act };
+        let mut out = take_f32(rows * n);
+        // B = wᵀ: element (p, j) is w[j, p].
+        let wt = MatRef { data: &wv, offset: 0, rs: 1, cs: k };
+        crate::gemm::gemm_fused(rows, k, n, MatRef::row_major(&xv, k), wt, &mut out, n, &epi);
         Ok(float_out(out, x.dtype()))
     }
 

@@ -106,8 +106,17 @@ unsafe fn normal_cdf_and_gauss512(x: __m512) -> (__m512, __m512) {
     unsafe {
         // erf by Abramowitz & Stegun 7.1.26.
         let z = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-        let t =
-            _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(z, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0)));
+        // t = 1 / (1 + 0.3275911 z): the 14-bit reciprocal estimate and one
+        // Newton step (error ~2⁻²⁸, below f32's rounding), a third of a
+        // division's cost (measured: MiniLM's GELUs took 16% of its
+        // inference with the division).
+        // z is capped at 10 (erf is 1 in f32 from 4 on) so that an infinite
+        // input does not make 0·∞ in the Newton step; NaN still propagates
+        // through the final product with x.
+        let zc = _mm512_min_ps(z, _mm512_set1_ps(10.0));
+        let d = _mm512_fmadd_ps(zc, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0));
+        let r = _mm512_rcp14_ps(d);
+        let t = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)));
         let mut p = _mm512_set1_ps(1.061_405_4);
         for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
             p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));

@@ -189,10 +189,11 @@ impl BertSelfAttention {
         // One product for the three projections (their weights stacked,
         // `(3H, H)`): the heads are then views of its `(B, T, 3H)` output.
         let (wq, wk, wv) = (&self.query.weight, &self.key.weight, &self.value.weight);
-        let mut qkv = x.matmul(&Tensor::cat(&[wq, wk, wv], 0).t()); // (B, T, 3H)
-        if let (Some(bq), Some(bk), Some(bv)) = (&self.query.bias, &self.key.bias, &self.value.bias) {
-            qkv = qkv.add(&Tensor::cat(&[bq, bk, bv], 0));
-        }
+        let bias = match (&self.query.bias, &self.key.bias, &self.value.bias) {
+            (Some(bq), Some(bk), Some(bv)) => Some(Tensor::cat(&[bq, bk, bv], 0)),
+            _ => None,
+        };
+        let qkv = x.linear(&Tensor::cat(&[wq, wk, wv], 0), bias.as_ref(), None); // (B, T, 3H)
         let split = |i: usize| qkv.narrow(2, i * h, h).reshape([b, t, self.heads, d]).permute(&[0, 2, 1, 3]); // (B, heads, T, d)
         let (q, k, v) = (split(0), split(1), split(2));
         let opts =

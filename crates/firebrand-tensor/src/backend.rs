@@ -149,6 +149,9 @@ pub enum Fused {
     BatchNorm,
     /// [`Backend::attention`] and its backward.
     Attention,
+    /// [`Backend::linear`]: a linear layer's product with its bias and
+    /// activation in the gemm's store.
+    Linear,
 }
 
 /// A device's memory in use by tensors, in bytes.
@@ -161,7 +164,7 @@ pub struct MemoryStats {
 }
 
 /// Every fused primitive, in declaration order.
-pub const ALL_FUSED: [Fused; 8] = [
+pub const ALL_FUSED: [Fused; 9] = [
     Fused::ConvEpilogue,
     Fused::ChannelAffine,
     Fused::DepthwiseConv,
@@ -170,6 +173,7 @@ pub const ALL_FUSED: [Fused; 8] = [
     Fused::LayerNorm,
     Fused::BatchNorm,
     Fused::Attention,
+    Fused::Linear,
 ];
 
 /// The error of a fused primitive a device does not implement (callers check
@@ -435,6 +439,23 @@ pub trait Backend: Send + Sync {
         need: [bool; 2],
     ) -> Result<(Option<Storage>, Option<Storage>)> {
         Err(unfused(self.device(), "depthwise_conv2d_backward"))
+    }
+    /// A linear layer: `act(x·wᵀ + bias)` for `x` `(rows, k)` and `w` `(n, k)`,
+    /// both contiguous, and `bias` `(n)` (`dims = [rows, k, n]`): `(rows, n)`,
+    /// the bias and activation applied as the product is stored.
+    ///
+    /// # Errors
+    /// On a dtype other than `f32`.
+    #[allow(unused_variables)]
+    fn linear(
+        &self,
+        x: &dyn BackendStorage,
+        w: &dyn BackendStorage,
+        bias: Option<&dyn BackendStorage>,
+        dims: [usize; 3],
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        Err(unfused(self.device(), "linear"))
     }
     /// A 1x1 convolution for inference, with its epilogue fused into the
     /// gemm: `act(scale[o]·Σ_c w[o, c]·x[n, c, l] + shift[o])` for `x`

@@ -2,9 +2,11 @@
 //! promoted, batch dims broadcast, and transposed operands multiply in place
 //! (the gemm reads any strides).
 
-use super::{panicking, record};
+use super::{panicking, record, records_graph};
 use crate::tensor::{Tensor, same_backend};
-use firebrand_tensor::{Error, Result, Shape};
+use firebrand_ops::unary::UnaryOp;
+use firebrand_tensor::backend::Fused;
+use firebrand_tensor::{DType, Error, Result, Shape};
 
 impl Tensor {
     /// Matrix product (`torch.matmul`): `(…, m, k) @ (…, k, n) -> (…, m, n)` with
@@ -40,6 +42,91 @@ impl Tensor {
     panicking!(
         /// Matrix product (`torch.matmul`); see [`Tensor::try_matmul`].
         matmul => try_matmul(rhs: &Tensor) -> Tensor
+    );
+
+    /// A linear layer (`torch.nn.functional.linear`, plus an optional
+    /// activation): `act(x·wᵀ + bias)` for `x` `(…, k)`, `weight` `(n, k)` and
+    /// `bias` `(n)`, giving `(…, n)`.
+    ///
+    /// On a device with the fused kernel ([`Fused::Linear`]) the bias is
+    /// added, and when no gradient is recorded the activation applied, as
+    /// the gemm stores the product: no further pass over the output. With a
+    /// gradient recorded and an activation, the activation runs as its own
+    /// op (its backward needs the pre-activation). Elsewhere it is the
+    /// composite `matmul`, `add`, activation, which is also the reference
+    /// the fused form is tested against.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]);
+    /// let w = Tensor::from_vec(vec![1.0f32, 0.0, 1.0, 1.0, -1.0, 0.0], [3, 2]);
+    /// let b = Tensor::from_vec(vec![0.5f32, 0.0, 0.0], [3]);
+    /// let y = x.linear(&w, Some(&b), Some(firebrand_autograd::UnaryOp::Relu));
+    /// assert_eq!(y.to_vec::<f32>(), vec![1.5, 3.0, 0.0, 3.5, 7.0, 0.0]);
+    /// ```
+    ///
+    /// # Errors
+    /// When `weight` is not 2-D, `x`'s last dim is not `weight`'s second,
+    /// `bias` is not `(n)`, or the operands are on different devices.
+    pub fn try_linear(&self, weight: &Tensor, bias: Option<&Tensor>, act: Option<UnaryOp>) -> Result<Tensor> {
+        let op = "linear";
+        let k = self.dims().last().copied();
+        if weight.rank() != 2 || self.rank() == 0 || k != Some(weight.dims()[1]) {
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: weight.shape().clone() });
+        }
+        let (n, k) = (weight.dims()[0], weight.dims()[1]);
+        if let Some(b) = bias.filter(|b| b.dims() != [n]) {
+            return Err(Error::msg(op, format!("bias {} for weight {}: expected [{n}]", b.shape(), weight.shape())));
+        }
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        let backend = same_backend(op, &inputs)?;
+        let records = records_graph(&inputs);
+        let fused = backend.has_fused(Fused::Linear) && inputs.iter().all(|t| t.dtype() == DType::F32);
+        if !fused {
+            let y = self.try_matmul(&weight.t())?;
+            let y = match bias {
+                Some(b) => y.try_add(b)?,
+                None => y,
+            };
+            return match act {
+                Some(a) => y.try_unary(a),
+                None => Ok(y),
+            };
+        }
+        if let (true, Some(a)) = (records, act) {
+            // The activation's backward needs the pre-activation: its own op.
+            return self.try_linear(weight, bias, None)?.try_unary(a);
+        }
+        let rows = self.dims()[..self.rank() - 1].iter().product::<usize>();
+        let (x, w) = (self.dense(op)?, weight.dense(op)?);
+        let bd = bias.map(|b| b.dense(op)).transpose()?;
+        let bs = bd.as_ref().map(|b| b.storage());
+        let out = backend.linear(&**x.storage(), &**w.storage(), bs.as_deref().map(|b| &**b), [rows, k, n], act)?;
+        let mut out_dims = self.dims().to_vec();
+        *out_dims.last_mut().expect("rank ≥ 1") = n;
+        let out = Tensor::from_backend(out, out_dims);
+        let (x, w) = (self.detach(), weight.detach());
+        let (need_x, need_w, need_b) =
+            (self.requires_grad(), weight.requires_grad(), bias.is_some_and(|b| b.requires_grad()));
+        let has_bias = bias.is_some();
+        Ok(record(out, op, &inputs, move |_, g| {
+            let g2 = g.reshape([rows, n]);
+            let x2 = x.reshape([rows, k]);
+            let gx = need_x.then(|| g2.matmul(&w).reshape(x.shape().clone()));
+            // The weight's gradient gᵀ·x, made as (xᵀ·g)ᵀ in the weight's own order.
+            let gw = need_w.then(|| weight_grad(&x2, &g2, &w.t()).t());
+            let mut grads = vec![gx, gw];
+            if has_bias {
+                grads.push(need_b.then(|| g2.sum(&[0], false)));
+            }
+            grads
+        }))
+    }
+
+    panicking!(
+        /// A linear layer, `act(x·wᵀ + bias)`; see [`Tensor::try_linear`].
+        linear => try_linear(weight: &Tensor, bias: Option<&Tensor>, act: Option<UnaryOp>) -> Tensor
     );
 
     /// Both operands at least 2-D.

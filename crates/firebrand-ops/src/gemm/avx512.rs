@@ -91,7 +91,8 @@ pub(super) unsafe fn gemm(
         (e.row_scale.map_or(std::ptr::null(), |s| s.as_ptr()), e.row_shift.map_or(std::ptr::null(), |s| s.as_ptr()))
     });
     let act = epi.and_then(|e| e.act).filter(|&op| crate::simd512::supports(op));
-    let (scale, shift) = (SendPtr(scale as *mut f32), SendPtr(shift as *mut f32));
+    let col = epi.and_then(|e| e.col_shift).map_or(std::ptr::null(), |s| s.as_ptr());
+    let (scale, shift, col) = (SendPtr(scale as *mut f32), SendPtr(shift as *mut f32), SendPtr(col as *mut f32));
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS { crate::parallel::num_threads() } else { 1 };
     let cptr = SendPtr(c.as_mut_ptr());
     let n_panels = n.div_ceil(NR);
@@ -158,7 +159,9 @@ pub(super) unsafe fn gemm(
                             let e = if last && epi.is_some() {
                                 let at =
                                     |p: *mut f32| if p.is_null() { p as *const f32 } else { p.add(i) as *const f32 };
-                                Some((at(scale.get()), at(shift.get()), act))
+                                let cp = col.get();
+                                let cp = if cp.is_null() { cp as *const f32 } else { cp.add(j0 + j) as *const f32 };
+                                Some((at(scale.get()), at(shift.get()), cp, act))
                             } else {
                                 None
                             };
@@ -289,7 +292,7 @@ type KernelArgs = (
     bool,
     usize,
     usize,
-    Option<(*const f32, *const f32, Option<firebrand_tensor::op::UnaryOp>)>,
+    Option<(*const f32, *const f32, *const f32, Option<firebrand_tensor::op::UnaryOp>)>,
 );
 
 /// `C[0..mr, 0..nr] (+)= A[0..mr, 0..kc] · B[0..kc, 0..nr]` with `ROWS ≥ mr`
@@ -298,9 +301,9 @@ type KernelArgs = (
 /// A is read in place with strides `(rsa, csa)` (rows at or past `mr` alias row
 /// `mr - 1` and are not stored); B rows are `rsb` apart with unit column
 /// stride (a packed panel has `rsb = NR`); columns past `nr` are masked off, so
-/// edge tiles need no scratch copy. `epi` (the last depth block only): row
-/// `i`'s values become `act(v·scale[i] + shift[i])` before the store (null
-/// pointers: no scale, no shift).
+/// edge tiles need no scratch copy. `epi` (the last depth block only): the
+/// value at `(i, j)` becomes `act(v·scale[i] + shift[i] + col[j])` before the
+/// store (null pointers: no scale, no shift, no column shift).
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
     (kc, a, rsa, csa, b, rsb, c, ldc, acc, mr, nr, epi): KernelArgs,
@@ -347,7 +350,7 @@ unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
                 v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
                 v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
             }
-            if let Some((scale, shift, act)) = epi {
+            if let Some((scale, shift, col, act)) = epi {
                 if !scale.is_null() {
                     let s = _mm512_set1_ps(*scale.add(i));
                     (v0, v1) = (_mm512_mul_ps(v0, s), _mm512_mul_ps(v1, s));
@@ -355,6 +358,10 @@ unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
                 if !shift.is_null() {
                     let t = _mm512_set1_ps(*shift.add(i));
                     (v0, v1) = (_mm512_add_ps(v0, t), _mm512_add_ps(v1, t));
+                }
+                if !col.is_null() {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, col));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, col.add(16)));
                 }
                 if let Some(op) = act {
                     (v0, v1) = (crate::simd512::apply512(op, v0), crate::simd512::apply512(op, v1));

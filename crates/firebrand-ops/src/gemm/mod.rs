@@ -11,7 +11,110 @@
 //! column strides for `A` and `B`, so transposed views multiply without a copy.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How `f32` matrix products may compute: PyTorch's
+/// `torch.set_float32_matmul_precision`. Set with
+/// [`set_float32_matmul_precision`]; the default is `Highest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// `f32` multiplies and adds throughout.
+    #[default]
+    Highest,
+    /// PyTorch's "high" (TF32 or bf16x3 where a device has them): no such
+    /// unit on CPUs, so the same as `Highest` here.
+    High,
+    /// Operands rounded to `bf16` (8 bits of mantissa), products summed in
+    /// `f32`: on CPUs with AMX-BF16 (Intel Sapphire Rapids and later) the
+    /// product runs on the tile unit, several times faster; elsewhere as
+    /// `Highest`. Relative error per product about `2⁻⁸·√k`-scaled, as
+    /// PyTorch's "medium".
+    Medium,
+}
+
+impl MatmulPrecision {
+    /// PyTorch's name: `"highest"`, `"high"` or `"medium"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatmulPrecision::Highest => "highest",
+            MatmulPrecision::High => "high",
+            MatmulPrecision::Medium => "medium",
+        }
+    }
+}
+
+impl std::str::FromStr for MatmulPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "highest" => Ok(MatmulPrecision::Highest),
+            "high" => Ok(MatmulPrecision::High),
+            "medium" => Ok(MatmulPrecision::Medium),
+            _ => Err(format!("matmul precision {s:?}: expected highest, high or medium")),
+        }
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets how `f32` matrix products compute, for the whole process (as
+/// PyTorch's `torch.set_float32_matmul_precision`). Affects [`gemm`] and
+/// [`gemm_fused`] (matmul, linear layers, convolutions lowered to gemm, and
+/// their gradients), not the batched small products of [`gemm_serial`].
+///
+/// ```
+/// use firebrand_ops::gemm::{set_float32_matmul_precision, float32_matmul_precision, MatmulPrecision};
+/// set_float32_matmul_precision(MatmulPrecision::Medium);
+/// assert_eq!(float32_matmul_precision(), MatmulPrecision::Medium);
+/// set_float32_matmul_precision(MatmulPrecision::Highest);
+/// ```
+pub fn set_float32_matmul_precision(p: MatmulPrecision) {
+    PRECISION.store(p as u8, Ordering::Relaxed);
+}
+
+/// The precision set by [`set_float32_matmul_precision`].
+pub fn float32_matmul_precision() -> MatmulPrecision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => MatmulPrecision::Highest,
+        1 => MatmulPrecision::High,
+        _ => MatmulPrecision::Medium,
+    }
+}
+
+/// Below this many multiply-adds (or with a side under 16) a bf16 product
+/// stays on the f32 kernel: packing and tile set-up would cost more than
+/// they save.
+const AMX_MIN_MACS: usize = 1 << 16;
+
+/// Whether a product of these sizes runs on AMX tiles in bf16 at precision `p`.
+fn use_amx(p: MatmulPrecision, m: usize, k: usize, n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        p == MatmulPrecision::Medium && m >= 16 && n >= 16 && m * n * k >= AMX_MIN_MACS && amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (p, m, k, n);
+        false
+    }
+}
+
+/// Whether this CPU and OS run [`MatmulPrecision::Medium`] products on AMX
+/// tiles (else they compute as `Highest`).
+pub fn amx_bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// A read-only strided matrix: element `(i, j)` is `data[offset + i*rs + j*cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -52,16 +155,19 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// What [`gemm_fused`] applies to each row `i` of the product as it stores
-/// it: `act(v·row_scale[i] + row_shift[i])` (a missing scale is 1, a missing
-/// shift 0) — a pointwise convolution's bias, an inference BatchNorm and the
-/// activation, without another pass over the output.
+/// What [`gemm_fused`] applies to each element `(i, j)` of the product as
+/// it stores it: `act(v·row_scale[i] + row_shift[i] + col_shift[j])` (a
+/// missing scale is 1, a missing shift 0) — a pointwise convolution's bias
+/// and an inference BatchNorm (per row), a linear layer's bias (per column),
+/// and the activation, without another pass over the output.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
     /// Per-row factor (`m` values).
     pub row_scale: Option<&'a [f32]>,
     /// Per-row offset (`m` values).
     pub row_shift: Option<&'a [f32]>,
+    /// Per-column offset (`n` values), added after the row scale and shift.
+    pub col_shift: Option<&'a [f32]>,
     /// An elementwise activation applied last.
     pub act: Option<firebrand_tensor::op::UnaryOp>,
 }
@@ -75,28 +181,53 @@ pub struct Epilogue<'a> {
 /// As [`gemm`], and when a row vector is shorter than `m`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_fused(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    gemm_fused_at(float32_matmul_precision(), m, k, n, a, b, c, ldc, epi)
+}
+
+/// [`gemm_fused`] at precision `p` rather than the process's.
+#[allow(clippy::too_many_arguments)]
+fn gemm_fused_at(
+    p: MatmulPrecision,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+) {
     assert!(
         epi.row_scale.is_none_or(|s| s.len() >= m) && epi.row_shift.is_none_or(|s| s.len() >= m),
         "gemm_fused: row vectors shorter than m = {m}"
     );
+    assert!(epi.col_shift.is_none_or(|s| s.len() >= n), "gemm_fused: column shift shorter than n = {n}");
     #[cfg(target_arch = "x86_64")]
     if use_avx512() && m > 0 && n > 0 && k > 0 {
         assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_fused: output too small");
         a.check(m, k, "A");
         b.check(k, n, "B");
-        // SAFETY: avx512f was detected at run time; bounds were checked above.
-        unsafe { avx512::gemm(m, k, n, a, b, c, ldc, false, true, Some(epi)) };
+        if use_amx(p, m, k, n) {
+            // SAFETY: AMX was detected and granted; bounds were checked above.
+            unsafe { amx::gemm(m, k, n, a, b, c, ldc, false, true, Some(epi)) };
+        } else {
+            // SAFETY: avx512f was detected at run time; bounds were checked above.
+            unsafe { avx512::gemm(m, k, n, a, b, c, ldc, false, true, Some(epi)) };
+        }
         if let Some(op) = epi.act.filter(|&op| !crate::simd512::supports(op)) {
             (0..m).for_each(|i| crate::unary::map_in_place(op, &mut c[i * ldc..i * ldc + n]));
         }
         return;
     }
-    gemm(m, k, n, a, b, c, ldc, false);
+    gemm_with_threads(p, m, k, n, a, b, c, ldc, false, true);
     for i in 0..m {
         let row = &mut c[i * ldc..i * ldc + n];
         let (s, t) = (epi.row_scale.map_or(1.0, |s| s[i]), epi.row_shift.map_or(0.0, |t| t[i]));
         if epi.row_scale.is_some() || epi.row_shift.is_some() {
             row.iter_mut().for_each(|v| *v = *v * s + t);
+        }
+        if let Some(cs) = epi.col_shift {
+            row.iter_mut().zip(cs).for_each(|(v, b)| *v += b);
         }
         if let Some(op) = epi.act {
             crate::unary::map_in_place(op, row);
@@ -142,18 +273,19 @@ fn use_avx512() -> bool {
 /// ```
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
-    gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, true)
+    gemm_with_threads(float32_matmul_precision(), m, k, n, a, b, c, ldc, accumulate, true)
 }
 
 /// [`gemm`] on the calling thread only (for callers that parallelize outside,
 /// such as batched matmul over many small matrices).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
-    gemm_with_threads(m, k, n, a, b, c, ldc, accumulate, false)
+    gemm_with_threads(MatmulPrecision::Highest, m, k, n, a, b, c, ldc, accumulate, false)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn gemm_with_threads(
+    p: MatmulPrecision,
     m: usize,
     k: usize,
     n: usize,
@@ -179,6 +311,12 @@ fn gemm_with_threads(
     }
     a.check(m, k, "A");
     b.check(k, n, "B");
+    #[cfg(target_arch = "x86_64")]
+    if use_amx(p, m, k, n) {
+        // SAFETY: AMX was detected and granted; bounds were checked above.
+        unsafe { amx::gemm(m, k, n, a, b, c, ldc, accumulate, parallel, None) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
         // SAFETY: avx512f was detected at run time; bounds were checked above.
@@ -241,18 +379,30 @@ mod tests {
             let (s, t) = (data(m, 5), data(m, 6));
             let (a, b) = (MatRef::row_major(&av, k), MatRef::row_major(&bv, n));
             for act in [None, Some(UnaryOp::Hardtanh(-0.2, 0.3)), Some(UnaryOp::Silu), Some(UnaryOp::Softplus)] {
-                for (rs, rt) in [(Some(&s[..]), Some(&t[..])), (None, Some(&t[..])), (None, None)] {
-                    let epi = Epilogue { row_scale: rs, row_shift: rt, act };
-                    let mut got = vec![f32::NAN; m * n];
-                    gemm_fused(m, k, n, a, b, &mut got, n, &epi);
-                    let mut want = vec![0.0; m * n];
-                    gemm(m, k, n, a, b, &mut want, n, false);
-                    for (i, v) in want.iter_mut().enumerate() {
-                        let z = *v * rs.map_or(1.0, |s| s[i / n]) + rt.map_or(0.0, |t| t[i / n]);
-                        *v = act.map_or(z, |op| op.apply(z));
-                    }
-                    for (g, w) in got.iter().zip(&want) {
-                        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{m}x{k}x{n} {act:?}: {g} vs {w}");
+                let cb = data(n, 7);
+                let variants = [
+                    (Some(&s[..]), Some(&t[..]), None),
+                    (None, Some(&t[..]), None),
+                    (None, None, None),
+                    (None, None, Some(&cb[..])),
+                    (Some(&s[..]), Some(&t[..]), Some(&cb[..])),
+                ];
+                for (rs, rt, cs) in variants {
+                    let epi = Epilogue { row_scale: rs, row_shift: rt, col_shift: cs, act };
+                    for p in [MatmulPrecision::Highest, MatmulPrecision::Medium] {
+                        let mut got = vec![f32::NAN; m * n];
+                        gemm_fused_at(p, m, k, n, a, b, &mut got, n, &epi);
+                        let mut want = vec![0.0; m * n];
+                        gemm_with_threads(p, m, k, n, a, b, &mut want, n, false, true);
+                        for (i, v) in want.iter_mut().enumerate() {
+                            let z = *v * rs.map_or(1.0, |s| s[i / n])
+                                + rt.map_or(0.0, |t| t[i / n])
+                                + cs.map_or(0.0, |c| c[i % n]);
+                            *v = act.map_or(z, |op| op.apply(z));
+                        }
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{m}x{k}x{n} {act:?} {p:?}: {g} vs {w}");
+                        }
                     }
                 }
             }
