@@ -26,6 +26,7 @@ fn main() {
     manual_seed(7);
     // Data: y = sin(3x) + noise on 256 points.
     let dev = args.device.device;
+    firebrand::set_float32_matmul_precision(args.device.matmul_precision);
     let on = |t: Tensor| t.to_device(dev).unwrap_or_else(|e| common::fail(e));
     let x = Tensor::rand([256, 1], -1.0, 1.0); // (N, 1)
     let y = on((&x * 3.0).sin() + Tensor::randn([256, 1], 0.0, 0.05)); // (N, 1)

@@ -61,6 +61,8 @@ pub use firebrand_train as train;
 #[cfg(feature = "wgpu")]
 pub use firebrand_wgpu as wgpu;
 
+pub use firebrand_ops::gemm::{MatmulPrecision, float32_matmul_precision, set_float32_matmul_precision};
+
 pub use firebrand_autograd::{
     ConvOptions, DType, Device, Error, GradcheckOptions, MemoryStats, Result, Shape, Tensor, UnaryOp, Window2d,
     gradcheck, manual_seed, memory_stats, no_grad, reset_peak_memory, synchronize, with_no_grad,

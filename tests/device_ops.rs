@@ -12,7 +12,7 @@
 
 use firebrand::nn::loss::{Reduction, Target, cross_entropy};
 use firebrand::prelude::*;
-use firebrand::{ConvOptions, Window2d};
+use firebrand::{ConvOptions, UnaryOp, Window2d};
 
 /// The device to test on, or `None` (after saying why) when it is absent.
 fn open(dev: Device) -> Option<Device> {
@@ -108,6 +108,18 @@ device_test!(reductions_and_softmax, |dev| {
             .transpose(2, 3)
             .matmul(&x[1])
             .add(&x[0].narrow(3, 1, 16).matmul(&x[0].narrow(3, 0, 16).transpose(2, 3)).sum(&[3], true))
+    });
+});
+
+device_test!(linear_with_bias_and_activation, |dev| {
+    // A batched, transposed input; odd sizes; the bias in the product's
+    // store, the activation its own op (gradients are recorded).
+    let inputs = [randn(&[2, 37, 19], 31), randn(&[33, 37], 32), randn(&[33], 33)];
+    check("linear of a view with bias and GELU", dev, &inputs, 1e-5, |_, x| {
+        x[0].transpose(1, 2).linear(&x[1], Some(&x[2]), Some(UnaryOp::Gelu))
+    });
+    check("linear of size 1 without bias", dev, &[randn(&[1, 1], 34), randn(&[1, 1], 35)], 1e-5, |_, x| {
+        x[0].linear(&x[1], None, None)
     });
 });
 

@@ -21,17 +21,21 @@ pub struct FashionArgs {
     pub device: DeviceArg,
 }
 
-/// `--device`, which every example takes (`#[command(flatten)]`).
+/// `--device` and `--matmul-precision`, which every example takes (`#[command(flatten)]`).
 #[derive(clap::Args)]
 pub struct DeviceArg {
     /// Where to train and run: cpu, wgpu or wgpu:N (wgpu needs the `wgpu` feature).
     #[arg(long, default_value = "cpu")]
     pub device: firebrand::Device,
+    /// How f32 matrix products compute on the CPU: highest (f32), or medium (bf16 operands on AMX tiles, f32 sums; as torch.set_float32_matmul_precision).
+    #[arg(long, default_value = "highest")]
+    pub matmul_precision: firebrand::MatmulPrecision,
 }
 
 impl DeviceArg {
-    /// Moves `module` to the chosen device, or exits with the reason.
+    /// Sets the matmul precision and moves `module` to the chosen device, or exits with the reason.
     pub fn place(&self, module: &impl firebrand::nn::ModuleExt) -> firebrand::Device {
+        firebrand::set_float32_matmul_precision(self.matmul_precision);
         module.to_device(self.device).unwrap_or_else(|e| fail(e));
         if !self.device.is_cpu() {
             println!("running on {}", self.device);

@@ -174,6 +174,49 @@ unsafe fn pack_a_strip_simd(m: usize, k: usize, a: MatRef, i0: usize, dst: &mut 
     }
 }
 
+/// [`pack_a_strip`] for A with contiguous columns (`xᵀ` in a weight's
+/// gradient): each whole 32x32 block is turned by four 16x16 transposes
+/// into rows, then converted; blocks at A's edges take the scalar path.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_a_strip_columns(m: usize, k: usize, a: MatRef, i0: usize, dst: &mut [u16]) {
+    let mut rows = [0.0f32; 32 * 32];
+    for (q, block) in dst.chunks_exact_mut(2 * TILE).enumerate() {
+        let p0 = 32 * q;
+        if i0 + 32 > m || p0 + 32 > k {
+            pack_a_block_scalar(m, k, a, i0, p0, block);
+            continue;
+        }
+        for (ib, pb) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            // Source row j (depth p0 + 16pb + j) holds 16 consecutive rows of A.
+            let src = a.data[a.offset + (i0 + 16 * ib) + (p0 + 16 * pb) * a.cs..].as_ptr();
+            // SAFETY: the 16x16 block lies inside A (checked: no edge here) and `rows`.
+            unsafe { super::avx512::transpose16_into(src, a.cs, rows.as_mut_ptr().add(16 * ib * 32 + 16 * pb), 32) };
+        }
+        for (r, row) in block.chunks_exact_mut(32).enumerate() {
+            // SAFETY: 32 floats of `rows`; the store fills `row`.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr() as *mut __m512i, convert32(rows[32 * r..].as_ptr(), 32)) };
+        }
+    }
+}
+
+/// One 32-deep block of a strip of A (rows `i0..i0+32`, depth `p0..p0+32`),
+/// element by element, zero past `m` and `k`.
+fn pack_a_block_scalar(m: usize, k: usize, a: MatRef, i0: usize, p0: usize, block: &mut [u16]) {
+    let depth = 32.min(k - p0.min(k));
+    for (r, row) in block.chunks_exact_mut(32).enumerate() {
+        let i = i0 + r;
+        if i >= m {
+            row.fill(0);
+            continue;
+        }
+        let base = a.offset + i * a.rs + p0 * a.cs;
+        for (p, o) in row[..depth].iter_mut().enumerate() {
+            *o = to_bf16(a.data[base + p * a.cs]);
+        }
+        row[depth..].fill(0);
+    }
+}
+
 /// [`pack_b_panel`] for B with contiguous columns (`Wᵀ` of a `(n, k)`
 /// weight): each column's 32-deep run converts to 16 pairs at once, and a
 /// 16x16 transpose of the pairs makes the tile.
@@ -243,28 +286,12 @@ fn pack_a_strip(m: usize, k: usize, a: MatRef, i0: usize, dst: &mut [u16]) {
         // SAFETY: the CPU has the instructions; the extent was checked by gemm's caller.
         return unsafe { pack_a_strip_simd(m, k, a, i0, dst) };
     }
-    let d = a.data;
+    if simd_convert() && a.rs == 1 {
+        // SAFETY: as above.
+        return unsafe { pack_a_strip_columns(m, k, a, i0, dst) };
+    }
     for (q, block) in dst.chunks_exact_mut(2 * TILE).enumerate() {
-        let p0 = 32 * q;
-        let depth = 32.min(k - p0.min(k));
-        for (r, row) in block.chunks_exact_mut(32).enumerate() {
-            let i = i0 + r;
-            if i >= m {
-                row.fill(0);
-                continue;
-            }
-            let base = a.offset + i * a.rs + p0 * a.cs;
-            if a.cs == 1 {
-                for (o, &x) in row.iter_mut().zip(&d[base..base + depth]) {
-                    *o = to_bf16(x);
-                }
-            } else {
-                for (p, o) in row[..depth].iter_mut().enumerate() {
-                    *o = to_bf16(d[base + p * a.cs]);
-                }
-            }
-            row[depth..].fill(0);
-        }
+        pack_a_block_scalar(m, k, a, i0, 32 * q, block);
     }
 }
 
@@ -445,6 +472,7 @@ pub(super) unsafe fn gemm(
                 }
                 let mut out = [0.0f32; 32 * 32];
                 configure();
+                let rows = m.min(32 * s1) - 32 * s0;
                 for p in 0..panels {
                     let j0 = 32 * p;
                     let nc = 32.min(n - j0);
@@ -457,8 +485,17 @@ pub(super) unsafe fn gemm(
                             // SAFETY: AMX is available (the caller's contract); both packs hold
                             // `kb` blocks for this strip and panel; the 32x32 block at
                             // (i0, j0) lies in C and only this task writes its rows.
-                            unsafe { kernel(kb, ap, bp, cptr.get().add(i0 * ldc + j0), ldc, accumulate) };
-                            finish(cptr.get(), i0, mr, j0, nc);
+                            unsafe {
+                                let c0 = cptr.get().add(i0 * ldc + j0);
+                                // C's block is written (and read back by the epilogue)
+                                // once: fetched for writing while the tiles compute.
+                                for r in 0..32 {
+                                    let row = c0.add(r * ldc) as *const i8;
+                                    _mm_prefetch::<_MM_HINT_ET0>(row);
+                                    _mm_prefetch::<_MM_HINT_ET0>(row.add(64));
+                                }
+                                kernel(kb, ap, bp, c0, ldc, accumulate)
+                            };
                             continue;
                         }
                         // An edge block goes through a full scratch block, clipped into C.
@@ -476,8 +513,17 @@ pub(super) unsafe fn gemm(
                                 row.copy_from_slice(src);
                             }
                         }
-                        finish(cptr.get(), i0, mr, j0, nc);
                     }
+                    // The epilogue of the previous panel: its tile stores have
+                    // retired by now (read back at once, they stall the loads:
+                    // measured, the epilogue took 17% of MiniLM's inference so).
+                    if p > 0 {
+                        finish(cptr.get(), 32 * s0, rows, j0 - 32, 32);
+                    }
+                }
+                if panels > 0 {
+                    let j0 = 32 * (panels - 1);
+                    finish(cptr.get(), 32 * s0, rows, j0, n - j0);
                 }
                 release();
             });
