@@ -9,6 +9,9 @@ same session, and prints both figures and their ratio.
     python3 benches/compare.py gpt [--iters 2000] [--seed 0]
     python3 benches/compare.py transformer_block [--rounds 10] [--seed 0]
     python3 benches/compare.py mobilenet_v2 [--rounds 3]   (needs torchvision: see benches/pytorch/mobilenet_v2.py)
+    python3 benches/compare.py minilm_embed|minilm_finetune|llm_generate [--matmul-precision medium]
+                               (the real checkpoints, as .ci/run fetches them; pip install transformers)
+    python3 benches/compare.py int8_gemm
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -31,7 +34,9 @@ def run(cmd, env=None):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block", "mobilenet_v2"])
+    p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block", "mobilenet_v2",
+                                        "minilm_embed", "minilm_finetune", "llm_generate", "int8_gemm"])
+    p.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -50,6 +55,8 @@ def main():
         return compare_transformer_block(a)
     if a.workload == "mobilenet_v2":
         return compare_mobilenet(a)
+    if a.workload in FIELDS:
+        return compare_fields(a)
     best = {}
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
@@ -135,6 +142,28 @@ def compare_mobilenet(a):
         else:
             print(f"| training step, batch 16 (ms) | {f['train_step_ms']:.1f} | {t['train_step_ms']:.1f} "
                   f"| {t['train_step_ms'] / f['train_step_ms']:.2f}x | {f['peak_rss_mb']} | {t['peak_rss_mb']} |")
+
+
+# The figures each side prints.
+FIELDS = {
+    "minilm_embed": ["sentences_per_s"],
+    "minilm_finetune": ["epoch_seconds", "test_accuracy"],
+    "llm_generate": ["prompt_tokens_per_s", "tokens_per_s"],
+    "int8_gemm": ["int8_gops", "fp32_gflops"],
+}
+
+
+def compare_fields(a):
+    """The pretrained-model workloads and int8_gemm: each field side by side, per row (per shape for
+    int8_gemm), both at the same --matmul-precision."""
+    ours, theirs = both(a, a.workload, ["--matmul-precision", a.matmul_precision])
+    print(f"matmul precision: {a.matmul_precision}")
+    print("| row | figure | Firebrand | PyTorch | Firebrand / PyTorch |")
+    print("|---|---|---|---|---|")
+    for f, t in zip(ours, theirs):
+        row = f"{f['m']}x{f['k']}x{f['n']}" if "m" in f else a.workload
+        for key in FIELDS[a.workload]:
+            print(f"| {row} | {key} | {f[key]} | {t[key]} | {f[key] / t[key]:.2f}x |")
 
 
 def compare_classifier(a):

@@ -37,6 +37,12 @@
 //!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
 //!   each the median of N rounds (5) after one warm-up. `--modes inference`
 //!   or `--modes train` runs one half.
+//! * `int8_gemm [--sizes …]` — the quantized product
+//!   (`gemm::int8::gemm_u8i8`: `u8` rows times an `i8` weight, dequantized
+//!   to `f32` with a bias) against the `f32` gemm on the same shapes, same
+//!   run: `int8_gops` and `fp32_gflops` (2·m·k·n per product; quantizing
+//!   the activations not timed). Default shapes: 1024³ and MiniLM's
+//!   feed-forward pair, 4096x384x1536 and 4096x1536x384.
 //! * `minilm_embed [--model DIR] [--data DIR] [--rounds N]` — the real
 //!   all-MiniLM-L6-v2 on 256 BBC News articles (every 8th in sorted path
 //!   order), each padded or truncated to 128 tokens, batches of 32: forward
@@ -128,6 +134,7 @@ fn main() {
     }
     match name.as_str() {
         "gemm" => workload_gemm(opt("--sizes")),
+        "int8_gemm" => workload_int8_gemm(opt("--sizes")),
         "peak" => workload_peak(),
         "mlp" | "cnn" => {
             let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
@@ -175,7 +182,7 @@ fn main() {
         ),
         other => {
             eprintln!(
-                "unknown workload {other:?}; known: gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
+                "unknown workload {other:?}; known: gemm, int8_gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
             );
             std::process::exit(2);
         }
@@ -200,22 +207,7 @@ fn time_gemm(m: usize, k: usize, n: usize) -> f64 {
     let b = fill(k * n, 2);
     let mut c = vec![0.0f32; m * n];
     let flops = 2.0 * (m * k * n) as f64;
-    let mut run = || gemm(m, k, n, MatRef::row_major(&a, k), MatRef::row_major(&b, n), &mut c, n, false);
-    run();
-    let t = Instant::now();
-    run();
-    let once = t.elapsed().as_secs_f64().max(1e-7);
-    let reps = ((0.06 / once).ceil() as usize).clamp(1, 10_000);
-    let mut samples = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..reps {
-            run();
-        }
-        samples.push(t.elapsed().as_secs_f64() / reps as f64);
-    }
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    flops / samples[samples.len() / 2] / 1e9
+    flops / median_secs(|| gemm(m, k, n, MatRef::row_major(&a, k), MatRef::row_major(&b, n), &mut c, n, false)) / 1e9
 }
 
 /// GFLOP/s of `Tensor::matmul` on the run's device: the median of 5 timed
@@ -244,21 +236,23 @@ fn time_device_gemm(m: usize, k: usize, n: usize) -> f64 {
     flops / samples[2] / 1e9
 }
 
+/// `--sizes 256,128x128x512`: a square size or an m x k x n shape each.
+fn parse_sizes(s: &str) -> Vec<(usize, usize, usize)> {
+    s.split(',')
+        .map(|x| {
+            let d: Vec<usize> = x.split('x').map(|v| v.parse().expect("--sizes N or MxKxN, comma-separated")).collect();
+            match d[..] {
+                [s] => (s, s, s),
+                [m, k, n] => (m, k, n),
+                _ => panic!("--sizes N or MxKxN, comma-separated; got {x}"),
+            }
+        })
+        .collect()
+}
+
 fn workload_gemm(sizes: Option<String>) {
     let shapes: Vec<(usize, usize, usize)> = match sizes {
-        // `--sizes 256,128x128x512`: a square size or an m x k x n shape each.
-        Some(s) => s
-            .split(',')
-            .map(|x| {
-                let d: Vec<usize> =
-                    x.split('x').map(|v| v.parse().expect("--sizes N or MxKxN, comma-separated")).collect();
-                match d[..] {
-                    [s] => (s, s, s),
-                    [m, k, n] => (m, k, n),
-                    _ => panic!("--sizes N or MxKxN, comma-separated; got {x}"),
-                }
-            })
-            .collect(),
+        Some(s) => parse_sizes(&s),
         None => {
             let mut v: Vec<_> = [64, 128, 256, 512, 1024, 2048].iter().map(|&s| (s, s, s)).collect();
             v.extend([(32, 784, 128), (128, 784, 128), (1024, 128, 512)]);
@@ -279,6 +273,49 @@ fn workload_gemm(sizes: Option<String>) {
             dev_json()
         );
     }
+}
+
+/// The int8 product against the f32 one, per shape (`--sizes` as for `gemm`).
+fn workload_int8_gemm(sizes: Option<String>) {
+    use firebrand::ops::gemm::int8::{QuantizedWeight, gemm_u8i8, int8_backend, quantize_rows_u8};
+    let shapes = match sizes {
+        Some(s) => parse_sizes(&s),
+        None => vec![(1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384)],
+    };
+    for (m, k, n) in shapes {
+        let (x, w, b) = (fill(m * k, 1), fill(n * k, 2), fill(n, 3));
+        let (qa, qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&w, n, k));
+        let mut out = vec![0.0f32; m * n];
+        let ops = 2.0 * (m * k * n) as f64;
+        let secs = median_secs(|| gemm_u8i8(&qa, &qw, Some(&b), &mut out));
+        println!(
+            "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",
+            ops / secs / 1e9,
+            time_gemm(m, k, n),
+            int8_backend(),
+            rayon::current_num_threads()
+        );
+    }
+}
+
+/// The median seconds of 5 timed batches of `run` (each batch about 60 ms), after a warm-up.
+fn median_secs(mut run: impl FnMut()) -> f64 {
+    run();
+    let t = Instant::now();
+    run();
+    let once = t.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((0.06 / once).ceil() as usize).clamp(1, 10_000);
+    let mut samples: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                run();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[2]
 }
 
 /// FMA throughput: independent accumulator chains on every thread at once.

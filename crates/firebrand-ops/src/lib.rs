@@ -6,7 +6,9 @@
 //! and records the backward rules.
 //!
 //! * [`gemm`] — single-precision matrix multiply: an AVX-512 packed kernel of
-//!   our own, `matrixmultiply` elsewhere; strided operands, rayon over blocks.
+//!   our own, `matrixmultiply` elsewhere; strided operands, rayon over blocks;
+//!   at [`gemm::MatmulPrecision::Medium`], bf16 products on AMX tiles; and
+//!   [`gemm::int8`], `u8·i8` products on AMX-INT8 tiles for quantized layers.
 //! * [`binary`] / [`unary`] — elementwise maps with broadcasting; the unary
 //!   table gives each op's value and derivative.
 //! * [`reduce`] — sum, max, min, argmax, argmin over any axes.

@@ -51,17 +51,14 @@ const ROW_BLOCK: usize = 256;
 /// One tile: 16 rows of 64 bytes (32 bf16).
 const TILE: usize = 512;
 
-/// Whether this CPU has AMX-BF16 and the OS let this process use it.
-pub(super) fn available() -> bool {
+/// Whether this CPU has the AMX tile unit and the OS let this process use
+/// it (asked once).
+pub(super) fn tiles_granted() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| {
-        // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE
-        // (`is_x86_feature_detected!` does not take AMX on stable Rust).
-        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
-            return false;
-        }
-        if cfg!(not(target_os = "linux")) {
+        // CPUID leaf 7: EDX bit 24 is AMX-TILE (`is_x86_feature_detected!`
+        // does not take AMX on stable Rust).
+        if std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 24) == 0 || cfg!(not(target_os = "linux")) {
             return false;
         }
         // arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18).
@@ -73,6 +70,18 @@ pub(super) fn available() -> bool {
         }
         r == 0
     })
+}
+
+/// Whether this CPU has AMX-BF16 (CPUID leaf 7, EDX bit 22) and the tiles are granted.
+pub(super) fn available() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0 && tiles_granted())
+}
+
+/// Whether this CPU has AMX-INT8 (CPUID leaf 7, EDX bit 25) and the tiles are granted.
+pub(crate) fn int8_available() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0 && tiles_granted())
 }
 
 /// `f32` to `bf16` bits, to nearest with ties to even; NaN stays a (quiet) NaN.
@@ -295,18 +304,61 @@ fn pack_a_strip(m: usize, k: usize, a: MatRef, i0: usize, dst: &mut [u16]) {
     }
 }
 
-/// The 32x32 block at `out` (row stride `ld` floats) = (or `+=` when
-/// `load`) the strip's rows times the panel's columns, over `blocks` depth
-/// blocks.
+/// Which tile product a kernel issues.
+#[derive(Clone, Copy)]
+pub(super) enum TileProduct {
+    /// `TDPBF16PS`: pairs of bf16 summed into f32.
+    Bf16,
+    /// `TDPBUSD`: fours of `u8·i8` summed into i32.
+    U8I8,
+}
+
+/// The 32x32 block of 4-byte sums at `out` (rows `ld` elements apart) = (or
+/// `+=` when `load`) the strip's rows times the panel's columns, over
+/// `blocks` depth blocks of two A tiles and two B tiles (2 KiB each side).
 ///
 /// # Safety
-/// AMX is [`available`] and [`configure`]d on this thread; `a` and `b` hold
-/// `blocks` blocks of two tiles each; `out` has 32 rows of 32 floats `ld` apart.
-unsafe fn kernel(blocks: usize, a: *const u16, b: *const u16, out: *mut f32, ld: usize, load: bool) {
+/// AMX (with the product's extension) is available and [`configure`]d on
+/// this thread; `a` and `b` hold `blocks` blocks of two tiles each; `out`
+/// has 32 rows of 32 elements `ld` apart.
+pub(super) unsafe fn kernel<A, B, C>(
+    op: TileProduct,
+    blocks: usize,
+    a: *const A,
+    b: *const B,
+    out: *mut C,
+    ld: usize,
+    load: bool,
+) {
     let s = ld * 4; // bytes per row of C
     let o16 = out.wrapping_add(16 * ld); // rows 16..32
+    // The depth loop, with the product's instruction.
+    macro_rules! depth_loop {
+        ($insn:literal) => {
+            asm!(
+                "2:",
+                "tileloadd tmm4, [{a} + {s64}*1]",
+                "tileloadd tmm6, [{b} + {s64}*1]",
+                "tileloadd tmm5, [{a} + {s64}*1 + 1024]",
+                "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                concat!($insn, " tmm0, tmm4, tmm6"),
+                concat!($insn, " tmm1, tmm4, tmm7"),
+                concat!($insn, " tmm2, tmm5, tmm6"),
+                concat!($insn, " tmm3, tmm5, tmm7"),
+                "add {a}, 2048",
+                "add {b}, 2048",
+                "dec {n}",
+                "jnz 2b",
+                a = inout(reg) a => _,
+                b = inout(reg) b => _,
+                n = inout(reg) blocks => _,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
     // SAFETY: the tiles read lie inside the packed buffers (`blocks` × 2 KiB
-    // each) and the stores inside `out` (the caller's contract).
+    // each) and the loads and stores of C inside `out` (the caller's contract).
     unsafe {
         if load {
             asm!(
@@ -319,32 +371,16 @@ unsafe fn kernel(blocks: usize, a: *const u16, b: *const u16, out: *mut f32, ld:
         } else {
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
         }
+        match op {
+            TileProduct::Bf16 => depth_loop!("tdpbf16ps"),
+            TileProduct::U8I8 => depth_loop!("tdpbusd"),
+        }
         asm!(
-            "2:",
-            "tileloadd tmm4, [{a} + {s64}*1]",
-            "tileloadd tmm6, [{b} + {s64}*1]",
-            "tileloadd tmm5, [{a} + {s64}*1 + 1024]",
-            "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a}, 2048",
-            "add {b}, 2048",
-            "dec {n}",
-            "jnz 2b",
             "tilestored [{o} + {s}*1], tmm0",
             "tilestored [{o} + {s}*1 + 64], tmm1",
             "tilestored [{p} + {s}*1], tmm2",
             "tilestored [{p} + {s}*1 + 64], tmm3",
-            a = inout(reg) a => _,
-            b = inout(reg) b => _,
-            n = inout(reg) blocks => _,
-            o = in(reg) out,
-            p = in(reg) o16,
-            s = in(reg) s,
-            s64 = in(reg) 64usize,
-            options(nostack),
+            o = in(reg) out, p = in(reg) o16, s = in(reg) s, options(nostack),
         );
     }
 }
@@ -392,7 +428,7 @@ unsafe fn finish_row(
 
 /// Loads the tile configuration on the calling thread (it costs hundreds of
 /// cycles: once per task, not per block).
-fn configure() {
+pub(super) fn configure() {
     // SAFETY: AMX is available (checked by every caller's caller); the
     // configuration is a valid palette-1 layout.
     unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
@@ -400,7 +436,7 @@ fn configure() {
 
 /// Releases the AMX state of the calling thread (so that it is not saved
 /// and restored on every context switch).
-fn release() {
+pub(super) fn release() {
     // SAFETY: valid whenever AMX is available; a no-op otherwise configured.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
@@ -452,17 +488,9 @@ pub(super) unsafe fn gemm(
         } else {
             bpack.chunks_exact_mut(panel_len).enumerate().for_each(|(p, d)| pack(p, d));
         }
-        let strips = m.div_ceil(32);
-        let per_block = ROW_BLOCK / 32;
-        // Row blocks, at least one per thread.
-        let nblocks = strips.div_ceil(per_block).max(threads.min(strips));
         let cptr = SendPtr(c.as_mut_ptr());
         let bpack_ref = &*bpack;
-        let task = |t: usize| {
-            let (s0, s1) = (t * strips / nblocks, (t + 1) * strips / nblocks);
-            if s0 == s1 {
-                return;
-            }
+        for_strip_blocks(m.div_ceil(32), threads, |s0, s1| {
             let strip_len = kb * 2 * TILE;
             A_PACK.with(|ap| {
                 let mut ap = ap.borrow_mut();
@@ -494,13 +522,13 @@ pub(super) unsafe fn gemm(
                                     _mm_prefetch::<_MM_HINT_ET0>(row);
                                     _mm_prefetch::<_MM_HINT_ET0>(row.add(64));
                                 }
-                                kernel(kb, ap, bp, c0, ldc, accumulate)
+                                kernel(TileProduct::Bf16, kb, ap, bp, c0, ldc, accumulate)
                             };
                             continue;
                         }
                         // An edge block goes through a full scratch block, clipped into C.
                         // SAFETY: as above, with `out` a whole 32x32 block.
-                        unsafe { kernel(kb, ap, bp, out.as_mut_ptr(), 32, false) };
+                        unsafe { kernel(TileProduct::Bf16, kb, ap, bp, out.as_mut_ptr(), 32, false) };
                         for r in 0..mr {
                             // SAFETY: rows i0..i0+mr, columns j0..j0+nc lie in C, and only
                             // this task writes rows of strips s0..s1.
@@ -527,13 +555,26 @@ pub(super) unsafe fn gemm(
                 }
                 release();
             });
-        };
-        if threads > 1 && nblocks > 1 {
-            crate::parallel::par_for_long(nblocks, task);
-        } else {
-            (0..nblocks).for_each(task);
-        }
+        });
     });
+}
+
+/// Runs `task(s0, s1)` over blocks of the strips of 32 rows `s0..s1` (at
+/// most [`ROW_BLOCK`] rows each, and at least one block per thread), on
+/// `threads` threads.
+pub(super) fn for_strip_blocks(strips: usize, threads: usize, task: impl Fn(usize, usize) + Sync + Send) {
+    let nblocks = strips.div_ceil(ROW_BLOCK / 32).max(threads.min(strips));
+    let run = |t: usize| {
+        let (s0, s1) = (t * strips / nblocks, (t + 1) * strips / nblocks);
+        if s0 < s1 {
+            task(s0, s1);
+        }
+    };
+    if threads > 1 && nblocks > 1 {
+        crate::parallel::par_for_long(nblocks, run);
+    } else {
+        (0..nblocks).for_each(run);
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,18 @@
 //! each choice was measured.
 //! Everywhere else `matrixmultiply` computes it. Both accept arbitrary row and
 //! column strides for `A` and `B`, so transposed views multiply without a copy.
+//!
+//! [`set_float32_matmul_precision`]`(Medium)` lets products round their
+//! operands to bf16 and run on AMX tiles where the CPU has them; [`int8`]
+//! holds the quantized (`u8·i8 → i32 → f32`) product.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
+mod amx_int8;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+pub mod int8;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -1,0 +1,251 @@
+//! Integer matrix products for quantized inference: `u8` activations times
+//! `i8` weights, summed exactly in `i32`, then dequantized to `f32`:
+//!
+//! `out[i, j] = sa[i]·sw[j]·(Σ_p a[i, p]·w[j, p] − za[i]·Σ_p w[j, p]) + bias[j]`
+//!
+//! for activations quantized per row (`a = round(x / sa) + za`, asymmetric,
+//! [`quantize_rows_u8`]) and weights per output channel (`w = round(W / sw)`,
+//! symmetric, [`QuantizedWeight`]).
+//!
+//! Kernels, chosen at run time:
+//! * AMX-INT8 (`TDPBUSD`: 16x16 tiles of `u8·i8` sums of four into `i32`),
+//!   the weight packed once into the tiles' "VNNI" order;
+//! * a portable loop otherwise (also the tests' reference).
+//!
+//! ```
+//! use firebrand_ops::gemm::int8::{QuantizedWeight, gemm_u8i8, quantize_rows_u8};
+//! let w = [1.0f32, -2.0, 0.5, 4.0, 0.0, -1.0]; // (n = 2, k = 3)
+//! let x = [0.5f32, 1.0, -1.0]; // (m = 1, k = 3)
+//! let qw = QuantizedWeight::from_f32(&w, 2, 3);
+//! let qa = quantize_rows_u8(&x, 1, 3);
+//! let mut out = [0.0f32; 2];
+//! gemm_u8i8(&qa, &qw, None, &mut out);
+//! assert!((out[0] - (0.5 - 2.0 - 0.5)).abs() < 0.05 && (out[1] - (2.0 + 1.0)).abs() < 0.05);
+//! ```
+
+use crate::parallel::SendPtr;
+
+/// Activations `(m, k)` quantized to `u8` per row: `x ≈ scale[i]·(q − zero[i])`.
+#[derive(Debug, Clone)]
+pub struct QuantizedRows {
+    /// Rows.
+    pub m: usize,
+    /// Columns (depth).
+    pub k: usize,
+    /// `(m, k)` row-major.
+    pub data: Vec<u8>,
+    /// One per row.
+    pub scale: Vec<f32>,
+    /// One per row, in `0..=255`.
+    pub zero: Vec<i32>,
+}
+
+/// Quantizes `x` `(m, k)` row by row to `u8` over each row's own range
+/// (PyTorch's dynamic quantization takes one range per batch; one per row
+/// loses less). A row's range always includes 0, so 0 is exact.
+///
+/// # Panics
+/// When `x` holds fewer than `m·k` values.
+pub fn quantize_rows_u8(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    assert!(x.len() >= m * k, "quantize_rows_u8: {} values for ({m}, {k})", x.len());
+    let mut data = vec![0u8; m * k];
+    let (mut scale, mut zero) = (vec![0.0f32; m], vec![0i32; m]);
+    let rows = SendPtr(data.as_mut_ptr());
+    let (sp, zp) = (SendPtr(scale.as_mut_ptr()), SendPtr(zero.as_mut_ptr()));
+    crate::parallel::par_for(m.div_ceil(64), |c| {
+        for i in 64 * c..(64 * c + 64).min(m) {
+            let row = &x[i * k..(i + 1) * k];
+            let (lo, hi) = row.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+            let z = (-lo / s).round().clamp(0.0, 255.0);
+            // SAFETY: row i of the outputs belongs to this task alone.
+            let out = unsafe { std::slice::from_raw_parts_mut(rows.get().add(i * k), k) };
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v / s + z).round().clamp(0.0, 255.0) as u8;
+            }
+            // SAFETY: as above.
+            unsafe {
+                *sp.get().add(i) = s;
+                *zp.get().add(i) = z as i32;
+            }
+        }
+    });
+    QuantizedRows { m, k, data, scale, zero }
+}
+
+/// A weight `(n, k)` quantized to `i8` per output channel (row):
+/// `W[j, p] ≈ scale[j]·q[j, p]`, `q` in `−127..=127`; with each row's sum
+/// (for the activations' zero points) and, on AMX, the tiles' layout.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeight {
+    /// Output channels.
+    pub n: usize,
+    /// Inputs (depth).
+    pub k: usize,
+    /// `(n, k)` row-major.
+    pub data: Vec<i8>,
+    /// One per output channel.
+    pub scale: Vec<f32>,
+    /// `Σ_p q[j, p]` per output channel.
+    pub row_sum: Vec<i32>,
+    /// The AMX layout (empty without AMX-INT8): panels of 32 channels, each
+    /// 64-deep block two 16x64-byte tiles whose row `r` holds, for 16
+    /// channels, the 4 weights at depth `4r..4r+4`.
+    packed: Vec<i8>,
+}
+
+impl QuantizedWeight {
+    /// Quantizes a row-major `f32` weight `(n, k)` symmetrically per row.
+    ///
+    /// # Panics
+    /// When `w` holds fewer than `n·k` values.
+    pub fn from_f32(w: &[f32], n: usize, k: usize) -> QuantizedWeight {
+        assert!(w.len() >= n * k, "QuantizedWeight::from_f32: {} values for ({n}, {k})", w.len());
+        let mut data = vec![0i8; n * k];
+        let mut scale = vec![0.0f32; n];
+        for j in 0..n {
+            let row = &w[j * k..(j + 1) * k];
+            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scale[j] = s;
+            for (q, &v) in data[j * k..(j + 1) * k].iter_mut().zip(row) {
+                *q = (v / s).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        QuantizedWeight::from_i8(data, scale, n, k)
+    }
+
+    /// A weight already in `i8` (`(n, k)` row-major) with its per-channel scales.
+    ///
+    /// # Panics
+    /// When the lengths do not match `n` and `k`.
+    pub fn from_i8(data: Vec<i8>, scale: Vec<f32>, n: usize, k: usize) -> QuantizedWeight {
+        assert!(
+            data.len() == n * k && scale.len() == n,
+            "QuantizedWeight: {} values, {} scales for ({n}, {k})",
+            data.len(),
+            scale.len()
+        );
+        let row_sum = (0..n).map(|j| data[j * k..(j + 1) * k].iter().map(|&q| q as i32).sum()).collect();
+        let mut q = QuantizedWeight { n, k, data, scale, row_sum, packed: Vec::new() };
+        #[cfg(target_arch = "x86_64")]
+        if super::amx::int8_available() {
+            q.packed = super::amx_int8::pack_weight(&q.data, n, k);
+        }
+        q
+    }
+
+    /// Bytes of the quantized weight (values, scales and sums; not the
+    /// kernel's copy).
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 8 * self.n
+    }
+}
+
+/// Which int8 kernel this CPU runs.
+pub fn int8_backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::int8_available() {
+        return "amx-int8";
+    }
+    "portable"
+}
+
+/// `out (m, n) = dequantized(a · wᵀ) + bias` (see the module's formula).
+///
+/// # Panics
+/// When the depths differ, `out` is shorter than `m·n`, or `bias` than `n`.
+pub fn gemm_u8i8(a: &QuantizedRows, w: &QuantizedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    assert_eq!(a.k, w.k, "gemm_u8i8: activations ({}, {}) for a weight ({}, {})", a.m, a.k, w.n, w.k);
+    assert!(out.len() >= a.m * w.n, "gemm_u8i8: output of {} for ({}, {})", out.len(), a.m, w.n);
+    assert!(bias.is_none_or(|b| b.len() >= w.n), "gemm_u8i8: bias shorter than {}", w.n);
+    let (m, n) = (a.m, w.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !w.packed.is_empty() {
+        // SAFETY: AMX-INT8 is available (the weight was packed for it).
+        unsafe { super::amx_int8::gemm(a, w, &w.packed, bias, out) };
+        return;
+    }
+    gemm_u8i8_reference(a, w, bias, out);
+}
+
+/// The portable form: exact `i32` sums, then the same dequantization.
+pub fn gemm_u8i8_reference(a: &QuantizedRows, w: &QuantizedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (m, n, k) = (a.m, w.n, a.k);
+    for i in 0..m {
+        let ar = &a.data[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w.data[j * k..(j + 1) * k];
+            let acc: i32 = ar.iter().zip(wr).map(|(&x, &y)| x as i32 * y as i32).sum();
+            out[i * n + j] = dequantize(acc, a, w, i, j, bias);
+        }
+    }
+}
+
+/// One output from its `i32` sum.
+#[inline(always)]
+pub(crate) fn dequantize(
+    acc: i32,
+    a: &QuantizedRows,
+    w: &QuantizedWeight,
+    i: usize,
+    j: usize,
+    bias: Option<&[f32]>,
+) -> f32 {
+    let exact = acc - a.zero[i] * w.row_sum[j];
+    // One rounding for the scales' product and one fused multiply-add, as
+    // the vector kernels do, so that both give the same bits.
+    (a.scale[i] * w.scale[j]).mul_add(exact as f32, bias.map_or(0.0, |b| b[j]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_data::uniform as data;
+
+    /// The kernel against the portable loop on awkward shapes (1, odd,
+    /// depths not a multiple of 64, more rows than a block), exactly: the
+    /// integer sums are exact and the dequantization is the same formula.
+    #[test]
+    fn kernel_equals_the_reference_and_dequantizes_close_to_f32() {
+        for (m, k, n) in
+            [(1, 1, 1), (3, 5, 7), (33, 65, 17), (1, 300, 40), (300, 64, 1), (531, 130, 97), (64, 1024, 96)]
+        {
+            let x = data(m * k, 1);
+            let wf = data(n * k, 2);
+            let b = data(n, 3);
+            let (qa, qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&wf, n, k));
+            let mut got = vec![f32::NAN; m * n];
+            gemm_u8i8(&qa, &qw, Some(&b), &mut got);
+            let mut want = vec![0.0; m * n];
+            gemm_u8i8_reference(&qa, &qw, Some(&b), &mut want);
+            assert_eq!(got, want, "({m},{k},{n}) on {}", int8_backend());
+            // And close to the f32 product: within the quantization steps.
+            for i in 0..m {
+                for j in 0..n {
+                    let f: f32 = (0..k).map(|p| x[i * k + p] * wf[j * k + p]).sum::<f32>() + b[j];
+                    let step = qa.scale[i] * k as f32 * 0.5 + qw.scale[j] * k as f32 * 0.5;
+                    assert!(
+                        (got[i * n + j] - f).abs() <= step,
+                        "({m},{k},{n}) at ({i},{j}): {} vs {f}",
+                        got[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantization_keeps_zero_and_the_range() {
+        let q = quantize_rows_u8(&[0.0, 1.0, -0.5, 0.25, 0.0, 0.0], 2, 3);
+        assert_eq!(q.data[0] as i32, q.zero[0]);
+        // A row of no negative values starts its range at 0.
+        assert_eq!((q.zero[1], &q.data[3..]), (0, &[255u8, 0, 0][..]));
+        let w = QuantizedWeight::from_f32(&[0.5, -1.0, 0.0, 0.0], 2, 2);
+        assert_eq!(w.data, vec![64, -127, 0, 0]);
+        assert_eq!(w.row_sum, vec![-63, 0]);
+    }
+}
