@@ -43,11 +43,13 @@
 //!   run: `int8_gops` and `fp32_gflops` (2·m·k·n per product; quantizing
 //!   the activations not timed). Default shapes: 1024³ and MiniLM's
 //!   feed-forward pair, 4096x384x1536 and 4096x1536x384.
-//! * `minilm_embed [--model DIR] [--data DIR] [--rounds N]` — the real
+//! * `minilm_embed [--model DIR] [--data DIR] [--rounds N] [--int8]` — the real
 //!   all-MiniLM-L6-v2 on 256 BBC News articles (every 8th in sorted path
 //!   order), each padded or truncated to 128 tokens, batches of 32: forward
 //!   and mean pooling without gradients, `sentences_per_s` (median of N
-//!   rounds, 5, after a warm-up; tokenizing not timed).
+//!   rounds, 5, after a warm-up; tokenizing not timed). `--int8` runs it
+//!   after `quantize_dynamic` and adds `cos_min` / `cos_mean`, the cosine
+//!   similarity of each embedding to the f32 one.
 //! * `minilm_finetune [--model DIR] [--data DIR] [--epochs N]` — the
 //!   `text_classifier` example's recipe on BBC News (80/20 stratified split,
 //!   seq 128, batch 16, AdamW 5e-5, linear decay, clip 1): `epoch_seconds`
@@ -168,6 +170,7 @@ fn main() {
             opt("--model"),
             opt("--data"),
             opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(5),
+            args.iter().any(|a| a == "--int8"),
         ),
         "minilm_finetune" => pretrained::workload_minilm_finetune(
             opt("--model"),

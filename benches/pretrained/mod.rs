@@ -62,7 +62,7 @@ fn minilm(model: Option<String>) -> PathBuf {
 /// topics), each padded or truncated to 128 tokens, in batches of 32:
 /// forward pass and mean pooling, no gradients. `sentences_per_s` is the
 /// median over `rounds` after one warm-up; tokenizing is outside the timing.
-pub fn workload_minilm_embed(model: Option<String>, data: Option<String>, rounds: usize) {
+pub fn workload_minilm_embed(model: Option<String>, data: Option<String>, rounds: usize, int8: bool) {
     let dir = minilm(model);
     let (bert, _) = BertModel::from_pretrained(&dir).unwrap_or_else(|e| panic!("{e}"));
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
@@ -73,15 +73,23 @@ pub fn workload_minilm_embed(model: Option<String>, data: Option<String>, rounds
     bert.to_device(dev).expect("the device");
     let run = || {
         firebrand::with_no_grad(|| {
+            let mut all = Vec::new();
             for b in &batches {
                 let (ids, mask) = (super::on(&b.input_ids), super::on(&b.attention_mask));
                 let tt = super::on(&b.token_type_ids);
                 let h = bert.run(&ids, Some(&mask), Some(&tt)).last_hidden_state;
-                let _ = mean_pool(&h, &mask).to_vec::<f32>();
+                all.extend(mean_pool(&h, &mask).to_vec::<f32>());
             }
+            all
         })
     };
-    run();
+    // With --int8: the cosine of each quantized embedding to the f32 one.
+    let reference = int8.then(|| {
+        let f = run();
+        firebrand::nn::quantize::quantize_dynamic(&bert);
+        f
+    });
+    let warm = run();
     let mut secs: Vec<f64> = (0..rounds.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -91,18 +99,30 @@ pub fn workload_minilm_embed(model: Option<String>, data: Option<String>, rounds
         .collect();
     secs.sort_by(f64::total_cmp);
     let median = secs[secs.len() / 2];
-    println!(
-        "{}",
-        serde_json::json!({
-            "workload": "minilm_embed",
-            "lib": "firebrand",
-            "matmul_precision": firebrand::ops::gemm::float32_matmul_precision().as_str(),
-            "sentences_per_s": (texts.len() as f64 / median * 10.0).round() / 10.0,
-            "documents": texts.len(),
-            "seq_len": 128,
-            "device": dev.to_string(),
-        })
-    );
+    let mut out = serde_json::json!({
+        "workload": "minilm_embed",
+        "lib": "firebrand",
+        "matmul_precision": firebrand::ops::gemm::float32_matmul_precision().as_str(),
+        "int8": int8,
+        "sentences_per_s": (texts.len() as f64 / median * 10.0).round() / 10.0,
+        "documents": texts.len(),
+        "seq_len": 128,
+        "device": dev.to_string(),
+    });
+    if let Some(f) = reference {
+        let cos: Vec<f64> = f.chunks(384).zip(warm.chunks(384)).map(|(a, b)| cosine(a, b)).collect();
+        let r4 = |v: f64| (v * 1e4).round() / 1e4;
+        out["cos_min"] = r4(cos.iter().fold(1.0f64, |m, &c| m.min(c))).into();
+        out["cos_mean"] = r4(cos.iter().sum::<f64>() / cos.len() as f64).into();
+    }
+    println!("{out}");
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
 }
 
 /// `minilm_finetune`: one epoch of `text_classifier`'s recipe on BBC News

@@ -15,6 +15,8 @@ def args(p):
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=None)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--int8", action="store_true",
+                   help="torch.ao.quantization.quantize_dynamic (nn.Linear, qint8); adds cos_min/cos_mean to fp32")
 
 
 a, torch = start(args)
@@ -44,13 +46,21 @@ model = BertModel.from_pretrained(model_dir).eval()
 
 
 def run():
+    out = []
     with torch.no_grad():
         for ids, mask, types in batches:
             h = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
             m = mask.unsqueeze(-1).float()
-            (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            out.append((h * m).sum(1) / m.sum(1).clamp(min=1e-9))
+    return torch.cat(out)
 
 
+extra = {}
+if a.int8:
+    reference = run()
+    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    cos = torch.nn.functional.cosine_similarity(run(), reference, dim=1)
+    extra = {"cos_min": round(cos.min().item(), 4), "cos_mean": round(cos.mean().item(), 4)}
 run()
 secs = []
 for _ in range(a.rounds):
@@ -58,5 +68,5 @@ for _ in range(a.rounds):
     run()
     secs.append(time.perf_counter() - t)
 secs.sort()
-print(json.dumps({"workload": "minilm_embed", "lib": "torch", "matmul_precision": a.matmul_precision,
+print(json.dumps({"workload": "minilm_embed", "lib": "torch", "matmul_precision": a.matmul_precision, "int8": a.int8, **extra,
                   "sentences_per_s": round(len(texts) / secs[len(secs) // 2], 1), "documents": len(texts), "seq_len": 128}), flush=True)

@@ -67,6 +67,7 @@ pub mod models;
 mod module;
 mod norm;
 mod pool;
+pub mod quantize;
 mod recurrent;
 mod sampling;
 mod sequential;

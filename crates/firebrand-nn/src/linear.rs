@@ -2,6 +2,8 @@
 
 use crate::{Activation, Init, Module};
 use firebrand_autograd::Tensor;
+use firebrand_ops::gemm::int8::QuantizedWeight;
+use std::sync::{Arc, RwLock};
 
 /// `y = act(x Wᵀ + b)` with `W` of shape `(out, in)` (PyTorch's layout, so
 /// weights load from PyTorch state dicts) and `b` of shape `(out,)`.
@@ -20,6 +22,9 @@ pub struct Linear {
     /// Bias, `(out,)`, if any.
     pub bias: Option<Tensor>,
     activation: Option<Activation>,
+    /// The dynamic int8 form ([`crate::quantize::quantize_dynamic`]): the
+    /// weight quantized per output channel, used when no gradient is recorded.
+    int8: RwLock<Option<Arc<QuantizedWeight>>>,
 }
 
 impl Linear {
@@ -33,7 +38,7 @@ impl Linear {
     pub fn with_init(in_features: usize, out_features: usize, weight: Init, bias: Option<Init>) -> Self {
         let w = weight.tensor([out_features, in_features], in_features, out_features).requires_grad_(true);
         let b = bias.map(|i| i.tensor([out_features], in_features, out_features).requires_grad_(true));
-        Linear { weight: w, bias: b, activation: None }
+        Linear { weight: w, bias: b, activation: None, int8: RwLock::new(None) }
     }
 
     /// Adds a fused activation (Keras' `Dense(units, activation=...)`).
@@ -57,7 +62,7 @@ impl Linear {
                 weight.dims()
             );
         }
-        Linear { weight, bias, activation: None }
+        Linear { weight, bias, activation: None, int8: RwLock::new(None) }
     }
 
     /// The fused activation, if any.
@@ -74,11 +79,40 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.weight.dims()[0]
     }
+
+    /// Whether the dynamic int8 form is on ([`crate::quantize::quantize_dynamic`]).
+    pub fn is_int8(&self) -> bool {
+        self.int8.read().expect("not poisoned").is_some()
+    }
+
+    /// The int8 weight, when the dynamic int8 form is on.
+    pub fn int8_weight(&self) -> Option<Arc<QuantizedWeight>> {
+        self.int8.read().expect("not poisoned").clone()
+    }
+
+    /// The int8 form, when it is on and this call may use it: no gradient
+    /// recorded, an `f32` input on the CPU.
+    fn int8_for(&self, x: &Tensor) -> Option<Arc<QuantizedWeight>> {
+        let q = self.int8.read().expect("not poisoned").clone()?;
+        let records = firebrand_autograd::is_grad_enabled()
+            && (x.requires_grad()
+                || self.weight.requires_grad()
+                || self.bias.as_ref().is_some_and(|b| b.requires_grad()));
+        (!records && x.device().is_cpu() && x.dtype() == firebrand_autograd::DType::F32).then_some(q)
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            if let Some(q) = self.int8_for(x) {
+                let unary = self.activation.and_then(|a| a.as_unary());
+                let y = crate::quantize::linear_int8(x, &q, self.bias.as_ref(), unary);
+                return match self.activation {
+                    Some(a) if unary.is_none() => a.apply(&y),
+                    _ => y,
+                };
+            }
             // (…, in) → (…, out): the bias, and an elementwise activation when
             // no gradient is recorded, in the product's store.
             match self.activation.map(|a| (a, a.as_unary())) {
@@ -94,6 +128,16 @@ impl Module for Linear {
         if let Some(b) = &self.bias {
             f(&format!("{prefix}bias"), b);
         }
+    }
+
+    fn set_dynamic_int8(&self, on: bool) -> bool {
+        let q = on.then(|| {
+            let (n, k) = (self.out_features(), self.in_features());
+            let w = self.weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+            Arc::new(w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"))
+        });
+        *self.int8.write().expect("not poisoned") = q;
+        true
     }
 
     fn describe(&self) -> String {

@@ -96,6 +96,15 @@ pub trait Module: Send + Sync {
         std::any::type_name::<Self>()
     }
 
+    /// Switches this layer's own dynamic int8 form on (quantizing its
+    /// weights now) or off; `true` when the layer has one (`Linear`). Walked
+    /// by [`quantize_dynamic`](crate::quantize::quantize_dynamic); other
+    /// layers keep `f32`.
+    fn set_dynamic_int8(&self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
+
     /// The elementwise op this layer computes, if it is one (the activation
     /// layers: `ReLU`, `ReLU6`, `SiLU`, …), so that `Sequential` can fuse it
     /// into the layer before it at inference. `None` for everything else.

@@ -14,8 +14,10 @@ use crate::{PretrainedError, Result};
 use firebrand_autograd::{AttentionOptions, DType, Tensor};
 use firebrand_nn::serialize::{LoadReport, plan_load};
 use firebrand_nn::{Activation, Dropout, Embedding, Init, LayerNorm, Linear, Module, ModuleExt};
+use firebrand_ops::gemm::int8::QuantizedWeight;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// The sizes and settings of a BERT checkpoint (`config.json`).
 #[derive(Debug, Clone, PartialEq)]
@@ -174,11 +176,37 @@ pub struct BertSelfAttention {
     heads: usize,
     /// On the attention weights (applied inside the fused attention).
     dropout: Dropout,
+    /// The stacked int8 q/k/v weight and the three it was made from.
+    #[module(skip)]
+    qkv_int8: QkvInt8Cache,
 }
+
+/// The stacked int8 q/k/v weight of a quantized attention layer, and the three it was made from.
+type QkvInt8Cache = Mutex<Option<([Arc<QuantizedWeight>; 3], Arc<QuantizedWeight>)>>;
 
 impl BertSelfAttention {
     fn forward_unmasked(&self, x: &Tensor) -> Tensor {
         self.attend(x, None)
+    }
+
+    /// The q, k, v int8 weights stacked into one (exact: per-channel
+    /// scales), when all three projections are quantized and this call
+    /// records no gradient; built once per quantization (the cache holds
+    /// the three weights it was made from).
+    fn qkv_int8(&self) -> Option<Arc<QuantizedWeight>> {
+        let parts = [self.query.int8_weight()?, self.key.int8_weight()?, self.value.int8_weight()?];
+        if firebrand_autograd::is_grad_enabled() && self.query.weight.requires_grad() {
+            return None;
+        }
+        let mut cache = self.qkv_int8.lock().expect("not poisoned");
+        if let Some((from, fused)) = cache.as_ref()
+            && from.iter().zip(&parts).all(|(a, b)| Arc::ptr_eq(a, b))
+        {
+            return Some(fused.clone());
+        }
+        let fused = Arc::new(QuantizedWeight::concat(&[&parts[0], &parts[1], &parts[2]]));
+        *cache = Some((parts, fused.clone()));
+        Some(fused)
     }
 
     /// `(B, T, H)` from `x` `(B, T, H)`; `key_padding` `(B, T)` is non-zero
@@ -188,12 +216,21 @@ impl BertSelfAttention {
         let d = h / self.heads;
         // One product for the three projections (their weights stacked,
         // `(3H, H)`): the heads are then views of its `(B, T, 3H)` output.
-        let (wq, wk, wv) = (&self.query.weight, &self.key.weight, &self.value.weight);
-        let bias = match (&self.query.bias, &self.key.bias, &self.value.bias) {
-            (Some(bq), Some(bk), Some(bv)) => Some(Tensor::cat(&[bq, bk, bv], 0)),
-            _ => None,
-        };
-        let qkv = x.linear(&Tensor::cat(&[wq, wk, wv], 0), bias.as_ref(), None); // (B, T, 3H)
+        let qkv = if let Some(w) = self.qkv_int8() {
+            // Quantized (`quantize_dynamic`): the three int8 weights as one.
+            let bias = match (&self.query.bias, &self.key.bias, &self.value.bias) {
+                (Some(bq), Some(bk), Some(bv)) => Some(Tensor::cat(&[bq, bk, bv], 0)),
+                _ => None,
+            };
+            firebrand_nn::quantize::linear_int8(x, &w, bias.as_ref(), None)
+        } else {
+            let (wq, wk, wv) = (&self.query.weight, &self.key.weight, &self.value.weight);
+            let bias = match (&self.query.bias, &self.key.bias, &self.value.bias) {
+                (Some(bq), Some(bk), Some(bv)) => Some(Tensor::cat(&[bq, bk, bv], 0)),
+                _ => None,
+            };
+            x.linear(&Tensor::cat(&[wq, wk, wv], 0), bias.as_ref(), None)
+        }; // (B, T, 3H)
         let split = |i: usize| qkv.narrow(2, i * h, h).reshape([b, t, self.heads, d]).permute(&[0, 2, 1, 3]); // (B, heads, T, d)
         let (q, k, v) = (split(0), split(1), split(2));
         let opts =
@@ -288,6 +325,7 @@ impl BertLayer {
                     value: c.linear(h, h),
                     heads: c.num_attention_heads,
                     dropout: Dropout::new(c.attention_probs_dropout_prob),
+                    qkv_int8: Mutex::new(None),
                 },
                 output: residual(h),
             },

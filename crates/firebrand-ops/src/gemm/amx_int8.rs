@@ -70,7 +70,8 @@ fn pack_a_strip(a: &QuantizedRows, i0: usize, dst: &mut [u8]) {
 }
 
 /// Rows `i0..i0+mr`, columns `j0..j0+nc` (≤ 32) of `out` from the `i32`
-/// sums stored there to `sa[i]·sw[j]·(acc − za[i]·Σw[j]) + bias[j]`.
+/// sums stored there to `act(sa[i]·sw[j]·(acc − za[i]·Σw[j]) + bias[j])`
+/// (`act` one with an AVX-512 form).
 ///
 /// # Safety
 /// The block lies in `out` (`n` columns) and holds sums; AVX-512F is available.
@@ -80,6 +81,7 @@ unsafe fn finish(
     a: &QuantizedRows,
     w: &QuantizedWeight,
     bias: Option<&[f32]>,
+    act: Option<firebrand_tensor::op::UnaryOp>,
     out: *mut f32,
     i0: usize,
     mr: usize,
@@ -108,7 +110,10 @@ unsafe fn finish(
                 let acc = _mm512_maskz_loadu_epi32(mask, p as *const i32);
                 let exact = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(a.zero[i]), rs));
                 let scale = _mm512_mul_ps(_mm512_set1_ps(a.scale[i]), sw);
-                let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, b);
+                let mut v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, b);
+                if let Some(op) = act {
+                    v = crate::simd512::apply512(op, v);
+                }
                 _mm512_mask_storeu_ps(p, mask, v);
             }
         }
@@ -125,6 +130,7 @@ pub(super) unsafe fn gemm(
     w: &QuantizedWeight,
     packed: &[i8],
     bias: Option<&[f32]>,
+    act: Option<firebrand_tensor::op::UnaryOp>,
     out: &mut [f32],
 ) {
     let (m, n, k) = (a.m, w.n, a.k);
@@ -176,13 +182,13 @@ pub(super) unsafe fn gemm(
                 }
                 if p > 0 {
                     // SAFETY: the previous panel's block of this task holds its sums.
-                    unsafe { finish(a, w, bias, optr.get(), 32 * s0, rows, j0 - 32, 32) };
+                    unsafe { finish(a, w, bias, act, optr.get(), 32 * s0, rows, j0 - 32, 32) };
                 }
             }
             if panels > 0 {
                 let j0 = 32 * (panels - 1);
                 // SAFETY: as above, for the last panel.
-                unsafe { finish(a, w, bias, optr.get(), 32 * s0, rows, j0, n - j0) };
+                unsafe { finish(a, w, bias, act, optr.get(), 32 * s0, rows, j0, n - j0) };
             }
             super::amx::release();
         });

@@ -42,35 +42,104 @@ pub struct QuantizedRows {
 
 /// Quantizes `x` `(m, k)` row by row to `u8` over each row's own range
 /// (PyTorch's dynamic quantization takes one range per batch; one per row
-/// loses less). A row's range always includes 0, so 0 is exact.
+/// loses less). A row's range always includes 0, so 0 is exact; values
+/// round to nearest, ties to even. A row holding NaN or an infinity gets a
+/// NaN scale, so its outputs are NaN rather than garbage.
 ///
 /// # Panics
 /// When `x` holds fewer than `m·k` values.
 pub fn quantize_rows_u8(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+    let mut q = QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() };
+    quantize_rows_u8_into(x, m, k, &mut q);
+    q
+}
+
+/// [`quantize_rows_u8`] into `q`, reusing its buffers.
+///
+/// # Panics
+/// When `x` holds fewer than `m·k` values.
+pub fn quantize_rows_u8_into(x: &[f32], m: usize, k: usize, q: &mut QuantizedRows) {
     assert!(x.len() >= m * k, "quantize_rows_u8: {} values for ({m}, {k})", x.len());
-    let mut data = vec![0u8; m * k];
-    let (mut scale, mut zero) = (vec![0.0f32; m], vec![0i32; m]);
-    let rows = SendPtr(data.as_mut_ptr());
-    let (sp, zp) = (SendPtr(scale.as_mut_ptr()), SendPtr(zero.as_mut_ptr()));
+    (q.m, q.k) = (m, k);
+    q.data.resize(m * k, 0);
+    q.scale.resize(m, 0.0);
+    q.zero.resize(m, 0);
+    let rows = SendPtr(q.data.as_mut_ptr());
+    let (sp, zp) = (SendPtr(q.scale.as_mut_ptr()), SendPtr(q.zero.as_mut_ptr()));
     crate::parallel::par_for(m.div_ceil(64), |c| {
         for i in 64 * c..(64 * c + 64).min(m) {
             let row = &x[i * k..(i + 1) * k];
-            let (lo, hi) = row.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-            let z = (-lo / s).round().clamp(0.0, 255.0);
             // SAFETY: row i of the outputs belongs to this task alone.
             let out = unsafe { std::slice::from_raw_parts_mut(rows.get().add(i * k), k) };
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = (v / s + z).round().clamp(0.0, 255.0) as u8;
-            }
+            #[cfg(target_arch = "x86_64")]
+            let (s, z) = if crate::simd512::available() {
+                // SAFETY: AVX-512F is available.
+                unsafe { quantize_row_avx512(row, out) }
+            } else {
+                quantize_row(row, out)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (s, z) = quantize_row(row, out);
             // SAFETY: as above.
             unsafe {
                 *sp.get().add(i) = s;
-                *zp.get().add(i) = z as i32;
+                *zp.get().add(i) = z;
             }
         }
     });
-    QuantizedRows { m, k, data, scale, zero }
+}
+
+/// A row's scale and zero point from its range (which includes 0).
+fn scale_and_zero(lo: f32, hi: f32, finite: bool) -> (f32, f32) {
+    if !finite {
+        return (f32::NAN, 0.0);
+    }
+    let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    (s, (-lo / s).round_ties_even().clamp(0.0, 255.0))
+}
+
+/// One row, element by element (the portable path).
+fn quantize_row(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let (lo, hi) = row.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (s, z) = scale_and_zero(lo, hi, row.iter().all(|v| v.is_finite()));
+    let inv = 1.0 / s;
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = v.mul_add(inv, z).round_ties_even().clamp(0.0, 255.0) as u8;
+    }
+    (s, z as i32)
+}
+
+/// One row with AVX-512: the same values as [`quantize_row`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let k = row.len();
+    let mask = |j: usize| -> __mmask16 { if k - j >= 16 { 0xffff } else { (1u16 << (k - j)) - 1 } };
+    // SAFETY: masked loads and stores touch the row's `k` values only.
+    unsafe {
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut bad: __mmask16 = 0;
+        for j in (0..k).step_by(16) {
+            let v = _mm512_maskz_loadu_ps(mask(j), row.as_ptr().add(j));
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
+            // NaN (unordered with itself) or ±∞ (|v| = ∞).
+            bad |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v)
+                | _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(f32::INFINITY));
+        }
+        let (s, z) = scale_and_zero(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), bad == 0);
+        let (inv, zv) = (_mm512_set1_ps(1.0 / s), _mm512_set1_ps(z));
+        let (zero, top) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
+        for j in (0..k).step_by(16) {
+            let v = _mm512_maskz_loadu_ps(mask(j), row.as_ptr().add(j));
+            // Round to nearest even (the default rounding mode), then clamp.
+            let q = _mm512_cvtps_epi32(_mm512_fmadd_ps(v, inv, zv));
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, zero), top);
+            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(j) as *mut i8, mask(j), q);
+        }
+        (s, z as i32)
+    }
 }
 
 /// A weight `(n, k)` quantized to `i8` per output channel (row):
@@ -135,6 +204,20 @@ impl QuantizedWeight {
         q
     }
 
+    /// The weights of several layers on the same input stacked into one
+    /// (`(Σ n, k)`, the channels in order): exact, since each channel has its
+    /// own scale. One product then serves them all (a transformer's q, k, v).
+    ///
+    /// # Panics
+    /// When the depths differ or `parts` is empty.
+    pub fn concat(parts: &[&QuantizedWeight]) -> QuantizedWeight {
+        let k = parts.first().expect("QuantizedWeight::concat: no parts").k;
+        assert!(parts.iter().all(|p| p.k == k), "QuantizedWeight::concat: depths differ");
+        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        let scale = parts.iter().flat_map(|p| p.scale.iter().copied()).collect();
+        QuantizedWeight::from_i8(data, scale, parts.iter().map(|p| p.n).sum(), k)
+    }
+
     /// Bytes of the quantized weight (values, scales and sums; not the
     /// kernel's copy).
     pub fn bytes(&self) -> usize {
@@ -156,6 +239,22 @@ pub fn int8_backend() -> &'static str {
 /// # Panics
 /// When the depths differ, `out` is shorter than `m·n`, or `bias` than `n`.
 pub fn gemm_u8i8(a: &QuantizedRows, w: &QuantizedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    gemm_u8i8_act(a, w, bias, None, out)
+}
+
+/// [`gemm_u8i8`] followed by an elementwise activation, applied as each
+/// block is dequantized (where it has an AVX-512 form; in a pass afterwards
+/// otherwise).
+///
+/// # Panics
+/// As [`gemm_u8i8`].
+pub fn gemm_u8i8_act(
+    a: &QuantizedRows,
+    w: &QuantizedWeight,
+    bias: Option<&[f32]>,
+    act: Option<firebrand_tensor::op::UnaryOp>,
+    out: &mut [f32],
+) {
     assert_eq!(a.k, w.k, "gemm_u8i8: activations ({}, {}) for a weight ({}, {})", a.m, a.k, w.n, w.k);
     assert!(out.len() >= a.m * w.n, "gemm_u8i8: output of {} for ({}, {})", out.len(), a.m, w.n);
     assert!(bias.is_none_or(|b| b.len() >= w.n), "gemm_u8i8: bias shorter than {}", w.n);
@@ -165,11 +264,18 @@ pub fn gemm_u8i8(a: &QuantizedRows, w: &QuantizedWeight, bias: Option<&[f32]>, o
     }
     #[cfg(target_arch = "x86_64")]
     if !w.packed.is_empty() {
+        let fused = act.filter(|&op| crate::simd512::supports(op));
         // SAFETY: AMX-INT8 is available (the weight was packed for it).
-        unsafe { super::amx_int8::gemm(a, w, &w.packed, bias, out) };
+        unsafe { super::amx_int8::gemm(a, w, &w.packed, bias, fused, out) };
+        if let Some(op) = act.filter(|&op| !crate::simd512::supports(op)) {
+            crate::unary::map_in_place(op, &mut out[..m * n]);
+        }
         return;
     }
     gemm_u8i8_reference(a, w, bias, out);
+    if let Some(op) = act {
+        crate::unary::map_in_place(op, &mut out[..m * n]);
+    }
 }
 
 /// The portable form: exact `i32` sums, then the same dequantization.
@@ -223,6 +329,11 @@ mod tests {
             let mut want = vec![0.0; m * n];
             gemm_u8i8_reference(&qa, &qw, Some(&b), &mut want);
             assert_eq!(got, want, "({m},{k},{n}) on {}", int8_backend());
+            // The activation in the dequantizing pass equals it afterwards.
+            let mut gelu = vec![f32::NAN; m * n];
+            gemm_u8i8_act(&qa, &qw, Some(&b), Some(firebrand_tensor::op::UnaryOp::Gelu), &mut gelu);
+            crate::unary::map_in_place(firebrand_tensor::op::UnaryOp::Gelu, &mut want);
+            assert_eq!(gelu, want, "({m},{k},{n}) with GELU");
             // And close to the f32 product: within the quantization steps.
             for i in 0..m {
                 for j in 0..n {
@@ -236,6 +347,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX-512 row quantization equals the portable one, and a row with
+    /// NaN or ∞ gets a NaN scale.
+    #[test]
+    fn vector_and_portable_quantization_agree() {
+        for k in [1usize, 15, 16, 17, 100, 384] {
+            let row: Vec<f32> = data(k, 9).iter().map(|v| v * 3.0 - 0.7).collect();
+            let (mut a, mut b) = (vec![0u8; k], vec![0u8; k]);
+            let want = quantize_row(&row, &mut a);
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd512::available() {
+                // SAFETY: AVX-512F is available.
+                let got = unsafe { quantize_row_avx512(&row, &mut b) };
+                assert_eq!((got, &b), (want, &a), "k = {k}");
+            }
+            let _ = &mut b;
+        }
+        let q = quantize_rows_u8(&[1.0, f32::NAN, 2.0, f32::INFINITY, 0.5, 0.5], 3, 2);
+        assert!(q.scale[0].is_nan() && q.scale[1].is_nan() && q.scale[2].is_finite(), "{:?}", q.scale);
     }
 
     #[test]
