@@ -478,8 +478,11 @@ pub(super) unsafe fn gemm(
     };
     let panels = n.div_ceil(32);
     let panel_len = kb * 2 * TILE;
-    B_PACK.with(|bp| {
-        let mut bp = bp.borrow_mut();
+    // The buffer is taken out of the thread-local for the call (and put
+    // back after), so that a product started on this thread while it waits
+    // for the tasks (work stealing) finds none borrowed.
+    let mut bp = B_PACK.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    {
         let bpack = scratch(&mut bp, panels * panel_len);
         let pack = |p: usize, dst: &mut [u16]| pack_b_panel(k, n, b, 32 * p, dst);
         let threads = if parallel { crate::parallel::num_threads() } else { 1 };
@@ -556,7 +559,8 @@ pub(super) unsafe fn gemm(
                 release();
             });
         });
-    });
+    }
+    B_PACK.with(|b| *b.borrow_mut() = bp);
 }
 
 /// Runs `task(s0, s1)` over blocks of the strips of 32 rows `s0..s1` (at
