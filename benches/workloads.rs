@@ -40,7 +40,8 @@
 //! * `int8_gemm [--sizes …]` — the quantized product
 //!   (`gemm::int8::gemm_u8i8`: `u8` rows times an `i8` weight, dequantized
 //!   to `f32` with a bias) against the `f32` gemm on the same shapes, same
-//!   run: `int8_gops` and `fp32_gflops` (2·m·k·n per product; quantizing
+//!   run: `int8_gops` (and `vnni_gops`, the AVX-512 VNNI kernel, on a CPU
+//!   that also has AMX) and `fp32_gflops` (2·m·k·n per product; quantizing
 //!   the activations not timed). Default shapes: 1024³ and MiniLM's
 //!   feed-forward pair, 4096x384x1536 and 4096x1536x384.
 //! * `minilm_embed [--model DIR] [--data DIR] [--rounds N] [--int8]` — the real
@@ -280,7 +281,7 @@ fn workload_gemm(sizes: Option<String>) {
 
 /// The int8 product against the f32 one, per shape (`--sizes` as for `gemm`).
 fn workload_int8_gemm(sizes: Option<String>) {
-    use firebrand::ops::gemm::int8::{QuantizedWeight, gemm_u8i8, int8_backend, quantize_rows_u8};
+    use firebrand::ops::gemm::int8::{Kernel, QuantizedWeight, gemm_u8i8, int8_backend, quantize_rows_u8};
     let shapes = match sizes {
         Some(s) => parse_sizes(&s),
         None => vec![(1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384)],
@@ -291,8 +292,16 @@ fn workload_int8_gemm(sizes: Option<String>) {
         let mut out = vec![0.0f32; m * n];
         let ops = 2.0 * (m * k * n) as f64;
         let secs = median_secs(|| gemm_u8i8(&qa, &qw, Some(&b), &mut out));
+        // The VNNI kernel too, where the CPU has it beside AMX.
+        let mut vnni = String::new();
+        if qw.kernel() != Kernel::Vnni && Kernel::Vnni.available() {
+            let mut qv = qw.clone();
+            qv.set_kernel(Kernel::Vnni);
+            let s = median_secs(|| gemm_u8i8(&qa, &qv, Some(&b), &mut out));
+            vnni = format!(",\"vnni_gops\":{:.1}", ops / s / 1e9);
+        }
         println!(
-            "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",
+            "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1}{vnni},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",
             ops / secs / 1e9,
             time_gemm(m, k, n),
             int8_backend(),

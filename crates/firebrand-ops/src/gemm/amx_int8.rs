@@ -108,12 +108,7 @@ unsafe fn finish(
             for i in i0..i0 + mr {
                 let p = out.add(i * n + j);
                 let acc = _mm512_maskz_loadu_epi32(mask, p as *const i32);
-                let exact = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(a.zero[i]), rs));
-                let scale = _mm512_mul_ps(_mm512_set1_ps(a.scale[i]), sw);
-                let mut v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, b);
-                if let Some(op) = act {
-                    v = crate::simd512::apply512(op, v);
-                }
+                let v = super::int8::dequantize16(acc, a, i, rs, sw, b, act);
                 _mm512_mask_storeu_ps(p, mask, v);
             }
         }

@@ -157,10 +157,13 @@ pub struct QuantizedWeight {
     pub scale: Vec<f32>,
     /// `Σ_p q[j, p]` per output channel.
     pub row_sum: Vec<i32>,
-    /// The AMX layout (empty without AMX-INT8): panels of 32 channels, each
-    /// 64-deep block two 16x64-byte tiles whose row `r` holds, for 16
-    /// channels, the 4 weights at depth `4r..4r+4`.
+    /// The kernel's layout: AMX's (panels of 32 channels, each 64-deep block
+    /// two 16x64-byte tiles whose row `r` holds, for 16 channels, the 4
+    /// weights at depth `4r..4r+4`), or VNNI's (panels of 16 channels, one
+    /// 64-byte vector per 4 depths); empty for the portable loop.
     packed: Vec<i8>,
+    /// Which layout `packed` has.
+    kernel: Kernel,
 }
 
 impl QuantizedWeight {
@@ -196,12 +199,31 @@ impl QuantizedWeight {
             scale.len()
         );
         let row_sum = (0..n).map(|j| data[j * k..(j + 1) * k].iter().map(|&q| q as i32).sum()).collect();
-        let mut q = QuantizedWeight { n, k, data, scale, row_sum, packed: Vec::new() };
-        #[cfg(target_arch = "x86_64")]
-        if super::amx::int8_available() {
-            q.packed = super::amx_int8::pack_weight(&q.data, n, k);
-        }
+        let mut q = QuantizedWeight { n, k, data, scale, row_sum, packed: Vec::new(), kernel: Kernel::Portable };
+        q.set_kernel(Kernel::best());
         q
+    }
+
+    /// Packs the weight for `kernel` (which the CPU must have; else the
+    /// portable loop runs). For tests and comparisons: [`from_f32`] picks
+    /// the best one.
+    ///
+    /// [`from_f32`]: QuantizedWeight::from_f32
+    pub fn set_kernel(&mut self, kernel: Kernel) {
+        let kernel = if kernel.available() { kernel } else { Kernel::Portable };
+        self.packed = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AmxInt8 => super::amx_int8::pack_weight(&self.data, self.n, self.k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => super::vnni::pack_weight(&self.data, self.n, self.k),
+            _ => Vec::new(),
+        };
+        self.kernel = kernel;
+    }
+
+    /// The kernel this weight is packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// The weights of several layers on the same input stacked into one
@@ -225,13 +247,49 @@ impl QuantizedWeight {
     }
 }
 
+/// The int8 kernels, chosen by CPU feature at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX-INT8 tiles (`TDPBUSD`): Sapphire Rapids and later.
+    AmxInt8,
+    /// AVX-512 VNNI (`VPDPBUSD`): Ice Lake, Cascade Lake and later.
+    Vnni,
+    /// The portable loop.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU has.
+    pub fn best() -> Kernel {
+        [Kernel::AmxInt8, Kernel::Vnni].into_iter().find(|k| k.available()).unwrap_or(Kernel::Portable)
+    }
+
+    /// Whether this CPU (and OS) runs it.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AmxInt8 => super::amx::int8_available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => super::vnni::available(),
+            Kernel::Portable => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Its name: `amx-int8`, `avx512-vnni` or `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::AmxInt8 => "amx-int8",
+            Kernel::Vnni => "avx512-vnni",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
 /// Which int8 kernel this CPU runs.
 pub fn int8_backend() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if super::amx::int8_available() {
-        return "amx-int8";
-    }
-    "portable"
+    Kernel::best().name()
 }
 
 /// `out (m, n) = dequantized(a · wᵀ) + bias` (see the module's formula).
@@ -263,10 +321,14 @@ pub fn gemm_u8i8_act(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if !w.packed.is_empty() {
+    if w.kernel != Kernel::Portable {
         let fused = act.filter(|&op| crate::simd512::supports(op));
-        // SAFETY: AMX-INT8 is available (the weight was packed for it).
-        unsafe { super::amx_int8::gemm(a, w, &w.packed, bias, fused, out) };
+        match w.kernel {
+            // SAFETY: the weight was packed for a kernel this CPU has (`set_kernel`).
+            Kernel::AmxInt8 => unsafe { super::amx_int8::gemm(a, w, &w.packed, bias, fused, out) },
+            // SAFETY: as above.
+            _ => unsafe { super::vnni::gemm(a, w, &w.packed, bias, fused, &mut out[..m * n]) },
+        }
         if let Some(op) = act.filter(|&op| !crate::simd512::supports(op)) {
             crate::unary::map_in_place(op, &mut out[..m * n]);
         }
@@ -287,6 +349,41 @@ pub fn gemm_u8i8_reference(a: &QuantizedRows, w: &QuantizedWeight, bias: Option<
             let wr = &w.data[j * k..(j + 1) * k];
             let acc: i32 = ar.iter().zip(wr).map(|(&x, &y)| x as i32 * y as i32).sum();
             out[i * n + j] = dequantize(acc, a, w, i, j, bias);
+        }
+    }
+}
+
+/// Sixteen outputs of row `i` from their `i32` sums: `act(sa·sw·(acc −
+/// za·Σw) + b)`, with `rs`, `sw` and `b` the 16 channels' row sums, scales
+/// and biases (the same bits as [`dequantize`]).
+///
+/// # Safety
+/// AVX-512F is available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dequantize16(
+    acc: std::arch::x86_64::__m512i,
+    a: &QuantizedRows,
+    i: usize,
+    rs: std::arch::x86_64::__m512i,
+    sw: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+    act: Option<firebrand_tensor::op::UnaryOp>,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: register arithmetic only (the caller guarantees AVX-512F).
+    unsafe {
+        let exact = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(a.zero[i]), rs));
+        let scale = _mm512_mul_ps(_mm512_set1_ps(a.scale[i]), sw);
+        let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, b);
+        // A `match`, not a closure: a closure is a function of its own,
+        // compiled without the caller's AVX-512, and the activation's
+        // intrinsics would become calls (measured: MiniLM int8 at 49
+        // sentences/s instead of 165).
+        match act {
+            Some(op) => crate::simd512::apply512(op, v),
+            None => v,
         }
     }
 }
@@ -323,12 +420,25 @@ mod tests {
             let x = data(m * k, 1);
             let wf = data(n * k, 2);
             let b = data(n, 3);
-            let (qa, qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&wf, n, k));
-            let mut got = vec![f32::NAN; m * n];
-            gemm_u8i8(&qa, &qw, Some(&b), &mut got);
+            let (qa, mut qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&wf, n, k));
             let mut want = vec![0.0; m * n];
             gemm_u8i8_reference(&qa, &qw, Some(&b), &mut want);
-            assert_eq!(got, want, "({m},{k},{n}) on {}", int8_backend());
+            for kernel in [Kernel::AmxInt8, Kernel::Vnni, Kernel::Portable] {
+                if !kernel.available() {
+                    eprintln!("SKIPPED: the {} kernel (not on this CPU)", kernel.name());
+                    continue;
+                }
+                qw.set_kernel(kernel);
+                let mut got = vec![f32::NAN; m * n];
+                gemm_u8i8(&qa, &qw, Some(&b), &mut got);
+                assert_eq!(got, want, "({m},{k},{n}) on {}", kernel.name());
+            }
+            qw.set_kernel(Kernel::best());
+            let got = {
+                let mut g = vec![f32::NAN; m * n];
+                gemm_u8i8(&qa, &qw, Some(&b), &mut g);
+                g
+            };
             // The activation in the dequantizing pass equals it afterwards.
             let mut gelu = vec![f32::NAN; m * n];
             gemm_u8i8_act(&qa, &qw, Some(&b), Some(firebrand_tensor::op::UnaryOp::Gelu), &mut gelu);

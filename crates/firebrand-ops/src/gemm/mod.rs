@@ -21,6 +21,8 @@ mod amx_int8;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -1,0 +1,111 @@
+//! The AVX-512 VNNI kernel of [`super::int8`], for CPUs without AMX
+//! (Ice Lake, Cascade Lake): `VPDPBUSD` adds, per 32-bit lane, four `u8·i8`
+//! products into an `i32`. The weight is packed once in panels of 16
+//! channels, one 64-byte vector per 4 depths (channel `c`'s four weights in
+//! bytes `4c..4c+4`); a micro-kernel of 8 rows by 32 channels broadcasts
+//! four bytes of a row of A per step into 16 accumulators.
+
+use super::int8::{QuantizedRows, QuantizedWeight};
+use crate::parallel::SendPtr;
+use std::arch::x86_64::*;
+
+/// Rows of the micro-kernel.
+const MR: usize = 8;
+
+/// Whether this CPU has AVX-512 VNNI (and BW for the masked byte work).
+pub(crate) fn available() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw")
+    })
+}
+
+/// The weight `(n, k)` in panels of 16 channels × `k/4` groups of 64 bytes.
+pub(crate) fn pack_weight(w: &[i8], n: usize, k: usize) -> Vec<i8> {
+    let groups = k.div_ceil(4);
+    let panels = n.div_ceil(16);
+    let mut out = vec![0i8; panels * groups * 64];
+    for p in 0..panels {
+        for g in 0..groups {
+            let v = &mut out[(p * groups + g) * 64..][..64];
+            for c in 0..16 {
+                let j = 16 * p + c;
+                for e in 0..4 {
+                    let d = 4 * g + e;
+                    if j < n && d < k {
+                        v[4 * c + e] = w[j * k + d];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Four bytes of row `i` of A at depth `4g`, zero past `k`, as one lane.
+#[inline(always)]
+fn group(a: &QuantizedRows, i: usize, g: usize) -> i32 {
+    let (k, p) = (a.k, 4 * g);
+    let row = &a.data[i * k..(i + 1) * k];
+    if p + 4 <= k {
+        i32::from_le_bytes([row[p], row[p + 1], row[p + 2], row[p + 3]])
+    } else {
+        let mut b = [0u8; 4];
+        b[..k - p].copy_from_slice(&row[p..]);
+        i32::from_le_bytes(b)
+    }
+}
+
+/// `out = act(dequantized(a · wᵀ) + bias)` with VNNI (`act` one with an
+/// AVX-512 form, or `None`).
+///
+/// # Safety
+/// AVX-512 VNNI and BW are [`available`]; `packed` is [`pack_weight`] of
+/// `w`; `out` holds `m·n` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn gemm(
+    a: &QuantizedRows,
+    w: &QuantizedWeight,
+    packed: &[i8],
+    bias: Option<&[f32]>,
+    act: Option<firebrand_tensor::op::UnaryOp>,
+    out: &mut [f32],
+) {
+    let (m, n, k) = (a.m, w.n, a.k);
+    let groups = k.div_ceil(4);
+    let panels = n.div_ceil(16);
+    let optr = SendPtr(out.as_mut_ptr());
+    let block = |rb: usize| {
+        let i0 = rb * MR;
+        let mr = MR.min(m - i0);
+        // The rows' four-byte groups, gathered once per block.
+        let lanes: Vec<i32> =
+            (0..mr).flat_map(|r| (0..groups).map(move |g| (r, g))).map(|(r, g)| group(a, i0 + r, g)).collect();
+        for p in 0..panels {
+            let j = 16 * p;
+            let width = 16.min(n - j);
+            let mask: __mmask16 = if width == 16 { 0xffff } else { (1u16 << width) - 1 };
+            // SAFETY: the panel holds `groups` vectors; masked loads and stores
+            // stay within the block's rows and the `width` valid channels.
+            unsafe {
+                let mut acc = [_mm512_setzero_si512(); MR];
+                let bp = packed[p * groups * 64..].as_ptr();
+                for g in 0..groups {
+                    let b = _mm512_loadu_si512(bp.add(64 * g) as *const __m512i);
+                    for (r, acc) in acc.iter_mut().enumerate().take(mr) {
+                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(lanes[r * groups + g]), b);
+                    }
+                }
+                let rs = _mm512_maskz_loadu_epi32(mask, w.row_sum[j..].as_ptr());
+                let sw = _mm512_maskz_loadu_ps(mask, w.scale[j..].as_ptr());
+                let bv = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b[j..].as_ptr()));
+                for (r, &acc) in acc.iter().enumerate().take(mr) {
+                    let i = i0 + r;
+                    let v = super::int8::dequantize16(acc, a, i, rs, sw, bv, act);
+                    _mm512_mask_storeu_ps(optr.get().add(i * n + j), mask, v);
+                }
+            }
+        }
+    };
+    crate::parallel::par_for(m.div_ceil(MR), block);
+}
