@@ -501,66 +501,93 @@ pub(super) unsafe fn gemm(
                 for (s, dst) in apack.chunks_exact_mut(strip_len).enumerate() {
                     pack_a_strip(m, k, a, 32 * (s0 + s), dst);
                 }
-                let mut out = [0.0f32; 32 * 32];
-                configure();
+                let strip = |s: usize| apack[(s - s0) * strip_len..].as_ptr();
+                let panel = |p: usize| bpack_ref[p * panel_len..].as_ptr();
                 let rows = m.min(32 * s1) - 32 * s0;
-                for p in 0..panels {
-                    let j0 = 32 * p;
-                    let nc = 32.min(n - j0);
-                    let bp = bpack_ref[p * panel_len..].as_ptr();
-                    for s in s0..s1 {
-                        let i0 = 32 * s;
-                        let mr = 32.min(m - i0);
-                        let ap = apack[(s - s0) * strip_len..].as_ptr();
-                        if mr == 32 && nc == 32 {
-                            // SAFETY: AMX is available (the caller's contract); both packs hold
-                            // `kb` blocks for this strip and panel; the 32x32 block at
-                            // (i0, j0) lies in C and only this task writes its rows.
-                            unsafe {
-                                let c0 = cptr.get().add(i0 * ldc + j0);
-                                // C's block is written (and read back by the epilogue)
-                                // once: fetched for writing while the tiles compute.
-                                for r in 0..32 {
-                                    let row = c0.add(r * ldc) as *const i8;
-                                    _mm_prefetch::<_MM_HINT_ET0>(row);
-                                    _mm_prefetch::<_MM_HINT_ET0>(row.add(64));
-                                }
-                                kernel(TileProduct::Bf16, kb, ap, bp, c0, ldc, accumulate)
-                            };
-                            continue;
-                        }
-                        // An edge block goes through a full scratch block, clipped into C.
-                        // SAFETY: as above, with `out` a whole 32x32 block.
-                        unsafe { kernel(TileProduct::Bf16, kb, ap, bp, out.as_mut_ptr(), 32, false) };
-                        for r in 0..mr {
-                            // SAFETY: rows i0..i0+mr, columns j0..j0+nc lie in C, and only
-                            // this task writes rows of strips s0..s1.
-                            let row =
-                                unsafe { std::slice::from_raw_parts_mut(cptr.get().add((i0 + r) * ldc + j0), nc) };
-                            let src = &out[32 * r..32 * r + nc];
-                            if accumulate {
-                                row.iter_mut().zip(src).for_each(|(o, v)| *o += v);
-                            } else {
-                                row.copy_from_slice(src);
-                            }
-                        }
-                    }
-                    // The epilogue of the previous panel: its tile stores have
-                    // retired by now (read back at once, they stall the loads:
-                    // measured, the epilogue took 17% of MiniLM's inference so).
-                    if p > 0 {
-                        finish(cptr.get(), 32 * s0, rows, j0 - 32, 32);
-                    }
-                }
-                if panels > 0 {
-                    let j0 = 32 * (panels - 1);
-                    finish(cptr.get(), 32 * s0, rows, j0, n - j0);
-                }
-                release();
+                // SAFETY: AMX is available (the caller's contract); the packs hold
+                // `kb` blocks per strip and panel; rows of strips s0..s1 of C are
+                // this task's alone.
+                unsafe {
+                    sweep(TileProduct::Bf16, kb, (s0, s1), m, n, strip, panel, cptr.get(), ldc, accumulate, |j0, nc| {
+                        finish(cptr.get(), 32 * s0, rows, j0, nc)
+                    })
+                };
             });
         });
     }
     B_PACK.with(|b| *b.borrow_mut() = bp);
+}
+
+/// One task's part of an AMX product: the strips `s0..s1` of 32 rows
+/// against every panel of 32 columns, each 32x32 block of 4-byte sums
+/// (`f32` or `i32`) computed by [`kernel`] into `c` (rows `ldc` apart) —
+/// stored (or, with `accumulate`, added) straight into `c` when whole, its
+/// rows prefetched for writing; through a scratch block and clipped at C's
+/// edges. `finish(j0, nc)` then runs over the task's rows of each panel one
+/// panel later, when the tile stores have retired (read back at once they
+/// stall the loads: the epilogue took 17% of MiniLM's inference so).
+/// Configures the tiles and releases them.
+///
+/// # Safety
+/// AMX with the product's extension is available; `strip(s)` and
+/// `panel(p)` point at `kb` packed blocks; the strips' rows of `c` (`n`
+/// columns) belong to the caller alone.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn sweep<A, B, T: Copy + Default + std::ops::AddAssign>(
+    op: TileProduct,
+    kb: usize,
+    (s0, s1): (usize, usize),
+    m: usize,
+    n: usize,
+    strip: impl Fn(usize) -> *const A,
+    panel: impl Fn(usize) -> *const B,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+    mut finish: impl FnMut(usize, usize),
+) {
+    let panels = n.div_ceil(32);
+    let mut out = [T::default(); 32 * 32];
+    configure();
+    for p in 0..panels {
+        let j0 = 32 * p;
+        let nc = 32.min(n - j0);
+        for s in s0..s1 {
+            let i0 = 32 * s;
+            let mr = 32.min(m - i0);
+            // SAFETY: the caller's contract; the block at (i0, j0) lies in C.
+            unsafe {
+                let c0 = c.add(i0 * ldc + j0);
+                if mr == 32 && nc == 32 {
+                    for r in 0..32 {
+                        let row = c0.add(r * ldc) as *const i8;
+                        _mm_prefetch::<_MM_HINT_ET0>(row);
+                        _mm_prefetch::<_MM_HINT_ET0>(row.add(64));
+                    }
+                    kernel(op, kb, strip(s), panel(p), c0, ldc, accumulate);
+                    continue;
+                }
+                kernel(op, kb, strip(s), panel(p), out.as_mut_ptr(), 32, false);
+                for r in 0..mr {
+                    let row = std::slice::from_raw_parts_mut(c0.add(r * ldc), nc);
+                    let src = &out[32 * r..32 * r + nc];
+                    if accumulate {
+                        row.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
+                    } else {
+                        row.copy_from_slice(src);
+                    }
+                }
+            }
+        }
+        if p > 0 {
+            finish(j0 - 32, 32);
+        }
+    }
+    if panels > 0 {
+        let j0 = 32 * (panels - 1);
+        finish(j0, n - j0);
+    }
+    release();
 }
 
 /// Runs `task(s0, s1)` over blocks of the strips of 32 rows `s0..s1` (at

@@ -4,7 +4,7 @@
 //! two A and two B tiles per 64-deep block. The weight is packed once when
 //! it is quantized; each task packs the rows of A of its block.
 
-use super::amx::{TileProduct, kernel};
+use super::amx::TileProduct;
 use super::int8::{QuantizedRows, QuantizedWeight};
 use crate::parallel::SendPtr;
 use std::arch::x86_64::*;
@@ -130,7 +130,6 @@ pub(super) unsafe fn gemm(
 ) {
     let (m, n, k) = (a.m, w.n, a.k);
     let kb = k.div_ceil(64);
-    let panels = n.div_ceil(32);
     let optr = SendPtr(out.as_mut_ptr());
     super::amx::for_strip_blocks(m.div_ceil(32), crate::parallel::num_threads(), |s0, s1| {
         let strip_len = kb * 2 * TILE;
@@ -142,50 +141,19 @@ pub(super) unsafe fn gemm(
             for s in s0..s1 {
                 pack_a_strip(a, 32 * s, &mut ap[(s - s0) * strip_len..(s - s0 + 1) * strip_len]);
             }
-            let mut acc = [0i32; 32 * 32];
             let rows = m.min(32 * s1) - 32 * s0;
-            super::amx::configure();
-            for p in 0..panels {
-                let j0 = 32 * p;
-                let nc = 32.min(n - j0);
-                let bp = packed[p * kb * 2 * TILE..].as_ptr();
-                for s in s0..s1 {
-                    let i0 = 32 * s;
-                    let mr = 32.min(m - i0);
-                    let ap = ap[(s - s0) * strip_len..].as_ptr();
-                    // The sums go into `out` itself (an `i32` is as wide as an
-                    // `f32`), dequantized in place one panel later, when the
-                    // tile stores have retired.
-                    // SAFETY: AMX-INT8 is configured; both packs hold `kb` blocks; the
-                    // block's rows and columns of `out` belong to this task.
-                    unsafe {
-                        let c0 = (optr.get() as *mut i32).add(i0 * n + j0);
-                        if mr == 32 && nc == 32 {
-                            for r in 0..32 {
-                                let row = c0.add(r * n) as *const i8;
-                                _mm_prefetch::<_MM_HINT_ET0>(row);
-                                _mm_prefetch::<_MM_HINT_ET0>(row.add(64));
-                            }
-                            kernel(TileProduct::U8I8, kb, ap, bp, c0, n, false);
-                        } else {
-                            kernel(TileProduct::U8I8, kb, ap, bp, acc.as_mut_ptr(), 32, false);
-                            for r in 0..mr {
-                                std::ptr::copy_nonoverlapping(acc[32 * r..].as_ptr(), c0.add(r * n), nc);
-                            }
-                        }
-                    }
-                }
-                if p > 0 {
-                    // SAFETY: the previous panel's block of this task holds its sums.
-                    unsafe { finish(a, w, bias, act, optr.get(), 32 * s0, rows, j0 - 32, 32) };
-                }
-            }
-            if panels > 0 {
-                let j0 = 32 * (panels - 1);
-                // SAFETY: as above, for the last panel.
-                unsafe { finish(a, w, bias, act, optr.get(), 32 * s0, rows, j0, n - j0) };
-            }
-            super::amx::release();
+            let strip = |s: usize| ap[(s - s0) * strip_len..].as_ptr();
+            let panel = |p: usize| packed[p * kb * 2 * TILE..].as_ptr();
+            // The sums go into `out` itself (an `i32` is as wide as an `f32`),
+            // dequantized in place a panel later.
+            let sums = optr.get() as *mut i32;
+            // SAFETY: AMX-INT8 is available (the caller's contract); both packs hold
+            // `kb` blocks; rows of strips s0..s1 of `out` are this task's alone.
+            unsafe {
+                super::amx::sweep(TileProduct::U8I8, kb, (s0, s1), m, n, strip, panel, sums, n, false, |j0, nc| {
+                    finish(a, w, bias, act, optr.get(), 32 * s0, rows, j0, nc)
+                })
+            };
         });
     });
 }
