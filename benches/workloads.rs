@@ -37,6 +37,9 @@
 //!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
 //!   each the median of N rounds (5) after one warm-up. `--modes inference`
 //!   or `--modes train` runs one half.
+//! * `block_gemm [--sizes …] [--format q4_1|q4_0|q8_0]` — the GGUF block
+//!   product (`i16` activations) on SmolLM2's shapes: `gops`,
+//!   `weight_gb_per_s` and our `fp32_gflops`.
 //! * `int8_gemm [--sizes …]` — the quantized product
 //!   (`gemm::int8::gemm_u8i8`: `u8` rows times an `i8` weight, dequantized
 //!   to `f32` with a bias) against the `f32` gemm on the same shapes, same
@@ -59,6 +62,7 @@
 //!   SmolLM2-135M-Instruct on a 128-token prompt (the start of the
 //!   Shakespeare corpus) and 128 new greedy tokens through the KV cache:
 //!   `prompt_tokens_per_s` and `tokens_per_s`, medians of N (3) after a warm-up.
+//!   `--quantized` runs on the file's own Q4_1/Q8_0 blocks (`weights`).
 //!
 //! Every workload takes `--device cpu|wgpu|wgpu:N` (default cpu; wgpu needs
 //! `--features wgpu`): the model, its optimizer state and every batch live
@@ -138,6 +142,7 @@ fn main() {
     match name.as_str() {
         "gemm" => workload_gemm(opt("--sizes")),
         "int8_gemm" => workload_int8_gemm(opt("--sizes")),
+        "block_gemm" => workload_block_gemm(opt("--sizes"), opt("--format")),
         "peak" => workload_peak(),
         "mlp" | "cnn" => {
             let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
@@ -183,10 +188,11 @@ fn main() {
             opt("--model"),
             opt("--text"),
             opt("--rounds").map(|c| c.parse().expect("--rounds N")).unwrap_or(3),
+            args.iter().any(|a| a == "--quantized"),
         ),
         other => {
             eprintln!(
-                "unknown workload {other:?}; known: gemm, int8_gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
+                "unknown workload {other:?}; known: gemm, int8_gemm, block_gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
             );
             std::process::exit(2);
         }
@@ -306,6 +312,42 @@ fn workload_int8_gemm(sizes: Option<String>) {
             time_gemm(m, k, n),
             int8_backend(),
             rayon::current_num_threads()
+        );
+    }
+}
+
+/// `block_gemm [--sizes m×k×n,…] [--format q4_1|q4_0|q8_0]`: the block
+/// product on SmolLM2's shapes, one token and a 128-token prompt: `gops`
+/// and, for the weight streamed once, `weight_gb_per_s`.
+fn workload_block_gemm(sizes: Option<String>, format: Option<String>) {
+    use firebrand::ops::gemm::blocks::{BlockFormat, BlockWeight, gemm_blocks, quantize_rows_i16};
+    let format = match format.as_deref().unwrap_or("q4_1") {
+        "q4_1" => BlockFormat::Q4_1,
+        "q4_0" => BlockFormat::Q4_0,
+        "q8_0" => BlockFormat::Q8_0,
+        f => panic!("--format {f}: expected q4_1, q4_0 or q8_0"),
+    };
+    let shapes = match sizes {
+        Some(s) => parse_sizes(&s),
+        None => vec![(1, 576, 1536), (1, 1536, 576), (1, 576, 49152), (128, 576, 1536), (128, 1536, 576)],
+    };
+    for (m, k, n) in shapes {
+        let (x, w) = (fill(m * k, 1), fill(n * k, 2));
+        let qw = BlockWeight::quantize(&w, n, k, format);
+        let mut out = vec![0.0f32; m * n];
+        let secs = median_secs(|| {
+            let qa = quantize_rows_i16(&x, m, k);
+            gemm_blocks(&qa, &qw, &mut out)
+        });
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": "block_gemm", "format": format!("{format:?}"), "m": m, "k": k, "n": n,
+                "gops": (2.0 * (m * k * n) as f64 / secs / 1e8).round() / 10.0,
+                "weight_gb_per_s": (qw.bytes() as f64 / secs / 1e8).round() / 10.0,
+                "fp32_gflops": (time_gemm(m, k, n) * 10.0).round() / 10.0,
+                "threads": rayon::current_num_threads(),
+            })
         );
     }
 }

@@ -56,6 +56,9 @@ struct Args {
     /// With --chat: a system message before the user's (else the template's default, if any).
     #[arg(long)]
     system: Option<String>,
+    /// Compute on the file's own quantized blocks (Q4_1/Q8_0), without widening the weights to f32.
+    #[arg(long)]
+    quantized: bool,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -85,6 +88,9 @@ fn main() {
     let start = Instant::now();
     let gguf = GgufFile::open(&path).unwrap_or_else(|e| fail(e));
     let model = Llama::from_gguf(&gguf).unwrap_or_else(|e| fail(e));
+    if args.quantized {
+        model.load_gguf_blocks(&gguf).unwrap_or_else(|e| fail(e));
+    }
     let tok = Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| fail(e));
     tok.check_fits(model.config().vocab_size).unwrap_or_else(|e| fail(e));
     let dev = args.device.place(&model);

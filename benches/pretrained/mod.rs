@@ -200,7 +200,10 @@ pub fn workload_minilm_finetune(model: Option<String>, data: Option<String>, epo
 /// 128 new tokens, greedy through the KV cache: `prompt_tokens_per_s` (the
 /// prompt in one pass) and `tokens_per_s` (the new tokens one by one); the
 /// median of `rounds` after one warm-up.
-pub fn workload_llm_generate(model: Option<String>, text: Option<String>, rounds: usize) {
+///
+/// With `quantized`, inference runs on the file's own `Q4_1`/`Q8_0` blocks
+/// (activations quantized per row to `i16`).
+pub fn workload_llm_generate(model: Option<String>, text: Option<String>, rounds: usize, quantized: bool) {
     use firebrand::pretrained::gguf::GgufFile;
     use firebrand::pretrained::llama::{KvCache, Llama};
     let path = model.map(PathBuf::from).unwrap_or_else(|| {
@@ -208,6 +211,9 @@ pub fn workload_llm_generate(model: Option<String>, text: Option<String>, rounds
     });
     let g = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let llm = Llama::from_gguf(&g).unwrap_or_else(|e| panic!("{e}"));
+    if quantized {
+        llm.load_gguf_blocks(&g).unwrap_or_else(|e| panic!("{e}"));
+    }
     let tok = Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{e}"));
     llm.to_device(super::dev()).expect("the device");
     let corpus = super::shakespeare(text);
@@ -243,6 +249,7 @@ pub fn workload_llm_generate(model: Option<String>, text: Option<String>, rounds
         serde_json::json!({
             "workload": "llm_generate",
             "lib": "firebrand",
+            "weights": if quantized { "q4_1" } else { "f32" },
             "matmul_precision": firebrand::ops::gemm::float32_matmul_precision().as_str(),
             "prompt_tokens_per_s": (128.0 / p * 10.0).round() / 10.0,
             "tokens_per_s": (128.0 / g * 10.0).round() / 10.0,

@@ -2,8 +2,22 @@
 
 use crate::{Activation, Init, Module};
 use firebrand_autograd::Tensor;
+use firebrand_ops::gemm::blocks::{BLOCK, BlockFormat, BlockWeight};
 use firebrand_ops::gemm::int8::QuantizedWeight;
 use std::sync::{Arc, RwLock};
+
+/// A quantized form of a layer's weight, which inference uses in place of
+/// the `f32` weight ([`crate::quantize`]).
+#[derive(Debug, Clone)]
+pub enum QuantizedForm {
+    /// Dynamic int8: the weight per output channel in `i8`, the input
+    /// quantized per row to `u8` ([`crate::quantize::quantize_dynamic`]).
+    Int8(Arc<QuantizedWeight>),
+    /// GGUF's block formats: the weight in blocks of 32 (`Q8_0`, `Q4_0`,
+    /// `Q4_1`), the input quantized on the fly per row to `i16`
+    /// ([`crate::quantize::quantize_blocks`], or a GGUF file's own blocks).
+    Blocks(Arc<BlockWeight>),
+}
 
 /// `y = act(x Wᵀ + b)` with `W` of shape `(out, in)` (PyTorch's layout, so
 /// weights load from PyTorch state dicts) and `b` of shape `(out,)`.
@@ -22,9 +36,8 @@ pub struct Linear {
     /// Bias, `(out,)`, if any.
     pub bias: Option<Tensor>,
     activation: Option<Activation>,
-    /// The dynamic int8 form ([`crate::quantize::quantize_dynamic`]): the
-    /// weight quantized per output channel, used when no gradient is recorded.
-    int8: RwLock<Option<Arc<QuantizedWeight>>>,
+    /// The quantized form, used when no gradient is recorded.
+    quant: RwLock<Option<QuantizedForm>>,
 }
 
 impl Linear {
@@ -38,7 +51,7 @@ impl Linear {
     pub fn with_init(in_features: usize, out_features: usize, weight: Init, bias: Option<Init>) -> Self {
         let w = weight.tensor([out_features, in_features], in_features, out_features).requires_grad_(true);
         let b = bias.map(|i| i.tensor([out_features], in_features, out_features).requires_grad_(true));
-        Linear { weight: w, bias: b, activation: None, int8: RwLock::new(None) }
+        Linear { weight: w, bias: b, activation: None, quant: RwLock::new(None) }
     }
 
     /// Adds a fused activation (Keras' `Dense(units, activation=...)`).
@@ -62,7 +75,7 @@ impl Linear {
                 weight.dims()
             );
         }
-        Linear { weight, bias, activation: None, int8: RwLock::new(None) }
+        Linear { weight, bias, activation: None, quant: RwLock::new(None) }
     }
 
     /// The fused activation, if any.
@@ -80,20 +93,56 @@ impl Linear {
         self.weight.dims()[0]
     }
 
+    /// The quantized form, if one is on.
+    pub fn quantized(&self) -> Option<QuantizedForm> {
+        self.quant.read().expect("not poisoned").clone()
+    }
+
     /// Whether the dynamic int8 form is on ([`crate::quantize::quantize_dynamic`]).
     pub fn is_int8(&self) -> bool {
-        self.int8.read().expect("not poisoned").is_some()
+        self.int8_weight().is_some()
     }
 
     /// The int8 weight, when the dynamic int8 form is on.
     pub fn int8_weight(&self) -> Option<Arc<QuantizedWeight>> {
-        self.int8.read().expect("not poisoned").clone()
+        match self.quantized()? {
+            QuantizedForm::Int8(q) => Some(q),
+            QuantizedForm::Blocks(_) => None,
+        }
     }
 
-    /// The int8 form, when it is on and this call may use it: no gradient
-    /// recorded, an `f32` input on the CPU.
-    fn int8_for(&self, x: &Tensor) -> Option<Arc<QuantizedWeight>> {
-        let q = self.int8.read().expect("not poisoned").clone()?;
+    /// The block weight, when a block form is on.
+    pub fn block_weight(&self) -> Option<Arc<BlockWeight>> {
+        match self.quantized()? {
+            QuantizedForm::Blocks(q) => Some(q),
+            QuantizedForm::Int8(_) => None,
+        }
+    }
+
+    /// Puts a block form on (a GGUF file's own blocks, say), or takes any
+    /// quantized form off with `None`. The `f32` weight stays as it is.
+    ///
+    /// # Panics
+    /// When the block weight's shape is not the layer's `(out, in)`.
+    pub fn set_block_weight(&self, w: Option<Arc<BlockWeight>>) {
+        if let Some(q) = &w {
+            assert!(
+                (q.n, q.k) == (self.out_features(), self.in_features()),
+                "Linear::set_block_weight: a {:?} weight ({}, {}) for a layer ({}, {})",
+                q.format,
+                q.n,
+                q.k,
+                self.out_features(),
+                self.in_features()
+            );
+        }
+        *self.quant.write().expect("not poisoned") = w.map(QuantizedForm::Blocks);
+    }
+
+    /// The quantized form, when one is on and this call may use it: no
+    /// gradient recorded, an `f32` input on the CPU.
+    fn quantized_for(&self, x: &Tensor) -> Option<QuantizedForm> {
+        let q = self.quantized()?;
         let records = firebrand_autograd::is_grad_enabled()
             && (x.requires_grad()
                 || self.weight.requires_grad()
@@ -105,9 +154,12 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
-            if let Some(q) = self.int8_for(x) {
+            if let Some(q) = self.quantized_for(x) {
                 let unary = self.activation.and_then(|a| a.as_unary());
-                let y = crate::quantize::linear_int8(x, &q, self.bias.as_ref(), unary);
+                let y = match q {
+                    QuantizedForm::Int8(q) => crate::quantize::linear_int8(x, &q, self.bias.as_ref(), unary),
+                    QuantizedForm::Blocks(q) => crate::quantize::linear_blocks(x, &q, self.bias.as_ref(), unary),
+                };
                 return match self.activation {
                     Some(a) if unary.is_none() => a.apply(&y),
                     _ => y,
@@ -134,9 +186,24 @@ impl Module for Linear {
         let q = on.then(|| {
             let (n, k) = (self.out_features(), self.in_features());
             let w = self.weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
-            Arc::new(w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"))
+            QuantizedForm::Int8(Arc::new(
+                w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"),
+            ))
         });
-        *self.int8.write().expect("not poisoned") = q;
+        *self.quant.write().expect("not poisoned") = q;
+        true
+    }
+
+    fn set_block_quant(&self, format: Option<BlockFormat>) -> bool {
+        let (n, k) = (self.out_features(), self.in_features());
+        if format.is_some() && !k.is_multiple_of(BLOCK) {
+            return false;
+        }
+        let q = format.map(|f| {
+            let w = self.weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+            Arc::new(w.with_f32_slice(|v| BlockWeight::quantize(v, n, k, f)).expect("an f32 weight"))
+        });
+        self.set_block_weight(q);
         true
     }
 

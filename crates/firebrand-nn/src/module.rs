@@ -105,6 +105,16 @@ pub trait Module: Send + Sync {
         false
     }
 
+    /// Turns this layer's block-quantized form on (the weights quantized
+    /// now into `format`'s blocks of 32) or, with `None`, any quantized form
+    /// off; `true` when the layer took it (`Linear`, when its input width is
+    /// a multiple of 32). Walked by
+    /// [`quantize_blocks`](crate::quantize::quantize_blocks).
+    fn set_block_quant(&self, format: Option<firebrand_ops::gemm::blocks::BlockFormat>) -> bool {
+        let _ = format;
+        false
+    }
+
     /// The elementwise op this layer computes, if it is one (the activation
     /// layers: `ReLU`, `ReLU6`, `SiLU`, …), so that `Sequential` can fuse it
     /// into the layer before it at inference. `None` for everything else.

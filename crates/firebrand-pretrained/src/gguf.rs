@@ -14,6 +14,7 @@
 
 use crate::{PretrainedError, Result};
 use firebrand_autograd::Tensor;
+use firebrand_ops::gemm::blocks::{BlockFormat, BlockWeight};
 use half::f16;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -348,6 +349,33 @@ impl GgufFile {
         let at = self.data_start + t.offset as usize;
         let v = dequantize(t.kind, &self.bytes[at..at + n]);
         Ok(Tensor::from_vec(v, t.dims.clone()))
+    }
+
+    /// The tensor called `name` as a block weight `(rows, cols)`, its bytes
+    /// as the file holds them (no dequantizing): `None` when it is not in
+    /// one of the block formats (`Q8_0`, `Q4_0`, `Q4_1`) or not 2-D.
+    ///
+    /// # Errors
+    /// [`PretrainedError::Gguf`] naming the tensor when it is absent or its
+    /// data does not fill its blocks.
+    pub fn block_weight(&self, name: &str) -> Result<Option<BlockWeight>> {
+        let t = self.info(name).ok_or_else(|| PretrainedError::Gguf {
+            path: self.path.clone(),
+            tensor: Some(name.into()),
+            msg: "not in the file".into(),
+        })?;
+        let format = match t.kind {
+            GgmlType::Q8_0 => BlockFormat::Q8_0,
+            GgmlType::Q4_0 => BlockFormat::Q4_0,
+            GgmlType::Q4_1 => BlockFormat::Q4_1,
+            _ => return Ok(None),
+        };
+        let &[n, k] = t.dims.as_slice() else { return Ok(None) };
+        let len = self.byte_len(t)?.expect("a block type is read");
+        let at = self.data_start + t.offset as usize;
+        BlockWeight::from_gguf_bytes(format, &self.bytes[at..at + len], n, k)
+            .map(Some)
+            .map_err(|e| self.tensor_err(t, e.0))
     }
 
     /// Every tensor, dequantized, by name.

@@ -21,8 +21,10 @@ use crate::{PretrainedError, Result};
 use firebrand_autograd::{AttentionOptions, Tensor, with_no_grad};
 use firebrand_nn::serialize::plan_load;
 use firebrand_nn::{Embedding, Init, Linear, Module, ModuleExt, RMSNorm};
+use firebrand_ops::gemm::blocks::BlockWeight;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 /// The sizes of a Llama checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +335,18 @@ impl LlamaLayer {
     }
 }
 
+/// A block weight's shape against the layer's, as a typed error.
+fn check_block_shape(g: &GgufFile, name: &str, w: &BlockWeight, n: usize, k: usize) -> Result<()> {
+    if (w.n, w.k) == (n, k) {
+        return Ok(());
+    }
+    Err(PretrainedError::Gguf {
+        path: g.path().to_path_buf(),
+        tensor: Some(name.into()),
+        msg: format!("shape ({}, {}) where the model has ({n}, {k})", w.n, w.k),
+    })
+}
+
 /// A Llama causal language model.
 #[derive(Module)]
 #[module(crate = firebrand_nn, forward = logits, describe = describe_llama)]
@@ -347,6 +361,9 @@ pub struct Llama {
     pub lm_head: Option<Linear>,
     #[module(skip)]
     config: LlamaConfig,
+    /// The tied head in a block format, used at inference when set.
+    #[module(skip)]
+    head_blocks: RwLock<Option<Arc<BlockWeight>>>,
 }
 
 /// A projection's rows `(heads·d, H)` from Hugging Face's rotate-half
@@ -422,7 +439,84 @@ impl Llama {
             norm: norm(),
             lm_head: (!tied).then(|| linear(hid, config.vocab_size)),
             config: config.clone(),
+            head_blocks: RwLock::new(None),
         }
+    }
+
+    /// Every projection (and the head) by its GGUF name.
+    fn linears_by_gguf_name(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            for (part, lin) in [
+                ("attn_q", &a.q_proj),
+                ("attn_k", &a.k_proj),
+                ("attn_v", &a.v_proj),
+                ("attn_output", &a.o_proj),
+                ("ffn_gate", &m.gate_proj),
+                ("ffn_up", &m.up_proj),
+                ("ffn_down", &m.down_proj),
+            ] {
+                out.push((format!("blk.{i}.{part}.weight"), lin));
+            }
+        }
+        if let Some(h) = &self.lm_head {
+            out.push(("output.weight".to_string(), h));
+        }
+        out
+    }
+
+    /// Makes inference compute on the file's own quantized blocks: every
+    /// projection whose weight `g` holds in a block format (`Q4_0`, `Q4_1`,
+    /// `Q8_0`), and the tied head when `token_embd.weight` is one, gets
+    /// that block form, the bytes as the file holds them; activations are
+    /// quantized on the fly per row to `i16`
+    /// (`firebrand_ops::gemm::blocks`). The `f32` weights stay for training
+    /// and saving. Returns how many weights took a block form.
+    ///
+    /// # Errors
+    /// A tensor whose data does not fill its blocks, or whose shape is not
+    /// the layer's (naming the file and tensor).
+    pub fn load_gguf_blocks(&self, g: &GgufFile) -> Result<usize> {
+        let mut count = 0;
+        for (name, lin) in self.linears_by_gguf_name() {
+            if g.info(&name).is_none() {
+                continue;
+            }
+            if let Some(w) = g.block_weight(&name)? {
+                check_block_shape(g, &name, &w, lin.out_features(), lin.in_features())?;
+                lin.set_block_weight(Some(Arc::new(w)));
+                count += 1;
+            }
+        }
+        if self.lm_head.is_none()
+            && g.info("token_embd.weight").is_some()
+            && let Some(w) = g.block_weight("token_embd.weight")?
+        {
+            check_block_shape(g, "token_embd.weight", &w, self.config.vocab_size, self.config.hidden_size)?;
+            *self.head_blocks.write().expect("not poisoned") = Some(Arc::new(w));
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// [`from_gguf`](Self::from_gguf), then
+    /// [`load_gguf_blocks`](Self::load_gguf_blocks): a model whose
+    /// inference runs on the file's quantized blocks.
+    ///
+    /// # Errors
+    /// As both.
+    pub fn from_gguf_quantized(g: &GgufFile) -> Result<Llama> {
+        let model = Llama::from_gguf(g)?;
+        model.load_gguf_blocks(g)?;
+        Ok(model)
+    }
+
+    /// Takes every block form off again (inference back on the `f32` weights).
+    pub fn clear_blocks(&self) {
+        firebrand_nn::quantize::dequantize(self);
+        *self.head_blocks.write().expect("not poisoned") = None;
     }
 
     /// Loads a GGUF Llama: its config from the metadata, its tensors
@@ -548,7 +642,18 @@ impl Llama {
         let x = self.norm.forward(&x);
         match &self.lm_head {
             Some(h) => h.forward(&x),
-            None => x.matmul(&self.embed_tokens.weight.t()),
+            None => {
+                let blocks = self.head_blocks.read().expect("not poisoned").clone();
+                match blocks {
+                    Some(w)
+                        if !(firebrand_autograd::is_grad_enabled()
+                            && (x.requires_grad() || self.embed_tokens.weight.requires_grad())) =>
+                    {
+                        firebrand_nn::quantize::linear_blocks(&x, &w, None, None)
+                    }
+                    _ => x.matmul(&self.embed_tokens.weight.t()),
+                }
+            }
         }
     }
 

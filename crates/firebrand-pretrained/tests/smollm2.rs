@@ -128,3 +128,54 @@ fn the_chat_template_renders_as_transformers_and_the_answer_matches() {
     assert_eq!(answer, r["greedy_text"].as_str().unwrap());
     assert_eq!(answer, "The capital of France is Paris.");
 }
+
+/// Inference on the file's own Q4_1 / Q8_0 blocks against the dequantized
+/// `f32` model. A prompt's pass (many rows: the `f32` gemm on panels
+/// widened from the blocks) matches it within 1e-4 of the largest logit;
+/// token-by-token decoding through the cache (one row: activations
+/// quantized per row to `i16`, integer block sums) stays within 1e-2 of the
+/// largest at every position, with the same top token at nearly all.
+#[test]
+fn quantized_blocks_stay_within_1e2_of_the_f32_model() {
+    let Some(path) = common::smollm2() else { return };
+    let g = GgufFile::open(&path).unwrap();
+    let model = Llama::from_gguf(&g).unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2_reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<i64> = r["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let t = ids.len();
+    let x = Tensor::from_vec(ids.clone(), [1, t]);
+    let f32_logits = firebrand_autograd::with_no_grad(|| model.logits(&x)).to_vec::<f32>();
+    let v = f32_logits.len() / t;
+    // 30 blocks × 7 projections in Q4_1, and the tied head in Q8_0.
+    assert_eq!(model.load_gguf_blocks(&g).unwrap(), 30 * 7 + 1);
+    let argmax = |r: &[f32]| r.iter().enumerate().fold(0, |b, (i, &x)| if x > r[b] { i } else { b });
+    let rel = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale
+    };
+    let full = firebrand_autograd::with_no_grad(|| model.logits(&x)).to_vec::<f32>();
+    let full_worst =
+        (0..t).map(|p| rel(&full[p * v..(p + 1) * v], &f32_logits[p * v..(p + 1) * v])).fold(0.0, f32::max);
+    assert!(full_worst <= 1e-4, "the prompt pass on widened panels: {full_worst:.3e} of the largest");
+    let (mut worst, mut same_top) = (0.0f32, 0);
+    firebrand_autograd::with_no_grad(|| {
+        let mut cache = KvCache::default();
+        for (p, &id) in ids.iter().enumerate() {
+            let step = model.run(&Tensor::from_vec(vec![id], [1, 1]), Some(&mut cache)).to_vec::<f32>();
+            let want = &f32_logits[p * v..(p + 1) * v];
+            worst = worst.max(rel(&step, want));
+            same_top += usize::from(argmax(&step) == argmax(want));
+        }
+    });
+    eprintln!(
+        "SmolLM2 on Q4_1 blocks: prompt pass {full_worst:.2e}, token by token {worst:.2e} of the largest logit; same top token at {same_top}/{t}"
+    );
+    assert!(worst > 0.0 && worst <= 1e-2, "token-by-token on the blocks vs f32: {worst:.3e} of the largest");
+    assert!(same_top * 10 >= t * 9, "top token agrees at {same_top} of {t} positions");
+    model.clear_blocks();
+    assert_eq!(firebrand_autograd::with_no_grad(|| model.logits(&x)).to_vec::<f32>(), f32_logits);
+}

@@ -20,6 +20,9 @@ mod amx;
 mod amx_int8;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+pub mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod blocks_avx512;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
