@@ -182,11 +182,69 @@ pub struct LlamaAttention {
     theta: f32,
 }
 
-/// One layer's cached keys and values `(B, kv_heads, S, d)`.
-#[derive(Debug, Clone, Default)]
+/// One layer's cached keys and values: buffers `(B, capacity, kv_heads, d)`
+/// (positions major, so a new position's keys are one contiguous write)
+/// whose first `len` positions are filled. The buffers grow by doubling, so
+/// a step copies only its own keys and values, not the whole cache.
+#[derive(Debug, Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
+}
+
+impl Clone for LayerCache {
+    /// A copy that owns its buffers: appending to either leaves the other as it was.
+    fn clone(&self) -> Self {
+        let own = |t: &Option<Tensor>| {
+            t.as_ref().map(|t| {
+                let c = Tensor::zeros_like(t);
+                c.copy_(t).expect("same shape");
+                c
+            })
+        };
+        LayerCache { k: own(&self.k), v: own(&self.v), len: self.len }
+    }
+}
+
+impl LayerCache {
+    /// Appends `k`, `v` `(B, T, kv_heads, d)` and returns every cached
+    /// position's `(B, kv_heads, S, d)`, views of the buffers.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let (b, t) = (k.dims()[0], k.dims()[1]);
+        let need = self.len + t;
+        let heads_major = |x: &Tensor| x.permute(&[0, 2, 1, 3]);
+        if !k.device().is_cpu() {
+            // A device has no in-place strided writes: the cache grows by concatenation.
+            let cat = |old: &Option<Tensor>, new: &Tensor| match old {
+                Some(o) => Tensor::cat(&[o, new], 1),
+                None => new.contiguous(),
+            };
+            (self.k, self.v) = (Some(cat(&self.k, k)), Some(cat(&self.v, v)));
+            self.len = need;
+            return (heads_major(self.k.as_ref().expect("set")), heads_major(self.v.as_ref().expect("set")));
+        }
+        let fits = self.k.as_ref().is_some_and(|buf| buf.dims()[0] == b && buf.dims()[1] >= need);
+        if !fits {
+            let cap = need.next_power_of_two().max(256);
+            let grow = |old: &Option<Tensor>, like: &Tensor| {
+                let d = like.dims();
+                let buf = Tensor::zeros([b, cap, d[2], d[3]]);
+                if let Some(o) = old
+                    && self.len > 0
+                {
+                    buf.narrow(1, 0, self.len).copy_(&o.narrow(1, 0, self.len)).expect("same shape");
+                }
+                buf
+            };
+            (self.k, self.v) = (Some(grow(&self.k, k)), Some(grow(&self.v, v)));
+        }
+        let (kb, vb) = (self.k.as_ref().expect("set"), self.v.as_ref().expect("set"));
+        kb.narrow(1, self.len, t).copy_(k).expect("the cache's shape");
+        vb.narrow(1, self.len, t).copy_(v).expect("the cache's shape");
+        self.len = need;
+        (heads_major(&kb.narrow(1, 0, need)), heads_major(&vb.narrow(1, 0, need)))
+    }
 }
 
 /// The keys and values of the positions seen so far, per layer, so that a
@@ -199,7 +257,7 @@ pub struct KvCache {
 impl KvCache {
     /// Positions cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.k.as_ref()).map_or(0, |k| k.dims()[2])
+        self.layers.first().map_or(0, |l| l.len)
     }
 
     /// Whether nothing is cached.
@@ -256,29 +314,25 @@ impl LlamaAttention {
         let (h, kv) = (self.heads, self.kv_heads);
         let d = hid / h;
         let q = rope(&self.q_proj.forward(x).reshape([b, t, h, d]), tables).permute(&[0, 2, 1, 3]);
-        let k = rope(&self.k_proj.forward(x).reshape([b, t, kv, d]), tables).permute(&[0, 2, 1, 3]);
-        let v = self.v_proj.forward(x).reshape([b, t, kv, d]).permute(&[0, 2, 1, 3]); // (B, kv, T, d)
+        let k = rope(&self.k_proj.forward(x).reshape([b, t, kv, d]), tables); // (B, T, kv, d)
+        let v = self.v_proj.forward(x).reshape([b, t, kv, d]);
         let (k, v) = match cache {
-            Some(c) => {
-                let k = match &c.k {
-                    Some(pk) => Tensor::cat(&[pk, &k], 2),
-                    None => k.contiguous(),
-                };
-                let v = match &c.v {
-                    Some(pv) => Tensor::cat(&[pv, &v], 2),
-                    None => v.contiguous(),
-                };
-                (c.k, c.v) = (Some(k.clone()), Some(v.clone()));
-                (k, v)
-            }
-            None => (k, v),
+            Some(c) => c.append(&k, &v), // (B, kv, S, d)
+            None => (k.permute(&[0, 2, 1, 3]), v.permute(&[0, 2, 1, 3])),
         };
+        let opts = AttentionOptions { causal: Some(offset), key_padding_mask: pad, ..Default::default() };
+        if t == 1 && kv < h {
+            // One new position (a generation step) sees every key, so a key/value
+            // head's `h / kv` query heads are rows of one attention against it:
+            // (B, kv, h/kv, d), without repeating the cached keys and values.
+            let y = q.reshape([b, kv, h / kv, d]).scaled_dot_product_attention(&k, &v, &opts);
+            return self.o_proj.forward(&y.reshape([b, 1, hid]));
+        }
         // Each key/value head serves `h / kv` consecutive query heads.
         let s = k.dims()[2];
         let group = |y: &Tensor| {
             if kv == h { y.clone() } else { y.unsqueeze(2).broadcast_to([b, kv, h / kv, s, d]).reshape([b, h, s, d]) }
         };
-        let opts = AttentionOptions { causal: Some(offset), key_padding_mask: pad, ..Default::default() };
         let y = q.scaled_dot_product_attention(&group(&k), &group(&v), &opts); // (B, heads, T, d)
         self.o_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape([b, t, hid]))
     }
@@ -683,5 +737,72 @@ impl Llama {
             }
             out
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Llama {
+        firebrand_autograd::manual_seed(11);
+        let c = LlamaConfig {
+            vocab_size: 50,
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: 48,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 1024,
+        };
+        let mut m = Llama::new(&c, true);
+        m.set_training(false);
+        m
+    }
+
+    fn ids(v: &[i64]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), [1, v.len()])
+    }
+
+    /// Decoding one token at a time past the cache's first capacity (256,
+    /// then it doubles) gives the full pass's logits at the last position;
+    /// a cloned cache continues on its own, leaving the original as it was.
+    #[test]
+    fn the_cache_grows_past_its_capacity_and_clones_independently() {
+        let m = tiny();
+        let seq: Vec<i64> = (0..300).map(|i| (i * 7 + 3) % 50).collect();
+        with_no_grad(|| {
+            let full = m.logits(&ids(&seq)).to_vec::<f32>();
+            let v = 50;
+            let mut cache = KvCache::default();
+            let _ = m.run(&ids(&seq[..100]), Some(&mut cache));
+            let mut last = Vec::new();
+            for &id in &seq[100..] {
+                last = m.run(&ids(&[id]), Some(&mut cache)).to_vec::<f32>();
+            }
+            assert_eq!(cache.len(), 300);
+            let want = &full[299 * v..];
+            let diff = last.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "cached vs full after 300 positions: {diff}");
+            // A clone continues with another token; the original is untouched.
+            let mut other = cache.clone();
+            let a = m.run(&ids(&[5]), Some(&mut other)).to_vec::<f32>();
+            let b = m.run(&ids(&[9]), Some(&mut cache)).to_vec::<f32>();
+            let mut with9 = seq.clone();
+            with9.push(9);
+            let want9 = &m.logits(&ids(&with9)).to_vec::<f32>()[300 * v..];
+            let d9 = b.iter().zip(want9).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d9 < 1e-4, "the original cache after its clone took another token: {d9}");
+            assert_ne!(a, b);
+            // And the clone still holds its own token 5 at position 300.
+            let c = m.run(&ids(&[1]), Some(&mut other)).to_vec::<f32>();
+            let mut with5 = seq.clone();
+            with5.extend([5, 1]);
+            let want5 = &m.logits(&ids(&with5)).to_vec::<f32>()[301 * v..];
+            let d5 = c.iter().zip(want5).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d5 < 1e-4, "the clone after the original took another token: {d5}");
+        });
     }
 }
