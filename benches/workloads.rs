@@ -37,6 +37,11 @@
 //!   16 (`train_step_ms`: forward, cross-entropy, backward, SGD momentum 0.9),
 //!   each the median of N rounds (5) after one warm-up. `--modes inference`
 //!   or `--modes train` runs one half.
+//! * `prune [--epochs N] [--seed S] [--data DIR]` — the seed MLP pruned
+//!   to 90% (global magnitude, 3 gradual steps with fine-tuning) and the
+//!   seed CNN with half its channels removed structurally, after N (3)
+//!   epochs: `model`, `sparsity`, `structured`, `accuracy`,
+//!   `dense_accuracy`, `speedup` (inference images/s against dense).
 //! * `block_gemm [--sizes …] [--format q4_1|q4_0|q8_0]` — the GGUF block
 //!   product (`i16` activations) on SmolLM2's shapes: `gops`,
 //!   `weight_gb_per_s` and our `fp32_gflops`.
@@ -71,6 +76,7 @@
 //! tensors held at once).
 
 mod common;
+mod compress;
 mod pretrained;
 
 use firebrand::ops::gemm::{MatRef, MatmulPrecision, gemm, gemm_backend};
@@ -144,6 +150,13 @@ fn main() {
         "int8_gemm" => workload_int8_gemm(opt("--sizes")),
         "block_gemm" => workload_block_gemm(opt("--sizes"), opt("--format")),
         "peak" => workload_peak(),
+        "prune" => {
+            let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(3);
+            let seed = opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0);
+            let (train, test) = fashion_mnist(opt("--data"), false);
+            let (ftrain, ftest) = fashion_mnist(opt("--data"), true);
+            compress::workload_prune(&train, &test, (&ftrain, &ftest), epochs, seed)
+        }
         "mlp" | "cnn" => {
             let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
             let seed = opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0);
@@ -192,7 +205,7 @@ fn main() {
         ),
         other => {
             eprintln!(
-                "unknown workload {other:?}; known: gemm, int8_gemm, block_gemm, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
+                "unknown workload {other:?}; known: gemm, int8_gemm, block_gemm, prune, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
             );
             std::process::exit(2);
         }
@@ -463,10 +476,7 @@ fn workload_mlp(epochs: usize, data: Option<String>, seed: u64) {
     use firebrand::prelude::*;
     let (train, test) = fashion_mnist(data, true);
     manual_seed(seed);
-    let net = Sequential::new()
-        .add(Linear::new(784, 128).with_activation(Activation::Relu))
-        .add(Dropout::new(0.2))
-        .add(Linear::new(128, 10));
+    let net = common::fashion_mlp();
     train_classifier("mlp", net, &train, &test, epochs, seed);
 }
 

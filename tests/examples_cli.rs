@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const EXAMPLES: [&str; 10] = [
+const EXAMPLES: [&str; 11] = [
     "quickstart",
     "linear_regression",
     "fashion_mnist_mlp",
@@ -17,6 +17,7 @@ const EXAMPLES: [&str; 10] = [
     "sentence_embeddings",
     "text_classifier",
     "generate_llm",
+    "compress",
 ];
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps` folder.

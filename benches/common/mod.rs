@@ -3,6 +3,16 @@
 
 use firebrand::prelude::*;
 
+/// The `mlp` workload's network: Linear 784 → 128 + ReLU → Dropout 0.2 →
+/// Linear 10, on `(N, 784)`.
+#[allow(dead_code)] // the conv bench shares this module and uses only the CNN
+pub fn fashion_mlp() -> Sequential {
+    Sequential::new()
+        .add(Linear::new(784, 128).with_activation(Activation::Relu))
+        .add(Dropout::new(0.2))
+        .add(Linear::new(128, 10))
+}
+
 /// The `cnn` workload's network (`../shared/bench/README.md`): Conv2d 32 3x3
 /// same + ReLU → MaxPool 2 → Conv2d 64 3x3 same + ReLU → MaxPool 2 → Flatten
 /// → Linear 10, on `(N, 1, 28, 28)`.

@@ -17,30 +17,7 @@ def run(workload, image_shape, make_model):
         p.add_argument("--data", default=None)
 
     a, torch = start(args)
-    import numpy as np
-
-    def find_dir():
-        cands = [a.data] if a.data else []
-        if os.environ.get("FIREBRAND_DATA"):
-            cands += [os.path.join(os.environ["FIREBRAND_DATA"], "fashion-mnist"), os.environ["FIREBRAND_DATA"]]
-        cands += ["/usr/share/datasets/fashion-mnist", "../shared/data/fashion-mnist", "data/fashion-mnist"]
-        for d in cands:
-            if d and any(os.path.isfile(os.path.join(d, "train-images-idx3-ubyte" + ext)) for ext in ("", ".gz")):
-                return d
-        raise SystemExit(f"Fashion-MNIST not found in {cands}")
-
-    def read_idx(d, stem):
-        path = os.path.join(d, stem)
-        raw = gzip.open(path + ".gz").read() if os.path.exists(path + ".gz") else open(path, "rb").read()
-        nd = raw[3]
-        dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-    d = find_dir()
-    images = lambda stem: torch.from_numpy(read_idx(d, stem).reshape(-1, *image_shape).astype(np.float32) / 255.0)
-    labels = lambda stem: torch.from_numpy(read_idx(d, stem).astype(np.int64))
-    xtr, ytr = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
-    xte, yte = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
+    xtr, ytr, xte, yte = load(a, torch, image_shape)
 
     model = make_model(torch.nn)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -68,3 +45,32 @@ def run(workload, image_shape, make_model):
         print(json.dumps({"workload": workload, "lib": "torch", "epoch": epoch, "train_seconds": round(secs, 3),
                           "train_loss": round(total / n, 4), "test_accuracy": round(correct / len(yte), 4),
                           "peak_rss_mb": round(peak)}), flush=True)
+
+
+def load(a, torch, image_shape):
+    """Fashion-MNIST as tensors (train x, train y, test x, test y), images reshaped to `image_shape`
+    per example, pixels in [0, 1]; found in `a.data`, $FIREBRAND_DATA or the standard places."""
+    import numpy as np
+
+    def find_dir():
+        cands = [a.data] if a.data else []
+        if os.environ.get("FIREBRAND_DATA"):
+            cands += [os.path.join(os.environ["FIREBRAND_DATA"], "fashion-mnist"), os.environ["FIREBRAND_DATA"]]
+        cands += ["/usr/share/datasets/fashion-mnist", "../shared/data/fashion-mnist", "data/fashion-mnist"]
+        for d in cands:
+            if d and any(os.path.isfile(os.path.join(d, "train-images-idx3-ubyte" + ext)) for ext in ("", ".gz")):
+                return d
+        raise SystemExit(f"Fashion-MNIST not found in {cands}")
+
+    def read_idx(d, stem):
+        path = os.path.join(d, stem)
+        raw = gzip.open(path + ".gz").read() if os.path.exists(path + ".gz") else open(path, "rb").read()
+        nd = raw[3]
+        dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
+
+    d = find_dir()
+    images = lambda stem: torch.from_numpy(read_idx(d, stem).reshape(-1, *image_shape).astype(np.float32) / 255.0)
+    labels = lambda stem: torch.from_numpy(read_idx(d, stem).astype(np.int64))
+    return (images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
+            images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))

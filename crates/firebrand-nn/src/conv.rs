@@ -79,6 +79,8 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     config: ConvConfig,
     activation: Option<Activation>,
+    /// The pruning mask ([`crate::prune`]).
+    pub(crate) mask: crate::prune::PruneMask,
 }
 
 impl Conv2d {
@@ -106,7 +108,7 @@ impl Conv2d {
             .tensor([out_channels, in_channels / g, kernel.0, kernel.1], fan_in, fan_out)
             .requires_grad_(true);
         let bias = config.bias.then(|| Init::TorchDefault.tensor([out_channels], fan_in, fan_out).requires_grad_(true));
-        Conv2d { weight, bias, config, activation: None }
+        Conv2d { weight, bias, config, activation: None, mask: Default::default() }
     }
 
     /// Sets the padding (builder style).
@@ -159,7 +161,37 @@ impl Conv2d {
             );
         }
         let config = ConvConfig { bias: bias.is_some(), ..config };
-        Conv2d { weight, bias, config, activation: None }
+        Conv2d { weight, bias, config, activation: None, mask: Default::default() }
+    }
+
+    /// A convolution of the output channels `idx` only (and their biases),
+    /// with the same config and activation and no mask (masked weights
+    /// taken as masked): structural pruning ([`crate::prune::shrink`]).
+    ///
+    /// # Panics
+    /// When an index is out of range or the convolution is grouped.
+    pub fn select_out_channels(&self, idx: &[usize]) -> Conv2d {
+        assert_eq!(self.config.groups, 1, "Conv2d::select_out_channels: a grouped convolution");
+        let w = crate::prune::select(&firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self)), 0, idx);
+        let b = self.bias.as_ref().map(|b| crate::prune::select(b, 0, idx));
+        let mut c = Conv2d::from_parts(w.requires_grad_(self.weight.requires_grad()), b, self.config);
+        c.activation = self.activation;
+        c
+    }
+
+    /// A convolution of the input channels `idx` only, with the same
+    /// outputs, config and activation and no mask.
+    ///
+    /// # Panics
+    /// When an index is out of range or the convolution is grouped.
+    pub fn select_in_channels(&self, idx: &[usize]) -> Conv2d {
+        assert_eq!(self.config.groups, 1, "Conv2d::select_in_channels: a grouped convolution");
+        let w = crate::prune::select(&firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self)), 1, idx);
+        let all: Vec<usize> = (0..self.weight.dims()[0]).collect();
+        let b = self.bias.as_ref().map(|b| crate::prune::select(b, 0, &all));
+        let mut c = Conv2d::from_parts(w.requires_grad_(self.weight.requires_grad()), b, self.config);
+        c.activation = self.activation;
+        c
     }
 
     /// `(out_channels, in_channels, kh, kw)`.
@@ -272,7 +304,8 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
             // x: (N, Cin, H, W)
-            conv_forward(x, &self.weight, self.bias.as_ref(), &self.config, self.activation)
+            let w = crate::prune::masked_weight(self);
+            conv_forward(x, &w, self.bias.as_ref(), &self.config, self.activation)
         })
     }
 
@@ -280,6 +313,12 @@ impl Module for Conv2d {
         f(&format!("{prefix}weight"), &self.weight);
         if let Some(b) = &self.bias {
             f(&format!("{prefix}bias"), b);
+        }
+    }
+
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(m) = self.mask.get() {
+            f(&format!("{prefix}weight_mask"), &m);
         }
     }
 

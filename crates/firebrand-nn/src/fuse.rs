@@ -73,8 +73,13 @@ fn fold(
 /// before it).
 pub fn fuse_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
     let (w, b) =
-        fold("fuse_conv_bn", ("Conv2d", "output channels"), &conv.weight, conv.bias.as_ref(), conv.activation(), bn)?;
+        fold("fuse_conv_bn", ("Conv2d", "output channels"), &masked(conv), conv.bias.as_ref(), conv.activation(), bn)?;
     Ok(Conv2d::from_parts(w, Some(b), *conv.config()))
+}
+
+/// A layer's weight with its pruning mask applied, unrecorded.
+fn masked(layer: &dyn crate::prune::Prunable) -> Tensor {
+    firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(layer))
 }
 
 /// `linear` followed by `bn` (a `BatchNorm1d` over its features, in
@@ -84,7 +89,7 @@ pub fn fuse_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
 /// When the feature counts differ or the linear layer has a fused activation.
 pub fn fuse_linear_bn(linear: &Linear, bn: &BatchNorm) -> Result<Linear> {
     let (w, b) =
-        fold("fuse_linear_bn", ("Linear", "outputs"), &linear.weight, linear.bias.as_ref(), linear.activation(), bn)?;
+        fold("fuse_linear_bn", ("Linear", "outputs"), &masked(linear), linear.bias.as_ref(), linear.activation(), bn)?;
     Ok(Linear::from_parts(w, Some(b)))
 }
 
@@ -161,7 +166,7 @@ pub(crate) fn conv_bn_act_eval(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Opt
     }
     let act = layers.get(2).and_then(|l| (**l).elementwise_op());
     let (scale, shift) = folded_scale_shift(bn, conv.bias.as_ref()); // (Cout,)
-    let y = crate::conv::conv_forward_affine(x, &conv.weight, conv.config(), &scale, &shift, act);
+    let y = crate::conv::conv_forward_affine(x, &crate::prune::masked_weight(conv), conv.config(), &scale, &shift, act);
     Some((y, if act.is_some() { 3 } else { 2 }))
 }
 

@@ -28,6 +28,10 @@
 //!   [`Module`]); a Keras-style `summary()` on any module ([`ModuleExt::summary`]).
 //! * [`serialize`] — safetensors save/load of named parameters, atomic writes,
 //!   typed errors naming the file and the offending tensor.
+//! * [`quantize`] — dynamic int8 and GGUF block forms of `Linear` layers.
+//! * [`prune`] — PyTorch's pruning (masks that hold through training,
+//!   `remove`), a gradual schedule, and [`prune::shrink`], which removes
+//!   channels from a layer and its successor so the model gets smaller and faster.
 //!
 //! Optimizers (`firebrand-optim`) update the tensors `named_parameters`
 //! returns in place; the training loop (`firebrand-train`) drives both.
@@ -67,6 +71,7 @@ pub mod models;
 mod module;
 mod norm;
 mod pool;
+pub mod prune;
 pub mod quantize;
 mod recurrent;
 mod sampling;
@@ -84,7 +89,7 @@ pub use embedding::{Embedding, OneHot};
 pub use firebrand_derive::Module;
 pub use fuse::{fuse_conv_bn, fuse_linear_bn};
 pub use init::Init;
-pub use linear::Linear;
+pub use linear::{Linear, QuantizedForm};
 pub use module::{Module, ModuleExt, ModuleField, record_output};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};

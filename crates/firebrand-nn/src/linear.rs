@@ -38,6 +38,8 @@ pub struct Linear {
     activation: Option<Activation>,
     /// The quantized form, used when no gradient is recorded.
     quant: RwLock<Option<QuantizedForm>>,
+    /// The pruning mask ([`crate::prune`]).
+    pub(crate) mask: crate::prune::PruneMask,
 }
 
 impl Linear {
@@ -51,7 +53,7 @@ impl Linear {
     pub fn with_init(in_features: usize, out_features: usize, weight: Init, bias: Option<Init>) -> Self {
         let w = weight.tensor([out_features, in_features], in_features, out_features).requires_grad_(true);
         let b = bias.map(|i| i.tensor([out_features], in_features, out_features).requires_grad_(true));
-        Linear { weight: w, bias: b, activation: None, quant: RwLock::new(None) }
+        Linear { weight: w, bias: b, activation: None, quant: RwLock::new(None), mask: Default::default() }
     }
 
     /// Adds a fused activation (Keras' `Dense(units, activation=...)`).
@@ -75,7 +77,7 @@ impl Linear {
                 weight.dims()
             );
         }
-        Linear { weight, bias, activation: None, quant: RwLock::new(None) }
+        Linear { weight, bias, activation: None, quant: RwLock::new(None), mask: Default::default() }
     }
 
     /// The fused activation, if any.
@@ -139,6 +141,35 @@ impl Linear {
         *self.quant.write().expect("not poisoned") = w.map(QuantizedForm::Blocks);
     }
 
+    /// The weight as quantizing sees it: masked, detached, contiguous, on the CPU.
+    fn weight_for_quantizing(&self) -> Tensor {
+        let w = firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self));
+        w.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous()
+    }
+
+    /// A layer of the outputs `idx` only (rows of the weight and the bias),
+    /// with the same activation and no mask (masked weights taken as
+    /// masked): structural pruning ([`crate::prune::shrink`]).
+    ///
+    /// # Panics
+    /// When an index is out of range.
+    pub fn select_outputs(&self, idx: &[usize]) -> Linear {
+        let w = crate::prune::select(&firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self)), 0, idx);
+        let b = self.bias.as_ref().map(|b| crate::prune::select(b, 0, idx));
+        Linear { activation: self.activation, ..Linear::from_parts(w.requires_grad_(self.weight.requires_grad()), b) }
+    }
+
+    /// A layer of the inputs `idx` only (columns of the weight), with the
+    /// same activation and bias and no mask.
+    ///
+    /// # Panics
+    /// When an index is out of range.
+    pub fn select_inputs(&self, idx: &[usize]) -> Linear {
+        let w = crate::prune::select(&firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self)), 1, idx);
+        let b = self.bias.as_ref().map(|b| crate::prune::select(b, 0, &(0..self.out_features()).collect::<Vec<_>>()));
+        Linear { activation: self.activation, ..Linear::from_parts(w.requires_grad_(self.weight.requires_grad()), b) }
+    }
+
     /// The quantized form, when one is on and this call may use it: no
     /// gradient recorded, an `f32` input on the CPU.
     fn quantized_for(&self, x: &Tensor) -> Option<QuantizedForm> {
@@ -167,10 +198,11 @@ impl Module for Linear {
             }
             // (…, in) → (…, out): the bias, and an elementwise activation when
             // no gradient is recorded, in the product's store.
+            let w = crate::prune::masked_weight(self);
             match self.activation.map(|a| (a, a.as_unary())) {
-                Some((_, Some(op))) => x.linear(&self.weight, self.bias.as_ref(), Some(op)),
-                Some((a, None)) => a.apply(&x.linear(&self.weight, self.bias.as_ref(), None)),
-                None => x.linear(&self.weight, self.bias.as_ref(), None),
+                Some((_, Some(op))) => x.linear(&w, self.bias.as_ref(), Some(op)),
+                Some((a, None)) => a.apply(&x.linear(&w, self.bias.as_ref(), None)),
+                None => x.linear(&w, self.bias.as_ref(), None),
             }
         })
     }
@@ -182,15 +214,37 @@ impl Module for Linear {
         }
     }
 
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(m) = self.mask.get() {
+            f(&format!("{prefix}weight_mask"), &m);
+        }
+    }
+
     fn set_dynamic_int8(&self, on: bool) -> bool {
         let q = on.then(|| {
             let (n, k) = (self.out_features(), self.in_features());
-            let w = self.weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+            let w = self.weight_for_quantizing();
             QuantizedForm::Int8(Arc::new(
                 w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"),
             ))
         });
         *self.quant.write().expect("not poisoned") = q;
+        true
+    }
+
+    fn quantized_form(&self) -> Option<QuantizedForm> {
+        self.quantized()
+    }
+
+    fn set_quantized_form(&self, form: QuantizedForm) -> bool {
+        let (n, k) = match &form {
+            QuantizedForm::Int8(q) => (q.n, q.k),
+            QuantizedForm::Blocks(q) => (q.n, q.k),
+        };
+        if (n, k) != (self.out_features(), self.in_features()) {
+            return false;
+        }
+        *self.quant.write().expect("not poisoned") = Some(form);
         true
     }
 
@@ -200,7 +254,7 @@ impl Module for Linear {
             return false;
         }
         let q = format.map(|f| {
-            let w = self.weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+            let w = self.weight_for_quantizing();
             Arc::new(w.with_f32_slice(|v| BlockWeight::quantize(v, n, k, f)).expect("an f32 weight"))
         });
         self.set_block_weight(q);

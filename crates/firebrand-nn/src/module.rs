@@ -115,6 +115,20 @@ pub trait Module: Send + Sync {
         false
     }
 
+    /// This layer's quantized form, if one is on (`Linear`); saved by
+    /// [`save_quantized`](crate::quantize::save_quantized).
+    fn quantized_form(&self) -> Option<crate::QuantizedForm> {
+        None
+    }
+
+    /// Puts a quantized form on as it is (loaded by
+    /// [`load_quantized`](crate::quantize::load_quantized)); `true` when the
+    /// layer took it.
+    fn set_quantized_form(&self, form: crate::QuantizedForm) -> bool {
+        let _ = form;
+        false
+    }
+
     /// The elementwise op this layer computes, if it is one (the activation
     /// layers: `ReLU`, `ReLU6`, `SiLU`, …), so that `Sequential` can fuse it
     /// into the layer before it at inference. `None` for everything else.

@@ -76,6 +76,17 @@ macro_rules! batch_norm_layer {
             }
         }
 
+        impl $name {
+            /// The same normalization over the channels `idx` only (see
+            /// [`BatchNorm::select_channels`]).
+            ///
+            /// # Panics
+            /// When an index is out of range.
+            pub fn select_channels(&self, idx: &[usize]) -> Self {
+                $name(self.0.select_channels(idx))
+            }
+        }
+
         crate::module::delegate_module!($name, BatchNorm);
     };
 }
@@ -118,6 +129,23 @@ impl BatchNorm {
     /// Number of channels.
     pub fn num_features(&self) -> usize {
         self.running_mean.dims()[0]
+    }
+
+    /// The same normalization over the channels `idx` only: their γ, β and
+    /// running statistics (structural pruning, [`crate::prune::shrink`]).
+    ///
+    /// # Panics
+    /// When an index is out of range.
+    pub fn select_channels(&self, idx: &[usize]) -> BatchNorm {
+        let sel = |t: &Tensor| crate::prune::select(t, 0, idx);
+        BatchNorm {
+            weight: self.weight.as_ref().map(sel),
+            bias: self.bias.as_ref().map(sel),
+            running_mean: sel(&self.running_mean),
+            running_var: sel(&self.running_var),
+            num_batches_tracked: self.num_batches_tracked.detach().contiguous(),
+            ..*self
+        }
     }
 
     /// ε added to the variance.

@@ -109,24 +109,63 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
 /// # Errors
 /// [`WeightsError::Io`] when the file cannot be written.
 pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<(), WeightsError> {
-    let path = path.as_ref();
-    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let (dtype, bytes): (Dtype, Vec<u8>) = match t.dtype() {
-                DType::I64 => (Dtype::I64, t.to_vec::<i64>().iter().flat_map(|v| v.to_le_bytes()).collect()),
-                _ => (Dtype::F32, t.to_vec::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect()),
-            };
-            (name.clone(), dtype, t.dims().to_vec(), bytes)
-        })
-        .collect();
+    let data: Vec<RawTensor> = tensors.iter().map(|(name, t)| encode(name, t)).collect();
+    write_raw(path.as_ref(), &data, None)
+}
+
+/// A tensor as safetensors stores it: name, dtype, shape, little-endian bytes.
+pub(crate) type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// An `i64` tensor as `I64`, any other as `F32`.
+pub(crate) fn encode(name: &str, t: &Tensor) -> RawTensor {
+    let (dtype, bytes): (Dtype, Vec<u8>) = match t.dtype() {
+        DType::I64 => (Dtype::I64, t.to_vec::<i64>().iter().flat_map(|v| v.to_le_bytes()).collect()),
+        _ => (Dtype::F32, t.to_vec::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect()),
+    };
+    (name.to_string(), dtype, t.dims().to_vec(), bytes)
+}
+
+/// Writes raw tensors (and string metadata) as one safetensors file, atomically.
+pub(crate) fn write_raw(
+    path: &Path,
+    data: &[RawTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), WeightsError> {
     let views: Vec<(String, TensorView<'_>)> = data
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("sizes match by construction")))
         .collect();
-    let bytes = safetensors::serialize(views, None)
+    let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| WeightsError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
     write_atomic(path, &bytes)
+}
+
+/// A tensor read as [`load_tensors`] reads it (`None` for another dtype).
+pub(crate) fn decode(view: &TensorView<'_>) -> Option<Tensor> {
+    let shape = view.shape().to_vec();
+    Some(match view.dtype() {
+        Dtype::F32 => Tensor::from_vec(
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>(),
+            shape,
+        ),
+        // Half precision (most published checkpoints): widened to f32 on load.
+        Dtype::F16 => Tensor::from_vec(
+            view.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect::<Vec<f32>>(),
+            shape,
+        ),
+        Dtype::BF16 => Tensor::from_vec(
+            view.data().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect::<Vec<f32>>(),
+            shape,
+        ),
+        Dtype::I64 => Tensor::from_vec(
+            view.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect::<Vec<i64>>(),
+            shape,
+        ),
+        _ => return None,
+    })
 }
 
 /// Loads every tensor of a safetensors file by name: `F32` and `I64` as
@@ -142,36 +181,11 @@ pub fn load_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>, 
         .map_err(|e| WeightsError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let t = match view.dtype() {
-            Dtype::F32 => Tensor::from_vec(
-                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>(),
-                shape,
-            ),
-            // Half precision (most published checkpoints): widened to f32 on load.
-            Dtype::F16 => Tensor::from_vec(
-                view.data()
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect::<Vec<f32>>(),
-                shape,
-            ),
-            Dtype::BF16 => Tensor::from_vec(
-                view.data()
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect::<Vec<f32>>(),
-                shape,
-            ),
-            Dtype::I64 => Tensor::from_vec(
-                view.data()
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect::<Vec<i64>>(),
-                shape,
-            ),
-            other => return Err(WeightsError::DType { path: path.to_path_buf(), name, found: format!("{other:?}") }),
-        };
+        let t = decode(&view).ok_or_else(|| WeightsError::DType {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            found: format!("{:?}", view.dtype()),
+        })?;
         out.insert(name, t);
     }
     Ok(out)
