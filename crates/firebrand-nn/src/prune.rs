@@ -513,6 +513,44 @@ mod tests {
         assert!((sparsity(&c) - (1.0 - 6.0 / 8.0 * 2.0 / 3.0)).abs() < 1e-9, "{}", sparsity(&c));
     }
 
+    /// A BatchNorm2d between two convolutions loses the same channels: when
+    /// the removed channels feed nothing downstream, the shrunk model (in
+    /// evaluation mode) computes what the whole one does.
+    #[test]
+    fn shrink_carries_a_batch_norm_between() {
+        manual_seed(5);
+        let mut seq = Sequential::new()
+            .add(Conv2d::new(2, 6, 3).padding(Padding::Same))
+            .add(crate::BatchNorm2d::new(6))
+            .add(ReLU)
+            .add(Conv2d::new(6, 4, 3).padding(Padding::Same));
+        // Train-mode passes give the BatchNorm running statistics of its own.
+        for _ in 0..3 {
+            let _ = with_no_grad(|| seq.forward(&Tensor::randn([4, 2, 5, 5], 0.5, 2.0)));
+        }
+        seq.set_training(false);
+        let dead = [1usize, 4];
+        with_no_grad(|| {
+            let c0 = seq.get::<Conv2d>(0).unwrap();
+            let s0: Vec<f32> = (0..6).map(|c| if dead.contains(&c) { 1e-3 } else { 1.0 }).collect();
+            c0.weight.copy_(&c0.weight.mul(&Tensor::from_vec(s0, [6, 1, 1, 1]))).unwrap();
+            let c3 = seq.get::<Conv2d>(3).unwrap();
+            let s3: Vec<f32> = (0..6).map(|c| if dead.contains(&c) { 0.0 } else { 1.0 }).collect();
+            c3.weight.copy_(&c3.weight.mul(&Tensor::from_vec(s3, [1, 6, 1, 1]))).unwrap();
+        });
+        let x = Tensor::randn([2, 2, 5, 5], 0.0, 1.0);
+        let before = with_no_grad(|| seq.forward(&x)).to_vec::<f32>();
+        let bn_mean = seq.get::<crate::BatchNorm2d>(1).unwrap().running_mean.to_vec::<f32>();
+        assert_eq!(shrink(&mut seq, 0, 2usize, 2.0).unwrap(), 2);
+        let bn = seq.get::<crate::BatchNorm2d>(1).unwrap();
+        assert_eq!(bn.num_features(), 4);
+        let kept: Vec<f32> = (0..6).filter(|c| !dead.contains(c)).map(|c| bn_mean[c]).collect();
+        assert_eq!(bn.running_mean.to_vec::<f32>(), kept);
+        let after = with_no_grad(|| seq.forward(&x)).to_vec::<f32>();
+        let diff = before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "shrunk vs whole: {diff}");
+    }
+
     /// Structural shrinking: conv → pool → conv → flatten → linear loses
     /// half the channels of both convolutions; the smaller model computes
     /// exactly what the masked one does when the removed channels are zero.
