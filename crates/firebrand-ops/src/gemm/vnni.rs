@@ -2,8 +2,9 @@
 //! (Ice Lake, Cascade Lake): `VPDPBUSD` adds, per 32-bit lane, four `u8·i8`
 //! products into an `i32`. The weight is packed once in panels of 16
 //! channels, one 64-byte vector per 4 depths (channel `c`'s four weights in
-//! bytes `4c..4c+4`); a micro-kernel of 8 rows by 32 channels broadcasts
-//! four bytes of a row of A per step into 16 accumulators.
+//! bytes `4c..4c+4`); a micro-kernel of 8 rows by 32 channels (two panels)
+//! broadcasts four bytes of a row of A per step into 16 accumulators, each
+//! broadcast feeding both panels (a last odd panel alone).
 
 use super::int8::{QuantizedRows, QuantizedWeight};
 use crate::parallel::SendPtr;
@@ -81,30 +82,41 @@ pub(crate) unsafe fn gemm(
         // The rows' four-byte groups, gathered once per block.
         let lanes: Vec<i32> =
             (0..mr).flat_map(|r| (0..groups).map(move |g| (r, g))).map(|(r, g)| group(a, i0 + r, g)).collect();
-        for p in 0..panels {
-            let j = 16 * p;
-            let width = 16.min(n - j);
-            let mask: __mmask16 = if width == 16 { 0xffff } else { (1u16 << width) - 1 };
-            // SAFETY: the panel holds `groups` vectors; masked loads and stores
-            // stay within the block's rows and the `width` valid channels.
+        // Two panels (32 channels) at a time: each broadcast row group feeds
+        // both; a last odd panel alone.
+        let mut p = 0;
+        while p < panels {
+            let np = (panels - p).min(2);
+            // SAFETY: the panels hold `groups` vectors each; masked loads and
+            // stores stay within the block's rows and the valid channels.
             unsafe {
-                let mut acc = [_mm512_setzero_si512(); MR];
-                let bp = packed[p * groups * 64..].as_ptr();
+                let mut acc = [[_mm512_setzero_si512(); MR]; 2];
+                let bp0 = packed[p * groups * 64..].as_ptr();
+                let bp1 = if np == 2 { packed[(p + 1) * groups * 64..].as_ptr() } else { bp0 };
                 for g in 0..groups {
-                    let b = _mm512_loadu_si512(bp.add(64 * g) as *const __m512i);
-                    for (r, acc) in acc.iter_mut().enumerate().take(mr) {
-                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(lanes[r * groups + g]), b);
+                    let b0 = _mm512_loadu_si512(bp0.add(64 * g) as *const __m512i);
+                    let b1 = _mm512_loadu_si512(bp1.add(64 * g) as *const __m512i);
+                    for r in 0..mr {
+                        let av = _mm512_set1_epi32(lanes[r * groups + g]);
+                        acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], av, b0);
+                        acc[1][r] = _mm512_dpbusd_epi32(acc[1][r], av, b1);
                     }
                 }
-                let rs = _mm512_maskz_loadu_epi32(mask, w.row_sum[j..].as_ptr());
-                let sw = _mm512_maskz_loadu_ps(mask, w.scale[j..].as_ptr());
-                let bv = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b[j..].as_ptr()));
-                for (r, &acc) in acc.iter().enumerate().take(mr) {
-                    let i = i0 + r;
-                    let v = super::int8::dequantize16(acc, a, i, rs, sw, bv, act);
-                    _mm512_mask_storeu_ps(optr.get().add(i * n + j), mask, v);
+                for (h, acc) in acc.iter().enumerate().take(np) {
+                    let j = 16 * (p + h);
+                    let width = 16.min(n - j);
+                    let mask: __mmask16 = if width == 16 { 0xffff } else { (1u16 << width) - 1 };
+                    let rs = _mm512_maskz_loadu_epi32(mask, w.row_sum[j..].as_ptr());
+                    let sw = _mm512_maskz_loadu_ps(mask, w.scale[j..].as_ptr());
+                    let bv = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b[j..].as_ptr()));
+                    for (r, &acc) in acc.iter().enumerate().take(mr) {
+                        let i = i0 + r;
+                        let v = super::int8::dequantize16(acc, a, i, rs, sw, bv, act);
+                        _mm512_mask_storeu_ps(optr.get().add(i * n + j), mask, v);
+                    }
                 }
             }
+            p += np;
         }
     };
     crate::parallel::par_for(m.div_ceil(MR), block);
