@@ -180,6 +180,9 @@ pub struct LlamaAttention {
     heads: usize,
     kv_heads: usize,
     theta: f32,
+    /// q, k and v stacked into one block weight, when all three have one.
+    #[module(skip)]
+    qkv: FusedBlocks,
 }
 
 /// One layer's cached keys and values: buffers `(B, capacity, kv_heads, d)`
@@ -313,9 +316,13 @@ impl LlamaAttention {
         let (b, t, hid) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let (h, kv) = (self.heads, self.kv_heads);
         let d = hid / h;
-        let q = rope(&self.q_proj.forward(x).reshape([b, t, h, d]), tables).permute(&[0, 2, 1, 3]);
-        let k = rope(&self.k_proj.forward(x).reshape([b, t, kv, d]), tables); // (B, T, kv, d)
-        let v = self.v_proj.forward(x).reshape([b, t, kv, d]);
+        let (q, k, v) = match self.qkv.product(x, &[&self.q_proj, &self.k_proj, &self.v_proj]) {
+            Some(y) => (y.narrow(2, 0, hid), y.narrow(2, hid, kv * d), y.narrow(2, hid + kv * d, kv * d)),
+            None => (self.q_proj.forward(x), self.k_proj.forward(x), self.v_proj.forward(x)),
+        };
+        let q = rope(&q.reshape([b, t, h, d]), tables).permute(&[0, 2, 1, 3]);
+        let k = rope(&k.reshape([b, t, kv, d]), tables); // (B, T, kv, d)
+        let v = v.reshape([b, t, kv, d]);
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v), // (B, kv, S, d)
             None => (k.permute(&[0, 2, 1, 3]), v.permute(&[0, 2, 1, 3])),
@@ -348,10 +355,18 @@ pub struct LlamaMlp {
     pub up_proj: Linear,
     /// `(H, I)`.
     pub down_proj: Linear,
+    /// gate and up stacked into one block weight, when both have one.
+    #[module(skip)]
+    gate_up: FusedBlocks,
 }
 
 impl LlamaMlp {
     fn swiglu(&self, x: &Tensor) -> Tensor {
+        if let Some(y) = self.gate_up.product(x, &[&self.gate_proj, &self.up_proj]) {
+            let i = self.gate_proj.out_features();
+            let last = -1;
+            return self.down_proj.forward(&y.narrow(last, 0, i).silu().mul(&y.narrow(last, i, i)));
+        }
         self.down_proj.forward(&self.gate_proj.forward(x).silu().mul(&self.up_proj.forward(x)))
     }
 }
@@ -386,6 +401,37 @@ impl LlamaLayer {
     ) -> Tensor {
         let h = x.add(&self.self_attn.attend(&self.input_layernorm.forward(x), offset, tables, pad, cache));
         h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)))
+    }
+}
+
+/// Projections of one input stacked into one block product: built when
+/// every projection has a block form of one format (no bias, no
+/// activation), rebuilt when those forms change.
+#[derive(Debug, Default)]
+struct FusedBlocks(RwLock<Option<(Vec<usize>, Arc<BlockWeight>)>>);
+
+impl FusedBlocks {
+    /// `x · [w₁; w₂; …]ᵀ` `(…, Σ n)` on the stacked blocks, or `None`
+    /// (the caller runs the layers one by one) when a layer has no block
+    /// form or gradients are recorded.
+    fn product(&self, x: &Tensor, layers: &[&Linear]) -> Option<Tensor> {
+        let records = firebrand_autograd::is_grad_enabled()
+            && (x.requires_grad() || layers.iter().any(|l| l.weight.requires_grad()));
+        if records || !x.device().is_cpu() || layers.iter().any(|l| l.bias.is_some() || l.activation().is_some()) {
+            return None;
+        }
+        let parts: Vec<Arc<BlockWeight>> = layers.iter().map(|l| l.block_weight()).collect::<Option<_>>()?;
+        let key: Vec<usize> = parts.iter().map(|p| Arc::as_ptr(p) as usize).collect();
+        let cached = self.0.read().expect("not poisoned").as_ref().filter(|(k, _)| *k == key).map(|(_, w)| w.clone());
+        let w = match cached {
+            Some(w) => w,
+            None => {
+                let w = Arc::new(BlockWeight::concat(&parts.iter().map(|p| &**p).collect::<Vec<_>>())?);
+                *self.0.write().expect("not poisoned") = Some((key, w.clone()));
+                w
+            }
+        };
+        Some(firebrand_nn::quantize::linear_blocks(x, &w, None, None))
     }
 }
 
@@ -479,12 +525,14 @@ impl Llama {
                 heads: config.num_attention_heads,
                 kv_heads: config.num_key_value_heads,
                 theta: config.rope_theta,
+                qkv: FusedBlocks::default(),
             },
             post_attention_layernorm: norm(),
             mlp: LlamaMlp {
                 gate_proj: linear(hid, config.intermediate_size),
                 up_proj: linear(hid, config.intermediate_size),
                 down_proj: linear(config.intermediate_size, hid),
+                gate_up: FusedBlocks::default(),
             },
         };
         Llama {

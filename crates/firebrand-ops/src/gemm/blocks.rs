@@ -222,6 +222,24 @@ impl BlockWeight {
         out
     }
 
+    /// The weights stacked by rows, `(Σ n, k)` (several projections of the
+    /// same input as one product); `None` when the formats or depths differ
+    /// or there are none.
+    pub fn concat(parts: &[&BlockWeight]) -> Option<BlockWeight> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.format != first.format || p.k != first.k) {
+            return None;
+        }
+        Some(BlockWeight {
+            format: first.format,
+            n: parts.iter().map(|p| p.n).sum(),
+            k: first.k,
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
+            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
+        })
+    }
+
     /// Blocks per row.
     pub fn blocks_per_row(&self) -> usize {
         self.k / BLOCK
@@ -657,6 +675,12 @@ mod tests {
                     assert!((x - y).abs() <= tol, "{format:?} block {b} value {i}: {x} → {y} (d {d})");
                 }
             }
+            // Stacked by rows: the rows' own values.
+            let two = BlockWeight::concat(&[&q, &q]).unwrap();
+            assert_eq!((two.n, two.k), (2 * n, k));
+            let (back2, back1) = (two.dequantize(), q.dequantize());
+            assert_eq!(&back2[..n * k], &back1[..]);
+            assert_eq!(&back2[n * k..], &back1[..]);
             let bytes = q.to_gguf_bytes();
             assert_eq!(bytes.len(), n * k / BLOCK * format.gguf_block_bytes());
             assert_eq!(BlockWeight::from_gguf_bytes(format, &bytes, n, k).unwrap(), q);
