@@ -12,6 +12,9 @@ same session, and prints both figures and their ratio.
     python3 benches/compare.py minilm_embed|minilm_finetune|llm_generate [--matmul-precision medium]
                                (the real checkpoints, as .ci/run fetches them; pip install transformers)
     python3 benches/compare.py int8_gemm
+    python3 benches/compare.py llm_generate_q4   (ours on SmolLM2's Q4_1 blocks against llama.cpp itself:
+                               CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python)
+    python3 benches/compare.py prune [--epochs 3]
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -35,7 +38,8 @@ def run(cmd, env=None):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block", "mobilenet_v2",
-                                        "minilm_embed", "minilm_finetune", "llm_generate", "int8_gemm"])
+                                        "minilm_embed", "minilm_finetune", "llm_generate", "int8_gemm",
+                                        "llm_generate_q4", "prune"])
     p.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
@@ -55,6 +59,10 @@ def main():
         return compare_transformer_block(a)
     if a.workload == "mobilenet_v2":
         return compare_mobilenet(a)
+    if a.workload == "llm_generate_q4":
+        return compare_llamacpp(a)
+    if a.workload == "prune":
+        return compare_prune(a)
     if a.workload in FIELDS:
         return compare_fields(a)
     best = {}
@@ -164,6 +172,39 @@ def compare_fields(a):
         row = f"{f['m']}x{f['k']}x{f['n']}" if "m" in f else a.workload
         for key in FIELDS[a.workload]:
             print(f"| {row} | {key} | {f[key]} | {t[key]} | {f[key] / t[key]:.2f}x |")
+
+
+def compare_llamacpp(a):
+    """SmolLM2 on its own Q4_1 blocks: our `llm_generate --quantized` against llama.cpp, alternating rounds."""
+    subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run"], cwd=ROOT, check=True, capture_output=True)
+    rows = []
+    for _ in range(max(1, a.rounds)):
+        f = run(["cargo", "bench", "--bench", "workloads", "--", "llm_generate", "--quantized", "--rounds", "3",
+                 "--threads", str(a.threads)])[-1]
+        t = run([sys.executable, "benches/pytorch/llm_generate_llamacpp.py", "--rounds", "3",
+                 "--threads", str(a.threads)])[-1]
+        rows.append((f, t))
+    print("| round | figure | Firebrand | llama.cpp | Firebrand / llama.cpp |")
+    print("|---|---|---|---|---|")
+    for i, (f, t) in enumerate(rows, 1):
+        for key in FIELDS["llm_generate"]:
+            print(f"| {i} | {key} | {f[key]} | {t[key]} | {f[key] / t[key]:.2f}x |")
+    if a.json:
+        for f, t in rows:
+            print(json.dumps(f))
+            print(json.dumps(t))
+
+
+def compare_prune(a):
+    """Pruning: accuracy against dense and inference speedup, per model, each side."""
+    ours, theirs = both(a, "prune", ["--epochs", str(a.epochs if a.epochs != 5 else 3), "--seed", str(a.seed)]
+                        + (["--data", a.data] if a.data else []))
+    print("| model | side | sparsity | structured | accuracy | dense accuracy | speedup |")
+    print("|---|---|---|---|---|---|---|")
+    for side, rows in (("Firebrand", ours), ("PyTorch", theirs)):
+        for r in rows:
+            print(f"| {r['model']} | {side} | {r['sparsity']} | {r['structured']} | {100 * r['accuracy']:.2f}% "
+                  f"| {100 * r['dense_accuracy']:.2f}% | {r['speedup']:.2f}x |")
 
 
 def compare_classifier(a):
