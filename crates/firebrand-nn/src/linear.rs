@@ -127,18 +127,17 @@ impl Linear {
     /// # Panics
     /// When the block weight's shape is not the layer's `(out, in)`.
     pub fn set_block_weight(&self, w: Option<Arc<BlockWeight>>) {
-        if let Some(q) = &w {
-            assert!(
-                (q.n, q.k) == (self.out_features(), self.in_features()),
-                "Linear::set_block_weight: a {:?} weight ({}, {}) for a layer ({}, {})",
-                q.format,
-                q.n,
-                q.k,
-                self.out_features(),
-                self.in_features()
-            );
-        }
-        *self.quant.write().expect("not poisoned") = w.map(QuantizedForm::Blocks);
+        let Some(q) = w else {
+            *self.quant.write().expect("not poisoned") = None;
+            return;
+        };
+        let (format, n, k) = (q.format, q.n, q.k);
+        assert!(
+            Module::set_quantized_form(self, QuantizedForm::Blocks(q)),
+            "Linear::set_block_weight: a {format:?} weight ({n}, {k}) for a layer ({}, {})",
+            self.out_features(),
+            self.in_features()
+        );
     }
 
     /// The weight as quantizing sees it: masked, detached, contiguous, on the CPU.

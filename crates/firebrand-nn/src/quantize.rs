@@ -98,14 +98,50 @@ fn apply<M: Module + ?Sized>(m: &M, a: Action) -> bool {
 
 /// Applies `a` to the model and every layer inside it; counts the layers that took it.
 fn set_all<M: Module + ?Sized>(model: &M, a: Action) -> usize {
-    fn walk(m: &dyn Module, a: Action) -> usize {
-        let mut n = usize::from(apply(m, a));
-        m.visit_children("", &mut |_, c| n += walk(c, a));
-        n
+    let inner = crate::ModuleExt::named_modules(model).into_iter().filter(|(_, m)| apply(*m, a)).count();
+    usize::from(apply(model, a)) + inner
+}
+
+/// A weight stacked from several layers' quantized weights (q, k and v, say),
+/// cached against the parts it was made from. The parts are held, so a part
+/// dropped and another allocated at its address cannot match.
+#[derive(Debug)]
+pub struct StackedCache<W>(std::sync::Mutex<Option<Stacked<W>>>);
+
+/// The parts and the weight stacked from them.
+type Stacked<W> = (Vec<std::sync::Arc<W>>, std::sync::Arc<W>);
+
+impl<W> Default for StackedCache<W> {
+    fn default() -> Self {
+        StackedCache(std::sync::Mutex::new(None))
     }
-    let mut n = usize::from(apply(model, a));
-    model.visit_children("", &mut |_, c| n += walk(c, a));
-    n
+}
+
+impl<W> StackedCache<W> {
+    /// The weight stacked from `parts`: the cached one when it was made from
+    /// these same parts, else `stack(parts)` (cached unless `None`).
+    pub fn get_or_stack(
+        &self,
+        parts: Vec<std::sync::Arc<W>>,
+        stack: impl FnOnce(&[&W]) -> Option<W>,
+    ) -> Option<std::sync::Arc<W>> {
+        let mut cache = self.0.lock().expect("not poisoned");
+        if let Some((from, stacked)) = cache.as_ref()
+            && from.len() == parts.len()
+            && from.iter().zip(&parts).all(|(a, b)| std::sync::Arc::ptr_eq(a, b))
+        {
+            return Some(stacked.clone());
+        }
+        let refs: Vec<&W> = parts.iter().map(|p| &**p).collect();
+        let stacked = std::sync::Arc::new(stack(&refs)?);
+        *cache = Some((parts, stacked.clone()));
+        Some(stacked)
+    }
+
+    /// Drops the cached weight and its parts.
+    pub fn clear(&self) {
+        *self.0.lock().expect("not poisoned") = None;
+    }
 }
 
 /// `act(x (…, k) · wᵀ + bias)` with `x` quantized per row to `u8` and the
@@ -235,16 +271,9 @@ pub fn save_quantized(
 
 /// Every quantized layer's form, by its name prefix (`"0."`, `"encoder.q."`; `""` for the model itself).
 fn quantized_forms(model: &(impl Module + ?Sized)) -> std::collections::BTreeMap<String, QuantizedForm> {
-    let mut out = std::collections::BTreeMap::new();
-    if let Some(f) = model.quantized_form() {
-        out.insert(String::new(), f);
-    }
-    for (name, m) in crate::ModuleExt::named_modules(model) {
-        if let Some(f) = m.quantized_form() {
-            out.insert(format!("{name}."), f);
-        }
-    }
-    out
+    let inner =
+        crate::ModuleExt::named_modules(model).into_iter().map(|(name, m)| (format!("{name}."), m.quantized_form()));
+    std::iter::once((String::new(), model.quantized_form())).chain(inner).filter_map(|(p, f)| Some((p, f?))).collect()
 }
 
 /// Loads a file [`save_quantized`] wrote into a model of the same
@@ -308,9 +337,9 @@ pub fn load_quantized(
         if scale.len() != n {
             return Err(bad(format!("{p}{SCALE}: {} scales for {n} channels", scale.len())));
         }
-        let w: Vec<f32> = data.iter().enumerate().map(|(i, &q)| q as f32 * scale[i / k.max(1)]).collect();
-        tensors.insert(format!("{p}weight"), Tensor::from_vec(w, [n, k]));
-        forms.push((p, QuantizedForm::Int8(QuantizedWeight::from_i8(data, scale, n, k).into())));
+        let w = QuantizedWeight::from_i8(data, scale, n, k);
+        tensors.insert(format!("{p}weight"), Tensor::from_vec(w.dequantize(), [n, k]));
+        forms.push((p, QuantizedForm::Int8(w.into())));
     }
     if let Some(p) = scales.keys().next() {
         return Err(bad(format!("{p}{SCALE} has no {p}{INT8}")));
@@ -454,6 +483,25 @@ mod tests {
         let e = load_quantized(&make(3), dir.join("missing.safetensors")).unwrap_err().to_string();
         assert!(e.contains("missing.safetensors"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The stacked weight is reused for the same parts only, and holds them.
+    #[test]
+    fn a_stacked_cache_is_reused_for_the_same_parts_only() {
+        use std::sync::Arc;
+        let cache = StackedCache::<Vec<u8>>::default();
+        let (a, b) = (Arc::new(vec![1u8]), Arc::new(vec![2u8]));
+        let stack = |p: &[&Vec<u8>]| Some(p.iter().flat_map(|v| v.iter().copied()).collect::<Vec<u8>>());
+        let first = cache.get_or_stack(vec![a.clone(), b.clone()], stack).unwrap();
+        assert_eq!(*first, [1, 2]);
+        let again = cache.get_or_stack(vec![a.clone(), b.clone()], |_| panic!("rebuilt")).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(Arc::strong_count(&a), 2, "the cache holds its parts");
+        let c = Arc::new(vec![3u8]);
+        assert_eq!(*cache.get_or_stack(vec![a.clone(), c], stack).unwrap(), [1, 3]);
+        assert!(cache.get_or_stack(vec![a.clone()], |_| None).is_none());
+        cache.clear();
+        assert_eq!(Arc::strong_count(&a), 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use firebrand_nn::{Activation, Dropout, Embedding, Init, LayerNorm, Linear, Modu
 use firebrand_ops::gemm::int8::QuantizedWeight;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The sizes and settings of a BERT checkpoint (`config.json`).
 #[derive(Debug, Clone, PartialEq)]
@@ -182,7 +182,7 @@ pub struct BertSelfAttention {
 }
 
 /// The stacked int8 q/k/v weight of a quantized attention layer, and the three it was made from.
-type QkvInt8Cache = Mutex<Option<([Arc<QuantizedWeight>; 3], Arc<QuantizedWeight>)>>;
+type QkvInt8Cache = firebrand_nn::quantize::StackedCache<QuantizedWeight>;
 
 impl BertSelfAttention {
     fn forward_unmasked(&self, x: &Tensor) -> Tensor {
@@ -198,15 +198,7 @@ impl BertSelfAttention {
         if firebrand_autograd::is_grad_enabled() && self.query.weight.requires_grad() {
             return None;
         }
-        let mut cache = self.qkv_int8.lock().expect("not poisoned");
-        if let Some((from, fused)) = cache.as_ref()
-            && from.iter().zip(&parts).all(|(a, b)| Arc::ptr_eq(a, b))
-        {
-            return Some(fused.clone());
-        }
-        let fused = Arc::new(QuantizedWeight::concat(&[&parts[0], &parts[1], &parts[2]]));
-        *cache = Some((parts, fused.clone()));
-        Some(fused)
+        self.qkv_int8.get_or_stack(parts.into(), |p| Some(QuantizedWeight::concat(p)))
     }
 
     /// `(B, T, H)` from `x` `(B, T, H)`; `key_padding` `(B, T)` is non-zero
@@ -325,7 +317,7 @@ impl BertLayer {
                     value: c.linear(h, h),
                     heads: c.num_attention_heads,
                     dropout: Dropout::new(c.attention_probs_dropout_prob),
-                    qkv_int8: Mutex::new(None),
+                    qkv_int8: Default::default(),
                 },
                 output: residual(h),
             },

@@ -408,7 +408,7 @@ impl LlamaLayer {
 /// every projection has a block form of one format (no bias, no
 /// activation), rebuilt when those forms change.
 #[derive(Debug, Default)]
-struct FusedBlocks(RwLock<Option<(Vec<usize>, Arc<BlockWeight>)>>);
+struct FusedBlocks(firebrand_nn::quantize::StackedCache<BlockWeight>);
 
 impl FusedBlocks {
     /// `x · [w₁; w₂; …]ᵀ` `(…, Σ n)` on the stacked blocks, or `None`
@@ -421,16 +421,7 @@ impl FusedBlocks {
             return None;
         }
         let parts: Vec<Arc<BlockWeight>> = layers.iter().map(|l| l.block_weight()).collect::<Option<_>>()?;
-        let key: Vec<usize> = parts.iter().map(|p| Arc::as_ptr(p) as usize).collect();
-        let cached = self.0.read().expect("not poisoned").as_ref().filter(|(k, _)| *k == key).map(|(_, w)| w.clone());
-        let w = match cached {
-            Some(w) => w,
-            None => {
-                let w = Arc::new(BlockWeight::concat(&parts.iter().map(|p| &**p).collect::<Vec<_>>())?);
-                *self.0.write().expect("not poisoned") = Some((key, w.clone()));
-                w
-            }
-        };
+        let w = self.0.get_or_stack(parts, BlockWeight::concat)?;
         Some(firebrand_nn::quantize::linear_blocks(x, &w, None, None))
     }
 }
@@ -619,6 +610,10 @@ impl Llama {
     pub fn clear_blocks(&self) {
         firebrand_nn::quantize::dequantize(self);
         *self.head_blocks.write().expect("not poisoned") = None;
+        for l in &self.layers {
+            l.self_attn.qkv.0.clear();
+            l.mlp.gate_up.0.clear();
+        }
     }
 
     /// Loads a GGUF Llama: its config from the metadata, its tensors

@@ -226,6 +226,11 @@ impl QuantizedWeight {
         self.kernel
     }
 
+    /// The weight as `f32` `(n, k)`: each value times its channel's scale.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.data.iter().enumerate().map(|(i, &q)| q as f32 * self.scale[i / self.k.max(1)]).collect()
+    }
+
     /// The weights of several layers on the same input stacked into one
     /// (`(Σ n, k)`, the channels in order): exact, since each channel has its
     /// own scale. One product then serves them all (a transformer's q, k, v).
