@@ -42,6 +42,12 @@
 //!   seed CNN with half its channels removed structurally, after N (3)
 //!   epochs: `model`, `sparsity`, `structured`, `accuracy`,
 //!   `dense_accuracy`, `speedup` (inference images/s against dense).
+//! * `cnn_int8 [--epochs N] [--observer minmax|histogram|percentileP]
+//!   [--calibration N] [--data DIR]` — the seed CNN after its usual
+//!   training (5 epochs), statically quantized (prepare, calibrate on the
+//!   first N (1000) training images, convert): `fp32_accuracy`,
+//!   `int8_accuracy`, `fp32_images_per_s`, `int8_images_per_s`,
+//!   `fp32_bytes`, `int8_bytes` (the saved files).
 //! * `block_gemm [--sizes …] [--format q4_1|q4_0|q8_0]` — the GGUF block
 //!   product (`i16` activations) on SmolLM2's shapes: `gops`,
 //!   `weight_gb_per_s` and our `fp32_gflops`.
@@ -157,6 +163,24 @@ fn main() {
             let (ftrain, ftest) = fashion_mnist(opt("--data"), true);
             compress::workload_prune(&train, &test, (&ftrain, &ftest), epochs, seed)
         }
+        "cnn_int8" => {
+            let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
+            let seed = opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0);
+            let calib = opt("--calibration").map(|c| c.parse().expect("--calibration N")).unwrap_or(1000);
+            let observer = match opt("--observer").as_deref().unwrap_or("histogram") {
+                "minmax" => firebrand::nn::quantize::ObserverKind::MinMax,
+                "histogram" => firebrand::nn::quantize::ObserverKind::Histogram,
+                p => match p.strip_prefix("percentile") {
+                    Some(v) => firebrand::nn::quantize::ObserverKind::Percentile(v.parse().unwrap_or(99.99)),
+                    None => {
+                        eprintln!("error: --observer minmax|histogram|percentile[P], got {p:?}");
+                        std::process::exit(2)
+                    }
+                },
+            };
+            let (train, test) = fashion_mnist(opt("--data"), false);
+            compress::workload_cnn_int8(&train, &test, epochs, seed, observer, calib)
+        }
         "mlp" | "cnn" => {
             let epochs = opt("--epochs").map(|e| e.parse().expect("--epochs N")).unwrap_or(5);
             let seed = opt("--seed").map(|s| s.parse().expect("--seed N")).unwrap_or(0);
@@ -205,7 +229,7 @@ fn main() {
         ),
         other => {
             eprintln!(
-                "unknown workload {other:?}; known: gemm, int8_gemm, block_gemm, prune, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
+                "unknown workload {other:?}; known: gemm, int8_gemm, block_gemm, prune, cnn_int8, peak, mlp, cnn, char_lstm, gpt, transformer_block, mobilenet_v2, minilm_embed, minilm_finetune, llm_generate"
             );
             std::process::exit(2);
         }

@@ -6,7 +6,9 @@
 //! * MLP: dense; dynamic int8 (`quantize_dynamic`, saved with
 //!   `save_quantized`); pruned to 90% by global magnitude over 3 gradual
 //!   steps with an epoch of fine-tuning after each; pruned and int8.
-//! * CNN: dense; half the channels of both convolutions removed
+//! * CNN: dense; static int8 (`prepare`, `calibrate` on 1000 training
+//!   images, `convert`: both convolutions with their ReLU and max pool, and
+//!   the head, in integers); half the channels of both convolutions removed
 //!   (`prune::shrink`) and fine-tuned; shrunk with its linear head in int8.
 //! * The MiniLM classifier (all-MiniLM-L6-v2 fine-tuned on BBC News for an
 //!   epoch, as the `text_classifier` example does), when the checkpoint
@@ -21,7 +23,7 @@
 use clap::Parser;
 use firebrand::data::{TensorDataset, load_fashion_mnist};
 use firebrand::nn::prune;
-use firebrand::nn::quantize::{load_quantized, quantize_dynamic, save_quantized};
+use firebrand::nn::quantize::{self, load_quantized, quantize_dynamic, save_quantized};
 use firebrand::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -255,6 +257,15 @@ fn main() {
     println!("training the CNN ({epochs} epochs)");
     fit(&mut cnn, &train, epochs, 0);
     rows.push(row("cnn", "dense f32", &mut cnn, &test, &out.join("cnn.safetensors"), false));
+    // Static int8: observers, calibration on 1000 training images, convert.
+    quantize::prepare(&cnn.net, quantize::ObserverKind::Histogram);
+    let calib: Vec<Tensor> = (0..10).map(|i| train.x.narrow(0, 100 * i, 100)).collect();
+    quantize::calibrate(&mut cnn.net, &calib);
+    quantize::convert(&cnn.net).unwrap_or_else(|e| common::fail(e));
+    rows.push(row("cnn", "static int8", &mut cnn, &test, &out.join("cnn_int8.safetensors"), true));
+    // Back to f32, with the trained weights (the reload above put the dequantized ones in).
+    quantize::dequantize(&cnn.net);
+    firebrand::nn::load_weights(&cnn.net, out.join("cnn.safetensors"), true).unwrap_or_else(|e| common::fail(e));
     println!("removing half the channels of both convolutions, then {epochs} epochs of fine-tuning");
     let mut net = cnn.net;
     prune::shrink(&mut net, 0, 0.5, 1.0).unwrap_or_else(|e| common::fail(e));

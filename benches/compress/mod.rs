@@ -1,4 +1,4 @@
-//! The compression workloads (issue 15): `prune`.
+//! The compression workloads (issue 15): `prune` and `cnn_int8`.
 
 use firebrand::prelude::*;
 use std::time::Instant;
@@ -130,5 +130,69 @@ pub fn workload_prune(
             "accuracy_before_fine_tuning": (shrunk_acc_before_tuning * 1e4).round() / 1e4,
             "images_per_s": speed.round(), "dense_images_per_s": dense_speed.round(), "fine_tune_epochs": epochs,
         }),
+    );
+}
+
+/// File size in bytes.
+fn file_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `cnn_int8`: the seed CNN trained `epochs` (Adam 1e-3, batch 32), then
+/// statically quantized: `prepare` with `observer`, `calibrate` on the
+/// first `calib` training images (batches of 100), `convert`. Both convs
+/// (with their fused ReLU) and the Linear compute in int8. One JSON line:
+/// `fp32_accuracy`, `int8_accuracy`, `fp32_images_per_s`,
+/// `int8_images_per_s` (test set, batches of 1000, best of 3), and
+/// `fp32_bytes` / `int8_bytes`: the files `save_weights` and
+/// `save_quantized` write.
+pub fn workload_cnn_int8(
+    train: &firebrand::data::TensorDataset,
+    test: &firebrand::data::TensorDataset,
+    epochs: usize,
+    seed: u64,
+    observer: firebrand::nn::quantize::ObserverKind,
+    calib: usize,
+) {
+    use firebrand::nn::quantize;
+    manual_seed(seed);
+    let net = crate::common::fashion_cnn();
+    let adam = Adam::new(net.named_parameters(), 1e-3);
+    let mut cnn = Model::new(net, adam, Loss::CROSS_ENTROPY);
+    fit(&mut cnn, train, epochs, seed);
+    let fp32_acc = accuracy(&mut cnn, test);
+    let fp32_speed = images_per_s(&mut cnn, test);
+    let dir = std::env::temp_dir().join(format!("fb-cnn-int8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let (f32_file, int8_file) = (dir.join("cnn.safetensors"), dir.join("cnn-int8.safetensors"));
+    firebrand::nn::save_weights(&cnn.net, &f32_file).expect("saved");
+
+    let t = Instant::now();
+    let layers = quantize::prepare(&cnn.net, observer);
+    let calib = calib.min(train.x.dims()[0]);
+    let batches: Vec<Tensor> = (0..calib).step_by(100).map(|i| train.x.narrow(0, i, 100.min(calib - i))).collect();
+    quantize::calibrate(&mut cnn.net, &batches);
+    let converted = quantize::convert(&cnn.net).expect("calibrated");
+    let quantize_seconds = t.elapsed().as_secs_f64();
+    assert_eq!(layers, converted);
+    let int8_acc = accuracy(&mut cnn, test);
+    let int8_speed = images_per_s(&mut cnn, test);
+    quantize::save_quantized(&cnn.net, &int8_file).expect("saved");
+    let (fp32_bytes, int8_bytes) = (file_bytes(&f32_file), file_bytes(&int8_file));
+    std::fs::remove_dir_all(&dir).ok();
+    let r4 = |v: f64| (v * 1e4).round() / 1e4;
+    println!(
+        "{}",
+        serde_json::json!({
+            "workload": "cnn_int8", "lib": "firebrand", "epochs": epochs,
+            "observer": format!("{observer:?}"), "calibration_images": calib, "layers": converted,
+            "fp32_accuracy": r4(fp32_acc), "int8_accuracy": r4(int8_acc),
+            "fp32_images_per_s": fp32_speed.round(), "int8_images_per_s": int8_speed.round(),
+            "speedup": (int8_speed / fp32_speed * 100.0).round() / 100.0,
+            "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes,
+            "size_ratio": (fp32_bytes as f64 / int8_bytes as f64 * 100.0).round() / 100.0,
+            "quantize_seconds": (quantize_seconds * 100.0).round() / 100.0,
+            "int8_backend": firebrand::ops::gemm::int8::int8_backend(),
+        })
     );
 }

@@ -74,3 +74,42 @@ def load(a, torch, image_shape):
     labels = lambda stem: torch.from_numpy(read_idx(d, stem).astype(np.int64))
     return (images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
             images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))
+
+
+def fit(model, x, y, epochs):
+    """Adam 1e-3, batch 32, shuffled, cross-entropy: the runner's `fit` for the compression workloads."""
+    import torch
+    nn = torch.nn
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in loader:
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def accuracy(model, x, y):
+    """Test accuracy in evaluation mode, batches of 1000."""
+    import torch
+    model.eval()
+    with torch.no_grad():
+        return sum((model(x[i:i + 1000]).argmax(-1) == y[i:i + 1000]).sum().item() for i in range(0, len(y), 1000)) / len(y)
+
+
+def images_per_s(model, x):
+    """Inference images/s over `x` in batches of 1000, the best of three passes after a warm-up."""
+    import torch
+    model.eval()
+    best = 0.0
+    with torch.no_grad():
+        for i in range(4):
+            t = time.perf_counter()
+            for j in range(0, len(x), 1000):
+                model(x[j:j + 1000])
+            if i:
+                best = max(best, len(x) / (time.perf_counter() - t))
+    return best

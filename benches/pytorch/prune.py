@@ -13,7 +13,7 @@ Usage: python3 benches/pytorch/prune.py [--epochs 3] [--data DIR] [--threads 2] 
 import json, time
 
 from setup import start
-from fashion import load
+from fashion import accuracy, fit, images_per_s, load
 
 
 def args(p):
@@ -24,38 +24,6 @@ def args(p):
 a, torch = start(args)
 import torch.nn as nn
 import torch.nn.utils.prune as prune
-
-
-def fit(model, x, y, epochs):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in range(epochs):
-        model.train()
-        for xb, yb in loader:
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-
-def accuracy(model, x, y):
-    model.eval()
-    with torch.no_grad():
-        return sum((model(x[i:i + 1000]).argmax(-1) == y[i:i + 1000]).sum().item() for i in range(0, len(y), 1000)) / len(y)
-
-
-def images_per_s(model, x):
-    model.eval()
-    best = 0.0
-    with torch.no_grad():
-        for i in range(4):
-            t = time.perf_counter()
-            for j in range(0, len(x), 1000):
-                model(x[j:j + 1000])
-            if i:
-                best = max(best, len(x) / (time.perf_counter() - t))
-    return best
 
 
 def line(model, sparsity, structured, acc, dense, speedup):

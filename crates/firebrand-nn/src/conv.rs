@@ -1,7 +1,10 @@
 //! Convolution layers (`nn.Conv2d`, `nn.Conv1d`; Keras' `Conv2D`, `Conv1D`).
 
-use crate::{Activation, Init, Module};
+use crate::{Activation, Init, Module, QuantizedForm};
 use firebrand_autograd::{ConvOptions, Tensor, UnaryOp};
+use firebrand_ops::conv_int8::ConvGeometry;
+use firebrand_ops::gemm::int8::InputQuant;
+use std::sync::Arc;
 
 /// How a convolution pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,11 @@ pub struct Conv2d {
     activation: Option<Activation>,
     /// The pruning mask ([`crate::prune`]).
     pub(crate) mask: crate::prune::PruneMask,
+    /// The static int8 form ([`crate::quantize::convert`]), used when no
+    /// gradient is recorded.
+    quant: std::sync::RwLock<Option<QuantizedForm>>,
+    /// The observer of static quantization's calibration.
+    observer: crate::quantize::static_int8::ObserverSlot,
 }
 
 impl Conv2d {
@@ -108,7 +116,15 @@ impl Conv2d {
             .tensor([out_channels, in_channels / g, kernel.0, kernel.1], fan_in, fan_out)
             .requires_grad_(true);
         let bias = config.bias.then(|| Init::TorchDefault.tensor([out_channels], fan_in, fan_out).requires_grad_(true));
-        Conv2d { weight, bias, config, activation: None, mask: Default::default() }
+        Conv2d {
+            weight,
+            bias,
+            config,
+            activation: None,
+            mask: Default::default(),
+            quant: Default::default(),
+            observer: Default::default(),
+        }
     }
 
     /// Sets the padding (builder style).
@@ -161,7 +177,15 @@ impl Conv2d {
             );
         }
         let config = ConvConfig { bias: bias.is_some(), ..config };
-        Conv2d { weight, bias, config, activation: None, mask: Default::default() }
+        Conv2d {
+            weight,
+            bias,
+            config,
+            activation: None,
+            mask: Default::default(),
+            quant: Default::default(),
+            observer: Default::default(),
+        }
     }
 
     /// A convolution of the output channels `idx` only (and their biases),
@@ -192,6 +216,56 @@ impl Conv2d {
         let mut c = Conv2d::from_parts(w.requires_grad_(self.weight.requires_grad()), b, self.config);
         c.activation = self.activation;
         c
+    }
+
+    /// The static int8 form, when one is on and this call may use it.
+    fn static_for(&self, x: &Tensor) -> Option<(Arc<firebrand_ops::gemm::int8::QuantizedWeight>, InputQuant)> {
+        let Some(QuantizedForm::Static(w, iq)) = self.quant.read().expect("not poisoned").clone() else {
+            return None;
+        };
+        let params: Vec<&Tensor> = std::iter::once(&self.weight).chain(&self.bias).collect();
+        crate::quantize::may_compute_quantized(x, &params).then_some((w, iq))
+    }
+
+    /// The static int8 convolution, its activation (or `act`, an
+    /// elementwise layer after it) and an optional max pool in one pass,
+    /// when the static form may serve this call; `None` otherwise.
+    pub(crate) fn forward_static(
+        &self,
+        x: &Tensor,
+        act: Option<UnaryOp>,
+        pool: Option<&firebrand_tensor::op::Window2d>,
+    ) -> Option<Tensor> {
+        let (q, iq) = self.static_for(x)?;
+        let &[_, _, h, w] = x.dims() else {
+            panic!("Conv2d: expected input (N, C, H, W), got {:?}", x.dims());
+        };
+        let geo = self.window((h, w));
+        let op = match (self.activation, act) {
+            (None, act) => act,
+            (Some(a), None) => match a.as_unary() {
+                Some(op) => Some(op),
+                // Not elementwise-fusable: applied after the convolution (and nothing fused after it).
+                None if pool.is_none() => {
+                    return Some(a.apply(&crate::quantize::conv2d_static(x, &q, iq, self.bias.as_ref(), &geo, None)));
+                }
+                None => return None,
+            },
+            (Some(_), Some(_)) => return None,
+        };
+        Some(crate::quantize::conv2d_static_pooled(x, &q, iq, self.bias.as_ref(), &geo, op, pool))
+    }
+
+    /// The window for an input of `(h, w)`, padding resolved.
+    fn window(&self, (h, w): (usize, usize)) -> ConvGeometry {
+        let d = self.weight.dims();
+        let c = &self.config;
+        ConvGeometry {
+            kernel: (d[2], d[3]),
+            stride: c.stride,
+            dilation: c.dilation,
+            pad: resolve_padding(c, (d[2], d[3]), (h, w)),
+        }
     }
 
     /// `(out_channels, in_channels, kh, kw)`.
@@ -304,9 +378,61 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
             // x: (N, Cin, H, W)
+            self.observer.observe(x);
+            if let Some(y) = self.forward_static(x, None, None) {
+                return y;
+            }
             let w = crate::prune::masked_weight(self);
             conv_forward(x, &w, self.bias.as_ref(), &self.config, self.activation)
         })
+    }
+
+    fn set_dynamic_int8(&self, on: bool) -> bool {
+        // No dynamic form; `false` turns the static one off.
+        if !on {
+            *self.quant.write().expect("not poisoned") = None;
+        }
+        !on
+    }
+
+    fn quantized_form(&self) -> Option<QuantizedForm> {
+        self.quant.read().expect("not poisoned").clone()
+    }
+
+    fn set_quantized_form(&self, form: QuantizedForm) -> bool {
+        let (cout, cin, kh, kw) = self.geometry();
+        let fits = matches!(&form, QuantizedForm::Static(..)) && self.config.groups == 1;
+        if !fits || form.shape() != (cout, cin * kh * kw) {
+            return false;
+        }
+        *self.quant.write().expect("not poisoned") = Some(form);
+        true
+    }
+
+    fn set_observer(&self, kind: Option<crate::quantize::ObserverKind>) -> bool {
+        if self.config.groups != 1 {
+            return false;
+        }
+        self.observer.set(kind);
+        true
+    }
+
+    fn observer(&self) -> Option<crate::quantize::Observer> {
+        self.observer.get()
+    }
+
+    fn convert_static(&self, input: InputQuant) -> bool {
+        if self.config.groups != 1 {
+            return false;
+        }
+        let (cout, cin, kh, kw) = self.geometry();
+        let w = firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self));
+        let w = w.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+        let q = w
+            .with_f32_slice(|v| firebrand_ops::conv_int8::quantize_conv_weight(v, cout, cin, kh, kw))
+            .expect("an f32 weight");
+        *self.quant.write().expect("not poisoned") = Some(QuantizedForm::Static(Arc::new(q), input));
+        true
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

@@ -206,6 +206,24 @@ pub(crate) fn one_hot_recurrent(layers: &[Box<dyn AnyModule>], ids: &Tensor) -> 
     Some((rnn.forward_one_hot(ids, classes), 2))
 }
 
+/// Inference on a statically quantized convolution
+/// ([`crate::quantize::convert`]) followed by a `MaxPool2d`, with an
+/// elementwise activation layer between them or not: one pass
+/// ([`crate::quantize::conv2d_static_pooled`]), which pools each image's
+/// sums as they leave the int8 gemm, so the convolution's full output is
+/// never written. Not while module outputs are being recorded (`summary`).
+/// Returns the output and the layers it covered.
+pub(crate) fn static_conv_pool(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Option<(Tensor, usize)> {
+    let conv = (**layers.first()?).as_any().downcast_ref::<Conv2d>()?;
+    if crate::module::recording_active() || conv.quantized_form().is_none() {
+        return None;
+    }
+    let act = (**layers.get(1)?).elementwise_op();
+    let at = if act.is_some() { 2 } else { 1 };
+    let pool = (**layers.get(at)?).as_any().downcast_ref::<crate::MaxPool2d>()?.window();
+    Some((conv.forward_static(x, act, Some(&pool))?, at + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use crate::{Activation, Init, Module};
 use firebrand_autograd::Tensor;
 use firebrand_ops::gemm::blocks::{BLOCK, BlockFormat, BlockWeight};
-use firebrand_ops::gemm::int8::QuantizedWeight;
+use firebrand_ops::gemm::int8::{InputQuant, QuantizedWeight};
 use std::sync::{Arc, RwLock};
 
 /// A quantized form of a layer's weight, which inference uses in place of
@@ -17,6 +17,20 @@ pub enum QuantizedForm {
     /// `Q4_1`), the input quantized on the fly per row to `i16`
     /// ([`crate::quantize::quantize_blocks`], or a GGUF file's own blocks).
     Blocks(Arc<BlockWeight>),
+    /// Static int8: the weight per output channel in `i8` (a convolution's
+    /// depth tap-major, `(Cout, kh·kw·Cin)`), the input quantized with the
+    /// calibrated parameters ([`crate::quantize::convert`]).
+    Static(Arc<QuantizedWeight>, InputQuant),
+}
+
+impl QuantizedForm {
+    /// The weight's `(out, depth)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            QuantizedForm::Int8(q) | QuantizedForm::Static(q, _) => (q.n, q.k),
+            QuantizedForm::Blocks(q) => (q.n, q.k),
+        }
+    }
 }
 
 /// `y = act(x Wᵀ + b)` with `W` of shape `(out, in)` (PyTorch's layout, so
@@ -40,6 +54,8 @@ pub struct Linear {
     quant: RwLock<Option<QuantizedForm>>,
     /// The pruning mask ([`crate::prune`]).
     pub(crate) mask: crate::prune::PruneMask,
+    /// The observer of static quantization's calibration.
+    observer: crate::quantize::static_int8::ObserverSlot,
 }
 
 impl Linear {
@@ -53,7 +69,14 @@ impl Linear {
     pub fn with_init(in_features: usize, out_features: usize, weight: Init, bias: Option<Init>) -> Self {
         let w = weight.tensor([out_features, in_features], in_features, out_features).requires_grad_(true);
         let b = bias.map(|i| i.tensor([out_features], in_features, out_features).requires_grad_(true));
-        Linear { weight: w, bias: b, activation: None, quant: RwLock::new(None), mask: Default::default() }
+        Linear {
+            weight: w,
+            bias: b,
+            activation: None,
+            quant: RwLock::new(None),
+            mask: Default::default(),
+            observer: Default::default(),
+        }
     }
 
     /// Adds a fused activation (Keras' `Dense(units, activation=...)`).
@@ -77,7 +100,14 @@ impl Linear {
                 weight.dims()
             );
         }
-        Linear { weight, bias, activation: None, quant: RwLock::new(None), mask: Default::default() }
+        Linear {
+            weight,
+            bias,
+            activation: None,
+            quant: RwLock::new(None),
+            mask: Default::default(),
+            observer: Default::default(),
+        }
     }
 
     /// The fused activation, if any.
@@ -109,7 +139,7 @@ impl Linear {
     pub fn int8_weight(&self) -> Option<Arc<QuantizedWeight>> {
         match self.quantized()? {
             QuantizedForm::Int8(q) => Some(q),
-            QuantizedForm::Blocks(_) => None,
+            _ => None,
         }
     }
 
@@ -117,7 +147,7 @@ impl Linear {
     pub fn block_weight(&self) -> Option<Arc<BlockWeight>> {
         match self.quantized()? {
             QuantizedForm::Blocks(q) => Some(q),
-            QuantizedForm::Int8(_) => None,
+            _ => None,
         }
     }
 
@@ -173,22 +203,23 @@ impl Linear {
     /// gradient recorded, an `f32` input on the CPU.
     fn quantized_for(&self, x: &Tensor) -> Option<QuantizedForm> {
         let q = self.quantized()?;
-        let records = firebrand_autograd::is_grad_enabled()
-            && (x.requires_grad()
-                || self.weight.requires_grad()
-                || self.bias.as_ref().is_some_and(|b| b.requires_grad()));
-        (!records && x.device().is_cpu() && x.dtype() == firebrand_autograd::DType::F32).then_some(q)
+        let params: Vec<&Tensor> = std::iter::once(&self.weight).chain(&self.bias).collect();
+        crate::quantize::may_compute_quantized(x, &params).then_some(q)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            self.observer.observe(x);
             if let Some(q) = self.quantized_for(x) {
                 let unary = self.activation.and_then(|a| a.as_unary());
                 let y = match q {
                     QuantizedForm::Int8(q) => crate::quantize::linear_int8(x, &q, self.bias.as_ref(), unary),
                     QuantizedForm::Blocks(q) => crate::quantize::linear_blocks(x, &q, self.bias.as_ref(), unary),
+                    QuantizedForm::Static(q, iq) => {
+                        crate::quantize::linear_static(x, &q, iq, self.bias.as_ref(), unary)
+                    }
                 };
                 return match self.activation {
                     Some(a) if unary.is_none() => a.apply(&y),
@@ -236,14 +267,27 @@ impl Module for Linear {
     }
 
     fn set_quantized_form(&self, form: QuantizedForm) -> bool {
-        let (n, k) = match &form {
-            QuantizedForm::Int8(q) => (q.n, q.k),
-            QuantizedForm::Blocks(q) => (q.n, q.k),
-        };
-        if (n, k) != (self.out_features(), self.in_features()) {
+        if form.shape() != (self.out_features(), self.in_features()) {
             return false;
         }
         *self.quant.write().expect("not poisoned") = Some(form);
+        true
+    }
+
+    fn set_observer(&self, kind: Option<crate::quantize::ObserverKind>) -> bool {
+        self.observer.set(kind);
+        true
+    }
+
+    fn observer(&self) -> Option<crate::quantize::Observer> {
+        self.observer.get()
+    }
+
+    fn convert_static(&self, input: InputQuant) -> bool {
+        let (n, k) = (self.out_features(), self.in_features());
+        let w = self.weight_for_quantizing();
+        let q = w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight");
+        *self.quant.write().expect("not poisoned") = Some(QuantizedForm::Static(Arc::new(q), input));
         true
     }
 

@@ -129,6 +129,28 @@ pub trait Module: Send + Sync {
         false
     }
 
+    /// Static quantization: attaches a fresh observer of this layer's input
+    /// (or removes it, with `None`); `true` when the layer can compute in
+    /// static int8 (`Linear`, `Conv2d` with one group). Walked by
+    /// [`prepare`](crate::quantize::prepare).
+    fn set_observer(&self, kind: Option<crate::quantize::ObserverKind>) -> bool {
+        let _ = kind;
+        false
+    }
+
+    /// A copy of this layer's observer, if one is attached.
+    fn observer(&self) -> Option<crate::quantize::Observer> {
+        None
+    }
+
+    /// Puts this layer into static int8 with its input quantized by `input`
+    /// (its weight quantized now, per output channel); `true` when it took
+    /// it. Walked by [`convert`](crate::quantize::convert).
+    fn convert_static(&self, input: firebrand_ops::gemm::int8::InputQuant) -> bool {
+        let _ = input;
+        false
+    }
+
     /// The elementwise op this layer computes, if it is one (the activation
     /// layers: `ReLU`, `ReLU6`, `SiLU`, …), so that `Sequential` can fuse it
     /// into the layer before it at inference. `None` for everything else.

@@ -38,6 +38,13 @@ impl MaxPool2d {
     }
 }
 
+impl MaxPool2d {
+    /// Its window (kernel, stride, padding, dilation).
+    pub fn window(&self) -> Window2d {
+        self.win
+    }
+}
+
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {

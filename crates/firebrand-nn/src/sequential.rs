@@ -45,7 +45,7 @@ impl<M: Module + 'static> AnyModule for M {
 /// ```
 #[derive(Default)]
 pub struct Sequential {
-    layers: Vec<Box<dyn AnyModule>>,
+    pub(crate) layers: Vec<Box<dyn AnyModule>>,
 }
 
 impl Sequential {
@@ -129,6 +129,11 @@ impl Module for Sequential {
         let mut y = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
+            // Inference: a static-int8 Conv2d [→ activation] → MaxPool2d in one pass.
+            if let Some((out, used)) = crate::fuse::static_conv_pool(&self.layers[i..], &y) {
+                (y, i) = (out, i + used);
+                continue;
+            }
             // Inference: Conv2d → BatchNorm2d [→ activation] as one convolution.
             if let Some((out, used)) = crate::fuse::conv_bn_act_eval(&self.layers[i..], &y) {
                 (y, i) = (out, i + used);

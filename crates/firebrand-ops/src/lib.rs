@@ -22,6 +22,8 @@
 //! * [`conv`] — im2col/col2im (convolution is im2col + one gemm), max and
 //!   average pooling with their backward passes, the fused convolution
 //!   epilogue (bias + activation + layout).
+//! * [`conv_int8`] — static-int8 convolution (calibrated `u8` input, per-channel
+//!   `i8` weight, the int8 gemm with bias and activation in its store).
 //! * [`depthwise`] — direct depthwise convolution (`groups == C`, any channel
 //!   multiplier) and both of its gradients, no im2col.
 //!
@@ -53,6 +55,7 @@ pub mod attention;
 pub mod batch_norm;
 pub mod binary;
 pub mod conv;
+pub mod conv_int8;
 mod cpu_backend;
 pub mod depthwise;
 pub mod elem;

@@ -415,9 +415,10 @@ impl FusedBlocks {
     /// (the caller runs the layers one by one) when a layer has no block
     /// form or gradients are recorded.
     fn product(&self, x: &Tensor, layers: &[&Linear]) -> Option<Tensor> {
-        let records = firebrand_autograd::is_grad_enabled()
-            && (x.requires_grad() || layers.iter().any(|l| l.weight.requires_grad()));
-        if records || !x.device().is_cpu() || layers.iter().any(|l| l.bias.is_some() || l.activation().is_some()) {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        if !firebrand_nn::quantize::may_compute_quantized(x, &weights)
+            || layers.iter().any(|l| l.bias.is_some() || l.activation().is_some())
+        {
             return None;
         }
         let parts: Vec<Arc<BlockWeight>> = layers.iter().map(|l| l.block_weight()).collect::<Option<_>>()?;
@@ -742,10 +743,7 @@ impl Llama {
             None => {
                 let blocks = self.head_blocks.read().expect("not poisoned").clone();
                 match blocks {
-                    Some(w)
-                        if !(firebrand_autograd::is_grad_enabled()
-                            && (x.requires_grad() || self.embed_tokens.weight.requires_grad())) =>
-                    {
+                    Some(w) if firebrand_nn::quantize::may_compute_quantized(&x, &[&self.embed_tokens.weight]) => {
                         firebrand_nn::quantize::linear_blocks(&x, &w, None, None)
                     }
                     _ => x.matmul(&self.embed_tokens.weight.t()),

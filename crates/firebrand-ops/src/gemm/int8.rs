@@ -89,6 +89,120 @@ pub fn quantize_rows_u8_into(x: &[f32], m: usize, k: usize, q: &mut QuantizedRow
     });
 }
 
+/// How an activation tensor maps to `u8`: `x ≈ scale·(q − zero)`, fixed
+/// ahead of time by calibration (static quantization).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputQuant {
+    /// The step between two levels.
+    pub scale: f32,
+    /// The level of 0.0.
+    pub zero: u8,
+}
+
+impl InputQuant {
+    /// Parameters covering `[lo, hi]`, widened to include 0 so that zero
+    /// (padding, a ReLU's output) is exact; a degenerate range gets scale 1.
+    ///
+    /// ```
+    /// use firebrand_ops::gemm::int8::InputQuant;
+    /// let q = InputQuant::from_range(-1.0, 3.0);
+    /// assert_eq!((q.scale, q.zero), (4.0 / 255.0, 64));
+    /// ```
+    pub fn from_range(lo: f32, hi: f32) -> InputQuant {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let scale = if hi > lo && (hi - lo).is_finite() { (hi - lo) / 255.0 } else { 1.0 };
+        InputQuant { scale, zero: (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8 }
+    }
+
+    /// One value's level: round to nearest (ties to even), clamp to `0..=255`.
+    #[inline(always)]
+    pub fn quantize(self, v: f32, inv: f32) -> u8 {
+        // Adding 1.5·2^23 rounds a value in [0, 2^22) to an integer, ties
+        // to even, in the default rounding mode (no libm call).
+        const MAGIC: f32 = 12_582_912.0;
+        let t = v.mul_add(inv, self.zero as f32).clamp(0.0, 255.0);
+        ((t + MAGIC) - MAGIC) as u8
+    }
+}
+
+/// [`quantize_rows_u8_into`] with fixed parameters (static quantization)
+/// instead of each row's range: values past the range saturate, and a row
+/// holding NaN or an infinity gets a NaN scale (its outputs are NaN).
+///
+/// # Panics
+/// When `x` holds fewer than `m·k` values.
+pub fn quantize_rows_u8_static_into(x: &[f32], m: usize, k: usize, iq: InputQuant, q: &mut QuantizedRows) {
+    assert!(x.len() >= m * k, "quantize_rows_u8_static: {} values for ({m}, {k})", x.len());
+    (q.m, q.k) = (m, k);
+    q.data.resize(m * k, 0);
+    q.scale.clear();
+    q.scale.resize(m, iq.scale);
+    q.zero.clear();
+    q.zero.resize(m, iq.zero as i32);
+    for ((row, out), s) in x.chunks_exact(k.max(1)).zip(q.data.chunks_exact_mut(k.max(1))).zip(&mut q.scale).take(m) {
+        if !quantize_fixed(row, out, iq) {
+            *s = f32::NAN;
+        }
+    }
+}
+
+/// `dst[i] = iq.quantize(src[i])` (AVX-512 where the CPU has it, the same
+/// bytes); whether every value was finite.
+pub(crate) fn quantize_fixed(src: &[f32], dst: &mut [u8], iq: InputQuant) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd512::available() {
+        // SAFETY: AVX-512F/BW are available.
+        return unsafe { quantize_fixed_avx512(src, dst, iq) };
+    }
+    let inv = 1.0 / iq.scale;
+    for (o, &v) in dst.iter_mut().zip(src) {
+        *o = iq.quantize(v, inv);
+    }
+    src.iter().all(|v| v.is_finite())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+unsafe fn quantize_fixed_avx512(src: &[f32], dst: &mut [u8], iq: InputQuant) -> bool {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut bad: __mmask16 = 0;
+    for p in (0..n).step_by(16) {
+        let m: __mmask16 = if n - p >= 16 { 0xffff } else { (1u16 << (n - p)) - 1 };
+        // SAFETY: the masked load and store stay within the first `n` values.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, src.as_ptr().add(p));
+            let (q, b) = quantize16(v, iq);
+            bad |= b & m;
+            _mm512_mask_cvtepi32_storeu_epi8(dst.as_mut_ptr().add(p) as *mut i8, m, q);
+        }
+    }
+    bad == 0
+}
+
+/// Sixteen values' levels under `iq` (as [`InputQuant::quantize`]: fused
+/// multiply-add, round to nearest even, clamp) and the mask of those that
+/// are NaN or infinite.
+///
+/// # Safety
+/// AVX-512F and FMA are available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn quantize16(
+    v: std::arch::x86_64::__m512,
+    iq: InputQuant,
+) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__mmask16) {
+    use std::arch::x86_64::*;
+    // SAFETY: register arithmetic only (the caller guarantees the features).
+    unsafe {
+        let t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0 / iq.scale), _mm512_set1_ps(iq.zero as f32));
+        let q =
+            _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(t), _mm512_setzero_si512()), _mm512_set1_epi32(255));
+        let bad = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(v), _mm512_set1_ps(f32::INFINITY));
+        (q, bad)
+    }
+}
+
 /// A row's scale and zero point from its range (which includes 0).
 fn scale_and_zero(lo: f32, hi: f32, finite: bool) -> (f32, f32) {
     if !finite {
@@ -482,6 +596,21 @@ mod tests {
         }
         let q = quantize_rows_u8(&[1.0, f32::NAN, 2.0, f32::INFINITY, 0.5, 0.5], 3, 2);
         assert!(q.scale[0].is_nan() && q.scale[1].is_nan() && q.scale[2].is_finite(), "{:?}", q.scale);
+    }
+
+    /// Fixed parameters: every value by the same scale and zero point,
+    /// saturating past the range; a non-finite row gets a NaN scale.
+    #[test]
+    fn static_rows_use_the_fixed_parameters() {
+        let iq = InputQuant::from_range(-1.0, 1.0);
+        let mut q = quantize_rows_u8(&[], 0, 0);
+        quantize_rows_u8_static_into(&[0.0, 1.0, -1.0, 3.0, -5.0, 0.5, f32::NAN, 0.0, 0.0], 3, 3, iq, &mut q);
+        let inv = 1.0 / iq.scale;
+        let want: Vec<u8> = [0.0, 1.0, -1.0, 3.0, -5.0, 0.5].iter().map(|&v| iq.quantize(v, inv)).collect();
+        assert_eq!(&q.data[..6], &want[..]);
+        assert_eq!((q.data[3], q.data[4]), (255, 0), "saturated");
+        assert_eq!((q.data[0] as i32, q.zero[2]), (q.zero[0], iq.zero as i32));
+        assert!(q.scale[0] == iq.scale && q.scale[1] == iq.scale && q.scale[2].is_nan(), "{:?}", q.scale);
     }
 
     #[test]

@@ -43,18 +43,13 @@ pub(crate) fn pack_weight(w: &[i8], n: usize, k: usize) -> Vec<i8> {
     out
 }
 
-/// Four bytes of row `i` of A at depth `4g`, zero past `k`, as one lane.
+/// The last, partial four-byte group of row `i` of A (zeros past `k`), as one lane.
 #[inline(always)]
-fn group(a: &QuantizedRows, i: usize, g: usize) -> i32 {
-    let (k, p) = (a.k, 4 * g);
-    let row = &a.data[i * k..(i + 1) * k];
-    if p + 4 <= k {
-        i32::from_le_bytes([row[p], row[p + 1], row[p + 2], row[p + 3]])
-    } else {
-        let mut b = [0u8; 4];
-        b[..k - p].copy_from_slice(&row[p..]);
-        i32::from_le_bytes(b)
-    }
+fn tail_group(a: &QuantizedRows, i: usize) -> i32 {
+    let (k, p) = (a.k, a.k / 4 * 4);
+    let mut b = [0u8; 4];
+    b[..k - p].copy_from_slice(&a.data[i * k + p..(i + 1) * k]);
+    i32::from_le_bytes(b)
 }
 
 /// `out = act(dequantized(a · wᵀ) + bias)` with VNNI (`act` one with an
@@ -79,9 +74,16 @@ pub(crate) unsafe fn gemm(
     let block = |rb: usize| {
         let i0 = rb * MR;
         let mr = MR.min(m - i0);
-        // The rows' four-byte groups, gathered once per block.
-        let lanes: Vec<i32> =
-            (0..mr).flat_map(|r| (0..groups).map(move |g| (r, g))).map(|(r, g)| group(a, i0 + r, g)).collect();
+        // The rows' whole four-byte groups are read in place; a partial
+        // last one (k not a multiple of 4) is gathered once per block.
+        let full = k / 4;
+        let mut tail = [0i32; MR];
+        if full < groups {
+            for (r, t) in tail.iter_mut().enumerate().take(mr) {
+                *t = tail_group(a, i0 + r);
+            }
+        }
+        let rows = a.data[i0 * k..].as_ptr();
         // Two panels (32 channels) at a time: each broadcast row group feeds
         // both; a last odd panel alone.
         let mut p = 0;
@@ -97,7 +99,10 @@ pub(crate) unsafe fn gemm(
                     let b0 = _mm512_loadu_si512(bp0.add(64 * g) as *const __m512i);
                     let b1 = _mm512_loadu_si512(bp1.add(64 * g) as *const __m512i);
                     for r in 0..mr {
-                        let av = _mm512_set1_epi32(lanes[r * groups + g]);
+                        // Row r's bytes 4g..4g+4 (inside the row when g < full).
+                        let lane =
+                            if g < full { (rows.add(r * k + 4 * g) as *const i32).read_unaligned() } else { tail[r] };
+                        let av = _mm512_set1_epi32(lane);
                         acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], av, b0);
                         acc[1][r] = _mm512_dpbusd_epi32(acc[1][r], av, b1);
                     }

@@ -20,6 +20,10 @@
 //! input is quantized on the fly per row to `i16` and each block's product
 //! runs in integers (`firebrand_ops::gemm::blocks`).
 //!
+//! **Static int8** (PyTorch's `prepare`, calibrate, `convert`, for CNNs
+//! above all): [`prepare`] attaches [`Observer`]s, [`calibrate`] runs a few
+//! batches, [`convert`] fixes each layer's input range; see [`static_int8`].
+//!
 //! ```
 //! use firebrand_nn::{Linear, Module, Sequential, ReLU};
 //! use firebrand_nn::quantize::quantize_dynamic;
@@ -32,6 +36,14 @@
 //! assert!(before.iter().zip(&after).all(|(a, b)| (a - b).abs() < 0.05));
 //! ```
 
+mod observer;
+pub mod static_int8;
+
+pub use observer::{Observer, ObserverKind};
+pub use static_int8::{
+    StaticQuantError, calibrate, conv2d_static, conv2d_static_pooled, convert, linear_static, prepare,
+};
+
 use crate::Module;
 use crate::QuantizedForm;
 use firebrand_autograd::{Tensor, UnaryOp, with_no_grad};
@@ -39,7 +51,7 @@ use firebrand_ops::gemm::Epilogue;
 use firebrand_ops::gemm::blocks::{
     BlockFormat, BlockWeight, F32_PATH_MIN_ROWS, Q16Rows, gemm_blocks, linear_blocks_f32, quantize_rows_i16_into,
 };
-use firebrand_ops::gemm::int8::{QuantizedRows, QuantizedWeight, gemm_u8i8_act, quantize_rows_u8_into};
+use firebrand_ops::gemm::int8::{InputQuant, QuantizedRows, QuantizedWeight, gemm_u8i8_act, quantize_rows_u8_into};
 use std::cell::RefCell;
 
 thread_local! {
@@ -49,6 +61,15 @@ thread_local! {
     };
     /// The block-quantized input of the last call, its buffers reused.
     static Q16: RefCell<Q16Rows> = RefCell::new(Q16Rows::default());
+}
+
+/// Whether a layer's quantized form may serve this call: no gradient is
+/// recorded (gradients off, or neither `x` nor any of `params` needs one)
+/// and `x` is `f32` on the CPU. Otherwise the layer computes in `f32`.
+pub fn may_compute_quantized(x: &Tensor, params: &[&Tensor]) -> bool {
+    let records =
+        firebrand_autograd::is_grad_enabled() && (x.requires_grad() || params.iter().any(|p| p.requires_grad()));
+    !records && x.device().is_cpu() && x.dtype() == firebrand_autograd::DType::F32
 }
 
 /// Turns on the dynamic int8 form of every layer that has one (`Linear`),
@@ -220,6 +241,8 @@ pub fn linear_blocks(x: &Tensor, w: &BlockWeight, bias: Option<&Tensor>, act: Op
 /// The suffixes of a quantized weight's tensors in a file.
 const INT8: &str = "weight_int8";
 const SCALE: &str = "weight_scale";
+/// A static int8 layer's input parameters: `[scale, zero point]`.
+const INPUT: &str = "input_quant";
 const BLOCKS: [(&str, BlockFormat); 3] =
     [("weight_q8_0", BlockFormat::Q8_0), ("weight_q4_0", BlockFormat::Q4_0), ("weight_q4_1", BlockFormat::Q4_1)];
 
@@ -247,16 +270,23 @@ pub fn save_quantized(
             data.push(encode(&name, &t));
         }
     }
+    let shapes: std::collections::BTreeMap<String, Vec<usize>> =
+        crate::ModuleExt::state_dict(model).into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     for (p, form) in &forms {
         match form {
-            QuantizedForm::Int8(q) => {
-                data.push((format!("{p}{INT8}"), Dtype::I8, vec![q.n, q.k], q.data.iter().map(|&v| v as u8).collect()));
-                data.push((
-                    format!("{p}{SCALE}"),
-                    Dtype::F32,
-                    vec![q.n],
-                    q.scale.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ));
+            QuantizedForm::Int8(q) | QuantizedForm::Static(q, _) => {
+                // A convolution's integers go back to its weight's layout (Cout, Cin, kh, kw).
+                let shape = shapes.get(&format!("{p}weight")).cloned().unwrap_or(vec![q.n, q.k]);
+                let ints = match shape[..] {
+                    [_, cin, kh, kw] => firebrand_ops::conv_int8::conv_weight_to_i8(q, cin, kh, kw),
+                    _ => q.data.clone(),
+                };
+                data.push((format!("{p}{INT8}"), Dtype::I8, shape, ints.iter().map(|&v| v as u8).collect()));
+                data.push((format!("{p}{SCALE}"), Dtype::F32, vec![q.n], f32_bytes(&q.scale)));
+                if let QuantizedForm::Static(_, iq) = form {
+                    data.push((format!("{p}{INPUT}"), Dtype::F32, vec![2], f32_bytes(&[iq.scale, iq.zero as f32])));
+                }
             }
             QuantizedForm::Blocks(b) => {
                 let suffix = BLOCKS.iter().find(|(_, f)| *f == b.format).expect("every format").0;
@@ -297,16 +327,28 @@ pub fn load_quantized(
     let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut tensors = std::collections::BTreeMap::new();
-    let mut ints: std::collections::BTreeMap<String, (Vec<i8>, usize, usize)> = Default::default();
+    let mut ints: std::collections::BTreeMap<String, (Vec<i8>, Vec<usize>)> = Default::default();
+    let mut inputs: std::collections::BTreeMap<String, InputQuant> = Default::default();
     let mut scales: std::collections::BTreeMap<String, Vec<f32>> = Default::default();
     let mut forms: Vec<(String, QuantizedForm)> = Vec::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         if let Some(p) = name.strip_suffix(INT8) {
-            if view.dtype() != Dtype::I8 || shape.len() != 2 {
-                return Err(bad(format!("{name}: expected I8 (out, in), got {:?} {shape:?}", view.dtype())));
+            if view.dtype() != Dtype::I8 || !(shape.len() == 2 || shape.len() == 4) {
+                return Err(bad(format!(
+                    "{name}: expected I8 (out, in) or (out, in, kh, kw), got {:?} {shape:?}",
+                    view.dtype()
+                )));
             }
-            ints.insert(p.to_string(), (view.data().iter().map(|&b| b as i8).collect(), shape[0], shape[1]));
+            ints.insert(p.to_string(), (view.data().iter().map(|&b| b as i8).collect(), shape));
+        } else if let Some(p) = name.strip_suffix(INPUT) {
+            let t = crate::serialize::decode(&view).filter(|_| view.dtype() == Dtype::F32 && shape == [2]);
+            let v = t.ok_or_else(|| bad(format!("{name}: expected F32 (2,), got {:?} {shape:?}", view.dtype())))?;
+            let v = v.to_vec::<f32>();
+            if !(v[0] > 0.0 && v[0].is_finite() && (0.0..=255.0).contains(&v[1]) && v[1].fract() == 0.0) {
+                return Err(bad(format!("{name}: scale {} and zero point {} are not valid", v[0], v[1])));
+            }
+            inputs.insert(p.to_string(), InputQuant { scale: v[0], zero: v[1] as u8 });
         } else if let Some(p) = name.strip_suffix(SCALE) {
             let t = crate::serialize::decode(&view).filter(|_| view.dtype() == Dtype::F32 && shape.len() == 1);
             let t = t.ok_or_else(|| bad(format!("{name}: expected F32 (out,), got {:?} {shape:?}", view.dtype())))?;
@@ -332,14 +374,30 @@ pub fn load_quantized(
             tensors.insert(name, t);
         }
     }
-    for (p, (data, n, k)) in ints {
+    for (p, (data, shape)) in ints {
         let scale = scales.remove(&p).ok_or_else(|| bad(format!("{p}{INT8} has no {p}{SCALE}")))?;
+        let (n, k) = (shape[0], shape[1..].iter().product::<usize>());
         if scale.len() != n {
             return Err(bad(format!("{p}{SCALE}: {} scales for {n} channels", scale.len())));
         }
-        let w = QuantizedWeight::from_i8(data, scale, n, k);
-        tensors.insert(format!("{p}weight"), Tensor::from_vec(w.dequantize(), [n, k]));
-        forms.push((p, QuantizedForm::Int8(w.into())));
+        // The f32 weight: the integers times their channel's scale, in the file's layout.
+        let values = data.iter().enumerate().map(|(i, &q)| q as f32 * scale[i / k.max(1)]).collect();
+        tensors.insert(format!("{p}weight"), Tensor::from_vec(values, shape.clone()));
+        let w = match shape[..] {
+            [_, cin, kh, kw] => firebrand_ops::conv_int8::conv_weight_from_i8(&data, scale, n, cin, kh, kw),
+            _ => QuantizedWeight::from_i8(data, scale, n, k),
+        };
+        let form = match inputs.remove(&p) {
+            Some(iq) => QuantizedForm::Static(w.into(), iq),
+            None if shape.len() == 4 => {
+                return Err(bad(format!("{p}{INT8}: a convolution's int8 weight needs {p}{INPUT}")));
+            }
+            None => QuantizedForm::Int8(w.into()),
+        };
+        forms.push((p, form));
+    }
+    if let Some(p) = inputs.keys().next() {
+        return Err(bad(format!("{p}{INPUT} has no {p}{INT8}")));
     }
     if let Some(p) = scales.keys().next() {
         return Err(bad(format!("{p}{SCALE} has no {p}{INT8}")));

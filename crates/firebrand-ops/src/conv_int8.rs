@@ -1,0 +1,707 @@
+//! Static-int8 convolution: the input quantized to `u8` with a calibrated
+//! scale and zero point ([`InputQuant`]), the weight per output channel to
+//! `i8`, the products summed exactly in `i32` on the int8 gemm
+//! ([`crate::gemm::int8`], AMX-INT8 where the CPU has it), and the sums
+//! dequantized with the bias and the activation in the gemm's store: a
+//! convolution, its bias and its ReLU as one pass.
+//!
+//! Layout. The batch is cut into chunks of a few images, one task each.
+//! A chunk is quantized channels-last (`(n, H, W, C)` bytes), so that each
+//! kernel tap of an output position is `C` contiguous bytes; its rows
+//! (one per output position, `kh·kw·C` bytes in tap-major order, padding
+//! as the zero point) go through one gemm against the weight in the same
+//! tap-major order ([`quantize_conv_weight`]), and the `(positions,
+//! Cout)` result is written back as `(N, Cout, Ho, Wo)`.
+//!
+//! Values past the calibrated range saturate (static quantization's
+//! trade). A NaN or an infinity in the input makes every output whose
+//! window covers it NaN, not a saturated number.
+//!
+//! ```
+//! use firebrand_ops::conv_int8::{ConvGeometry, InputQuant, conv2d_u8i8, quantize_conv_weight};
+//! let x = [0.0f32, 1.0, 2.0, 3.0]; // (N = 1, C = 1, 2, 2)
+//! let w = [1.0f32, 1.0, 1.0, 1.0]; // (Cout = 1, Cin = 1, 2, 2)
+//! let wq = quantize_conv_weight(&w, 1, 1, 2, 2);
+//! let iq = InputQuant::from_range(0.0, 3.0);
+//! let y = conv2d_u8i8(&x, [1, 1, 2, 2], &ConvGeometry::new((2, 2)), iq, &wq, None, None);
+//! assert!((y[0] - 6.0).abs() < 0.05);
+//! ```
+
+pub use crate::gemm::int8::InputQuant;
+use crate::gemm::int8::{QuantizedRows, QuantizedWeight, gemm_u8i8_act};
+use crate::parallel::{SendPtr, par_for};
+use firebrand_tensor::op::{UnaryOp, Window2d};
+use std::cell::RefCell;
+
+/// A convolution's window: kernel, stride, dilation and the padding of each
+/// side (`[top, bottom, left, right]`; Keras' uneven "same" padding too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+    /// Stride along height and width.
+    pub stride: (usize, usize),
+    /// Spacing between kernel taps.
+    pub dilation: (usize, usize),
+    /// Zero padding: top, bottom, left, right.
+    pub pad: [usize; 4],
+}
+
+impl ConvGeometry {
+    /// A dense window of stride 1 and no padding.
+    pub fn new(kernel: (usize, usize)) -> Self {
+        ConvGeometry { kernel, stride: (1, 1), dilation: (1, 1), pad: [0; 4] }
+    }
+
+    /// The output height and width for an input of `(h, w)`, or `None`
+    /// when the dilated kernel does not fit or a stride or a kernel size is 0.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let one = |len: usize, k: usize, s: usize, before: usize, after: usize, d: usize| -> Option<usize> {
+            let span = d * k.checked_sub(1)? + 1;
+            let padded = len + before + after;
+            (s > 0 && padded >= span).then(|| (padded - span) / s + 1)
+        };
+        let [t, b, l, r] = self.pad;
+        Some((
+            one(h, self.kernel.0, self.stride.0, t, b, self.dilation.0)?,
+            one(w, self.kernel.1, self.stride.1, l, r, self.dilation.1)?,
+        ))
+    }
+
+    /// The input position under tap `k` of output `o` along one dim, if
+    /// inside the image.
+    #[inline]
+    fn src(o: usize, k: usize, stride: usize, dil: usize, before: usize, len: usize) -> Option<usize> {
+        let p = (o * stride + k * dil) as isize - before as isize;
+        (0..len as isize).contains(&p).then_some(p as usize)
+    }
+}
+
+/// The weight `(Cout, Cin, kh, kw)` (PyTorch's layout) quantized per output
+/// channel, its depth reordered tap-major (`(Cout, kh, kw, Cin)`, the
+/// order of [`conv2d_u8i8`]'s rows).
+///
+/// # Panics
+/// When `w` holds fewer than `Cout·Cin·kh·kw` values.
+pub fn quantize_conv_weight(w: &[f32], cout: usize, cin: usize, kh: usize, kw: usize) -> QuantizedWeight {
+    let k = cin * kh * kw;
+    assert!(w.len() >= cout * k, "quantize_conv_weight: {} values for ({cout}, {cin}, {kh}, {kw})", w.len());
+    QuantizedWeight::from_f32(&to_tap_major(&w[..cout * k], cout, cin, kh * kw), cout, k)
+}
+
+/// A weight already in `i8`, PyTorch's layout `(Cout, Cin, kh, kw)`, with
+/// its per-channel scales (a saved model's), in [`conv2d_u8i8`]'s order.
+///
+/// # Panics
+/// When the lengths do not match the shape.
+pub fn conv_weight_from_i8(
+    data: &[i8],
+    scale: Vec<f32>,
+    cout: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+) -> QuantizedWeight {
+    assert_eq!(
+        data.len(),
+        cout * cin * kh * kw,
+        "conv_weight_from_i8: {} values for ({cout}, {cin}, {kh}, {kw})",
+        data.len()
+    );
+    QuantizedWeight::from_i8(to_tap_major(data, cout, cin, kh * kw), scale, cout, cin * kh * kw)
+}
+
+/// The integers of a weight made by [`quantize_conv_weight`] back in
+/// PyTorch's layout `(Cout, Cin, kh, kw)`.
+pub fn conv_weight_to_i8(w: &QuantizedWeight, cin: usize, kh: usize, kw: usize) -> Vec<i8> {
+    let taps = kh * kw;
+    assert_eq!(w.k, cin * taps, "conv_weight_to_i8: depth {} for ({cin}, {kh}, {kw})", w.k);
+    let mut out = vec![0i8; w.n * w.k];
+    for o in 0..w.n {
+        for t in 0..taps {
+            for c in 0..cin {
+                out[(o * cin + c) * taps + t] = w.data[(o * taps + t) * cin + c];
+            }
+        }
+    }
+    out
+}
+
+/// `(Cout, Cin, taps)` → `(Cout, taps, Cin)`.
+fn to_tap_major<T: Copy + Default>(w: &[T], cout: usize, cin: usize, taps: usize) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
+    for o in 0..cout {
+        for c in 0..cin {
+            for t in 0..taps {
+                out[(o * taps + t) * cin + c] = w[(o * cin + c) * taps + t];
+            }
+        }
+    }
+    out
+}
+
+/// A task's buffers, reused across calls.
+struct Scratch {
+    /// The chunk quantized channels-last `(n, H, W, C)`.
+    image: Vec<u8>,
+    /// Whether each input pixel of the chunk was finite (only built when one was not).
+    bad: Vec<bool>,
+    /// The chunk's rows.
+    rows: QuantizedRows,
+    /// The gemm's output `(positions, Cout)`.
+    out: Vec<f32>,
+    /// One image's pooled output `(pooled positions, Cout)`.
+    pooled: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            image: Vec::new(),
+            bad: Vec::new(),
+            rows: QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() },
+            out: Vec::new(),
+            pooled: Vec::new(),
+        })
+    };
+}
+
+/// Output positions per task (a chunk's rows, bytes and sums stay in L2).
+const CHUNK_ROWS: usize = 1024;
+
+/// `act(conv(x, W) + bias)` with `x` `(N, C, H, W)` quantized by `iq` and
+/// the weight from [`quantize_conv_weight`] (`Cout` channels, depth
+/// `kh·kw·C`): `(N, Cout, Ho, Wo)`. Groups are not supported (one group).
+///
+/// # Panics
+/// When `x` holds fewer than `N·C·H·W` values, the window does not fit, the
+/// weight's depth is not `kh·kw·C`, or the bias is shorter than `Cout`.
+pub fn conv2d_u8i8(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    geo: &ConvGeometry,
+    iq: InputQuant,
+    wq: &QuantizedWeight,
+    bias: Option<&[f32]>,
+    act: Option<UnaryOp>,
+) -> Vec<f32> {
+    conv2d_u8i8_pooled(x, [n, c, h, w], geo, iq, wq, bias, act, None)
+}
+
+/// [`conv2d_u8i8`] followed by max pooling over `pool` (`(N, Cout, Hp, Wp)`),
+/// pooled in the same pass as each chunk's sums come out of the gemm, so
+/// the convolution's full output is never written: the fused form of a
+/// convolution, its bias, its activation and a `MaxPool2d`. A NaN wins
+/// its window, as in the `f32` max pool.
+///
+/// # Panics
+/// As [`conv2d_u8i8`], and when the pooling window does not fit the
+/// convolution's output.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_u8i8_pooled(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    geo: &ConvGeometry,
+    iq: InputQuant,
+    wq: &QuantizedWeight,
+    bias: Option<&[f32]>,
+    act: Option<UnaryOp>,
+    pool: Option<&Window2d>,
+) -> Vec<f32> {
+    let (kh, kw) = geo.kernel;
+    let k = kh * kw * c;
+    assert!(x.len() >= n * c * h * w, "conv2d (int8): {} values for input [{n}, {c}, {h}, {w}]", x.len());
+    assert_eq!(wq.k, k, "conv2d (int8): weight depth {} for input channels {c} and kernel {kh}x{kw}", wq.k);
+    assert!(bias.is_none_or(|b| b.len() >= wq.n), "conv2d (int8): bias shorter than {}", wq.n);
+    let (ho, wo) = geo
+        .output_size(h, w)
+        .unwrap_or_else(|| panic!("conv2d (int8): window {geo:?} does not fit input [{n}, {c}, {h}, {w}]"));
+    let (cout, plane) = (wq.n, ho * wo);
+    let (hp, wp) = match pool {
+        Some(win) => win
+            .output_size(ho, wo)
+            .unwrap_or_else(|| panic!("conv2d (int8): pooling {win:?} does not fit the output ({ho}, {wo})")),
+        None => (ho, wo),
+    };
+    let pplane = hp * wp;
+    let mut out = firebrand_tensor::pool::take_f32(n * cout * pplane);
+    if out.is_empty() {
+        return out;
+    }
+    let per = (CHUNK_ROWS / plane.max(1)).max(1);
+    let optr = SendPtr(out.as_mut_ptr());
+    par_for(n.div_ceil(per), |t| {
+        let (i0, i1) = (t * per, (t * per + per).min(n));
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let any_bad = quantize_channels_last(&x[i0 * c * h * w..i1 * c * h * w], i1 - i0, c, h * w, iq, s);
+            build_rows(s, (i1 - i0, c, h, w), (ho, wo), geo, iq, any_bad);
+            s.out.resize(s.rows.m * cout, 0.0);
+            gemm_u8i8_act(&s.rows, wq, bias, act, &mut s.out);
+            // (positions, Cout) [pooled] → (images, Cout, Hp, Wp).
+            for (img, sums) in s.out.chunks_exact(plane * cout).enumerate() {
+                // SAFETY: image i0 + img of `out` belongs to this task alone.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(optr.get().add((i0 + img) * cout * pplane), cout * pplane)
+                };
+                match pool {
+                    Some(win) => {
+                        s.pooled.resize(pplane * cout, 0.0);
+                        max_pool_channels_last(sums, &mut s.pooled, (ho, wo), (hp, wp), cout, win);
+                        to_channels_first(&s.pooled, dst, pplane, cout);
+                    }
+                    None => to_channels_first(sums, dst, plane, cout),
+                }
+            }
+        });
+    });
+    out
+}
+
+/// Max pooling of one image's `(Ho·Wo, Cout)` values over `win` into
+/// `(Hp·Wp, Cout)`: padded cells never win, a NaN always does.
+fn max_pool_channels_last(
+    src: &[f32],
+    dst: &mut [f32],
+    (ho, wo): (usize, usize),
+    (hp, wp): (usize, usize),
+    cout: usize,
+    win: &Window2d,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd512::available() {
+        // SAFETY: AVX-512F is available.
+        return unsafe { max_pool_channels_last_avx512(src, dst, (ho, wo), (hp, wp), cout, win) };
+    }
+    max_pool_channels_last_body(src, dst, (ho, wo), (hp, wp), cout, win)
+}
+
+/// The loop of [`max_pool_channels_last`], compiled with AVX-512 (its
+/// inner loop over channels vectorizes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool_channels_last_avx512(
+    src: &[f32],
+    dst: &mut [f32],
+    out: (usize, usize),
+    pooled: (usize, usize),
+    cout: usize,
+    win: &Window2d,
+) {
+    max_pool_channels_last_body(src, dst, out, pooled, cout, win)
+}
+
+#[inline(always)]
+fn max_pool_channels_last_body(
+    src: &[f32],
+    dst: &mut [f32],
+    (ho, wo): (usize, usize),
+    (hp, wp): (usize, usize),
+    cout: usize,
+    win: &Window2d,
+) {
+    for py in 0..hp {
+        for px in 0..wp {
+            let acc = &mut dst[(py * wp + px) * cout..(py * wp + px + 1) * cout];
+            acc.fill(f32::NEG_INFINITY);
+            for ki in 0..win.kernel.0 {
+                let Some(iy) = ConvGeometry::src(py, ki, win.stride.0, win.dilation.0, win.padding.0, ho) else {
+                    continue;
+                };
+                for kj in 0..win.kernel.1 {
+                    let Some(ix) = ConvGeometry::src(px, kj, win.stride.1, win.dilation.1, win.padding.1, wo) else {
+                        continue;
+                    };
+                    let row = &src[(iy * wo + ix) * cout..(iy * wo + ix + 1) * cout];
+                    for (m, &v) in acc.iter_mut().zip(row) {
+                        // NaN wins (and, once taken, stays).
+                        *m = if v > *m || v.is_nan() { v } else { *m };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One image's `(HW, Cout)` values into `(Cout, HW)`.
+fn to_channels_first(sums: &[f32], dst: &mut [f32], plane: usize, cout: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd512::available() {
+        // SAFETY: AVX-512F is available.
+        return unsafe { to_channels_first_avx512(sums, dst, plane, cout) };
+    }
+    for (p, row) in sums.chunks_exact(cout).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            dst[o * plane + p] = v;
+        }
+    }
+}
+
+/// [`to_channels_first`] gathering 16 positions of a channel at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn to_channels_first_avx512(sums: &[f32], dst: &mut [f32], plane: usize, cout: usize) {
+    use std::arch::x86_64::*;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(cout as i32),
+    );
+    for p in (0..plane).step_by(16) {
+        let m: __mmask16 = if plane - p >= 16 { 0xffff } else { (1u16 << (plane - p)) - 1 };
+        for o in 0..cout {
+            // SAFETY: the masked gather reads positions p.. of channel o of
+            // `sums` (`plane·cout` values); the store writes within `dst`.
+            unsafe {
+                let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, sums.as_ptr().add(p * cout + o));
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(o * plane + p), m, v);
+            }
+        }
+    }
+}
+
+/// Quantizes `n` images `(C, HW)` into `s.image` `(n, HW, C)`; whether any
+/// value was NaN or infinite (then `s.bad` marks those pixels).
+fn quantize_channels_last(x: &[f32], n: usize, c: usize, hw: usize, iq: InputQuant, s: &mut Scratch) -> bool {
+    s.image.resize(n * hw * c, 0);
+    let mut finite = true;
+    for img in 0..n {
+        let (src, dst) = (&x[img * c * hw..(img + 1) * c * hw], &mut s.image[img * hw * c..(img + 1) * hw * c]);
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd512::available() {
+            // SAFETY: AVX-512F/BW are available; the slices are one image each.
+            finite &= unsafe { channels_last_avx512(src, dst, c, hw, iq) };
+            continue;
+        }
+        finite &= channels_last(src, dst, c, hw, iq);
+    }
+    if !finite {
+        s.bad.clear();
+        s.bad.resize(n * hw, false);
+        for img in 0..n {
+            for ch in 0..c {
+                let src = &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
+                for (p, v) in src.iter().enumerate() {
+                    s.bad[img * hw + p] |= !v.is_finite();
+                }
+            }
+        }
+    }
+    !finite
+}
+
+/// One image `(C, HW)` into `(HW, C)` bytes, value by value; whether all were finite.
+fn channels_last(src: &[f32], dst: &mut [u8], c: usize, hw: usize, iq: InputQuant) -> bool {
+    let inv = 1.0 / iq.scale;
+    for ch in 0..c {
+        for (p, &v) in src[ch * hw..(ch + 1) * hw].iter().enumerate() {
+            dst[p * c + ch] = iq.quantize(v, inv);
+        }
+    }
+    src.iter().all(|v| v.is_finite())
+}
+
+/// [`channels_last`] with AVX-512 (the same bytes): 16 pixels at a time
+/// when `C` is 1, 16 channels of one pixel (a gather) when `C` is a
+/// multiple of 16, else value by value with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+unsafe fn channels_last_avx512(src: &[f32], dst: &mut [u8], c: usize, hw: usize, iq: InputQuant) -> bool {
+    use std::arch::x86_64::*;
+    if c == 1 {
+        return crate::gemm::int8::quantize_fixed(src, dst, iq);
+    }
+    if c.is_multiple_of(16) {
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(hw as i32),
+        );
+        let mut bad: __mmask16 = 0;
+        for p in 0..hw {
+            for c0 in (0..c).step_by(16) {
+                // SAFETY: the gather reads channels c0..c0+16 of pixel p, and
+                // the store writes that pixel's 16 bytes, within the image.
+                unsafe {
+                    let v = _mm512_i32gather_ps::<4>(idx, src.as_ptr().add(c0 * hw + p));
+                    let (q, b) = crate::gemm::int8::quantize16(v, iq);
+                    bad |= b;
+                    _mm512_mask_cvtepi32_storeu_epi8(dst.as_mut_ptr().add(p * c + c0) as *mut i8, 0xffff, q);
+                }
+            }
+        }
+        return bad == 0;
+    }
+    channels_last(src, dst, c, hw, iq)
+}
+
+/// The chunk's rows from `s.image`: one per output position, `kh·kw·C`
+/// bytes in tap-major order, the zero point where a tap is in the padding.
+/// A row whose window covers a non-finite input gets a NaN scale.
+fn build_rows(
+    s: &mut Scratch,
+    (n, c, h, w): (usize, usize, usize, usize),
+    (ho, wo): (usize, usize),
+    geo: &ConvGeometry,
+    iq: InputQuant,
+    any_bad: bool,
+) {
+    let (kh, kw) = geo.kernel;
+    let k = kh * kw * c;
+    let m = n * ho * wo;
+    let rows = &mut s.rows;
+    (rows.m, rows.k) = (m, k);
+    rows.data.resize(m * k, 0);
+    rows.scale.clear();
+    rows.scale.resize(m, iq.scale);
+    rows.zero.clear();
+    rows.zero.resize(m, iq.zero as i32);
+    // The source column of each (output column, tap column), if inside.
+    let cols: Vec<Option<usize>> = (0..wo)
+        .flat_map(|ox| (0..kw).map(move |kj| ConvGeometry::src(ox, kj, geo.stride.1, geo.dilation.1, geo.pad[2], w)))
+        .collect();
+    for img in 0..n {
+        let src = &s.image[img * h * w * c..(img + 1) * h * w * c];
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let r = (img * ho + oy) * wo + ox;
+                let row = &mut rows.data[r * k..(r + 1) * k];
+                let mut bad = false;
+                for ki in 0..kh {
+                    let iy = ConvGeometry::src(oy, ki, geo.stride.0, geo.dilation.0, geo.pad[0], h);
+                    for kj in 0..kw {
+                        let t = ki * kw + kj;
+                        match (iy, cols[ox * kw + kj]) {
+                            (Some(iy), Some(ix)) => {
+                                let at = (iy * w + ix) * c;
+                                copy_bytes(&mut row[t * c..(t + 1) * c], &src[at..at + c]);
+                                bad |= any_bad && s.bad[img * h * w + iy * w + ix];
+                            }
+                            _ => row[t * c..(t + 1) * c].fill(iq.zero),
+                        }
+                    }
+                }
+                if bad {
+                    rows.scale[r] = f32::NAN;
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the few bytes of one tap: one byte, or
+/// 16 at a time, without a `memcpy` call.
+#[inline(always)]
+fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    match src.len() {
+        1 => dst[0] = src[0],
+        n if n.is_multiple_of(16) => {
+            for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+                d.copy_from_slice(s);
+            }
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// The definition, loop by loop, for the tests: each input value quantized
+/// by `iq` (the zero point in the padding), exact `i32` sums against the
+/// weight's integers, dequantized by the int8 gemm's formula.
+pub fn conv2d_u8i8_reference(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    geo: &ConvGeometry,
+    iq: InputQuant,
+    wq: &QuantizedWeight,
+    bias: Option<&[f32]>,
+    act: Option<UnaryOp>,
+) -> Vec<f32> {
+    let (kh, kw) = geo.kernel;
+    let (ho, wo) = geo.output_size(h, w).expect("the window fits");
+    let inv = 1.0 / iq.scale;
+    let mut out = vec![0.0f32; n * wq.n * ho * wo];
+    for img in 0..n {
+        for o in 0..wq.n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let (mut acc, mut finite) = (0i32, true);
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let iy = ConvGeometry::src(oy, ki, geo.stride.0, geo.dilation.0, geo.pad[0], h);
+                            let ix = ConvGeometry::src(ox, kj, geo.stride.1, geo.dilation.1, geo.pad[2], w);
+                            for ch in 0..c {
+                                let q = match (iy, ix) {
+                                    (Some(iy), Some(ix)) => {
+                                        let v = x[((img * c + ch) * h + iy) * w + ix];
+                                        finite &= v.is_finite();
+                                        iq.quantize(v, inv)
+                                    }
+                                    _ => iq.zero,
+                                };
+                                acc += q as i32 * wq.data[o * wq.k + (ki * kw + kj) * c + ch] as i32;
+                            }
+                        }
+                    }
+                    let exact = acc - iq.zero as i32 * wq.row_sum[o];
+                    let scale = if finite { iq.scale } else { f32::NAN };
+                    let v = (scale * wq.scale[o]).mul_add(exact as f32, bias.map_or(0.0, |b| b[o]));
+                    out[((img * wq.n + o) * ho + oy) * wo + ox] = v;
+                }
+            }
+        }
+    }
+    if let Some(op) = act {
+        crate::unary::map_in_place(op, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::int8::Kernel;
+    use crate::test_data::uniform as data;
+
+    /// Awkward shapes: one pixel, odd sizes, uneven padding, stride 2,
+    /// dilation, one input channel, more images than a chunk. The kernel
+    /// equals the loop-by-loop definition exactly on every int8 kernel, and
+    /// stays within the quantization steps of the `f32` convolution.
+    #[test]
+    fn kernel_equals_the_definition_and_is_close_to_f32() {
+        let cases: [([usize; 4], usize, ConvGeometry); 7] = [
+            ([2, 32, 7, 9], 20, ConvGeometry { pad: [1, 0, 2, 1], ..ConvGeometry::new((3, 3)) }),
+            ([1, 1, 1, 1], 1, ConvGeometry::new((1, 1))),
+            ([2, 3, 5, 7], 4, ConvGeometry { pad: [1, 1, 1, 1], ..ConvGeometry::new((3, 3)) }),
+            ([3, 1, 28, 28], 5, ConvGeometry { pad: [1, 1, 1, 1], ..ConvGeometry::new((3, 3)) }),
+            ([2, 6, 9, 8], 3, ConvGeometry { stride: (2, 2), pad: [0, 1, 1, 0], ..ConvGeometry::new((3, 2)) }),
+            ([1, 2, 11, 10], 7, ConvGeometry { dilation: (2, 3), pad: [2, 2, 3, 3], ..ConvGeometry::new((3, 3)) }),
+            ([9, 33, 14, 14], 17, ConvGeometry { pad: [1, 1, 1, 1], ..ConvGeometry::new((3, 3)) }),
+        ];
+        for (t, ([n, c, h, w], cout, geo)) in cases.into_iter().enumerate() {
+            let x: Vec<f32> = data(n * c * h * w, t as u32 + 1).iter().map(|v| 2.0 * v + 0.3).collect();
+            let (kh, kw) = geo.kernel;
+            let wf = data(cout * c * kh * kw, t as u32 + 50);
+            let b = data(cout, t as u32 + 90);
+            let iq = InputQuant::from_range(-1.7, 2.3);
+            let mut wq = quantize_conv_weight(&wf, cout, c, kh, kw);
+            for act in [None, Some(UnaryOp::Relu)] {
+                let want = conv2d_u8i8_reference(&x, [n, c, h, w], &geo, iq, &wq, Some(&b), act);
+                for kernel in [Kernel::AmxInt8, Kernel::Vnni, Kernel::Portable] {
+                    if !kernel.available() {
+                        eprintln!("SKIPPED: the {} kernel (not on this CPU)", kernel.name());
+                        continue;
+                    }
+                    wq.set_kernel(kernel);
+                    let got = conv2d_u8i8(&x, [n, c, h, w], &geo, iq, &wq, Some(&b), act);
+                    assert_eq!(got, want, "case {t} on {} with {act:?}", kernel.name());
+                }
+            }
+            // Close to the f32 convolution: within half a step of every
+            // product's input and weight.
+            let (ho, wo) = geo.output_size(h, w).unwrap();
+            let got = conv2d_u8i8(&x, [n, c, h, w], &geo, iq, &wq, Some(&b), None);
+            for img in 0..n {
+                for o in 0..cout {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let mut f = b[o] as f64;
+                            for ch in 0..c {
+                                for ki in 0..kh {
+                                    for kj in 0..kw {
+                                        let iy = ConvGeometry::src(oy, ki, geo.stride.0, geo.dilation.0, geo.pad[0], h);
+                                        let ix = ConvGeometry::src(ox, kj, geo.stride.1, geo.dilation.1, geo.pad[2], w);
+                                        if let (Some(iy), Some(ix)) = (iy, ix) {
+                                            f += x[((img * c + ch) * h + iy) * w + ix] as f64
+                                                * wf[((o * c + ch) * kh + ki) * kw + kj] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            let taps = (c * kh * kw) as f32;
+                            let step = (iq.scale * 1.0 + wq.scale[o] * 2.3) * 0.5 * taps + 1e-4;
+                            let g = got[((img * cout + o) * ho + oy) * wo + ox];
+                            assert!((g as f64 - f).abs() <= step as f64, "case {t} ({img},{o},{oy},{ox}): {g} vs {f}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Values past the range saturate; NaN and ∞ make exactly the outputs
+    /// whose windows cover them NaN (with one input channel and with 16,
+    /// the vector paths' two layouts).
+    #[test]
+    fn out_of_range_saturates_and_non_finite_inputs_give_nan() {
+        let geo = ConvGeometry { pad: [1, 1, 1, 1], ..ConvGeometry::new((3, 3)) };
+        let iq = InputQuant::from_range(0.0, 1.0);
+        for c in [1, 16] {
+            let wq = quantize_conv_weight(&vec![1.0; 9 * c], 1, c, 3, 3);
+            let mut x = vec![5.0f32; 25 * c]; // (1, c, 5, 5), all past the range
+            let y = conv2d_u8i8(&x, [1, c, 5, 5], &geo, iq, &wq, None, None);
+            assert!((y[12] - 9.0 * c as f32).abs() < 0.05 * c as f32, "saturates at the range's top: {}", y[12]);
+            // Pixel 0 of the last channel and pixel 24 of the first.
+            x[25 * (c - 1)] = f32::NAN;
+            x[24] = f32::INFINITY;
+            let y = conv2d_u8i8(&x, [1, c, 5, 5], &geo, iq, &wq, None, None);
+            let nan: Vec<usize> = (0..25).filter(|&i| y[i].is_nan()).collect();
+            assert_eq!(nan, vec![0, 1, 5, 6, 18, 19, 23, 24], "C = {c}");
+            let want = conv2d_u8i8_reference(&x, [1, c, 5, 5], &geo, iq, &wq, None, None);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want));
+        }
+    }
+
+    /// The pooled form equals the convolution followed by the `f32` max
+    /// pool, bit for bit, NaN included: 2x2 windows on odd sizes, 3x3 with
+    /// stride 2 and padding, channel counts on and off the vector width.
+    #[test]
+    fn pooled_equals_conv_then_max_pool() {
+        let pools = [
+            Window2d::new((2, 2), (2, 2), (0, 0)),
+            Window2d::new((3, 3), (2, 2), (1, 1)),
+            Window2d::new((2, 3), (1, 2), (0, 1)),
+        ];
+        for (t, ([n, c, h, w], cout)) in
+            [([3, 1, 7, 9], 32), ([2, 16, 8, 5], 5), ([1, 3, 11, 11], 17)].into_iter().enumerate()
+        {
+            let geo = ConvGeometry { pad: [1, 1, 1, 1], ..ConvGeometry::new((3, 3)) };
+            let mut x: Vec<f32> = data(n * c * h * w, t as u32 + 3).iter().map(|v| 1.5 * v).collect();
+            x[5] = f32::NAN;
+            let wq = quantize_conv_weight(&data(cout * c * 9, t as u32 + 8), cout, c, 3, 3);
+            let b = data(cout, 4);
+            let iq = InputQuant::from_range(-1.5, 1.5);
+            let full = conv2d_u8i8(&x, [n, c, h, w], &geo, iq, &wq, Some(&b), Some(UnaryOp::Relu));
+            let (ho, wo) = geo.output_size(h, w).unwrap();
+            for win in &pools {
+                let (want, _) = crate::conv::max_pool2d(&full, n, cout, ho, wo, win);
+                let got = conv2d_u8i8_pooled(&x, [n, c, h, w], &geo, iq, &wq, Some(&b), Some(UnaryOp::Relu), Some(win));
+                // Bit for bit, any NaN as any NaN (the f32 pool returns its own).
+                let first =
+                    got.iter().zip(&want).position(|(a, b)| !(a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan()));
+                assert_eq!((got.len(), first), (want.len(), None), "case {t}, pool {win:?}");
+                assert!(got.iter().any(|v| v.is_nan()), "case {t}: the NaN reached the pooled output");
+            }
+        }
+    }
+
+    #[test]
+    fn weights_round_trip_through_pytorchs_layout() {
+        let wf = data(4 * 3 * 2 * 5, 7);
+        let q = quantize_conv_weight(&wf, 4, 3, 2, 5);
+        let natural = conv_weight_to_i8(&q, 3, 2, 5);
+        // Channel-major integers are the per-channel quantization of the weight as given.
+        let direct = QuantizedWeight::from_f32(&wf, 4, 30);
+        assert_eq!(natural, direct.data);
+        let back = conv_weight_from_i8(&natural, q.scale.clone(), 4, 3, 2, 5);
+        assert_eq!((back.data, back.scale), (q.data.clone(), q.scale.clone()));
+    }
+
+    #[test]
+    fn input_ranges_keep_zero_exact() {
+        for (lo, hi) in [(0.0, 6.0), (-2.0, 2.0), (0.5, 3.0), (-3.0, -1.0), (0.0, 0.0)] {
+            let q = InputQuant::from_range(lo, hi);
+            assert_eq!(q.quantize(0.0, 1.0 / q.scale), q.zero, "({lo}, {hi})");
+        }
+        let q = InputQuant::from_range(0.0, 255.0);
+        assert_eq!((q.quantize(2.5, 1.0), q.quantize(3.5, 1.0), q.quantize(-1.0, 1.0)), (2, 4, 0));
+    }
+}
