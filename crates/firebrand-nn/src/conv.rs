@@ -227,33 +227,30 @@ impl Conv2d {
         crate::quantize::may_compute_quantized(x, &params).then_some((w, iq))
     }
 
-    /// The static int8 convolution, its activation (or `act`, an
-    /// elementwise layer after it) and an optional max pool in one pass,
-    /// when the static form may serve this call; `None` otherwise.
-    pub(crate) fn forward_static(
+    /// This layer's parts for the int8 chain, when its static form may
+    /// serve a call on `x` and its input is `(c, h, w)`: its activation
+    /// fused, or else `next`, the elementwise layer after it. `None` when it
+    /// cannot join a chain (then it runs alone).
+    pub(crate) fn static_stage(
         &self,
         x: &Tensor,
-        act: Option<UnaryOp>,
-        pool: Option<&firebrand_tensor::op::Window2d>,
-    ) -> Option<Tensor> {
-        let (q, iq) = self.static_for(x)?;
-        let &[_, _, h, w] = x.dims() else {
-            panic!("Conv2d: expected input (N, C, H, W), got {:?}", x.dims());
+        (c, h, w): (usize, usize, usize),
+        next: Option<UnaryOp>,
+    ) -> Option<crate::quantize::static_int8::StaticStage> {
+        let (weight, input) = self.static_for(x)?;
+        let (_, cin, _, _) = self.geometry();
+        let (act, fused_next) = match self.activation {
+            None => (next, next.is_some()),
+            Some(a) => (Some(a.as_unary()?), false),
         };
-        let geo = self.window((h, w));
-        let op = match (self.activation, act) {
-            (None, act) => act,
-            (Some(a), None) => match a.as_unary() {
-                Some(op) => Some(op),
-                // Not elementwise-fusable: applied after the convolution (and nothing fused after it).
-                None if pool.is_none() => {
-                    return Some(a.apply(&crate::quantize::conv2d_static(x, &q, iq, self.bias.as_ref(), &geo, None)));
-                }
-                None => return None,
-            },
-            (Some(_), Some(_)) => return None,
-        };
-        Some(crate::quantize::conv2d_static_pooled(x, &q, iq, self.bias.as_ref(), &geo, op, pool))
+        (cin == c).then(|| crate::quantize::static_int8::StaticStage {
+            weight,
+            input,
+            geo: self.window((h, w)),
+            bias: self.bias.as_ref().map(|b| b.to_vec::<f32>()),
+            act,
+            fused_next,
+        })
     }
 
     /// The window for an input of `(h, w)`, padding resolved.
@@ -379,8 +376,16 @@ impl Module for Conv2d {
         crate::module::traced(self, || {
             // x: (N, Cin, H, W)
             self.observer.observe(x);
-            if let Some(y) = self.forward_static(x, None, None) {
-                return y;
+            if let Some((q, iq)) = self.static_for(x) {
+                let &[_, _, h, w] = x.dims() else {
+                    panic!("Conv2d: expected input (N, C, H, W), got {:?}", x.dims());
+                };
+                let unary = self.activation.and_then(Activation::as_unary);
+                let y = crate::quantize::conv2d_static(x, &q, iq, self.bias.as_ref(), &self.window((h, w)), unary);
+                return match self.activation {
+                    Some(a) if unary.is_none() => a.apply(&y),
+                    _ => y,
+                };
             }
             let w = crate::prune::masked_weight(self);
             conv_forward(x, &w, self.bias.as_ref(), &self.config, self.activation)

@@ -206,22 +206,76 @@ pub(crate) fn one_hot_recurrent(layers: &[Box<dyn AnyModule>], ids: &Tensor) -> 
     Some((rnn.forward_one_hot(ids, classes), 2))
 }
 
-/// Inference on a statically quantized convolution
-/// ([`crate::quantize::convert`]) followed by a `MaxPool2d`, with an
-/// elementwise activation layer between them or not: one pass
-/// ([`crate::quantize::conv2d_static_pooled`]), which pools each image's
-/// sums as they leave the int8 gemm, so the convolution's full output is
-/// never written. Not while module outputs are being recorded (`summary`).
-/// Returns the output and the layers it covered.
-pub(crate) fn static_conv_pool(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Option<(Tensor, usize)> {
-    let conv = (**layers.first()?).as_any().downcast_ref::<Conv2d>()?;
-    if crate::module::recording_active() || conv.quantized_form().is_none() {
+/// Inference on a statically quantized CNN ([`crate::quantize::convert`]):
+/// one or more static `Conv2d`s, each with its activation (fused, or an
+/// elementwise layer after it) and a `MaxPool2d` or not, then optionally
+/// `Flatten` → a static `Linear`, run as one chain
+/// ([`firebrand_ops::conv_int8::conv_chain_u8i8`]): chunk by chunk of
+/// images, the activations between the layers stay `u8` in cache, and no
+/// layer's full output is written. The values equal the layers one by one.
+/// Not while module outputs are being recorded (`summary`). Returns the
+/// output and the layers it covered.
+pub(crate) fn static_chain(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Option<(Tensor, usize)> {
+    use firebrand_ops::conv_int8::{ConvStage, HeadStage, conv_chain_u8i8};
+    if crate::module::recording_active() {
         return None;
     }
-    let act = (**layers.get(1)?).elementwise_op();
-    let at = if act.is_some() { 2 } else { 1 };
-    let pool = (**layers.get(at)?).as_any().downcast_ref::<crate::MaxPool2d>()?.window();
-    Some((conv.forward_static(x, act, Some(&pool))?, at + 1))
+    let &[n, c, h, w] = x.dims() else { return None };
+    let layer = |i: usize| layers.get(i).map(|l| (**l).as_any());
+    // The stages as owned parts (weights, biases), then borrowed by the kernel.
+    let mut parts = Vec::new();
+    let (mut i, mut dims) = (0, (c, h, w));
+    while let Some(conv) = layer(i).and_then(|l| l.downcast_ref::<Conv2d>()) {
+        let mut used = 1;
+        let after = layer(i + 1).and_then(|_| (**layers.get(i + 1)?).elementwise_op());
+        let Some(stage) = conv.static_stage(x, dims, after) else { break };
+        if stage.fused_next {
+            used += 1;
+        }
+        let pool = layer(i + used).and_then(|l| l.downcast_ref::<crate::MaxPool2d>()).map(|p| p.window());
+        if pool.is_some() {
+            used += 1;
+        }
+        let (ho, wo) = stage.geo.output_size(dims.1, dims.2)?;
+        let (hp, wp) = match &pool {
+            Some(win) => win.output_size(ho, wo)?,
+            None => (ho, wo),
+        };
+        dims = (stage.weight.n, hp, wp);
+        parts.push((stage, pool));
+        i += used;
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let head = match (
+        layer(i).and_then(|l| l.downcast_ref::<crate::Flatten>()),
+        layer(i + 1).and_then(|l| l.downcast_ref::<crate::Linear>()),
+    ) {
+        (Some(_), Some(lin)) => lin.static_head(x, dims.0 * dims.1 * dims.2),
+        _ => None,
+    };
+    let stages: Vec<ConvStage> = parts
+        .iter()
+        .map(|(s, pool)| ConvStage {
+            weight: &s.weight,
+            input: s.input,
+            geo: s.geo,
+            bias: s.bias.as_deref(),
+            act: s.act,
+            pool: *pool,
+        })
+        .collect();
+    let head_stage = head.as_ref().map(|hd| HeadStage {
+        weight: &hd.weight,
+        input: hd.input,
+        bias: hd.bias.as_deref(),
+        act: hd.act,
+    });
+    let (out, out_dims) =
+        x.contiguous().with_f32_slice(|v| conv_chain_u8i8(v, [n, c, h, w], &stages, head_stage.as_ref())).ok()?;
+    let y = Tensor::from_vec(out, out_dims);
+    Some((y, i + if head.is_some() { 2 } else { 0 }))
 }
 
 #[cfg(test)]

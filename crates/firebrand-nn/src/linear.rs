@@ -201,6 +201,25 @@ impl Linear {
 
     /// The quantized form, when one is on and this call may use it: no
     /// gradient recorded, an `f32` input on the CPU.
+    /// This layer's parts as the head of the int8 chain, when its static
+    /// form may serve a call on `x`, its input width is `width` and its
+    /// activation (if any) is elementwise-fusable.
+    pub(crate) fn static_head(&self, x: &Tensor, width: usize) -> Option<crate::quantize::static_int8::StaticHead> {
+        let QuantizedForm::Static(weight, input) = self.quantized_for(x)? else {
+            return None;
+        };
+        let act = match self.activation {
+            None => None,
+            Some(a) => Some(a.as_unary()?),
+        };
+        (weight.k == width).then(|| crate::quantize::static_int8::StaticHead {
+            weight,
+            input,
+            bias: self.bias.as_ref().map(|b| b.to_vec::<f32>()),
+            act,
+        })
+    }
+
     fn quantized_for(&self, x: &Tensor) -> Option<QuantizedForm> {
         let q = self.quantized()?;
         let params: Vec<&Tensor> = std::iter::once(&self.weight).chain(&self.bias).collect();

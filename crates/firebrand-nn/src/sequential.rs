@@ -129,8 +129,9 @@ impl Module for Sequential {
         let mut y = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
-            // Inference: a static-int8 Conv2d [→ activation] → MaxPool2d in one pass.
-            if let Some((out, used)) = crate::fuse::static_conv_pool(&self.layers[i..], &y) {
+            // Inference: static-int8 convolutions [→ activation] [→ MaxPool2d]
+            // [→ Flatten → Linear] as one chain, u8 between the layers.
+            if let Some((out, used)) = crate::fuse::static_chain(&self.layers[i..], &y) {
                 (y, i) = (out, i + used);
                 continue;
             }

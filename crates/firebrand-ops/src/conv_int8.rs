@@ -146,12 +146,18 @@ struct Scratch {
     image: Vec<u8>,
     /// Whether each input pixel of the chunk was finite (only built when one was not).
     bad: Vec<bool>,
+    /// The chunk bordered with the zero point (`(n, H + pads, W + pads, C)`).
+    padded: Vec<u8>,
     /// The chunk's rows.
     rows: QuantizedRows,
     /// The gemm's output `(positions, Cout)`.
     out: Vec<f32>,
     /// One image's pooled output `(pooled positions, Cout)`.
     pooled: Vec<f32>,
+    /// One image's last output flattened `(C·H·W)` for the head.
+    flat: Vec<f32>,
+    /// The head's rows (one per image).
+    head_rows: QuantizedRows,
 }
 
 thread_local! {
@@ -159,9 +165,12 @@ thread_local! {
         RefCell::new(Scratch {
             image: Vec::new(),
             bad: Vec::new(),
+            padded: Vec::new(),
             rows: QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() },
             out: Vec::new(),
             pooled: Vec::new(),
+            flat: Vec::new(),
+            head_rows: QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() },
         })
     };
 }
@@ -208,54 +217,190 @@ pub fn conv2d_u8i8_pooled(
     act: Option<UnaryOp>,
     pool: Option<&Window2d>,
 ) -> Vec<f32> {
-    let (kh, kw) = geo.kernel;
-    let k = kh * kw * c;
-    assert!(x.len() >= n * c * h * w, "conv2d (int8): {} values for input [{n}, {c}, {h}, {w}]", x.len());
-    assert_eq!(wq.k, k, "conv2d (int8): weight depth {} for input channels {c} and kernel {kh}x{kw}", wq.k);
-    assert!(bias.is_none_or(|b| b.len() >= wq.n), "conv2d (int8): bias shorter than {}", wq.n);
-    let (ho, wo) = geo
-        .output_size(h, w)
-        .unwrap_or_else(|| panic!("conv2d (int8): window {geo:?} does not fit input [{n}, {c}, {h}, {w}]"));
-    let (cout, plane) = (wq.n, ho * wo);
-    let (hp, wp) = match pool {
-        Some(win) => win
-            .output_size(ho, wo)
-            .unwrap_or_else(|| panic!("conv2d (int8): pooling {win:?} does not fit the output ({ho}, {wo})")),
-        None => (ho, wo),
-    };
-    let pplane = hp * wp;
-    let mut out = firebrand_tensor::pool::take_f32(n * cout * pplane);
-    if out.is_empty() {
-        return out;
+    let stage = ConvStage { weight: wq, input: iq, geo: *geo, bias, act, pool: pool.copied() };
+    conv_chain_u8i8(x, [n, c, h, w], &[stage], None).0
+}
+
+/// One convolution of a static-int8 chain ([`conv_chain_u8i8`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvStage<'a> {
+    /// The weight from [`quantize_conv_weight`] (tap-major depth).
+    pub weight: &'a QuantizedWeight,
+    /// How this stage's input maps to `u8`.
+    pub input: InputQuant,
+    /// The window, its padding resolved for this stage's input size.
+    pub geo: ConvGeometry,
+    /// `(Cout,)`.
+    pub bias: Option<&'a [f32]>,
+    /// Applied as the sums are dequantized.
+    pub act: Option<UnaryOp>,
+    /// A max pool after the activation.
+    pub pool: Option<Window2d>,
+}
+
+/// The fully connected layer after a flatten that ends a chain.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadStage<'a> {
+    /// `(n, C·H·W)` per output channel, the last stage's output flattened channel-major.
+    pub weight: &'a QuantizedWeight,
+    /// How its input maps to `u8`.
+    pub input: InputQuant,
+    /// `(n,)`.
+    pub bias: Option<&'a [f32]>,
+    /// Applied as the sums are dequantized.
+    pub act: Option<UnaryOp>,
+}
+
+/// A statically quantized CNN's convolutions (each with its activation and
+/// max pool) and an optional flatten + fully connected head, run chunk by
+/// chunk of whole images: between two layers the activations stay in the
+/// chunk's cache as `u8` bytes, channels-last, quantized once with the next
+/// layer's input parameters (PyTorch keeps quantized tensors between
+/// quantized modules the same way). The values equal those of the layers
+/// run one by one ([`conv2d_u8i8_pooled`], then the head's
+/// [`gemm_u8i8_act`](crate::gemm::int8::gemm_u8i8_act) on its rows
+/// quantized by `head.input`), bit for bit; NaN and infinities make the
+/// outputs that depend on them NaN. Returns the output and its dims:
+/// `(N, Cout, Hp, Wp)` of the last stage, or `(N, n)` with a head.
+///
+/// # Panics
+/// When there is no stage, the input is shorter than its dims, a stage's
+/// window or pool does not fit, a weight's depth does not match its input,
+/// or a bias is short.
+pub fn conv_chain_u8i8(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    stages: &[ConvStage],
+    head: Option<&HeadStage>,
+) -> (Vec<f32>, Vec<usize>) {
+    assert!(!stages.is_empty(), "conv chain (int8): no stage");
+    assert!(x.len() >= n * c * h * w, "conv chain (int8): {} values for input [{n}, {c}, {h}, {w}]", x.len());
+    // Each stage's input (C, H, W), conv output (Ho, Wo) and pooled output (Hp, Wp).
+    let mut shapes = Vec::with_capacity(stages.len());
+    let (mut ci, mut hi, mut wi) = (c, h, w);
+    for (i, st) in stages.iter().enumerate() {
+        let (kh, kw) = st.geo.kernel;
+        assert_eq!(
+            st.weight.k,
+            kh * kw * ci,
+            "conv2d (int8), stage {i}: weight depth {} for input channels {ci} and kernel {kh}x{kw}",
+            st.weight.k
+        );
+        assert!(
+            st.bias.is_none_or(|b| b.len() >= st.weight.n),
+            "conv2d (int8), stage {i}: bias shorter than {}",
+            st.weight.n
+        );
+        let (ho, wo) = st.geo.output_size(hi, wi).unwrap_or_else(|| {
+            panic!("conv2d (int8), stage {i}: window {:?} does not fit input [{n}, {ci}, {hi}, {wi}]", st.geo)
+        });
+        let (hp, wp) = match &st.pool {
+            Some(win) => win
+                .output_size(ho, wo)
+                .unwrap_or_else(|| panic!("conv2d (int8), stage {i}: pooling {win:?} does not fit ({ho}, {wo})")),
+            None => (ho, wo),
+        };
+        shapes.push(((ci, hi, wi), (ho, wo), (hp, wp)));
+        (ci, hi, wi) = (st.weight.n, hp, wp);
     }
-    let per = (CHUNK_ROWS / plane.max(1)).max(1);
+    let flat = ci * hi * wi;
+    let dims = match head {
+        Some(hd) => {
+            assert_eq!(
+                hd.weight.k, flat,
+                "linear (int8): input [{n}, {flat}] (flattened [{ci}, {hi}, {wi}]) for a weight ({}, {})",
+                hd.weight.n, hd.weight.k
+            );
+            assert!(hd.bias.is_none_or(|b| b.len() >= hd.weight.n), "linear (int8): bias shorter than {}", hd.weight.n);
+            vec![n, hd.weight.n]
+        }
+        None => vec![n, ci, hi, wi],
+    };
+    let per_image = dims[1..].iter().product::<usize>();
+    let mut out = firebrand_tensor::pool::take_f32(n * per_image);
+    if out.is_empty() {
+        return (out, dims);
+    }
+    let plane0 = shapes[0].1.0 * shapes[0].1.1;
+    let per = (CHUNK_ROWS / plane0.max(1)).max(1);
     let optr = SendPtr(out.as_mut_ptr());
     par_for(n.div_ceil(per), |t| {
         let (i0, i1) = (t * per, (t * per + per).min(n));
+        let ni = i1 - i0;
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            let any_bad = quantize_channels_last(&x[i0 * c * h * w..i1 * c * h * w], i1 - i0, c, h * w, iq, s);
-            build_rows(s, (i1 - i0, c, h, w), (ho, wo), geo, iq, any_bad);
-            s.out.resize(s.rows.m * cout, 0.0);
-            gemm_u8i8_act(&s.rows, wq, bias, act, &mut s.out);
-            // (positions, Cout) [pooled] → (images, Cout, Hp, Wp).
-            for (img, sums) in s.out.chunks_exact(plane * cout).enumerate() {
-                // SAFETY: image i0 + img of `out` belongs to this task alone.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(optr.get().add((i0 + img) * cout * pplane), cout * pplane)
-                };
-                match pool {
-                    Some(win) => {
-                        s.pooled.resize(pplane * cout, 0.0);
-                        max_pool_channels_last(sums, &mut s.pooled, (ho, wo), (hp, wp), cout, win);
-                        to_channels_first(&s.pooled, dst, pplane, cout);
-                    }
-                    None => to_channels_first(sums, dst, plane, cout),
+            let mut any_bad =
+                quantize_channels_last(&x[i0 * c * h * w..i1 * c * h * w], ni, c, h * w, stages[0].input, s);
+            for (i, st) in stages.iter().enumerate() {
+                let ((ci, hi, wi), (ho, wo), (hp, wp)) = shapes[i];
+                let cout = st.weight.n;
+                build_rows(s, (ni, ci, hi, wi), (ho, wo), &st.geo, st.input, any_bad);
+                s.out.resize(s.rows.m * cout, 0.0);
+                gemm_u8i8_act(&s.rows, st.weight, st.bias, st.act, &mut s.out);
+                let (plane, pplane) = (ho * wo, hp * wp);
+                // What follows: the next stage's bytes, the head's rows, or the output.
+                let next = stages.get(i + 1).map(|nx| nx.input);
+                if next.is_some() {
+                    s.image.resize(ni * pplane * cout, 0);
+                    s.bad.clear();
+                    s.bad.resize(ni * pplane, false);
+                    any_bad = false;
                 }
+                let last_with_head = next.is_none() && head.is_some();
+                if last_with_head {
+                    let hd = head.expect("checked");
+                    let rows = &mut s.head_rows;
+                    (rows.m, rows.k) = (ni, flat);
+                    rows.data.resize(ni * flat, 0);
+                    rows.scale.clear();
+                    rows.scale.resize(ni, hd.input.scale);
+                    rows.zero.clear();
+                    rows.zero.resize(ni, hd.input.zero as i32);
+                }
+                for img in 0..ni {
+                    let sums = &s.out[img * plane * cout..(img + 1) * plane * cout];
+                    // This image's (positions, Cout), pooled when the stage pools.
+                    let vals: &[f32] = match &st.pool {
+                        Some(win) => {
+                            s.pooled.resize(pplane * cout, 0.0);
+                            max_pool_channels_last(sums, &mut s.pooled, (ho, wo), (hp, wp), cout, win);
+                            &s.pooled
+                        }
+                        None => sums,
+                    };
+                    if let Some(iq) = next {
+                        let dst = &mut s.image[img * pplane * cout..(img + 1) * pplane * cout];
+                        if !crate::gemm::int8::quantize_fixed(vals, dst, iq) {
+                            any_bad = true;
+                            for (p, px) in vals.chunks_exact(cout).enumerate() {
+                                s.bad[img * pplane + p] = px.iter().any(|v| !v.is_finite());
+                            }
+                        }
+                    } else if let Some(hd) = head {
+                        // Flattened channel-major, as `Flatten` of (C, H, W).
+                        s.flat.resize(flat, 0.0);
+                        to_channels_first(vals, &mut s.flat, pplane, cout);
+                        let row = &mut s.head_rows.data[img * flat..(img + 1) * flat];
+                        if !crate::gemm::int8::quantize_fixed(&s.flat, row, hd.input) {
+                            s.head_rows.scale[img] = f32::NAN;
+                        }
+                    } else {
+                        // SAFETY: image i0 + img of `out` belongs to this task alone.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(optr.get().add((i0 + img) * per_image), per_image)
+                        };
+                        to_channels_first(vals, dst, pplane, cout);
+                    }
+                }
+            }
+            if let Some(hd) = head {
+                // SAFETY: rows i0..i1 of `out` belong to this task alone.
+                let dst = unsafe { std::slice::from_raw_parts_mut(optr.get().add(i0 * per_image), ni * per_image) };
+                gemm_u8i8_act(&s.head_rows, hd.weight, hd.bias, hd.act, dst);
             }
         });
     });
-    out
+    (out, dims)
 }
 
 /// Max pooling of one image's `(Ho·Wo, Cout)` values over `win` into
@@ -276,19 +421,71 @@ fn max_pool_channels_last(
     max_pool_channels_last_body(src, dst, (ho, wo), (hp, wp), cout, win)
 }
 
-/// The loop of [`max_pool_channels_last`], compiled with AVX-512 (its
-/// inner loop over channels vectorizes).
+/// [`max_pool_channels_last`] 16 channels at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn max_pool_channels_last_avx512(
     src: &[f32],
     dst: &mut [f32],
-    out: (usize, usize),
-    pooled: (usize, usize),
+    (ho, wo): (usize, usize),
+    (hp, wp): (usize, usize),
     cout: usize,
     win: &Window2d,
 ) {
-    max_pool_channels_last_body(src, dst, out, pooled, cout, win)
+    use std::arch::x86_64::*;
+    if win.padding == (0, 0) && win.dilation == (1, 1) {
+        // Every tap inside: no bounds to test.
+        let ((kh, kw), (sy, sx)) = (win.kernel, win.stride);
+        for py in 0..hp {
+            for px in 0..wp {
+                for c0 in (0..cout).step_by(16) {
+                    let m: __mmask16 = if cout - c0 >= 16 { 0xffff } else { (1u16 << (cout - c0)) - 1 };
+                    let (mut acc, mut nan) = (_mm512_set1_ps(f32::NEG_INFINITY), 0 as __mmask16);
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let at = ((py * sy + ki) * wo + px * sx + kj) * cout + c0;
+                            // SAFETY: an output position inside `src` (the window fits).
+                            let v = unsafe { _mm512_maskz_loadu_ps(m, src.as_ptr().add(at)) };
+                            acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), acc, v);
+                            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                        }
+                    }
+                    acc = _mm512_mask_blend_ps(nan, acc, _mm512_set1_ps(f32::NAN));
+                    // SAFETY: a pooled position inside `dst`.
+                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add((py * wp + px) * cout + c0), m, acc) };
+                }
+            }
+        }
+        return;
+    }
+    for py in 0..hp {
+        for px in 0..wp {
+            for c0 in (0..cout).step_by(16) {
+                let m: __mmask16 = if cout - c0 >= 16 { 0xffff } else { (1u16 << (cout - c0)) - 1 };
+                let (mut acc, mut nan) = (_mm512_set1_ps(f32::NEG_INFINITY), 0 as __mmask16);
+                for ki in 0..win.kernel.0 {
+                    let Some(iy) = ConvGeometry::src(py, ki, win.stride.0, win.dilation.0, win.padding.0, ho) else {
+                        continue;
+                    };
+                    for kj in 0..win.kernel.1 {
+                        let Some(ix) = ConvGeometry::src(px, kj, win.stride.1, win.dilation.1, win.padding.1, wo)
+                        else {
+                            continue;
+                        };
+                        // SAFETY: the masked load reads channels c0.. of an output position inside `src`.
+                        let v = unsafe { _mm512_maskz_loadu_ps(m, src.as_ptr().add((iy * wo + ix) * cout + c0)) };
+                        // As the loop: a larger value replaces the maximum (ties keep
+                        // the first); a NaN anywhere makes the lane NaN.
+                        acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), acc, v);
+                        nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    }
+                }
+                acc = _mm512_mask_blend_ps(nan, acc, _mm512_set1_ps(f32::NAN));
+                // SAFETY: the masked store writes channels c0.. of a pooled position inside `dst`.
+                unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add((py * wp + px) * cout + c0), m, acc) };
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -454,6 +651,46 @@ fn build_rows(
     rows.scale.resize(m, iq.scale);
     rows.zero.clear();
     rows.zero.resize(m, iq.zero as i32);
+    if geo.dilation == (1, 1) && !any_bad {
+        // Each kernel row of taps is `kw·C` contiguous bytes of one image
+        // row: copied from the image bordered with the zero point.
+        let [t, b, l, r] = geo.pad;
+        let (hp, wp) = (h + t + b, w + l + r);
+        s.padded.clear();
+        // 16 bytes of slack after the image and the rows: short runs are
+        // copied 16 bytes at a time (below).
+        s.padded.resize(n * hp * wp * c + 16, iq.zero);
+        rows.data.resize(m * k + 16, 0);
+        for img in 0..n {
+            for y in 0..h {
+                let from = ((img * h + y) * w) * c;
+                let to = ((img * hp + y + t) * wp + l) * c;
+                s.padded[to..to + w * c].copy_from_slice(&s.image[from..from + w * c]);
+            }
+        }
+        let run = kw * c;
+        for img in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let r0 = ((img * ho + oy) * wo + ox) * k;
+                    for ki in 0..kh {
+                        let at = ((img * hp + oy * geo.stride.0 + ki) * wp + ox * geo.stride.1) * c;
+                        let to = r0 + ki * run;
+                        if run < 16 {
+                            // 16 bytes at once: the bytes past the run land where
+                            // later runs (or the slack) are written, in order.
+                            let v: [u8; 16] = s.padded[at..at + 16].try_into().expect("16 bytes");
+                            rows.data[to..to + 16].copy_from_slice(&v);
+                        } else {
+                            copy_bytes(&mut rows.data[to..to + run], &s.padded[at..at + run]);
+                        }
+                    }
+                }
+            }
+        }
+        rows.data.truncate(m * k);
+        return;
+    }
     // The source column of each (output column, tap column), if inside.
     let cols: Vec<Option<usize>> = (0..wo)
         .flat_map(|ox| (0..kw).map(move |kj| ConvGeometry::src(ox, kj, geo.stride.1, geo.dilation.1, geo.pad[2], w)))
@@ -487,12 +724,13 @@ fn build_rows(
     }
 }
 
-/// `dst.copy_from_slice(src)` for the few bytes of one tap: one byte, or
-/// 16 at a time, without a `memcpy` call.
+/// `dst.copy_from_slice(src)` for the few bytes of one tap or kernel row:
+/// byte by byte when short, 16 at a time when a multiple of 16, without a
+/// `memcpy` call.
 #[inline(always)]
 fn copy_bytes(dst: &mut [u8], src: &[u8]) {
     match src.len() {
-        1 => dst[0] = src[0],
+        n if n < 16 => dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
         n if n.is_multiple_of(16) => {
             for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
                 d.copy_from_slice(s);
@@ -680,6 +918,61 @@ mod tests {
                 assert_eq!((got.len(), first), (want.len(), None), "case {t}, pool {win:?}");
                 assert!(got.iter().any(|v| v.is_nan()), "case {t}: the NaN reached the pooled output");
             }
+        }
+    }
+
+    /// A chain (two convolutions, the first pooled, then a head) equals its
+    /// layers run one by one through `f32` between them, NaN included, on
+    /// batches that fill several chunks and on one image.
+    #[test]
+    fn a_chain_equals_its_layers_one_by_one() {
+        use crate::gemm::int8::{gemm_u8i8_act, quantize_rows_u8, quantize_rows_u8_static_into};
+        let (c, h, w) = (3, 12, 10);
+        let g1 = ConvGeometry { pad: [1, 1, 1, 1], ..ConvGeometry::new((3, 3)) };
+        let g2 = ConvGeometry { stride: (2, 2), pad: [0, 1, 1, 0], ..ConvGeometry::new((3, 2)) };
+        let pool = Window2d::new((2, 2), (2, 2), (0, 0));
+        let (w1, w2) = (
+            quantize_conv_weight(&data(16 * c * 9, 1), 16, c, 3, 3),
+            quantize_conv_weight(&data(5 * 16 * 6, 2), 5, 16, 3, 2),
+        );
+        let (b1, b2, b3) = (data(16, 3), data(5, 4), data(4, 5));
+        let (q1, q2, q3) =
+            (InputQuant::from_range(-1.0, 1.0), InputQuant::from_range(0.0, 2.0), InputQuant::from_range(-3.0, 3.0));
+        // After pool: (16, 6, 5); stage 2: ((6 + 1 - 3) / 2 + 1, (5 + 1 - 2) / 2 + 1) = (3, 3).
+        let flat = 5 * 3 * 3;
+        let w3 = QuantizedWeight::from_f32(&data(4 * flat, 6), 4, flat);
+        for n in [1usize, 23] {
+            let mut x = data(n * c * h * w, 7);
+            if n > 1 {
+                // One pixel of one image: that image's outputs are NaN, the others' are not.
+                x[n / 2 * c * h * w + 37] = f32::NAN;
+            }
+            let s1 = ConvStage {
+                weight: &w1,
+                input: q1,
+                geo: g1,
+                bias: Some(&b1),
+                act: Some(UnaryOp::Relu),
+                pool: Some(pool),
+            };
+            let s2 = ConvStage { weight: &w2, input: q2, geo: g2, bias: Some(&b2), act: None, pool: None };
+            let hd = HeadStage { weight: &w3, input: q3, bias: Some(&b3), act: Some(UnaryOp::Tanh) };
+            let (got, dims) = conv_chain_u8i8(&x, [n, c, h, w], &[s1, s2], Some(&hd));
+            assert_eq!(dims, vec![n, 4]);
+            let y1 = conv2d_u8i8_pooled(&x, [n, c, h, w], &g1, q1, &w1, Some(&b1), Some(UnaryOp::Relu), Some(&pool));
+            let y2 = conv2d_u8i8(&y1, [n, 16, 6, 5], &g2, q2, &w2, Some(&b2), None);
+            let mut rows = quantize_rows_u8(&[], 0, 0);
+            quantize_rows_u8_static_into(&y2, n, flat, q3, &mut rows);
+            let mut want = vec![0.0; n * 4];
+            gemm_u8i8_act(&rows, &w3, Some(&b3), Some(UnaryOp::Tanh), &mut want);
+            let same = |a: &f32, b: &f32| a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan();
+            assert!(got.iter().zip(&want).all(|(a, b)| same(a, b)), "n = {n}: {got:?} vs {want:?}");
+            let nan_rows: Vec<usize> = (0..n).filter(|&i| got[4 * i..4 * i + 4].iter().all(|v| v.is_nan())).collect();
+            assert_eq!(nan_rows, if n > 1 { vec![n / 2] } else { vec![] }, "n = {n}: {got:?}");
+            // Without the head: the last stage's (N, C, H, W).
+            let (no_head, dims) = conv_chain_u8i8(&x, [n, c, h, w], &[s1, s2], None);
+            assert_eq!(dims, vec![n, 5, 3, 3]);
+            assert!(no_head.iter().zip(&y2).all(|(a, b)| same(a, b)), "n = {n}: without the head");
         }
     }
 

@@ -40,9 +40,7 @@ mod observer;
 pub mod static_int8;
 
 pub use observer::{Observer, ObserverKind};
-pub use static_int8::{
-    StaticQuantError, calibrate, conv2d_static, conv2d_static_pooled, convert, linear_static, prepare,
-};
+pub use static_int8::{StaticQuantError, calibrate, conv2d_static, convert, linear_static, prepare};
 
 use crate::Module;
 use crate::QuantizedForm;

@@ -39,9 +39,8 @@
 use super::observer::{Observer, ObserverKind};
 use crate::Module;
 use firebrand_autograd::{Tensor, UnaryOp, with_no_grad};
-use firebrand_ops::conv_int8::{ConvGeometry, InputQuant, conv2d_u8i8_pooled};
+use firebrand_ops::conv_int8::{ConvGeometry, InputQuant, conv2d_u8i8};
 use firebrand_ops::gemm::int8::{QuantizedRows, QuantizedWeight, gemm_u8i8_act, quantize_rows_u8_static_into};
-use firebrand_tensor::op::Window2d;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -190,23 +189,6 @@ pub fn conv2d_static(
     geo: &ConvGeometry,
     act: Option<UnaryOp>,
 ) -> Tensor {
-    conv2d_static_pooled(x, w, iq, bias, geo, act, None)
-}
-
-/// [`conv2d_static`] with a max pool over `pool` in the same pass
-/// ([`conv2d_u8i8_pooled`]): `(N, Cout, Hp, Wp)`.
-///
-/// # Panics
-/// As [`conv2d_static`], and when the pool does not fit the output.
-pub fn conv2d_static_pooled(
-    x: &Tensor,
-    w: &QuantizedWeight,
-    iq: InputQuant,
-    bias: Option<&Tensor>,
-    geo: &ConvGeometry,
-    act: Option<UnaryOp>,
-    pool: Option<&Window2d>,
-) -> Tensor {
     let &[n, c, h, wd] = x.dims() else {
         panic!("Conv2d (static int8): expected input (N, C, H, W), got {:?}", x.dims());
     };
@@ -221,18 +203,31 @@ pub fn conv2d_static_pooled(
     let (ho, wo) = geo
         .output_size(h, wd)
         .unwrap_or_else(|| panic!("Conv2d (static int8): window {geo:?} does not fit input {:?}", x.dims()));
-    let (ho, wo) = match pool {
-        Some(win) => win
-            .output_size(ho, wo)
-            .unwrap_or_else(|| panic!("MaxPool2d (fused): window {win:?} does not fit its input ({ho}, {wo})")),
-        None => (ho, wo),
-    };
     let b = bias.map(|b| b.to_vec::<f32>());
     let out = x
         .contiguous()
-        .with_f32_slice(|v| conv2d_u8i8_pooled(v, [n, c, h, wd], geo, iq, w, b.as_deref(), act, pool))
+        .with_f32_slice(|v| conv2d_u8i8(v, [n, c, h, wd], geo, iq, w, b.as_deref(), act))
         .expect("an f32 input");
     Tensor::from_vec(out, [n, w.n, ho, wo])
+}
+
+/// A static convolution's parts, for the int8 chain (`fuse::static_chain`).
+pub(crate) struct StaticStage {
+    pub(crate) weight: std::sync::Arc<QuantizedWeight>,
+    pub(crate) input: InputQuant,
+    pub(crate) geo: ConvGeometry,
+    pub(crate) bias: Option<Vec<f32>>,
+    pub(crate) act: Option<UnaryOp>,
+    /// Whether `act` came from the elementwise layer after the convolution.
+    pub(crate) fused_next: bool,
+}
+
+/// A static `Linear`'s parts, for the head of the int8 chain.
+pub(crate) struct StaticHead {
+    pub(crate) weight: std::sync::Arc<QuantizedWeight>,
+    pub(crate) input: InputQuant,
+    pub(crate) bias: Option<Vec<f32>>,
+    pub(crate) act: Option<UnaryOp>,
 }
 
 #[cfg(test)]
@@ -291,11 +286,12 @@ mod tests {
         assert_eq!(with_no_grad(|| model.forward(&x)).to_vec::<f32>(), f32_out);
     }
 
-    /// In a `Sequential`, a converted convolution and the max pool after it
-    /// (with a ReLU layer between them or not) run as one pass: the same
-    /// values as the layers one by one.
+    /// In a `Sequential`, the converted convolutions, their activations
+    /// (fused or a ReLU layer) and max pools, and the flatten and static
+    /// head run as one chain, `u8` between the layers: the same values as
+    /// the layers one by one.
     #[test]
-    fn conv_and_pool_fuse_in_a_sequential() {
+    fn a_converted_cnn_runs_as_one_chain_in_a_sequential() {
         firebrand_autograd::manual_seed(4);
         let mut model = Sequential::new()
             .add(Conv2d::new(2, 16, 3).padding(Padding::Same).with_activation(Activation::Relu))
@@ -317,10 +313,21 @@ mod tests {
         assert_eq!(fused.dims(), &[5, 3]);
         assert_eq!(fused.to_vec::<f32>(), y.to_vec::<f32>());
         let covered = |from: usize, x: &Tensor| {
-            with_no_grad(|| crate::fuse::static_conv_pool(&model.layers[from..], x)).map(|(_, n)| n)
+            with_no_grad(|| crate::fuse::static_chain(&model.layers[from..], x)).map(|(_, n)| n)
         };
         let h = with_no_grad(|| model.layers[1].forward(&model.layers[0].forward(&x)));
-        assert_eq!((covered(0, &x), covered(2, &h)), (Some(2), Some(3)), "conv [and ReLU] and pool as one");
+        assert_eq!(
+            (covered(0, &x), covered(2, &h)),
+            (Some(7), Some(5)),
+            "the whole model, and from the second conv, as one chain"
+        );
+        // A head that is not static ends the chain before the flatten.
+        model.get::<Linear>(6).unwrap().set_dynamic_int8(true);
+        assert_eq!(covered(0, &x), Some(5));
+        let mixed = with_no_grad(|| model.forward(&x)).to_vec::<f32>();
+        let scale = y.to_vec::<f32>().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = mixed.iter().zip(y.to_vec::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 0.05 * scale, "dynamic head after the chain: {diff} (scale {scale})");
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub(crate) unsafe fn gemm(
     let groups = k.div_ceil(4);
     let panels = n.div_ceil(16);
     let optr = SendPtr(out.as_mut_ptr());
+    let uniform = a.zero.iter().all(|&z| z == a.zero[0]) && a.scale.iter().all(|s| s.to_bits() == a.scale[0].to_bits());
     let block = |rb: usize| {
         let i0 = rb * MR;
         let mr = MR.min(m - i0);
@@ -114,10 +115,27 @@ pub(crate) unsafe fn gemm(
                     let rs = _mm512_maskz_loadu_epi32(mask, w.row_sum[j..].as_ptr());
                     let sw = _mm512_maskz_loadu_ps(mask, w.scale[j..].as_ptr());
                     let bv = bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b[j..].as_ptr()));
-                    for (r, &acc) in acc.iter().enumerate().take(mr) {
-                        let i = i0 + r;
-                        let v = super::int8::dequantize16(acc, a, i, rs, sw, bv, act);
-                        _mm512_mask_storeu_ps(optr.get().add(i * n + j), mask, v);
+                    if uniform {
+                        // Every row has the same scale and zero point (static
+                        // quantization): the same arithmetic as `dequantize16`,
+                        // its per-row terms computed once.
+                        let corr = _mm512_mullo_epi32(_mm512_set1_epi32(a.zero[i0]), rs);
+                        let scale = _mm512_mul_ps(_mm512_set1_ps(a.scale[i0]), sw);
+                        for (r, &acc) in acc.iter().enumerate().take(mr) {
+                            let exact = _mm512_sub_epi32(acc, corr);
+                            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, bv);
+                            let v = match act {
+                                Some(op) => crate::simd512::apply512(op, v),
+                                None => v,
+                            };
+                            _mm512_mask_storeu_ps(optr.get().add((i0 + r) * n + j), mask, v);
+                        }
+                    } else {
+                        for (r, &acc) in acc.iter().enumerate().take(mr) {
+                            let i = i0 + r;
+                            let v = super::int8::dequantize16(acc, a, i, rs, sw, bv, act);
+                            _mm512_mask_storeu_ps(optr.get().add(i * n + j), mask, v);
+                        }
                     }
                 }
             }
