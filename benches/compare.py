@@ -15,6 +15,7 @@ same session, and prints both figures and their ratio.
     python3 benches/compare.py llm_generate_q4   (ours on SmolLM2's Q4_1 blocks against llama.cpp itself:
                                CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python)
     python3 benches/compare.py prune [--epochs 3]
+    python3 benches/compare.py cnn_int8 [--epochs 5]   (static int8 against torch.ao.quantization's eager mode)
 
 Each round runs Firebrand's runner (`cargo bench --bench workloads -- gemm`) and
 then `benches/pytorch/gemm.py`; per shape the best of the rounds is kept for
@@ -39,7 +40,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("workload", choices=["gemm", "mlp", "cnn", "char_lstm", "gpt", "transformer_block", "mobilenet_v2",
                                         "minilm_embed", "minilm_finetune", "llm_generate", "int8_gemm",
-                                        "llm_generate_q4", "prune"])
+                                        "llm_generate_q4", "prune", "cnn_int8"])
     p.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
@@ -63,6 +64,8 @@ def main():
         return compare_llamacpp(a)
     if a.workload == "prune":
         return compare_prune(a)
+    if a.workload == "cnn_int8":
+        return compare_cnn_int8(a)
     if a.workload in FIELDS:
         return compare_fields(a)
     best = {}
@@ -205,6 +208,21 @@ def compare_prune(a):
         for r in rows:
             print(f"| {r['model']} | {side} | {r['sparsity']} | {r['structured']} | {100 * r['accuracy']:.2f}% "
                   f"| {100 * r['dense_accuracy']:.2f}% | {r['speedup']:.2f}x |")
+
+
+def compare_cnn_int8(a):
+    """Static int8 on the seed CNN: accuracy, images/s and file bytes, fp32 and int8, each side."""
+    ours, theirs = both(a, "cnn_int8", ["--epochs", str(a.epochs), "--seed", str(a.seed)]
+                        + (["--data", a.data] if a.data else []))
+    print("| side | fp32 accuracy | int8 accuracy | fp32 images/s | int8 images/s | int8 / fp32 | fp32 bytes | int8 bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for side, rows in (("Firebrand", ours), ("PyTorch", theirs)):
+        for r in rows:
+            print(f"| {side} | {100 * r['fp32_accuracy']:.2f}% | {100 * r['int8_accuracy']:.2f}% "
+                  f"| {r['fp32_images_per_s']:,.0f} | {r['int8_images_per_s']:,.0f} | {r['speedup']:.2f}x "
+                  f"| {r['fp32_bytes']:,} | {r['int8_bytes']:,} |")
+    if ours and theirs:
+        print(f"\nint8 images/s, Firebrand / PyTorch: {ours[0]['int8_images_per_s'] / theirs[0]['int8_images_per_s']:.2f}x")
 
 
 def compare_classifier(a):

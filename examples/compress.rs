@@ -9,7 +9,7 @@
 //! * CNN: dense; static int8 (`prepare`, `calibrate` on 1000 training
 //!   images, `convert`: both convolutions with their ReLU and max pool, and
 //!   the head, in integers); half the channels of both convolutions removed
-//!   (`prune::shrink`) and fine-tuned; shrunk with its linear head in int8.
+//!   (`prune::shrink`) and fine-tuned; shrunk and then static int8.
 //! * The MiniLM classifier (all-MiniLM-L6-v2 fine-tuned on BBC News for an
 //!   epoch, as the `text_classifier` example does), when the checkpoint
 //!   and the data are found: `f32`; dynamic int8; every projection in
@@ -199,6 +199,14 @@ fn minilm_rows(args: &Args, out: &Path) -> Vec<Row> {
     rows
 }
 
+/// Static int8: observers, calibration on the first 1000 training images, convert.
+fn static_int8(net: &mut Sequential, train: &TensorDataset) {
+    quantize::prepare(net, quantize::ObserverKind::Histogram);
+    let calib: Vec<Tensor> = (0..10).map(|i| train.x.narrow(0, 100 * i, 100)).collect();
+    quantize::calibrate(net, &calib);
+    quantize::convert(net).unwrap_or_else(|e| common::fail(e));
+}
+
 fn fit(m: &mut Model<Sequential>, train: &TensorDataset, epochs: usize, seed: u64) {
     let opts = FitOptions { epochs, batch_size: 32, seed, ..Default::default() };
     m.fit(train, &opts).unwrap_or_else(|e| common::fail(e));
@@ -257,11 +265,7 @@ fn main() {
     println!("training the CNN ({epochs} epochs)");
     fit(&mut cnn, &train, epochs, 0);
     rows.push(row("cnn", "dense f32", &mut cnn, &test, &out.join("cnn.safetensors"), false));
-    // Static int8: observers, calibration on 1000 training images, convert.
-    quantize::prepare(&cnn.net, quantize::ObserverKind::Histogram);
-    let calib: Vec<Tensor> = (0..10).map(|i| train.x.narrow(0, 100 * i, 100)).collect();
-    quantize::calibrate(&mut cnn.net, &calib);
-    quantize::convert(&cnn.net).unwrap_or_else(|e| common::fail(e));
+    static_int8(&mut cnn.net, &train);
     rows.push(row("cnn", "static int8", &mut cnn, &test, &out.join("cnn_int8.safetensors"), true));
     // Back to f32, with the trained weights (the reload above put the dequantized ones in).
     quantize::dequantize(&cnn.net);
@@ -274,10 +278,10 @@ fn main() {
     let mut small = Model::new(net, adam, Loss::CROSS_ENTROPY);
     fit(&mut small, &train, epochs, 7);
     rows.push(row("cnn", "half the channels", &mut small, &test, &out.join("cnn_shrunk.safetensors"), false));
-    quantize_dynamic(&small.net);
+    static_int8(&mut small.net, &train);
     rows.push(row(
         "cnn",
-        "half the channels + int8 head",
+        "half the channels + static int8",
         &mut small,
         &test,
         &out.join("cnn_shrunk_int8.safetensors"),

@@ -28,7 +28,10 @@
 //!   [`Module`]); a Keras-style `summary()` on any module ([`ModuleExt::summary`]).
 //! * [`serialize`] — safetensors save/load of named parameters, atomic writes,
 //!   typed errors naming the file and the offending tensor.
-//! * [`quantize`] — dynamic int8 and GGUF block forms of `Linear` layers.
+//! * [`quantize`] — dynamic int8 and GGUF block forms of `Linear` layers;
+//!   static int8 of `Linear` and `Conv2d` (`prepare` → `calibrate` →
+//!   `convert`, with observers; a converted CNN runs as one `u8` chain);
+//!   quantized checkpoints.
 //! * [`prune`] — PyTorch's pruning (masks that hold through training,
 //!   `remove`), a gradual schedule, and [`prune::shrink`], which removes
 //!   channels from a layer and its successor so the model gets smaller and faster.

@@ -525,6 +525,9 @@ macro_rules! delegate_module {
             fn elementwise_op(&self) -> Option<firebrand_autograd::UnaryOp> {
                 self.0.elementwise_op()
             }
+            fn set_dynamic_int8(&self, on: bool) -> bool {
+                self.0.set_dynamic_int8(on)
+            }
         }
     };
 }

@@ -9,6 +9,7 @@
 
 use crate::{Init, Module};
 use firebrand_autograd::Tensor;
+use firebrand_ops::gemm::int8::QuantizedWeight;
 
 /// Which recurrence a [`Recurrent`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,31 @@ struct Cell {
     w_hh: Tensor,         // (G·H, H)
     b_ih: Option<Tensor>, // (G·H,)
     b_hh: Option<Tensor>, // (G·H,)
+    /// The dynamic int8 forms of `w_ih` and `w_hh` ([`crate::quantize::quantize_dynamic`]).
+    int8: std::sync::RwLock<Option<CellInt8>>,
+}
+
+/// A cell's weights in int8, one scale per gate row.
+#[derive(Clone)]
+struct CellInt8 {
+    w_ih: std::sync::Arc<QuantizedWeight>,
+    w_hh: std::sync::Arc<QuantizedWeight>,
+}
+
+impl Cell {
+    /// The int8 forms, when on and this call records no gradient.
+    fn int8_for(&self, x: &Tensor) -> Option<CellInt8> {
+        let q = self.int8.read().expect("not poisoned").clone()?;
+        let params: Vec<&Tensor> = [&self.w_ih, &self.w_hh].into_iter().chain(&self.b_ih).chain(&self.b_hh).collect();
+        crate::quantize::may_compute_quantized(x, &params).then_some(q)
+    }
+}
+
+/// A weight `(n, k)` quantized per row (detached, on the CPU).
+fn quantize_weight(w: &Tensor) -> std::sync::Arc<QuantizedWeight> {
+    let (n, k) = (w.dims()[0], w.dims()[1]);
+    let w = w.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+    std::sync::Arc::new(w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"))
 }
 
 /// Hidden state of a recurrent layer: `h` is `(layers · directions, B, H)`;
@@ -112,6 +138,7 @@ impl Recurrent {
                         w_hh: init(vec![g * hidden, hidden]),
                         b_ih: bias.then(|| init(vec![g * hidden])),
                         b_hh: bias.then(|| init(vec![g * hidden])),
+                        int8: Default::default(),
                     })
                     .collect()
             })
@@ -259,7 +286,12 @@ impl Recurrent {
             (None, Some(bh)) if b_hh_in_x => Some(bh.clone()),
             _ => None,
         };
-        if self.kind == RnnKind::Lstm {
+        // One-hot ids are not f32: the initial state stands in for them.
+        let int8 = cell.int8_for(match x {
+            SeqInput::Dense(x) => x,
+            SeqInput::OneHot(..) => &h0,
+        });
+        if self.kind == RnnKind::Lstm && int8.is_none() {
             // Time-major: every step's slice of the projection and of the output
             // gradient is one contiguous block. The whole recurrence is one op
             // (forward unrecorded, hand-written BPTT, fused cells).
@@ -274,14 +306,21 @@ impl Recurrent {
             let out = y.narrow(2, hd, hd).permute(&[1, 0, 2]); // (B, T, H)
             return (out, last.narrow(1, hd, hd), last.narrow(1, 0, hd));
         }
-        let xw = input_projection(cell, x, bias.as_ref(), false); // (B, T, G·H)
+        let xw = match (&int8, x) {
+            // Dynamic int8: one integer product over every step's input.
+            (Some(q), SeqInput::Dense(x)) => crate::quantize::linear_int8(x, &q.w_ih, bias.as_ref(), None),
+            _ => input_projection(cell, x, bias.as_ref(), false),
+        }; // (B, T, G·H)
         let w_hh_t = cell.w_hh.t(); // (H, G·H)
         let (mut h, mut c) = (h0, c0);
         let mut outs: Vec<Tensor> = vec![Tensor::zeros([0]); t];
         for step in 0..t {
             let ti = if reverse { t - 1 - step } else { step };
             let xt = xw.select(1, ti); // (B, G·H)
-            let hw = h.matmul(&w_hh_t); // (B, G·H)
+            let hw = match &int8 {
+                Some(q) => crate::quantize::linear_int8(&h, &q.w_hh, None, None),
+                None => h.matmul(&w_hh_t),
+            }; // (B, G·H)
             match self.kind {
                 RnnKind::Lstm => {
                     let gates = xt.add(&hw);
@@ -360,6 +399,18 @@ fn input_projection(cell: &Cell, x: SeqInput, bias: Option<&Tensor>, time_major:
 impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Tensor {
         self.forward_input(SeqInput::Dense(x))
+    }
+
+    /// Dynamic int8 of both projections of every cell (PyTorch's
+    /// `quantize_dynamic` of `nn.LSTM`): the input projection as one integer
+    /// product over all steps, the hidden one per step with `h` quantized
+    /// per row; the gates stay `f32`. Inference only, as for `Linear`.
+    fn set_dynamic_int8(&self, on: bool) -> bool {
+        for cell in self.layers.iter().flatten() {
+            let q = on.then(|| CellInt8 { w_ih: quantize_weight(&cell.w_ih), w_hh: quantize_weight(&cell.w_hh) });
+            *cell.int8.write().expect("not poisoned") = q;
+        }
+        true
     }
 
     fn visit_parameters(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {

@@ -464,6 +464,39 @@ mod tests {
         assert_eq!(with_no_grad(|| model.forward(&x)).to_vec::<f32>(), f32_out);
     }
 
+    /// LSTM, GRU and RNN: both projections of every cell in int8, close to
+    /// f32 (every step's output and the final state), one-hot input too;
+    /// with gradients recorded and after `dequantize`, f32 exactly.
+    #[test]
+    fn recurrent_layers_quantize_both_projections() {
+        use crate::{GRU, LSTM, OneHot, RNN};
+        firebrand_autograd::manual_seed(9);
+        let x = Tensor::randn([3, 7, 10], 0.0, 1.0);
+        let layers: Vec<Box<dyn crate::AnyModule>> = vec![
+            Box::new(LSTM::with_layers(10, 32, 2, true, true)),
+            Box::new(GRU::new(10, 32)),
+            Box::new(RNN::new(10, 32)),
+        ];
+        for layer in &layers {
+            let f32_out = with_no_grad(|| layer.forward(&x)).to_vec::<f32>();
+            assert_eq!(quantize_dynamic(&**layer), 1, "{}", layer.describe());
+            let q = with_no_grad(|| layer.forward(&x)).to_vec::<f32>();
+            let diff = q.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff > 0.0 && diff < 0.03, "{}: int8 vs f32 {diff}", layer.describe());
+            assert_eq!(layer.forward(&x).to_vec::<f32>(), f32_out, "{}: with gradients, f32", layer.describe());
+            dequantize(&**layer);
+            assert_eq!(with_no_grad(|| layer.forward(&x)).to_vec::<f32>(), f32_out, "{}", layer.describe());
+        }
+        // Ids into OneHot → LSTM (the row-gather input projection, the hidden one in int8).
+        let model = Sequential::new().add(OneHot(6)).add(LSTM::new(6, 16).return_sequences(false));
+        let ids = Tensor::from_vec(vec![0i64, 5, 2, 1, 3, 3, 4, 0], [2, 4]);
+        let f32_out = with_no_grad(|| model.forward(&ids)).to_vec::<f32>();
+        assert_eq!(quantize_dynamic(&model), 1);
+        let q = with_no_grad(|| model.forward(&ids)).to_vec::<f32>();
+        let diff = q.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff > 0.0 && diff < 0.03, "one-hot LSTM: {diff}");
+    }
+
     /// Block forms: each format close to f32 (Q8_0 closer than the 4-bit
     /// ones), bias and fused activation kept, a layer 37 wide left in f32,
     /// gradients recorded in f32, `dequantize` back to f32 exactly.
