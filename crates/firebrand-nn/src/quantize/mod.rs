@@ -497,6 +497,37 @@ mod tests {
         assert!(diff > 0.0 && diff < 0.03, "one-hot LSTM: {diff}");
     }
 
+    /// Multi-head attention: the stacked q/k/v projection in int8 (and
+    /// `out_proj`, a `Linear`), for self-attention, shared keys/values and
+    /// separate ones; f32 with gradients and after `dequantize`.
+    #[test]
+    fn attention_projections_quantize() {
+        use crate::MultiHeadAttention;
+        firebrand_autograd::manual_seed(11);
+        let mha = MultiHeadAttention::new(32, 4);
+        let (x, kv, v) = (
+            Tensor::randn([2, 5, 32], 0.0, 1.0),
+            Tensor::randn([2, 7, 32], 0.0, 1.0),
+            Tensor::randn([2, 7, 32], 0.0, 1.0),
+        );
+        let run = || {
+            with_no_grad(|| {
+                [mha.attend(&x, &x, &x, None), mha.attend(&x, &kv, &kv, None), mha.attend(&x, &kv, &v, None)]
+                    .map(|t| t.to_vec::<f32>())
+            })
+        };
+        let f32_out = run();
+        assert_eq!(quantize_dynamic(&mha), 2, "in_proj and out_proj");
+        let q = run();
+        for (i, (a, b)) in q.iter().zip(&f32_out).enumerate() {
+            let diff = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff > 0.0 && diff < 0.03, "case {i}: int8 vs f32 {diff}");
+        }
+        assert_eq!(mha.forward(&x).to_vec::<f32>(), f32_out[0], "with gradients, f32");
+        dequantize(&mha);
+        assert_eq!(run(), f32_out);
+    }
+
     /// Block forms: each format close to f32 (Q8_0 closer than the 4-bit
     /// ones), bias and fused activation kept, a layer 37 wide left in f32,
     /// gradients recorded in f32, `dequantize` back to f32 exactly.

@@ -3,6 +3,8 @@
 
 use crate::{Init, Linear, Module};
 use firebrand_autograd::{AttentionOptions, Tensor, with_no_grad};
+use firebrand_ops::gemm::int8::QuantizedWeight;
+use std::sync::Arc;
 
 /// Cached keys and values of a [`MultiHeadAttention`] for incremental
 /// decoding, `(B, S, E)` each (heads side by side); empty at first.
@@ -53,6 +55,17 @@ pub struct MultiHeadAttention {
     dropout: f32,
     fused: bool,
     training: bool,
+    /// The dynamic int8 form of `in_proj_weight` ([`crate::quantize::quantize_dynamic`]).
+    int8: std::sync::RwLock<Option<InProjInt8>>,
+}
+
+/// `in_proj_weight` in int8 (one scale per row): whole, and the query and
+/// key/value rows on their own (cross-attention).
+#[derive(Clone)]
+struct InProjInt8 {
+    full: Arc<QuantizedWeight>,
+    q: Arc<QuantizedWeight>,
+    kv: Arc<QuantizedWeight>,
 }
 
 impl MultiHeadAttention {
@@ -78,6 +91,7 @@ impl MultiHeadAttention {
             causal: false,
             dropout: 0.0,
             fused: true,
+            int8: Default::default(),
             training: true,
         }
     }
@@ -184,8 +198,25 @@ impl MultiHeadAttention {
             value.dims()
         );
         let (w, bias) = (&self.in_proj_weight, &self.in_proj_bias);
+        let int8 = self
+            .int8
+            .read()
+            .expect("not poisoned")
+            .clone()
+            .filter(|_| [query, key, value].iter().all(|x| crate::quantize::may_compute_quantized(x, &[w, bias])));
         let proj = |x: &Tensor, part: usize, n: usize| {
-            x.matmul(&w.narrow(0, part * e, n * e).t()).add(&bias.narrow(0, part * e, n * e))
+            let b = bias.narrow(0, part * e, n * e);
+            // Rows part·E .. (part + n)·E of the weight, in int8 when its form serves.
+            let q = int8.as_ref().map(|q| match (part, n) {
+                (0, 3) => q.full.clone(),
+                (0, 1) => q.q.clone(),
+                (1, 2) => q.kv.clone(),
+                _ => Arc::new(rows_of(&q.full, part * e, n * e)),
+            });
+            match q {
+                Some(q) => crate::quantize::linear_int8(x, &q, Some(&b), None),
+                None => x.matmul(&w.narrow(0, part * e, n * e).t()).add(&b),
+            }
         };
         // (B, L, E) each; self-attention projects all three in one gemm.
         let (q, mut k, mut v) = if query.id() == key.id() && key.id() == value.id() {
@@ -289,8 +320,29 @@ impl Module for MultiHeadAttention {
         f(&format!("{prefix}out_proj"), &self.out_proj);
     }
 
+    /// Dynamic int8 of the stacked q/k/v projection (`out_proj` is a
+    /// `Linear` and takes its own): inference only, as for `Linear`.
+    fn set_dynamic_int8(&self, on: bool) -> bool {
+        let q = on.then(|| {
+            let e = self.in_proj_weight.dims()[1];
+            let w =
+                self.in_proj_weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+            let full = w.with_f32_slice(|v| QuantizedWeight::from_f32(v, 3 * e, e)).expect("an f32 weight");
+            let (q, kv) = (rows_of(&full, 0, e), rows_of(&full, e, 2 * e));
+            InProjInt8 { full: Arc::new(full), q: Arc::new(q), kv: Arc::new(kv) }
+        });
+        *self.int8.write().expect("not poisoned") = q;
+        true
+    }
+
     fn describe(&self) -> String {
         let e = self.in_proj_weight.dims()[1];
         format!("MultiHeadAttention({e}, {} heads{})", self.heads, if self.causal { ", causal" } else { "" })
     }
+}
+
+/// Rows `r0..r0 + n` of an int8 weight (exact: each row keeps its scale).
+fn rows_of(w: &QuantizedWeight, r0: usize, n: usize) -> QuantizedWeight {
+    let k = w.k;
+    QuantizedWeight::from_i8(w.data[r0 * k..(r0 + n) * k].to_vec(), w.scale[r0..r0 + n].to_vec(), n, k)
 }
