@@ -161,8 +161,8 @@ impl LlamaConfig {
     }
 }
 
-fn linear(i: usize, o: usize) -> Linear {
-    Linear::with_init(i, o, Init::Normal(0.0, 0.02), None)
+fn linear(i: usize, o: usize, init: Init) -> Linear {
+    Linear::with_init(i, o, init, None)
 }
 
 /// Grouped-query self-attention with rotary positions.
@@ -504,6 +504,14 @@ impl Llama {
     /// A randomly initialized model (`N(0, 0.02)` weights, unit norms),
     /// with an output head of its own unless `tied`.
     pub fn new(config: &LlamaConfig, tied: bool) -> Llama {
+        Llama::with_init(config, tied, Init::Normal(0.0, 0.02))
+    }
+
+    /// The architecture with every weight from `init`; the loaders build it
+    /// with zeros, which every tensor of a strict load then replaces (drawing
+    /// 134M normal samples only to overwrite them took seconds).
+    fn with_init(config: &LlamaConfig, tied: bool, init: Init) -> Llama {
+        let linear = |i, o| linear(i, o, init);
         let (hid, d) = (config.hidden_size, config.head_dim());
         let kv = config.num_key_value_heads * d;
         let norm = || RMSNorm::new(hid).eps(config.rms_norm_eps);
@@ -528,7 +536,7 @@ impl Llama {
             },
         };
         Llama {
-            embed_tokens: Embedding::with_init(config.vocab_size, hid, Init::Normal(0.0, 0.02)),
+            embed_tokens: Embedding::with_init(config.vocab_size, hid, init),
             layers: (0..config.num_hidden_layers).map(|_| layer()).collect(),
             norm: norm(),
             lm_head: (!tied).then(|| linear(hid, config.vocab_size)),
@@ -628,7 +636,7 @@ impl Llama {
         let config = LlamaConfig::from_gguf(g)?;
         let tensors: BTreeMap<String, Tensor> = g.load_all()?.into_iter().map(|(n, t)| (hf_name(&n), t)).collect();
         let tied = !tensors.contains_key("lm_head.weight");
-        let mut model = Llama::new(&config, tied);
+        let mut model = Llama::with_init(&config, tied, Init::Zeros);
         let plan = plan_load(&model.state_dict(), tensors, g.path(), true)?;
         with_no_grad(|| plan.apply());
         model.set_training(false);
@@ -663,7 +671,7 @@ impl Llama {
             }
         }
         let tied = !tensors.contains_key("lm_head.weight");
-        let mut model = Llama::new(&config, tied);
+        let mut model = Llama::with_init(&config, tied, Init::Zeros);
         let file = if dir.join("model.safetensors").is_file() {
             dir.join("model.safetensors")
         } else {
