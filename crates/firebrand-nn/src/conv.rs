@@ -116,15 +116,7 @@ impl Conv2d {
             .tensor([out_channels, in_channels / g, kernel.0, kernel.1], fan_in, fan_out)
             .requires_grad_(true);
         let bias = config.bias.then(|| Init::TorchDefault.tensor([out_channels], fan_in, fan_out).requires_grad_(true));
-        Conv2d {
-            weight,
-            bias,
-            config,
-            activation: None,
-            mask: Default::default(),
-            quant: Default::default(),
-            observer: Default::default(),
-        }
+        Conv2d::from_parts(weight, bias, config)
     }
 
     /// Sets the padding (builder style).
@@ -432,10 +424,8 @@ impl Module for Conv2d {
         }
         let (cout, cin, kh, kw) = self.geometry();
         let w = firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self));
-        let w = w.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
-        let q = w
-            .with_f32_slice(|v| firebrand_ops::conv_int8::quantize_conv_weight(v, cout, cin, kh, kw))
-            .expect("an f32 weight");
+        let q =
+            crate::quantize::with_cpu_f32(&w, |v| firebrand_ops::conv_int8::quantize_conv_weight(v, cout, cin, kh, kw));
         *self.quant.write().expect("not poisoned") = Some(QuantizedForm::Static(Arc::new(q), input));
         true
     }

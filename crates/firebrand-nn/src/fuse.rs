@@ -227,7 +227,7 @@ pub(crate) fn static_chain(layers: &[Box<dyn AnyModule>], x: &Tensor) -> Option<
     let (mut i, mut dims) = (0, (c, h, w));
     while let Some(conv) = layer(i).and_then(|l| l.downcast_ref::<Conv2d>()) {
         let mut used = 1;
-        let after = layer(i + 1).and_then(|_| (**layers.get(i + 1)?).elementwise_op());
+        let after = layers.get(i + 1).and_then(|l| (**l).elementwise_op());
         let Some(stage) = conv.static_stage(x, dims, after) else { break };
         if stage.fused_next {
             used += 1;

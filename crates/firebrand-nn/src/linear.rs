@@ -69,14 +69,7 @@ impl Linear {
     pub fn with_init(in_features: usize, out_features: usize, weight: Init, bias: Option<Init>) -> Self {
         let w = weight.tensor([out_features, in_features], in_features, out_features).requires_grad_(true);
         let b = bias.map(|i| i.tensor([out_features], in_features, out_features).requires_grad_(true));
-        Linear {
-            weight: w,
-            bias: b,
-            activation: None,
-            quant: RwLock::new(None),
-            mask: Default::default(),
-            observer: Default::default(),
-        }
+        Linear::from_parts(w, b)
     }
 
     /// Adds a fused activation (Keras' `Dense(units, activation=...)`).
@@ -170,10 +163,9 @@ impl Linear {
         );
     }
 
-    /// The weight as quantizing sees it: masked, detached, contiguous, on the CPU.
+    /// The weight as quantizing sees it: masked.
     fn weight_for_quantizing(&self) -> Tensor {
-        let w = firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self));
-        w.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous()
+        firebrand_autograd::with_no_grad(|| crate::prune::masked_weight(self))
     }
 
     /// A layer of the outputs `idx` only (rows of the weight and the bias),
@@ -270,13 +262,8 @@ impl Module for Linear {
     }
 
     fn set_dynamic_int8(&self, on: bool) -> bool {
-        let q = on.then(|| {
-            let (n, k) = (self.out_features(), self.in_features());
-            let w = self.weight_for_quantizing();
-            QuantizedForm::Int8(Arc::new(
-                w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"),
-            ))
-        });
+        let q =
+            on.then(|| QuantizedForm::Int8(Arc::new(crate::quantize::quantize_per_row(&self.weight_for_quantizing()))));
         *self.quant.write().expect("not poisoned") = q;
         true
     }
@@ -303,9 +290,7 @@ impl Module for Linear {
     }
 
     fn convert_static(&self, input: InputQuant) -> bool {
-        let (n, k) = (self.out_features(), self.in_features());
-        let w = self.weight_for_quantizing();
-        let q = w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight");
+        let q = crate::quantize::quantize_per_row(&self.weight_for_quantizing());
         *self.quant.write().expect("not poisoned") = Some(QuantizedForm::Static(Arc::new(q), input));
         true
     }

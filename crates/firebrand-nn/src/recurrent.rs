@@ -7,6 +7,7 @@
 //! runs one `(B, H) · W_hhᵀ` gemm and the cell's elementwise math per step;
 //! gradients come from autograd through those ops.
 
+use crate::quantize::quantize_per_row;
 use crate::{Init, Module};
 use firebrand_autograd::Tensor;
 use firebrand_ops::gemm::int8::QuantizedWeight;
@@ -66,13 +67,6 @@ impl Cell {
         let params: Vec<&Tensor> = [&self.w_ih, &self.w_hh].into_iter().chain(&self.b_ih).chain(&self.b_hh).collect();
         crate::quantize::may_compute_quantized(x, &params).then_some(q)
     }
-}
-
-/// A weight `(n, k)` quantized per row (detached, on the CPU).
-fn quantize_weight(w: &Tensor) -> std::sync::Arc<QuantizedWeight> {
-    let (n, k) = (w.dims()[0], w.dims()[1]);
-    let w = w.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
-    std::sync::Arc::new(w.with_f32_slice(|v| QuantizedWeight::from_f32(v, n, k)).expect("an f32 weight"))
 }
 
 /// Hidden state of a recurrent layer: `h` is `(layers · directions, B, H)`;
@@ -407,7 +401,10 @@ impl Module for Recurrent {
     /// per row; the gates stay `f32`. Inference only, as for `Linear`.
     fn set_dynamic_int8(&self, on: bool) -> bool {
         for cell in self.layers.iter().flatten() {
-            let q = on.then(|| CellInt8 { w_ih: quantize_weight(&cell.w_ih), w_hh: quantize_weight(&cell.w_hh) });
+            let q = on.then(|| CellInt8 {
+                w_ih: quantize_per_row(&cell.w_ih).into(),
+                w_hh: quantize_per_row(&cell.w_hh).into(),
+            });
             *cell.int8.write().expect("not poisoned") = q;
         }
         true

@@ -323,6 +323,11 @@ pub fn conv_chain_u8i8(
     }
     let plane0 = shapes[0].1.0 * shapes[0].1.1;
     let per = (CHUNK_ROWS / plane0.max(1)).max(1);
+    let pool_taps: Vec<Option<PoolTaps>> = stages
+        .iter()
+        .zip(&shapes)
+        .map(|(st, &(_, out, pooled))| st.pool.as_ref().map(|w| PoolTaps::new(w, out, pooled)))
+        .collect();
     let optr = SendPtr(out.as_mut_ptr());
     par_for(n.div_ceil(per), |t| {
         let (i0, i1) = (t * per, (t * per + per).min(n));
@@ -342,28 +347,17 @@ pub fn conv_chain_u8i8(
                 let next = stages.get(i + 1).map(|nx| nx.input);
                 if next.is_some() {
                     s.image.resize(ni * pplane * cout, 0);
-                    s.bad.clear();
-                    s.bad.resize(ni * pplane, false);
                     any_bad = false;
-                }
-                let last_with_head = next.is_none() && head.is_some();
-                if last_with_head {
-                    let hd = head.expect("checked");
-                    let rows = &mut s.head_rows;
-                    (rows.m, rows.k) = (ni, flat);
-                    rows.data.resize(ni * flat, 0);
-                    rows.scale.clear();
-                    rows.scale.resize(ni, hd.input.scale);
-                    rows.zero.clear();
-                    rows.zero.resize(ni, hd.input.zero as i32);
+                } else if let Some(hd) = head {
+                    s.head_rows.reset_static(ni, flat, hd.input);
                 }
                 for img in 0..ni {
                     let sums = &s.out[img * plane * cout..(img + 1) * plane * cout];
                     // This image's (positions, Cout), pooled when the stage pools.
-                    let vals: &[f32] = match &st.pool {
-                        Some(win) => {
+                    let vals: &[f32] = match &pool_taps[i] {
+                        Some(taps) => {
                             s.pooled.resize(pplane * cout, 0.0);
-                            max_pool_channels_last(sums, &mut s.pooled, (ho, wo), (hp, wp), cout, win);
+                            max_pool_channels_last(sums, &mut s.pooled, wo, (hp, wp), cout, taps);
                             &s.pooled
                         }
                         None => sums,
@@ -371,7 +365,12 @@ pub fn conv_chain_u8i8(
                     if let Some(iq) = next {
                         let dst = &mut s.image[img * pplane * cout..(img + 1) * pplane * cout];
                         if !crate::gemm::int8::quantize_fixed(vals, dst, iq) {
-                            any_bad = true;
+                            if !any_bad {
+                                // The first non-finite value of this stage: the flags start clear.
+                                s.bad.clear();
+                                s.bad.resize(ni * pplane, false);
+                                any_bad = true;
+                            }
                             for (p, px) in vals.chunks_exact(cout).enumerate() {
                                 s.bad[img * pplane + p] = px.iter().any(|v| !v.is_finite());
                             }
@@ -403,118 +402,101 @@ pub fn conv_chain_u8i8(
     (out, dims)
 }
 
-/// Max pooling of one image's `(Ho·Wo, Cout)` values over `win` into
-/// `(Hp·Wp, Cout)`: padded cells never win, a NaN always does.
+/// A max pool's taps, found once per stage: for each pooled row (column),
+/// the input row (column) under each of its `kh` (`kw`) taps, `None` in
+/// the padding.
+struct PoolTaps {
+    kernel: (usize, usize),
+    /// `(Hp, kh)`.
+    rows: Vec<Option<usize>>,
+    /// `(Wp, kw)`.
+    cols: Vec<Option<usize>>,
+}
+
+impl PoolTaps {
+    fn new(win: &Window2d, (ho, wo): (usize, usize), (hp, wp): (usize, usize)) -> Self {
+        let (kh, kw) = win.kernel;
+        let rows = (0..hp)
+            .flat_map(|py| {
+                (0..kh).map(move |ki| ConvGeometry::src(py, ki, win.stride.0, win.dilation.0, win.padding.0, ho))
+            })
+            .collect();
+        let cols = (0..wp)
+            .flat_map(|px| {
+                (0..kw).map(move |kj| ConvGeometry::src(px, kj, win.stride.1, win.dilation.1, win.padding.1, wo))
+            })
+            .collect();
+        PoolTaps { kernel: win.kernel, rows, cols }
+    }
+
+    /// The output positions (`iy·Wo + ix`) under pooled position `(py, px)`.
+    #[inline(always)]
+    fn under(&self, py: usize, px: usize, wo: usize) -> impl Iterator<Item = usize> + '_ {
+        let (kh, kw) = self.kernel;
+        let cols = &self.cols[px * kw..(px + 1) * kw];
+        self.rows[py * kh..(py + 1) * kh]
+            .iter()
+            .flatten()
+            .flat_map(move |&iy| cols.iter().flatten().map(move |&ix| iy * wo + ix))
+    }
+}
+
+/// Max pooling of one image's `(Ho·Wo, Cout)` values into `(Hp·Wp, Cout)`:
+/// padded cells never win, a larger value replaces the maximum (ties keep
+/// the first), and a NaN always wins.
 fn max_pool_channels_last(
     src: &[f32],
     dst: &mut [f32],
-    (ho, wo): (usize, usize),
+    wo: usize,
     (hp, wp): (usize, usize),
     cout: usize,
-    win: &Window2d,
+    taps: &PoolTaps,
 ) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd512::available() {
         // SAFETY: AVX-512F is available.
-        return unsafe { max_pool_channels_last_avx512(src, dst, (ho, wo), (hp, wp), cout, win) };
+        return unsafe { max_pool_channels_last_avx512(src, dst, wo, (hp, wp), cout, taps) };
     }
-    max_pool_channels_last_body(src, dst, (ho, wo), (hp, wp), cout, win)
+    for py in 0..hp {
+        for px in 0..wp {
+            let acc = &mut dst[(py * wp + px) * cout..(py * wp + px + 1) * cout];
+            acc.fill(f32::NEG_INFINITY);
+            for at in taps.under(py, px, wo) {
+                for (m, &v) in acc.iter_mut().zip(&src[at * cout..(at + 1) * cout]) {
+                    // NaN wins (and, once taken, stays).
+                    *m = if v > *m || v.is_nan() { v } else { *m };
+                }
+            }
+        }
+    }
 }
 
-/// [`max_pool_channels_last`] 16 channels at a time.
+/// [`max_pool_channels_last`] 16 channels at a time (the same values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn max_pool_channels_last_avx512(
     src: &[f32],
     dst: &mut [f32],
-    (ho, wo): (usize, usize),
+    wo: usize,
     (hp, wp): (usize, usize),
     cout: usize,
-    win: &Window2d,
+    taps: &PoolTaps,
 ) {
     use std::arch::x86_64::*;
-    if win.padding == (0, 0) && win.dilation == (1, 1) {
-        // Every tap inside: no bounds to test.
-        let ((kh, kw), (sy, sx)) = (win.kernel, win.stride);
-        for py in 0..hp {
-            for px in 0..wp {
-                for c0 in (0..cout).step_by(16) {
-                    let m: __mmask16 = if cout - c0 >= 16 { 0xffff } else { (1u16 << (cout - c0)) - 1 };
-                    let (mut acc, mut nan) = (_mm512_set1_ps(f32::NEG_INFINITY), 0 as __mmask16);
-                    for ki in 0..kh {
-                        for kj in 0..kw {
-                            let at = ((py * sy + ki) * wo + px * sx + kj) * cout + c0;
-                            // SAFETY: an output position inside `src` (the window fits).
-                            let v = unsafe { _mm512_maskz_loadu_ps(m, src.as_ptr().add(at)) };
-                            acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), acc, v);
-                            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-                        }
-                    }
-                    acc = _mm512_mask_blend_ps(nan, acc, _mm512_set1_ps(f32::NAN));
-                    // SAFETY: a pooled position inside `dst`.
-                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add((py * wp + px) * cout + c0), m, acc) };
-                }
-            }
-        }
-        return;
-    }
     for py in 0..hp {
         for px in 0..wp {
             for c0 in (0..cout).step_by(16) {
                 let m: __mmask16 = if cout - c0 >= 16 { 0xffff } else { (1u16 << (cout - c0)) - 1 };
                 let (mut acc, mut nan) = (_mm512_set1_ps(f32::NEG_INFINITY), 0 as __mmask16);
-                for ki in 0..win.kernel.0 {
-                    let Some(iy) = ConvGeometry::src(py, ki, win.stride.0, win.dilation.0, win.padding.0, ho) else {
-                        continue;
-                    };
-                    for kj in 0..win.kernel.1 {
-                        let Some(ix) = ConvGeometry::src(px, kj, win.stride.1, win.dilation.1, win.padding.1, wo)
-                        else {
-                            continue;
-                        };
-                        // SAFETY: the masked load reads channels c0.. of an output position inside `src`.
-                        let v = unsafe { _mm512_maskz_loadu_ps(m, src.as_ptr().add((iy * wo + ix) * cout + c0)) };
-                        // As the loop: a larger value replaces the maximum (ties keep
-                        // the first); a NaN anywhere makes the lane NaN.
-                        acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), acc, v);
-                        nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-                    }
+                for at in taps.under(py, px, wo) {
+                    // SAFETY: the masked load reads channels c0.. of an output position inside `src`.
+                    let v = unsafe { _mm512_maskz_loadu_ps(m, src.as_ptr().add(at * cout + c0)) };
+                    acc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), acc, v);
+                    nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
                 }
                 acc = _mm512_mask_blend_ps(nan, acc, _mm512_set1_ps(f32::NAN));
                 // SAFETY: the masked store writes channels c0.. of a pooled position inside `dst`.
                 unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add((py * wp + px) * cout + c0), m, acc) };
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn max_pool_channels_last_body(
-    src: &[f32],
-    dst: &mut [f32],
-    (ho, wo): (usize, usize),
-    (hp, wp): (usize, usize),
-    cout: usize,
-    win: &Window2d,
-) {
-    for py in 0..hp {
-        for px in 0..wp {
-            let acc = &mut dst[(py * wp + px) * cout..(py * wp + px + 1) * cout];
-            acc.fill(f32::NEG_INFINITY);
-            for ki in 0..win.kernel.0 {
-                let Some(iy) = ConvGeometry::src(py, ki, win.stride.0, win.dilation.0, win.padding.0, ho) else {
-                    continue;
-                };
-                for kj in 0..win.kernel.1 {
-                    let Some(ix) = ConvGeometry::src(px, kj, win.stride.1, win.dilation.1, win.padding.1, wo) else {
-                        continue;
-                    };
-                    let row = &src[(iy * wo + ix) * cout..(iy * wo + ix + 1) * cout];
-                    for (m, &v) in acc.iter_mut().zip(row) {
-                        // NaN wins (and, once taken, stays).
-                        *m = if v > *m || v.is_nan() { v } else { *m };
-                    }
-                }
             }
         }
     }
@@ -645,12 +627,7 @@ fn build_rows(
     let k = kh * kw * c;
     let m = n * ho * wo;
     let rows = &mut s.rows;
-    (rows.m, rows.k) = (m, k);
-    rows.data.resize(m * k, 0);
-    rows.scale.clear();
-    rows.scale.resize(m, iq.scale);
-    rows.zero.clear();
-    rows.zero.resize(m, iq.zero as i32);
+    rows.reset_static(m, k, iq);
     if geo.dilation == (1, 1) && !any_bad {
         // Each kernel row of taps is `kw·C` contiguous bytes of one image
         // row: copied from the image bordered with the zero point.

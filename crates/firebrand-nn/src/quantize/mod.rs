@@ -49,7 +49,9 @@ use firebrand_ops::gemm::Epilogue;
 use firebrand_ops::gemm::blocks::{
     BlockFormat, BlockWeight, F32_PATH_MIN_ROWS, Q16Rows, gemm_blocks, linear_blocks_f32, quantize_rows_i16_into,
 };
-use firebrand_ops::gemm::int8::{InputQuant, QuantizedRows, QuantizedWeight, gemm_u8i8_act, quantize_rows_u8_into};
+use firebrand_ops::gemm::int8::{
+    InputQuant, QuantizedRows, QuantizedWeight, gemm_u8i8_act, quantize_rows_u8_into, quantize_rows_u8_static_into,
+};
 use std::cell::RefCell;
 
 thread_local! {
@@ -59,6 +61,19 @@ thread_local! {
     };
     /// The block-quantized input of the last call, its buffers reused.
     static Q16: RefCell<Q16Rows> = RefCell::new(Q16Rows::default());
+}
+
+/// `f` of `t`'s values detached, on the CPU, contiguous and in `f32`: what
+/// quantizing a weight and observing an input read.
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    let t = t.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
+    t.to_dtype(firebrand_autograd::DType::F32).with_f32_slice(f).expect("f32 values")
+}
+
+/// A 2-D weight `(n, k)` quantized to `i8` per row (output channel).
+pub(crate) fn quantize_per_row(w: &Tensor) -> QuantizedWeight {
+    let (n, k) = (w.dims()[0], w.dims()[1]);
+    with_cpu_f32(w, |v| QuantizedWeight::from_f32(v, n, k))
 }
 
 /// Whether a layer's quantized form may serve this call: no gradient is
@@ -170,10 +185,23 @@ impl<W> StackedCache<W> {
 /// # Panics
 /// When `x`'s last dim is not the weight's depth.
 pub fn linear_int8(x: &Tensor, w: &QuantizedWeight, bias: Option<&Tensor>, act: Option<UnaryOp>) -> Tensor {
+    linear_u8(x, w, None, bias, act)
+}
+
+/// The int8 product of [`linear_int8`] (`iq: None`, each row's own range)
+/// and of [`linear_static`] (`iq` fixed by calibration).
+pub(crate) fn linear_u8(
+    x: &Tensor,
+    w: &QuantizedWeight,
+    iq: Option<InputQuant>,
+    bias: Option<&Tensor>,
+    act: Option<UnaryOp>,
+) -> Tensor {
     let k = w.k;
     assert!(
         x.rank() >= 1 && x.dims()[x.rank() - 1] == k,
-        "linear (int8): input {:?} for a weight ({}, {k})",
+        "linear ({}): input {:?} for a weight ({}, {k})",
+        if iq.is_some() { "static int8" } else { "int8" },
         x.dims(),
         w.n
     );
@@ -182,7 +210,12 @@ pub fn linear_int8(x: &Tensor, w: &QuantizedWeight, bias: Option<&Tensor>, act: 
     let mut out = firebrand_tensor::pool::take_f32(rows * w.n);
     ROWS.with(|q| {
         let mut q = q.borrow_mut();
-        x.contiguous().with_f32_slice(|v| quantize_rows_u8_into(v, rows, k, &mut q)).expect("an f32 input");
+        x.contiguous()
+            .with_f32_slice(|v| match iq {
+                Some(iq) => quantize_rows_u8_static_into(v, rows, k, iq, &mut q),
+                None => quantize_rows_u8_into(v, rows, k, &mut q),
+            })
+            .expect("an f32 input");
         gemm_u8i8_act(&q, w, b.as_deref(), act, &mut out);
     });
     let mut dims = x.dims().to_vec();

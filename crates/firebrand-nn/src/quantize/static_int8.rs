@@ -40,16 +40,8 @@ use super::observer::{Observer, ObserverKind};
 use crate::Module;
 use firebrand_autograd::{Tensor, UnaryOp, with_no_grad};
 use firebrand_ops::conv_int8::{ConvGeometry, InputQuant, conv2d_u8i8};
-use firebrand_ops::gemm::int8::{QuantizedRows, QuantizedWeight, gemm_u8i8_act, quantize_rows_u8_static_into};
-use std::cell::RefCell;
+use firebrand_ops::gemm::int8::QuantizedWeight;
 use std::sync::Mutex;
-
-thread_local! {
-    /// The quantized input of the last call, its buffers reused.
-    static ROWS: RefCell<QuantizedRows> = const {
-        RefCell::new(QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() })
-    };
-}
 
 /// Why [`convert`] refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,9 +126,7 @@ impl ObserverSlot {
     pub(crate) fn observe(&self, x: &Tensor) {
         let mut slot = self.0.lock().expect("not poisoned");
         if let Some(o) = slot.as_mut() {
-            let x = x.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
-            let x = x.to_dtype(firebrand_autograd::DType::F32);
-            x.with_f32_slice(|v| o.observe(v)).expect("an f32 input");
+            super::with_cpu_f32(x, |v| o.observe(v));
         }
     }
 }
@@ -153,24 +143,7 @@ pub fn linear_static(
     bias: Option<&Tensor>,
     act: Option<UnaryOp>,
 ) -> Tensor {
-    let k = w.k;
-    assert!(
-        x.rank() >= 1 && x.dims()[x.rank() - 1] == k,
-        "linear (static int8): input {:?} for a weight ({}, {k})",
-        x.dims(),
-        w.n
-    );
-    let rows = x.dims()[..x.rank() - 1].iter().product::<usize>();
-    let b = bias.map(|b| b.to_vec::<f32>());
-    let mut out = firebrand_tensor::pool::take_f32(rows * w.n);
-    ROWS.with(|q| {
-        let mut q = q.borrow_mut();
-        x.contiguous().with_f32_slice(|v| quantize_rows_u8_static_into(v, rows, k, iq, &mut q)).expect("an f32 input");
-        gemm_u8i8_act(&q, w, b.as_deref(), act, &mut out);
-    });
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("rank ≥ 1") = w.n;
-    Tensor::from_vec(out, dims)
+    super::linear_u8(x, w, Some(iq), bias, act)
 }
 
 /// `act(conv2d(x, W) + bias)` for `x` `(N, C, H, W)` quantized by the

@@ -325,9 +325,7 @@ impl Module for MultiHeadAttention {
     fn set_dynamic_int8(&self, on: bool) -> bool {
         let q = on.then(|| {
             let e = self.in_proj_weight.dims()[1];
-            let w =
-                self.in_proj_weight.detach().to_device(firebrand_autograd::Device::Cpu).expect("the CPU").contiguous();
-            let full = w.with_f32_slice(|v| QuantizedWeight::from_f32(v, 3 * e, e)).expect("an f32 weight");
+            let full = crate::quantize::quantize_per_row(&self.in_proj_weight);
             let (q, kv) = (rows_of(&full, 0, e), rows_of(&full, e, 2 * e));
             InProjInt8 { full: Arc::new(full), q: Arc::new(q), kv: Arc::new(kv) }
         });

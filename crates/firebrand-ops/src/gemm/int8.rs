@@ -40,6 +40,19 @@ pub struct QuantizedRows {
     pub zero: Vec<i32>,
 }
 
+impl QuantizedRows {
+    /// Shapes the buffers for `m` rows of `k` bytes that all share `iq`
+    /// (static quantization); the bytes are left for the caller to write.
+    pub fn reset_static(&mut self, m: usize, k: usize, iq: InputQuant) {
+        (self.m, self.k) = (m, k);
+        self.data.resize(m * k, 0);
+        self.scale.clear();
+        self.scale.resize(m, iq.scale);
+        self.zero.clear();
+        self.zero.resize(m, iq.zero as i32);
+    }
+}
+
 /// Quantizes `x` `(m, k)` row by row to `u8` over each row's own range
 /// (PyTorch's dynamic quantization takes one range per batch; one per row
 /// loses less). A row's range always includes 0, so 0 is exact; values
@@ -133,12 +146,7 @@ impl InputQuant {
 /// When `x` holds fewer than `m·k` values.
 pub fn quantize_rows_u8_static_into(x: &[f32], m: usize, k: usize, iq: InputQuant, q: &mut QuantizedRows) {
     assert!(x.len() >= m * k, "quantize_rows_u8_static: {} values for ({m}, {k})", x.len());
-    (q.m, q.k) = (m, k);
-    q.data.resize(m * k, 0);
-    q.scale.clear();
-    q.scale.resize(m, iq.scale);
-    q.zero.clear();
-    q.zero.resize(m, iq.zero as i32);
+    q.reset_static(m, k, iq);
     for ((row, out), s) in x.chunks_exact(k.max(1)).zip(q.data.chunks_exact_mut(k.max(1))).zip(&mut q.scale).take(m) {
         if !quantize_fixed(row, out, iq) {
             *s = f32::NAN;
