@@ -303,6 +303,59 @@ mod tests {
         assert!(diff < 0.05 * scale, "dynamic head after the chain: {diff} (scale {scale})");
     }
 
+    /// A static file with bad input parameters, or a convolution's integers
+    /// without them, is refused naming the tensor; nothing changes.
+    #[test]
+    fn bad_static_files_are_refused() {
+        let mut model = cnn(5);
+        prepare(&model, ObserverKind::MinMax);
+        calibrate(&mut model, &[Tensor::randn([2, 3, 10, 10], 0.0, 1.0)]);
+        convert(&model).unwrap();
+        let dir = std::env::temp_dir().join(format!("fb-static-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.safetensors");
+        save_quantized(&model, &good).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let raw: Vec<crate::serialize::RawTensor> =
+            st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let cases: Vec<(Vec<crate::serialize::RawTensor>, &str)> = vec![
+            (
+                raw.iter()
+                    .map(|t| {
+                        if t.0 == "0.input_quant" {
+                            (t.0.clone(), t.1, t.2.clone(), f32_bytes(&[0.0, 300.0]))
+                        } else {
+                            t.clone()
+                        }
+                    })
+                    .collect(),
+                "0.input_quant: scale 0 and zero point 300 are not valid",
+            ),
+            (
+                raw.iter().filter(|t| t.0 != "0.input_quant").cloned().collect(),
+                "0.weight_int8: a convolution's int8 weight needs 0.input_quant",
+            ),
+        ];
+        for (i, (tensors, want)) in cases.into_iter().enumerate() {
+            let file = dir.join(format!("bad{i}.safetensors"));
+            crate::serialize::write_raw(&file, &tensors, None).unwrap();
+            let fresh = cnn(6);
+            let e = load_quantized(&fresh, &file).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(&file.display().to_string()), "{e}");
+            assert!(fresh.get::<Conv2d>(0).unwrap().quantized_form().is_none(), "a refused load set a form");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        // A wrong channel count into the converted model names the shapes.
+        let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_no_grad(|| model.forward(&Tensor::zeros([1, 4, 10, 10])));
+        }))
+        .unwrap_err();
+        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("static int8") && msg.contains("[1, 4, 10, 10]") && msg.contains("expects 3"), "{msg}");
+    }
+
     #[test]
     fn convert_names_a_layer_that_saw_nothing() {
         let mut model = cnn(3);
