@@ -175,6 +175,7 @@ fn main() {
                 val_accuracy: None,
                 train_seconds: t0.elapsed().as_secs_f64(),
                 lr: opt.lr(),
+                skipped_batches: 0,
             });
             vocab.save(&vocab_path).unwrap_or_else(|e| fail(e));
             save_training_state(&ckpt, &gpt, &opt, step).unwrap_or_else(|e| fail(e));

@@ -88,7 +88,7 @@ pub mod prelude {
     };
     pub use firebrand_train::{
         Callback, CsvLogger, EarlyStopping, FitError, FitOptions, GradientClipping, History, Loss, LrScheduler, Model,
-        ModelCheckpoint, Monitor, ReduceLrOnPlateau, TrainContext, Validation,
+        ModelCheckpoint, Monitor, NonFinite, ReduceLrOnPlateau, TrainContext, Validation,
     };
 }
 

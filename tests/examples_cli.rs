@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const EXAMPLES: [&str; 11] = [
+const EXAMPLES: [&str; 12] = [
     "quickstart",
     "linear_regression",
     "fashion_mnist_mlp",
@@ -18,6 +18,7 @@ const EXAMPLES: [&str; 11] = [
     "text_classifier",
     "generate_llm",
     "compress",
+    "tabular",
 ];
 
 /// `target/<profile>/examples/<name>`, next to this test's `deps` folder.
@@ -124,4 +125,47 @@ fn generate_llm_answers_a_chat_prompt_through_the_files_template() {
     assert!(stdout.contains("\nThe capital of France is Paris.\n"), "{stdout}");
     assert!(stdout.contains("tokens/s; generation: 7 tokens,"), "{stdout}");
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn tabular_trains_on_a_csv_and_refuses_a_bad_one_with_the_readers_message() {
+    // The UCI digits as CSV (no header; the label is the last column).
+    let digits = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/firebrand-data/data/digits.csv.gz");
+    let (out, _) = run("tabular", &["--csv", digits.to_str().unwrap(), "--no-header", "--epochs", "8", "--json"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((last["classes"].as_u64(), last["rows"].as_u64()), (Some(10), Some(1797)), "{last}");
+    assert!(last["test_accuracy"].as_f64().unwrap() > 0.9, "{last}");
+    // A quoted field, a string column and string labels, by name.
+    let dir = std::env::temp_dir().join(format!("firebrand-cli-tabular-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("x,\"kind, of\",species\n");
+    for i in 0..60 {
+        let (k, name) = [(0.0, "a"), (5.0, "b")][i % 2];
+        csv.push_str(&format!(
+            "{},\"{}, {}\",{name}\n",
+            k + (i % 7) as f32 * 0.1,
+            if i % 2 == 0 { "p" } else { "q" },
+            i % 3
+        ));
+    }
+    std::fs::write(dir.join("ok.csv"), csv).unwrap();
+    let (out, _) = run("tabular", &["--csv", dir.join("ok.csv").to_str().unwrap(), "--label", "species", "--json"]);
+    let last: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["classes"].as_u64(), Some(2), "{last}");
+    // A missing value: exit 1 with the reader's message; --missing drop takes it.
+    std::fs::write(dir.join("gap.csv"), "a,b,y\n1,2,0\n3,,1\n4,5,1\n6,1,0\n").unwrap();
+    let gap = dir.join("gap.csv");
+    let (out, _) = run("tabular", &["--csv", gap.to_str().unwrap(), "--label", "y"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("gap.csv: line 3, column \"b\" (2): missing"), "{stderr}");
+    let (out, _) = run("tabular", &["--csv", gap.to_str().unwrap(), "--label", "y", "--missing", "drop", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(1 dropped)"));
+    let (out, _) = run("tabular", &["--csv", dir.join("absent.csv").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("absent.csv"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

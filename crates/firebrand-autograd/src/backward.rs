@@ -67,9 +67,12 @@ impl Tensor {
             };
             match &t.0.grad_fn {
                 None => accumulate_leaf(t, g),
-                Some(GradFn { name, inputs, backward, versions }) => {
+                Some(GradFn { name, inputs, backward, versions, site }) => {
                     check_versions(name, inputs, t, versions)?;
                     let in_grads = backward(t, &g);
+                    if site.is_some() {
+                        check_gradients(name, &g, &in_grads, site)?;
+                    }
                     debug_assert_eq!(
                         in_grads.len(),
                         inputs.len(),
@@ -97,6 +100,28 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+/// Anomaly mode: an error naming `name` and its forward call site when its
+/// rule turned the gradient `g` into NaN or inf gradients for its inputs.
+fn check_gradients(name: &str, g: &Tensor, in_grads: &[Option<Tensor>], site: &crate::anomaly::CallSite) -> Result<()> {
+    use crate::anomaly::{describe_site, new_non_finite, non_finite};
+    let from = [non_finite(g)];
+    for (i, ig) in in_grads.iter().enumerate() {
+        let Some(ig) = ig else { continue };
+        if let Some(what) = new_non_finite(non_finite(ig), &from) {
+            return Err(Error::msg(
+                "backward",
+                format!(
+                    "detect_anomaly: the gradient of `{name}` is {what} for its input {i} of shape {:?}, from an output \
+                     gradient without it; forward call site:\n{}",
+                    ig.dims(),
+                    describe_site(site)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// PyTorch's check that no tensor an op saved was modified in place

@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+mod anomaly;
 mod backward;
 mod device;
 mod display;
@@ -40,6 +41,7 @@ mod ops;
 mod random;
 mod tensor;
 
+pub use anomaly::{AnomalyGuard, detect_anomaly, is_anomaly_enabled};
 pub use device::{memory_stats, reset_peak_memory, synchronize};
 pub use firebrand_ops::unary::UnaryOp;
 pub use firebrand_tensor::backend::MemoryStats;

@@ -29,6 +29,8 @@ pub(crate) struct GradFn {
     /// The storage versions of the inputs, then of the output, when the op
     /// ran: backward refuses to run on data modified in place since.
     pub(crate) versions: Vec<u64>,
+    /// Where the forward pass was called, in anomaly mode.
+    pub(crate) site: crate::anomaly::CallSite,
 }
 
 /// A storage shared by a tensor and its views, with PyTorch's version

@@ -7,8 +7,10 @@
 //! * [`DataLoader`]: batch size, seeded per-epoch shuffling, `drop_last`,
 //!   prefetch on a background thread.
 //! * Readers returning typed [`DataError`]s that name the file: IDX for MNIST
-//!   and Fashion-MNIST ([`load_mnist`], plain or `.gz`), labeled numeric CSV
-//!   ([`read_csv_labeled`]); [`find_dataset`] looks in `--data`,
+//!   and Fashion-MNIST ([`load_mnist`], plain or `.gz`), and tabular CSV
+//!   ([`read_csv`]: quoting, headers, the label by name or index, string
+//!   columns one-hot or as indices, a [`Missing`]-value policy, and a
+//!   [`CsvSchema`] to read new files the same way); [`find_dataset`] looks in `--data`,
 //!   `FIREBRAND_DATA` and the standard places.
 //! * [`Standardize`] (per-feature mean/std fitted on training data).
 //! * Image [`Transform`]s applied by the loader per batch: [`Normalize`],
@@ -47,7 +49,10 @@ mod text_folder;
 mod transform;
 
 pub use bpe::BpeTokenizer;
-pub use csv::{parse_csv_labeled, read_csv_labeled};
+pub use csv::{
+    Categorical, Column, CsvData, CsvOptions, CsvSchema, FeatureColumn, FeatureKind, Missing, parse_csv,
+    parse_csv_labeled, read_csv, read_csv_labeled, read_csv_with_schema,
+};
 pub use dataset::{Dataset, Standardize, Subset, TensorDataset, random_split};
 pub use digits::digits;
 pub use error::DataError;

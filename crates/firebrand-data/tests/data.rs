@@ -97,7 +97,7 @@ fn csv_reader() {
     assert!(e.to_string().ends_with("short.csv: line 2: 2 fields, expected 3"), "{e}");
     std::fs::write(d.join("text.csv"), "1,x,0\n").unwrap();
     let e = read_csv_labeled(d.join("text.csv"), -1, false).unwrap_err();
-    assert!(e.to_string().contains("line 1, field 2: \"x\" is not a number"), "{e}");
+    assert!(e.to_string().contains("line 1, column \"column 2\" (2): \"x\" is not a number"), "{e}");
     std::fs::write(d.join("frac.csv"), "1,2,0.5\n").unwrap();
     assert!(read_csv_labeled(d.join("frac.csv"), -1, false).unwrap_err().to_string().contains("not an integer"));
 }

@@ -367,11 +367,15 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
             // x: (N, Cin, H, W)
+            let cin = self.geometry().1;
+            let &[_, c, h, w] = x.dims() else {
+                crate::module::input_error(self, &format!("(N, {cin}, H, W)"), x.dims())
+            };
+            if c != cin {
+                crate::module::input_error(self, &format!("(N, {cin}, H, W)"), x.dims());
+            }
             self.observer.observe(x);
             if let Some((q, iq)) = self.static_for(x) {
-                let &[_, _, h, w] = x.dims() else {
-                    panic!("Conv2d: expected input (N, C, H, W), got {:?}", x.dims());
-                };
                 let unary = self.activation.and_then(Activation::as_unary);
                 let y = crate::quantize::conv2d_static(x, &q, iq, self.bias.as_ref(), &self.window((h, w)), unary);
                 return match self.activation {
@@ -548,11 +552,12 @@ impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
             // x: (N, Cin, L) -> (N, Cin, 1, L); weight (Cout, Cin/g, k) -> (Cout, Cin/g, 1, k)
-            let (n, c, l) = match x.dims() {
-                &[n, c, l] => (n, c, l),
-                d => panic!("Conv1d: expected input (N, C, L), got {d:?}"),
-            };
             let wd = self.weight.dims();
+            let cin = wd[1] * self.config.groups;
+            let (n, c, l) = match *x.dims() {
+                [n, c, l] if c == cin => (n, c, l),
+                _ => crate::module::input_error(self, &format!("(N, {cin}, L)"), x.dims()),
+            };
             let w4 = self.weight.reshape([wd[0], wd[1], 1, wd[2]]);
             let y = conv_forward(&x.reshape([n, c, 1, l]), &w4, self.bias.as_ref(), &self.config, self.activation);
             let lo = y.dims()[3];

@@ -61,14 +61,16 @@ impl Embedding {
 impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Tensor {
         crate::module::traced(self, || {
-            assert_eq!(
-                ids.dtype(),
-                DType::I64,
-                "Embedding: ids must be i64, got {:?} of shape {:?}",
-                ids.dtype(),
-                ids.dims()
-            );
+            if ids.dtype() != DType::I64 {
+                let expected = format!("i64 ids below {}, not {:?},", self.num_embeddings(), ids.dtype());
+                crate::module::input_error(self, &expected, ids.dims());
+            }
             let flat = ids.reshape([ids.elem_count()]);
+            let rows = self.num_embeddings();
+            if let Some((i, v)) = crate::module::first_outside(&flat, rows) {
+                let msg = crate::module::layer_input_message(self, &format!("ids in 0..{rows}"), ids.dims());
+                panic!("{msg}: id {v} at flat position {i} is out of range");
+            }
             let rows = match self.padding_idx {
                 // Detach the padding row's contribution: multiply its lookups by 0 in the
                 // gradient path by masking the gathered rows.
@@ -111,7 +113,20 @@ pub struct OneHot(pub usize);
 
 impl Module for OneHot {
     fn forward(&self, ids: &Tensor) -> Tensor {
-        crate::module::traced(self, || ids.one_hot(self.0))
+        crate::module::traced(self, || {
+            if ids.dtype() != DType::I64 {
+                crate::module::input_error(
+                    self,
+                    &format!("i64 ids below {}, not {:?},", self.0, ids.dtype()),
+                    ids.dims(),
+                );
+            }
+            if let Some((i, v)) = crate::module::first_outside(&ids.reshape([ids.elem_count()]), self.0) {
+                let msg = crate::module::layer_input_message(self, &format!("ids in 0..{}", self.0), ids.dims());
+                panic!("{msg}: id {v} at flat position {i} is out of range");
+            }
+            ids.one_hot(self.0)
+        })
     }
 
     fn describe(&self) -> String {

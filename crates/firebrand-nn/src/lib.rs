@@ -93,7 +93,7 @@ pub use firebrand_derive::Module;
 pub use fuse::{fuse_conv_bn, fuse_linear_bn};
 pub use init::Init;
 pub use linear::{Linear, QuantizedForm};
-pub use module::{Module, ModuleExt, ModuleField, record_output};
+pub use module::{Module, ModuleExt, ModuleField, layer_input_message, module_path, record_output};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use recurrent::{GRU, LSTM, RNN, Recurrent, RnnKind, RnnState};

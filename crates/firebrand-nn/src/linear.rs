@@ -222,6 +222,11 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            // x: (…, in)
+            let k = self.in_features();
+            if x.rank() == 0 || x.size(-1) != k {
+                crate::module::input_error(self, &format!("(…, {k})"), x.dims());
+            }
             self.observer.observe(x);
             if let Some(q) = self.quantized_for(x) {
                 let unary = self.activation.and_then(|a| a.as_unary());

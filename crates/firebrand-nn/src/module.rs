@@ -543,6 +543,81 @@ pub(crate) fn traced<M: Module + ?Sized>(module: &M, body: impl FnOnce() -> Tens
 
 thread_local! {
     static IN_FORWARD: std::cell::Cell<(usize, &'static str)> = const { std::cell::Cell::new((0, "")) };
+    /// The containers whose forward passes are running on this thread, outermost first.
+    static SCOPE: std::cell::RefCell<Vec<ScopeFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One step of the path to the running layer: a container (by address) and,
+/// for a list of layers, the position in it.
+#[derive(Clone, Copy)]
+struct ScopeFrame {
+    owner: usize,
+    name: &'static str,
+    index: Option<usize>,
+}
+
+/// Leaves a scope entered with [`enter_scope`] when dropped (also while a
+/// panic unwinds).
+pub(crate) struct ScopeGuard(());
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        SCOPE.with(|s| s.borrow_mut().pop());
+    }
+}
+
+fn address<M: ?Sized>(m: &M) -> usize {
+    (m as *const M).cast::<()>() as usize
+}
+
+/// Marks `owner`'s forward pass as running `name[index]` (or `name`) until the
+/// guard drops, so that a layer's input error can name its place in the model.
+pub(crate) fn enter_scope<M: ?Sized>(owner: &M, name: &'static str, index: Option<usize>) -> ScopeGuard {
+    SCOPE.with(|s| s.borrow_mut().push(ScopeFrame { owner: address(owner), name, index }));
+    ScopeGuard(())
+}
+
+/// Where the layer running on this thread sits in the model: the containers
+/// around it, outermost first, e.g. `Sequential[0]` or
+/// `Net > Sequential[2] > layers[1]`. Empty at the top level.
+pub fn module_path() -> String {
+    path_excluding(0)
+}
+
+fn path_excluding(layer: usize) -> String {
+    SCOPE.with(|s| {
+        let s = s.borrow();
+        // A derived layer's own frame is not part of the path to it.
+        let frames = match s.last() {
+            Some(f) if f.owner == layer && f.index.is_none() => &s[..s.len() - 1],
+            _ => &s[..],
+        };
+        let piece = |f: &ScopeFrame| match f.index {
+            Some(i) => format!("{}[{i}]", f.name),
+            None => f.name.to_string(),
+        };
+        frames.iter().map(piece).collect::<Vec<_>>().join(" > ")
+    })
+}
+
+/// The message of a layer refusing its input: the layer's place in the
+/// model, its description, what it expects and what it got, e.g.
+/// `Sequential[0] Linear(10 -> 3): expected input (…, 10), got [2, 7]`.
+pub fn layer_input_message<M: Module + ?Sized>(layer: &M, expected: &str, got: &[usize]) -> String {
+    let path = path_excluding(address(layer));
+    let sep = if path.is_empty() { "" } else { " " };
+    format!("{path}{sep}{}: expected input {expected}, got {got:?}", layer.describe())
+}
+
+/// The first of `ids` (`i64`, flat) outside `0..n`, with its position.
+pub(crate) fn first_outside(ids: &Tensor, n: usize) -> Option<(usize, i64)> {
+    ids.to_vec::<i64>().into_iter().enumerate().find(|&(_, v)| v < 0 || v as usize >= n)
+}
+
+/// Panics with [`layer_input_message`].
+#[track_caller]
+pub(crate) fn input_error<M: Module + ?Sized>(layer: &M, expected: &str, got: &[usize]) -> ! {
+    panic!("{}", layer_input_message(layer, expected, got))
 }
 
 /// Marks a derived module's `Module::forward` as running on this thread and
@@ -568,12 +643,16 @@ impl ForwardGuard {
                 me.1, me.1
             );
         }
+        // `firebrand_nn::…::TransformerEncoder` names itself `TransformerEncoder`.
+        let short = me.1.split('<').next().unwrap_or(me.1).rsplit("::").next().unwrap_or(me.1);
+        SCOPE.with(|s| s.borrow_mut().push(ScopeFrame { owner: me.0, name: short, index: None }));
         ForwardGuard { previous }
     }
 }
 
 impl Drop for ForwardGuard {
     fn drop(&mut self) {
+        SCOPE.with(|s| s.borrow_mut().pop());
         IN_FORWARD.with(|c| c.set(self.previous));
     }
 }

@@ -226,13 +226,10 @@ impl BatchNorm {
         crate::module::traced(self, || {
             // x: (N, C, *)
             let c = self.num_features();
-            assert!(
-                self.ranks.contains(&x.rank()) && x.dims()[1] == c,
-                "{}({c}): expected input (N, {c}{}), got {:?}",
-                self.name,
-                if self.ranks == [4] { ", H, W" } else { "[, L]" },
-                x.dims()
-            );
+            if !(self.ranks.contains(&x.rank()) && x.dims()[1] == c) {
+                let rest = if self.ranks == [4] { ", H, W" } else { "[, L]" };
+                crate::module::input_error(self, &format!("(N, {c}{rest})"), x.dims());
+            }
             if !self.training {
                 // Evaluation: one per-channel scale and shift, `x·scale + shift`
                 // in one pass (γ and β still get their gradients).

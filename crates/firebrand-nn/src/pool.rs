@@ -48,6 +48,9 @@ impl MaxPool2d {
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            if x.rank() != 4 {
+                crate::module::input_error(self, "(N, C, H, W)", x.dims());
+            }
             x.max_pool2d(self.win) // (N, C, H, W) -> (N, C, Ho, Wo)
         })
     }
@@ -109,6 +112,9 @@ impl AvgPool2d {
 impl Module for AvgPool2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            if x.rank() != 4 {
+                crate::module::input_error(self, "(N, C, H, W)", x.dims());
+            }
             x.avg_pool2d(self.win, self.count_include_pad) // (N, C, H, W) -> (N, C, Ho, Wo)
         })
     }
@@ -134,7 +140,9 @@ pub struct GlobalAvgPool;
 impl Module for GlobalAvgPool {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
-            assert!(x.rank() >= 3, "GlobalAvgPool: expected (N, C, ...), got {:?}", x.dims());
+            if x.rank() < 3 {
+                crate::module::input_error(self, "(N, C, …)", x.dims());
+            }
             x.flatten(2, -1).mean(&[2], false)
         })
     }

@@ -212,14 +212,12 @@ impl Recurrent {
         let name = self.kind.name();
         let expect_in = self.layers[0][0].w_ih.dims()[1];
         let (b, t, input) = x.dims().unwrap_or_else(|| match x {
-            SeqInput::Dense(x) => panic!("{name}: expected input (B, T, I), got {:?}", x.dims()),
-            SeqInput::OneHot(ids, _) => panic!("{name}: expected one-hot ids (B, T), got {:?}", ids.dims()),
+            SeqInput::Dense(x) => crate::module::input_error(self, &format!("(B, T, {expect_in})"), x.dims()),
+            SeqInput::OneHot(ids, _) => crate::module::input_error(self, "one-hot ids (B, T)", ids.dims()),
         });
-        assert!(
-            input == expect_in && t > 0,
-            "{name}: expected input (B, T, {expect_in}) with T > 0, got {:?}",
-            x.tensor().dims()
-        );
+        if input != expect_in || t == 0 {
+            crate::module::input_error(self, &format!("(B, T, {expect_in}) with T > 0"), x.tensor().dims());
+        }
         let (h_dim, dirs) = (self.hidden, self.num_directions());
         let n_states = self.layers.len() * dirs;
         if let Some(s) = state {

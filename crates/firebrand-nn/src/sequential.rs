@@ -129,6 +129,8 @@ impl Module for Sequential {
         let mut y = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
+            // Names this position in a layer's input error: `Sequential[i] Linear(…)`.
+            let _scope = crate::module::enter_scope(self, "Sequential", Some(i));
             // Inference: static-int8 convolutions [→ activation] [→ MaxPool2d]
             // [→ Flatten → Linear] as one chain, u8 between the layers.
             if let Some((out, used)) = crate::fuse::static_chain(&self.layers[i..], &y) {

@@ -61,6 +61,28 @@ pub enum WeightsError {
         /// Dtype in the file.
         found: String,
     },
+    /// A checkpoint in a format version this build does not read: an older
+    /// one (written before checkpoints carried a version) or a newer one.
+    #[error("{path}: {found}; this build reads checkpoint format version {supported}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// What the file says about its version.
+        found: String,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A checkpoint whose contents do not match the checksum written with
+    /// them: the file was corrupted after it was written.
+    #[error("{path}: corrupted: the checksum of its tensors is {computed}, but {stored} was written with them")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The CRC-32 written in the file.
+        stored: String,
+        /// The CRC-32 of what the file holds now.
+        computed: String,
+    },
     /// The file holds tensors the model does not have (strict loading).
     #[error("{path}: tensors not in the model: {names:?}")]
     Unexpected {
@@ -102,6 +124,88 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io_err(path))
+}
+
+/// A checkpoint's string metadata.
+pub type Metadata = HashMap<String, String>;
+
+/// The training-checkpoint format this build writes and reads
+/// ([`save_checkpoint`], [`load_checkpoint`]).
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+const CHECKPOINT_FORMAT: &str = "firebrand-checkpoint";
+
+/// CRC-32 over every tensor's name, dtype, shape and bytes, in name order.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, String, &'a [usize], &'a [u8])>) -> String {
+    let mut all: Vec<_> = tensors.collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = crc32fast::Hasher::new();
+    for (name, dtype, shape, bytes) in all {
+        h.update(name.as_bytes());
+        h.update(dtype.as_bytes());
+        for d in shape {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        h.update(bytes);
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Saves a training checkpoint: named tensors plus string `metadata`, with
+/// the format version ([`CHECKPOINT_VERSION`]) and a CRC-32 of the tensors,
+/// atomically (a crash leaves the previous file whole).
+///
+/// # Errors
+/// [`WeightsError::Io`] when the file cannot be written (a full disk
+/// included); the previous file is then untouched.
+pub fn save_checkpoint(
+    path: impl AsRef<Path>,
+    tensors: &[(String, Tensor)],
+    metadata: &[(&str, String)],
+) -> Result<(), WeightsError> {
+    let data: Vec<RawTensor> = tensors.iter().map(|(name, t)| encode(name, t)).collect();
+    let crc = checksum(data.iter().map(|(n, d, s, b)| (n.as_str(), format!("{d:?}"), s.as_slice(), b.as_slice())));
+    let mut meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    meta.insert("format".into(), CHECKPOINT_FORMAT.into());
+    meta.insert("version".into(), CHECKPOINT_VERSION.to_string());
+    meta.insert("crc32".into(), crc);
+    write_raw(path.as_ref(), &data, Some(meta))
+}
+
+/// Reads what [`save_checkpoint`] wrote: the tensors and the metadata
+/// (the format's own keys `format`, `version` and `crc32` included).
+///
+/// # Errors
+/// [`WeightsError::Version`] for a file without a version (an older
+/// checkpoint, or plain weights) or with another version;
+/// [`WeightsError::Checksum`] for one whose tensors changed after writing;
+/// [`WeightsError::Format`] for one that is not safetensors at all.
+pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<(BTreeMap<String, Tensor>, Metadata), WeightsError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let format =
+        |e: safetensors::SafeTensorError| WeightsError::Format { path: path.to_path_buf(), msg: e.to_string() };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let version_error =
+        |found: String| WeightsError::Version { path: path.to_path_buf(), found, supported: CHECKPOINT_VERSION };
+    match (meta.get("format").map(String::as_str), meta.get("version")) {
+        (Some(CHECKPOINT_FORMAT), Some(v)) if *v == CHECKPOINT_VERSION.to_string() => {}
+        (Some(CHECKPOINT_FORMAT), Some(v)) => return Err(version_error(format!("checkpoint format version {v}"))),
+        _ => {
+            return Err(version_error(
+                "an older checkpoint (or plain weights): it has no checkpoint format version".into(),
+            ));
+        }
+    }
+    let st = SafeTensors::deserialize(&bytes).map_err(format)?;
+    let views = st.tensors();
+    let computed = checksum(views.iter().map(|(n, v)| (n.as_str(), format!("{:?}", v.dtype()), v.shape(), v.data())));
+    let stored = meta.get("crc32").cloned().unwrap_or_default();
+    if computed != stored {
+        return Err(WeightsError::Checksum { path: path.to_path_buf(), stored, computed });
+    }
+    Ok((decode_all(path, views)?, meta))
 }
 
 /// Saves named tensors (`f32` or `i64`) to a safetensors file, atomically.
@@ -179,16 +283,18 @@ pub fn load_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>, 
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| WeightsError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let t = decode(&view).ok_or_else(|| WeightsError::DType {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            found: format!("{:?}", view.dtype()),
-        })?;
-        out.insert(name, t);
-    }
-    Ok(out)
+    decode_all(path, st.tensors())
+}
+
+/// Every view as a tensor by name; a dtype this build does not read names the tensor.
+fn decode_all(path: &Path, views: Vec<(String, TensorView<'_>)>) -> Result<BTreeMap<String, Tensor>, WeightsError> {
+    views
+        .into_iter()
+        .map(|(name, view)| match decode(&view) {
+            Some(t) => Ok((name, t)),
+            None => Err(WeightsError::DType { path: path.to_path_buf(), name, found: format!("{:?}", view.dtype()) }),
+        })
+        .collect()
 }
 
 /// What a non-strict load left out.

@@ -252,7 +252,8 @@ impl GgufFile {
             let v = c.value(kind)?;
             metadata.insert(key, v);
         }
-        let mut tensors = Vec::with_capacity(n_tensors);
+        // Grown as the infos are read: a corrupt count reserves nothing.
+        let mut tensors = Vec::with_capacity(n_tensors.min(4096));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
@@ -270,11 +271,13 @@ impl GgufFile {
         let file = GgufFile { path, version, metadata, tensors, data_start, bytes };
         for t in &file.tensors {
             if let Some(n) = file.byte_len(t)? {
-                let end = file.data_start as u64 + t.offset + n as u64;
-                if end > file.bytes.len() as u64 {
-                    return Err(
-                        file.tensor_err(t, format!("its {n} bytes end at {end}, past the file's {}", file.bytes.len()))
-                    );
+                let end = (file.data_start as u64).checked_add(t.offset).and_then(|e| e.checked_add(n as u64));
+                if end.is_none_or(|end| end > file.bytes.len() as u64) {
+                    let at = end.map_or("past 2^64".to_string(), |e| format!("at {e}"));
+                    return Err(file.tensor_err(
+                        t,
+                        format!("its {n} bytes at offset {} end {at}, past the file's {}", t.offset, file.bytes.len()),
+                    ));
                 }
             }
         }
@@ -288,12 +291,13 @@ impl GgufFile {
     /// Bytes of a tensor's data (`None` for a type not read).
     fn byte_len(&self, t: &TensorInfo) -> Result<Option<usize>> {
         let Some((per, bytes)) = t.kind.block() else { return Ok(None) };
-        let n: usize = t.dims.iter().product();
+        let too_big = || self.tensor_err(t, format!("dims {:?} hold more bytes than a file can", t.dims));
+        let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
         let row = t.dims.last().copied().unwrap_or(1);
         if per > 1 && !row.is_multiple_of(per) {
             return Err(self.tensor_err(t, format!("rows of {row} values do not fill blocks of {per} ({:?})", t.kind)));
         }
-        Ok(Some(n / per * bytes))
+        Ok(Some((n / per).checked_mul(bytes).ok_or_else(too_big)?))
     }
 
     /// The file's path.

@@ -33,6 +33,26 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Every special token a template post-processor (alone or in a sequence of
+/// them) places must be among its `special_tokens`. Checked by structure, not
+/// by the `type` field: `tokenizers` matches processors by their fields.
+fn check_templates(p: &serde_json::Value) -> std::result::Result<(), String> {
+    if let Some(all) = p["processors"].as_array() {
+        all.iter().try_for_each(check_templates)?;
+    }
+    let defined = p["special_tokens"].as_object();
+    for piece in ["single", "pair"].iter().filter_map(|k| p[k].as_array()).flatten() {
+        if let Some(id) = piece["SpecialToken"]["id"].as_str()
+            && !defined.is_some_and(|d| d.contains_key(id))
+        {
+            return Err(format!(
+                "the post-processor's template uses the special token {id:?}, which it does not define"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Tokenizer {
     /// Loads a `tokenizer.json`. Its padding token is the one the file
     /// configures, else `[PAD]`, `<pad>` or id 0.
@@ -42,8 +62,14 @@ impl Tokenizer {
     /// does not parse.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref().to_path_buf();
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| PretrainedError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
+        let err = |msg: String| PretrainedError::Tokenizer { path: path.clone(), msg };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        // Checked as JSON first: `tokenizers` 0.23 panics ("Helper") on a
+        // `decoder` that is not valid JSON, where it should return an error.
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        // It also panics at encoding time on a template naming a special token it does not define.
+        check_templates(&json["post_processor"]).map_err(err)?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e: tokenizers::Error| err(e.to_string()))?;
         let (pad_id, pad_token) = match inner.get_padding() {
             Some(p) => (p.pad_id, p.pad_token.clone()),
             None => ["[PAD]", "<pad>", "<|endoftext|>"]

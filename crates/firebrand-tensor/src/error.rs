@@ -80,6 +80,20 @@ pub enum Error {
         /// The size of the indexed dimension.
         size: usize,
     },
+    /// A class-index target outside `0..classes` (and not the ignore index).
+    #[error("{op}: target {value} at sample {position:?} is out of bounds for {classes} classes (valid: 0..{classes}{ignore})", ignore = match ignore_index { Some(i) => format!(", or the ignore_index {i}"), None => String::new() })]
+    TargetOutOfRange {
+        /// The loss.
+        op: &'static str,
+        /// The offending class index.
+        value: i64,
+        /// Where it sits in the target tensor (one index per dimension).
+        position: Vec<usize>,
+        /// The number of classes (the logits' last dimension).
+        classes: usize,
+        /// The index the loss skips, if any.
+        ignore_index: Option<i64>,
+    },
     /// Anything else, with a message.
     #[error("{op}: {msg}")]
     Msg {

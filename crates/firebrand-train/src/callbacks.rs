@@ -35,6 +35,34 @@ pub enum FitError {
     /// that could not be moved there.
     #[error("Model::fit: {0}")]
     Device(#[from] firebrand_autograd::Error),
+    /// A non-finite loss or gradient stopped training before the update it
+    /// would have spoiled (under [`NonFinite::Stop`](crate::NonFinite::Stop),
+    /// the default). Epoch, batch and step count from 0.
+    #[error(
+        "Model::fit: {what} at epoch {epoch}, batch {batch}, optimizer step {step}; training stopped before the update \
+         (FitOptions::non_finite = NonFinite::SkipBatch skips such batches instead)"
+    )]
+    NonFinite {
+        /// The epoch.
+        epoch: usize,
+        /// The batch within the epoch.
+        batch: usize,
+        /// The optimizer step that was about to be taken.
+        step: usize,
+        /// What was not finite: the loss, or the first parameter's gradient.
+        what: String,
+    },
+    /// The loss refused a batch's targets: a class index out of range (the
+    /// position is within the batch), targets of the wrong dtype or shape.
+    #[error("Model::fit: the loss of batch {batch} (epoch {epoch}, from 0): {source}")]
+    Loss {
+        /// The epoch.
+        epoch: usize,
+        /// The batch within the epoch.
+        batch: usize,
+        /// What the loss said.
+        source: firebrand_autograd::Error,
+    },
     /// A callback failed.
     #[error("callback {callback}: {problem}")]
     Callback {

@@ -1,14 +1,17 @@
 //! Training state on disk for custom loops: a network's `state_dict`
 //! (`model.*`), its optimizer's state (`optim.*`) and the step reached
-//! (`step`), in one safetensors file written atomically (temp file + rename),
-//! so a run killed at any moment leaves the previous checkpoint whole.
-//! [`Model`](crate::Model)'s checkpoints use the same layout.
+//! (`step`), in one safetensors file written atomically (temp file + rename,
+//! after an fsync), so a run killed at any moment leaves the previous
+//! checkpoint whole. The file carries its format version and a CRC-32 of its
+//! tensors ([`firebrand_nn::serialize::save_checkpoint`]): an older or a
+//! corrupted checkpoint is refused, saying which. [`Model`](crate::Model)'s
+//! checkpoints use the same layout, with the history in the metadata.
 
 use firebrand_autograd::{DType, Tensor};
-use firebrand_nn::serialize::{load_tensors, plan_load, save_tensors};
+use firebrand_nn::serialize::{load_checkpoint, plan_load, save_checkpoint};
 use firebrand_nn::{Module, ModuleExt, WeightsError};
 use firebrand_optim::Optimizer;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Writes `net`'s weights and buffers, `opt`'s state and `step` to `path`, atomically.
@@ -29,14 +32,15 @@ use std::path::Path;
 /// ```
 ///
 /// # Errors
-/// When the file cannot be written.
+/// When the file cannot be written (a full disk included); the previous
+/// checkpoint at `path` is then untouched.
 pub fn save_training_state(
     path: impl AsRef<Path>,
     net: &(impl Module + ?Sized),
     opt: &(impl Optimizer + ?Sized),
     step: u64,
 ) -> Result<(), WeightsError> {
-    save_tensors(path, &training_tensors(net, opt, step))
+    save_checkpoint(path, &training_tensors(net, opt, step), &[])
 }
 
 pub(crate) fn training_tensors(
@@ -55,17 +59,29 @@ pub(crate) fn training_tensors(
 /// returns the step. Everything is checked before anything changes.
 ///
 /// # Errors
-/// When the file is missing or malformed, or does not fit `net` and `opt`
-/// (the message names the file and the tensor).
+/// When the file is missing or malformed, older than this build's format or
+/// corrupted ([`WeightsError::Version`], [`WeightsError::Checksum`]), or does
+/// not fit `net` and `opt` (the message names the file and the tensor).
 pub fn load_training_state(
     path: impl AsRef<Path>,
     net: &(impl Module + ?Sized),
     opt: &mut (impl Optimizer + ?Sized),
 ) -> Result<u64, WeightsError> {
-    let path = path.as_ref();
+    Ok(load_state(path.as_ref(), net, opt, |_| Ok(()))?.0)
+}
+
+/// [`load_training_state`], with `check` reading the checkpoint's metadata
+/// before anything changes; its error stops the load.
+pub(crate) fn load_state<T>(
+    path: &Path,
+    net: &(impl Module + ?Sized),
+    opt: &mut (impl Optimizer + ?Sized),
+    check: impl FnOnce(&HashMap<String, String>) -> Result<T, WeightsError>,
+) -> Result<(u64, T), WeightsError> {
     let format = |msg: String| WeightsError::Format { path: path.to_path_buf(), msg };
     let (mut model, mut optim, mut step) = (BTreeMap::new(), BTreeMap::new(), None);
-    for (k, v) in load_tensors(path)? {
+    let (tensors, meta) = load_checkpoint(path)?;
+    for (k, v) in tensors {
         if let Some(n) = k.strip_prefix("optim.") {
             optim.insert(n.to_string(), v);
         } else if let Some(n) = k.strip_prefix("model.") {
@@ -80,7 +96,8 @@ pub fn load_training_state(
         None => return Err(format("no `step` tensor: not a training checkpoint".into())),
     };
     let plan = plan_load(&net.state_dict(), model, path, true)?;
+    let checked = check(&meta)?;
     opt.load_state(&optim).map_err(|e| format(e.to_string()))?;
     plan.apply();
-    Ok(step)
+    Ok((step, checked))
 }

@@ -19,6 +19,10 @@ pub struct EpochRecord {
     pub train_seconds: f64,
     /// Learning rate at the end of the epoch.
     pub lr: f32,
+    /// Batches skipped for a non-finite loss or gradient under
+    /// [`NonFinite::SkipBatch`](crate::NonFinite::SkipBatch) (0 otherwise).
+    #[serde(default)]
+    pub skipped_batches: usize,
 }
 
 /// All epochs of a run (Keras' `History`).
@@ -56,17 +60,18 @@ impl History {
     /// The records as CSV with a header line (empty cells for absent figures).
     pub fn to_csv(&self) -> String {
         let opt = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_default();
-        let mut s = String::from("epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,lr\n");
+        let mut s = String::from("epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,lr,skipped_batches\n");
         for r in &self.epochs {
             s.push_str(&format!(
-                "{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{}\n",
                 r.epoch,
                 r.loss,
                 opt(r.accuracy),
                 opt(r.val_loss),
                 opt(r.val_accuracy),
                 r.train_seconds,
-                r.lr
+                r.lr,
+                r.skipped_batches
             ));
         }
         s

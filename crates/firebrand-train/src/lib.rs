@@ -47,5 +47,5 @@ pub use callbacks::{
 pub use checkpoint::{load_training_state, save_training_state};
 pub use history::{EpochRecord, History};
 pub use metrics::ClassificationMetrics;
-pub use model::{Data, Evaluation, FitOptions, Loss, Model, Validation};
+pub use model::{Data, Evaluation, FitOptions, Loss, Model, NonFinite, Validation};
 pub use plot::PlotError;

@@ -2,7 +2,7 @@
 //! `evaluate` and `predict`.
 
 use crate::callbacks::{BatchLogs, Callback, EarlyStopping, FitError, GradientClipping, TrainContext};
-use crate::checkpoint::{load_training_state, save_training_state};
+use crate::checkpoint::load_state;
 use crate::{ClassificationMetrics, EpochRecord, History};
 use firebrand_autograd::{DType, Tensor, manual_seed, with_no_grad};
 use firebrand_data::{DataLoader, Dataset, Transform, random_split};
@@ -37,17 +37,25 @@ impl Loss {
     /// The mean loss of `output` against `target`.
     ///
     /// # Panics
-    /// When the target does not fit the output (naming the shapes).
+    /// When the target does not fit the output; see [`Loss::try_compute`].
     pub fn compute(&self, output: &Tensor, target: &Tensor) -> Tensor {
-        let r = match *self {
+        self.try_compute(output, target).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Loss::compute`], returning an error instead of panicking.
+    ///
+    /// # Errors
+    /// When the target does not fit the output (naming the shapes), or holds a
+    /// class index out of range (naming the value and its position).
+    pub fn try_compute(&self, output: &Tensor, target: &Tensor) -> firebrand_autograd::Result<Tensor> {
+        match *self {
             Loss::CrossEntropy { label_smoothing } => {
                 let t = if target.dtype() == DType::I64 { Target::Indices(target) } else { Target::Probs(target) };
                 cross_entropy(output, t, label_smoothing, Reduction::Mean)
             }
             Loss::Mse => mse_loss(output, target, Reduction::Mean),
             Loss::BinaryCrossEntropyWithLogits => binary_cross_entropy_with_logits(output, target, Reduction::Mean),
-        };
-        r.unwrap_or_else(|e| panic!("{e}"))
+        }
     }
 
     fn is_classification(&self) -> bool {
@@ -117,6 +125,23 @@ impl Validation {
     }
 }
 
+/// What [`Model::fit`] does when a batch's loss or gradient holds a NaN or an
+/// infinity (Keras' `TerminateOnNaN`, and more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Stop with [`FitError::NonFinite`], naming the epoch, the batch, the
+    /// step, and the loss or the first parameter whose gradient is not
+    /// finite. The parameters keep the values of the last good step.
+    #[default]
+    Stop,
+    /// Skip the batch (no backward pass for a bad loss, no update for a bad
+    /// gradient) and count it in [`EpochRecord::skipped_batches`].
+    SkipBatch,
+    /// No checks (PyTorch's behaviour): saves one read of the loss and one
+    /// reduction per gradient each step, and trains on whatever comes.
+    Ignore,
+}
+
 /// Options of [`Model::fit`].
 #[derive(Clone)]
 pub struct FitOptions {
@@ -151,6 +176,14 @@ pub struct FitOptions {
     /// losses averaged), for an effective batch `batch_size · accumulate`
     /// with the memory of one batch. 1 (the default) steps every batch.
     pub accumulate: usize,
+    /// What to do with a non-finite loss or gradient: stop (the default),
+    /// skip the batch, or nothing.
+    pub non_finite: NonFinite,
+    /// Train under [`detect_anomaly`](firebrand_autograd::detect_anomaly): the
+    /// first op to produce a NaN or inf, forward or backward, is named with
+    /// its call site ([`FitError::Device`] for the backward pass, a panic for
+    /// the forward). Slow; for finding a NaN.
+    pub detect_anomaly: bool,
 }
 
 impl Default for FitOptions {
@@ -169,6 +202,8 @@ impl Default for FitOptions {
             prefetch: 2,
             transform: None,
             accumulate: 1,
+            non_finite: NonFinite::Stop,
+            detect_anomaly: false,
         }
     }
 }
@@ -394,6 +429,7 @@ impl<M: Module> Model<M> {
                 }
             }};
         }
+        let _anomaly = opts.detect_anomaly.then(firebrand_autograd::detect_anomaly);
         hook!(on_train_begin());
         while epoch < opts.epochs && !stop {
             // Dropout masks and anything else drawn from the generator depend on
@@ -404,26 +440,66 @@ impl<M: Module> Model<M> {
             let pb = bar(n_batches, opts.verbose, epoch, opts.epochs);
             let t0 = Instant::now();
             let (mut totals, mut seen, mut classify) = (Totals::new(device), 0usize, false);
+            // Batches skipped this epoch, and those whose gradients the pending step holds.
+            let (mut skipped, mut pending) = (0usize, 0usize);
+            let check = opts.non_finite != NonFinite::Ignore;
             for (i, (x, y)) in train.epoch(epoch).enumerate() {
                 hook!(on_batch_begin(i));
                 // Batches come from the host; the model's device gets them.
                 let (x, y) = (x.to_device(device)?, y.to_device(device)?);
                 let out = net.forward(&x);
-                let loss = objective.compute(&out, &y);
+                let loss =
+                    objective.try_compute(&out, &y).map_err(|source| FitError::Loss { epoch, batch: i, source })?;
                 if i % accum == 0 {
                     opt.zero_grad();
+                    pending = 0;
                 }
-                if accum > 1 {
+                let bad_loss = check.then(|| loss.to_dtype(DType::F32).item()).filter(|v| !v.is_finite());
+                if let Some(v) = bad_loss {
+                    if opts.non_finite == NonFinite::Stop {
+                        return Err(FitError::NonFinite {
+                            epoch,
+                            batch: i,
+                            step,
+                            what: format!("non-finite loss ({v})"),
+                        });
+                    }
+                    skipped += 1;
+                } else {
                     // Mean over the accumulated batches (equal-sized ones give the
                     // gradient of one batch `accum` times larger).
-                    loss.affine(1.0 / accum as f32, 0.0).backward();
-                } else {
-                    loss.backward();
+                    let scaled = if accum > 1 { loss.affine(1.0 / accum as f32, 0.0) } else { loss.clone() };
+                    scaled.try_backward()?;
+                    pending += 1;
                 }
                 if (i + 1) % accum == 0 || i + 1 == n_batches {
-                    hook!(on_before_step());
-                    opt.step();
+                    let bad_grad = if check && pending > 0 { first_non_finite_grad(&*net) } else { None };
+                    match bad_grad {
+                        Some((name, v)) if opts.non_finite == NonFinite::Stop => {
+                            return Err(FitError::NonFinite {
+                                epoch,
+                                batch: i,
+                                step,
+                                what: format!("non-finite gradient ({v}) in parameter `{name}`"),
+                            });
+                        }
+                        Some(_) => {
+                            skipped += pending;
+                            opt.zero_grad();
+                        }
+                        None if pending > 0 => {
+                            hook!(on_before_step());
+                            opt.step();
+                        }
+                        None => {}
+                    }
+                    // The step's slot is used even when skipped, so a resumed
+                    // run's step count (and learning-rate schedule) agrees.
                     step += 1;
+                }
+                pb.inc(1);
+                if bad_loss.is_some() {
+                    continue;
                 }
                 let n = x.dims()[0];
                 let loss = loss.detach();
@@ -432,7 +508,6 @@ impl<M: Module> Model<M> {
                 classify |= labels;
                 totals.add(&loss, n, labels.then_some((&out, &y)));
                 hook!(on_batch_end(&BatchLogs { batch: i, size: n, loss: loss.clone() }));
-                pb.inc(1);
                 if opts.verbose && pb.position().is_multiple_of(20) {
                     pb.set_message(format!("loss {:.4}", totals.loss_sum() / seen as f64));
                 }
@@ -447,6 +522,7 @@ impl<M: Module> Model<M> {
                 val_accuracy: None,
                 train_seconds,
                 lr: opt.lr(),
+                skipped_batches: skipped,
             };
             if let Some(v) = &val {
                 let e = evaluate_loader(net, *objective, &DataLoader::new_shared(Arc::clone(v), val_batch));
@@ -538,7 +614,9 @@ impl<M: Module> Model<M> {
     }
 
     /// Writes weights (`model.*`), optimizer state (`optim.*`) and the history
-    /// (beside it, `<path>.history.json`), each atomically.
+    /// (in the file's metadata) to one checkpoint, atomically, with its format
+    /// version and checksum; a copy of the history goes beside it as
+    /// `<path>.history.json` for reading.
     ///
     /// # Errors
     /// When a file cannot be written, or the model has no optimizer.
@@ -554,10 +632,15 @@ impl<M: Module> Model<M> {
     /// optimizer, or the model has no optimizer.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<History, FitError> {
         let opt = self.optimizer.as_deref_mut().ok_or(FitError::NoOptimizer)?;
-        load_training_state(path, &self.net, opt)?;
-        let hp = history_path(path);
-        let text = std::fs::read_to_string(&hp).map_err(|source| WeightsError::Io { path: hp.clone(), source })?;
-        Ok(History::from_json(&text).map_err(|e| WeightsError::Format { path: hp, msg: e.to_string() })?)
+        // Checked before anything changes: the history must be there and parse.
+        let format = |msg: String| WeightsError::Format { path: path.to_path_buf(), msg };
+        let (_, history) = load_state(path, &self.net, opt, |meta| {
+            let text = meta
+                .get("history")
+                .ok_or_else(|| format("no `history` in its metadata: not a Model checkpoint".into()))?;
+            History::from_json(text).map_err(|e| format(format!("its history: {e}")))
+        })?;
+        Ok(history)
     }
 }
 
@@ -621,14 +704,50 @@ fn write_checkpoint(
     opt: &(impl Optimizer + ?Sized),
     history: &History,
 ) -> Result<(), FitError> {
+    let tensors = crate::checkpoint::training_tensors(net, opt, history.epochs.len() as u64);
+    firebrand_nn::serialize::save_checkpoint(path, &tensors, &[("history", history.to_json())])?;
+    // A copy to read; the checkpoint holds the one resuming uses.
     write_atomic(&history_path(path), history.to_json().as_bytes())?;
-    Ok(save_training_state(path, net, opt, history.epochs.len() as u64)?)
+    Ok(())
 }
 
 fn history_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".history.json");
     PathBuf::from(s)
+}
+
+/// The first parameter (in `named_parameters` order) whose gradient holds a
+/// NaN or an infinity, with that value.
+fn first_non_finite_grad(net: &(impl Module + ?Sized)) -> Option<(String, f32)> {
+    let grads: Vec<(String, Tensor)> =
+        net.named_parameters().into_iter().filter_map(|(n, p)| p.grad().map(|g| (n, g))).collect();
+    // `Σ x·0` is 0 when every x is finite and NaN otherwise (no overflow, unlike `Σ x`).
+    let bad: Vec<bool> = if grads.iter().all(|(_, g)| g.device().is_cpu() && g.dtype() == DType::F32) {
+        // On the host: one vectorized pass over each gradient's own buffer.
+        grads.iter().map(|(_, g)| g.with_f32_slice(any_non_finite).expect("f32")).collect()
+    } else {
+        // On a device: one reduction per gradient there and a single read back.
+        let sums: Vec<Tensor> =
+            grads.iter().map(|(_, g)| g.to_dtype(DType::F32).affine(0.0, 0.0).sum_all().reshape([1])).collect();
+        Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0).to_vec::<f32>().iter().map(|s| s.is_nan()).collect()
+    };
+    grads.iter().zip(bad).filter(|(_, b)| *b).find_map(|((name, g), _)| {
+        g.to_dtype(DType::F32).to_vec::<f32>().into_iter().find(|v| !v.is_finite()).map(|v| (name.clone(), v))
+    })
+}
+
+/// True when `v` holds a NaN or an infinity: 16 lanes of `x·0` summed.
+fn any_non_finite(v: &[f32]) -> bool {
+    let mut acc = [0.0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0.0f32, |a, x| a + x * 0.0);
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x * 0.0;
+        }
+    }
+    (acc.iter().sum::<f32>() + tail).is_nan()
 }
 
 /// An epoch's loss and correct-prediction totals: added up on the host for

@@ -196,7 +196,7 @@ impl History {
     /// use firebrand_train::{EpochRecord, History};
     /// let record = |epoch, loss| EpochRecord {
     ///     epoch, loss, accuracy: Some(1.0 - loss), val_loss: Some(loss + 0.1), val_accuracy: Some(0.9 - loss),
-    ///     train_seconds: 1.0, lr: 1e-3,
+    ///     train_seconds: 1.0, lr: 1e-3, skipped_batches: 0,
     /// };
     /// let h = History { epochs: vec![record(0, 0.6), record(1, 0.4), record(2, 0.3)] };
     /// let path = std::env::temp_dir().join(format!("fb_doc_history_{}.svg", std::process::id()));

@@ -5,7 +5,7 @@ use firebrand_autograd::{Tensor, manual_seed};
 use firebrand_data::{TensorDataset, digits};
 use firebrand_nn::{Activation, Dropout, Linear, ModuleExt, Sequential};
 use firebrand_optim::{Adam, Sgd};
-use firebrand_train::{EarlyStopping, FitOptions, History, Loss, Model, Validation};
+use firebrand_train::{EarlyStopping, FitError, FitOptions, History, Loss, Model, NonFinite, Validation};
 
 fn classifier(seed: u64) -> Model<Sequential> {
     manual_seed(seed);
@@ -37,7 +37,7 @@ fn trains_evaluates_and_predicts() {
     assert_eq!(p.dims(), &[test.x.dims()[0], 10]);
     // predict equals the network's eval-mode forward
     let csv = h.to_csv();
-    assert!(csv.starts_with("epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,lr\n"));
+    assert!(csv.starts_with("epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,lr,skipped_batches\n"));
     assert_eq!(csv.lines().count(), 5);
     assert_eq!(History::from_json(&h.to_json()).unwrap(), h);
     let path = std::env::temp_dir().join(format!("firebrand-history-{}.json", std::process::id()));
@@ -133,4 +133,103 @@ fn gradient_accumulation_equals_one_larger_batch() {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
     assert_ne!(one_big, run(4, 1), "without accumulation, two steps differ from one");
+}
+
+/// The digits with one NaN pixel in example `row`.
+fn digits_with_nan(row: usize) -> TensorDataset {
+    let d = digits();
+    let mut x = d.x.to_vec::<f32>();
+    x[row * 64 + 5] = f32::NAN;
+    TensorDataset::new(Tensor::from_vec(x, d.x.shape().clone()), d.y.clone()).unwrap()
+}
+
+fn in_order(epochs: usize) -> FitOptions {
+    FitOptions { epochs, verbose: false, shuffle: false, ..Default::default() }
+}
+
+#[test]
+fn a_nan_in_the_data_stops_fit_naming_epoch_batch_and_step() {
+    let mut model = classifier(3);
+    let err = model.fit(&digits_with_nan(100), &in_order(2)).unwrap_err();
+    // Batches of 32 in order: example 100 is in batch 3, before the 4th step.
+    match &err {
+        FitError::NonFinite { epoch: 0, batch: 3, step: 3, what } => assert_eq!(what, "non-finite loss (NaN)"),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("non-finite loss (NaN) at epoch 0, batch 3, optimizer step 3"), "{err}");
+    // The update the NaN would have spoiled was not made.
+    assert!(model.net.parameters().iter().all(|p| p.to_vec::<f32>().iter().all(|v| v.is_finite())));
+}
+
+#[test]
+fn skip_batch_counts_what_it_skipped_and_trains_on() {
+    let mut model = classifier(3);
+    let opts = FitOptions { non_finite: NonFinite::SkipBatch, ..in_order(2) };
+    let h = model.fit(&digits_with_nan(100), &opts).unwrap();
+    assert_eq!(h.epochs.iter().map(|e| e.skipped_batches).collect::<Vec<_>>(), [1, 1]);
+    assert!(h.epochs.iter().all(|e| e.loss.is_finite()) && h.epochs[1].accuracy.unwrap() > 0.8, "{h:?}");
+    // No checks: PyTorch's behaviour, a NaN loss reported and NaN weights.
+    let mut model = classifier(3);
+    let h = model.fit(&digits_with_nan(100), &FitOptions { non_finite: NonFinite::Ignore, ..in_order(1) }).unwrap();
+    assert!(h.epochs[0].loss.is_nan());
+}
+
+#[test]
+fn an_overflowing_gradient_names_the_parameter() {
+    // y = w·x + b at w = b = 0 on x = 3e38: the loss is finite (1.0) but
+    // d/dw = 2·(0 - 1)·3e38 overflows to -inf, while d/db = -2 is finite.
+    let data = TensorDataset::new(Tensor::full(3e38, [8, 1]), Tensor::ones([8, 1])).unwrap();
+    let linear = || {
+        let l = Linear::new(1, 1);
+        l.weight.copy_(&Tensor::zeros([1, 1])).unwrap();
+        l.bias.as_ref().unwrap().copy_(&Tensor::zeros([1])).unwrap();
+        Sequential::new().add(l)
+    };
+    let net = linear();
+    let opt = Sgd::new(net.named_parameters(), 0.1);
+    let mut model = Model::new(net, opt, Loss::Mse);
+    let err = model.fit(&data, &in_order(1)).unwrap_err();
+    assert!(
+        matches!(&err, FitError::NonFinite { batch: 0, step: 0, what, .. } if what == "non-finite gradient (-inf) in parameter `0.weight`"),
+        "{err}"
+    );
+    let net = linear();
+    let opt = Sgd::new(net.named_parameters(), 0.1);
+    let mut model = Model::new(net, opt, Loss::Mse);
+    let opts = FitOptions { non_finite: NonFinite::SkipBatch, batch_size: 4, ..in_order(1) };
+    let h = model.fit(&data, &opts).unwrap();
+    assert_eq!(h.epochs[0].skipped_batches, 2);
+    assert_eq!(model.net.named_parameters()[0].1.to_vec::<f32>(), [0.0], "no update was made");
+    // Under detect_anomaly the op whose backward overflowed is named, with its call site.
+    let net = linear();
+    let opt = Sgd::new(net.named_parameters(), 0.1);
+    let mut model = Model::new(net, opt, Loss::Mse);
+    let err = model.fit(&data, &FitOptions { detect_anomaly: true, ..in_order(1) }).unwrap_err().to_string();
+    assert!(err.contains("detect_anomaly: the gradient of `linear` is inf for its input 1 of shape [1, 1]"), "{err}");
+    assert!(err.contains("forward call site"), "{err}");
+}
+
+#[test]
+fn bad_targets_are_a_typed_error_naming_the_batch_and_the_value() {
+    let d = digits();
+    let mut y = d.y.to_vec::<i64>();
+    y[70] = 12; // batch 2 of 32, position 6 in it
+    let data = TensorDataset::new(d.x.clone(), Tensor::from_vec(y, [y_len(&d)])).unwrap();
+    let mut model = classifier(4);
+    let err = model.fit(&data, &in_order(1)).unwrap_err();
+    assert!(matches!(err, FitError::Loss { epoch: 0, batch: 2, .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(
+            "batch 2 (epoch 0, from 0): cross_entropy: target 12 at sample [6] is out of bounds for 10 classes"
+        ),
+        "{err}"
+    );
+    // f32 labels where class indices belong.
+    let floats = TensorDataset::new(d.x.clone(), d.y.to_dtype(firebrand_autograd::DType::F32)).unwrap();
+    let err = model.fit(&floats, &in_order(1)).unwrap_err().to_string();
+    assert!(err.contains("class indices must be i64"), "{err}");
+}
+
+fn y_len(d: &TensorDataset) -> usize {
+    d.y.dims()[0]
 }

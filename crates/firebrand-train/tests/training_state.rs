@@ -3,6 +3,7 @@
 //! the uninterrupted run; bad files give errors naming the file and tensor.
 
 use firebrand_autograd::{Tensor, manual_seed};
+use firebrand_nn::WeightsError;
 use firebrand_nn::{Activation, Linear, ModuleExt, Sequential};
 use firebrand_optim::{AdamW, Optimizer, decay_matrices};
 use firebrand_train::{load_training_state, save_training_state};
@@ -55,9 +56,45 @@ fn resuming_equals_the_uninterrupted_run() {
     let e = load_training_state(&path, &other, &mut opt_o).unwrap_err().to_string();
     assert!(e.contains("0.weight") && e.contains(&path.display().to_string()), "{e}");
     assert_eq!(other.parameters()[0].to_vec::<f32>(), before);
-    // Plain weights (no step) are not a training checkpoint.
+    // Plain weights (no version) are not a training checkpoint.
     firebrand_nn::save_weights(&a, &path).unwrap();
+    let e = load_training_state(&path, &c, &mut opt_c).unwrap_err();
+    assert!(matches!(e, WeightsError::Version { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("an older checkpoint (or plain weights): it has no checkpoint format version"),
+        "{e}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn corrupted_and_newer_checkpoints_are_refused_saying_which() {
+    let a = net();
+    let opt = optimizer(&a);
+    let path = std::env::temp_dir().join(format!("fb_training_state_bad_{}.safetensors", std::process::id()));
+    save_training_state(&path, &a, &opt, 3).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    // One flipped bit in the last tensor's bytes: the checksum tells.
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 0x10;
+    std::fs::write(&path, &bad).unwrap();
+    let c = net();
+    let mut opt_c = optimizer(&c);
+    let before = c.parameters()[0].to_vec::<f32>();
+    let e = load_training_state(&path, &c, &mut opt_c).unwrap_err();
+    assert!(matches!(e, WeightsError::Checksum { .. }), "{e:?}");
+    assert!(e.to_string().contains("corrupted: the checksum of its tensors is"), "{e}");
+    assert_eq!(c.parameters()[0].to_vec::<f32>(), before, "nothing changed");
+    // A version this build does not know.
+    let key = b"\"version\":\"1\"";
+    let at = good.windows(key.len()).position(|w| w == key).expect("the version in the header");
+    let mut newer = good.clone();
+    newer[at + key.len() - 2] = b'7';
+    std::fs::write(&path, &newer).unwrap();
     let e = load_training_state(&path, &c, &mut opt_c).unwrap_err().to_string();
-    assert!(e.contains("step"), "{e}");
+    assert!(e.ends_with("checkpoint format version 7; this build reads checkpoint format version 1"), "{e}");
+    // Truncated: not safetensors any more.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    assert!(matches!(load_training_state(&path, &c, &mut opt_c), Err(WeightsError::Format { .. })));
     std::fs::remove_file(&path).unwrap();
 }

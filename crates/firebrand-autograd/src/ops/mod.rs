@@ -63,8 +63,12 @@ pub(crate) fn record(
         return out;
     }
     let versions = inputs.iter().chain([&&out]).map(|t| t.version()).collect();
-    let grad_fn =
-        GradFn { name, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward), versions };
+    let site = crate::anomaly::capture();
+    if site.is_some() {
+        crate::anomaly::check_forward(name, inputs, &out, &site);
+    }
+    let inputs = inputs.iter().map(|t| (*t).clone()).collect();
+    let grad_fn = GradFn { name, inputs, backward: Box::new(backward), versions, site };
     Tensor::from_parts(out.0.storage.clone(), out.0.layout.clone(), Some(grad_fn))
 }
 

@@ -353,7 +353,10 @@ mod tests {
         }))
         .unwrap_err();
         let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
-        assert!(msg.contains("static int8") && msg.contains("[1, 4, 10, 10]") && msg.contains("expects 3"), "{msg}");
+        assert!(
+            msg.contains("Conv2d(3 -> ") && msg.contains("expected input (N, 3, H, W), got [1, 4, 10, 10]"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -188,15 +188,15 @@ impl MultiHeadAttention {
         let e = self.in_proj_weight.dims()[1];
         let (b, t) = match *query.dims() {
             [b, t, ee] if ee == e => (b, t),
-            _ => panic!("MultiHeadAttention: query must be (B, T, {e}), got {:?}", query.dims()),
+            _ => crate::module::input_error(self, &format!("query (B, T, {e})"), query.dims()),
         };
-        let s = key.dims()[1];
-        assert!(
-            key.dims() == [b, s, e] && value.dims() == [b, s, e],
-            "MultiHeadAttention: key/value must be (B, S, {e}), got {:?} and {:?}",
-            key.dims(),
-            value.dims()
-        );
+        let s = if key.rank() == 3 { key.dims()[1] } else { 0 };
+        if key.dims() != [b, s, e] {
+            crate::module::input_error(self, &format!("key ({b}, S, {e})"), key.dims());
+        }
+        if value.dims() != [b, s, e] {
+            crate::module::input_error(self, &format!("value ({b}, {s}, {e})"), value.dims());
+        }
         let (w, bias) = (&self.in_proj_weight, &self.in_proj_bias);
         let int8 = self
             .int8

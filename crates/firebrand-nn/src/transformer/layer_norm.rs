@@ -50,6 +50,11 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
             // x: (…, C); one fused op (Tensor::layer_norm).
+            if let Some(c) = self.weight.as_ref().map(|w| w.dims()[0])
+                && (x.rank() == 0 || x.size(-1) != c)
+            {
+                crate::module::input_error(self, &format!("(…, {c})"), x.dims());
+            }
             x.try_layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)
                 .unwrap_or_else(|e| panic!("LayerNorm: {e}"))
         })
@@ -94,6 +99,10 @@ impl RMSNorm {
 impl Module for RMSNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            let c = self.weight.dims()[0];
+            if x.rank() == 0 || x.size(-1) != c {
+                crate::module::input_error(self, &format!("(…, {c})"), x.dims());
+            }
             let ms = x.square().mean(&[-1], true);
             x.mul(&ms.affine(1.0, self.eps).rsqrt()).mul(&self.weight)
         })

@@ -270,7 +270,10 @@ impl TransformerEncoder {
 
 impl TransformerEncoder {
     fn forward_stack(&self, x: &Tensor) -> Tensor {
-        let y = self.layers.iter().fold(x.clone(), |h, l| l.forward(&h)); // (B, T, E)
+        let y = self.layers.iter().enumerate().fold(x.clone(), |h, (i, l)| {
+            let _scope = crate::module::enter_scope(self, "layers", Some(i));
+            l.forward(&h)
+        }); // (B, T, E)
         match &self.norm {
             Some(n) => n.forward(&y),
             None => y,
@@ -316,7 +319,10 @@ impl TransformerDecoder {
     /// Runs every layer on `tgt` `(B, T, E)` attending to `memory` `(B, S, E)`
     /// (`memory_key_padding_mask` `(B, S)`: 1 marks padding).
     pub fn decode(&self, tgt: &Tensor, memory: &Tensor, memory_key_padding_mask: Option<&Tensor>) -> Tensor {
-        let y = self.layers.iter().fold(tgt.clone(), |h, l| l.decode(&h, memory, memory_key_padding_mask));
+        let y = self.layers.iter().enumerate().fold(tgt.clone(), |h, (i, l)| {
+            let _scope = crate::module::enter_scope(self, "layers", Some(i));
+            l.decode(&h, memory, memory_key_padding_mask)
+        });
         match &self.norm {
             Some(n) => n.forward(&y),
             None => y,

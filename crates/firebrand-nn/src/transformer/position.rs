@@ -27,6 +27,9 @@ impl SinusoidalPositionalEncoding {
 impl Module for SinusoidalPositionalEncoding {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            if x.rank() < 2 {
+                crate::module::input_error(self, "(…, T, E)", x.dims());
+            }
             let (t, e) = (x.dims()[x.rank() - 2], x.dims()[x.rank() - 1]);
             x.add(&SinusoidalPositionalEncoding::table(t, e).to_device(x.device()).expect("the input's device"))
         })
@@ -56,9 +59,11 @@ impl LearnedPositionalEncoding {
 impl Module for LearnedPositionalEncoding {
     fn forward(&self, x: &Tensor) -> Tensor {
         crate::module::traced(self, || {
+            let &[max, e] = self.weight.dims() else { unreachable!("a (max_len, E) table") };
+            if x.rank() < 2 || x.dims()[x.rank() - 2] > max || x.dims()[x.rank() - 1] != e {
+                crate::module::input_error(self, &format!("(…, T ≤ {max}, {e})"), x.dims());
+            }
             let t = x.dims()[x.rank() - 2];
-            let max = self.weight.dims()[0];
-            assert!(t <= max, "LearnedPositionalEncoding: sequence of {t} longer than the table's {max}");
             x.add(&self.weight.narrow(0, 0, t))
         })
     }

@@ -19,6 +19,7 @@ def flat(t):
 cases = {}
 logits = det((4, 5), 2.0)
 idx = torch.tensor([1, 4, 0, 2])
+idx_ignore = torch.tensor([1, -100, 0, 2])  # PyTorch's default ignore_index
 probs = torch.softmax(det((4, 5), 1.5, 0.2), dim=-1)
 for name, fn in [
     ("ce_indices", lambda x: F.cross_entropy(x, idx)),
@@ -27,6 +28,10 @@ for name, fn in [
     ("ce_probs_smoothing", lambda x: F.cross_entropy(x, probs, label_smoothing=0.2)),
     ("ce_sum", lambda x: F.cross_entropy(x, idx, reduction="sum")),
     ("nll", lambda x: F.nll_loss(torch.log_softmax(x, -1), idx)),
+    ("ce_ignore", lambda x: F.cross_entropy(x, idx_ignore)),
+    ("ce_ignore_smoothing", lambda x: F.cross_entropy(x, idx_ignore, label_smoothing=0.1)),
+    ("ce_ignore_sum", lambda x: F.cross_entropy(x, idx_ignore, reduction="sum")),
+    ("nll_ignore", lambda x: F.nll_loss(torch.log_softmax(x, -1), idx_ignore)),
     ("mse", lambda x: F.mse_loss(x, det((4, 5), 0.5))),
     ("bce_logits", lambda x: F.binary_cross_entropy_with_logits(x, torch.sigmoid(det((4, 5), 3.0)))),
 ]:
@@ -34,7 +39,7 @@ for name, fn in [
     loss = fn(x)
     loss.backward()
     cases[name] = {"loss": float(loss.detach()), "grad": flat(x.grad)}
-cases["inputs"] = {"logits": flat(logits), "idx": idx.tolist(), "probs": flat(probs),
+cases["inputs"] = {"logits": flat(logits), "idx": idx.tolist(), "idx_ignore": idx_ignore.tolist(), "probs": flat(probs),
                    "mse_target": flat(det((4, 5), 0.5)), "bce_target": flat(torch.sigmoid(det((4, 5), 3.0)))}
 
 # Linear(6 -> 3) with given weights, input (2, 6): y and grads of sum(y * w)
