@@ -51,7 +51,9 @@ pub fn parse_idx(bytes: &[u8], name: &Path) -> Result<IdxArray, DataError> {
     let dims: Vec<usize> = (0..nd)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
+        DataError::format(name, format!("header dims {dims:?} describe more elements than memory can hold"))
+    })?;
     let body = &bytes[header..];
     if body.len() != n {
         let what = if body.len() < n { "truncated" } else { "trailing bytes" };
