@@ -414,7 +414,7 @@ pub fn parse_csv(bytes: &[u8], opts: &CsvOptions, name: &Path) -> Result<CsvData
                 .iter()
                 .filter_map(|(_, r)| if let Cell::Number(v) = cell(&r[label_position]) { Some(v) } else { None })
                 .fold(0.0f64, f64::max);
-            opts.classes.unwrap_or(max as usize + 1)
+            opts.classes.unwrap_or((max as usize).saturating_add(1))
         }
     };
     let schema = CsvSchema {
