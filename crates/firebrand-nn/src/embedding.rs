@@ -58,19 +58,24 @@ impl Embedding {
     }
 }
 
+/// Panics, naming `layer` and its place in the model, unless `ids` are `i64`
+/// in `0..n`; an id out of range is named with its flat position.
+fn check_ids<M: Module>(layer: &M, ids: &Tensor, n: usize) {
+    if ids.dtype() != DType::I64 {
+        crate::module::input_error(layer, &format!("i64 ids below {n}, not {:?},", ids.dtype()), ids.dims());
+    }
+    let flat = ids.reshape([ids.elem_count()]).to_vec::<i64>();
+    if let Some((i, v)) = flat.into_iter().enumerate().find(|&(_, v)| v < 0 || v as usize >= n) {
+        let msg = crate::module::layer_input_message(layer, &format!("ids in 0..{n}"), ids.dims());
+        panic!("{msg}: id {v} at flat position {i} is out of range");
+    }
+}
+
 impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Tensor {
         crate::module::traced(self, || {
-            if ids.dtype() != DType::I64 {
-                let expected = format!("i64 ids below {}, not {:?},", self.num_embeddings(), ids.dtype());
-                crate::module::input_error(self, &expected, ids.dims());
-            }
+            check_ids(self, ids, self.num_embeddings());
             let flat = ids.reshape([ids.elem_count()]);
-            let rows = self.num_embeddings();
-            if let Some((i, v)) = crate::module::first_outside(&flat, rows) {
-                let msg = crate::module::layer_input_message(self, &format!("ids in 0..{rows}"), ids.dims());
-                panic!("{msg}: id {v} at flat position {i} is out of range");
-            }
             let rows = match self.padding_idx {
                 // Detach the padding row's contribution: multiply its lookups by 0 in the
                 // gradient path by masking the gathered rows.
@@ -114,17 +119,7 @@ pub struct OneHot(pub usize);
 impl Module for OneHot {
     fn forward(&self, ids: &Tensor) -> Tensor {
         crate::module::traced(self, || {
-            if ids.dtype() != DType::I64 {
-                crate::module::input_error(
-                    self,
-                    &format!("i64 ids below {}, not {:?},", self.0, ids.dtype()),
-                    ids.dims(),
-                );
-            }
-            if let Some((i, v)) = crate::module::first_outside(&ids.reshape([ids.elem_count()]), self.0) {
-                let msg = crate::module::layer_input_message(self, &format!("ids in 0..{}", self.0), ids.dims());
-                panic!("{msg}: id {v} at flat position {i} is out of range");
-            }
+            check_ids(self, ids, self.0);
             ids.one_hot(self.0)
         })
     }

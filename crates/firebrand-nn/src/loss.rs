@@ -83,9 +83,7 @@ impl CrossEntropyLoss {
         let eps = self.label_smoothing;
         match target {
             Target::Indices(t) => {
-                let mask = check_class_indices("cross_entropy", &logp, t, self.ignore_index)?;
-                let t = mask.as_ref().map_or(t, |m| &m.safe);
-                let mut loss = logp.try_gather(-1, &t.try_unsqueeze(-1)?)?.try_squeeze(-1)?.neg();
+                let (mut loss, mask) = nll_per_example("cross_entropy", &logp, t, self.ignore_index)?;
                 if eps > 0.0 {
                     let uniform = logp.try_mean(&[-1], false)?.neg();
                     loss = loss * (1.0 - eps) + uniform * eps;
@@ -204,6 +202,20 @@ fn check_class_indices(
     }))
 }
 
+/// `-logp[…, target]` per example, after [`check_class_indices`]; ignored
+/// targets gather class 0, which their mask then zeroes.
+fn nll_per_example(
+    op: &'static str,
+    logp: &Tensor,
+    target: &Tensor,
+    ignore_index: Option<i64>,
+) -> Result<(Tensor, Option<IgnoreMask>)> {
+    let mask = check_class_indices(op, logp, target, ignore_index)?;
+    let t = mask.as_ref().map_or(target, |m| &m.safe);
+    let loss = logp.try_gather(-1, &t.try_unsqueeze(-1)?)?.try_squeeze(-1)?.neg();
+    Ok((loss, mask))
+}
+
 fn reduce_masked(loss: Tensor, mask: Option<&IgnoreMask>, reduction: Reduction) -> Tensor {
     let Some(m) = mask else { return reduce(loss, reduction) };
     let loss = loss * &m.mask;
@@ -223,9 +235,7 @@ fn reduce_masked(loss: Tensor, mask: Option<&IgnoreMask>, reduction: Reduction) 
 /// When the target's shape or dtype does not fit, or a class index is outside
 /// `0..C` (the error names the value and its position).
 pub fn nll_loss(log_probs: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
-    let mask = check_class_indices("nll_loss", log_probs, target, Some(IGNORE_INDEX))?;
-    let t = mask.as_ref().map_or(target, |m| &m.safe);
-    let loss = log_probs.try_gather(-1, &t.try_unsqueeze(-1)?)?.try_squeeze(-1)?.neg();
+    let (loss, mask) = nll_per_example("nll_loss", log_probs, target, Some(IGNORE_INDEX))?;
     Ok(reduce_masked(loss, mask.as_ref(), reduction))
 }
 

@@ -609,11 +609,6 @@ pub fn layer_input_message<M: Module + ?Sized>(layer: &M, expected: &str, got: &
     format!("{path}{sep}{}: expected input {expected}, got {got:?}", layer.describe())
 }
 
-/// The first of `ids` (`i64`, flat) outside `0..n`, with its position.
-pub(crate) fn first_outside(ids: &Tensor, n: usize) -> Option<(usize, i64)> {
-    ids.to_vec::<i64>().into_iter().enumerate().find(|&(_, v)| v < 0 || v as usize >= n)
-}
-
 /// Panics with [`layer_input_message`].
 #[track_caller]
 pub(crate) fn input_error<M: Module + ?Sized>(layer: &M, expected: &str, got: &[usize]) -> ! {

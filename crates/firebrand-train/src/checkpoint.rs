@@ -8,10 +8,10 @@
 //! checkpoints use the same layout, with the history in the metadata.
 
 use firebrand_autograd::{DType, Tensor};
-use firebrand_nn::serialize::{load_checkpoint, plan_load, save_checkpoint};
+use firebrand_nn::serialize::{Metadata, load_checkpoint, plan_load, save_checkpoint};
 use firebrand_nn::{Module, ModuleExt, WeightsError};
 use firebrand_optim::Optimizer;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Writes `net`'s weights and buffers, `opt`'s state and `step` to `path`, atomically.
@@ -76,7 +76,7 @@ pub(crate) fn load_state<T>(
     path: &Path,
     net: &(impl Module + ?Sized),
     opt: &mut (impl Optimizer + ?Sized),
-    check: impl FnOnce(&HashMap<String, String>) -> Result<T, WeightsError>,
+    check: impl FnOnce(&Metadata) -> Result<T, WeightsError>,
 ) -> Result<(u64, T), WeightsError> {
     let format = |msg: String| WeightsError::Format { path: path.to_path_buf(), msg };
     let (mut model, mut optim, mut step) = (BTreeMap::new(), BTreeMap::new(), None);

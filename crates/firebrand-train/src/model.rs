@@ -705,9 +705,10 @@ fn write_checkpoint(
     history: &History,
 ) -> Result<(), FitError> {
     let tensors = crate::checkpoint::training_tensors(net, opt, history.epochs.len() as u64);
-    firebrand_nn::serialize::save_checkpoint(path, &tensors, &[("history", history.to_json())])?;
-    // A copy to read; the checkpoint holds the one resuming uses.
-    write_atomic(&history_path(path), history.to_json().as_bytes())?;
+    let json = history.to_json();
+    // A copy to read beside the checkpoint; the checkpoint holds the one resuming uses.
+    write_atomic(&history_path(path), json.as_bytes())?;
+    firebrand_nn::serialize::save_checkpoint(path, &tensors, &[("history", json)])?;
     Ok(())
 }
 
