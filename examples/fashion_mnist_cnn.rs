@@ -18,6 +18,10 @@
 //! `/usr/share/datasets/fashion-mnist` (Debian: `apt-get install dataset-fashion-mnist`),
 //! `../shared/data/fashion-mnist` and `./data/fashion-mnist`.
 //!
+//! Data-parallel: `cargo build --release --features mpi --example
+//! fashion_mnist_cnn`, then `mpirun -np 2 target/release/examples/fashion_mnist_cnn
+//! --distributed` (batch 32 per process; see `docs/distributed.md`).
+//!
 //! A run (5 epochs, 2 threads; `python3 benches/compare.py cnn` compares the
 //! same network with PyTorch): about 91% test accuracy.
 
@@ -25,6 +29,7 @@ use clap::Parser;
 use firebrand::data::{Compose, FASHION_MNIST_CLASSES, RandomCrop, RandomHorizontalFlip, load_fashion_mnist};
 use firebrand::nn::save_weights;
 use firebrand::prelude::*;
+use firebrand::train::Distributed;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,10 +46,14 @@ struct Args {
     /// Where the weights and plots go [default: runs/fashion_mnist_cnn].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    distributed: common::DistributedArg,
 }
 
 fn main() {
     let args = Args::parse();
+    // Under --distributed only rank 0 reports and saves.
+    let (rank, world) = common::distributed_rank(&args.distributed);
     let (epochs, augment) = (args.fashion.epochs, args.augment);
     let (dir, train, test) = load_fashion_mnist(args.fashion.data.as_deref()).unwrap_or_else(|e| common::fail(e));
     let train = common::limited(train, args.fashion.limit);
@@ -64,9 +73,22 @@ fn main() {
     let mut model = Model::new(net, optimizer, Loss::CROSS_ENTROPY);
     let transform: Option<Arc<dyn firebrand::data::Transform>> = augment
         .then(|| Arc::new(Compose(vec![Box::new(RandomCrop::new(2)), Box::new(RandomHorizontalFlip::default())])) as _);
-    let options =
-        FitOptions { epochs, batch_size: 32, validation: Validation::Split(0.1), transform, ..Default::default() };
+    let distributed = if args.distributed.distributed { Distributed::Auto } else { Distributed::Off };
+    let options = FitOptions {
+        epochs,
+        batch_size: 32,
+        validation: Validation::Split(0.1),
+        transform,
+        distributed,
+        ..Default::default()
+    };
+    if world > 1 && rank == 0 {
+        println!("data-parallel on {world} processes: batch 32 each, {} in all", 32 * world);
+    }
     let history = model.fit(&train, &options).unwrap_or_else(|e| common::fail(e));
+    if rank != 0 {
+        return;
+    }
     let per_epoch: f64 = history.epochs.iter().map(|e| e.train_seconds).sum::<f64>() / history.epochs.len() as f64;
 
     let eval = model.evaluate(&test, 1000);

@@ -15,7 +15,11 @@
 //!
 //! Run: `cargo run --release --example gpt -- [--text FILE] [--iters 2000]
 //! [--eval-every 250] [--seed 0] [--out DIR] [--resume] [--prompt "ROMEO:"]
-//! [--len 500] [--temperature 0.8] [--top-k 0]`
+//! [--len 500] [--temperature 0.8] [--top-k 0] [--batch 12] [--distributed]`
+//!
+//! Data-parallel (`--features mpi`): `mpirun -np 2 target/release/examples/gpt
+//! --distributed` (`--batch` windows per process; rank 0 reports, writes and
+//! samples; see `docs/distributed.md`).
 //!
 //! The checkpoint, the vocabulary and `gpt_history.png` (training and
 //! validation loss at every evaluation) go to `--out` (default `runs/gpt`).
@@ -85,8 +89,13 @@ struct Args {
     /// Where the checkpoint, vocabulary and plot go [default: runs/gpt].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Windows per batch (per process under --distributed).
+    #[arg(long, default_value_t = 12)]
+    batch: usize,
     #[command(flatten)]
     device: common::DeviceArg,
+    #[command(flatten)]
+    distributed: common::DistributedArg,
 }
 
 /// Mean loss over `batches` fixed validation batches.
@@ -105,7 +114,11 @@ fn on(t: &Tensor, device: Device) -> Tensor {
 
 fn main() {
     let args = Args::parse();
-    let Args { iters, eval_every, seed, len, temperature, top_k, resume, .. } = args;
+    let Args { iters, eval_every, seed, len, temperature, top_k, resume, batch, .. } = args;
+    // Under --distributed every rank trains on its part of each step's
+    // windows and only rank 0 reports, writes and samples.
+    let (rank, world) = common::distributed_rank(&args.distributed);
+    let main_rank = rank == 0;
     let prompt = args.prompt.replace("\\n", "\n");
     let (path, text) = shakespeare(args.text.as_deref());
     let out = common::out_dir(args.out.as_deref(), "gpt");
@@ -134,6 +147,19 @@ fn main() {
     let gpt = Gpt::new(GptConfig::char_level(vocab.len()));
     println!("{} — {} parameters", gpt.describe(), gpt.num_parameters());
     let device = args.device.place(&gpt);
+    #[cfg(feature = "mpi")]
+    let ddp = args.distributed.distributed.then(|| {
+        use firebrand::distributed::{DdpOptions, GradReducer, ProcessGroup, sync_module};
+        let g = ProcessGroup::world().unwrap_or_else(|e| fail(e));
+        // Rank 0's initial weights on every rank (what DistributedDataParallel
+        // does; `gpt.loss` is not a Module forward, so the reducer is used
+        // directly): gradients averaged in buckets during backward.
+        sync_module(&g, &gpt).unwrap_or_else(|e| fail(e));
+        GradReducer::new(&g, gpt.named_parameters(), &DdpOptions::default()).unwrap_or_else(|e| fail(e))
+    });
+    if world > 1 && main_rank {
+        println!("data-parallel on {world} processes: {batch} windows each, {} per step", batch * world);
+    }
     let mut opt = AdamW::with_options(gpt.named_parameters(), 1e-3, (0.9, 0.99), 1e-8, 0.1, &decay_matrices);
     let schedule = CosineWithWarmup { base: 1e-3, warmup: 100, total: 2000, min_lr: 1e-4 };
     let mut step = 0;
@@ -151,10 +177,10 @@ fn main() {
     let (mut sum, mut count, mut t0) = (0.0f32, 0, Instant::now());
     while step < iters {
         opt.set_lr(schedule.lr_at(step as usize));
-        let (x, y) = train.batch(12, seed, step);
+        let (x, y) = train.batch_shard(batch, seed, step, rank, world);
         let loss = gpt.loss(&on(&x, device), &on(&y, device));
         opt.zero_grad();
-        loss.backward();
+        loss.try_backward().unwrap_or_else(|e| fail(e));
         clip_grad_norm(&params, 1.0);
         opt.step();
         (sum, count) = (sum + loss.item(), count + 1);
@@ -162,6 +188,17 @@ fn main() {
         if step % eval_every == 0 || step == iters {
             let ms = 1000.0 * t0.elapsed().as_secs_f64() / count as f64;
             let val_loss = evaluate(&gpt, &val, 50, device);
+            #[cfg(feature = "mpi")]
+            if let Some(d) = &ddp {
+                // The training loss averaged over the ranks (the validation loss is the same on all).
+                let mut s = [sum as f64];
+                d.group().all_reduce_f64(&mut s).unwrap_or_else(|e| fail(e));
+                sum = (s[0] / world as f64) as f32;
+            }
+            if !main_rank {
+                (sum, count, t0) = (0.0, 0, Instant::now());
+                continue;
+            }
             println!(
                 "step {step:>5}: train loss {:.4}, val loss {val_loss:.4}, lr {:.2e}, {ms:.1} ms/step",
                 sum / count as f32,
@@ -182,6 +219,9 @@ fn main() {
             history.write(&history_path).unwrap_or_else(|e| fail(e));
             (sum, count, t0) = (0.0, 0, Instant::now());
         }
+    }
+    if !main_rank {
+        return;
     }
     println!("checkpoint: {} (vocabulary {})", ckpt.display(), vocab_path.display());
     if !history.epochs.is_empty() {

@@ -44,6 +44,11 @@
 pub use firebrand_autograd as autograd;
 #[doc(inline)]
 pub use firebrand_data as data;
+/// Data-parallel training on MPI (facade feature `mpi`):
+/// `DistributedDataParallel`, `ProcessGroup`, `DistributedSampler`; see
+/// `docs/distributed.md`.
+#[cfg(feature = "mpi")]
+pub use firebrand_distributed as distributed;
 #[doc(inline)]
 pub use firebrand_nn as nn;
 #[doc(inline)]

@@ -93,3 +93,30 @@ pub fn plot_confusion(metrics: &firebrand::train::ClassificationMetrics, dir: &P
         Err(e) => eprintln!("warning: {e}"),
     }
 }
+
+/// The `--distributed` flag of the examples that train data-parallel.
+#[derive(clap::Args)]
+pub struct DistributedArg {
+    /// Train data-parallel across the processes of an MPI job: launch with
+    /// `mpirun -np N` (needs the `mpi` feature). The batch size is per process.
+    #[arg(long)]
+    pub distributed: bool,
+}
+
+/// This process's rank and the world size under `--distributed` (`(0, 1)`
+/// without it), or exit with the reason.
+pub fn distributed_rank(arg: &DistributedArg) -> (usize, usize) {
+    if !arg.distributed {
+        return (0, 1);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let g = firebrand::distributed::ProcessGroup::world().unwrap_or_else(|e| fail(e));
+        if g.world_size() == 1 {
+            eprintln!("warning: --distributed in a single process; launch with `mpirun -np N`");
+        }
+        (g.rank(), g.world_size())
+    }
+    #[cfg(not(feature = "mpi"))]
+    fail("--distributed needs the `mpi` feature: cargo build --release --features mpi --examples")
+}

@@ -59,6 +59,18 @@ impl Tensor {
         }
         let _guard = no_grad();
         let order = topo_order(self);
+        // Uses of each tensor still to be back-propagated: a leaf's gradient
+        // is accumulated (and its hooks run) as soon as its last use is done,
+        // not at its place in the order, so data parallelism can send the
+        // last layers' gradients while backward goes on with the first.
+        let mut uses: HashMap<TensorId, usize> = HashMap::new();
+        for t in &order {
+            if let Some(g) = &t.0.grad_fn {
+                for inp in g.inputs.iter().filter(|i| i.requires_grad()) {
+                    *uses.entry(inp.id()).or_default() += 1;
+                }
+            }
+        }
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(self.id(), grad.detach());
         for t in order.iter().rev() {
@@ -90,15 +102,24 @@ impl Tensor {
                             ig.shape(),
                             inp.shape()
                         );
-                        match grads.remove(&inp.id()) {
-                            Some(prev) => grads.insert(inp.id(), prev.add(&ig)),
-                            None => grads.insert(inp.id(), ig),
+                        let total = match grads.remove(&inp.id()) {
+                            Some(prev) => prev.add(&ig),
+                            None => ig,
                         };
+                        let left = uses.get_mut(&inp.id()).map(|n| {
+                            *n -= 1;
+                            *n
+                        });
+                        if inp.0.grad_fn.is_none() && left == Some(0) {
+                            accumulate_leaf(inp, total);
+                        } else {
+                            grads.insert(inp.id(), total);
+                        }
                     }
                 }
             }
         }
-        Ok(())
+        crate::hooks::run_end_hooks()
     }
 }
 
@@ -145,6 +166,11 @@ fn check_versions(name: &str, inputs: &[Tensor], out: &Tensor, versions: &[u64])
 }
 
 fn accumulate_leaf(t: &Tensor, g: Tensor) {
+    accumulate_into_slot(t, g);
+    crate::hooks::run_leaf_hooks(t);
+}
+
+fn accumulate_into_slot(t: &Tensor, g: Tensor) {
     let mut slot = t.0.grad.lock().unwrap();
     *slot = Some(match slot.take() {
         Some(prev) => prev.add(&g),

@@ -5,7 +5,9 @@
 //! * [`Dataset`] (`len`, `get`, `get_batch`) and the in-memory
 //!   [`TensorDataset`] with seeded `split` and `subset`.
 //! * [`DataLoader`]: batch size, seeded per-epoch shuffling, `drop_last`,
-//!   prefetch on a background thread.
+//!   prefetch on a background thread; [`DistributedSampler`] shards every
+//!   epoch across the processes of a data-parallel run
+//!   ([`DataLoader::sampler`]).
 //! * Readers returning typed [`DataError`]s that name the file: IDX for MNIST
 //!   and Fashion-MNIST ([`load_mnist`], plain or `.gz`), and tabular CSV
 //!   ([`read_csv`]: quoting, headers, the label by name or index, string
@@ -44,6 +46,7 @@ mod digits;
 mod error;
 mod idx;
 mod loader;
+mod sampler;
 mod text;
 mod text_folder;
 mod transform;
@@ -61,6 +64,7 @@ pub use idx::{
     load_mnist, parse_idx, read_idx, read_text,
 };
 pub use loader::{Batches, DataLoader};
+pub use sampler::{DistributedSampler, launched_world_size};
 pub use text::{CharVocab, TextWindows, TokenBatches};
 pub use text_folder::{TextFolder, text_dataset_from_directory};
 pub use transform::{Compose, Normalize, RandomCrop, RandomHorizontalFlip, Transform};

@@ -1,7 +1,7 @@
 //! `DataLoader`: batches with seeded shuffling, `drop_last`, and prefetch on a
 //! background thread.
 
-use crate::{Dataset, Transform};
+use crate::{Dataset, DistributedSampler, Transform};
 use firebrand_autograd::Tensor;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
@@ -40,6 +40,7 @@ pub struct DataLoader {
     drop_last: bool,
     prefetch: usize,
     transform: Option<Arc<dyn Transform>>,
+    sampler: Option<DistributedSampler>,
 }
 
 impl DataLoader {
@@ -57,7 +58,15 @@ impl DataLoader {
     /// When `batch_size` is 0.
     pub fn new_shared(dataset: Arc<dyn Dataset>, batch_size: usize) -> Self {
         assert!(batch_size > 0, "DataLoader: batch_size must be positive");
-        DataLoader { dataset, batch_size, shuffle_seed: None, drop_last: false, prefetch: 0, transform: None }
+        DataLoader {
+            dataset,
+            batch_size,
+            shuffle_seed: None,
+            drop_last: false,
+            prefetch: 0,
+            transform: None,
+            sampler: None,
+        }
     }
 
     /// Applies `transform` to every batch's inputs (on the prefetch thread
@@ -90,6 +99,28 @@ impl DataLoader {
         self
     }
 
+    /// Reads only this process's shard of every epoch (PyTorch's
+    /// `DataLoader(sampler=DistributedSampler(...))`): the sampler's length
+    /// is set to the data set's, and a shuffle seed given to the loader is
+    /// used when the sampler has none.
+    ///
+    /// ```
+    /// use firebrand_data::{DataLoader, DistributedSampler, TensorDataset};
+    /// use firebrand_autograd::Tensor;
+    /// let ds = TensorDataset::new(Tensor::zeros([10, 2]), Tensor::arange_i64(0, 10)).unwrap();
+    /// let rank1 = DataLoader::new(ds, 2).shuffle(0).sampler(DistributedSampler::new(0, 1, 2));
+    /// assert_eq!(rank1.num_batches(), 3); // 5 of the 10 examples
+    /// ```
+    pub fn sampler(mut self, sampler: DistributedSampler) -> Self {
+        self.sampler = Some(sampler.with_len(self.dataset.len()));
+        self
+    }
+
+    /// The distributed sampler, when the loader reads one shard.
+    pub fn distributed_sampler(&self) -> Option<&DistributedSampler> {
+        self.sampler.as_ref()
+    }
+
     /// Drops a last, smaller batch.
     pub fn drop_last(mut self, on: bool) -> Self {
         self.drop_last = on;
@@ -114,12 +145,19 @@ impl DataLoader {
 
     /// Number of batches per epoch.
     pub fn num_batches(&self) -> usize {
-        let n = self.dataset.len();
+        let n = self.sampler.map_or(self.dataset.len(), |s| s.num_samples());
         if self.drop_last { n / self.batch_size } else { n.div_ceil(self.batch_size) }
     }
 
     /// The example order of `epoch`.
     pub fn order(&self, epoch: usize) -> Vec<usize> {
+        if let Some(s) = self.sampler {
+            let s = match (s.is_shuffled(), self.shuffle_seed) {
+                (false, Some(seed)) => s.seed(seed),
+                _ => s,
+            };
+            return s.indices(epoch);
+        }
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if let Some(seed) = self.shuffle_seed {
             shuffle(&mut order, seed.wrapping_add(epoch as u64));

@@ -301,6 +301,28 @@ impl TokenBatches {
         }
         (Tensor::from_vec(x, [batch, t]), Tensor::from_vec(y, [batch, t]))
     }
+
+    /// Rank `rank`'s part of step `step` in a data-parallel run of
+    /// `world_size` processes at `batch` windows each: rows
+    /// `rank·batch .. (rank+1)·batch` of [`TokenBatches::batch`] with
+    /// `world_size · batch` windows, so the ranks together read exactly what
+    /// one process at the whole batch reads.
+    ///
+    /// ```
+    /// use firebrand_data::TokenBatches;
+    /// let tb = TokenBatches::new((0..100).collect(), 4);
+    /// let (whole, _) = tb.batch(6, 1, 9);
+    /// let (part, _) = tb.batch_shard(3, 1, 9, 1, 2);
+    /// assert_eq!(part.to_vec::<i64>(), whole.narrow(0, 3, 3).to_vec::<i64>());
+    /// ```
+    ///
+    /// # Panics
+    /// When `rank >= world_size`.
+    pub fn batch_shard(&self, batch: usize, seed: u64, step: u64, rank: usize, world_size: usize) -> (Tensor, Tensor) {
+        assert!(rank < world_size, "TokenBatches::batch_shard: rank {rank} is not in a world of {world_size}");
+        let (x, y) = self.batch(batch * world_size, seed, step);
+        (x.narrow(0, rank * batch, batch).contiguous(), y.narrow(0, rank * batch, batch).contiguous())
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,10 @@ pub enum FitError {
         /// What was not finite: the loss, or the first parameter's gradient.
         what: String,
     },
+    /// A collective across the ranks of a distributed run failed: a rank
+    /// died, stalled or diverged (it is named), or MPI did not start.
+    #[error("Model::fit (distributed): {0}")]
+    Distributed(String),
     /// The loss refused a batch's targets: a class index out of range (the
     /// position is within the batch), targets of the wrong dtype or shape.
     #[error("Model::fit: the loss of batch {batch} (epoch {epoch}, from 0): {source}")]

@@ -35,6 +35,7 @@
 
 mod callbacks;
 mod checkpoint;
+mod distributed;
 mod history;
 mod metrics;
 mod model;
@@ -45,6 +46,7 @@ pub use callbacks::{
     ReduceLrOnPlateau, TrainContext,
 };
 pub use checkpoint::{load_training_state, save_training_state};
+pub use distributed::Distributed;
 pub use history::{EpochRecord, History};
 pub use metrics::ClassificationMetrics;
 pub use model::{Data, Evaluation, FitOptions, Loss, Model, NonFinite, Validation};

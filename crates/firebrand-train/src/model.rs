@@ -3,9 +3,9 @@
 
 use crate::callbacks::{BatchLogs, Callback, EarlyStopping, FitError, GradientClipping, TrainContext};
 use crate::checkpoint::load_state;
-use crate::{ClassificationMetrics, EpochRecord, History};
+use crate::{ClassificationMetrics, Distributed, EpochRecord, History};
 use firebrand_autograd::{DType, Tensor, manual_seed, with_no_grad};
-use firebrand_data::{DataLoader, Dataset, Transform, random_split};
+use firebrand_data::{DataLoader, Dataset, DistributedSampler, Transform, random_split};
 use firebrand_nn::loss::{Reduction, Target, binary_cross_entropy_with_logits, cross_entropy, mse_loss};
 use firebrand_nn::serialize::write_atomic;
 use firebrand_nn::{Module, ModuleExt, WeightsError};
@@ -184,6 +184,10 @@ pub struct FitOptions {
     /// its call site ([`FitError::Device`] for the backward pass, a panic for
     /// the forward). Slow; for finding a NaN.
     pub detect_anomaly: bool,
+    /// Data-parallel training across the processes of an MPI job: by default
+    /// when launched by `mpirun` with more than one process (see
+    /// [`Distributed`]). `batch_size` is then per process.
+    pub distributed: Distributed,
 }
 
 impl Default for FitOptions {
@@ -204,6 +208,7 @@ impl Default for FitOptions {
             accumulate: 1,
             non_finite: NonFinite::Stop,
             detect_anomaly: false,
+            distributed: Distributed::Auto,
         }
     }
 }
@@ -379,14 +384,28 @@ impl<M: Module> Model<M> {
                 (loader, val)
             }
         };
+        let mut dist = opts.distributed.resolve()?;
+        let train = match &dist {
+            Some(d) if train.distributed_sampler().is_none() => {
+                train.sampler(DistributedSampler::new(0, d.rank(), d.world_size()))
+            }
+            _ => train,
+        };
         let val_batch = train.batch_size();
         let mut history = History::default();
         let mut start = 0;
         if let (Some(path), true) = (&opts.checkpoint, opts.resume)
             && path.exists()
         {
+            // Every rank reads the checkpoint rank 0 wrote (a shared file system).
             history = self.load_checkpoint(path)?;
             start = history.epochs.len();
+        }
+        let is_main = dist.as_ref().is_none_or(|d| d.rank() == 0);
+        // Only rank 0 reports.
+        let verbose = opts.verbose && is_main;
+        if let Some(d) = &mut dist {
+            d.attach(&self.net)?;
         }
 
         let mut own: Vec<Box<dyn Callback>> = Vec::new();
@@ -417,7 +436,7 @@ impl<M: Module> Model<M> {
                     epochs: opts.epochs,
                     step,
                     steps_per_epoch,
-                    verbose: opts.verbose,
+                    verbose,
                     stop_training: stop,
                 };
                 for cb in cbs.iter_mut() {
@@ -437,7 +456,7 @@ impl<M: Module> Model<M> {
             manual_seed(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64));
             net.train();
             hook!(on_epoch_begin());
-            let pb = bar(n_batches, opts.verbose, epoch, opts.epochs);
+            let pb = bar(n_batches, verbose, epoch, opts.epochs);
             let t0 = Instant::now();
             let (mut totals, mut seen, mut classify) = (Totals::new(device), 0usize, false);
             // Batches skipped this epoch, and those whose gradients the pending step holds.
@@ -455,7 +474,14 @@ impl<M: Module> Model<M> {
                     pending = 0;
                 }
                 let bad_loss = check.then(|| loss.to_dtype(DType::F32).item()).filter(|v| !v.is_finite());
-                if let Some(v) = bad_loss {
+                let last_micro = (i + 1) % accum == 0 || i + 1 == n_batches;
+                if let Some(d) = &dist {
+                    // Gradients are averaged on the step's last micro-batch only.
+                    d.set_sync(last_micro);
+                }
+                // Distributed, every rank runs every backward (the all-reduces
+                // must match); a bad loss then shows in the averaged gradients.
+                if let Some(v) = bad_loss.filter(|_| dist.is_none()) {
                     if opts.non_finite == NonFinite::Stop {
                         return Err(FitError::NonFinite {
                             epoch,
@@ -472,7 +498,7 @@ impl<M: Module> Model<M> {
                     scaled.try_backward()?;
                     pending += 1;
                 }
-                if (i + 1) % accum == 0 || i + 1 == n_batches {
+                if last_micro {
                     let bad_grad = if check && pending > 0 { first_non_finite_grad(&*net) } else { None };
                     match bad_grad {
                         Some((name, v)) if opts.non_finite == NonFinite::Stop => {
@@ -480,7 +506,14 @@ impl<M: Module> Model<M> {
                                 epoch,
                                 batch: i,
                                 step,
-                                what: format!("non-finite gradient ({v}) in parameter `{name}`"),
+                                what: match (&dist, bad_loss) {
+                                    (None, _) => format!("non-finite gradient ({v}) in parameter `{name}`"),
+                                    (Some(d), l) => format!(
+                                        "non-finite gradient ({v}) in parameter `{name}` (averaged over {} ranks{})",
+                                        d.world_size(),
+                                        l.map(|l| format!("; this rank's loss was {l}")).unwrap_or_default()
+                                    ),
+                                },
                             });
                         }
                         Some(_) => {
@@ -514,27 +547,50 @@ impl<M: Module> Model<M> {
             }
             let train_seconds = t0.elapsed().as_secs_f64();
             pb.finish_and_clear();
+            // Summed over the ranks when distributed.
+            let mut sums = [totals.loss_sum(), seen as f64, totals.correct() as f64, skipped as f64];
+            if let Some(d) = &dist {
+                d.sum(&mut sums)?;
+                d.sync_buffers(&*net)?;
+            }
+            let [loss_sum, seen, correct, skipped] = sums;
             let mut record = EpochRecord {
                 epoch,
-                loss: (totals.loss_sum() / seen.max(1) as f64) as f32,
-                accuracy: classify.then(|| totals.correct() as f32 / seen.max(1) as f32),
+                loss: (loss_sum / seen.max(1.0)) as f32,
+                accuracy: classify.then(|| (correct / seen.max(1.0)) as f32),
                 val_loss: None,
                 val_accuracy: None,
                 train_seconds,
                 lr: opt.lr(),
-                skipped_batches: skipped,
+                skipped_batches: skipped as usize,
             };
             if let Some(v) = &val {
-                let e = evaluate_loader(net, *objective, &DataLoader::new_shared(Arc::clone(v), val_batch));
-                record.val_loss = Some(e.loss);
-                record.val_accuracy = e.metrics.map(|m| m.accuracy);
+                let mut loader = DataLoader::new_shared(Arc::clone(v), val_batch);
+                if let Some(d) = &dist {
+                    // Each rank evaluates its part; every example counts once.
+                    loader = loader.sampler(DistributedSampler::new(0, d.rank(), d.world_size()).pad(false));
+                }
+                let e = evaluate_loader(net, *objective, &loader);
+                let n = loader.distributed_sampler().map_or(v.len(), |s| s.num_samples()) as f64;
+                let mut sums = [e.loss as f64 * n, n, e.metrics.as_ref().map_or(0.0, |m| m.accuracy as f64 * n)];
+                if let Some(d) = &dist {
+                    d.sum(&mut sums)?;
+                }
+                record.val_loss = Some((sums[0] / sums[1].max(1.0)) as f32);
+                record.val_accuracy = e.metrics.map(|_| (sums[2] / sums[1].max(1.0)) as f32);
             }
-            if opts.verbose {
+            if verbose {
                 println!("{}", format_record(&record, opts.epochs));
             }
             history.epochs.push(record.clone());
             if let Some(path) = &opts.checkpoint {
-                write_checkpoint(path, &*net, &*opt, &history)?;
+                if is_main {
+                    write_checkpoint(path, &*net, &*opt, &history)?;
+                }
+                if let Some(d) = &dist {
+                    // No rank runs ahead of a checkpoint it might resume from.
+                    d.barrier()?;
+                }
             }
             hook!(on_epoch_end(&record));
             epoch += 1;
