@@ -59,12 +59,13 @@ impl Tensor {
         }
         let _guard = no_grad();
         let order = topo_order(self);
-        // Uses of each tensor still to be back-propagated: a leaf's gradient
-        // is accumulated (and its hooks run) as soon as its last use is done,
-        // not at its place in the order, so data parallelism can send the
-        // last layers' gradients while backward goes on with the first.
+        // Uses of each tensor still to be back-propagated: with gradient hooks
+        // registered, a leaf's gradient is accumulated (and its hooks run) as
+        // soon as its last use is done, not at its place in the order, so data
+        // parallelism can send the last layers' gradients while backward goes
+        // on with the first. Without hooks the count is not kept.
         let mut uses: HashMap<TensorId, usize> = HashMap::new();
-        for t in &order {
+        for t in order.iter().filter(|_| crate::hooks::any_registered()) {
             if let Some(g) = &t.0.grad_fn {
                 for inp in g.inputs.iter().filter(|i| i.requires_grad()) {
                     *uses.entry(inp.id()).or_default() += 1;

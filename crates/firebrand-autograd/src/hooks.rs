@@ -131,6 +131,12 @@ pub fn register_backward_end_hook(hook: impl Fn() -> Result<()> + Send + Sync + 
     handle
 }
 
+/// Whether any hook is registered (the engine then tracks uses to run
+/// leaf hooks early).
+pub(crate) fn any_registered() -> bool {
+    COUNT.load(Ordering::Relaxed) != 0
+}
+
 /// The engine's call once `leaf`'s gradient is accumulated.
 pub(crate) fn run_leaf_hooks(leaf: &Tensor) {
     if COUNT.load(Ordering::Relaxed) == 0 {
