@@ -122,8 +122,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    } else {
+        remove_stale_temps(dir, &name.to_string_lossy());
     }
     result.map_err(io_err(path))
+}
+
+/// Removes `.{name}.tmp-{pid}` files left in `dir` by writers that were
+/// killed mid-write (their process no longer exists; Linux: `/proc/{pid}`).
+/// A live process's temp file is left alone.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// A checkpoint's string metadata.
@@ -399,4 +421,29 @@ pub fn plan_load(
         return Err(WeightsError::Unexpected { path: path.into(), names: report.unexpected });
     }
     Ok(LoadPlan { pairs, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_write_removes_temp_files_of_dead_writers_only() {
+        let d = std::env::temp_dir().join(format!("fb_stale_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        // PIDs above Linux's maximum (2^22) never exist; PID 1 always does.
+        let dead = d.join(".w.bin.tmp-999999999");
+        let live = d.join(".w.bin.tmp-1");
+        let other = d.join(".other.bin.tmp-999999999");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"torn").unwrap();
+        }
+        write_atomic(&d.join("w.bin"), b"whole").unwrap();
+        assert_eq!(std::fs::read(d.join("w.bin")).unwrap(), b"whole");
+        assert!(!dead.exists(), "a dead writer's temp file stays");
+        assert!(live.exists() && other.exists(), "a live writer's or another file's temp was removed");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -104,6 +104,13 @@ fn sigkill_during_checkpoints_leaves_a_complete_one_that_resumes_bit_exactly() {
     assert!(epochs_seen.windows(2).all(|w| w[1] >= w[0]), "resumed runs never went back: {epochs_seen:?}");
     let k = *epochs_seen.last().unwrap();
     assert!(k > 0, "{epochs_seen:?}");
+    let temps = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
+            .count()
+    };
+    let stale = temps(&d);
     // Resuming from the last checkpoint for one more epoch equals an
     // uninterrupted run of k + 1 epochs, bit for bit.
     let mut resumed = model(HIDDEN);
@@ -111,11 +118,11 @@ fn sigkill_during_checkpoints_leaves_a_complete_one_that_resumes_bit_exactly() {
     let mut straight = model(HIDDEN);
     straight.fit(&data(), &options(k + 1, None)).unwrap();
     assert_eq!(weights(&resumed), weights(&straight), "after {k} + 1 epochs ({epochs_seen:?})");
-    let stale = std::fs::read_dir(&d)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
-        .count();
-    println!("checkpoint epochs after each kill: {epochs_seen:?}; {stale} kills landed during a write");
+    // The next successful write removed the temp files the killed writers left.
+    assert_eq!(temps(&d), 0, "stale temp files remain ({stale} before the resumed run)");
+    println!(
+        "checkpoint epochs after each kill: {epochs_seen:?}; {stale} temp files of killed writers left before the resumed run"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
