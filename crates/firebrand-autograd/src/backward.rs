@@ -65,8 +65,8 @@ impl Tensor {
         // parallelism can send the last layers' gradients while backward goes
         // on with the first. Without hooks the count is not kept.
         let mut uses: HashMap<TensorId, usize> = HashMap::new();
-        for t in order.iter().filter(|_| crate::hooks::any_registered()) {
-            if let Some(g) = &t.0.grad_fn {
+        if crate::hooks::any_registered() {
+            for g in order.iter().filter_map(|t| t.0.grad_fn.as_ref()) {
                 for inp in g.inputs.iter().filter(|i| i.requires_grad()) {
                     *uses.entry(inp.id()).or_default() += 1;
                 }

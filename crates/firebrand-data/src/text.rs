@@ -289,17 +289,26 @@ impl TokenBatches {
     /// Batch number `step` of the stream seeded by `seed`: inputs and
     /// targets, `(batch, context)` each.
     pub fn batch(&self, batch: usize, seed: u64, step: u64) -> (Tensor, Tensor) {
+        self.rows(batch, seed, step, 0..batch)
+    }
+
+    /// Rows `keep` of the `batch` windows of step `step`: every window's
+    /// start is drawn (so the rows are those of the whole batch), only the
+    /// kept ones are copied.
+    fn rows(&self, batch: usize, seed: u64, step: u64, keep: std::ops::Range<usize>) -> (Tensor, Tensor) {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
         let (t, n) = (self.context, self.tokens.len() - self.context);
-        let mut x = Vec::with_capacity(batch * t);
-        let mut y = Vec::with_capacity(batch * t);
-        for _ in 0..batch {
+        let mut x = Vec::with_capacity(keep.len() * t);
+        let mut y = Vec::with_capacity(keep.len() * t);
+        for row in 0..batch {
             let s = rng.random_range(0..n);
-            x.extend_from_slice(&self.tokens[s..s + t]);
-            y.extend_from_slice(&self.tokens[s + 1..s + t + 1]);
+            if keep.contains(&row) {
+                x.extend_from_slice(&self.tokens[s..s + t]);
+                y.extend_from_slice(&self.tokens[s + 1..s + t + 1]);
+            }
         }
-        (Tensor::from_vec(x, [batch, t]), Tensor::from_vec(y, [batch, t]))
+        (Tensor::from_vec(x, [keep.len(), t]), Tensor::from_vec(y, [keep.len(), t]))
     }
 
     /// Rank `rank`'s part of step `step` in a data-parallel run of
@@ -320,8 +329,7 @@ impl TokenBatches {
     /// When `rank >= world_size`.
     pub fn batch_shard(&self, batch: usize, seed: u64, step: u64, rank: usize, world_size: usize) -> (Tensor, Tensor) {
         assert!(rank < world_size, "TokenBatches::batch_shard: rank {rank} is not in a world of {world_size}");
-        let (x, y) = self.batch(batch * world_size, seed, step);
-        (x.narrow(0, rank * batch, batch).contiguous(), y.narrow(0, rank * batch, batch).contiguous())
+        self.rows(batch * world_size, seed, step, rank * batch..(rank + 1) * batch)
     }
 }
 

@@ -22,7 +22,6 @@ const TAG_RING: c_int = 0x7B02;
 
 /// Data sent to and returned by a collective.
 pub(crate) enum Payload {
-    F32(Vec<f32>),
     /// f32 values to sum, and a buffer of the same length for the result
     /// (both come back, to be reused: fresh 25 MB buffers cost page faults).
     F32Into(Vec<f32>, Vec<f32>),
@@ -34,7 +33,7 @@ pub(crate) enum Payload {
 impl Payload {
     fn len(&self) -> usize {
         match self {
-            Payload::F32(v) | Payload::F32Into(v, _) => v.len(),
+            Payload::F32Into(v, _) => v.len(),
             Payload::F64(v) => v.len(),
             Payload::Bytes(v) => v.len(),
             Payload::Empty => 0,
@@ -282,7 +281,12 @@ impl Comm {
             self.leaked.push(send);
             self.leaked.push(recv);
             return Err(if missing.is_empty() {
-                DistributedError::Stalled { rank: self.rank, what: what.into(), seq, timeout: self.timeout() }
+                DistributedError::Stalled {
+                    rank: self.rank,
+                    what: what.into(),
+                    seq: Some(seq),
+                    timeout: self.timeout(),
+                }
             } else {
                 DistributedError::Timeout { rank: self.rank, missing, what: what.into(), seq, timeout: self.timeout() }
             });
@@ -314,11 +318,6 @@ impl Comm {
         }
         match (kind, data) {
             (Kind::Barrier, d) => Ok(d),
-            (Kind::Sum, Payload::F32(v)) => {
-                let mut out = vec![0.0; v.len()];
-                self.all_reduce(&v, &mut out, unsafe { ffi::RSMPI_FLOAT }, what)?;
-                Ok(Payload::F32(out))
-            }
             (Kind::Sum, Payload::F32Into(v, mut out)) => {
                 out.resize(v.len(), 0.0);
                 self.all_reduce(&v, &mut out, unsafe { ffi::RSMPI_FLOAT }, what)?;
@@ -350,7 +349,7 @@ impl Comm {
     /// A blocking `MPI_Allreduce` (Open MPI's tuned algorithms; its
     /// non-blocking one was 6x slower for 25 MB here). Every rank has just
     /// arrived, so it completes unless a rank dies during it; the waiting
-    /// side then times out ([`wait`](crate::group)).
+    /// side then times out (`ProcessGroup::wait`).
     fn all_reduce<T>(&mut self, v: &[T], out: &mut [T], dtype: ffi::MPI_Datatype, what: &str) -> Result<()> {
         const PIECE: usize = 1 << 30;
         let mut off = 0;
@@ -394,7 +393,7 @@ impl Comm {
                 return Err(DistributedError::Stalled {
                     rank: self.rank,
                     what: what.into(),
-                    seq,
+                    seq: Some(seq),
                     timeout: self.timeout(),
                 });
             }

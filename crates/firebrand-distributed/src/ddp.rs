@@ -62,6 +62,20 @@ pub fn sync_module(group: &ProcessGroup, module: &(impl Module + ?Sized)) -> Res
     group.broadcast_(&ts, 0, "the parameters and buffers")
 }
 
+/// Broadcasts rank 0's buffers (BatchNorm's running statistics) of `module`
+/// to every rank; nothing when it has none.
+///
+/// # Errors
+/// A [`DistributedError`](crate::DistributedError) naming the rank at fault.
+pub fn sync_buffers(group: &ProcessGroup, module: &(impl Module + ?Sized)) -> Result<()> {
+    let buffers: Vec<Tensor> = module.named_buffers().into_iter().map(|(_, t)| t).collect();
+    broadcast_buffers(group, &buffers)
+}
+
+fn broadcast_buffers(group: &ProcessGroup, buffers: &[Tensor]) -> Result<()> {
+    if buffers.is_empty() { Ok(()) } else { group.broadcast_(buffers, 0, "the buffers") }
+}
+
 impl<M: Module> DistributedDataParallel<M> {
     /// Wraps `module` with the default options (25 MB buckets, f32).
     ///
@@ -126,10 +140,8 @@ impl<M: Module> Module for DistributedDataParallel<M> {
     /// # Panics
     /// When the broadcast fails (naming the rank), and as the module's.
     fn forward(&self, x: &Tensor) -> Tensor {
-        if self.training && self.opts.broadcast_buffers && !self.buffers.is_empty() {
-            self.reducer
-                .group()
-                .broadcast_(&self.buffers, 0, "the buffers")
+        if self.training && self.opts.broadcast_buffers {
+            broadcast_buffers(self.reducer.group(), &self.buffers)
                 .unwrap_or_else(|e| panic!("DistributedDataParallel: {e}"));
         }
         self.module.forward(x)

@@ -29,14 +29,18 @@ pub enum DistributedError {
         timeout: Duration,
     },
     /// Every rank arrived but the collective did not complete in time.
-    #[error("rank {rank}: {what} (collective #{seq}) did not complete within {timeout:?} though every rank reached it")]
+    #[error(
+        "rank {rank}: {what}{} did not complete within {timeout:?} though every rank reached it",
+        seq.map(|s| format!(" (collective #{s})")).unwrap_or_default()
+    )]
     Stalled {
         /// This process's rank.
         rank: usize,
         /// The collective.
         what: String,
-        /// Its sequence number.
-        seq: u64,
+        /// Its sequence number, when the communication thread reports it
+        /// (the waiting thread does not know it).
+        seq: Option<u64>,
         /// The timeout that elapsed.
         timeout: Duration,
     },

@@ -144,7 +144,27 @@ impl ProcessGroup {
     }
 
     fn run(&self, kind: Kind, data: Payload, what: String) -> Result<Payload> {
-        wait(self.submit(kind, data, what, None))
+        let rx = self.submit(kind, data, what.clone(), None);
+        self.wait(rx, &what)
+    }
+
+    /// The result of a submitted collective, or an error when it has not
+    /// come within two timeouts (its arrival check has one; the blocking
+    /// all-reduce after it hangs only if a rank dies during it). The group
+    /// is then broken, and at exit the process ends at once instead of
+    /// joining the stuck communication thread.
+    pub(crate) fn wait(&self, rx: Receiver<Result<Payload>>, what: &str) -> Result<Payload> {
+        let limit = 2 * self.timeout();
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let e = DistributedError::Stalled { rank: self.rank(), what: what.into(), seq: None, timeout: limit };
+                *self.inner.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                STUCK.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+            Err(_) => Err(DistributedError::Broken("the communication thread has ended".into())),
+        }
     }
 
     /// Sums `values` over all ranks, in place (f64: metrics and counts).
@@ -174,7 +194,9 @@ impl ProcessGroup {
         }
         let v = t.to_dtype(DType::F32).to_vec::<f32>();
         let what = format!("an all-reduce of a tensor of shape {:?}", t.dims());
-        let Payload::F32(mut sum) = self.run(Kind::Sum, Payload::F32(v), what)? else { unreachable!() };
+        let Payload::F32Into(_, mut sum) = self.run(Kind::Sum, Payload::F32Into(v, Vec::new()), what)? else {
+            unreachable!("a sum returns its buffers")
+        };
         if op == ReduceOp::Mean {
             let w = self.world_size() as f32;
             sum.iter_mut().for_each(|x| *x /= w);
@@ -245,39 +267,6 @@ pub enum ReduceOp {
     Sum,
     /// The element-wise mean.
     Mean,
-}
-
-/// The result of a submitted collective.
-pub(crate) fn wait(rx: Receiver<Result<Payload>>) -> Result<Payload> {
-    rx.recv().unwrap_or_else(|_| Err(DistributedError::Broken("the communication thread has ended".into())))
-}
-
-/// The result of gradient bucket `bucket`'s all-reduce, or an error when it
-/// has not come within two timeouts (its arrival check has one; the
-/// blocking all-reduce after it hangs only if a rank dies during it). The
-/// group is then broken, and the process exits at once at exit instead of
-/// waiting on the stuck communication thread.
-pub(crate) fn wait_for(
-    rx: Receiver<Result<Payload>>,
-    timeout: Duration,
-    group: &ProcessGroup,
-    bucket: usize,
-) -> Result<Payload> {
-    match rx.recv_timeout(2 * timeout) {
-        Ok(r) => r,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            let e = DistributedError::Stalled {
-                rank: group.rank(),
-                what: format!("the all-reduce of gradient bucket {bucket}"),
-                seq: 0,
-                timeout: 2 * timeout,
-            };
-            *group.inner.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-            STUCK.store(true, Ordering::SeqCst);
-            Err(e)
-        }
-        Err(_) => Err(DistributedError::Broken("the communication thread has ended".into())),
-    }
 }
 
 /// The communication thread is stuck inside MPI: exit without joining it.

@@ -4,7 +4,6 @@
 use crate::ProcessGroup;
 use crate::comm::{Kind, Payload};
 use crate::error::{DistributedError, Result};
-use crate::group::wait_for;
 use firebrand_autograd::{DType, HookHandle, Tensor, register_backward_end_hook};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -292,9 +291,9 @@ impl Shared {
         (st.next, st.active) = (0, false);
         drop(st);
         let inv = 1.0 / self.group.world_size() as f32;
-        let timeout = self.group.timeout();
         for (b, rx) in pending {
-            let Payload::F32Into(send, sum) = wait_for(rx, timeout, &self.group, b)? else {
+            let Payload::F32Into(send, sum) = self.group.wait(rx, &format!("the all-reduce of gradient bucket {b}"))?
+            else {
                 unreachable!("a bucket's sum returns its buffers")
             };
             let mut off = 0;

@@ -26,6 +26,15 @@ pub fn out_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("FIREBRAND_MPI_OUT").expect("set by the parent"))
 }
 
+/// Held for a whole parent test: the tests of a binary run in parallel, and
+/// a job sharing two cores with another test's job or reference training
+/// would only measure that load (the overlap test's order depends on the
+/// ranks keeping pace).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `mpirun` is there; when not, a CI run fails and a local one is told why it skips.
 pub fn have_mpirun() -> bool {
     let ok = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -57,10 +66,6 @@ pub struct Run {
 /// Runs worker test `worker` on `np` ranks (`btl`: Open MPI's transports,
 /// e.g. `self,vader` for shared memory or `self,tcp`), with `env`.
 pub fn mpirun(worker: &str, np: usize, btl: &str, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
-    // One job at a time: the tests of a binary run in parallel, and jobs
-    // sharing two cores would only measure each other's load.
-    static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new("mpirun");
     cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), "--mca", "btl", btl]);

@@ -54,6 +54,7 @@ fn mlp_reference() -> Vec<f32> {
 }
 
 fn check_mlp(btl: &str, bf16: bool, tol: f32) {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }
@@ -116,6 +117,7 @@ fn worker_gpt() {
 }
 
 fn check_gpt(btl: &str) {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }
@@ -178,6 +180,7 @@ fn worker_overlap() {
 
 #[test]
 fn bucket_all_reduces_complete_before_backward_ends() {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }
@@ -249,6 +252,7 @@ fn check_fault(how: &str, extra: &[&str]) -> Run {
 
 #[test]
 fn a_stalled_rank_is_named_by_the_other_within_the_timeout() {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }
@@ -265,6 +269,7 @@ fn a_stalled_rank_is_named_by_the_other_within_the_timeout() {
 
 #[test]
 fn a_killed_rank_stops_the_other_with_a_message_naming_it() {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }
@@ -299,6 +304,7 @@ fn worker_late_start() {
 
 #[test]
 fn a_rank_that_cannot_reach_the_others_at_start_up_says_so() {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }

@@ -72,6 +72,7 @@ fn results(out: &Path) -> (Vec<f32>, History) {
 
 #[test]
 fn fit_on_two_ranks_matches_one_process_and_resumes_at_any_world_size() {
+    let _one = exclusive();
     if !have_mpirun() {
         return;
     }

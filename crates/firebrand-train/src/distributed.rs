@@ -102,9 +102,7 @@ impl Ctx {
     }
     /// Rank 0's buffers (BatchNorm statistics) to every rank.
     pub(crate) fn sync_buffers(&self, net: &(impl Module + ?Sized)) -> Result<(), FitError> {
-        use firebrand_nn::ModuleExt;
-        let b: Vec<_> = net.named_buffers().into_iter().map(|(_, t)| t).collect();
-        if b.is_empty() { Ok(()) } else { self.group.broadcast_(&b, 0, "the buffers").map_err(fail) }
+        firebrand_distributed::sync_buffers(&self.group, net).map_err(fail)
     }
     pub(crate) fn barrier(&self) -> Result<(), FitError> {
         self.group.barrier().map_err(fail)
