@@ -149,9 +149,10 @@ pub(crate) fn run(
             Msg::Shutdown => break,
         }
     }
-    if broken.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+    if let Some(why) = broken.lock().unwrap_or_else(|e| e.into_inner()).clone() {
         // Peers may be stuck in a collective with us, or gone: end the whole
         // job rather than wait in MPI_Finalize.
+        eprintln!("rank {rank}: ending the MPI job (MPI_Abort): {why}");
         // SAFETY: MPI is initialized; MPI_Abort does not return.
         unsafe { ffi::MPI_Abort(comm, 1) };
     }
