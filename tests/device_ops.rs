@@ -311,3 +311,24 @@ device_test!(batch_norm_running_statistics_stay_on_the_device, |dev| {
         assert!((a - b).abs() < 1e-5, "running statistics on {dev}: {a} vs {b}");
     }
 });
+
+device_test!(non_finite_values_propagate_and_are_detected, |dev| {
+    // Shader compilers may fold `0·x` or `x - x` to 0 and `x != x` to false;
+    // NaN and inf must still come out as the CPU gives them.
+    let v = [1.0f32, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.0, 3e38, -2.5];
+    let x = Tensor::from_vec(v.to_vec(), [7]).to_device(dev).unwrap();
+    let bits = |t: Tensor| t.to_vec::<bool>();
+    assert_eq!(bits(x.isnan()), [false, false, false, true, false, false, false], "isnan on {dev}");
+    assert_eq!(bits(x.isinf()), [false, true, true, false, false, false, false], "isinf on {dev}");
+    assert_eq!(bits(x.isfinite()), [true, false, false, false, true, true, true], "isfinite on {dev}");
+    let same = |got: Vec<f32>, want: Vec<f32>, what: &str| {
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{what} on {dev}: {got:?} vs {want:?}");
+        }
+    };
+    let cpu = Tensor::from_vec(v.to_vec(), [7]);
+    same(x.affine(0.0, 0.0).to_vec(), cpu.affine(0.0, 0.0).to_vec(), "0·x");
+    same(x.sub(&x).to_vec(), cpu.sub(&cpu).to_vec(), "x - x");
+    same(x.mul(&x).to_vec(), cpu.mul(&cpu).to_vec(), "x·x");
+    assert!(x.sum_all().item().is_nan(), "a NaN in a sum on {dev}");
+});

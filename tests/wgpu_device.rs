@@ -181,6 +181,41 @@ fn fit_on_the_device_and_checkpoints_across_devices() {
 }
 
 #[test]
+fn fit_on_the_device_stops_at_a_non_finite_gradient_and_a_nan_loss() {
+    let Some(dev) = device() else { return };
+    // d/dw = 2·(0 - 1)·3e38 overflows to -inf while the loss (1) and d/db
+    // (-2) stay finite: only the device-side gradient scan can see it.
+    let data = TensorDataset::new(Tensor::full(3e38, [8, 1]), Tensor::ones([8, 1])).unwrap();
+    let make = || {
+        let l = Linear::new(1, 1);
+        l.weight.copy_(&Tensor::zeros([1, 1])).unwrap();
+        l.bias.as_ref().unwrap().copy_(&Tensor::zeros([1])).unwrap();
+        let net = Sequential::new().add(l);
+        let opt = Sgd::new(net.named_parameters(), 0.1);
+        let mut m = Model::new(net, opt, Loss::Mse);
+        m.to_device(dev).unwrap();
+        m
+    };
+    let opts = FitOptions { epochs: 1, batch_size: 8, shuffle: false, verbose: false, ..Default::default() };
+    let err = make().fit(&data, &opts).unwrap_err();
+    assert!(
+        matches!(&err, FitError::NonFinite { batch: 0, step: 0, what, .. } if what == "non-finite gradient (-inf) in parameter `0.weight`"),
+        "{err}"
+    );
+    // Skipped instead: no update reaches the weights on the device.
+    let mut m = make();
+    let h = m.fit(&data, &FitOptions { non_finite: NonFinite::SkipBatch, batch_size: 4, ..opts.clone() }).unwrap();
+    assert_eq!(h.epochs[0].skipped_batches, 2);
+    assert_eq!(m.net.named_parameters()[0].1.to_vec::<f32>(), [0.0]);
+    // A NaN in the data: the loss itself is caught.
+    let mut x = vec![1.0f32; 8];
+    x[5] = f32::NAN;
+    let nan = TensorDataset::new(Tensor::from_vec(x, [8, 1]), Tensor::ones([8, 1])).unwrap();
+    let err = make().fit(&nan, &FitOptions { batch_size: 4, ..opts }).unwrap_err();
+    assert!(matches!(&err, FitError::NonFinite { batch: 1, what, .. } if what == "non-finite loss (NaN)"), "{err}");
+}
+
+#[test]
 fn to_device_is_differentiable_both_ways() {
     let Some(dev) = device() else { return };
     // A CPU leaf through the device and back: the gradient returns to the CPU.

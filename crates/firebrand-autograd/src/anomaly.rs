@@ -7,6 +7,7 @@
 //! one thread-local read per recorded op.
 
 use crate::Tensor;
+use crate::grad_mode::FlagGuard;
 use std::backtrace::Backtrace;
 use std::cell::Cell;
 use std::sync::Arc;
@@ -36,19 +37,11 @@ pub fn is_anomaly_enabled() -> bool {
 /// ```
 #[must_use = "anomaly detection is on only while the guard lives"]
 pub fn detect_anomaly() -> AnomalyGuard {
-    AnomalyGuard { prev: ANOMALY.with(|a| a.replace(true)) }
+    AnomalyGuard(FlagGuard::set(&ANOMALY, true))
 }
 
 /// Restores the previous anomaly mode when dropped. See [`detect_anomaly`].
-pub struct AnomalyGuard {
-    prev: bool,
-}
-
-impl Drop for AnomalyGuard {
-    fn drop(&mut self) {
-        ANOMALY.with(|a| a.set(self.prev));
-    }
-}
+pub struct AnomalyGuard(#[allow(dead_code)] FlagGuard);
 
 /// The forward pass's stack, captured when an op is recorded in anomaly mode.
 pub(crate) type CallSite = Option<Arc<Backtrace>>;

@@ -1,6 +1,7 @@
 //! Switching gradient recording on and off (`torch.no_grad()`).
 
 use std::cell::Cell;
+use std::thread::LocalKey;
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -26,7 +27,7 @@ pub fn is_grad_enabled() -> bool {
 /// ```
 #[must_use = "gradients are off only while the guard lives"]
 pub fn no_grad() -> NoGradGuard {
-    NoGradGuard { prev: GRAD_ENABLED.with(|g| g.replace(false)) }
+    NoGradGuard(FlagGuard::set(&GRAD_ENABLED, false))
 }
 
 /// Runs `f` with gradient recording off.
@@ -36,12 +37,23 @@ pub fn with_no_grad<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Restores the previous gradient mode when dropped. See [`no_grad`].
-pub struct NoGradGuard {
+pub struct NoGradGuard(#[allow(dead_code)] FlagGuard);
+
+/// Sets a thread-local flag, and puts its previous value back when dropped
+/// (the mode guards: [`no_grad`], [`detect_anomaly`](crate::detect_anomaly)).
+pub(crate) struct FlagGuard {
+    key: &'static LocalKey<Cell<bool>>,
     prev: bool,
 }
 
-impl Drop for NoGradGuard {
+impl FlagGuard {
+    pub(crate) fn set(key: &'static LocalKey<Cell<bool>>, value: bool) -> FlagGuard {
+        FlagGuard { key, prev: key.with(|f| f.replace(value)) }
+    }
+}
+
+impl Drop for FlagGuard {
     fn drop(&mut self) {
-        GRAD_ENABLED.with(|g| g.set(self.prev));
+        self.key.with(|f| f.set(self.prev));
     }
 }

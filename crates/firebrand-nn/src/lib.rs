@@ -63,6 +63,7 @@
 extern crate self as firebrand_nn;
 
 mod activation;
+mod catch;
 mod conv;
 mod dropout;
 mod embedding;
@@ -86,6 +87,7 @@ mod transformer;
 pub use activation::{
     Activation, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, ReLU, ReLU6, SiLU, Sigmoid, Softmax, Tanh,
 };
+pub use catch::{ForwardError, catch_forward};
 pub use conv::{Conv1d, Conv2d, ConvConfig, Padding};
 pub use dropout::{Dropout, Flatten};
 pub use embedding::{Embedding, OneHot};

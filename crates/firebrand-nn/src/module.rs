@@ -301,6 +301,26 @@ pub(crate) fn recording_outputs(f: impl FnOnce()) -> Vec<(usize, &'static str, V
 
 /// Conveniences every [`Module`] gets.
 pub trait ModuleExt: Module {
+    /// [`Module::forward`], returning a bad input's message as an error
+    /// instead of panicking: the layer and its place in the model, the shape
+    /// it expects and the one it got (or the op and its shapes). Use it where
+    /// a panic must not end the program; [`Model::fit`] does.
+    ///
+    /// [`Model::fit`]: https://docs.rs/firebrand-train
+    ///
+    /// ```
+    /// use firebrand_nn::{Linear, ModuleExt, Sequential};
+    /// use firebrand_autograd::Tensor;
+    ///
+    /// let net = Sequential::new().add(Linear::new(10, 3));
+    /// let e = net.try_forward(&Tensor::zeros([2, 7])).unwrap_err();
+    /// assert_eq!(e.to_string(), "Sequential[0] Linear(10 -> 3): expected input (…, 10), got [2, 7]");
+    /// assert_eq!(net.try_forward(&Tensor::zeros([2, 10])).unwrap().dims(), &[2, 3]);
+    /// ```
+    fn try_forward(&self, x: &Tensor) -> Result<Tensor, crate::ForwardError> {
+        crate::catch_forward(|| self.forward(x))
+    }
+
     /// Every sub-module, depth first, with its dotted name (PyTorch's
     /// `named_modules()` without the root).
     fn named_modules(&self) -> Vec<(String, &dyn Module)> {

@@ -58,14 +58,29 @@ pub enum FitError {
     Distributed(String),
     /// The loss refused a batch's targets: a class index out of range (the
     /// position is within the batch), targets of the wrong dtype or shape.
-    #[error("Model::fit: the loss of batch {batch} (epoch {epoch}, from 0): {source}")]
+    #[error("Model::fit: the loss of {} batch {batch} (epoch {epoch}, from 0): {source}", stage(*validation))]
     Loss {
         /// The epoch.
         epoch: usize,
-        /// The batch within the epoch.
+        /// The batch within the epoch (or within the validation data).
         batch: usize,
+        /// Whether the batch was validation data.
+        validation: bool,
         /// What the loss said.
         source: firebrand_autograd::Error,
+    },
+    /// The network refused a batch: a layer's input of the wrong shape (the
+    /// layer and its place in the model are named), or an op's mismatch.
+    #[error("Model::fit: the forward pass of {} batch {batch} (epoch {epoch}, from 0): {source}", stage(*validation))]
+    Forward {
+        /// The epoch.
+        epoch: usize,
+        /// The batch within the epoch (or within the validation data).
+        batch: usize,
+        /// Whether the batch was validation data.
+        validation: bool,
+        /// What the layer or op said.
+        source: firebrand_nn::ForwardError,
     },
     /// A callback failed.
     #[error("callback {callback}: {problem}")]
@@ -75,6 +90,10 @@ pub enum FitError {
         /// What went wrong.
         problem: String,
     },
+}
+
+fn stage(validation: bool) -> &'static str {
+    if validation { "validation" } else { "training" }
 }
 
 /// What a callback sees: the network, its optimizer, the epochs finished so

@@ -466,14 +466,25 @@ impl<M: Module> Model<M> {
                 hook!(on_batch_begin(i));
                 // Batches come from the host; the model's device gets them.
                 let (x, y) = (x.to_device(device)?, y.to_device(device)?);
-                let out = net.forward(&x);
-                let loss =
-                    objective.try_compute(&out, &y).map_err(|source| FitError::Loss { epoch, batch: i, source })?;
+                let out = net.try_forward(&x).map_err(|source| FitError::Forward {
+                    epoch,
+                    batch: i,
+                    validation: false,
+                    source,
+                })?;
+                let loss = objective.try_compute(&out, &y).map_err(|source| FitError::Loss {
+                    epoch,
+                    batch: i,
+                    validation: false,
+                    source,
+                })?;
                 if i % accum == 0 {
                     opt.zero_grad();
                     pending = 0;
                 }
-                let bad_loss = check.then(|| loss.to_dtype(DType::F32).item()).filter(|v| !v.is_finite());
+                // Read once here: the epoch's host totals take it too.
+                let loss_value = check.then(|| loss.to_dtype(DType::F32).item());
+                let bad_loss = loss_value.filter(|v| !v.is_finite());
                 let last_micro = (i + 1) % accum == 0 || i + 1 == n_batches;
                 if let Some(d) = &dist {
                     // Gradients are averaged on the step's last micro-batch only.
@@ -539,7 +550,7 @@ impl<M: Module> Model<M> {
                 seen += n;
                 let labels = objective.is_classification() && y.dtype() == DType::I64;
                 classify |= labels;
-                totals.add(&loss, n, labels.then_some((&out, &y)));
+                totals.add(&loss, loss_value, n, labels.then_some((&out, &y)));
                 hook!(on_batch_end(&BatchLogs { batch: i, size: n, loss: loss.clone() }));
                 if opts.verbose && pb.position().is_multiple_of(20) {
                     pb.set_message(format!("loss {:.4}", totals.loss_sum() / seen as f64));
@@ -570,7 +581,10 @@ impl<M: Module> Model<M> {
                     // Each rank evaluates its part; every example counts once.
                     loader = loader.sampler(DistributedSampler::new(0, d.rank(), d.world_size()).pad(false));
                 }
-                let e = evaluate_loader(net, *objective, &loader);
+                let e = evaluate_loader(net, *objective, &loader).map_err(|(batch, f)| match f {
+                    BatchFailure::Forward(source) => FitError::Forward { epoch, batch, validation: true, source },
+                    BatchFailure::Loss(source) => FitError::Loss { epoch, batch, validation: true, source },
+                })?;
                 let n = loader.distributed_sampler().map_or(v.len(), |s| s.num_samples()) as f64;
                 let mut sums = [e.loss as f64 * n, n, e.metrics.as_ref().map_or(0.0, |m| m.accuracy as f64 * n)];
                 if let Some(d) = &dist {
@@ -614,13 +628,18 @@ impl<M: Module> Model<M> {
     /// ```
     ///
     /// # Panics
-    /// When `batch_size` is 0 for a data set.
+    /// When `batch_size` is 0 for a data set, and when the network or the
+    /// loss refuses a batch (the message names the batch, then the layer or
+    /// the loss and the shapes or the target).
     pub fn evaluate(&mut self, data: impl Into<Data>, batch_size: usize) -> Evaluation {
         let loader = match data.into() {
             Data::Dataset(d) => DataLoader::new_shared(d, batch_size),
             Data::Loader(l) => l,
         };
-        evaluate_loader(&mut self.net, self.loss, &loader)
+        evaluate_loader(&mut self.net, self.loss, &loader).unwrap_or_else(|(batch, f)| match f {
+            BatchFailure::Forward(e) => panic!("Model::evaluate: the forward pass of batch {batch}: {e}"),
+            BatchFailure::Loss(e) => panic!("Model::evaluate: the loss of batch {batch}: {e}"),
+        })
     }
 
     /// The network's outputs for `x` `(N, …)`, in batches of `batch_size`,
@@ -700,8 +719,19 @@ impl<M: Module> Model<M> {
     }
 }
 
-/// Mean loss and metrics of `net` over `loader`, in evaluation mode.
-fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &DataLoader) -> Evaluation {
+/// Why a batch could not be evaluated.
+enum BatchFailure {
+    Forward(firebrand_nn::ForwardError),
+    Loss(firebrand_autograd::Error),
+}
+
+/// Mean loss and metrics of `net` over `loader`, in evaluation mode; or the
+/// first batch (its index) that the network or the loss refused.
+fn evaluate_loader<N: Module + ?Sized>(
+    net: &mut N,
+    objective: Loss,
+    loader: &DataLoader,
+) -> Result<Evaluation, (usize, BatchFailure)> {
     net.set_training(false);
     let device = net.device();
     let (mut loss_sum, mut seen, mut classify) = (0.0f64, 0usize, false);
@@ -711,14 +741,20 @@ fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &Da
     // read back once, at the end.
     let on_device = !device.is_cpu();
     let (mut dev_loss, mut dev_preds): (Option<Tensor>, Vec<Tensor>) = (None, Vec::new());
-    with_no_grad(|| {
-        for (x, y) in loader.epoch(0) {
+    let failed = with_no_grad(|| {
+        for (i, (x, y)) in loader.epoch(0).enumerate() {
             let n = x.dims()[0];
             let labels = (objective.is_classification() && y.dtype() == DType::I64).then(|| y.to_vec::<i64>());
             let (x, y) =
                 (x.to_device(device).expect("the model's device"), y.to_device(device).expect("the model's device"));
-            let out = net.forward(&x);
-            let loss = objective.compute(&out, &y);
+            let out = match net.try_forward(&x) {
+                Ok(out) => out,
+                Err(e) => return Some((i, BatchFailure::Forward(e))),
+            };
+            let loss = match objective.try_compute(&out, &y) {
+                Ok(loss) => loss,
+                Err(e) => return Some((i, BatchFailure::Loss(e))),
+            };
             if on_device {
                 let weighted = loss.to_dtype(DType::F32).affine(n as f32, 0.0);
                 dev_loss = Some(dev_loss.take().map_or(weighted.clone(), |t| t.add(&weighted)));
@@ -744,12 +780,16 @@ fn evaluate_loader<N: Module + ?Sized>(net: &mut N, objective: Loss, loader: &Da
         if !dev_preds.is_empty() {
             preds = Tensor::cat(&dev_preds.iter().collect::<Vec<_>>(), 0).to_vec::<i64>();
         }
+        None
     });
     net.set_training(true);
-    Evaluation {
+    if let Some(failure) = failed {
+        return Err(failure);
+    }
+    Ok(Evaluation {
         loss: (loss_sum / seen.max(1) as f64) as f32,
         metrics: classify.then(|| ClassificationMetrics::new(&preds, &truth, classes)),
-    }
+    })
 }
 
 /// The checkpoint layout of [`Model::save_checkpoint`]: the history beside
@@ -779,15 +819,18 @@ fn history_path(path: &Path) -> PathBuf {
 fn first_non_finite_grad(net: &(impl Module + ?Sized)) -> Option<(String, f32)> {
     let grads: Vec<(String, Tensor)> =
         net.named_parameters().into_iter().filter_map(|(n, p)| p.grad().map(|g| (n, g))).collect();
-    // `Σ x·0` is 0 when every x is finite and NaN otherwise (no overflow, unlike `Σ x`).
     let bad: Vec<bool> = if grads.iter().all(|(_, g)| g.device().is_cpu() && g.dtype() == DType::F32) {
         // On the host: one vectorized pass over each gradient's own buffer.
         grads.iter().map(|(_, g)| g.with_f32_slice(any_non_finite).expect("f32")).collect()
     } else {
-        // On a device: one reduction per gradient there and a single read back.
+        // On a device: one reduction per gradient there and a single read
+        // back. `Σ x·2⁻¹⁰⁰` is finite exactly when every x is (a finite x
+        // scales to at most 2.7e8, so the sum cannot overflow). Not `Σ x·0`:
+        // shader compilers fold `0·x` to 0 (lavapipe did), hiding an inf.
+        const TINY: f32 = 7.888_609e-31; // 2⁻¹⁰⁰
         let sums: Vec<Tensor> =
-            grads.iter().map(|(_, g)| g.to_dtype(DType::F32).affine(0.0, 0.0).sum_all().reshape([1])).collect();
-        Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0).to_vec::<f32>().iter().map(|s| s.is_nan()).collect()
+            grads.iter().map(|(_, g)| g.to_dtype(DType::F32).affine(TINY, 0.0).sum_all().reshape([1])).collect();
+        Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0).to_vec::<f32>().iter().map(|s| !s.is_finite()).collect()
     };
     grads.iter().zip(bad).filter(|(_, b)| *b).find_map(|((name, g), _)| {
         g.to_dtype(DType::F32).to_vec::<f32>().into_iter().find(|v| !v.is_finite()).map(|v| (name.clone(), v))
@@ -824,11 +867,12 @@ impl Totals {
         }
     }
 
-    /// Adds a batch of `n` with mean `loss`, and its hits when `labels` are given.
-    fn add(&mut self, loss: &Tensor, n: usize, labels: Option<(&Tensor, &Tensor)>) {
+    /// Adds a batch of `n` with mean `loss` (whose value, when already read
+    /// back, is `value`), and its hits when `labels` are given.
+    fn add(&mut self, loss: &Tensor, value: Option<f32>, n: usize, labels: Option<(&Tensor, &Tensor)>) {
         match self {
             Totals::Host { loss: l, correct } => {
-                *l += loss.item() as f64 * n as f64;
+                *l += value.unwrap_or_else(|| loss.item()) as f64 * n as f64;
                 if let Some((out, y)) = labels {
                     *correct += count_correct(out, y);
                 }

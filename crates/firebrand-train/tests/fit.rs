@@ -233,3 +233,41 @@ fn bad_targets_are_a_typed_error_naming_the_batch_and_the_value() {
 fn y_len(d: &TensorDataset) -> usize {
     d.y.dims()[0]
 }
+
+#[test]
+fn a_wrong_input_width_is_a_typed_error_naming_the_layer() {
+    let d = digits(); // 64 features
+    let mut model = classifier(5);
+    let narrow = TensorDataset::new(d.x.narrow(1, 0, 60), d.y.clone()).unwrap();
+    let err = model.fit(&narrow, &in_order(1)).unwrap_err();
+    assert!(matches!(err, FitError::Forward { epoch: 0, batch: 0, validation: false, .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "Model::fit: the forward pass of training batch 0 (epoch 0, from 0): \
+         Sequential[0] Linear(64 -> 32, relu): expected input (…, 64), got [32, 60]"
+    );
+    // Validation data of the wrong width: the error says it was validation.
+    let opts = FitOptions { validation: Validation::data(narrow.clone()), ..in_order(1) };
+    let err = model.fit(&d, &opts).unwrap_err();
+    assert!(matches!(err, FitError::Forward { epoch: 0, batch: 0, validation: true, .. }), "{err:?}");
+    assert!(err.to_string().contains("forward pass of validation batch 0"), "{err}");
+    // The model is unharmed: it trains on right data afterwards.
+    assert!(model.fit(&d, &in_order(1)).unwrap().epochs[0].loss.is_finite());
+    // evaluate panics with the batch and the layer.
+    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.evaluate(&narrow, 512))).unwrap_err();
+    let msg = e.downcast_ref::<String>().unwrap();
+    assert!(msg.starts_with("Model::evaluate: the forward pass of batch 0: Sequential[0] Linear(64 -> 32"), "{msg}");
+}
+
+#[test]
+fn bad_validation_targets_name_the_validation_batch() {
+    let d = digits();
+    let mut y = d.y.to_vec::<i64>();
+    y[3] = -7;
+    let bad = TensorDataset::new(d.x.clone(), Tensor::from_vec(y, [y_len(&d)])).unwrap();
+    let mut model = classifier(6);
+    let opts = FitOptions { validation: Validation::data(bad), ..in_order(1) };
+    let err = model.fit(&d, &opts).unwrap_err();
+    assert!(matches!(err, FitError::Loss { batch: 0, validation: true, .. }), "{err:?}");
+    assert!(err.to_string().contains("the loss of validation batch 0"), "{err}");
+}

@@ -62,6 +62,7 @@ fn strided(i: u32, at: u32) -> u32 {
 fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 // By the bits: shader compilers may assume `x != x` is false.
 fn isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn nonfinite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) >= 0x7f800000u; }
 fn clampk(x: f32, lo: f32, hi: f32) -> f32 { return select(select(x, hi, x > hi), lo, x < lo); }
 fn tanh_s(x: f32) -> f32 { let e = exp(-2.0 * abs(x)); let t = (1.0 - e) / (1.0 + e); return select(t, -t, x < 0.0); }
 fn sigm(x: f32) -> f32 { let e = exp(-abs(x)); return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0); }
@@ -120,6 +121,9 @@ pub(crate) fn unary_expr(op: UnaryOp) -> String {
         UnaryOp::Clamp(lo, hi) | UnaryOp::Hardtanh(lo, hi) => format!("clampk(x, {}, {})", lit(lo), lit(hi)),
         UnaryOp::Hardswish => "x * clampk(x + 3.0, 0.0, 6.0) / 6.0".into(),
         UnaryOp::Hardsigmoid => "clampk(x + 3.0, 0.0, 6.0) / 6.0".into(),
+        // `0.0 * x` is folded to 0 by shader compilers (lavapipe does); IEEE
+        // makes it NaN for a NaN or an infinite x, as the CPU gives.
+        UnaryOp::Affine(0.0, a) => format!("select({}, nan(), nonfinite(x))", lit(a)),
         UnaryOp::Affine(m, a) => format!("{} * x + {}", lit(m), lit(a)),
     }
 }
