@@ -428,8 +428,22 @@ fn workload_peak() {
     println!(
         "{{\"workload\":\"peak\",\"threads\":{threads},\"gflops\":{:.1},\"isa\":\"{}\"}}",
         per_thread.iter().sum::<f64>() / 1e9,
-        if cfg!(target_arch = "x86_64") && is_avx512() { "avx512" } else { "scalar-fallback" }
+        peak_isa()
     );
+}
+
+/// The instruction set `peak_thread` measured.
+fn peak_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_avx512() {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "fma256";
+        }
+    }
+    "scalar-fallback"
 }
 
 fn is_avx512() -> bool {
@@ -448,6 +462,11 @@ fn peak_thread(iters: u64) -> f64 {
     if is_avx512() {
         // SAFETY: avx512f detected above.
         return unsafe { peak_avx512(iters) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: avx and fma detected above (fma implies avx).
+        return unsafe { peak_fma256(iters) };
     }
     let mut acc = [1.0f32; 8];
     for _ in 0..iters {
@@ -474,6 +493,23 @@ unsafe fn peak_avx512(iters: u64) -> f64 {
     }
     std::hint::black_box(&acc);
     iters as f64 * (CHAINS * 16 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+unsafe fn peak_fma256(iters: u64) -> f64 {
+    use std::arch::x86_64::*;
+    const CHAINS: usize = 12;
+    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+    let x = _mm256_set1_ps(0.999_999);
+    let y = _mm256_set1_ps(1e-7);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, x, y);
+        }
+    }
+    std::hint::black_box(&acc);
+    iters as f64 * (CHAINS * 8 * 2) as f64
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.

@@ -108,10 +108,21 @@ pub(crate) fn is_f32_with_avx512<T: 'static>() -> bool {
         && *FLAG.get_or_init(|| crate::simd512::available() && std::arch::is_x86_feature_detected!("fma"))
 }
 
+/// True when `T` is `f32` and this CPU has AVX2 and FMA but not AVX-512
+/// (AMD Zen 1–3, Intel client cores): the middle build of the kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn is_f32_with_avx2<T: 'static>() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && *FLAG
+            .get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+}
+
 /// Defines `fn $name<T: KernelElem>(…)` that runs `$generic::<T, true>`
-/// compiled with AVX-512 and FMA when `T` is `f32` and this CPU has them, and
-/// `$generic::<T, false>` (portable, no fused multiply-add) otherwise: one
-/// generic kernel body, two builds, chosen at run time.
+/// compiled with AVX-512 and FMA when `T` is `f32` and this CPU has them
+/// (else with AVX2 and FMA, where it has those), and `$generic::<T, false>`
+/// (portable, no fused multiply-add) otherwise: one generic kernel body,
+/// three builds, chosen at run time.
 macro_rules! fma_dispatch {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $generic:ident) => {
         $(#[$m])*
@@ -127,6 +138,16 @@ macro_rules! fma_dispatch {
                 // SAFETY: AVX-512F and FMA were detected at run time.
                 return unsafe { fast::<T>($($arg),*) };
             }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::elem::is_f32_with_avx2::<T>() {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: $crate::elem::KernelElem>($($arg: $ty),*) $(-> $ret)? {
+                    $generic::<T, true>($($arg),*)
+                }
+                // SAFETY: AVX2 and FMA were detected at run time.
+                return unsafe { avx2::<T>($($arg),*) };
+            }
             $generic::<T, false>($($arg),*)
         }
     };
@@ -134,7 +155,8 @@ macro_rules! fma_dispatch {
 pub(crate) use fma_dispatch;
 
 /// Defines an `f32` kernel `fn $name(…) $body` whose body runs compiled with
-/// AVX-512 and FMA when this CPU has them, portable otherwise: for plain
+/// AVX-512 and FMA when this CPU has them, with AVX2 and FMA when it has
+/// those, portable otherwise: for plain
 /// elementwise loops the compiler vectorizes (built for the baseline target
 /// they get SSE2 only). Rust does not contract `a * b + c` into an FMA on its
 /// own, so both builds give the same bits.
@@ -155,6 +177,16 @@ macro_rules! simd_fn {
                 }
                 // SAFETY: AVX-512F and FMA were detected at run time.
                 return unsafe { fast($($arg),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if crate::elem::is_f32_with_avx2::<f32>() {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: AVX2 and FMA were detected at run time.
+                return unsafe { avx2($($arg),*) };
             }
             body($($arg),*)
         }

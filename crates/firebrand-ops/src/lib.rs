@@ -5,8 +5,9 @@
 //! nothing of autograd: `firebrand-autograd` calls them from its `Tensor` ops
 //! and records the backward rules.
 //!
-//! * [`gemm`] — single-precision matrix multiply: an AVX-512 packed kernel of
-//!   our own, `matrixmultiply` elsewhere; strided operands, rayon over blocks;
+//! * [`gemm`] — single-precision matrix multiply: one blocked driver of our
+//!   own with an AVX-512 (12x32) or an AVX2 + FMA (6x16) micro-kernel,
+//!   `matrixmultiply` elsewhere; strided operands, rayon over blocks;
 //!   at [`gemm::MatmulPrecision::Medium`], bf16 products on AMX tiles; and
 //!   [`gemm::int8`], `u8·i8` products on AMX-INT8 tiles for quantized layers.
 //! * [`binary`] / [`unary`] — elementwise maps with broadcasting; the unary
