@@ -824,13 +824,12 @@ fn first_non_finite_grad(net: &(impl Module + ?Sized)) -> Option<(String, f32)> 
         grads.iter().map(|(_, g)| g.with_f32_slice(any_non_finite).expect("f32")).collect()
     } else {
         // On a device: one reduction per gradient there and a single read
-        // back. `Σ x·2⁻¹⁰⁰` is finite exactly when every x is (a finite x
-        // scales to at most 2.7e8, so the sum cannot overflow). Not `Σ x·0`:
-        // shader compilers fold `0·x` to 0 (lavapipe did), hiding an inf.
-        const TINY: f32 = 7.888_609e-31; // 2⁻¹⁰⁰
+        // back. `Σ x·0` is 0 when every x is finite and NaN otherwise (no
+        // overflow, unlike `Σ x`); the device's `Affine(0, _)` keeps IEEE's
+        // NaN for a non-finite x, which shader compilers would fold away.
         let sums: Vec<Tensor> =
-            grads.iter().map(|(_, g)| g.to_dtype(DType::F32).affine(TINY, 0.0).sum_all().reshape([1])).collect();
-        Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0).to_vec::<f32>().iter().map(|s| !s.is_finite()).collect()
+            grads.iter().map(|(_, g)| g.to_dtype(DType::F32).affine(0.0, 0.0).sum_all().reshape([1])).collect();
+        Tensor::cat(&sums.iter().collect::<Vec<_>>(), 0).to_vec::<f32>().iter().map(|s| s.is_nan()).collect()
     };
     grads.iter().zip(bad).filter(|(_, b)| *b).find_map(|((name, g), _)| {
         g.to_dtype(DType::F32).to_vec::<f32>().into_iter().find(|v| !v.is_finite()).map(|v| (name.clone(), v))

@@ -16,9 +16,9 @@ impl Kernel for Avx2 {
     const MR: usize = MR;
     /// Two ymm vectors of B.
     const NR: usize = 16;
-    /// An MR x KC strip of A (12 KiB) stays in L1 beside the B panel's stream.
+    /// An MR x KC strip of A (6 KiB) and a B panel (16 KiB) fit in L1 together.
     const KC: usize = 256;
-    /// A KC x 128 block of B (256 KiB) stays in a Zen core's 512 KiB L2.
+    /// A KC x 256 block of B (256 KiB) stays in a Zen core's 512 KiB L2.
     const NCB_MAX: usize = 256;
     const TB: usize = 8;
 
