@@ -152,7 +152,7 @@ pub(crate) fn run(
     if let Some(why) = broken.lock().unwrap_or_else(|e| e.into_inner()).clone() {
         // Peers may be stuck in a collective with us, or gone: end the whole
         // job rather than wait in MPI_Finalize.
-        eprintln!("rank {rank}: ending the MPI job (MPI_Abort): {why}");
+        eprint_line(&format!("rank {rank}: ending the MPI job (MPI_Abort): {why}"));
         // SAFETY: MPI is initialized; MPI_Abort does not return.
         unsafe { ffi::MPI_Abort(comm, 1) };
     }
@@ -466,4 +466,12 @@ impl Comm {
         }
         Ok(())
     }
+}
+
+/// Writes `line` and a newline to stderr in one `write`: `eprintln!` issues
+/// one per formatted piece, and mpirun, which forwards each rank's stderr
+/// in the chunks it reads, printed its own MPI_ABORT banner between them.
+pub fn eprint_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
 }

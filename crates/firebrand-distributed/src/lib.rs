@@ -29,6 +29,7 @@ mod error;
 mod group;
 mod reducer;
 
+pub use comm::eprint_line;
 pub use ddp::{DistributedDataParallel, NoSyncGuard, sync_buffers, sync_module};
 pub use error::{DistributedError, Result};
 pub use firebrand_data::{DistributedSampler, launched_world_size};

@@ -238,7 +238,7 @@ fn worker_fault() {
             };
         }
         if let Err(e) = ddp.forward(&x).square().mean_all().try_backward() {
-            eprintln!("rank {} at step {step}: {e}", g.rank());
+            firebrand_distributed::eprint_line(&format!("rank {} at step {step}: {e}", g.rank()));
             std::process::exit(3);
         }
     }
@@ -307,7 +307,7 @@ fn worker_late_start() {
     match ProcessGroup::world() {
         Ok(_) => println!("rank {rank} started"),
         Err(e) => {
-            eprintln!("rank {rank}: {e}");
+            firebrand_distributed::eprint_line(&format!("rank {rank}: {e}"));
             std::process::exit(3);
         }
     }
