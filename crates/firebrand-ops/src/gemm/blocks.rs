@@ -357,6 +357,16 @@ pub fn quantize_rows_i16_into(x: &[f32], m: usize, k: usize, q: &mut Q16Rows) {
             }
             continue;
         }
+        #[cfg(target_arch = "x86_64")]
+        if super::blocks_avx2::available() {
+            sums.resize(nb, 0);
+            // SAFETY: the CPU has the features; the slices hold k and k/32 values.
+            unsafe { super::blocks_avx2::quantize_row_i16(xs, id, row, &mut sums) };
+            for (s, &t) in q.s[i * nb..(i + 1) * nb].iter_mut().zip(&sums) {
+                *s = d * t as f32;
+            }
+            continue;
+        }
         for (b, (qb, xb)) in row.chunks_exact_mut(BLOCK).zip(xs.chunks_exact(BLOCK)).enumerate() {
             let mut sum = 0i32;
             for (t, &v) in qb.iter_mut().zip(xb) {
@@ -380,6 +390,8 @@ impl Q16Rows {
 pub enum BlockKernel {
     /// AVX-512 (F, BW, VL).
     Avx512,
+    /// AVX2, FMA and F16C, for CPUs without AVX-512.
+    Avx2,
     /// The portable loop.
     Portable,
 }
@@ -387,7 +399,7 @@ pub enum BlockKernel {
 impl BlockKernel {
     /// The fastest kernel this CPU has.
     pub fn best() -> BlockKernel {
-        if BlockKernel::Avx512.available() { BlockKernel::Avx512 } else { BlockKernel::Portable }
+        [BlockKernel::Avx512, BlockKernel::Avx2].into_iter().find(|k| k.available()).unwrap_or(BlockKernel::Portable)
     }
 
     /// Whether this CPU runs it.
@@ -395,8 +407,10 @@ impl BlockKernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             BlockKernel::Avx512 => super::blocks_avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            BlockKernel::Avx2 => super::blocks_avx2::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            BlockKernel::Avx512 => false,
+            BlockKernel::Avx512 | BlockKernel::Avx2 => false,
             BlockKernel::Portable => true,
         }
     }
@@ -442,6 +456,9 @@ pub fn gemm_blocks_with(kernel: BlockKernel, a: &Q16Rows, w: &BlockWeight, out: 
             // SAFETY: the kernel is available (asserted); the task writes
             // columns `cols` of `out` only, disjoint from the other tasks'.
             BlockKernel::Avx512 => unsafe { super::blocks_avx512::gemm(a, w, cols, ptr.get()) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            BlockKernel::Avx2 => unsafe { super::blocks_avx2::gemm(a, w, cols, ptr.get()) },
             // SAFETY: as above.
             _ => unsafe { portable(a, w, cols, ptr.get()) },
         }
@@ -495,6 +512,12 @@ pub fn linear_blocks_f32(x: &[f32], m: usize, w: &BlockWeight, out: &mut [f32], 
                     if super::blocks_avx512::available() {
                         // SAFETY: the CPU has the features; the row holds k floats.
                         unsafe { super::blocks_avx512::dequantize_row(w, j0 + j, row.as_mut_ptr()) };
+                        continue;
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if super::blocks_avx2::available() {
+                        // SAFETY: the CPU has the features; the row holds k floats.
+                        unsafe { super::blocks_avx2::dequantize_row(w, j0 + j, row.as_mut_ptr()) };
                         continue;
                     }
                     w.dequantize_row(j0 + j, row);
@@ -573,7 +596,7 @@ mod tests {
     const FORMATS: [BlockFormat; 3] = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1];
 
     fn kernels() -> Vec<BlockKernel> {
-        [BlockKernel::Avx512, BlockKernel::Portable].into_iter().filter(|k| k.available()).collect()
+        [BlockKernel::Avx512, BlockKernel::Avx2, BlockKernel::Portable].into_iter().filter(|k| k.available()).collect()
     }
 
     /// Every kernel on awkward shapes (one row, odd rows, an odd block
@@ -598,6 +621,11 @@ mod tests {
                             "row {i} value {p}: {} vs {want}",
                             a.qs[i * k + p]
                         );
+                    }
+                    // Each block's sum is the scale times the sum of its values.
+                    for b in 0..k / BLOCK {
+                        let sum: i32 = a.qs[i * k + b * BLOCK..][..BLOCK].iter().map(|&q| q as i32).sum();
+                        assert_eq!(a.s[i * (k / BLOCK) + b], a.scale[i] * sum as f32, "row {i} block {b}");
                     }
                 }
                 let want = gemm_blocks_reference(&a, &w);

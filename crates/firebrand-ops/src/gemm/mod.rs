@@ -27,6 +27,8 @@ pub(crate) mod avx512;
 mod blocked;
 pub mod blocks;
 #[cfg(target_arch = "x86_64")]
+mod blocks_avx2;
+#[cfg(target_arch = "x86_64")]
 mod blocks_avx512;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
