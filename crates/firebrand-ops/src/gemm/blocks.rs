@@ -340,6 +340,18 @@ pub fn quantize_rows_i16_into(x: &[f32], m: usize, k: usize, q: &mut Q16Rows) {
     q.qs.resize(m * k, 0);
     q.scale.resize(m, 0.0);
     q.s.resize(m * nb, 0.0);
+    // The SIMD row quantizer this CPU has, if any.
+    type RowQuantizer = unsafe fn(&[f32], f32, &mut [i16], &mut [i32]);
+    #[cfg(target_arch = "x86_64")]
+    let simd: Option<RowQuantizer> = if super::blocks_avx512::available() {
+        Some(super::blocks_avx512::quantize_row_i16)
+    } else if super::blocks_avx2::available() {
+        Some(super::blocks_avx2::quantize_row_i16)
+    } else {
+        None
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd: Option<RowQuantizer> = None;
     for i in 0..m {
         let xs = &x[i * k..(i + 1) * k];
         let amax = xs.iter().fold(0.0f32, |a, v| a.max(v.abs()));
@@ -347,21 +359,11 @@ pub fn quantize_rows_i16_into(x: &[f32], m: usize, k: usize, q: &mut Q16Rows) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         q.scale[i] = d;
         let row = &mut q.qs[i * k..(i + 1) * k];
-        #[cfg(target_arch = "x86_64")]
-        if super::blocks_avx512::available() {
+        if let Some(quantize_row) = simd {
             sums.resize(nb, 0);
-            // SAFETY: the CPU has the features; the slices hold k and k/32 values.
-            unsafe { super::blocks_avx512::quantize_row_i16(xs, id, row, &mut sums) };
-            for (s, &t) in q.s[i * nb..(i + 1) * nb].iter_mut().zip(&sums) {
-                *s = d * t as f32;
-            }
-            continue;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::blocks_avx2::available() {
-            sums.resize(nb, 0);
-            // SAFETY: the CPU has the features; the slices hold k and k/32 values.
-            unsafe { super::blocks_avx2::quantize_row_i16(xs, id, row, &mut sums) };
+            // SAFETY: the CPU has the kernel's features (chosen by
+            // `available`); the slices hold k and k/32 values.
+            unsafe { quantize_row(xs, id, row, &mut sums) };
             for (s, &t) in q.s[i * nb..(i + 1) * nb].iter_mut().zip(&sums) {
                 *s = d * t as f32;
             }
