@@ -541,9 +541,19 @@ mod tests {
     /// integer sums are exact and the dequantization is the same formula.
     #[test]
     fn kernel_equals_the_reference_and_dequantizes_close_to_f32() {
-        for (m, k, n) in
-            [(1, 1, 1), (3, 5, 7), (33, 65, 17), (1, 300, 40), (300, 64, 1), (531, 130, 97), (64, 1024, 96)]
-        {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (2, 3, 2),
+            (3, 5, 7),
+            (6, 13, 50),
+            (13, 9, 33),
+            (15, 257, 31),
+            (33, 65, 17),
+            (1, 300, 40),
+            (300, 64, 1),
+            (531, 130, 97),
+            (64, 1024, 96),
+        ] {
             let x = data(m * k, 1);
             let wf = data(n * k, 2);
             let b = data(n, 3);
