@@ -54,8 +54,8 @@
 //! * `int8_gemm [--sizes …]` — the quantized product
 //!   (`gemm::int8::gemm_u8i8`: `u8` rows times an `i8` weight, dequantized
 //!   to `f32` with a bias) against the `f32` gemm on the same shapes, same
-//!   run: `int8_gops` (and `vnni_gops`, the AVX-512 VNNI kernel, on a CPU
-//!   that also has AMX) and `fp32_gflops` (2·m·k·n per product; quantizing
+//!   run: `int8_gops` (and `vnni_gops`, `avx2_gops`: the AVX-512 VNNI and
+//!   AVX2 kernels, where the CPU also has a faster one) and `fp32_gflops` (2·m·k·n per product; quantizing
 //!   the activations not timed). Default shapes: 1024³ and MiniLM's
 //!   feed-forward pair, 4096x384x1536 and 4096x1536x384.
 //! * `minilm_embed [--model DIR] [--data DIR] [--rounds N] [--int8]` — the real
@@ -335,13 +335,15 @@ fn workload_int8_gemm(sizes: Option<String>) {
         let mut out = vec![0.0f32; m * n];
         let ops = 2.0 * (m * k * n) as f64;
         let secs = median_secs(|| gemm_u8i8(&qa, &qw, Some(&b), &mut out));
-        // The VNNI kernel too, where the CPU has it beside AMX.
+        // The slower kernels too, where the CPU has them beside the best one.
         let mut vnni = String::new();
-        if qw.kernel() != Kernel::Vnni && Kernel::Vnni.available() {
-            let mut qv = qw.clone();
-            qv.set_kernel(Kernel::Vnni);
-            let s = median_secs(|| gemm_u8i8(&qa, &qv, Some(&b), &mut out));
-            vnni = format!(",\"vnni_gops\":{:.1}", ops / s / 1e9);
+        for (kernel, field) in [(Kernel::Vnni, "vnni_gops"), (Kernel::Avx2, "avx2_gops")] {
+            if qw.kernel() != kernel && kernel.available() {
+                let mut qv = qw.clone();
+                qv.set_kernel(kernel);
+                let s = median_secs(|| gemm_u8i8(&qa, &qv, Some(&b), &mut out));
+                vnni += &format!(",\"{field}\":{:.1}", ops / s / 1e9);
+            }
         }
         println!(
             "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1}{vnni},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",

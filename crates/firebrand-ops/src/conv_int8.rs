@@ -799,7 +799,7 @@ mod tests {
             let mut wq = quantize_conv_weight(&wf, cout, c, kh, kw);
             for act in [None, Some(UnaryOp::Relu)] {
                 let want = conv2d_u8i8_reference(&x, [n, c, h, w], &geo, iq, &wq, Some(&b), act);
-                for kernel in [Kernel::AmxInt8, Kernel::Vnni, Kernel::Portable] {
+                for kernel in Kernel::ALL {
                     if !kernel.available() {
                         eprintln!("SKIPPED: the {} kernel (not on this CPU)", kernel.name());
                         continue;

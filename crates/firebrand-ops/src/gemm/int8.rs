@@ -10,6 +10,8 @@
 //! Kernels, chosen at run time:
 //! * AMX-INT8 (`TDPBUSD`: 16x16 tiles of `u8·i8` sums of four into `i32`),
 //!   the weight packed once into the tiles' "VNNI" order;
+//! * AVX-512 VNNI (`VPDPBUSD`: fours of `u8·i8` into `i32` lanes);
+//! * AVX2 (`VPMADDWD` on both sides widened to `i16`: pairs into `i32`);
 //! * a portable loop otherwise (also the tests' reference).
 //!
 //! ```
@@ -88,6 +90,9 @@ pub fn quantize_rows_u8_into(x: &[f32], m: usize, k: usize, q: &mut QuantizedRow
             let (s, z) = if crate::simd512::available() {
                 // SAFETY: AVX-512F is available.
                 unsafe { quantize_row_avx512(row, out) }
+            } else if super::int8_avx2::available() {
+                // SAFETY: AVX2 and FMA are available.
+                unsafe { quantize_row_avx2(row, out) }
             } else {
                 quantize_row(row, out)
             };
@@ -264,6 +269,66 @@ unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     }
 }
 
+/// One row with AVX2 and FMA: the same values as [`quantize_row`] (its
+/// last `k mod 8` values by that formula).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let k = row.len();
+    let full = k / 8 * 8;
+    // SAFETY: the loads and stores touch the row's first `full` values only.
+    unsafe {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut lo2, mut hi2) = (lo, hi);
+        // NaN or ±∞: |v| not below ∞ (unordered compares count).
+        let (inf, sign) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(-0.0));
+        let mut bad = _mm256_setzero_ps();
+        let mut j = 0;
+        while j < full {
+            let v = _mm256_loadu_ps(row.as_ptr().add(j));
+            // Two chains each, so that a short row is not bound by the latency.
+            if j / 8 % 2 == 0 {
+                (lo, hi) = (_mm256_min_ps(lo, v), _mm256_max_ps(hi, v));
+            } else {
+                (lo2, hi2) = (_mm256_min_ps(lo2, v), _mm256_max_ps(hi2, v));
+            }
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_andnot_ps(sign, v), inf));
+            j += 8;
+        }
+        let (lo, hi) = (_mm256_min_ps(lo, lo2), _mm256_max_ps(hi, hi2));
+        let (mut l, mut h) = ([0.0f32; 8], [0.0f32; 8]);
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        let rest = &row[full..];
+        let lo = l.iter().chain(rest).fold(0.0f32, |m, &v| m.min(v));
+        let hi = h.iter().chain(rest).fold(0.0f32, |m, &v| m.max(v));
+        let finite = _mm256_movemask_ps(bad) == 0 && rest.iter().all(|v| v.is_finite());
+        let (s, z) = scale_and_zero(lo, hi, finite);
+        let inv = 1.0 / s;
+        let (iv, zv) = (_mm256_set1_ps(inv), _mm256_set1_ps(z));
+        let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        let mut j = 0;
+        while j < full {
+            let v = _mm256_loadu_ps(row.as_ptr().add(j));
+            // Round to nearest even (the default rounding mode), then clamp.
+            let q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, iv, zv));
+            let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), top);
+            // Bytes 0..4 of each 128-bit half hold that half's four levels.
+            let w = _mm256_packus_epi32(q, q);
+            let b = _mm256_packus_epi16(w, w);
+            let o = out.as_mut_ptr().add(j);
+            (o as *mut i32).write_unaligned(_mm_cvtsi128_si32(_mm256_castsi256_si128(b)));
+            (o.add(4) as *mut i32).write_unaligned(_mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(b)));
+            j += 8;
+        }
+        for (o, &v) in out[full..].iter_mut().zip(rest) {
+            *o = v.mul_add(inv, z).round_ties_even().clamp(0.0, 255.0) as u8;
+        }
+        (s, z as i32)
+    }
+}
+
 /// A weight `(n, k)` quantized to `i8` per output channel (row):
 /// `W[j, p] ≈ scale[j]·q[j, p]`, `q` in `−127..=127`; with each row's sum
 /// (for the activations' zero points) and, on AMX, the tiles' layout.
@@ -338,6 +403,8 @@ impl QuantizedWeight {
             Kernel::AmxInt8 => super::amx_int8::pack_weight(&self.data, self.n, self.k),
             #[cfg(target_arch = "x86_64")]
             Kernel::Vnni => super::vnni::pack_weight(&self.data, self.n, self.k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => super::int8_avx2::pack_weight(&self.data, self.n, self.k),
             _ => Vec::new(),
         };
         self.kernel = kernel;
@@ -381,14 +448,27 @@ pub enum Kernel {
     AmxInt8,
     /// AVX-512 VNNI (`VPDPBUSD`): Ice Lake, Cascade Lake and later.
     Vnni,
+    /// AVX2 and FMA (`VPMADDWD` on operands widened to `i16`): CPUs without
+    /// AVX-512 VNNI, such as AMD Zen 1–3.
+    Avx2,
     /// The portable loop.
     Portable,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU has.
+    /// Every kernel, fastest first (for tests and comparisons: not every CPU
+    /// has each; see [`Kernel::available`]).
+    pub const ALL: [Kernel; 4] = [Kernel::AmxInt8, Kernel::Vnni, Kernel::Avx2, Kernel::Portable];
+
+    /// The fastest kernel this CPU has, or one set lower with
+    /// `FIREBRAND_INT8=avx512-vnni|avx2|portable` (for comparisons).
     pub fn best() -> Kernel {
-        [Kernel::AmxInt8, Kernel::Vnni].into_iter().find(|k| k.available()).unwrap_or(Kernel::Portable)
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let cap = std::env::var("FIREBRAND_INT8").ok();
+            let from = Kernel::ALL.iter().position(|k| Some(k.name()) == cap.as_deref()).unwrap_or(0);
+            Kernel::ALL[from..].iter().copied().find(|k| k.available()).unwrap_or(Kernel::Portable)
+        })
     }
 
     /// Whether this CPU (and OS) runs it.
@@ -398,17 +478,20 @@ impl Kernel {
             Kernel::AmxInt8 => super::amx::int8_available(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Vnni => super::vnni::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => super::int8_avx2::available(),
             Kernel::Portable => true,
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
     }
 
-    /// Its name: `amx-int8`, `avx512-vnni` or `portable`.
+    /// Its name: `amx-int8`, `avx512-vnni`, `avx2` or `portable`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::AmxInt8 => "amx-int8",
             Kernel::Vnni => "avx512-vnni",
+            Kernel::Avx2 => "avx2",
             Kernel::Portable => "portable",
         }
     }
@@ -445,6 +528,15 @@ pub fn gemm_u8i8_act(
     assert!(bias.is_none_or(|b| b.len() >= w.n), "gemm_u8i8: bias shorter than {}", w.n);
     let (m, n) = (a.m, w.n);
     if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if w.kernel == Kernel::Avx2 {
+        // SAFETY: the weight was packed for a kernel this CPU has (`set_kernel`).
+        unsafe { super::int8_avx2::gemm(a, w, &w.packed, bias, &mut out[..m * n]) };
+        if let Some(op) = act {
+            crate::unary::map_in_place(op, &mut out[..m * n]);
+        }
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -560,7 +652,7 @@ mod tests {
             let (qa, mut qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&wf, n, k));
             let mut want = vec![0.0; m * n];
             gemm_u8i8_reference(&qa, &qw, Some(&b), &mut want);
-            for kernel in [Kernel::AmxInt8, Kernel::Vnni, Kernel::Portable] {
+            for kernel in Kernel::ALL {
                 if !kernel.available() {
                     eprintln!("SKIPPED: the {} kernel (not on this CPU)", kernel.name());
                     continue;
@@ -600,7 +692,7 @@ mod tests {
     /// NaN or ∞ gets a NaN scale.
     #[test]
     fn vector_and_portable_quantization_agree() {
-        for k in [1usize, 15, 16, 17, 100, 384] {
+        for k in [1usize, 7, 8, 9, 15, 16, 17, 31, 100, 384] {
             let row: Vec<f32> = data(k, 9).iter().map(|v| v * 3.0 - 0.7).collect();
             let (mut a, mut b) = (vec![0u8; k], vec![0u8; k]);
             let want = quantize_row(&row, &mut a);
@@ -610,10 +702,28 @@ mod tests {
                 let got = unsafe { quantize_row_avx512(&row, &mut b) };
                 assert_eq!((got, &b), (want, &a), "k = {k}");
             }
+            #[cfg(target_arch = "x86_64")]
+            if super::super::int8_avx2::available() {
+                b.fill(0);
+                // SAFETY: AVX2 and FMA are available.
+                let got = unsafe { quantize_row_avx2(&row, &mut b) };
+                assert_eq!((got, &b), (want, &a), "k = {k} (AVX2)");
+            }
             let _ = &mut b;
         }
         let q = quantize_rows_u8(&[1.0, f32::NAN, 2.0, f32::INFINITY, 0.5, 0.5], 3, 2);
         assert!(q.scale[0].is_nan() && q.scale[1].is_nan() && q.scale[2].is_finite(), "{:?}", q.scale);
+        // The AVX2 row: a NaN or ∞ in a whole vector or in the tail.
+        #[cfg(target_arch = "x86_64")]
+        if super::super::int8_avx2::available() {
+            for (at, v) in [(3, f32::NAN), (5, f32::NEG_INFINITY), (9, f32::NAN), (10, f32::INFINITY)] {
+                let mut row = vec![0.5f32; 11];
+                row[at] = v;
+                // SAFETY: AVX2 and FMA are available.
+                let (s, _) = unsafe { quantize_row_avx2(&row, &mut [0u8; 11]) };
+                assert!(s.is_nan(), "{v} at {at}: scale {s}");
+            }
+        }
     }
 
     /// Fixed parameters: every value by the same scale and zero point,

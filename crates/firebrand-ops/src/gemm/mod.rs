@@ -32,6 +32,8 @@ mod blocks_avx2;
 mod blocks_avx512;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
+mod int8_avx2;
+#[cfg(target_arch = "x86_64")]
 mod vnni;
 
 use std::sync::atomic::{AtomicU8, Ordering};
