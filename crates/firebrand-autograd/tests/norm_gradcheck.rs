@@ -1,6 +1,8 @@
 //! The fused layer-norm op: gradcheck with and without scale and shift, on
 //! odd sizes and a transposed input, and values and gradients equal to the
-//! composite form built from primitive ops.
+//! composite form built from primitive ops; RMS norm and the rotary
+//! embedding of pairs likewise (gradcheck on the recorded form, the
+//! one-pass inference form against the composite).
 
 use firebrand_autograd::{GradcheckOptions, Tensor, gradcheck, manual_seed};
 
@@ -204,4 +206,106 @@ fn batch_norm_with_a_fused_activation_equals_the_two_ops() {
             }
         }
     }
+}
+
+/// RMS norm as its definition, from primitive ops.
+fn rms_composite(x: &Tensor, w: &Tensor, eps: f32) -> Tensor {
+    x.mul(&x.square().mean(&[-1], true).affine(1.0, eps).rsqrt()).mul(w)
+}
+
+#[test]
+fn rms_norm_gradcheck() {
+    manual_seed(21);
+    let opts = GradcheckOptions::default();
+    for dims in [vec![1, 1], vec![3, 5], vec![2, 3, 7]] {
+        let c = *dims.last().unwrap();
+        let x = Tensor::randn(dims.clone(), 0.0, 1.0).requires_grad_(true);
+        let w = Tensor::randn([c], 1.0, 0.3).requires_grad_(true);
+        let r = gradcheck(|t| t[0].rms_norm(&t[1], 1e-5), &[x, w], opts);
+        r.unwrap_or_else(|e| panic!("rms_norm {dims:?}: {e}"));
+    }
+    let xt = Tensor::randn([6, 3], 0.0, 1.0).requires_grad_(true);
+    let w = Tensor::randn([6], 1.0, 0.3).requires_grad_(true);
+    let r = gradcheck(|t| t[0].t().rms_norm(&t[1], 1e-5), &[xt, w], opts);
+    r.unwrap_or_else(|e| panic!("rms_norm on a transposed input: {e}"));
+}
+
+/// The one-pass form (no graph) against the composite, on odd widths, a
+/// transposed input, and a row of zeros (eps keeps it finite); NaN
+/// propagates; a wrong weight is an error naming the op.
+#[test]
+fn fused_rms_norm_equals_the_composite_form() {
+    manual_seed(22);
+    for dims in [vec![1, 1], vec![3, 7], vec![2, 9], vec![4, 576], vec![2, 3, 17]] {
+        let c = *dims.last().unwrap();
+        let x = Tensor::randn(dims.clone(), 0.3, 2.0);
+        let w = Tensor::randn([c], 1.0, 0.3);
+        let want = rms_composite(&x, &w, 1e-6).to_vec::<f32>();
+        let got = firebrand_autograd::with_no_grad(|| x.rms_norm(&w, 1e-6)).to_vec::<f32>();
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!((g - e).abs() <= 1e-6 * (1.0 + e.abs()), "{dims:?} at {i}: {g} vs {e}");
+        }
+    }
+    let xt = Tensor::randn([5, 3], 0.0, 1.0).t();
+    let w = Tensor::randn([5], 1.0, 0.3);
+    let (got, want) = (xt.rms_norm(&w, 1e-6).to_vec::<f32>(), rms_composite(&xt, &w, 1e-6).to_vec::<f32>());
+    assert!(got.iter().zip(&want).all(|(g, e)| (g - e).abs() <= 1e-6 * (1.0 + e.abs())), "{got:?} vs {want:?}");
+    let zeros = Tensor::zeros([2, 4]).rms_norm(&Tensor::ones([4]), 1e-6).to_vec::<f32>();
+    assert_eq!(zeros, vec![0.0; 8]);
+    let nan = Tensor::from_vec(vec![1.0f32, f32::NAN, 2.0, 3.0], [2, 2]).rms_norm(&Tensor::ones([2]), 1e-6);
+    let nan = nan.to_vec::<f32>();
+    assert!(nan[0].is_nan() && nan[1].is_nan() && nan[2].is_finite(), "{nan:?}");
+    let e = Tensor::zeros([2, 4]).try_rms_norm(&Tensor::ones([3]), 1e-6).unwrap_err().to_string();
+    assert!(e.contains("rms_norm") && e.contains("(4,)"), "{e}");
+}
+
+/// The rotary embedding's composite form (the definition).
+fn rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let d = x.dims().to_vec();
+    let (t, half) = (d[1], d[3] / 2);
+    let (cos, sin) = (cos.reshape([1, t, 1, half]), sin.reshape([1, t, 1, half]));
+    let pairs = x.reshape([d[0], d[1], d[2], half, 2]);
+    let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
+    let r0 = x0.mul(&cos).sub(&x1.mul(&sin));
+    let r1 = x0.mul(&sin).add(&x1.mul(&cos));
+    Tensor::stack(&[&r0, &r1], -1).reshape(d)
+}
+
+#[test]
+fn rope_pairs_gradcheck() {
+    manual_seed(23);
+    let opts = GradcheckOptions::default();
+    for [b, t, h, d] in [[1, 1, 1, 2], [2, 3, 2, 6]] {
+        let x = Tensor::randn([b, t, h, d], 0.0, 1.0).requires_grad_(true);
+        let c = Tensor::randn([t, d / 2], 0.0, 1.0).requires_grad_(true);
+        let s = Tensor::randn([1, t, 1, d / 2], 0.0, 1.0).requires_grad_(true);
+        let r = gradcheck(|v| v[0].rope_pairs(&v[1], &v[2]), &[x, c, s], opts);
+        r.unwrap_or_else(|e| panic!("rope_pairs ({b}, {t}, {h}, {d}): {e}"));
+    }
+}
+
+/// The one-pass form equals the composite bit for bit (the same roundings),
+/// also on a strided view; bad shapes are errors naming the op.
+#[test]
+fn fused_rope_pairs_equals_the_composite_form() {
+    manual_seed(24);
+    for [b, t, h, d] in [[1, 1, 1, 2], [1, 1, 9, 64], [2, 5, 3, 10], [1, 17, 3, 64]] {
+        let x = Tensor::randn([b, t, h, d], 0.0, 1.0);
+        let angles = Tensor::randn([t, d / 2], 0.0, 3.0);
+        let (c, s) = (angles.cos(), angles.sin());
+        let want = rope_composite(&x, &c, &s).to_vec::<f32>();
+        let got = firebrand_autograd::with_no_grad(|| x.rope_pairs(&c, &s)).to_vec::<f32>();
+        assert_eq!(got, want, "({b}, {t}, {h}, {d})");
+    }
+    // A third of a wider tensor (a query split from a q/k/v product).
+    let wide = Tensor::randn([1, 4, 3 * 8], 0.0, 1.0);
+    let q = wide.narrow(2, 8, 8).reshape([1, 4, 2, 4]);
+    let angles = Tensor::randn([4, 2], 0.0, 3.0);
+    let (c, s) = (angles.cos(), angles.sin());
+    assert_eq!(q.rope_pairs(&c, &s).to_vec::<f32>(), rope_composite(&q, &c, &s).to_vec::<f32>());
+    let x = Tensor::zeros([1, 2, 1, 4]);
+    let e = x.try_rope_pairs(&Tensor::zeros([2, 3]), &Tensor::zeros([2, 2])).unwrap_err().to_string();
+    assert!(e.contains("rope_pairs") && e.contains("(2, 2)"), "{e}");
+    let e = Tensor::zeros([1, 2, 1, 3]).try_rope_pairs(&c, &s).unwrap_err().to_string();
+    assert!(e.contains("rope_pairs") && e.contains("odd"), "{e}");
 }

@@ -8,6 +8,8 @@
 //! One task per (batch, head); inside, the two products of each pass are
 //! gemms on the calling thread ([`gemm_serial`]) over the operands' own strided
 //! views (a third of a fused `(B, L, 3E)` projection needs no copy).
+//!
+//! [`rope_pairs`] rotates queries and keys by position (rotary embedding).
 
 use crate::gemm::{MatRef, gemm_serial};
 use crate::parallel::{SendPtr, par_for};
@@ -380,6 +382,31 @@ pub fn attention_reference(x: &Operands, spec: &AttentionSpec) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Rotary position embedding of adjacent pairs: `x` `(B, T, H, D)`
+/// contiguous, `cos` and `sin` `(T, D/2)`; pair `i` of each head turns by
+/// its angle: `(x₀c − x₁s, x₀s + x₁c)`. The same roundings as that formula
+/// written as separate multiplies and adds.
+///
+/// # Panics
+/// When a slice is shorter than its shape or `D` is odd.
+pub fn rope_pairs(x: &[f32], [b, t, h, d]: [usize; 4], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    assert!(d % 2 == 0, "rope_pairs: odd head dim {d}");
+    let half = d / 2;
+    assert!(
+        x.len() >= b * t * h * d && out.len() >= b * t * h * d && cos.len() >= t * half && sin.len() >= t * half,
+        "rope_pairs: slices too short for ({b}, {t}, {h}, {d})"
+    );
+    for (row, (xr, yr)) in x.chunks_exact(d.max(1)).zip(out.chunks_exact_mut(d.max(1))).take(b * t * h).enumerate() {
+        let p = row / h % t;
+        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for i in 0..half {
+            let (x0, x1) = (xr[2 * i], xr[2 * i + 1]);
+            yr[2 * i] = x0 * c[i] - x1 * s[i];
+            yr[2 * i + 1] = x0 * s[i] + x1 * c[i];
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Layer normalization over the last dim, fused: one pass per row forward
 //! (mean, reciprocal standard deviation, scale and shift) and one backward,
 //! instead of the eight elementwise and reduction ops of the composite form
-//! and their backward rules.
+//! and their backward rules; and root-mean-square normalization's
+//! forward pass ([`rms_norm`]).
 
 use crate::parallel::{SendPtr, par_for};
 use firebrand_tensor::pool::take_f32;
@@ -208,6 +209,28 @@ pub fn layer_norm_backward(
         dwb.iter_mut().zip(part).for_each(|(a, b)| *a += b);
     }
     (dx, dwb)
+}
+
+/// Root-mean-square normalization of `rows` rows of `cols`:
+/// `out = x / √(mean(x²) + eps) · w` (`w` `(cols,)`), each row's sum of
+/// squares in eight lanes (a forward pass for inference; training takes
+/// the composite form, whose ops have backward rules).
+///
+/// # Panics
+/// When a slice is shorter than its shape.
+pub fn rms_norm(x: &[f32], w: &[f32], rows: usize, cols: usize, eps: f32, out: &mut [f32]) {
+    assert!(x.len() >= rows * cols && out.len() >= rows * cols && w.len() >= cols, "rms_norm: slices too short");
+    for (xr, yr) in x.chunks_exact(cols.max(1)).zip(out.chunks_exact_mut(cols.max(1))).take(rows) {
+        let mut lanes = [0.0f32; 8];
+        let mut chunks = xr.chunks_exact(8);
+        for c in &mut chunks {
+            lanes.iter_mut().zip(c).for_each(|(l, &v)| *l += v * v);
+        }
+        let tail: f32 = chunks.remainder().iter().map(|&v| v * v).sum();
+        let ms = (lanes.iter().sum::<f32>() + tail) / cols as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        yr.iter_mut().zip(xr).zip(w).for_each(|((y, &v), &g)| *y = v * r * g);
+    }
 }
 
 #[cfg(test)]

@@ -290,12 +290,7 @@ fn rope_tables(offset: usize, t: usize, d: usize, theta: f32, dev: firebrand_aut
 
 /// `x` `(B, T, heads, d)` rotated by position in adjacent pairs (`tables` from [`rope_tables`]).
 fn rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
-    let (b, t, h, d) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
-    let pairs = x.reshape([b, t, h, d / 2, 2]);
-    let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1)); // (B, T, heads, d/2)
-    let r0 = x0.mul(cos).sub(&x1.mul(sin));
-    let r1 = x0.mul(sin).add(&x1.mul(cos));
-    Tensor::stack(&[&r0, &r1], -1).reshape([b, t, h, d])
+    x.rope_pairs(cos, sin)
 }
 
 impl LlamaAttention {

@@ -13,6 +13,7 @@ mod norm;
 mod order;
 mod recurrent;
 mod reduce;
+mod rope;
 mod shape;
 mod softmax;
 mod unary;

@@ -110,6 +110,52 @@ impl Tensor {
 }
 
 impl Tensor {
+    /// `x / √(mean(x²) + eps) · weight` over the last dim (PyTorch's
+    /// `F.rms_norm(x, (C,), weight, eps)`); `weight` is `(C,)`.
+    /// Differentiable in both: recorded for autograd it is the composite of
+    /// square, mean, rsqrt and multiplies; without a graph, on the CPU in
+    /// `f32`, one pass per row ([`firebrand_ops::norm::rms_norm`]).
+    ///
+    /// # Errors
+    /// When `weight` is not `(C,)` or the input has no dims.
+    ///
+    /// ```
+    /// use firebrand_autograd::Tensor;
+    /// let x = Tensor::from_vec(vec![3.0f32, 4.0], [1, 2]);
+    /// let y = x.try_rms_norm(&Tensor::ones([2]), 0.0).unwrap().to_vec::<f32>();
+    /// // mean(x²) = 12.5
+    /// assert!((y[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6 && (y[1] - 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+    /// ```
+    pub fn try_rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        let op = "rms_norm";
+        let cols = *self.dims().last().ok_or_else(|| Error::msg(op, "expected (…, C), got a scalar".to_string()))?;
+        if weight.dims() != [cols] {
+            return Err(Error::msg(
+                op,
+                format!("weight must be ({cols},) for input {:?}, got {:?}", self.dims(), weight.dims()),
+            ));
+        }
+        let fused = [self, weight].iter().all(|x| x.device().is_cpu() && x.dtype() == DType::F32)
+            && !records_graph(&[self, weight]);
+        if fused {
+            let rows = self.elem_count() / cols.max(1);
+            let mut out = vec![0.0f32; self.elem_count()];
+            self.with_f32_slice(|x| {
+                weight.with_f32_slice(|w| firebrand_ops::norm::rms_norm(x, w, rows, cols, eps, &mut out))
+            })??;
+            return Tensor::try_from_vec(out, self.shape().clone());
+        }
+        let ms = self.square().mean(&[-1], true);
+        self.try_mul(&ms.affine(1.0, eps).rsqrt())?.try_mul(weight)
+    }
+
+    panicking!(
+        /// Root-mean-square normalization over the last dim; see [`Tensor::try_rms_norm`].
+        rms_norm => try_rms_norm(weight: &Tensor, eps: f32) -> Tensor
+    );
+}
+
+impl Tensor {
     /// Training-mode batch norm from primitive ops (for a device without the
     /// fused kernels): the batch mean and biased variance over every dim but
     /// 1, the affine map, then `act`; autograd differentiates each op.

@@ -103,8 +103,7 @@ impl Module for RMSNorm {
             if x.rank() == 0 || x.size(-1) != c {
                 crate::module::input_error(self, &format!("(…, {c})"), x.dims());
             }
-            let ms = x.square().mean(&[-1], true);
-            x.mul(&ms.affine(1.0, self.eps).rsqrt()).mul(&self.weight)
+            x.try_rms_norm(&self.weight, self.eps).unwrap_or_else(|e| panic!("{e}"))
         })
     }
 
