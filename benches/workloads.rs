@@ -336,17 +336,17 @@ fn workload_int8_gemm(sizes: Option<String>) {
         let ops = 2.0 * (m * k * n) as f64;
         let secs = median_secs(|| gemm_u8i8(&qa, &qw, Some(&b), &mut out));
         // The slower kernels too, where the CPU has them beside the best one.
-        let mut vnni = String::new();
+        let mut slower = String::new();
         for (kernel, field) in [(Kernel::Vnni, "vnni_gops"), (Kernel::Avx2, "avx2_gops")] {
             if qw.kernel() != kernel && kernel.available() {
                 let mut qv = qw.clone();
                 qv.set_kernel(kernel);
                 let s = median_secs(|| gemm_u8i8(&qa, &qv, Some(&b), &mut out));
-                vnni += &format!(",\"{field}\":{:.1}", ops / s / 1e9);
+                slower += &format!(",\"{field}\":{:.1}", ops / s / 1e9);
             }
         }
         println!(
-            "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1}{vnni},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",
+            "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1}{slower},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",
             ops / secs / 1e9,
             time_gemm(m, k, n),
             int8_backend(),

@@ -288,11 +288,6 @@ fn rope_tables(offset: usize, t: usize, d: usize, theta: f32, dev: firebrand_aut
     (table(cos), table(sin))
 }
 
-/// `x` `(B, T, heads, d)` rotated by position in adjacent pairs (`tables` from [`rope_tables`]).
-fn rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
-    x.rope_pairs(cos, sin)
-}
-
 impl LlamaAttention {
     fn forward_plain(&self, x: &Tensor) -> Tensor {
         let d = x.dims()[2] / self.heads;
@@ -315,8 +310,10 @@ impl LlamaAttention {
             Some(y) => (y.narrow(2, 0, hid), y.narrow(2, hid, kv * d), y.narrow(2, hid + kv * d, kv * d)),
             None => (self.q_proj.forward(x), self.k_proj.forward(x), self.v_proj.forward(x)),
         };
-        let q = rope(&q.reshape([b, t, h, d]), tables).permute(&[0, 2, 1, 3]);
-        let k = rope(&k.reshape([b, t, kv, d]), tables); // (B, T, kv, d)
+        // Rotated by position in adjacent pairs.
+        let (cos, sin) = tables;
+        let q = q.reshape([b, t, h, d]).rope_pairs(cos, sin).permute(&[0, 2, 1, 3]);
+        let k = k.reshape([b, t, kv, d]).rope_pairs(cos, sin); // (B, T, kv, d)
         let v = v.reshape([b, t, kv, d]);
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v), // (B, kv, S, d)

@@ -15,9 +15,6 @@ use super::int8::{QuantizedRows, QuantizedWeight};
 use crate::parallel::SendPtr;
 use std::arch::x86_64::*;
 
-/// Rows of the micro-kernel.
-const MR: usize = 6;
-
 /// Whether this CPU has AVX2 and FMA.
 pub(crate) fn available() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -63,23 +60,7 @@ pub(crate) unsafe fn gemm(
 ) {
     let m = a.m;
     let job = Job { a, w, packed, bias, out: SendPtr(out.as_mut_ptr()) };
-    let block = |rb: usize| {
-        let i0 = rb * MR;
-        // SAFETY: rows i0..i0 + r exist; the caller's contract covers the
-        // rest. The row count is a constant of each copy (no branch per row
-        // in the depth loop).
-        unsafe {
-            match MR.min(m - i0) {
-                6 => rows_block::<6>(&job, i0),
-                5 => rows_block::<5>(&job, i0),
-                4 => rows_block::<4>(&job, i0),
-                3 => rows_block::<3>(&job, i0),
-                2 => rows_block::<2>(&job, i0),
-                _ => rows_block::<1>(&job, i0),
-            }
-        }
-    };
-    crate::parallel::par_for(m.div_ceil(MR), block);
+    super::int8::par_row_blocks!(m, rows_block(&job), [6, 5, 4, 3, 2, 1]);
 }
 
 /// One product's operands, shared by its row blocks.

@@ -10,9 +10,6 @@ use super::int8::{QuantizedRows, QuantizedWeight};
 use crate::parallel::SendPtr;
 use std::arch::x86_64::*;
 
-/// Rows of the micro-kernel.
-const MR: usize = 8;
-
 /// Whether this CPU has AVX-512 VNNI (and BW for the masked byte work).
 pub(crate) fn available() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -70,26 +67,7 @@ pub(crate) unsafe fn gemm(
     let m = a.m;
     let uniform = a.zero.iter().all(|&z| z == a.zero[0]) && a.scale.iter().all(|s| s.to_bits() == a.scale[0].to_bits());
     let job = Job { a, w, packed, bias, act, uniform, out: SendPtr(out.as_mut_ptr()) };
-    let block = |rb: usize| {
-        let i0 = rb * MR;
-        // SAFETY: rows i0..i0 + r exist; the caller's contract covers the rest.
-        // The row count is a constant of each copy, so that the depth loop
-        // keeps its accumulators and row pointers in registers without a
-        // branch per row (with a run-time count the kernel ran 10-30% slower).
-        unsafe {
-            match MR.min(m - i0) {
-                8 => rows_block::<8>(&job, i0),
-                7 => rows_block::<7>(&job, i0),
-                6 => rows_block::<6>(&job, i0),
-                5 => rows_block::<5>(&job, i0),
-                4 => rows_block::<4>(&job, i0),
-                3 => rows_block::<3>(&job, i0),
-                2 => rows_block::<2>(&job, i0),
-                _ => rows_block::<1>(&job, i0),
-            }
-        }
-    };
-    crate::parallel::par_for(m.div_ceil(MR), block);
+    super::int8::par_row_blocks!(m, rows_block(&job), [8, 7, 6, 5, 4, 3, 2, 1]);
 }
 
 /// One product's operands, shared by its row blocks.
