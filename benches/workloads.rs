@@ -322,28 +322,44 @@ fn workload_gemm(sizes: Option<String>) {
     }
 }
 
-/// The int8 product against the f32 one, per shape (`--sizes` as for `gemm`).
+/// The int8 product against the f32 one, per shape (`--sizes` as for `gemm`):
+/// rows quantized to the best kernel's levels, as dynamic quantization does;
+/// the slower kernels beside it where the CPU has them, and AVX2's wide
+/// kernel (full-range rows, as static quantization gives) as `avx2_wide_gops`.
 fn workload_int8_gemm(sizes: Option<String>) {
-    use firebrand::ops::gemm::int8::{Kernel, QuantizedWeight, gemm_u8i8, int8_backend, quantize_rows_u8};
+    use firebrand::ops::gemm::int8::quantize_rows_u8_into;
+    use firebrand::ops::gemm::int8::{Kernel, QuantizedRows, QuantizedWeight, gemm_u8i8, int8_backend};
     let shapes = match sizes {
         Some(s) => parse_sizes(&s),
         None => vec![(1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384)],
     };
     for (m, k, n) in shapes {
         let (x, w, b) = (fill(m * k, 1), fill(n * k, 2), fill(n, 3));
-        let (qa, qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&w, n, k));
+        let rows = |top: u8| {
+            let mut q = QuantizedRows::default();
+            quantize_rows_u8_into(&x, m, k, top, &mut q);
+            q
+        };
+        let qw = QuantizedWeight::from_f32(&w, n, k);
+        let qa = rows(qw.kernel().activation_top());
         let mut out = vec![0.0f32; m * n];
         let ops = 2.0 * (m * k * n) as f64;
         let secs = median_secs(|| gemm_u8i8(&qa, &qw, Some(&b), &mut out));
-        // The slower kernels too, where the CPU has them beside the best one.
         let mut slower = String::new();
+        let mut time = |kernel: Kernel, top: u8, field: &str| {
+            let mut qv = qw.clone();
+            qv.set_kernel(kernel);
+            let qa = rows(top);
+            let s = median_secs(|| gemm_u8i8(&qa, &qv, Some(&b), &mut out));
+            slower += &format!(",\"{field}\":{:.1}", ops / s / 1e9);
+        };
         for (kernel, field) in [(Kernel::Vnni, "vnni_gops"), (Kernel::Avx2, "avx2_gops")] {
             if qw.kernel() != kernel && kernel.available() {
-                let mut qv = qw.clone();
-                qv.set_kernel(kernel);
-                let s = median_secs(|| gemm_u8i8(&qa, &qv, Some(&b), &mut out));
-                slower += &format!(",\"{field}\":{:.1}", ops / s / 1e9);
+                time(kernel, kernel.activation_top(), field);
             }
+        }
+        if Kernel::Avx2.available() {
+            time(Kernel::Avx2, 255, "avx2_wide_gops");
         }
         println!(
             "{{\"workload\":\"int8_gemm\",\"m\":{m},\"k\":{k},\"n\":{n},\"int8_gops\":{:.1}{slower},\"fp32_gflops\":{:.1},\"int8_backend\":\"{}\",\"threads\":{}}}",

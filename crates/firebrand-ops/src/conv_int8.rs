@@ -166,11 +166,11 @@ thread_local! {
             image: Vec::new(),
             bad: Vec::new(),
             padded: Vec::new(),
-            rows: QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() },
+            rows: QuantizedRows::new(),
             out: Vec::new(),
             pooled: Vec::new(),
             flat: Vec::new(),
-            head_rows: QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() },
+            head_rows: QuantizedRows::new(),
         })
     };
 }

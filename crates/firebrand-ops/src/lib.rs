@@ -68,6 +68,8 @@ pub mod parallel;
 pub mod recurrent;
 pub mod reduce;
 #[cfg(target_arch = "x86_64")]
+pub mod simd256;
+#[cfg(target_arch = "x86_64")]
 pub mod simd512;
 pub mod softmax;
 mod strided;

@@ -12,6 +12,17 @@
 use firebrand_tensor::op::UnaryOp;
 use std::arch::x86_64::*;
 
+/// Cephes' `exp`: `ln 2` split in two (`n·ln 2` subtracted exactly), and
+/// the polynomial of `r` (highest power first) in `e^r ≈ 1 + r + r²·p(r)`.
+pub(crate) const EXP_LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+pub(crate) const EXP_P: [f32; 6] =
+    [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+/// Cephes' odd `tanh` polynomial in `x²` (highest power first), below 0.625.
+pub(crate) const TANH_P: [f32; 5] = [-5.704_988_7e-3, 2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1];
+/// Abramowitz & Stegun 7.1.26: `erf z ≈ 1 − t·p(t)·e^{−z²}`, `t = 1/(1 + ERF_T·z)`.
+pub(crate) const ERF_T: f32 = 0.327_591_1;
+pub(crate) const ERF_P: [f32; 5] = [1.061_405_4, -1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6];
+
 /// True when this CPU runs the AVX-512 kernels.
 pub fn available() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -54,11 +65,11 @@ unsafe fn exp512(x: __m512) -> __m512 {
             xc,
             _mm512_set1_ps(std::f32::consts::LOG2_E),
         ));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), xc);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[0]), xc);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[1]), r);
+        let mut p = _mm512_set1_ps(EXP_P[0]);
+        for c in &EXP_P[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
         let r2 = _mm512_mul_ps(r, r);
         let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
@@ -90,9 +101,9 @@ unsafe fn tanh512(x: __m512) -> __m512 {
         let big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big), sign));
         // |x| < 0.625: Cephes' odd polynomial.
         let z = _mm512_mul_ps(x, x);
-        let mut p = _mm512_set1_ps(-5.704_988_7e-3);
-        for c in [2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1] {
-            p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(c));
+        let mut p = _mm512_set1_ps(TANH_P[0]);
+        for c in &TANH_P[1..] {
+            p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(*c));
         }
         let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
         let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(0.625));
@@ -114,12 +125,12 @@ unsafe fn normal_cdf_and_gauss512(x: __m512) -> (__m512, __m512) {
         // input does not make 0·∞ in the Newton step; NaN still propagates
         // through the final product with x.
         let zc = _mm512_min_ps(z, _mm512_set1_ps(10.0));
-        let d = _mm512_fmadd_ps(zc, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0));
+        let d = _mm512_fmadd_ps(zc, _mm512_set1_ps(ERF_T), _mm512_set1_ps(1.0));
         let r = _mm512_rcp14_ps(d);
         let t = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)));
-        let mut p = _mm512_set1_ps(1.061_405_4);
-        for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
-            p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));
+        let mut p = _mm512_set1_ps(ERF_P[0]);
+        for c in &ERF_P[1..] {
+            p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(*c));
         }
         p = _mm512_mul_ps(p, t);
         let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z)));

@@ -16,6 +16,11 @@ pub(crate) fn exp_shifted(x: &[f32], shift: f32, dst: &mut [f32]) -> f32 {
         // SAFETY: AVX-512F detected at run time.
         return unsafe { crate::simd512::exp_shifted_sum(x, shift, dst) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd256::available() {
+        // SAFETY: AVX2 and FMA detected at run time.
+        return unsafe { crate::simd256::exp_shifted_sum(x, shift, dst) };
+    }
     let s = f32x8::splat(shift);
     let mut acc = f32x8::ZERO;
     let mut xs = x.chunks_exact(8);

@@ -83,6 +83,12 @@ pub(crate) fn map_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
         unsafe { crate::simd512::map(op, src, dst) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd256::supports(op) && crate::simd256::available() {
+        // SAFETY: AVX2 and FMA detected at run time; the op is supported.
+        unsafe { crate::simd256::map(op, src, dst) };
+        return;
+    }
     map_slice_portable(op, src, dst)
 }
 
@@ -274,20 +280,42 @@ mod tests {
             let mut out = vec![0.0; xs.len()];
             map_slice_portable(op, &xs, &mut out);
             xs.iter().zip(&out).for_each(|(&x, &g)| close(op, g, x));
+            // The AVX-512 and AVX2 maps where the CPU has them; odd lengths
+            // exercise their masked tails.
             #[cfg(target_arch = "x86_64")]
-            if crate::simd512::available() {
-                // Odd lengths exercise the masked tail.
-                for len in [1, 15, 17, xs.len()] {
-                    let mut out = vec![0.0; len];
-                    unsafe { crate::simd512::map(op, &xs[..len], &mut out) };
-                    xs.iter().zip(&out).for_each(|(&x, &g)| close(op, g, x));
+            {
+                type Map = unsafe fn(UnaryOp, &[f32], &mut [f32]);
+                let maps: [(bool, Map, usize); 2] = [
+                    (crate::simd512::available(), crate::simd512::map, 16),
+                    (crate::simd256::available(), crate::simd256::map, 8),
+                ];
+                for (_, map, lanes) in maps.into_iter().filter(|m| m.0) {
+                    for len in [1, lanes - 1, lanes + 1, xs.len()] {
+                        let mut out = vec![0.0; len];
+                        // SAFETY: the CPU has the map's features; the op is supported.
+                        unsafe { map(op, &xs[..len], &mut out) };
+                        xs.iter().zip(&out).for_each(|(&x, &g)| close(op, g, x));
+                    }
                 }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd256::available() {
+                // Softmax's loop: exp(x − shift) and its sum.
+                let mut out = vec![0.0; 9];
+                // SAFETY: as above.
+                let sum = unsafe { crate::simd256::exp_shifted_sum(&xs[..9], 1.5, &mut out) };
+                xs.iter().zip(&out).for_each(|(&x, &g)| close(UnaryOp::Exp, g, x - 1.5));
+                assert!((sum - out.iter().sum::<f32>()).abs() <= 1e-6 * sum, "{sum}");
+            } else {
+                eprintln!("SKIPPED: the AVX2 maps (no AVX2 and FMA on this CPU)");
             }
         }
         let nan = [f32::NAN; 3];
         let mut out = [0.0; 3];
-        map_slice(UnaryOp::Exp, &nan, &mut out);
-        assert!(out.iter().all(|x| x.is_nan()));
+        for op in [UnaryOp::Exp, UnaryOp::Gelu, UnaryOp::Tanh, UnaryOp::Relu] {
+            map_slice(op, &nan, &mut out);
+            assert!(out.iter().all(|x| x.is_nan()), "{op:?}");
+        }
     }
 
     /// The piecewise and arithmetic ops' AVX-512 forms give the scalar

@@ -57,8 +57,10 @@ fn embeddings_match_sentence_transformers() {
 
 /// Dynamic int8 (`quantize_dynamic`: every Linear's weight per channel, the
 /// inputs per row, q/k/v as one int8 product): each embedding keeps a cosine
-/// of at least 0.99 to sentence-transformers' f32 one (PyTorch's dynamic
-/// int8 gives 0.88 at worst on BBC News).
+/// of at least 0.99 to sentence-transformers' f32 one with 8-bit inputs, at
+/// least 0.985 with AVX2's 7-bit ones (`Kernel::activation_top`), and the
+/// mean is at least 0.99 either way (PyTorch's dynamic int8 gives 0.88 at
+/// worst and 0.94 mean on BBC News).
 #[test]
 fn dynamic_int8_embeddings_stay_within_cosine_0_99() {
     let Some(dir) = common::minilm() else { return };
@@ -70,18 +72,23 @@ fn dynamic_int8_embeddings_stay_within_cosine_0_99() {
     assert_eq!(firebrand_nn::quantize::quantize_dynamic(&model), 6 * 6 + 1, "every Linear (6 per layer, the pooler)");
     // Inference (no gradient recorded): the int8 forms run.
     let emb = firebrand_autograd::with_no_grad(|| model.embed(&batch)).to_vec::<f32>();
-    let mut worst = 1.0f32;
-    for (i, want) in r["embeddings"].as_array().unwrap().iter().enumerate() {
+    let (mut worst, mut sum) = (1.0f32, 0.0f32);
+    let wants = r["embeddings"].as_array().unwrap();
+    for (i, want) in wants.iter().enumerate() {
         let cos: f32 = emb[i * 384..(i + 1) * 384]
             .iter()
             .zip(want.as_array().unwrap())
             .map(|(a, b)| a * b.as_f64().unwrap() as f32)
             .sum();
         worst = worst.min(cos);
+        sum += cos;
     }
+    let mean = sum / wants.len() as f32;
     let moved = emb.iter().zip(&f32_emb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    eprintln!("MiniLM dynamic int8: worst cosine {worst:.5}, max |diff| to f32 {moved:.2e}");
-    assert!(worst >= 0.99, "worst cosine {worst}");
+    let top = firebrand_ops::gemm::int8::Kernel::best().activation_top();
+    eprintln!("MiniLM dynamic int8 ({top} levels): worst cosine {worst:.5}, mean {mean:.5}, max |diff| to f32 {moved:.2e}");
+    assert!(worst >= if top == 255 { 0.99 } else { 0.985 }, "worst cosine {worst} at {top} levels");
+    assert!(mean >= 0.99, "mean cosine {mean}");
     assert!(moved > 1e-4, "quantizing changed nothing ({moved}): the int8 path did not run");
     firebrand_nn::quantize::dequantize(&model);
     let back = firebrand_autograd::with_no_grad(|| model.embed(&batch)).to_vec::<f32>();

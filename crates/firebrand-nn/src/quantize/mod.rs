@@ -4,9 +4,11 @@
 //! `torch.ao.quantization.quantize_dynamic`): every `Linear` of a model gets
 //! an int8 form of its weight (symmetric, one scale per output channel), and
 //! at inference its input is quantized on the fly to `u8` (one scale and
-//! zero point per row, which loses less than PyTorch's one per batch); the
-//! product runs in integers (`firebrand_ops::gemm::int8`, AMX-INT8 where the
-//! CPU has it) and comes back as `f32` with the bias.
+//! zero point per row, which loses less than PyTorch's one per batch; to
+//! `0..=127` on CPUs whose int8 kernel is AVX2's, as PyTorch's
+//! `reduce_range` there); the product runs in integers
+//! (`firebrand_ops::gemm::int8`, AMX-INT8 or VNNI where the CPU has it) and
+//! comes back as `f32` with the bias.
 //!
 //! The `f32` weights stay: with gradients recorded (training, fine-tuning)
 //! or on another device the layer computes in `f32` as before, and
@@ -57,7 +59,7 @@ use std::cell::RefCell;
 thread_local! {
     /// The quantized input of the last call, its buffers reused.
     static ROWS: RefCell<QuantizedRows> = const {
-        RefCell::new(QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() })
+        RefCell::new(QuantizedRows::new())
     };
     /// The block-quantized input of the last call, its buffers reused.
     static Q16: RefCell<Q16Rows> = RefCell::new(Q16Rows::default());
@@ -213,7 +215,7 @@ pub(crate) fn linear_u8(
         x.contiguous()
             .with_f32_slice(|v| match iq {
                 Some(iq) => quantize_rows_u8_static_into(v, rows, k, iq, &mut q),
-                None => quantize_rows_u8_into(v, rows, k, &mut q),
+                None => quantize_rows_u8_into(v, rows, k, w.kernel().activation_top(), &mut q),
             })
             .expect("an f32 input");
         gemm_u8i8_act(&q, w, b.as_deref(), act, &mut out);

@@ -1,7 +1,8 @@
 //! The AVX2 + FMA micro-kernel of the blocked sgemm (`blocked`), for x86-64
 //! CPUs without AVX-512 (AMD Zen 1–3, Intel client cores): a 6x16 register
 //! block (12 ymm accumulators, two B vectors and one broadcast: 15 of the 16
-//! registers), edge columns through `vmaskmovps`.
+//! registers), edge columns through `vmaskmovps`, an activation with an
+//! AVX2 form ([`crate::simd256`]) applied in the last block's store.
 
 use super::blocked::{Kernel, KernelArgs};
 use std::arch::x86_64::*;
@@ -22,8 +23,8 @@ impl Kernel for Avx2 {
     const NCB_MAX: usize = 256;
     const TB: usize = 8;
 
-    fn fuses(_: firebrand_tensor::op::UnaryOp) -> bool {
-        false
+    fn fuses(op: firebrand_tensor::op::UnaryOp) -> bool {
+        crate::simd256::supports(op)
     }
 
     unsafe fn tile(args: KernelArgs) {
@@ -120,7 +121,7 @@ unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
                 v0 = _mm256_add_ps(load!(row, m0), v0);
                 v1 = _mm256_add_ps(load!(row.add(8), m1), v1);
             }
-            if let Some((scale, shift, col, _)) = epi {
+            if let Some((scale, shift, col, act)) = epi {
                 if !scale.is_null() {
                     let s = _mm256_set1_ps(*scale.add(i));
                     (v0, v1) = (_mm256_mul_ps(v0, s), _mm256_mul_ps(v1, s));
@@ -132,6 +133,9 @@ unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
                 if !col.is_null() {
                     v0 = _mm256_add_ps(v0, load!(col, m0));
                     v1 = _mm256_add_ps(v1, load!(col.add(8), m1));
+                }
+                if let Some(op) = act {
+                    (v0, v1) = (crate::simd256::apply256(op, v0), crate::simd256::apply256(op, v1));
                 }
             }
             if MASKED {

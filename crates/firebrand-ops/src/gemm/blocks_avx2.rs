@@ -2,10 +2,11 @@
 //! weight block is widened to two vectors of 16 `i16` (`Q8_0`'s bytes
 //! zero-extended, or a 4-bit block's low nibbles then its high nibbles);
 //! `VPMADDWD` against the activations' `i16` sums the block into 8 `i32`
-//! lanes, widened to `f32` and multiplied by the block's scale. Up to 4
-//! activation rows share each unpacked block. The weights' offsets (`Q4_1`'s
-//! minimum, or the zero point of `Q8_0` and `Q4_0`) are summed per block in
-//! scalar against the activations' block sums, as in the portable loop.
+//! lanes, widened to `f32` and multiplied by the block's scale, into two
+//! accumulators (even and odd blocks). Up to 4 activation rows share each
+//! unpacked block. The weights' offsets (`Q4_1`'s minimum, or the zero
+//! point of `Q8_0` and `Q4_0`) are summed per output in one vector dot of
+//! the row's offsets and the activations' block sums.
 
 use super::blocks::{BLOCK, BlockFormat, BlockWeight, Q16Rows};
 use std::arch::x86_64::*;
@@ -136,28 +137,55 @@ unsafe fn tile<const F: u8, const R: usize>(
             if F == 2 {
                 halves(w.m.as_ptr().add(j * nb) as *const u16, nb, mw.as_mut_ptr());
             }
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut acc_off = [0.0f32; R];
-            for b in 0..nb {
-                let (w0, w1) = widen::<F>(wq, b);
-                let sc = _mm256_set1_ps(dw[b]);
-                let off = match F {
-                    0 => -128.0 * dw[b],
-                    1 => -8.0 * dw[b],
-                    _ => mw[b],
-                };
-                for r in 0..R {
-                    let x = a.qs.as_ptr().add((i0 + r) * k + b * BLOCK);
-                    let x0 = _mm256_loadu_si256(x as *const __m256i);
-                    let x1 = _mm256_loadu_si256(x.add(16) as *const __m256i);
-                    let dot = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[r]);
-                    acc_off[r] += off * *a.s.get_unchecked((i0 + r) * nb + b);
-                }
+            // Two accumulators per row, for even and odd blocks: with one,
+            // a single row (a generation step) waited on the multiply-add's
+            // latency every block.
+            let mut acc = [[_mm256_setzero_ps(); R]; 2];
+            macro_rules! block {
+                ($b:expr, $h:expr) => {{
+                    let b = $b;
+                    let (w0, w1) = widen::<F>(wq, b);
+                    let sc = _mm256_set1_ps(dw[b]);
+                    for r in 0..R {
+                        let x = a.qs.as_ptr().add((i0 + r) * k + b * BLOCK);
+                        let x0 = _mm256_loadu_si256(x as *const __m256i);
+                        let x1 = _mm256_loadu_si256(x.add(16) as *const __m256i);
+                        let dot = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+                        acc[$h][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[$h][r]);
+                    }
+                }};
+            }
+            let mut b = 0;
+            while b + 2 <= nb {
+                block!(b, 0);
+                block!(b + 1, 1);
+                b += 2;
+            }
+            if b < nb {
+                block!(b, 0);
             }
             for r in 0..R {
+                // The offsets' term, Σ_b off_b · s_b over the row's block
+                // sums: Q4_1's minimums, or −128·d (Q8_0) and −8·d (Q4_0).
+                let sr = a.s.as_ptr().add((i0 + r) * nb);
+                let offs = if F == 2 { mw.as_ptr() } else { dw.as_ptr() };
+                let mut o = _mm256_setzero_ps();
+                let mut g = 0;
+                while g + 8 <= nb {
+                    o = _mm256_fmadd_ps(_mm256_loadu_ps(offs.add(g)), _mm256_loadu_ps(sr.add(g)), o);
+                    g += 8;
+                }
+                let mut off = hsum(o);
+                for t in g..nb {
+                    off += *offs.add(t) * *sr.add(t);
+                }
+                let off = match F {
+                    0 => -128.0 * off,
+                    1 => -8.0 * off,
+                    _ => off,
+                };
                 let sa = *a.scale.get_unchecked(i0 + r);
-                *out.add((i0 + r) * w.n + j) = sa * hsum(acc[r]) + acc_off[r];
+                *out.add((i0 + r) * w.n + j) = sa * hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + off;
             }
         }
     }

@@ -11,7 +11,9 @@
 //! * AMX-INT8 (`TDPBUSD`: 16x16 tiles of `u8·i8` sums of four into `i32`),
 //!   the weight packed once into the tiles' "VNNI" order;
 //! * AVX-512 VNNI (`VPDPBUSD`: fours of `u8·i8` into `i32` lanes);
-//! * AVX2 (`VPMADDWD` on both sides widened to `i16`: pairs into `i32`);
+//! * AVX2 (`VPMADDUBSW` then `VPMADDWD`: fours into `i32`, for rows
+//!   quantized to `0..=127`; both sides widened to `i16` for full-range
+//!   rows);
 //! * a portable loop otherwise (also the tests' reference).
 //!
 //! ```
@@ -38,15 +40,29 @@ pub struct QuantizedRows {
     pub data: Vec<u8>,
     /// One per row.
     pub scale: Vec<f32>,
-    /// One per row, in `0..=255`.
+    /// One per row, in `0..=top`.
     pub zero: Vec<i32>,
+    /// The highest level a value may have: 255, or 127 for rows made for
+    /// the AVX2 kernel ([`Kernel::activation_top`]).
+    pub top: u8,
+}
+
+impl Default for QuantizedRows {
+    fn default() -> Self {
+        QuantizedRows::new()
+    }
 }
 
 impl QuantizedRows {
+    /// No rows (buffers to fill with [`quantize_rows_u8_into`]).
+    pub const fn new() -> QuantizedRows {
+        QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new(), top: 255 }
+    }
+
     /// Shapes the buffers for `m` rows of `k` bytes that all share `iq`
     /// (static quantization); the bytes are left for the caller to write.
     pub fn reset_static(&mut self, m: usize, k: usize, iq: InputQuant) {
-        (self.m, self.k) = (m, k);
+        (self.m, self.k, self.top) = (m, k, 255);
         self.data.resize(m * k, 0);
         self.scale.clear();
         self.scale.resize(m, iq.scale);
@@ -55,27 +71,30 @@ impl QuantizedRows {
     }
 }
 
-/// Quantizes `x` `(m, k)` row by row to `u8` over each row's own range
-/// (PyTorch's dynamic quantization takes one range per batch; one per row
-/// loses less). A row's range always includes 0, so 0 is exact; values
-/// round to nearest, ties to even. A row holding NaN or an infinity gets a
-/// NaN scale, so its outputs are NaN rather than garbage.
+/// Quantizes `x` `(m, k)` row by row to `u8` (levels `0..=255`) over each
+/// row's own range (PyTorch's dynamic quantization takes one range per
+/// batch; one per row loses less). A row's range always includes 0, so 0
+/// is exact; values round to nearest, ties to even. A row holding NaN or an
+/// infinity gets a NaN scale, so its outputs are NaN rather than garbage.
 ///
 /// # Panics
 /// When `x` holds fewer than `m·k` values.
 pub fn quantize_rows_u8(x: &[f32], m: usize, k: usize) -> QuantizedRows {
-    let mut q = QuantizedRows { m: 0, k: 0, data: Vec::new(), scale: Vec::new(), zero: Vec::new() };
-    quantize_rows_u8_into(x, m, k, &mut q);
+    let mut q = QuantizedRows::default();
+    quantize_rows_u8_into(x, m, k, 255, &mut q);
     q
 }
 
-/// [`quantize_rows_u8`] into `q`, reusing its buffers.
+/// [`quantize_rows_u8`] into `q`, reusing its buffers, with levels
+/// `0..=top` (a weight's [`Kernel::activation_top`]: 127 on AVX2, whose
+/// products need it, as PyTorch's `reduce_range`).
 ///
 /// # Panics
-/// When `x` holds fewer than `m·k` values.
-pub fn quantize_rows_u8_into(x: &[f32], m: usize, k: usize, q: &mut QuantizedRows) {
+/// When `x` holds fewer than `m·k` values or `top` is 0.
+pub fn quantize_rows_u8_into(x: &[f32], m: usize, k: usize, top: u8, q: &mut QuantizedRows) {
     assert!(x.len() >= m * k, "quantize_rows_u8: {} values for ({m}, {k})", x.len());
-    (q.m, q.k) = (m, k);
+    assert!(top > 0, "quantize_rows_u8: no levels above 0");
+    (q.m, q.k, q.top) = (m, k, top);
     q.data.resize(m * k, 0);
     q.scale.resize(m, 0.0);
     q.zero.resize(m, 0);
@@ -89,15 +108,15 @@ pub fn quantize_rows_u8_into(x: &[f32], m: usize, k: usize, q: &mut QuantizedRow
             #[cfg(target_arch = "x86_64")]
             let (s, z) = if crate::simd512::available() {
                 // SAFETY: AVX-512F is available.
-                unsafe { quantize_row_avx512(row, out) }
+                unsafe { quantize_row_avx512(row, out, top) }
             } else if super::int8_avx2::available() {
                 // SAFETY: AVX2 and FMA are available.
-                unsafe { quantize_row_avx2(row, out) }
+                unsafe { quantize_row_avx2(row, out, top) }
             } else {
-                quantize_row(row, out)
+                quantize_row(row, out, top)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            let (s, z) = quantize_row(row, out);
+            let (s, z) = quantize_row(row, out, top);
             // SAFETY: as above.
             unsafe {
                 *sp.get().add(i) = s;
@@ -216,37 +235,39 @@ pub(crate) unsafe fn quantize16(
     }
 }
 
-/// A row's scale and zero point from its range (which includes 0).
-fn scale_and_zero(lo: f32, hi: f32, finite: bool) -> (f32, f32) {
+/// A row's scale and zero point from its range (which includes 0), for
+/// levels `0..=top`.
+fn scale_and_zero(lo: f32, hi: f32, finite: bool, top: u8) -> (f32, f32) {
     if !finite {
         return (f32::NAN, 0.0);
     }
-    let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-    (s, (-lo / s).round_ties_even().clamp(0.0, 255.0))
+    let top = top as f32;
+    let s = if hi > lo { (hi - lo) / top } else { 1.0 };
+    (s, (-lo / s).round_ties_even().clamp(0.0, top))
 }
 
 /// One row, element by element (the portable path).
-fn quantize_row(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+fn quantize_row(row: &[f32], out: &mut [u8], top: u8) -> (f32, i32) {
     let (lo, hi) = row.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let (s, z) = scale_and_zero(lo, hi, row.iter().all(|v| v.is_finite()));
+    let (s, z) = scale_and_zero(lo, hi, row.iter().all(|v| v.is_finite()), top);
     let inv = 1.0 / s;
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = level(v, inv, z);
+        *o = level(v, inv, z, top);
     }
     (s, z as i32)
 }
 
 /// One value's level: `v·inv + z` fused, rounded to nearest even, clamped
-/// to `0..=255` (the formula the vector rows apply 16 or 8 at a time).
+/// to `0..=top` (the formula the vector rows apply 16 or 8 at a time).
 #[inline(always)]
-fn level(v: f32, inv: f32, z: f32) -> u8 {
-    v.mul_add(inv, z).round_ties_even().clamp(0.0, 255.0) as u8
+fn level(v: f32, inv: f32, z: f32, top: u8) -> u8 {
+    v.mul_add(inv, z).round_ties_even().clamp(0.0, top as f32) as u8
 }
 
 /// One row with AVX-512: the same values as [`quantize_row`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8], top: u8) -> (f32, i32) {
     use std::arch::x86_64::*;
     let k = row.len();
     let mask = |j: usize| -> __mmask16 { if k - j >= 16 { 0xffff } else { (1u16 << (k - j)) - 1 } };
@@ -262,9 +283,9 @@ unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
             bad |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v)
                 | _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(f32::INFINITY));
         }
-        let (s, z) = scale_and_zero(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), bad == 0);
+        let (s, z) = scale_and_zero(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), bad == 0, top);
         let (inv, zv) = (_mm512_set1_ps(1.0 / s), _mm512_set1_ps(z));
-        let (zero, top) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
+        let (zero, top) = (_mm512_setzero_si512(), _mm512_set1_epi32(top as i32));
         for j in (0..k).step_by(16) {
             let v = _mm512_maskz_loadu_ps(mask(j), row.as_ptr().add(j));
             // Round to nearest even (the default rounding mode), then clamp.
@@ -280,7 +301,7 @@ unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
 /// last `k mod 8` values by that formula).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8], top: u8) -> (f32, i32) {
     use std::arch::x86_64::*;
     let k = row.len();
     let full = k / 8 * 8;
@@ -307,16 +328,16 @@ unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8]) -> (f32, i32) {
         let lo = l.iter().chain(rest).fold(0.0f32, |m, &v| m.min(v));
         let hi = h.iter().chain(rest).fold(0.0f32, |m, &v| m.max(v));
         let finite = _mm256_movemask_ps(bad) == 0 && rest.iter().all(|v| v.is_finite());
-        let (s, z) = scale_and_zero(lo, hi, finite);
+        let (s, z) = scale_and_zero(lo, hi, finite, top);
         let inv = 1.0 / s;
         let (iv, zv) = (_mm256_set1_ps(inv), _mm256_set1_ps(z));
-        let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        let (zero, topv) = (_mm256_setzero_si256(), _mm256_set1_epi32(top as i32));
         let mut j = 0;
         while j < full {
             let v = _mm256_loadu_ps(row.as_ptr().add(j));
             // Round to nearest even (the default rounding mode), then clamp.
             let q = _mm256_cvtps_epi32(_mm256_fmadd_ps(v, iv, zv));
-            let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), top);
+            let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), topv);
             // Bytes 0..4 of each 128-bit half hold that half's four levels.
             let w = _mm256_packus_epi32(q, q);
             let b = _mm256_packus_epi16(w, w);
@@ -326,7 +347,7 @@ unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8]) -> (f32, i32) {
             j += 8;
         }
         for (o, &v) in out[full..].iter_mut().zip(rest) {
-            *o = level(v, inv, z);
+            *o = level(v, inv, z, top);
         }
         (s, z as i32)
     }
@@ -350,8 +371,12 @@ pub struct QuantizedWeight {
     /// The kernel's layout: AMX's (panels of 32 channels, each 64-deep block
     /// two 16x64-byte tiles whose row `r` holds, for 16 channels, the 4
     /// weights at depth `4r..4r+4`), or VNNI's (panels of 16 channels, one
-    /// 64-byte vector per 4 depths); empty for the portable loop.
+    /// 64-byte vector per 4 depths), or AVX2's (panels of 8 channels, one
+    /// 32-byte vector per 4 depths); empty for the portable loop.
     packed: Vec<i8>,
+    /// AVX2's layout for full-range rows (`i16`, 2 depths per vector),
+    /// made on first use (static quantization only).
+    wide: std::sync::OnceLock<Vec<i8>>,
     /// Which layout `packed` has.
     kernel: Kernel,
 }
@@ -389,7 +414,16 @@ impl QuantizedWeight {
             scale.len()
         );
         let row_sum = (0..n).map(|j| data[j * k..(j + 1) * k].iter().map(|&q| q as i32).sum()).collect();
-        let mut q = QuantizedWeight { n, k, data, scale, row_sum, packed: Vec::new(), kernel: Kernel::Portable };
+        let mut q = QuantizedWeight {
+            n,
+            k,
+            data,
+            scale,
+            row_sum,
+            packed: Vec::new(),
+            wide: Default::default(),
+            kernel: Kernel::Portable,
+        };
         q.set_kernel(Kernel::best());
         q
     }
@@ -410,12 +444,19 @@ impl QuantizedWeight {
             Kernel::Avx2 => super::int8_avx2::pack_weight(&self.data, self.n, self.k),
             _ => Vec::new(),
         };
+        self.wide = Default::default();
         self.kernel = kernel;
     }
 
     /// The kernel this weight is packed for.
     pub fn kernel(&self) -> Kernel {
         self.kernel
+    }
+
+    /// AVX2's widened layout, packed on first use.
+    #[cfg(target_arch = "x86_64")]
+    fn wide(&self) -> &[i8] {
+        self.wide.get_or_init(|| super::int8_avx2::pack_weight_wide(&self.data, self.n, self.k))
     }
 
     /// The weight as `f32` `(n, k)`: each value times its channel's scale.
@@ -451,8 +492,9 @@ pub enum Kernel {
     AmxInt8,
     /// AVX-512 VNNI (`VPDPBUSD`): Ice Lake, Cascade Lake and later.
     Vnni,
-    /// AVX2 and FMA (`VPMADDWD` on operands widened to `i16`): CPUs without
-    /// AVX-512 VNNI, such as AMD Zen 1–3.
+    /// AVX2 and FMA (`VPMADDUBSW` and `VPMADDWD`; operands widened to
+    /// `i16` for full-range rows): CPUs without AVX-512 VNNI, such as AMD
+    /// Zen 1–3.
     Avx2,
     /// The portable loop.
     Portable,
@@ -487,6 +529,20 @@ impl Kernel {
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
+    }
+
+    /// The highest activation level this kernel takes at full speed: 127
+    /// on AVX2 (its `u8·i8` pair sums saturate in `i16` past that; PyTorch's
+    /// fbgemm reduces the range the same way), 255 elsewhere. Dynamic
+    /// quantization quantizes rows to `0..=activation_top`.
+    ///
+    /// `FIREBRAND_INT8_REDUCE_RANGE=0` keeps the full range on AVX2 too (its
+    /// slower wide kernel then runs): 7 bits cost MiniLM's worst sentence
+    /// cosine 0.996 → 0.988 in the tests.
+    pub fn activation_top(self) -> u8 {
+        static REDUCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let reduce = *REDUCE.get_or_init(|| std::env::var("FIREBRAND_INT8_REDUCE_RANGE").as_deref() != Ok("0"));
+        if self == Kernel::Avx2 && reduce { 127 } else { 255 }
     }
 
     /// Its name: `amx-int8`, `avx512-vnni`, `avx2` or `portable`.
@@ -536,13 +592,18 @@ pub fn gemm_u8i8_act(
     #[cfg(target_arch = "x86_64")]
     if w.kernel != Kernel::Portable {
         // The activation in the dequantizing store where the kernel has it
-        // (AVX-512 forms; the AVX2 kernel has none), else in a pass after.
-        let fused = act.filter(|&op| w.kernel != Kernel::Avx2 && crate::simd512::supports(op));
+        // (AVX-512 forms; AVX2 ones for the AVX2 kernel), else in a pass after.
+        let fused = act.filter(|&op| match w.kernel {
+            Kernel::Avx2 => crate::simd256::supports(op),
+            _ => crate::simd512::supports(op),
+        });
         match w.kernel {
             // SAFETY: the weight was packed for a kernel this CPU has (`set_kernel`).
             Kernel::AmxInt8 => unsafe { super::amx_int8::gemm(a, w, &w.packed, bias, fused, out) },
             // SAFETY: as above.
-            Kernel::Avx2 => unsafe { super::int8_avx2::gemm(a, w, &w.packed, bias, &mut out[..m * n]) },
+            Kernel::Avx2 => unsafe {
+                super::int8_avx2::gemm(a, w, &w.packed, || w.wide(), bias, fused, &mut out[..m * n])
+            },
             // SAFETY: as above.
             _ => unsafe { super::vnni::gemm(a, w, &w.packed, bias, fused, &mut out[..m * n]) },
         }
@@ -631,6 +692,38 @@ macro_rules! par_row_blocks {
 #[cfg(target_arch = "x86_64")]
 pub(super) use par_row_blocks;
 
+/// The weight `(n, k)` in panels of `channels` output channels, each panel
+/// `⌈k/depths⌉` groups of `channels·depths` values, channel `c`'s `depths`
+/// consecutive weights at `depths·c..` (zeros past `n` and `k`): the VNNI
+/// and AVX2 kernels' layouts, one vector per group.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn pack_panels(w: &[i8], n: usize, k: usize, channels: usize, depths: usize) -> Vec<i8> {
+    let groups = k.div_ceil(depths);
+    let size = channels * depths;
+    let mut out = vec![0i8; n.div_ceil(channels) * groups * size];
+    for (p, panel) in out.chunks_exact_mut(groups * size).enumerate() {
+        for (g, v) in panel.chunks_exact_mut(size).enumerate() {
+            for c in 0..channels.min(n.saturating_sub(channels * p)) {
+                let (j, d) = (channels * p + c, depths * g);
+                let e = depths.min(k - d);
+                v[depths * c..depths * c + e].copy_from_slice(&w[j * k + d..j * k + d + e]);
+            }
+        }
+    }
+    out
+}
+
+/// The last, partial four-byte group of row `i` of A (zeros past `k`), as
+/// one lane (the VNNI and AVX2 kernels read whole groups in place).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn tail_group(a: &QuantizedRows, i: usize) -> i32 {
+    let (k, p) = (a.k, a.k / 4 * 4);
+    let mut b = [0u8; 4];
+    b[..k - p].copy_from_slice(&a.data[i * k + p..(i + 1) * k]);
+    i32::from_le_bytes(b)
+}
+
 /// One output from its `i32` sum.
 #[inline(always)]
 pub(crate) fn dequantize(
@@ -653,10 +746,18 @@ mod tests {
     use crate::test_data::uniform as data;
 
     /// The kernel against the portable loop on awkward shapes (1, odd,
-    /// depths not a multiple of 64, more rows than a block), exactly: the
-    /// integer sums are exact and the dequantization is the same formula.
+    /// depths not a multiple of 64 or of 4, more rows than a block),
+    /// exactly: the integer sums are exact and the dequantization is the
+    /// same formula. Rows at both ranges (`0..=255`; `0..=127`, which takes
+    /// AVX2's bytes kernel, its levels pushed to the top of the range).
     #[test]
     fn kernel_equals_the_reference_and_dequantizes_close_to_f32() {
+        for top in [255u8, 127] {
+            kernel_case(top);
+        }
+    }
+
+    fn kernel_case(top: u8) {
         for (m, k, n) in [
             (1, 1, 1),
             (2, 3, 2),
@@ -673,7 +774,13 @@ mod tests {
             let x = data(m * k, 1);
             let wf = data(n * k, 2);
             let b = data(n, 3);
-            let (qa, mut qw) = (quantize_rows_u8(&x, m, k), QuantizedWeight::from_f32(&wf, n, k));
+            let mut qa = QuantizedRows::new();
+            quantize_rows_u8_into(&x, m, k, top, &mut qa);
+            // The extremes of both sides meet: the largest level against ±127.
+            qa.data[0] = top;
+            let mut qw = QuantizedWeight::from_f32(&wf, n, k);
+            qw.data[..k.min(4)].fill(-127);
+            qw = QuantizedWeight::from_i8(qw.data.clone(), qw.scale.clone(), n, k);
             let mut want = vec![0.0; m * n];
             gemm_u8i8_reference(&qa, &qw, Some(&b), &mut want);
             for kernel in Kernel::ALL {
@@ -684,7 +791,7 @@ mod tests {
                 qw.set_kernel(kernel);
                 let mut got = vec![f32::NAN; m * n];
                 gemm_u8i8(&qa, &qw, Some(&b), &mut got);
-                assert_eq!(got, want, "({m},{k},{n}) on {}", kernel.name());
+                assert_eq!(got, want, "({m},{k},{n}) on {} at top {top}", kernel.name());
             }
             qw.set_kernel(Kernel::best());
             let got = {
@@ -697,9 +804,13 @@ mod tests {
             gemm_u8i8_act(&qa, &qw, Some(&b), Some(firebrand_tensor::op::UnaryOp::Gelu), &mut gelu);
             crate::unary::map_in_place(firebrand_tensor::op::UnaryOp::Gelu, &mut want);
             assert_eq!(gelu, want, "({m},{k},{n}) with GELU");
-            // And close to the f32 product: within the quantization steps.
+            // And close to the f32 product: within the quantization steps
+            // (the extremes set above aside).
             for i in 0..m {
                 for j in 0..n {
+                    if i == 0 || j == 0 {
+                        continue;
+                    }
                     let f: f32 = (0..k).map(|p| x[i * k + p] * wf[j * k + p]).sum::<f32>() + b[j];
                     let step = qa.scale[i] * k as f32 * 0.5 + qw.scale[j] * k as f32 * 0.5;
                     assert!(
@@ -712,26 +823,27 @@ mod tests {
         }
     }
 
-    /// The AVX-512 row quantization equals the portable one, and a row with
-    /// NaN or ∞ gets a NaN scale.
+    /// The AVX-512 and AVX2 row quantizations equal the portable one at
+    /// both ranges, and a row with NaN or ∞ gets a NaN scale.
     #[test]
     fn vector_and_portable_quantization_agree() {
-        for k in [1usize, 7, 8, 9, 15, 16, 17, 31, 100, 384] {
+        for (k, top) in [1usize, 7, 8, 9, 15, 16, 17, 31, 100, 384].into_iter().flat_map(|k| [(k, 255u8), (k, 127)]) {
             let row: Vec<f32> = data(k, 9).iter().map(|v| v * 3.0 - 0.7).collect();
             let (mut a, mut b) = (vec![0u8; k], vec![0u8; k]);
-            let want = quantize_row(&row, &mut a);
+            let want = quantize_row(&row, &mut a, top);
+            assert!(a.iter().all(|&q| q <= top), "k = {k}: a level above {top}");
             #[cfg(target_arch = "x86_64")]
             if crate::simd512::available() {
                 // SAFETY: AVX-512F is available.
-                let got = unsafe { quantize_row_avx512(&row, &mut b) };
-                assert_eq!((got, &b), (want, &a), "k = {k}");
+                let got = unsafe { quantize_row_avx512(&row, &mut b, top) };
+                assert_eq!((got, &b), (want, &a), "k = {k}, top {top}");
             }
             #[cfg(target_arch = "x86_64")]
             if super::super::int8_avx2::available() {
                 b.fill(0);
                 // SAFETY: AVX2 and FMA are available.
-                let got = unsafe { quantize_row_avx2(&row, &mut b) };
-                assert_eq!((got, &b), (want, &a), "k = {k} (AVX2)");
+                let got = unsafe { quantize_row_avx2(&row, &mut b, top) };
+                assert_eq!((got, &b), (want, &a), "k = {k}, top {top} (AVX2)");
             }
             let _ = &mut b;
         }
@@ -744,7 +856,7 @@ mod tests {
                 let mut row = vec![0.5f32; 11];
                 row[at] = v;
                 // SAFETY: AVX2 and FMA are available.
-                let (s, _) = unsafe { quantize_row_avx2(&row, &mut [0u8; 11]) };
+                let (s, _) = unsafe { quantize_row_avx2(&row, &mut [0u8; 11], 255) };
                 assert!(s.is_nan(), "{v} at {at}: scale {s}");
             }
         }
@@ -771,6 +883,11 @@ mod tests {
         assert_eq!(q.data[0] as i32, q.zero[0]);
         // A row of no negative values starts its range at 0.
         assert_eq!((q.zero[1], &q.data[3..]), (0, &[255u8, 0, 0][..]));
+        // Seven bits: the same range over 0..=127.
+        let mut q = QuantizedRows::new();
+        quantize_rows_u8_into(&[0.0, 1.0, -0.5, 0.25, 0.0, 0.0], 2, 3, 127, &mut q);
+        assert_eq!((q.top, q.data[0] as i32, q.zero[0], q.data[1]), (127, 42, 42, 127));
+        assert_eq!((q.zero[1], &q.data[3..]), (0, &[127u8, 0, 0][..]));
         let w = QuantizedWeight::from_f32(&[0.5, -1.0, 0.0, 0.0], 2, 2);
         assert_eq!(w.data, vec![64, -127, 0, 0]);
         assert_eq!(w.row_sum, vec![-63, 0]);

@@ -6,7 +6,7 @@
 //! broadcasts four bytes of a row of A per step into 16 accumulators, each
 //! broadcast feeding both panels (a last odd panel alone).
 
-use super::int8::{QuantizedRows, QuantizedWeight};
+use super::int8::{QuantizedRows, QuantizedWeight, tail_group};
 use crate::parallel::SendPtr;
 use std::arch::x86_64::*;
 
@@ -20,33 +20,7 @@ pub(crate) fn available() -> bool {
 
 /// The weight `(n, k)` in panels of 16 channels × `k/4` groups of 64 bytes.
 pub(crate) fn pack_weight(w: &[i8], n: usize, k: usize) -> Vec<i8> {
-    let groups = k.div_ceil(4);
-    let panels = n.div_ceil(16);
-    let mut out = vec![0i8; panels * groups * 64];
-    for p in 0..panels {
-        for g in 0..groups {
-            let v = &mut out[(p * groups + g) * 64..][..64];
-            for c in 0..16 {
-                let j = 16 * p + c;
-                for e in 0..4 {
-                    let d = 4 * g + e;
-                    if j < n && d < k {
-                        v[4 * c + e] = w[j * k + d];
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The last, partial four-byte group of row `i` of A (zeros past `k`), as one lane.
-#[inline(always)]
-fn tail_group(a: &QuantizedRows, i: usize) -> i32 {
-    let (k, p) = (a.k, a.k / 4 * 4);
-    let mut b = [0u8; 4];
-    b[..k - p].copy_from_slice(&a.data[i * k + p..(i + 1) * k]);
-    i32::from_le_bytes(b)
+    super::int8::pack_panels(w, n, k, 16, 4)
 }
 
 /// `out = act(dequantized(a · wᵀ) + bias)` with VNNI (`act` one with an
