@@ -43,7 +43,9 @@ pub struct QuantizedRows {
     /// One per row, in `0..=top`.
     pub zero: Vec<i32>,
     /// The highest level a value may have: 255, or 127 for rows made for
-    /// the AVX2 kernel ([`Kernel::activation_top`]).
+    /// the AVX2 kernel ([`Kernel::activation_top`]). Rows built by hand must
+    /// keep every value at or below it: below 128, the AVX2 kernel's `i16`
+    /// pair sums are exact only then.
     pub top: u8,
 }
 
