@@ -86,7 +86,9 @@ fn dynamic_int8_embeddings_stay_within_cosine_0_99() {
     let mean = sum / wants.len() as f32;
     let moved = emb.iter().zip(&f32_emb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     let top = firebrand_ops::gemm::int8::Kernel::best().activation_top();
-    eprintln!("MiniLM dynamic int8 ({top} levels): worst cosine {worst:.5}, mean {mean:.5}, max |diff| to f32 {moved:.2e}");
+    eprintln!(
+        "MiniLM dynamic int8 ({top} levels): worst cosine {worst:.5}, mean {mean:.5}, max |diff| to f32 {moved:.2e}"
+    );
     assert!(worst >= if top == 255 { 0.99 } else { 0.985 }, "worst cosine {worst} at {top} levels");
     assert!(mean >= 0.99, "mean cosine {mean}");
     assert!(moved > 1e-4, "quantizing changed nothing ({moved}): the int8 path did not run");

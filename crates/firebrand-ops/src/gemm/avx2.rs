@@ -5,6 +5,7 @@
 //! AVX2 form ([`crate::simd256`]) applied in the last block's store.
 
 use super::blocked::{Kernel, KernelArgs};
+use crate::simd256::lanes;
 use std::arch::x86_64::*;
 
 /// The AVX2 + FMA kernel.
@@ -73,13 +74,6 @@ unsafe fn transpose8_into(src: *const f32, lds: usize, dst: *mut f32, ldd: usize
     }
 }
 
-/// Lanes `0..n` of an 8-lane mask (all set from 8 up, none at 0 or below).
-#[target_feature(enable = "avx2,fma")]
-fn lane_mask(n: isize) -> __m256i {
-    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n.clamp(0, 8) as i32), idx)
-}
-
 /// One tile (see [`KernelArgs`]) with `ROWS ≥ mr` rows of accumulators;
 /// columns past `nr` are masked off with `vmaskmovps`.
 #[target_feature(enable = "avx2,fma")]
@@ -87,7 +81,7 @@ unsafe fn kernel<const MASKED: bool, const ROWS: usize>(
     (kc, a, rsa, csa, b, rsb, c, ldc, acc, mr, nr, epi): KernelArgs,
 ) {
     unsafe {
-        let (m0, m1) = (lane_mask(nr as isize), lane_mask(nr as isize - 8));
+        let (m0, m1) = (lanes(nr.min(8)), lanes(nr.saturating_sub(8)));
         // A macro, not a closure: each load must stay one instruction.
         macro_rules! load {
             ($p:expr, $m:expr) => {
